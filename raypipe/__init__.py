@@ -1,0 +1,33 @@
+"""raypipe: system-aware ML pipelines inside a Ray cluster."""
+
+from raypipe.api import list_runs, load, read_artifact, resume, run, show_run, validate
+from raypipe.config import PipelineConfig, ResourcesConfig, RetryConfig, StageConfig
+from raypipe.exceptions import ConfigError, RaypipeError, RunNotFoundError, StageError, StorageError
+from raypipe.resources import Resources
+from raypipe.runner.executor import RunResult
+from raypipe.stages.base import StageContext
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "PipelineConfig",
+    "RaypipeError",
+    "Resources",
+    "ResourcesConfig",
+    "RetryConfig",
+    "RunNotFoundError",
+    "RunResult",
+    "StageConfig",
+    "StageContext",
+    "StageError",
+    "StorageError",
+    "__version__",
+    "list_runs",
+    "load",
+    "read_artifact",
+    "resume",
+    "run",
+    "show_run",
+    "validate",
+]

@@ -1,0 +1,214 @@
+"""Public entry points: load, validate, run, resume, and read the record of runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raypipe.config import ConfigSource, PipelineConfig, parse_config, read_config
+from raypipe.exceptions import RaypipeError
+from raypipe.runner.executor import Executor, RunResult, StageEvent
+from raypipe.runner.plan import Plan, build_plan
+from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root
+from raypipe.store.metadata import MetadataStore, RunRecord, StageRunRecord
+
+DEFAULT_DB = os.path.join(".raypipe", "raypipe.db")
+
+ConfigLike = str | os.PathLike[str] | PipelineConfig
+EventHook = Callable[[StageEvent], None]
+
+
+def load(config: ConfigLike, overrides: Sequence[str] = ()) -> Plan:
+    """Read (if a path), validate and plan a pipeline; raise ConfigError naming file, line and field."""
+    if isinstance(config, PipelineConfig):
+        if overrides:
+            raise RaypipeError("overrides apply to YAML files; change the PipelineConfig directly instead")
+        # Re-validate: a model built in Python may have been mutated after construction.
+        cfg = parse_config(config.model_dump(), ConfigSource(path=f"<pipeline {config.name}>"))
+        return build_plan(cfg, ConfigSource(path=f"<pipeline {config.name}>"))
+    cfg, source = read_config(config, overrides)
+    return build_plan(cfg, source)
+
+
+def validate(paths: Sequence[str | os.PathLike[str]]) -> list[Plan]:
+    """Validate several files; raise one error listing every file's problems."""
+    plans, errors = [], []
+    for p in paths:
+        try:
+            plans.append(load(p))
+        except RaypipeError as e:
+            errors.append(str(e))
+    if errors:
+        raise RaypipeError("\n".join(errors))
+    return plans
+
+
+def metadata_url(cfg: PipelineConfig) -> str:
+    """The configured database, else ``raypipe.db`` in a local storage root, else ``./.raypipe``."""
+    if cfg.metadata:
+        return cfg.metadata
+    root = resolve_root(cfg.storage)
+    return os.path.join(root, "raypipe.db") if is_local(root) else DEFAULT_DB
+
+
+def open_metadata(db: str | None = None) -> MetadataStore:
+    """The metadata store at ``db`` (a path or sqlite:/// URL), ``$RAYPIPE_DB`` or ``./.raypipe/raypipe.db``."""
+    url = db or os.environ.get("RAYPIPE_DB") or DEFAULT_DB
+    if not url.startswith("sqlite:") and "://" not in url and not Path(url).exists():
+        raise RaypipeError(f"no metadata store at {url!r}; run a pipeline first or pass --db")
+    return MetadataStore(url)
+
+
+def _new_run_id(name: str) -> str:
+    import time
+
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def run(
+    config: ConfigLike,
+    *,
+    overrides: Sequence[str] = (),
+    address: str | None = None,
+    use_cache: bool = True,
+    on_event: EventHook | None = None,
+    on_start: Callable[[str, Plan], None] | None = None,
+) -> RunResult:
+    """Run a pipeline to the end on Ray; every stage and artifact is recorded."""
+    plan = load(config, overrides)
+    cfg = plan.config
+    root = resolve_root(cfg.storage)
+    artifacts = ArtifactStore(root)
+    artifacts.check_writable()
+    meta = MetadataStore(metadata_url(cfg))
+    try:
+        run_id = _new_run_id(cfg.name)
+        config_path = None if isinstance(config, PipelineConfig) else str(Path(config).resolve())
+        stored = cfg.model_copy(update={"storage": root})
+        meta.create_run(run_id, cfg.name, stored.model_dump_json(), config_path, root)
+        if on_start:
+            on_start(run_id, plan)
+        _connect_or_fail(meta, run_id, cfg, address)
+        ex = Executor(plan, run_id, meta, artifacts, use_cache=use_cache, on_event=on_event)
+        return ex.execute()
+    finally:
+        meta.close()
+
+
+def _connect_or_fail(meta: MetadataStore, run_id: str, cfg: PipelineConfig, address: str | None) -> None:
+    """Connect to Ray; if that fails the run is recorded as failed, not left running."""
+    from raypipe.runner.ray_session import ensure_ray
+
+    try:
+        ensure_ray(cfg.ray, address)
+    except BaseException as e:
+        meta.finish_run(run_id, "failed", f"cannot start Ray: {e}")
+        raise
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resume(
+    run_id: str,
+    *,
+    db: str | None = None,
+    address: str | None = None,
+    on_event: EventHook | None = None,
+    on_start: Callable[[str, Plan], None] | None = None,
+) -> RunResult:
+    """Continue a failed, crashed or killed run; stages it finished are not run again."""
+    meta = open_metadata(db)
+    try:
+        rec = meta.get_run(run_id)
+        if rec.status == "succeeded":
+            raise RaypipeError(f"run {rec.run_id} already succeeded; nothing to resume")
+        if rec.status == "running" and rec.driver_host == os.uname().nodename and _pid_alive(rec.driver_pid):
+            raise RaypipeError(f"run {rec.run_id} is still running (driver pid {rec.driver_pid}); stop it first")
+        source = ConfigSource(path=rec.config_path or f"<run {rec.run_id}>")
+        cfg = parse_config(json.loads(rec.config_json), source)
+        plan = build_plan(cfg, source)
+        artifacts = ArtifactStore(rec.storage)
+        artifacts.check_writable()
+        meta.claim_run(rec.run_id)
+        done = {
+            name: sr
+            for name, sr in meta.done_stages(rec.run_id).items()
+            if all(artifacts.exists(ref) for ref in meta.io_of(sr.id, "out").values())
+        }
+        if on_start:
+            on_start(rec.run_id, plan)
+        _connect_or_fail(meta, rec.run_id, cfg, address)
+        ex = Executor(plan, rec.run_id, meta, artifacts, reuse=done, on_event=on_event)
+        return ex.execute()
+    finally:
+        meta.close()
+
+
+@dataclass(frozen=True)
+class RunDetail:
+    run: RunRecord
+    stages: list[StageRunRecord]
+    outputs: dict[int, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": self.run.to_dict(),
+            "stages": [{**s.to_dict(), "outputs": self.outputs.get(s.id, {})} for s in self.stages],
+        }
+
+
+def list_runs(db: str | None = None, limit: int = 50) -> list[RunRecord]:
+    meta = open_metadata(db)
+    try:
+        return meta.list_runs(limit)
+    finally:
+        meta.close()
+
+
+def show_run(run_id: str, db: str | None = None) -> RunDetail:
+    meta = open_metadata(db)
+    try:
+        rec = meta.get_run(run_id)
+        stages = meta.stage_runs(rec.run_id)
+        outputs = {s.id: {k: v.to_dict() for k, v in meta.io_of(s.id, "out").items()} for s in stages}
+        return RunDetail(rec, stages, outputs)
+    finally:
+        meta.close()
+
+
+def final_outputs(plan: Plan, result: RunResult, max_bytes: int = 8192) -> dict[str, dict[str, Any]]:
+    """Small JSON outputs of the stages nothing depends on: what a person wants to see at the end."""
+    sinks = [s for s in plan.order if not any(s in ps.upstream for ps in plan.stages.values())]
+    shown: dict[str, dict[str, Any]] = {}
+    for stage in sinks:
+        for name, ref in result.outputs.get(stage, {}).items():
+            if ref.format == "json" and ref.size <= max_bytes:
+                root = ref.uri[: ref.uri.index("/objects/")]
+                shown.setdefault(stage, {})[name] = ArtifactStore(root).get_value(ref)
+    return shown
+
+
+def read_artifact(uri_or_sha: str, db: str | None = None) -> Any:
+    """Load a stored artifact (by sha256 or URI) as the value the stage returned."""
+    meta = open_metadata(db)
+    try:
+        ref = meta.artifact(uri_or_sha)
+    finally:
+        meta.close()
+    root = ref.uri[: ref.uri.index("/objects/")]
+    return ArtifactStore(root).get_value(ref)

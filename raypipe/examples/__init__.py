@@ -1,0 +1,1 @@
+"""Example stage functions used by the pipelines in ``configs/``."""

@@ -1,0 +1,23 @@
+"""User-facing errors.  The CLI prints any ``RaypipeError`` without a traceback and exits 2."""
+
+from __future__ import annotations
+
+
+class RaypipeError(Exception):
+    """Base class of every error caused by user input or user state."""
+
+
+class ConfigError(RaypipeError):
+    """A pipeline file or override is invalid; the message names file, line and field."""
+
+
+class RunNotFoundError(RaypipeError):
+    """No run with the given id exists in the metadata store."""
+
+
+class StageError(RaypipeError):
+    """A stage failed in a way the user must fix (bad return value, bad import...)."""
+
+
+class StorageError(RaypipeError):
+    """The artifact root or metadata store cannot be used."""

@@ -1,0 +1,318 @@
+"""The run loop: cache lookups, Ray tasks for ready stages, retries, timeouts, records.
+
+Runs on the driver.  Stages whose upstream stages are done run concurrently as
+Ray tasks with their declared resources; every state change is written to the
+metadata store before the loop moves on, so a driver killed at any moment leaves
+a record that ``resume`` can continue from.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from raypipe.runner.cache import cache_key
+from raypipe.runner.plan import Plan, PlannedStage
+from raypipe.runner.task import execute_stage
+from raypipe.store.artifacts import ArtifactRef, ArtifactStore
+from raypipe.store.metadata import MetadataStore, StageRunRecord
+
+#: Terminal states of a stage within one run.
+DONE_STATES = ("succeeded", "cached", "reused")
+
+
+@dataclass(frozen=True)
+class StageEvent:
+    """One thing that happened to a stage, for progress displays."""
+
+    stage: str
+    status: str  # started | succeeded | cached | reused | retrying | failed | skipped
+    attempt: int = 0
+    duration_s: float | None = None
+    message: str = ""
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str
+    stages: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+    outputs: dict[str, dict[str, ArtifactRef]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+@dataclass
+class _Attempt:
+    stage: str
+    stage_run_id: int
+    attempt: int
+    started: float
+    deadline: float | None
+    inputs: dict[str, ArtifactRef]
+
+
+def short_error(exc: BaseException) -> str:
+    """The user's exception as one line: ``ValueError: bad value``."""
+    cause = getattr(exc, "cause", None)
+    err = cause if isinstance(cause, BaseException) else exc
+    text = str(err).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
+class Executor:
+    """Drives one run of a plan to completion (or failure) on a connected Ray."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        run_id: str,
+        meta: MetadataStore,
+        artifacts: ArtifactStore,
+        *,
+        use_cache: bool = True,
+        reuse: Mapping[str, StageRunRecord] | None = None,
+        on_event: Callable[[StageEvent], None] | None = None,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.plan = plan
+        self.run_id = run_id
+        self.meta = meta
+        self.artifacts = artifacts
+        self.use_cache = use_cache
+        self.reuse = dict(reuse or {})
+        self.on_event = on_event or (lambda e: None)
+        self.poll_s = poll_s
+        self.state: dict[str, str] = {name: "waiting" for name in plan.order}
+        self.outputs: dict[str, dict[str, ArtifactRef]] = {}
+        self.keys: dict[str, str] = {}
+        self.attempts: dict[str, int] = {}
+        self.retry_at: dict[str, float] = {}
+        self.errors: dict[str, str] = {}
+        self.running: dict[Any, _Attempt] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def _emit(self, stage: str, status: str, **kw: Any) -> None:
+        self.on_event(StageEvent(stage=stage, status=status, **kw))
+
+    def _inputs_of(self, ps: PlannedStage) -> dict[str, ArtifactRef] | str:
+        refs: dict[str, ArtifactRef] = {}
+        for arg, ref in ps.spec.inputs.items():
+            producer, _, output = ref.partition(".")
+            produced = self.outputs.get(producer, {})
+            if output not in produced:
+                return (
+                    f"input {arg!r}: stage {producer!r} produced no output {output!r}; "
+                    f"it produced: {', '.join(sorted(produced)) or 'nothing'}"
+                )
+            refs[arg] = produced[output]
+        return refs
+
+    def _try_cache(self, ps: PlannedStage, key: str, inputs: dict[str, ArtifactRef]) -> bool:
+        if not (self.use_cache and ps.spec.cache):
+            return False
+        hit = self.meta.find_cached(key)
+        if hit is None:
+            return False
+        outs = self.meta.io_of(hit.id, "out")
+        if not all(self.artifacts.exists(ref) for ref in outs.values()):
+            return False
+        source = hit.cached_from or hit.id
+        self.meta.record_cached(self.run_id, ps.spec.name, key, source, inputs, outs)
+        self.outputs[ps.spec.name] = outs
+        self.state[ps.spec.name] = "cached"
+        self._emit(ps.spec.name, "cached", message=f"from stage run {source}")
+        return True
+
+    def _submit(self, ps: PlannedStage, key: str, inputs: dict[str, ArtifactRef]) -> None:
+        import ray
+
+        name = ps.spec.name
+        attempt = self.attempts.get(name, 0) + 1
+        self.attempts[name] = attempt
+        sid = self.meta.start_stage(self.run_id, name, attempt, key)
+        res = ps.spec.resources.to_resources()
+        payload = {
+            "run_id": self.run_id,
+            "stage": name,
+            "attempt": attempt,
+            "kind": ps.spec.kind,
+            "params": ps.kind.params.model_dump(mode="json"),
+            "outputs": ps.spec.outputs,
+            "storage": self.artifacts.root,
+            "inputs": {k: v.to_dict() for k, v in inputs.items()},
+            "resources": {"cpu": res.cpu, "gpu": res.gpu, "memory_mb": res.memory_mb, "custom": res.custom_dict},
+        }
+        ref = _remote_execute().options(
+            name=f"raypipe:{self.plan.config.name}:{name}",
+            max_retries=0,
+            retry_exceptions=False,
+            **res.to_ray_options(),
+        ).remote(payload)
+        now = time.time()
+        deadline = now + ps.spec.timeout_s if ps.spec.timeout_s else None
+        self.running[ref] = _Attempt(name, sid, attempt, now, deadline, inputs)
+        self.state[name] = "running"
+        self._emit(name, "started", attempt=attempt)
+
+    def _succeed(self, att: _Attempt, result: Mapping[str, Any]) -> None:
+        outs = {k: ArtifactRef.from_dict(v) for k, v in result["outputs"].items()}
+        self.meta.succeed_stage(att.stage_run_id, att.inputs, outs, node_id=result.get("node_id"))
+        self.outputs[att.stage] = outs
+        self.state[att.stage] = "succeeded"
+        self._emit(att.stage, "succeeded", attempt=att.attempt, duration_s=time.time() - att.started)
+
+    def _fail(self, att: _Attempt, status: str, short: str, detail: str) -> None:
+        self.meta.fail_stage(att.stage_run_id, status, detail)
+        spec = self.plan.stages[att.stage].spec
+        if att.attempt <= spec.retries.max:
+            delay = spec.retries.backoff_s * (2 ** (att.attempt - 1))
+            self.retry_at[att.stage] = time.time() + delay
+            self.state[att.stage] = "waiting"
+            self._emit(att.stage, "retrying", attempt=att.attempt, message=f"{short}; retry in {delay:g}s")
+        else:
+            self.state[att.stage] = "failed"
+            self.errors[att.stage] = short
+            self._emit(att.stage, "failed", attempt=att.attempt, duration_s=time.time() - att.started, message=short)
+
+    def _fail_unstarted(self, name: str, message: str) -> None:
+        self.meta.skip_stage(self.run_id, name, message)
+        self.state[name] = "failed"
+        self.errors[name] = message
+        self._emit(name, "failed", message=message)
+
+    # ------------------------------------------------------------------ the loop
+    def _schedule_ready(self) -> bool:
+        """Start (or reuse from cache) every stage whose upstream is done.  True if anything changed."""
+        changed = False
+        now = time.time()
+        for name in self.plan.order:
+            if self.state[name] != "waiting":
+                continue
+            ps = self.plan.stages[name]
+            ups = [self.state[u] for u in ps.upstream]
+            if any(s in ("failed", "skipped") for s in ups):
+                bad = next(u for u in ps.upstream if self.state[u] in ("failed", "skipped"))
+                reason = f"upstream stage {bad!r} {self.state[bad]}"
+                self.meta.skip_stage(self.run_id, name, reason)
+                self.state[name] = "skipped"
+                self._emit(name, "skipped", message=reason)
+                changed = True
+                continue
+            if not all(s in DONE_STATES for s in ups) or self.retry_at.get(name, 0.0) > now:
+                continue
+            inputs = self._inputs_of(ps)
+            if isinstance(inputs, str):
+                self._fail_unstarted(name, inputs)
+                changed = True
+                continue
+            key = cache_key(
+                ps,
+                {arg: ref.sha256 for arg, ref in inputs.items()},
+                {u: self.keys[u] for u in ps.spec.depends_on},
+            )
+            self.keys[name] = key
+            if not self._try_cache(ps, key, inputs):
+                self._submit(ps, key, inputs)
+            changed = True
+        return changed
+
+    def _wait_timeout(self) -> float:
+        now = time.time()
+        deadlines = [a.deadline for a in self.running.values() if a.deadline is not None]
+        deadlines += [t for s, t in self.retry_at.items() if self.state[s] == "waiting"]
+        nearest = min(deadlines, default=now + self.poll_s)
+        return max(0.0, min(self.poll_s, nearest - now))
+
+    def _collect(self) -> None:
+        import ray
+
+        refs = list(self.running)
+        ready, rest = ray.wait(refs, num_returns=1, timeout=self._wait_timeout())
+        if ready and rest:
+            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+            ready += more
+        for ref in ready:
+            att = self.running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - any task failure is a stage failure
+                self._fail(att, "failed", short_error(e), _detail(e))
+            else:
+                try:
+                    self._succeed(att, result)
+                except Exception as e:  # noqa: BLE001
+                    self._fail(att, "failed", short_error(e), _detail(e))
+        now = time.time()
+        for ref, att in list(self.running.items()):
+            if att.deadline is not None and now >= att.deadline:
+                ray.cancel(ref, force=True)
+                del self.running[ref]
+                timeout = self.plan.stages[att.stage].spec.timeout_s
+                msg = f"timed out after {timeout:g}s"
+                self._fail(att, "timeout", msg, msg)
+
+    def _cancel_running(self, reason: str) -> None:
+        import ray
+
+        for ref, att in list(self.running.items()):
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort while stopping
+                pass
+            self.meta.fail_stage(att.stage_run_id, "interrupted", reason)
+        self.running.clear()
+
+    def execute(self) -> RunResult:
+        started = time.time()
+        for name, rec in self.reuse.items():
+            if name not in self.state:
+                continue
+            self.outputs[name] = self.meta.io_of(rec.id, "out")
+            if rec.cache_key:
+                self.keys[name] = rec.cache_key
+            self.state[name] = "reused"
+            self._emit(name, "reused", message=f"finished earlier in this run (stage run {rec.id})")
+        try:
+            while True:
+                while self._schedule_ready():
+                    pass
+                if self.running:
+                    self._collect()
+                elif any(s == "waiting" for s in self.state.values()):
+                    time.sleep(self._wait_timeout() or 0.01)
+                else:
+                    break
+        except BaseException:
+            self._cancel_running("driver interrupted")
+            self.meta.finish_run(self.run_id, "interrupted", "driver interrupted")
+            raise
+        ok = all(s in DONE_STATES for s in self.state.values())
+        status = "succeeded" if ok else "failed"
+        summary = "; ".join(f"{s}: {m}" for s, m in self.errors.items()) or None
+        self.meta.finish_run(self.run_id, status, summary)
+        return RunResult(
+            self.run_id, status, dict(self.state), dict(self.errors), time.time() - started, dict(self.outputs)
+        )
+
+
+def _detail(exc: BaseException) -> str:
+    text = str(exc) or "".join(traceback.format_exception(exc))
+    return text[-20000:]
+
+
+@lru_cache(maxsize=1)
+def _remote_execute() -> Any:
+    """``execute_stage`` as a Ray remote function, made once per process."""
+    import ray
+
+    return ray.remote(execute_stage)

@@ -1,0 +1,48 @@
+"""The body of one stage attempt, executed as a Ray task on a worker."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from raypipe.exceptions import StageError
+from raypipe.resources import Resources
+from raypipe.stages.base import StageContext
+from raypipe.stages.registry import get_stage_kind
+from raypipe.store.artifacts import ArtifactRef, ArtifactStore
+
+
+def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
+    """Load inputs, run the stage kind, store outputs by content; return their references.
+
+    ``payload`` holds only plain data (kind name, params, artifact refs), so the
+    task is the same whether it runs on this machine or on a remote node.
+    """
+    import ray
+
+    store = ArtifactStore(payload["storage"])
+    inputs = {name: store.get_value(ArtifactRef.from_dict(d)) for name, d in payload["inputs"].items()}
+    cls = get_stage_kind(payload["kind"])
+    kind = cls(cls.Params.model_validate(payload["params"]))
+    declared = payload.get("outputs")
+    with tempfile.TemporaryDirectory(prefix=f"raypipe-{payload['stage']}-") as workdir:
+        ctx = StageContext(
+            run_id=payload["run_id"],
+            stage=payload["stage"],
+            attempt=payload["attempt"],
+            resources=Resources.of(**payload["resources"]),
+            workdir=Path(workdir),
+            storage=payload["storage"],
+        )
+        values = kind.run(ctx, inputs) or {}
+        if declared is not None and set(values) != set(declared):
+            missing = sorted(set(declared) - set(values))
+            extra = sorted(set(values) - set(declared))
+            raise StageError(
+                f"stage {payload['stage']!r} declares outputs {declared} but returned {sorted(values)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; undeclared {extra}" if extra else "")
+            )
+        refs = {name: store.put_value(value).to_dict() for name, value in values.items()}
+    return {"outputs": refs, "node_id": ray.get_runtime_context().get_node_id()}

@@ -1,0 +1,359 @@
+"""Gang placement: where the bundles of a request go, or why they cannot go anywhere.
+
+Public entry points:
+
+* :func:`place` -- a :class:`Placement` for a request on a cluster view, or ``None``.
+* :func:`feasible_ever` -- a reason when a request can NEVER run, else ``None``.
+* :func:`explain_wait` -- why a request does not fit now ("largest free block is ...").
+* :class:`FreeLedger` -- the mutable, per-decision working copy policies use to
+  place many requests in a row without re-reading the snapshot.
+
+Rules (all strategies are all-or-nothing; dead nodes and nodes missing a label
+of ``label_selector`` are never used):
+
+* ``STRICT_PACK``: every bundle on one node.
+* ``PACK``: first try one node for the whole gang; otherwise first-fit-decreasing
+  (largest bundle first), preferring nodes the gang already uses, then the best
+  fitting new node.  This is a greedy approximation of "fewest nodes".
+* ``SPREAD``: each bundle on a node the gang does not use yet when possible,
+  otherwise on any node of the gang that still fits it.
+
+"Best fitting" node = smallest leftover of the bundle's dominant resource (GPU,
+else CPU, else memory) after placement, so big free blocks stay whole.  Bundles
+without GPUs first prefer nodes with the least free GPU (not to strand GPUs).
+Ties go to the smallest node id, so placement is deterministic.
+
+Speed: nodes are grouped by (free vector, labels); a search scans groups, not
+nodes, and a busy cluster has few distinct groups.  The ledger caches failed
+request shapes: capacity only shrinks between releases, so a shape that failed
+once fails again until something is released.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+
+from raypipe.resources import Resources
+from raypipe.scheduler import _vec
+from raypipe.scheduler._vec import Vec
+from raypipe.scheduler.types import ClusterView, JobRequest, Labels, NodeView, Placement, TeamConfig
+
+_GroupKey = tuple[Vec, Labels]
+
+
+class FreeLedger:
+    """Free capacity per alive node, mutable, for the span of ONE decision.
+
+    Built from a :class:`ClusterView` (``free`` of each node, or its ``total``
+    with ``use_total=True``).  Policies ``place`` a request, then ``allocate`` it;
+    ``release`` gives capacity back (for preemption within the decision).
+    """
+
+    __slots__ = ("_free", "_total", "_labels", "_groups", "_failed", "_match_cache")
+
+    def __init__(self, nodes: Iterable[NodeView], *, use_total: bool = False) -> None:
+        self._free: dict[str, Vec] = {}
+        self._total: dict[str, Vec] = {}
+        self._labels: dict[str, Labels] = {}
+        self._groups: dict[_GroupKey, list[str]] = {}
+        self._failed: set[str] = set()
+        self._match_cache: dict[tuple[Labels, Labels], bool] = {}
+        alive = sorted((n for n in nodes if n.alive), key=_node_id)
+        for n in alive:
+            tot = _vec.vec(n.total)
+            fv = tot if use_total else _vec.vec(n.free)
+            nid = n.node_id
+            self._free[nid] = fv
+            self._total[nid] = tot
+            self._labels[nid] = n.labels
+            key = (fv, n.labels)
+            group = self._groups.get(key)
+            if group is None:
+                self._groups[key] = [nid]
+            else:
+                group.append(nid)  # nodes are visited in id order: groups stay sorted
+
+    @classmethod
+    def from_cluster(cls, cluster: ClusterView, *, use_total: bool = False) -> FreeLedger:
+        """A ledger of ``cluster``'s alive nodes."""
+        return cls(cluster.nodes, use_total=use_total)
+
+    # ------------------------------------------------------------------ queries
+
+    def has_node(self, node_id: str) -> bool:
+        """True when ``node_id`` is an alive node of this ledger."""
+        return node_id in self._free
+
+    def free_of(self, node_id: str) -> Resources:
+        """What is free on a node now (within this decision)."""
+        return _vec.to_resources(self._free[node_id])
+
+    def _match(self, labels: Labels, selector: Labels) -> bool:
+        if not selector:
+            return True
+        key = (labels, selector)
+        hit = self._match_cache.get(key)
+        if hit is None:
+            hit = all(p in labels for p in selector)
+            self._match_cache[key] = hit
+        return hit
+
+    def _best(self, need: Vec, selector: Labels, skip: Mapping[str, Vec]) -> str | None:
+        """Best-fit untouched node for ``need`` (nodes in ``skip`` are ignored)."""
+        d = _vec.dominant_index(need)
+        no_gpu = need[1] <= _vec.EPS
+        best: tuple[float, float, str] | None = None
+        fits = _vec.fits
+        for (fv, labels), ids in self._groups.items():
+            if not fits(need, fv) or not self._match(labels, selector):
+                continue
+            nid = ids[0]
+            if skip and nid in skip:
+                nid = next((i for i in ids if i not in skip), "")
+                if not nid:
+                    continue
+            key = (fv[1] if no_gpu else 0.0, fv[d] - need[d] if d < 3 else 0.0, nid)
+            if best is None or key < best:
+                best = key
+        return None if best is None else best[2]
+
+    @staticmethod
+    def _best_touched(need: Vec, touched: Mapping[str, Vec]) -> str | None:
+        """Best-fit node among the nodes the gang already uses (with their reduced free)."""
+        d = _vec.dominant_index(need)
+        no_gpu = need[1] <= _vec.EPS
+        best: tuple[float, float, str] | None = None
+        for nid, fv in touched.items():
+            if _vec.fits(need, fv):
+                key = (fv[1] if no_gpu else 0.0, fv[d] - need[d] if d < 3 else 0.0, nid)
+                if best is None or key < best:
+                    best = key
+        return None if best is None else best[2]
+
+    def place(self, request: JobRequest) -> Placement | None:
+        """Where ``request`` would go now, or ``None``; does not allocate."""
+        key = request.shape_key
+        if key in self._failed:
+            return None
+        placement = self._place(request)
+        if placement is None:
+            self._failed.add(key)
+        return placement
+
+    def _place(self, request: JobRequest) -> Placement | None:
+        sel = request.label_selector
+        bvecs = request._bvecs
+        n = len(bvecs)
+        if n == 1 or request.strategy != "SPREAD":
+            nid = self._best(request._dvec, sel, {})
+            if nid is not None:
+                return Placement((nid,) * n)
+            if n == 1 or request.strategy == "STRICT_PACK":
+                return None
+        order = sorted(range(n), key=lambda i: (-bvecs[i][1], -bvecs[i][0], -bvecs[i][2], i))
+        touched: dict[str, Vec] = {}
+        out: list[str] = [""] * n
+        spread = request.strategy == "SPREAD"
+        for i in order:
+            need = bvecs[i]
+            if spread:
+                nid = self._best(need, sel, touched) or self._best_touched(need, touched)
+            else:
+                nid = self._best_touched(need, touched) or self._best(need, sel, touched)
+            if nid is None:
+                return None
+            touched[nid] = _vec.sub(touched.get(nid, self._free[nid]), need)
+            out[i] = nid
+        return Placement(tuple(out))
+
+    # ---------------------------------------------------------------- mutation
+
+    def copy(self) -> FreeLedger:
+        """An independent copy (e.g. to project capacity into the future)."""
+        other = FreeLedger(())
+        other._free = dict(self._free)
+        other._total = self._total  # never mutated
+        other._labels = self._labels  # never mutated
+        other._groups = {k: list(v) for k, v in self._groups.items()}
+        other._failed = set(self._failed)
+        other._match_cache = self._match_cache  # pure memo of an immutable relation
+        return other
+
+    def can_allocate(self, request: JobRequest, placement: Placement) -> bool:
+        """True when ``placement`` of ``request`` fits this ledger's free capacity node by node."""
+        for nid, need in self._per_node(request, placement).items():
+            if nid not in self._free or not _vec.fits(need, self._free[nid]):
+                return False
+        return True
+
+    def _set(self, nid: str, new: Vec) -> None:
+        old = self._free[nid]
+        labels = self._labels[nid]
+        okey = (old, labels)
+        group = self._groups[okey]
+        group.remove(nid)
+        if not group:
+            del self._groups[okey]
+        nkey = (new, labels)
+        ngroup = self._groups.get(nkey)
+        if ngroup is None:
+            self._groups[nkey] = [nid]
+        else:
+            bisect.insort(ngroup, nid)
+        self._free[nid] = new
+
+    def _per_node(self, request: JobRequest, placement: Placement) -> dict[str, Vec]:
+        if len(placement.bundle_nodes) != len(request._bvecs):
+            raise ValueError(f"placement of {request.job_id!r} has the wrong number of bundles")
+        out: dict[str, Vec] = {}
+        for v, nid in zip(request._bvecs, placement.bundle_nodes):
+            out[nid] = _vec.add(out[nid], v) if nid in out else v
+        return out
+
+    def allocate(self, request: JobRequest, placement: Placement) -> None:
+        """Take ``request``'s bundles from the nodes of ``placement``.
+
+        Raises ``ValueError`` when a node is unknown or lacks capacity (a bug in the caller).
+        """
+        per = self._per_node(request, placement)
+        for nid, need in per.items():
+            if nid not in self._free or not _vec.fits(need, self._free[nid]):
+                raise ValueError(f"cannot allocate {_vec.to_resources(need)} of {request.job_id!r} on {nid!r}")
+        for nid, need in per.items():
+            self._set(nid, _vec.sub(self._free[nid], need))
+
+    def release(self, request: JobRequest, placement: Placement) -> None:
+        """Give ``request``'s bundles back (clamped at node totals; dead/unknown nodes ignored)."""
+        for nid, give in self._per_node(request, placement).items():
+            if nid in self._free:
+                self._set(nid, _vec.vmin(_vec.add(self._free[nid], give), self._total[nid]))
+        self._failed.clear()
+
+    # ------------------------------------------------------------- explanations
+
+    def _largest(self, i: int, selector: Labels, custom_key: str = "") -> tuple[float, str]:
+        best_v, best_n = -1.0, ""
+        for (fv, labels), ids in self._groups.items():
+            if not self._match(labels, selector):
+                continue
+            v = fv[i] if i < 3 else dict(fv[3]).get(custom_key, 0.0)
+            if v > best_v or (v == best_v and ids[0] < best_n):
+                best_v, best_n = v, ids[0]
+        return best_v, best_n
+
+    def explain(self, request: JobRequest, *, capacity_word: str = "free block") -> str:
+        """Why ``request`` cannot be placed on this ledger (call only after ``place`` failed)."""
+        sel = request.label_selector
+        verb = "is" if capacity_word == "free block" else "has"
+        where = f" on nodes with {request.describe_selector()}" if sel else ""
+        if not any(self._match(labels, sel) for (_, labels) in self._groups):
+            return f"no alive node has labels {request.describe_selector()}" if sel else "no alive node"
+        strict = request.strategy == "STRICT_PACK" and len(request.bundles) > 1
+        needs = [request._dvec] if strict else sorted(request._bvecs, key=lambda v: (-v[1], -v[0], -v[2]))
+        for need in needs:
+            if self._best(need, sel, {}) is not None:
+                continue
+            what = "all bundles" if strict else _vec.to_resources(need)
+            suffix = " (STRICT_PACK)" if strict else ""
+            for i, name, key in _dims(need):
+                value, nid = self._largest(i, sel, key)
+                if value + _vec.EPS < (need[i] if i < 3 else dict(need[3])[key]):
+                    break
+            else:
+                i = _vec.dominant_index(need)
+                key = need[3][0][0] if i == 3 and need[3] else ""
+                name = _vec.component_name(i, need)
+                value, nid = self._largest(i, sel, key)
+            if strict:
+                return (
+                    f"needs {_vec.to_resources(need)} on one node{suffix}{where}; "
+                    f"largest {capacity_word} {verb} {max(value, 0.0):g} {name} ({nid})"
+                )
+            return f"needs {what} on one node{where}; largest {capacity_word} is {max(value, 0.0):g} {name} ({nid})"
+        d = _vec.dominant_index(request._dvec)
+        name = _vec.component_name(d, request._dvec)
+        total = 0.0
+        for (fv, labels), ids in self._groups.items():
+            if self._match(labels, sel):
+                total += _vec.component(fv, d) * len(ids)
+        avail = "free" if capacity_word == "free block" else "in total"
+        return (
+            f"gang of {len(request.bundles)} bundles ({request.strategy}) needs {request.demand}{where}; "
+            f"{total:g} {name} {avail} on matching nodes, not in blocks that hold every bundle"
+        )
+
+
+def _node_id(n: NodeView) -> str:
+    return n.node_id
+
+
+def _dims(need: Vec) -> list[tuple[int, str, str]]:
+    """The requested dimensions of ``need``: (index, display name, custom key)."""
+    out = [(i, _vec.DIM_NAMES[i], "") for i in (1, 0, 2) if need[i] > _vec.EPS]
+    out += [(3, k, k) for k, x in need[3] if x > _vec.EPS]
+    return out
+
+
+def exceeds_quota(demand: Resources, quota: Resources | None) -> str | None:
+    """The first quota-limited kind ``demand`` exceeds, as ``"16 GPU > 8 GPU"``; ``None`` when within."""
+    if quota is None:
+        return None
+    d, q = _vec.vec(demand), _vec.vec(quota)
+    for i in (1, 0, 2):
+        if q[i] > _vec.EPS and d[i] > q[i] + _vec.EPS:
+            return f"{d[i]:g} {_vec.DIM_NAMES[i]} > {q[i]:g} {_vec.DIM_NAMES[i]}"
+    qc = dict(q[3])
+    for k, x in d[3]:
+        if qc.get(k, 0.0) > _vec.EPS and x > qc[k] + _vec.EPS:
+            return f"{x:g} {k} > {qc[k]:g} {k}"
+    return None
+
+
+def place(request: JobRequest, cluster: ClusterView) -> Placement | None:
+    """A placement of the whole gang on ``cluster``'s free capacity, or ``None`` (never partial)."""
+    return FreeLedger.from_cluster(cluster).place(request)
+
+
+def explain_wait(request: JobRequest, cluster: ClusterView) -> str:
+    """Why ``request`` cannot start now on ``cluster``, e.g.
+    ``needs 4 GPU on one node; largest free block is 2 GPU (node-3)``.
+
+    Returns ``"fits now"`` when it does fit.
+    """
+    ledger = FreeLedger.from_cluster(cluster)
+    if ledger.place(request) is not None:
+        return "fits now"
+    return ledger.explain(request)
+
+
+def never_reason(request: JobRequest, total_ledger: FreeLedger, quota: Resources | None, *, allow_borrowing: bool) -> str | None:
+    """:func:`feasible_ever` against a prebuilt ``use_total=True`` ledger (policies cache it)."""
+    if not allow_borrowing:
+        over = exceeds_quota(request.demand, quota)
+        if over is not None:
+            return f"never schedulable: demand exceeds team {request.team}'s quota ({over})"
+    if total_ledger.place(request) is None:
+        return "never schedulable: " + total_ledger.explain(request, capacity_word="node")
+    return None
+
+
+def feasible_ever(
+    request: JobRequest,
+    cluster: ClusterView,
+    teams: Mapping[str, TeamConfig] | None = None,
+    *,
+    allow_borrowing: bool = False,
+) -> str | None:
+    """A reason when ``request`` can NEVER run on ``cluster``, else ``None``.
+
+    Never = it cannot be placed even with every alive node empty (a bundle
+    larger than any matching node's total, a label no alive node carries, a
+    STRICT_PACK gang bigger than any node, a gang bigger than the matching
+    nodes together), or its demand exceeds its team's quota while borrowing is
+    not allowed (only the fair-share policy lends capacity above quota).
+    The check uses the same greedy placement as :func:`place`, so a gang that
+    only an exact bin-packing could fit is reported as never fitting.
+    """
+    quota = (teams or {}).get(request.team, TeamConfig()).quota
+    return never_reason(request, FreeLedger.from_cluster(cluster, use_total=True), quota, allow_borrowing=allow_borrowing)

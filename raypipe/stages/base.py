@@ -1,0 +1,84 @@
+"""The contract every stage kind implements.
+
+A stage kind is a class with a pydantic ``Params`` model (validated when the
+pipeline is loaded, before Ray starts), a code ``fingerprint`` that goes into the
+cache key, and ``run``, which executes inside the stage's Ray task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from raypipe.resources import Resources
+
+
+class StageParams(BaseModel):
+    """Base of every kind's ``params`` model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class StageContext:
+    """What a running stage can see of the run it belongs to."""
+
+    run_id: str
+    stage: str
+    attempt: int
+    resources: Resources
+    workdir: Path
+    storage: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def log(self) -> logging.Logger:
+        return logging.getLogger(f"raypipe.stage.{self.stage}")
+
+
+class StageKind(ABC):
+    """One kind of stage.  Subclasses set ``Params`` and implement :meth:`run`.
+
+    ``__init__`` runs on the driver (planning) and again in the Ray task; it must be
+    cheap and side-effect free.  :meth:`run` must be safe to retry: it gets the
+    same inputs on every attempt and its outputs are stored by content.
+    """
+
+    Params: ClassVar[type[StageParams]] = StageParams
+    #: Distributions whose versions go into the cache key.
+    packages: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: StageParams) -> None:
+        self.params = params
+
+    def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
+        """Planning-time checks beyond the params schema: ``(loc under params, message)`` pairs."""
+        return []
+
+    def fingerprint(self) -> str:
+        """A hash of the code this stage runs.  Default: the kind's own module source."""
+        return module_fingerprint(type(self).__module__)
+
+    @abstractmethod
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Do the work; return ``{output_name: value}`` (or ``None`` for no outputs)."""
+
+
+def module_fingerprint(module: str) -> str:
+    """SHA-256 of a module's source file, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    origin = getattr(spec, "origin", None)
+    if not origin or not Path(origin).is_file():
+        return f"unknown:{module}"
+    return hashlib.sha256(Path(origin).read_bytes()).hexdigest()

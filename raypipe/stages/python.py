@@ -1,0 +1,97 @@
+"""``python`` stage kind: call a user function given as ``module:function``.
+
+The function receives its inputs and ``params.args`` as keyword arguments, plus
+the :class:`StageContext` if it has a parameter named ``ctx``.  It returns a dict
+``{output_name: value}``, a single value (stored as output ``output``) or ``None``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
+
+_FUNC_RE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
+
+
+class PythonParams(StageParams):
+    function: Annotated[str, Field(pattern=_FUNC_RE)]
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+def import_function(target: str) -> Callable[..., Any]:
+    """``pkg.mod:func`` (or ``pkg.mod:Class.method``) -> the callable; ``ImportError`` if absent."""
+    module_name, _, qualname = target.partition(":")
+    module = importlib.import_module(module_name)
+    obj: Any = module
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            raise ImportError(f"module {module_name!r} has no attribute {qualname!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ImportError(f"{target} is not callable")
+    return obj
+
+
+class PythonStage(StageKind):
+    Params = PythonParams
+    packages = ("numpy", "pandas", "pyarrow", "torch")
+
+    params: PythonParams
+
+    def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
+        try:
+            fn = import_function(self.params.function)
+        except ImportError as e:
+            return [(("function",), f"cannot import {self.params.function!r}: {e}")]
+        except Exception as e:  # noqa: BLE001 - user module raised while importing
+            return [(("function",), f"importing {self.params.function!r} raised {type(e).__name__}: {e}")]
+        issues: list[tuple[tuple[str | int, ...], str]] = []
+        for name in set(input_names) & set(self.params.args):
+            issues.append((("args", name), f"{name!r} is both an input and an arg; rename one"))
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return issues
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        given = set(input_names) | set(self.params.args)
+        if not accepts_any:
+            for name in sorted(given - set(sig.parameters)):
+                where = ("args", name) if name in self.params.args else ("function",)
+                issues.append((where, f"{self.params.function} has no parameter {name!r}"))
+        for name, p in sig.parameters.items():
+            if name == "ctx" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            if p.default is p.empty and name not in given:
+                issues.append(
+                    (("function",), f"{self.params.function} needs {name!r}; give it in `inputs` or `params.args`")
+                )
+        return issues
+
+    def fingerprint(self) -> str:
+        module = self.params.function.partition(":")[0]
+        h = hashlib.sha256(module_fingerprint(module).encode())
+        h.update(self.params.function.encode())
+        return h.hexdigest()
+
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        fn = import_function(self.params.function)
+        kwargs = {**self.params.args, **inputs}
+        try:
+            wants_ctx = "ctx" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            wants_ctx = False
+        if wants_ctx:
+            kwargs["ctx"] = ctx
+        result = fn(**kwargs)
+        if result is None:
+            return {}
+        if isinstance(result, Mapping) and all(isinstance(k, str) for k in result):
+            return result
+        return {"output": result}

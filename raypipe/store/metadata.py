@@ -1,0 +1,371 @@
+"""Metadata store: runs, stage runs, artifacts and lineage in SQLite (WAL mode).
+
+Every state change is one transaction.  A stage run becomes ``succeeded`` in the
+same transaction that records its output artifacts, and artifacts are written to
+the artifact store before that transaction starts: a crash at any instant leaves
+no stage recorded as done without its artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from raypipe.exceptions import RunNotFoundError, StorageError
+from raypipe.store.artifacts import ArtifactRef
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    pipeline TEXT NOT NULL,
+    status TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    config_path TEXT,
+    storage TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    ended_at REAL,
+    error TEXT,
+    driver_pid INTEGER,
+    driver_host TEXT
+);
+CREATE TABLE IF NOT EXISTS stage_runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    stage TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    cache_key TEXT,
+    cached_from INTEGER REFERENCES stage_runs(id),
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    error TEXT,
+    node_id TEXT
+);
+CREATE INDEX IF NOT EXISTS stage_runs_run ON stage_runs(run_id, stage);
+CREATE INDEX IF NOT EXISTS stage_runs_key ON stage_runs(cache_key, status);
+CREATE TABLE IF NOT EXISTS artifacts (
+    sha256 TEXT PRIMARY KEY,
+    uri TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    schema_json TEXT,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stage_io (
+    stage_run_id INTEGER NOT NULL REFERENCES stage_runs(id),
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL REFERENCES artifacts(sha256),
+    PRIMARY KEY (stage_run_id, direction, name)
+);
+CREATE TABLE IF NOT EXISTS lineage (
+    src_sha256 TEXT NOT NULL REFERENCES artifacts(sha256),
+    dst_sha256 TEXT NOT NULL REFERENCES artifacts(sha256),
+    stage_run_id INTEGER NOT NULL REFERENCES stage_runs(id),
+    PRIMARY KEY (src_sha256, dst_sha256, stage_run_id)
+);
+"""
+
+DONE = ("succeeded", "cached")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    pipeline: str
+    status: str
+    config_json: str
+    config_path: str | None
+    storage: str
+    created_at: float
+    ended_at: float | None
+    error: str | None
+    driver_pid: int | None
+    driver_host: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("config_json")
+        return d
+
+
+@dataclass(frozen=True)
+class StageRunRecord:
+    id: int
+    run_id: str
+    stage: str
+    attempt: int
+    status: str
+    cache_key: str | None
+    cached_from: int | None
+    started_at: float
+    ended_at: float | None
+    error: str | None
+    node_id: str | None
+
+    @property
+    def duration_s(self) -> float | None:
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "duration_s": self.duration_s}
+
+
+def _ref(row: sqlite3.Row) -> ArtifactRef:
+    schema = json.loads(row["schema_json"]) if row["schema_json"] else None
+    return ArtifactRef(uri=row["uri"], sha256=row["sha256"], size=row["size"], format=row["format"], schema=schema)
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///abs/path.db``, ``sqlite:///rel.db`` or a plain path -> a filesystem path."""
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///") :]
+    if "://" in url:
+        raise StorageError(f"metadata {url!r}: unsupported database URL; expected sqlite:///PATH or a file path")
+    return url
+
+
+class MetadataStore:
+    """One SQLite database file; safe for several processes (WAL, busy timeout)."""
+
+    def __init__(self, url: str) -> None:
+        path = Path(sqlite_path(url)).expanduser()
+        self.path = str(path.resolve())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.execute("PRAGMA busy_timeout=60000")
+            with self._tx() as c:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                c.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+        except (sqlite3.Error, OSError) as e:
+            raise StorageError(f"metadata store {self.path!r}: cannot open: {e}") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        else:
+            c.execute("COMMIT")
+
+    # ------------------------------------------------------------------ runs
+    def create_run(self, run_id: str, pipeline: str, config_json: str, config_path: str | None, storage: str) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO runs(run_id, pipeline, status, config_json, config_path, storage, created_at,"
+                " driver_pid, driver_host) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                (run_id, pipeline, config_json, config_path, storage, time.time(), os.getpid(), os.uname().nodename),
+            )
+
+    def claim_run(self, run_id: str) -> list[int]:
+        """Take over a run for resuming: mark it running under this process and mark the
+        stage runs a dead driver left ``running`` as ``interrupted``.  Returns their ids."""
+        with self._tx() as c:
+            rows = c.execute(
+                "SELECT id FROM stage_runs WHERE run_id = ? AND status IN ('running', 'pending')", (run_id,)
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            c.execute(
+                "UPDATE stage_runs SET status = 'interrupted', ended_at = ?, error = 'driver stopped' "
+                "WHERE run_id = ? AND status IN ('running', 'pending')",
+                (time.time(), run_id),
+            )
+            c.execute(
+                "UPDATE runs SET status = 'running', ended_at = NULL, error = NULL, driver_pid = ?, driver_host = ? "
+                "WHERE run_id = ?",
+                (os.getpid(), os.uname().nodename, run_id),
+            )
+        return ids
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ?",
+                (status, time.time(), error, run_id),
+            )
+
+    def get_run(self, run_id: str) -> RunRecord:
+        row = self._conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            # Accept a unique prefix, like git does.
+            rows = self._conn.execute(
+                "SELECT * FROM runs WHERE run_id LIKE ? ORDER BY created_at DESC LIMIT 2", (run_id + "%",)
+            ).fetchall()
+            if len(rows) == 1:
+                row = rows[0]
+            elif len(rows) > 1:
+                raise RunNotFoundError(f"run id {run_id!r} is ambiguous; give more characters")
+            else:
+                raise RunNotFoundError(f"no run {run_id!r} in {self.path}; `raypipe runs` lists them")
+        return RunRecord(**dict(row))
+
+    def list_runs(self, limit: int = 50, pipeline: str | None = None) -> list[RunRecord]:
+        q = "SELECT * FROM runs"
+        args: tuple[Any, ...] = ()
+        if pipeline:
+            q += " WHERE pipeline = ?"
+            args = (pipeline,)
+        q += " ORDER BY created_at DESC LIMIT ?"
+        return [RunRecord(**dict(r)) for r in self._conn.execute(q, args + (limit,)).fetchall()]
+
+    # ------------------------------------------------------------------ stage runs
+    def start_stage(self, run_id: str, stage: str, attempt: int, cache_key: str | None) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO stage_runs(run_id, stage, attempt, status, cache_key, started_at) "
+                "VALUES (?, ?, ?, 'running', ?, ?)",
+                (run_id, stage, attempt, cache_key, time.time()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def _insert_io(
+        self,
+        c: sqlite3.Connection,
+        stage_run_id: int,
+        inputs: Mapping[str, ArtifactRef],
+        outputs: Mapping[str, ArtifactRef],
+    ) -> None:
+        now = time.time()
+        for ref in list(inputs.values()) + list(outputs.values()):
+            c.execute(
+                "INSERT OR IGNORE INTO artifacts(sha256, uri, size, format, schema_json, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (ref.sha256, ref.uri, ref.size, ref.format, json.dumps(ref.schema) if ref.schema else None, now),
+            )
+        for direction, refs in (("in", inputs), ("out", outputs)):
+            for name, ref in refs.items():
+                c.execute(
+                    "INSERT OR REPLACE INTO stage_io(stage_run_id, direction, name, sha256) VALUES (?, ?, ?, ?)",
+                    (stage_run_id, direction, name, ref.sha256),
+                )
+        for src in inputs.values():
+            for dst in outputs.values():
+                c.execute(
+                    "INSERT OR IGNORE INTO lineage(src_sha256, dst_sha256, stage_run_id) VALUES (?, ?, ?)",
+                    (src.sha256, dst.sha256, stage_run_id),
+                )
+
+    def succeed_stage(
+        self,
+        stage_run_id: int,
+        inputs: Mapping[str, ArtifactRef],
+        outputs: Mapping[str, ArtifactRef],
+        node_id: str | None = None,
+    ) -> None:
+        """Record outputs and mark the stage run done, atomically."""
+        with self._tx() as c:
+            self._insert_io(c, stage_run_id, inputs, outputs)
+            c.execute(
+                "UPDATE stage_runs SET status = 'succeeded', ended_at = ?, node_id = ? WHERE id = ?",
+                (time.time(), node_id, stage_run_id),
+            )
+
+    def record_cached(
+        self,
+        run_id: str,
+        stage: str,
+        cache_key: str | None,
+        cached_from: int,
+        inputs: Mapping[str, ArtifactRef],
+        outputs: Mapping[str, ArtifactRef],
+    ) -> int:
+        with self._tx() as c:
+            now = time.time()
+            cur = c.execute(
+                "INSERT INTO stage_runs(run_id, stage, attempt, status, cache_key, cached_from, started_at, ended_at)"
+                " VALUES (?, ?, 0, 'cached', ?, ?, ?, ?)",
+                (run_id, stage, cache_key, cached_from, now, now),
+            )
+            sid = int(cur.lastrowid or 0)
+            self._insert_io(c, sid, inputs, outputs)
+            return sid
+
+    def fail_stage(self, stage_run_id: int, status: str, error: str) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE stage_runs SET status = ?, ended_at = ?, error = ? WHERE id = ?",
+                (status, time.time(), error, stage_run_id),
+            )
+
+    def skip_stage(self, run_id: str, stage: str, reason: str) -> None:
+        with self._tx() as c:
+            now = time.time()
+            c.execute(
+                "INSERT INTO stage_runs(run_id, stage, attempt, status, started_at, ended_at, error) "
+                "VALUES (?, ?, 0, 'skipped', ?, ?, ?)",
+                (run_id, stage, now, now, reason),
+            )
+
+    def stage_runs(self, run_id: str) -> list[StageRunRecord]:
+        rows = self._conn.execute("SELECT * FROM stage_runs WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        return [StageRunRecord(**dict(r)) for r in rows]
+
+    def io_of(self, stage_run_id: int, direction: str = "out") -> dict[str, ArtifactRef]:
+        rows = self._conn.execute(
+            "SELECT io.name, a.* FROM stage_io io JOIN artifacts a ON a.sha256 = io.sha256 "
+            "WHERE io.stage_run_id = ? AND io.direction = ? ORDER BY io.name",
+            (stage_run_id, direction),
+        ).fetchall()
+        return {r["name"]: _ref(r) for r in rows}
+
+    def done_stages(self, run_id: str) -> dict[str, StageRunRecord]:
+        """The latest finished (succeeded or cached) stage run of each stage of a run."""
+        out: dict[str, StageRunRecord] = {}
+        for sr in self.stage_runs(run_id):
+            if sr.status in DONE:
+                out[sr.stage] = sr
+        return out
+
+    def find_cached(self, cache_key: str) -> StageRunRecord | None:
+        """The newest finished stage run with this cache key (candidates newest first)."""
+        row = self._conn.execute(
+            "SELECT * FROM stage_runs WHERE cache_key = ? AND status IN ('succeeded', 'cached') "
+            "ORDER BY id DESC LIMIT 1",
+            (cache_key,),
+        ).fetchone()
+        return StageRunRecord(**dict(row)) if row else None
+
+    def artifact(self, uri_or_sha: str) -> ArtifactRef:
+        """An artifact by sha256 (or a unique prefix of it) or by URI."""
+        rows = self._conn.execute(
+            "SELECT * FROM artifacts WHERE uri = ? OR sha256 LIKE ? LIMIT 2", (uri_or_sha, uri_or_sha + "%")
+        ).fetchall()
+        if len(rows) != 1:
+            what = "is ambiguous" if rows else "is unknown"
+            raise RunNotFoundError(f"artifact {uri_or_sha!r} {what} in {self.path}")
+        return _ref(rows[0])
+
+    def lineage_of(self, sha256: str) -> list[dict[str, Any]]:
+        """Direct parents of an artifact: (input artifact, stage run) pairs."""
+        rows = self._conn.execute(
+            "SELECT l.src_sha256, l.stage_run_id, s.stage, s.run_id FROM lineage l "
+            "JOIN stage_runs s ON s.id = l.stage_run_id WHERE l.dst_sha256 = ?",
+            (sha256,),
+        ).fetchall()
+        return [dict(r) for r in rows]
