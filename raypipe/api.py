@@ -93,8 +93,15 @@ def run(
         meta.create_run(run_id, cfg.name, stored.model_dump_json(), config_path, root)
         if on_start:
             on_start(run_id, plan)
-        _connect_or_fail(meta, run_id, cfg, address)
-        ex = Executor(plan, run_id, meta, artifacts, use_cache=use_cache, on_event=on_event)
+        ex = Executor(
+            plan,
+            run_id,
+            meta,
+            artifacts,
+            use_cache=use_cache,
+            on_event=on_event,
+            connect=lambda: _connect_or_fail(meta, run_id, cfg, address),
+        )
         return ex.execute()
     finally:
         meta.close()
@@ -152,8 +159,15 @@ def resume(
         }
         if on_start:
             on_start(rec.run_id, plan)
-        _connect_or_fail(meta, rec.run_id, cfg, address)
-        ex = Executor(plan, rec.run_id, meta, artifacts, reuse=done, on_event=on_event)
+        ex = Executor(
+            plan,
+            rec.run_id,
+            meta,
+            artifacts,
+            reuse=done,
+            on_event=on_event,
+            connect=lambda: _connect_or_fail(meta, rec.run_id, cfg, address),
+        )
         return ex.execute()
     finally:
         meta.close()

@@ -35,9 +35,15 @@ err_console = Console(stderr=True, highlight=False)
 
 T = TypeVar("T")
 
-DbOpt = Annotated[str | None, typer.Option("--db", help="Metadata store (path or sqlite:/// URL); default $RAYPIPE_DB or ./.raypipe/raypipe.db.")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="Metadata store (path or sqlite:/// URL); default $RAYPIPE_DB or ./.raypipe/raypipe.db."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-AddressOpt = Annotated[str | None, typer.Option("--address", help="Ray address to connect to (default: config, $RAY_ADDRESS, or a new local Ray).")]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray address to connect to (default: config, $RAY_ADDRESS, or a new local Ray)."),
+]
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -86,7 +92,9 @@ class _Reporter:
         attempt = f" attempt {e.attempt}" if e.attempt > 1 else ""
         msg = f": {e.message}" if e.message and e.status in ("failed", "retrying", "skipped") else ""
         label = e.status if e.status != "cached" else "cache hit"
-        self.progress.console.print(f"  {_ICONS.get(e.status, '·')} {e.stage} {label}{attempt}{dur}{msg}", soft_wrap=True)
+        self.progress.console.print(
+            f"  {_ICONS.get(e.status, '·')} {e.stage} {label}{attempt}{dur}{msg}", soft_wrap=True
+        )
         if e.status in ("succeeded", "cached", "reused", "failed", "skipped") and self.task is not None:
             self.progress.advance(self.task)
 
@@ -123,8 +131,13 @@ def _cwd_importable() -> None:
 def run_cmd(
     file: Annotated[str, typer.Argument(help="Pipeline YAML file.")],
     address: AddressOpt = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: PATH=VALUE, e.g. stages.train.params.args.epochs=3.")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every stage even if a cached result exists.")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a field: PATH=VALUE, e.g. stages.train.params.args.epochs=3."),
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Run every stage even if a cached result exists.")
+    ] = False,
 ) -> None:
     """Run a pipeline: every stage, its artifacts and lineage are recorded."""
     _cwd_importable()
@@ -166,7 +179,7 @@ def validate_cmd(files: Annotated[list[str], typer.Argument(help="Pipeline YAML 
     """Check pipeline files (schema, graph, stage kinds, functions) without starting Ray."""
     _cwd_importable()
     plans = _guard(lambda: api.validate(files))
-    for f, p in zip(files, plans):
+    for f, p in zip(files, plans, strict=True):
         console.print(f"[green]ok[/] {f}: pipeline {p.config.name}, {len(p.order)} stages")
 
 
@@ -193,7 +206,9 @@ def runs_cmd(
 
 
 def _status(s: str) -> str:
-    color = {"succeeded": "green", "cached": "green", "failed": "red", "timeout": "red", "running": "cyan"}.get(s, "yellow")
+    color = {"succeeded": "green", "cached": "green", "failed": "red", "timeout": "red", "running": "cyan"}.get(
+        s, "yellow"
+    )
     return f"[{color}]{s}[/]"
 
 
@@ -209,7 +224,9 @@ def show_cmd(
         print(json.dumps(detail.to_dict(), indent=2))
         return
     r = detail.run
-    console.print(f"run [bold]{r.run_id}[/] · pipeline {r.pipeline} · {_status(r.status)} · started {_ts(r.created_at)}")
+    console.print(
+        f"run [bold]{r.run_id}[/] · pipeline {r.pipeline} · {_status(r.status)} · started {_ts(r.created_at)}"
+    )
     if r.error:
         console.print(f"error: {r.error}", soft_wrap=True)
     table = Table("stage", "attempt", "status", "duration", "outputs", "error")

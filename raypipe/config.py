@@ -214,7 +214,8 @@ def _expected(err: Mapping[str, Any], model_root: type[BaseModel] | None = None)
     if t in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[t]
         bound = next(iter(ctx.values())) if ctx else "?"
-        return f"{got}expected a number {op} {bound}"
+        bound_text = f"{bound:g}" if isinstance(bound, (int, float)) else str(bound)
+        return f"{got}expected a number {op} {bound_text}"
     if t in ("float_parsing", "float_type", "int_parsing", "int_type", "int_from_float"):
         kind = "an integer" if t.startswith("int") else "a number"
         return f"{got}expected {kind}"
@@ -235,7 +236,9 @@ def _expected(err: Mapping[str, Any], model_root: type[BaseModel] | None = None)
     return f"{got}{err.get('msg', 'invalid')}"
 
 
-def validation_issues(exc: ValidationError, prefix: Loc = (), model: type[BaseModel] | None = None) -> list[tuple[Loc, str]]:
+def validation_issues(
+    exc: ValidationError, prefix: Loc = (), model: type[BaseModel] | None = None
+) -> list[tuple[Loc, str]]:
     """Turn a pydantic error into ``(loc, message)`` pairs rooted at ``prefix``."""
     issues = []
     for err in exc.errors():
@@ -275,7 +278,9 @@ class _DupCheck:
             for k, v in node.value:
                 key = k.value
                 if key in seen:
-                    out.append((loc + (key,), f"duplicate key {key!r} (first at line {seen[key]})", k.start_mark.line + 1))
+                    out.append(
+                        (loc + (key,), f"duplicate key {key!r} (first at line {seen[key]})", k.start_mark.line + 1)
+                    )
                 else:
                     seen[key] = k.start_mark.line + 1
                 out += _DupCheck.issues(v, loc + (key,))
@@ -389,4 +394,3 @@ def read_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
     if overrides:
         data = apply_overrides(data, overrides)
     return parse_config(data, source), source
-

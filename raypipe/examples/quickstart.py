@@ -66,7 +66,12 @@ def _mlp(n_in: int, hidden: int, n_out: int, dropout: float) -> Any:
     import torch.nn as nn
 
     return nn.Sequential(
-        nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_out)
+        nn.Linear(n_in, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, n_out),
     )
 
 
@@ -133,7 +138,9 @@ def evaluate(model: dict[str, Any], test: pd.DataFrame, min_accuracy: float = 0.
     acc = float((pred == y).mean())
     recall = {str(c): round(float((pred[y == c] == c).mean()), 4) for c in np.unique(y)}
     if acc < min_accuracy:
-        raise ValueError(f"accuracy {acc:.4f} is below the gate min_accuracy={min_accuracy} by {min_accuracy - acc:.4f}")
+        raise ValueError(
+            f"accuracy {acc:.4f} is below the gate min_accuracy={min_accuracy} by {min_accuracy - acc:.4f}"
+        )
     return {"metrics": {"accuracy": round(acc, 6), "test_rows": int(len(y)), "recall_per_class": recall}}
 
 

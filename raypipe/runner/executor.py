@@ -82,8 +82,11 @@ class Executor:
         use_cache: bool = True,
         reuse: Mapping[str, StageRunRecord] | None = None,
         on_event: Callable[[StageEvent], None] | None = None,
+        connect: Callable[[], None] | None = None,
         poll_s: float = 0.5,
     ) -> None:
+        """``connect`` is called once, before the first stage that must run: a run that
+        is all cache hits never starts or joins Ray."""
         self.plan = plan
         self.run_id = run_id
         self.meta = meta
@@ -92,6 +95,7 @@ class Executor:
         self.reuse = dict(reuse or {})
         self.on_event = on_event or (lambda e: None)
         self.poll_s = poll_s
+        self._connect = connect
         self.state: dict[str, str] = {name: "waiting" for name in plan.order}
         self.outputs: dict[str, dict[str, ArtifactRef]] = {}
         self.keys: dict[str, str] = {}
@@ -134,8 +138,10 @@ class Executor:
         return True
 
     def _submit(self, ps: PlannedStage, key: str, inputs: dict[str, ArtifactRef]) -> None:
-        import ray
 
+        if self._connect is not None:
+            self._connect()
+            self._connect = None
         name = ps.spec.name
         attempt = self.attempts.get(name, 0) + 1
         self.attempts[name] = attempt
@@ -152,12 +158,16 @@ class Executor:
             "inputs": {k: v.to_dict() for k, v in inputs.items()},
             "resources": {"cpu": res.cpu, "gpu": res.gpu, "memory_mb": res.memory_mb, "custom": res.custom_dict},
         }
-        ref = _remote_execute().options(
-            name=f"raypipe:{self.plan.config.name}:{name}",
-            max_retries=0,
-            retry_exceptions=False,
-            **res.to_ray_options(),
-        ).remote(payload)
+        ref = (
+            _remote_execute()
+            .options(
+                name=f"raypipe:{self.plan.config.name}:{name}",
+                max_retries=0,
+                retry_exceptions=False,
+                **res.to_ray_options(),
+            )
+            .remote(payload)
+        )
         now = time.time()
         deadline = now + ps.spec.timeout_s if ps.spec.timeout_s else None
         self.running[ref] = _Attempt(name, sid, attempt, now, deadline, inputs)

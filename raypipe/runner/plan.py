@@ -119,7 +119,10 @@ def build_plan(config: PipelineConfig, source: ConfigSource | None = None) -> Pl
                 issues.append((("stages", i, "inputs", arg), f"stage {st.name!r} cannot read its own output"))
             elif producer not in index:
                 issues.append(
-                    (("stages", i, "inputs", arg), f"{ref!r} names unknown stage {producer!r}; stages are: {', '.join(index)}")
+                    (
+                        ("stages", i, "inputs", arg),
+                        f"{ref!r} names unknown stage {producer!r}; stages are: {', '.join(index)}",
+                    )
                 )
             else:
                 declared = config.stages[index[producer]].outputs
@@ -142,9 +145,7 @@ def build_plan(config: PipelineConfig, source: ConfigSource | None = None) -> Pl
         try:
             cls = get_stage_kind(st.kind)
         except ConfigError:
-            issues.append(
-                (("stages", i, "kind"), f"got {st.kind!r}; expected one of: {', '.join(stage_kind_names())}")
-            )
+            issues.append((("stages", i, "kind"), f"got {st.kind!r}; expected one of: {', '.join(stage_kind_names())}"))
             continue
         try:
             params = cls.Params.model_validate(st.params)

@@ -78,9 +78,15 @@ def _is_numpy(v: Any) -> bool:
     return type(v).__module__ == "numpy" and type(v).__name__ == "ndarray"
 
 
-def _is_torch(v: Any) -> bool:
-    mod = type(v).__module__
-    return mod.startswith("torch") or any(c.__module__.startswith("torch.nn") for c in type(v).__mro__)
+def _is_torch(v: Any, depth: int = 0) -> bool:
+    """A torch object, or a dict/list holding one (a state dict, a checkpoint)."""
+    if type(v).__module__.startswith("torch") or any(c.__module__.startswith("torch.nn") for c in type(v).__mro__):
+        return True
+    if depth < 3 and isinstance(v, dict):
+        return any(_is_torch(x, depth + 1) for x in v.values())
+    if depth < 3 and isinstance(v, (list, tuple)):
+        return any(_is_torch(x, depth + 1) for x in v)
+    return False
 
 
 def _json_ok(v: Any) -> bool:

@@ -1,0 +1,115 @@
+"""Artifact store round trips and metadata store transactions (no Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from raypipe.exceptions import RunNotFoundError, StorageError
+from raypipe.store.artifacts import ArtifactStore, resolve_root
+from raypipe.store.metadata import MetadataStore
+
+
+@pytest.mark.parametrize(
+    ("value", "fmt"),
+    [
+        (pd.DataFrame({"a": [1, 2], "b": ["x", "y"]}), "parquet"),
+        (np.arange(6, dtype="float32").reshape(2, 3), "npy"),
+        ({"accuracy": 0.9, "n": [1, 2]}, "json"),
+        ("text", "json"),
+        (b"\x00\x01", "bytes"),
+        ({1, 2, 3}, "pickle"),
+    ],
+)
+def test_round_trip(tmp_path: Path, value: object, fmt: str) -> None:
+    store = ArtifactStore(str(tmp_path / "root"))
+    ref = store.put_value(value)
+    assert ref.format == fmt
+    assert store.exists(ref)
+    back = store.get_value(ref)
+    if isinstance(value, pd.DataFrame):
+        pd.testing.assert_frame_equal(back, value)
+    elif isinstance(value, np.ndarray):
+        np.testing.assert_array_equal(back, value)
+    else:
+        assert back == value
+
+
+def test_torch_state_dict_round_trip(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    store = ArtifactStore(str(tmp_path))
+    ref = store.put_value({"spec": {"n": 2}, "state_dict": {"w": torch.ones(2)}})
+    assert ref.format == "torch"
+    assert torch.equal(store.get_value(ref)["state_dict"]["w"], torch.ones(2))
+
+
+def test_content_addressing_dedups_and_detects_truncation(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path))
+    r1, r2 = store.put_value({"a": 1}), store.put_value({"a": 1})
+    assert r1 == r2 and r1.uri.endswith(f"{r1.sha256}.json")
+    Path(r1.uri).write_text("{")
+    assert not store.exists(r1)
+    assert not list((tmp_path / "tmp").iterdir()), "no upload left behind"
+
+
+def test_unwritable_root_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="not writable"):
+        ArtifactStore(str(blocker / "sub")).check_writable()
+
+
+def test_resolve_root(tmp_path: Path) -> None:
+    assert resolve_root("s3://bucket/p/") == "s3://bucket/p"
+    assert resolve_root("rel", base=tmp_path) == str(tmp_path / "rel")
+
+
+def test_metadata_records_stage_with_outputs_atomically(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path / "a"))
+    meta = MetadataStore(str(tmp_path / "m.db"))
+    meta.create_run("r1", "p", "{}", None, store.root)
+    sid = meta.start_stage("r1", "s", 1, "key1")
+    inp, out = store.put_value({"i": 1}), store.put_value({"o": 2})
+    meta.succeed_stage(sid, {"x": inp}, {"y": out})
+    assert meta.find_cached("key1").id == sid  # type: ignore[union-attr]
+    assert meta.io_of(sid, "out") == {"y": out}
+    assert meta.lineage_of(out.sha256)[0]["src_sha256"] == inp.sha256
+    cid = meta.record_cached("r1", "s2", "key1", sid, {}, {"y": out})
+    assert meta.done_stages("r1").keys() == {"s", "s2"} and meta.stage_runs("r1")[-1].id == cid
+    meta.finish_run("r1", "succeeded")
+    assert meta.get_run("r1").status == "succeeded"
+    assert meta.get_run("r").run_id == "r1", "unique prefix"
+    with pytest.raises(RunNotFoundError):
+        meta.get_run("nope")
+    # WAL mode, and another connection sees committed state.
+    con = sqlite3.connect(meta.path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("SELECT count(*) FROM stage_runs WHERE status='succeeded'").fetchone()[0] == 1
+
+
+def test_claim_run_marks_dead_stages_interrupted(tmp_path: Path) -> None:
+    meta = MetadataStore(str(tmp_path / "m.db"))
+    meta.create_run("r1", "p", "{}", None, str(tmp_path))
+    meta.start_stage("r1", "s", 1, None)
+    assert len(meta.claim_run("r1")) == 1
+    assert meta.stage_runs("r1")[0].status == "interrupted"
+    assert meta.get_run("r1").driver_pid == os.getpid()
+
+
+def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
+    meta = MetadataStore(str(tmp_path / "m.db"))
+    meta.create_run("r1", "p", "{}", None, str(tmp_path))
+    sid = meta.start_stage("r1", "s", 1, None)
+    good = ArtifactStore(str(tmp_path / "a")).put_value({"o": 1})
+    bad = dataclasses.replace(good, sha256="f" * 64, schema={"not json": {1, 2}})
+    with pytest.raises(TypeError):
+        meta.succeed_stage(sid, {}, {"good": good, "bad": bad})
+    assert meta.stage_runs("r1")[0].status == "running", "no stage marked done without outputs"
+    con = sqlite3.connect(meta.path)
+    assert con.execute("SELECT count(*) FROM artifacts").fetchone()[0] == 0, "partial inserts rolled back"
