@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from raypipe import api
 from raypipe.exceptions import RaypipeError
@@ -46,13 +46,29 @@ AddressOpt = Annotated[
 ]
 
 
-def _guard(fn: Callable[[], T]) -> T:
-    """Run ``fn``; a RaypipeError becomes a clean message and exit code 2."""
+def _guard(fn: Callable[[], T], run_hint: Callable[[], str | None] = lambda: None) -> T:
+    """Run ``fn``; a RaypipeError becomes a clean message and exit code 2, Ctrl-C exit 130."""
     try:
         return fn()
     except RaypipeError as e:
         err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        _shutdown_ray()
+        run_id = run_hint()
+        hint = f"; continue with: raypipe resume {run_id}" if run_id else ""
+        err_console.print(f"[yellow]interrupted[/]{hint}")
+        raise typer.Exit(130) from None
+
+
+def _shutdown_ray() -> None:
+    """Leave Ray cleanly after Ctrl-C (its exit hooks can crash on an interrupted driver)."""
+    mod = sys.modules.get("ray")
+    if mod is not None and mod.is_initialized():
+        try:
+            mod.shutdown()
+        except Exception:  # noqa: BLE001 - best effort while exiting
+            pass
 
 
 _ICONS = {
@@ -81,9 +97,11 @@ class _Reporter:
         )
         self.task: Any = None
         self.plan: Plan | None = None
+        self.run_id: str | None = None
 
     def on_start(self, run_id: str, plan: Plan) -> None:
         self.plan = plan
+        self.run_id = run_id
         console.print(f"run [bold]{run_id}[/] · pipeline {plan.config.name} · {len(plan.order)} stages")
         self.task = self.progress.add_task(plan.config.name, total=len(plan.order))
 
@@ -154,7 +172,7 @@ def run_cmd(
                 on_start=rep.on_start,
             )
 
-    _finish(_guard(go), rep.plan)
+    _finish(_guard(go, lambda: rep.run_id), rep.plan)
 
 
 @app.command("resume")
@@ -171,7 +189,7 @@ def resume_cmd(
         with rep.running():
             return api.resume(run_id, db=db, address=address, on_event=rep.on_event, on_start=rep.on_start)
 
-    _finish(_guard(go), rep.plan)
+    _finish(_guard(go, lambda: rep.run_id), rep.plan)
 
 
 @app.command("validate")
@@ -198,7 +216,8 @@ def runs_cmd(
     if as_json:
         print(json.dumps([r.to_dict() for r in runs], indent=2))
         return
-    table = Table("run id", "pipeline", "status", "started", "duration")
+    table = Table("pipeline", "status", "started", "duration")
+    table.columns.insert(0, Column("run id", no_wrap=True))
     for r in runs:
         dur = f"{r.ended_at - r.created_at:.1f}s" if r.ended_at else "-"
         table.add_row(r.run_id, r.pipeline, _status(r.status), _ts(r.created_at), dur)

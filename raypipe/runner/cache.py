@@ -42,7 +42,7 @@ def cache_key(stage: PlannedStage, input_hashes: Mapping[str, str], after: Mappi
         "kind": stage.spec.kind,
         "params": stage.kind.params.model_dump(mode="json"),
         "outputs": stage.spec.outputs,
-        "code": stage.kind.fingerprint(),
+        "code": stage.kind.code_fingerprint(),
         "inputs": dict(sorted(input_hashes.items())),
         "after": dict(sorted(after.items())),
         "env": environment(type(stage.kind).packages),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from raypipe.exceptions import StageError
@@ -26,15 +24,14 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
     cls = get_stage_kind(payload["kind"])
     kind = cls(cls.Params.model_validate(payload["params"]))
     declared = payload.get("outputs")
-    with tempfile.TemporaryDirectory(prefix=f"raypipe-{payload['stage']}-") as workdir:
-        ctx = StageContext(
-            run_id=payload["run_id"],
-            stage=payload["stage"],
-            attempt=payload["attempt"],
-            resources=Resources.of(**payload["resources"]),
-            workdir=Path(workdir),
-            storage=payload["storage"],
-        )
+    ctx = StageContext(
+        run_id=payload["run_id"],
+        stage=payload["stage"],
+        attempt=payload["attempt"],
+        resources=Resources.of(**payload["resources"]),
+        storage=payload["storage"],
+    )
+    try:
         values = kind.run(ctx, inputs) or {}
         if declared is not None and set(values) != set(declared):
             missing = sorted(set(declared) - set(values))
@@ -45,4 +42,6 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
                 + (f"; undeclared {extra}" if extra else "")
             )
         refs = {name: store.put_value(value).to_dict() for name, value in values.items()}
+    finally:
+        ctx.cleanup()
     return {"outputs": refs, "node_id": ray.get_runtime_context().get_node_id()}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,13 +37,26 @@ class StageContext:
     stage: str
     attempt: int
     resources: Resources
-    workdir: Path
     storage: str
     extra: dict[str, Any] = field(default_factory=dict)
+    _workdir: Path | None = field(default=None, repr=False)
 
     @property
     def log(self) -> logging.Logger:
         return logging.getLogger(f"raypipe.stage.{self.stage}")
+
+    @property
+    def workdir(self) -> Path:
+        """A scratch directory of this attempt, made on first use and removed after the stage.
+        Return a ``Path`` inside it to store a file as an output."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix=f"raypipe-{self.stage}-"))
+        return self._workdir
+
+    def cleanup(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
 
 
 class StageKind(ABC):
@@ -66,6 +81,14 @@ class StageKind(ABC):
     def fingerprint(self) -> str:
         """A hash of the code this stage runs.  Default: the kind's own module source."""
         return module_fingerprint(type(self).__module__)
+
+    def code_fingerprint(self) -> str:
+        """:meth:`fingerprint`, computed once per instance (one plan reads each file once)."""
+        cached: str | None = getattr(self, "_fingerprint", None)
+        if cached is None:
+            cached = self.fingerprint()
+            self._fingerprint = cached
+        return cached
 
     @abstractmethod
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -1,0 +1,1 @@
+"""raypipe benchmarks; run each from the repository root as ``python -m benchmarks.NAME --out DIR``."""
