@@ -14,6 +14,7 @@ from raypipe.config import ConfigSource, PipelineConfig, parse_config, read_conf
 from raypipe.exceptions import RaypipeError
 from raypipe.runner.executor import Executor, RunResult, StageEvent
 from raypipe.runner.plan import Plan, build_plan
+from raypipe.scheduler.client import SchedulerClient, get_controller
 from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root
 from raypipe.store.metadata import MetadataStore, RunRecord, StageRunRecord
 
@@ -107,14 +108,20 @@ def run(
         meta.close()
 
 
-def _connect_or_fail(meta: MetadataStore, run_id: str, cfg: PipelineConfig, address: str | None) -> None:
-    """Connect to Ray; if that fails the run is recorded as failed, not left running."""
+def _connect_or_fail(
+    meta: MetadataStore, run_id: str, cfg: PipelineConfig, address: str | None
+) -> SchedulerClient | None:
+    """Connect to Ray and the scheduler; on failure the run is recorded as failed, not left running."""
     from raypipe.runner.ray_session import ensure_ray
 
     try:
         ensure_ray(cfg.ray, address)
+        if not cfg.scheduler.enabled:
+            return None
+        explicit = "scheduler" in cfg.model_fields_set
+        return SchedulerClient(get_controller(cfg.scheduler.settings() if explicit else None), owner=run_id)
     except BaseException as e:
-        meta.finish_run(run_id, "failed", f"cannot start Ray: {e}")
+        meta.finish_run(run_id, "failed", f"cannot start Ray or the scheduler: {e}")
         raise
 
 
@@ -215,6 +222,17 @@ def final_outputs(plan: Plan, result: RunResult, max_bytes: int = 8192) -> dict[
                 root = ref.uri[: ref.uri.index("/objects/")]
                 shown.setdefault(stage, {})[name] = ArtifactStore(root).get_value(ref)
     return shown
+
+
+def scheduler_queue(address: str | None = None) -> dict[str, Any]:
+    """Every queued and running job of the cluster's scheduler, with why each waiting job waits."""
+    import ray
+
+    from raypipe.runner.ray_session import connect_existing
+
+    connect_existing(address)
+    handle = get_controller(create=False)
+    return {"jobs": ray.get(handle.queue.remote()), "stats": ray.get(handle.stats.remote())}
 
 
 def read_artifact(uri_or_sha: str, db: str | None = None) -> Any:

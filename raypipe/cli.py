@@ -259,6 +259,27 @@ def show_cmd(
     console.print(table)
 
 
+@app.command("queue")
+def queue_cmd(address: AddressOpt = None, as_json: JsonOpt = False) -> None:
+    """List the scheduler's queued and running jobs, and why each waiting job waits."""
+    data = _guard(lambda: api.scheduler_queue(address))
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    st = data["stats"]
+    console.print(
+        f"policy {st['policy']} · {st['nodes']} nodes · "
+        + ", ".join(f"{n} {s}" for s, n in st["jobs"].items() if n)
+    )
+    table = Table("job", "state", "team", "prio", "demand", "nodes", "preempted", "why")
+    for j in data["jobs"]:
+        if j["state"] == "done":
+            continue
+        nodes = ",".join(n[:8] for n in j["nodes"])
+        table.add_row(j["job_id"], _status(j["state"]), j["team"], str(j["priority"]), j["demand"], nodes, str(j["preemptions"]), j["reason"])
+    console.print(table)
+
+
 def main() -> None:
     app()
 

@@ -79,6 +79,37 @@ class StageConfig(_Strict):
         return ups
 
 
+class TeamConfig(_Strict):
+    """A team's quota (unset kinds are unlimited), priority bonus and fair-share weight."""
+
+    cpu: NonNegative | None = None
+    gpu: NonNegative | None = None
+    memory_mb: NonNegative | None = None
+    custom: dict[str, NonNegative] = Field(default_factory=dict)
+    priority: int = 0
+    weight: Annotated[float, Field(gt=0)] = 1.0
+
+
+class SchedulerConfig(_Strict):
+    """raypipe's scheduler: every stage with resources is admitted through it.
+
+    ``enabled: false`` leaves placement to Ray alone (no queue, quotas or
+    preemption).  The controller is shared by every pipeline on a cluster; the
+    settings of the last pipeline that sets this section apply.
+    """
+
+    enabled: bool = True
+    policy: str = "fifo"
+    policy_args: dict[str, Any] = Field(default_factory=dict)
+    teams: dict[str, TeamConfig] = Field(default_factory=dict)
+    lease_s: Annotated[float, Field(gt=0)] = 30.0
+
+    def settings(self) -> dict[str, Any]:
+        """The controller's settings (see ``raypipe.scheduler.controller.SchedulerSettings``)."""
+        teams = {name: t.model_dump(exclude_none=True) for name, t in self.teams.items()}
+        return {"policy": self.policy, "policy_args": dict(self.policy_args), "teams": teams, "lease_s": self.lease_s}
+
+
 class RayConfig(_Strict):
     """How to reach Ray.  No ``address`` starts an embedded local Ray."""
 
@@ -96,6 +127,7 @@ class PipelineConfig(_Strict):
     storage: str = ".raypipe"
     metadata: str | None = None
     ray: RayConfig = Field(default_factory=RayConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     stages: Annotated[list[StageConfig], Field(min_length=1)]
 
     def stage(self, name: str) -> StageConfig:

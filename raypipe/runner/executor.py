@@ -18,6 +18,7 @@ from typing import Any
 from raypipe.runner.cache import cache_key
 from raypipe.runner.plan import Plan, PlannedStage
 from raypipe.runner.task import execute_stage
+from raypipe.scheduler.client import SchedulerClient, scheduling_strategy
 from raypipe.store.artifacts import ArtifactRef, ArtifactStore
 from raypipe.store.metadata import MetadataStore, StageRunRecord
 
@@ -30,7 +31,7 @@ class StageEvent:
     """One thing that happened to a stage, for progress displays."""
 
     stage: str
-    status: str  # started | succeeded | cached | reused | retrying | failed | skipped
+    status: str  # queued | waiting | started | succeeded | cached | reused | retrying | requeued | failed | skipped
     attempt: int = 0
     duration_s: float | None = None
     message: str = ""
@@ -58,6 +59,9 @@ class _Attempt:
     started: float
     deadline: float | None
     inputs: dict[str, ArtifactRef]
+    key: str
+    job_id: str | None = None  # the scheduler's job, when the attempt needs resources
+    reason: str = ""
 
 
 def short_error(exc: BaseException) -> str:
@@ -82,11 +86,12 @@ class Executor:
         use_cache: bool = True,
         reuse: Mapping[str, StageRunRecord] | None = None,
         on_event: Callable[[StageEvent], None] | None = None,
-        connect: Callable[[], None] | None = None,
+        connect: Callable[[], SchedulerClient | None] | None = None,
         poll_s: float = 0.5,
     ) -> None:
-        """``connect`` is called once, before the first stage that must run: a run that
-        is all cache hits never starts or joins Ray."""
+        """``connect`` is called once, before the first stage that must run (a run that
+        is all cache hits never starts or joins Ray); it returns the scheduler client
+        every stage with resources is admitted through, or None to use Ray's own."""
         self.plan = plan
         self.run_id = run_id
         self.meta = meta
@@ -103,6 +108,10 @@ class Executor:
         self.retry_at: dict[str, float] = {}
         self.errors: dict[str, str] = {}
         self.running: dict[Any, _Attempt] = {}
+        self.pending: dict[str, _Attempt] = {}  # job id -> attempt waiting for its grant
+        self.versions: dict[str, int] = {}  # job id -> last seen version, for watching
+        self.scheduler: SchedulerClient | None = None
+        self._watch: Any = None
 
     # ------------------------------------------------------------------ helpers
     def _emit(self, stage: str, status: str, **kw: Any) -> None:
@@ -137,54 +146,120 @@ class Executor:
         self._emit(ps.spec.name, "cached", message=f"from stage run {source}")
         return True
 
-    def _submit(self, ps: PlannedStage, key: str, inputs: dict[str, ArtifactRef]) -> None:
-
+    def _request(self, ps: PlannedStage, key: str, inputs: dict[str, ArtifactRef]) -> None:
+        """A new attempt: ask the scheduler for its resources (or launch at once if it needs none)."""
         if self._connect is not None:
-            self._connect()
+            self.scheduler = self._connect()
             self._connect = None
         name = ps.spec.name
         attempt = self.attempts.get(name, 0) + 1
         self.attempts[name] = attempt
-        sid = self.meta.start_stage(self.run_id, name, attempt, key)
+        res = ps.spec.resources.to_resources()
+        if self.scheduler is None or res.is_zero():
+            sid = self.meta.start_stage(self.run_id, name, attempt, key)
+            self._launch(_Attempt(name, sid, attempt, time.time(), None, inputs, key), None)
+            return
+        sid = self.meta.start_stage(self.run_id, name, attempt, key, status="queued")
+        job_id = SchedulerClient.new_job_id(f"{self.run_id}:{name}:{attempt}")
+        att = _Attempt(name, sid, attempt, time.time(), None, inputs, key, job_id)
+        view = self.scheduler.submit(job_id, [res], priority=ps.spec.priority, team=ps.spec.team)
+        if view["state"] == "rejected":
+            msg = f"cannot be scheduled: {view['reason']}"
+            self._fail(att, "rejected", msg, msg, retry=False)
+            return
+        self.pending[job_id] = att
+        self.state[name] = "queued"
+        self._emit(name, "queued", attempt=attempt, message=view.get("reason", ""))
+        self._on_view(job_id, view)
+
+    def _launch(self, att: _Attempt, pg_id: str | None) -> None:
+        import ray
+
+        ps = self.plan.stages[att.stage]
         res = ps.spec.resources.to_resources()
         payload = {
             "run_id": self.run_id,
-            "stage": name,
-            "attempt": attempt,
+            "stage": att.stage,
+            "attempt": att.attempt,
             "kind": ps.spec.kind,
             "params": ps.kind.params.model_dump(mode="json"),
             "outputs": ps.spec.outputs,
             "storage": self.artifacts.root,
-            "inputs": {k: v.to_dict() for k, v in inputs.items()},
+            "inputs": {k: v.to_dict() for k, v in att.inputs.items()},
             "resources": {"cpu": res.cpu, "gpu": res.gpu, "memory_mb": res.memory_mb, "custom": res.custom_dict},
         }
-        ref = (
-            _remote_execute()
-            .options(
-                name=f"raypipe:{self.plan.config.name}:{name}",
-                max_retries=0,
-                retry_exceptions=False,
-                **res.to_ray_options(),
-            )
-            .remote(payload)
-        )
+        opts: dict[str, Any] = {"name": f"raypipe:{self.plan.config.name}:{att.stage}", "max_retries": 0, "retry_exceptions": False}
+        if pg_id is not None:
+            opts["scheduling_strategy"] = scheduling_strategy(pg_id)
+            self.meta.mark_running(att.stage_run_id)
+        ref = _remote_execute().options(**opts, **res.to_ray_options()).remote(payload)
         now = time.time()
-        deadline = now + ps.spec.timeout_s if ps.spec.timeout_s else None
-        self.running[ref] = _Attempt(name, sid, attempt, now, deadline, inputs)
-        self.state[name] = "running"
-        self._emit(name, "started", attempt=attempt)
+        att.started = now
+        att.deadline = now + ps.spec.timeout_s if ps.spec.timeout_s else None
+        self.running[ref] = att
+        self.state[att.stage] = "running"
+        self._emit(att.stage, "started", attempt=att.attempt)
+
+    def _on_view(self, job_id: str, view: Mapping[str, Any]) -> None:
+        """React to the scheduler's view of one of our jobs."""
+        if job_id not in self.versions and job_id not in self.pending:
+            return
+        self.versions[job_id] = view["version"]
+        state = view["state"]
+        if job_id in self.pending:
+            att = self.pending[job_id]
+            if state == "running":
+                del self.pending[job_id]
+                self._launch(att, view["pg_id"])
+            elif state == "queued" and view.get("reason") and view["reason"] != att.reason:
+                att.reason = view["reason"]
+                self._emit(att.stage, "waiting", attempt=att.attempt, message=att.reason)
+            elif state in ("done", "rejected"):
+                del self.pending[job_id]
+                self.versions.pop(job_id, None)
+                msg = f"the scheduler ended the job: {view.get('reason') or state}"
+                self._fail(att, "failed", msg, msg)
+            return
+        if state in ("preempting", "lost"):
+            ref = next((r for r, a in self.running.items() if a.job_id == job_id), None)
+            if ref is not None:
+                self._requeue(ref, self.running[ref], "preempted" if state == "preempting" else "lost", view.get("reason", ""))
+
+    def _requeue(self, ref: Any, att: _Attempt, status: str, reason: str) -> None:
+        """Stop work the scheduler took back; the same attempt waits for a new grant."""
+        import ray
+
+        ray.cancel(ref, force=True)
+        del self.running[ref]
+        self.meta.fail_stage(att.stage_run_id, status, reason or status)
+        assert self.scheduler is not None and att.job_id is not None  # noqa: S101 - internal invariant
+        att.stage_run_id = self.meta.start_stage(self.run_id, att.stage, att.attempt, att.key, status="queued")
+        att.deadline = None
+        view = self.scheduler.requeue(att.job_id)
+        self.pending[att.job_id] = att
+        self.state[att.stage] = "queued"
+        self._emit(att.stage, "requeued", attempt=att.attempt, message=f"{status}: {reason}")
+        if view is not None:
+            self._on_view(att.job_id, view)
+
+    def _release(self, att: _Attempt) -> None:
+        if att.job_id is not None and self.scheduler is not None:
+            self.versions.pop(att.job_id, None)
+            self.scheduler.release([att.job_id])
 
     def _succeed(self, att: _Attempt, result: Mapping[str, Any]) -> None:
         outs = {k: ArtifactRef.from_dict(v) for k, v in result["outputs"].items()}
         self.meta.succeed_stage(att.stage_run_id, att.inputs, outs, node_id=result.get("node_id"))
+        self._release(att)
         self.outputs[att.stage] = outs
         self.state[att.stage] = "succeeded"
         self._emit(att.stage, "succeeded", attempt=att.attempt, duration_s=time.time() - att.started)
 
-    def _fail(self, att: _Attempt, status: str, short: str, detail: str) -> None:
+    def _fail(self, att: _Attempt, status: str, short: str, detail: str, retry: bool = True) -> None:
         self.meta.fail_stage(att.stage_run_id, status, detail)
+        self._release(att)
         spec = self.plan.stages[att.stage].spec
-        if att.attempt <= spec.retries.max:
+        if retry and att.attempt <= spec.retries.max:
             delay = spec.retries.backoff_s * (2 ** (att.attempt - 1))
             self.retry_at[att.stage] = time.time() + delay
             self.state[att.stage] = "waiting"
@@ -232,7 +307,7 @@ class Executor:
             )
             self.keys[name] = key
             if not self._try_cache(ps, key, inputs):
-                self._submit(ps, key, inputs)
+                self._request(ps, key, inputs)
             changed = True
         return changed
 
@@ -246,17 +321,29 @@ class Executor:
     def _collect(self) -> None:
         import ray
 
-        refs = list(self.running)
+        if self._watch is None and self.versions and self.scheduler is not None:
+            self._watch = self.scheduler.watch(self.versions)
+        refs = list(self.running) + ([self._watch] if self._watch is not None else [])
         ready, rest = ray.wait(refs, num_returns=1, timeout=self._wait_timeout())
         if ready and rest:
             more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
             ready += more
         for ref in ready:
-            att = self.running.pop(ref)
+            if ref is self._watch or ref == self._watch:
+                self._watch = None
+                for job_id, view in ray.get(ref).items():
+                    self._on_view(job_id, view)
+                continue
+            att = self.running.pop(ref, None)
+            if att is None:  # cancelled by a requeue in this same pass
+                continue
             try:
                 result = ray.get(ref)
-            except Exception as e:  # noqa: BLE001 - any task failure is a stage failure
+            except ray.exceptions.RayTaskError as e:
                 self._fail(att, "failed", short_error(e), _detail(e))
+            except Exception as e:  # noqa: BLE001 - a system error: maybe the node died
+                if not self._requeue_if_lost(ref, att):
+                    self._fail(att, "failed", short_error(e), _detail(e))
             else:
                 try:
                     self._succeed(att, result)
@@ -271,6 +358,17 @@ class Executor:
                 msg = f"timed out after {timeout:g}s"
                 self._fail(att, "timeout", msg, msg)
 
+    def _requeue_if_lost(self, ref: Any, att: _Attempt) -> bool:
+        """After a system error, ask the scheduler whether the grant's node died."""
+        if att.job_id is None or self.scheduler is None:
+            return False
+        view = self.scheduler.refresh([att.job_id], wait_s=10.0).get(att.job_id)
+        if view is None or view["state"] != "lost":
+            return False
+        self.running[ref] = att
+        self._requeue(ref, att, "lost", view.get("reason", ""))
+        return True
+
     def _cancel_running(self, reason: str) -> None:
         import ray
 
@@ -280,7 +378,17 @@ class Executor:
             except Exception:  # noqa: BLE001 - best effort while stopping
                 pass
             self.meta.fail_stage(att.stage_run_id, "interrupted", reason)
+        for att in self.pending.values():
+            self.meta.fail_stage(att.stage_run_id, "interrupted", reason)
+        if self.scheduler is not None:
+            jobs = [a.job_id for a in [*self.running.values(), *self.pending.values()] if a.job_id]
+            if jobs:
+                try:
+                    ray.get(self.scheduler.release(jobs), timeout=5)
+                except Exception:  # noqa: BLE001 - the lease reaper frees them otherwise
+                    pass
         self.running.clear()
+        self.pending.clear()
 
     def execute(self) -> RunResult:
         started = time.time()
@@ -296,7 +404,7 @@ class Executor:
             while True:
                 while self._schedule_ready():
                     pass
-                if self.running:
+                if self.running or self.pending:
                     self._collect()
                 elif any(s == "waiting" for s in self.state.values()):
                     time.sleep(self._wait_timeout() or 0.01)

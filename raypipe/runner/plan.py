@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from raypipe.config import ConfigSource, Loc, PipelineConfig, StageConfig, validation_issues
-from raypipe.exceptions import ConfigError
+from raypipe.exceptions import ConfigError, RaypipeError
+from raypipe.scheduler.policies.registry import get_policy
 from raypipe.stages.base import StageKind
 from raypipe.stages.registry import get_stage_kind, stage_kind_names
 
@@ -139,6 +140,16 @@ def build_plan(config: PipelineConfig, source: ConfigSource | None = None) -> Pl
         if cycle:
             first = index[cycle[0]]
             issues.append((("stages", first, "depends_on"), "dependency cycle: " + " -> ".join(cycle)))
+
+    sched = config.scheduler
+    try:
+        get_policy(sched.policy, **sched.policy_args)
+    except RaypipeError as e:
+        where = ("scheduler", "policy_args") if "argument" in str(e) else ("scheduler", "policy")
+        issues.append((where, str(e)))
+    for team, tc in sched.teams.items():
+        if not (tc.model_fields_set & {"cpu", "gpu", "memory_mb", "custom", "priority", "weight"}):
+            issues.append((("scheduler", "teams", team), "a team needs a quota (cpu, gpu, memory_mb, custom), a priority or a weight"))
 
     planned: dict[str, PlannedStage] = {}
     for i, st in enumerate(config.stages):

@@ -27,6 +27,8 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> None:
     if addr:
         kwargs["address"] = addr
     else:
+        # Always a fresh embedded Ray: never silently join a cluster left running on this machine.
+        kwargs["address"] = "local"
         kwargs["include_dashboard"] = False
         if cfg.num_cpus is not None:
             kwargs["num_cpus"] = cfg.num_cpus
@@ -36,3 +38,16 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> None:
         ray.init(**kwargs)
     except ConnectionError as e:
         raise RaypipeError(f"cannot connect to Ray at {addr!r}: {e}") from None
+
+
+def connect_existing(address: str | None) -> None:
+    """Join a running cluster (flag, $RAY_ADDRESS, or the one `ray start` left on this machine)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    addr = address or os.environ.get("RAY_ADDRESS") or "auto"
+    try:
+        ray.init(address=addr, logging_level=logging.WARNING, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise RaypipeError(f"no Ray cluster to ask at {addr!r}: {e}") from None

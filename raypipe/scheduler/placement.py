@@ -59,18 +59,26 @@ class FreeLedger:
         self._groups: dict[_GroupKey, list[str]] = {}
         self._failed: set[str] = set()
         self._match_cache: dict[tuple[Labels, Labels], bool] = {}
-        alive = sorted((n for n in nodes if n.alive), key=_node_id)
+        alive = [n for n in nodes if n.alive]
+        alive.sort(key=_node_id)
+        free, total, labels_of, groups = self._free, self._total, self._labels, self._groups
         for n in alive:
-            tot = _vec.vec(n.total)
-            fv = tot if use_total else _vec.vec(n.free)
+            t = n.total
+            tot = (t.cpu, t.gpu, t.memory_mb, t.custom)
+            if use_total:
+                fv = tot
+            else:
+                f = n.free
+                fv = (f.cpu, f.gpu, f.memory_mb, f.custom)
             nid = n.node_id
-            self._free[nid] = fv
-            self._total[nid] = tot
-            self._labels[nid] = n.labels
-            key = (fv, n.labels)
-            group = self._groups.get(key)
+            labels = n.labels
+            free[nid] = fv
+            total[nid] = tot
+            labels_of[nid] = labels
+            key = (fv, labels)
+            group = groups.get(key)
             if group is None:
-                self._groups[key] = [nid]
+                groups[key] = [nid]
             else:
                 group.append(nid)  # nodes are visited in id order: groups stay sorted
 
@@ -84,6 +92,23 @@ class FreeLedger:
     def has_node(self, node_id: str) -> bool:
         """True when ``node_id`` is an alive node of this ledger."""
         return node_id in self._free
+
+    def fits_on(self, request: JobRequest, node_id: str) -> bool:
+        """True when the whole gang fits on ``node_id`` alone (labels included)."""
+        fv = self._free.get(node_id)
+        return (
+            fv is not None
+            and _vec.fits(request._dvec, fv)
+            and self._match(self._labels[node_id], request.label_selector)
+        )
+
+    def matches(self, node_id: str, selector: Labels) -> bool:
+        """True when the node carries every label of ``selector``."""
+        return self._match(self._labels[node_id], selector)
+
+    def free_vec(self, node_id: str) -> Vec:
+        """Free capacity of an alive node as a private vector."""
+        return self._free[node_id]
 
     def free_of(self, node_id: str) -> Resources:
         """What is free on a node now (within this decision)."""
@@ -270,7 +295,7 @@ class FreeLedger:
                     f"needs {_vec.to_resources(need)} on one node{suffix}{where}; "
                     f"largest {capacity_word} {verb} {max(value, 0.0):g} {name} ({nid})"
                 )
-            return f"needs {what} on one node{where}; largest {capacity_word} is {max(value, 0.0):g} {name} ({nid})"
+            return f"needs {what} on one node{where}; largest {capacity_word} {verb} {max(value, 0.0):g} {name} ({nid})"
         d = _vec.dominant_index(request._dvec)
         name = _vec.component_name(d, request._dvec)
         total = 0.0

@@ -186,12 +186,12 @@ class MetadataStore:
         stage runs a dead driver left ``running`` as ``interrupted``.  Returns their ids."""
         with self._tx() as c:
             rows = c.execute(
-                "SELECT id FROM stage_runs WHERE run_id = ? AND status IN ('running', 'pending')", (run_id,)
+                "SELECT id FROM stage_runs WHERE run_id = ? AND status IN ('running', 'queued')", (run_id,)
             ).fetchall()
             ids = [r["id"] for r in rows]
             c.execute(
                 "UPDATE stage_runs SET status = 'interrupted', ended_at = ?, error = 'driver stopped' "
-                "WHERE run_id = ? AND status IN ('running', 'pending')",
+                "WHERE run_id = ? AND status IN ('running', 'queued')",
                 (time.time(), run_id),
             )
             c.execute(
@@ -233,14 +233,23 @@ class MetadataStore:
         return [RunRecord(**dict(r)) for r in self._conn.execute(q, args + (limit,)).fetchall()]
 
     # ------------------------------------------------------------------ stage runs
-    def start_stage(self, run_id: str, stage: str, attempt: int, cache_key: str | None) -> int:
+    def start_stage(
+        self, run_id: str, stage: str, attempt: int, cache_key: str | None, status: str = "running"
+    ) -> int:
+        """A new stage attempt, ``running`` or ``queued`` (waiting for the scheduler's grant)."""
         with self._tx() as c:
             cur = c.execute(
-                "INSERT INTO stage_runs(run_id, stage, attempt, status, cache_key, started_at) "
-                "VALUES (?, ?, ?, 'running', ?, ?)",
-                (run_id, stage, attempt, cache_key, time.time()),
+                "INSERT INTO stage_runs(run_id, stage, attempt, status, cache_key, started_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, stage, attempt, status, cache_key, time.time()),
             )
             return int(cur.lastrowid or 0)
+
+    def mark_running(self, stage_run_id: int) -> None:
+        """The scheduler granted a queued attempt; its clock starts now."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE stage_runs SET status = 'running', started_at = ? WHERE id = ?", (time.time(), stage_run_id)
+            )
 
     def _insert_io(
         self,

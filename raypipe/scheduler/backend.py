@@ -1,0 +1,132 @@
+"""The scheduler's only contact with Ray: nodes, placement groups, durable state.
+
+:class:`ControllerCore` talks to a :class:`Backend`; the controller actor uses
+:class:`RayBackend`, unit tests a fake.  Nothing else in ``raypipe.scheduler``
+calls Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from raypipe.resources import Resources
+
+#: Names of placement groups raypipe creates start with this.
+PG_PREFIX = "raypipe-grant-"
+NODE_ID_LABEL = "ray.io/node-id"
+_STATE_KEY = b"raypipe-scheduler-state"
+_KV_NAMESPACE = "raypipe"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    total: Resources
+    labels: Mapping[str, str] = field(default_factory=dict)
+    alive: bool = True
+
+
+class Backend(Protocol):
+    def nodes(self) -> list[NodeInfo]: ...
+
+    def create_pg(self, name: str, bundles: Sequence[Resources], node_ids: Sequence[str]) -> str: ...
+
+    def remove_pg(self, name: str) -> None: ...
+
+    def live_pgs(self) -> set[str]: ...
+
+    def dead_drivers(self) -> set[str]: ...
+
+    def load_state(self) -> bytes | None: ...
+
+    def save_state(self, blob: bytes) -> None: ...
+
+
+class RayBackend:
+    """Ray's GCS as the source of nodes and the home of grants and state.
+
+    Placement groups are detached, named, and pinned bundle by bundle to the
+    nodes the policy chose (``bundle_label_selector`` on ``ray.io/node-id``), so
+    they outlive a crashed controller and a crashed driver until released.
+    State lives in Ray's internal KV, which survives the controller actor.
+    """
+
+    def nodes(self) -> list[NodeInfo]:
+        import ray
+
+        out = []
+        for n in ray.nodes():
+            labels = {k: v for k, v in (n.get("Labels") or {}).items() if not k.startswith("ray.io/")}
+            out.append(
+                NodeInfo(
+                    node_id=n["NodeID"],
+                    total=Resources.from_ray(n.get("Resources") or {}),
+                    labels=labels,
+                    alive=bool(n.get("Alive")),
+                )
+            )
+        return out
+
+    def create_pg(self, name: str, bundles: Sequence[Resources], node_ids: Sequence[str]) -> str:
+        """Create the group; return its id (hex).  Named lookups are namespaced and racy: use the id."""
+        from ray.util.placement_group import placement_group
+
+        pg = placement_group(
+            [b.to_ray_bundle() for b in bundles],
+            strategy="PACK",
+            name=name,
+            lifetime="detached",
+            bundle_label_selector=[{NODE_ID_LABEL: nid} for nid in node_ids],
+        )
+        return pg.id.hex()
+
+    def remove_pg(self, pg_id: str) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        try:
+            remove_placement_group(pg_from_id(pg_id))
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def live_pgs(self) -> set[str]:
+        """Ids of raypipe's groups that Ray still holds."""
+        from ray.util.placement_group import placement_group_table
+
+        return {
+            pid
+            for pid, t in placement_group_table().items()
+            if str(t.get("name", "")).startswith(PG_PREFIX) and t.get("state") != "REMOVED"
+        }
+
+    def dead_drivers(self) -> set[str]:
+        """Ray job ids (hex) of drivers that have exited."""
+        import ray
+
+        return {j["JobID"] for j in ray._private.state.jobs() if j.get("IsDead")}
+
+    def load_state(self) -> bytes | None:
+        from ray.experimental import internal_kv
+
+        return internal_kv._internal_kv_get(_STATE_KEY, namespace=_KV_NAMESPACE)
+
+    def save_state(self, blob: bytes) -> None:
+        from ray.experimental import internal_kv
+
+        internal_kv._internal_kv_put(_STATE_KEY, blob, overwrite=True, namespace=_KV_NAMESPACE)
+
+
+def clear_state() -> None:
+    """Forget persisted scheduler state (tests, and `raypipe queue --reset`)."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_del(_STATE_KEY, namespace=_KV_NAMESPACE)
+
+
+def pg_from_id(pg_id: str) -> object:
+    """A ``PlacementGroup`` handle from its hex id."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    return PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id)))

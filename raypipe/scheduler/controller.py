@@ -1,0 +1,545 @@
+"""The live scheduler: a queue of jobs, the policy, and grants held as placement groups.
+
+:class:`ControllerCore` holds all the logic and talks to Ray only through a
+:class:`~raypipe.scheduler.backend.Backend` and an injected clock, so unit tests
+drive it without Ray.  :class:`ControllerActor` is the thin asyncio Ray actor
+around it (named, detached, restarted by Ray after a crash).
+
+Lifecycle of a job (one stage attempt, or one gang):
+
+``submit`` -> queued (or rejected with the reason it can never fit) -> the policy
+starts it: a detached placement group pinned to the chosen nodes is created and
+the job is ``running`` (its owner launches work inside the group) -> ``release``
+removes the group.  The policy may preempt: the job becomes ``preempting``
+(resources still held) until its owner stops the work and calls ``requeue``;
+a job on a node that died becomes ``lost`` (group removed) and its owner
+requeues it.  Owners poll; a job whose owner stops polling for ``lease_s`` is
+released, so a killed driver leaks nothing.
+
+Every change is persisted (Ray's internal KV) before it is visible, so a
+restarted controller comes back with its queue and grants, adopts the groups it
+knows and removes the ones it does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from raypipe.resources import Resources
+from raypipe.scheduler.backend import PG_PREFIX, Backend, NodeInfo
+from raypipe.scheduler.placement import feasible_ever
+from raypipe.scheduler.policies.registry import get_policy
+from raypipe.scheduler.policy import Policy
+from raypipe.scheduler.types import ClusterView, JobRequest, NodeView, Placement, RunningJob, Snapshot, TeamConfig
+
+STATES = ("queued", "running", "preempting", "lost", "done", "rejected")
+ACTIVE = ("queued", "running", "preempting", "lost")
+HOLDING = ("running", "preempting")
+
+
+def _res_to_dict(r: Resources) -> dict[str, Any]:
+    return {"cpu": r.cpu, "gpu": r.gpu, "memory_mb": r.memory_mb, "custom": r.custom_dict}
+
+
+def _res_from_dict(d: Mapping[str, Any]) -> Resources:
+    return Resources.of(d.get("cpu", 0.0), d.get("gpu", 0.0), d.get("memory_mb", 0.0), d.get("custom") or {})
+
+
+def request_to_dict(r: JobRequest) -> dict[str, Any]:
+    return {
+        "job_id": r.job_id,
+        "bundles": [_res_to_dict(b) for b in r.bundles],
+        "submit_time": r.submit_time,
+        "strategy": r.strategy,
+        "priority": r.priority,
+        "team": r.team,
+        "duration_estimate_s": r.duration_estimate_s,
+        "preemptible": r.preemptible,
+        "label_selector": dict(r.label_selector),
+        "attained_service": r.attained_service,
+        "enqueue_time": r.enqueue_time,
+        "last_run_s": r.last_run_s,
+    }
+
+
+def request_from_dict(d: Mapping[str, Any]) -> JobRequest:
+    return JobRequest(
+        job_id=d["job_id"],
+        bundles=tuple(_res_from_dict(b) for b in d["bundles"]),
+        submit_time=float(d.get("submit_time", 0.0)),
+        strategy=d.get("strategy", "PACK"),
+        priority=int(d.get("priority", 0)),
+        team=d.get("team", "default"),
+        duration_estimate_s=d.get("duration_estimate_s"),
+        preemptible=bool(d.get("preemptible", True)),
+        label_selector=d.get("label_selector") or {},
+        attained_service=float(d.get("attained_service", 0.0)),
+        enqueue_time=d.get("enqueue_time"),
+        last_run_s=float(d.get("last_run_s", 0.0)),
+    )
+
+
+@dataclass
+class Job:
+    request: JobRequest
+    owner: str
+    state: str = "queued"
+    placement: tuple[str, ...] | None = None
+    pg_id: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    borrowed: bool = False
+    preemptions: int = 0
+    last_seen: float = 0.0
+    reason: str = ""
+    version: int = 0
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request": request_to_dict(self.request),
+            "owner": self.owner,
+            "state": self.state,
+            "placement": list(self.placement) if self.placement else None,
+            "pg_id": self.pg_id,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "borrowed": self.borrowed,
+            "preemptions": self.preemptions,
+            "last_seen": self.last_seen,
+            "reason": self.reason,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Job:
+        return cls(
+            request=request_from_dict(d["request"]),
+            owner=d["owner"],
+            state=d["state"],
+            placement=tuple(d["placement"]) if d.get("placement") else None,
+            pg_id=d.get("pg_id"),
+            start_time=d.get("start_time"),
+            end_time=d.get("end_time"),
+            borrowed=bool(d.get("borrowed")),
+            preemptions=int(d.get("preemptions", 0)),
+            last_seen=float(d.get("last_seen", 0.0)),
+            reason=d.get("reason", ""),
+            version=int(d.get("version", 0)),
+        )
+
+    def view(self) -> dict[str, Any]:
+        """What owners and `raypipe queue` see of a job."""
+        r = self.request
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "owner": self.owner,
+            "team": r.team,
+            "priority": r.priority,
+            "demand": str(r.demand),
+            "bundles": len(r.bundles),
+            "pg_id": self.pg_id,
+            "nodes": list(self.placement) if self.placement else [],
+            "submit_time": r.submit_time,
+            "start_time": self.start_time,
+            "preemptions": self.preemptions,
+            "reason": self.reason,
+            "version": self.version,
+        }
+
+
+@dataclass
+class SchedulerSettings:
+    policy: str = "fifo"
+    policy_args: dict[str, Any] = field(default_factory=dict)
+    teams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lease_s: float = 60.0
+    keep_done_s: float = 300.0
+
+    def team_configs(self) -> dict[str, TeamConfig]:
+        out = {}
+        for name, t in self.teams.items():
+            quota = {k: v for k, v in t.items() if k in ("cpu", "gpu", "memory_mb")}
+            custom = t.get("custom") or {}
+            out[name] = TeamConfig(
+                quota=Resources.of(custom=custom, **quota) if (quota or custom) else None,
+                priority=int(t.get("priority", 0)),
+                weight=float(t.get("weight", 1.0)),
+            )
+        return out
+
+
+class ControllerCore:
+    """Queue, grants and policy; all Ray access goes through ``backend``."""
+
+    def __init__(self, backend: Backend, settings: SchedulerSettings | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self.clock = clock
+        self.jobs: dict[str, Job] = {}
+        self.settings = settings or SchedulerSettings()
+        self.decisions = 0
+        self.decision_s: list[float] = []
+        self._nodes: list[NodeInfo] = []
+        self._restore()
+        self._policy = self._make_policy()
+
+    # ---------------------------------------------------------------- persistence
+    def _restore(self) -> None:
+        blob = self.backend.load_state()
+        live = self.backend.live_pgs()
+        if blob:
+            state = json.loads(blob)
+            saved = state.get("settings")
+            if saved:
+                self.settings = SchedulerSettings(**saved)
+            self.jobs = {d["request"]["job_id"]: Job.from_dict(d) for d in state.get("jobs", [])}
+        now = self.clock()
+        known = set()
+        for job in self.jobs.values():
+            job.last_seen = max(job.last_seen, now)  # owners get a full lease to reconnect
+            if job.state in HOLDING and job.pg_id:
+                if job.pg_id in live:
+                    known.add(job.pg_id)
+                else:
+                    # The group vanished with the controller (it was being created): start over.
+                    self._to_queue(job, "its grant was lost while the controller restarted")
+        for name in live - known:
+            self.backend.remove_pg(name)  # a group created but never recorded: a leak otherwise
+        self._persist()
+
+    def _persist(self) -> None:
+        state = {"settings": self.settings.__dict__, "jobs": [j.to_dict() for j in self.jobs.values()]}
+        self.backend.save_state(json.dumps(state).encode())
+
+    def _make_policy(self) -> Policy:
+        return get_policy(self.settings.policy, **self.settings.policy_args)
+
+    def configure(self, settings: SchedulerSettings) -> None:
+        """Switch policy or teams (validated first; a bad name changes nothing)."""
+        policy = get_policy(settings.policy, **settings.policy_args)
+        settings.team_configs()
+        self.settings, self._policy = settings, policy
+        self._persist()
+
+    # ---------------------------------------------------------------- helpers
+    def _bump(self, job: Job, state: str, reason: str = "") -> None:
+        job.state = state
+        job.reason = reason
+        job.version += 1
+
+    def _to_queue(self, job: Job, reason: str) -> None:
+        now = self.clock()
+        if job.pg_id:
+            self.backend.remove_pg(job.pg_id)
+        run_s = (now - job.start_time) if job.start_time else 0.0
+        job.request = replace(
+            job.request,
+            attained_service=job.request.attained_service + job.request.gpus * max(0.0, run_s),
+            enqueue_time=now,
+            last_run_s=run_s,
+        )
+        job.pg_id, job.placement, job.start_time, job.borrowed = None, None, None, False
+        self._bump(job, "queued", reason)
+
+    def _cluster(self) -> ClusterView:
+        used: dict[str, Resources] = {}
+        for job in self.jobs.values():
+            if job.state in HOLDING and job.placement:
+                for b, nid in zip(job.request.bundles, job.placement, strict=True):
+                    used[nid] = used.get(nid, Resources()) + b
+        nodes = []
+        for n in self._nodes:
+            free = n.total - used.get(n.node_id, Resources())
+            free = Resources._from_vec({k: max(0.0, v) for k, v in free._vec().items()})
+            nodes.append(NodeView(n.node_id, n.total, free, tuple(sorted(n.labels.items())), n.alive))
+        return ClusterView(tuple(nodes))
+
+    # ---------------------------------------------------------------- API
+    def submit(self, request: Mapping[str, Any], owner: str) -> dict[str, Any]:
+        """Queue a job; idempotent on ``job_id``.  Infeasible requests are rejected at once."""
+        job_id = request["job_id"]
+        if job_id in self.jobs:
+            job = self.jobs[job_id]
+            job.last_seen = self.clock()
+            return job.view()
+        now = self.clock()
+        req = request_from_dict({**request, "submit_time": now, "enqueue_time": now})
+        job = Job(request=req, owner=owner, last_seen=now)
+        if not self._nodes:
+            self.refresh_nodes()
+        teams = self.settings.team_configs()
+        reason = feasible_ever(req, self._cluster(), teams, allow_borrowing=self.settings.policy == "fair_share")
+        if reason:
+            job.state, job.reason, job.end_time = "rejected", reason, now
+        self.jobs[job_id] = job
+        self._persist()
+        return job.view()
+
+    def release(self, job_id: str) -> None:
+        """The job is over (or cancelled while queued): give back what it holds."""
+        job = self.jobs.get(job_id)
+        if job is None or job.state in ("done", "rejected"):
+            return
+        if job.pg_id:
+            self.backend.remove_pg(job.pg_id)
+        job.pg_id = None
+        job.end_time = self.clock()
+        self._bump(job, "done")
+        self._persist()
+
+    def requeue(self, job_id: str) -> dict[str, Any] | None:
+        """The owner stopped a preempted or lost job: put it back in the queue (counted)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if job.state in ("preempting", "lost", "running"):
+            job.preemptions += 1 if job.state == "preempting" else 0
+            self._to_queue(job, "requeued after " + ("preemption" if job.state == "preempting" else "node loss"))
+            self._persist()
+        return job.view()
+
+    def poll(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Views of the owner's jobs; polling keeps their lease alive."""
+        now = self.clock()
+        out = {}
+        for jid in job_ids:
+            job = self.jobs.get(jid)
+            if job is not None:
+                job.last_seen = now
+                out[jid] = job.view()
+        return out
+
+    def queue(self) -> list[dict[str, Any]]:
+        """Every active job (and recently finished ones), running first."""
+        order = {"running": 0, "preempting": 1, "lost": 2, "queued": 3, "rejected": 4, "done": 5}
+        jobs = sorted(self.jobs.values(), key=lambda j: (order[j.state], j.request.submit_time))
+        return [j.view() for j in jobs]
+
+    def stats(self) -> dict[str, Any]:
+        lat = sorted(self.decision_s)
+        pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3 if lat else None  # noqa: E731
+        return {
+            "policy": self.settings.policy,
+            "decisions": self.decisions,
+            "decision_p50_ms": pick(0.5),
+            "decision_p99_ms": pick(0.99),
+            "jobs": {s: sum(1 for j in self.jobs.values() if j.state == s) for s in STATES},
+            "nodes": len([n for n in self._nodes if n.alive]),
+        }
+
+    # ---------------------------------------------------------------- the loop
+    def refresh_nodes(self) -> bool:
+        """Re-read the nodes; jobs on nodes that died become ``lost``.  True if anything changed."""
+        nodes = self.backend.nodes()
+        changed = [(n.node_id, n.alive, n.total) for n in nodes] != [(n.node_id, n.alive, n.total) for n in self._nodes]
+        self._nodes = nodes
+        alive = {n.node_id for n in nodes if n.alive}
+        lost = False
+        for job in self.jobs.values():
+            if job.state in HOLDING and job.placement and not set(job.placement) <= alive:
+                if job.pg_id:
+                    self.backend.remove_pg(job.pg_id)
+                job.pg_id = None
+                self._bump(job, "lost", "a node of its grant died")
+                lost = True
+        if lost:
+            self._persist()
+        return changed or lost
+
+    def reap(self) -> bool:
+        """Release jobs whose owner's driver exited or stopped polling; forget old finished jobs."""
+        now = self.clock()
+        changed = False
+        owners = {j.owner for j in self.jobs.values() if j.state in ACTIVE}
+        dead = self.backend.dead_drivers() if owners else set()
+        for job in list(self.jobs.values()):
+            driver = job.owner.rsplit("@", 1)[-1] if "@" in job.owner else None
+            why = ""
+            if job.state in ACTIVE and driver is not None and driver in dead:
+                why = f"owner {job.owner} exited"
+            elif job.state in ACTIVE and now - job.last_seen > self.settings.lease_s:
+                why = f"owner {job.owner} stopped polling for {self.settings.lease_s:g}s"
+            if why:
+                if job.pg_id:
+                    self.backend.remove_pg(job.pg_id)
+                job.pg_id, job.end_time = None, now
+                self._bump(job, "done", why)
+                changed = True
+            elif job.state in ("done", "rejected") and job.end_time and now - job.end_time > self.settings.keep_done_s:
+                del self.jobs[job.job_id]
+                changed = True
+        if changed:
+            self._persist()
+        return changed
+
+    def schedule(self) -> int:
+        """Run the policy once and apply its decision; returns how many jobs changed state."""
+        queued = tuple(j.request for j in sorted(self.jobs.values(), key=lambda j: j.request.submit_time) if j.state == "queued")
+        if not queued:
+            return 0
+        now = self.clock()
+        running = tuple(
+            RunningJob(j.request, Placement(j.placement), j.start_time or now, borrowed=j.borrowed)
+            for j in self.jobs.values()
+            if j.state in HOLDING and j.placement
+        )
+        preempting = {j.job_id for j in self.jobs.values() if j.state == "preempting"}
+        snap = Snapshot(now, queued, running, self._cluster(), self.settings.team_configs())
+        t0 = time.perf_counter()
+        decision = self._policy.decide(snap)
+        self.decision_s.append(time.perf_counter() - t0)
+        self.decision_s = self.decision_s[-2000:]
+        self.decisions += 1
+        n = 0
+        for jid in decision.preemptions:
+            job = self.jobs[jid]
+            if jid not in preempting:
+                self._bump(job, "preempting", f"preempted by the {self.settings.policy} policy")
+                n += 1
+        borrowed = set(decision.borrowed)
+        for jid, placement in decision.starts:
+            job = self.jobs[jid]
+            name = f"{PG_PREFIX}{jid}-{job.version + 1}"
+            job.pg_id = self.backend.create_pg(name, job.request.bundles, placement.bundle_nodes)
+            job.placement, job.start_time, job.borrowed = placement.bundle_nodes, now, jid in borrowed
+            self._bump(job, "running")
+            # Persisted right away; a crash between create and persist leaves a group
+            # nobody recorded, which the restarted controller removes (see _restore).
+            self._persist()
+            n += 1
+        for jid, why in decision.reasons.items():
+            job = self.jobs.get(jid)
+            if job is not None and job.state == "queued" and job.reason != why:
+                job.reason = why
+        if n:
+            self._persist()
+        return n
+
+    def step(self) -> int:
+        """One tick: nodes, leases, policy."""
+        self.refresh_nodes()
+        self.reap()
+        return self.schedule()
+
+
+class ControllerActor:
+    """The named, detached Ray actor around :class:`ControllerCore` (asyncio).
+
+    Owners call ``submit``/``poll``/``release``/``requeue``; ``watch`` returns as
+    soon as one of the given jobs changes state, so owners wait without polling.
+    A background task runs :meth:`ControllerCore.step` every ``tick_s``.
+    """
+
+    def __init__(self, settings: dict[str, Any] | None = None, tick_s: float = 0.5) -> None:
+        from raypipe.scheduler.backend import RayBackend
+
+        self.core = ControllerCore(RayBackend(), SchedulerSettings(**settings) if settings else None)
+        self.tick_s = tick_s
+        self._changed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self.core.step():
+                    self._notify()
+            except Exception as e:  # noqa: BLE001 - the loop must survive a bad tick
+                print(f"raypipe scheduler: tick failed: {type(e).__name__}: {e}")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
+            except asyncio.TimeoutError:
+                pass
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _kick(self) -> None:
+        """Schedule now (an event: submit, release, requeue) and wake watchers."""
+        self.core.schedule()
+        self._notify()
+
+    async def ping(self) -> dict[str, Any]:
+        self._ensure_loop()
+        return self.core.stats()
+
+    async def configure(self, settings: dict[str, Any]) -> None:
+        self._ensure_loop()
+        self.core.configure(SchedulerSettings(**settings))
+        self._kick()
+
+    async def submit(self, requests: Sequence[dict[str, Any]], owner: str) -> list[dict[str, Any]]:
+        self._ensure_loop()
+        views = [self.core.submit(r, owner) for r in requests]
+        self._kick()
+        return [self.core.jobs[v["job_id"]].view() for v in views]
+
+    async def release(self, job_ids: Sequence[str]) -> None:
+        self._ensure_loop()
+        for jid in job_ids:
+            self.core.release(jid)
+        self._kick()
+
+    async def requeue(self, job_id: str) -> dict[str, Any] | None:
+        self._ensure_loop()
+        view = self.core.requeue(job_id)
+        self._kick()
+        return view
+
+    async def poll(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        self._ensure_loop()
+        return self.core.poll(job_ids)
+
+    async def watch(self, versions: dict[str, int], timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
+        """Wait until a job's version differs from ``versions`` (or ``timeout_s``); return views."""
+        self._ensure_loop()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            views = self.core.poll(versions)
+            if any(jid not in views or views[jid]["version"] != v for jid, v in versions.items()):
+                return views
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return views
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
+            except asyncio.TimeoutError:
+                pass
+
+    async def refresh(self, job_ids: Sequence[str], wait_s: float = 0.0) -> dict[str, dict[str, Any]]:
+        """Re-read the nodes now (up to ``wait_s`` until one of the jobs is ``lost``); return views.
+
+        Owners call this when their work died of a system error, to tell a lost
+        node (requeue, no retry spent) from a failure of the work itself."""
+        self._ensure_loop()
+        deadline = time.monotonic() + wait_s
+        while True:
+            if self.core.refresh_nodes():
+                self._notify()
+            views = self.core.poll(job_ids)
+            if any(v["state"] == "lost" for v in views.values()) or time.monotonic() >= deadline:
+                return views
+            await asyncio.sleep(0.25)
+
+    async def queue(self) -> list[dict[str, Any]]:
+        self._ensure_loop()
+        return self.core.queue()
+
+    async def stats(self) -> dict[str, Any]:
+        self._ensure_loop()
+        return self.core.stats()

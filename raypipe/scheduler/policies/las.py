@@ -1,0 +1,108 @@
+"""Tiresias-style discretized two-dimensional least-attained-service (2D-LAS)."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+from raypipe.scheduler._context import DecisionContext
+from raypipe.scheduler.errors import PolicyConfigError
+from raypipe.scheduler.policy import Policy
+from raypipe.scheduler.types import Decision, JobRequest, RunningJob, Snapshot
+
+
+class LasPolicy(Policy):
+    """Discretized 2D-LAS (Tiresias): less attained GPU-service, higher priority.
+
+    Attained service is GPU-seconds: ``attained_service`` of a waiting job, plus
+    ``gpus * (now - start_time)`` for a running one.  ``thresholds`` (strictly
+    increasing GPU-seconds) split jobs into ``len(thresholds) + 1`` queues;
+    queue 0 (least service) is served first, FIFO (submit time) within a queue.
+    A running job is demoted as its service crosses a threshold.
+
+    The policy is work-conserving: a job that does not fit is skipped and later
+    jobs may start.  With ``preempt=True`` (default) a waiting job that does not
+    fit preempts running preemptible jobs from strictly lower-priority queues:
+    the lowest queue first, then the most recently started; only as many as
+    needed, and only if that makes it fit.
+
+    Starvation guard (``starve_factor``, off by default as in Tiresias's
+    default configuration): a waiting job whose wait since it last entered the
+    queue (``now - wait_start``) exceeds ``starve_factor`` times its last run
+    time (``last_run_s``, or ``attained_service / gpus`` when unknown) goes back
+    to queue 0.
+    """
+
+    name = "las"
+
+    def __init__(
+        self,
+        thresholds: Sequence[float] = (3600.0,),
+        preempt: bool = True,
+        starve_factor: float | None = None,
+    ) -> None:
+        ts = tuple(float(t) for t in thresholds)
+        if any(t <= 0 for t in ts) or any(b <= a for a, b in zip(ts, ts[1:])):
+            raise PolicyConfigError(f"las: thresholds must be positive and strictly increasing, got {list(ts)}")
+        if starve_factor is not None and not starve_factor > 0:
+            raise PolicyConfigError(f"las: starve_factor must be > 0 or None, got {starve_factor}")
+        self.thresholds = ts
+        self.preempt = bool(preempt)
+        self.starve_factor = starve_factor
+
+    def __repr__(self) -> str:
+        return f"LasPolicy(thresholds={list(self.thresholds)}, preempt={self.preempt}, starve_factor={self.starve_factor})"
+
+    def queue_of(self, attained: float) -> int:
+        """The queue index for an attained service (0 = highest priority)."""
+        return bisect.bisect_right(self.thresholds, attained)
+
+    def _waiting_queue(self, job: JobRequest, now: float) -> int:
+        ts = self.thresholds
+        q = 0 if not ts or job.attained_service < ts[0] else self.queue_of(job.attained_service)
+        if q and self.starve_factor is not None:
+            ran = job.last_run_s if job.last_run_s > 0 else (job.attained_service / job.gpus if job.gpus > 0 else 0.0)
+            if ran > 0 and now - job.wait_start > self.starve_factor * ran:
+                return 0
+        return q
+
+    def decide(self, snapshot: Snapshot) -> Decision:
+        """Serve queues in order; preempt lower queues for a job that does not fit."""
+        ctx = DecisionContext(snapshot)
+        now = snapshot.now
+        buckets: dict[int, list[JobRequest]] = {}
+        for job in snapshot.queue:
+            q = self._waiting_queue(job, now)
+            lst = buckets.get(q)
+            if lst is None:
+                buckets[q] = [job]
+            else:
+                lst.append(job)
+        running_q: dict[str, int] | None = None
+        victims_all: list[RunningJob] = []
+        preempt_failed: set[tuple[str, int]] = set()
+        for q in sorted(buckets):
+            for job in buckets[q]:  # submit order within a queue (the snapshot's queue order)
+                blocked = ctx.quota_block(job)
+                if blocked is not None:
+                    ctx.wait(job, blocked)
+                    continue
+                placement = ctx.ledger.place(job)
+                if placement is None and self.preempt and (job.shape_key, q) not in preempt_failed:
+                    if running_q is None:
+                        running_q = {r.job_id: self.queue_of(r.attained_at(now)) for r in snapshot.running}
+                        victims_all = sorted(
+                            (r for r in snapshot.running if r.request.preemptible),
+                            key=lambda r: (-running_q[r.job_id], -r.start_time, r.job_id),  # type: ignore[index]
+                        )
+                    cands = [r for r in victims_all if running_q[r.job_id] > q]
+                    if cands and ctx.never_reason(job) is None:
+                        placement = ctx.try_preempt_for(job, cands)
+                    if placement is None:
+                        preempt_failed.add((job.shape_key, q))
+                if placement is not None:
+                    ctx.start(job, placement)
+                    continue
+                never = ctx.never_reason(job)
+                ctx.wait(job, never if never is not None else f"{ctx.explain(job)} (las queue {q})")
+        return ctx.build()

@@ -1,0 +1,37 @@
+"""The ``Policy`` contract: a pure function from a ``Snapshot`` to a ``Decision``."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+from raypipe.scheduler.types import Decision, Snapshot
+
+
+class Policy(abc.ABC):
+    """A scheduling policy.
+
+    Preconditions and guarantees of :meth:`decide`:
+
+    * It must be pure and deterministic: the same snapshot gives the same
+      decision.  It never imports ``ray``, never reads a clock (``snapshot.now``
+      is the time), never sleeps, and keeps no state between calls.
+    * ``snapshot.queue`` is in submit order; ``free`` of each node in
+      ``snapshot.cluster`` is authoritative (running jobs already subtracted).
+    * The decision never over-commits a node (counting capacity released by its
+      own preemptions), never places a gang partially, starts only queued jobs,
+      preempts only running ``preemptible`` jobs, and never exceeds a team's
+      quota except with starts listed in ``Decision.borrowed``.
+    * Every queued job that does not start gets a human-readable reason.
+
+    Subclasses set ``name`` (the registry key) and implement ``decide``.
+    """
+
+    name: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def decide(self, snapshot: Snapshot) -> Decision:
+        """What to start and preempt now.  Must be pure and deterministic."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
