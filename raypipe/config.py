@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -52,7 +52,11 @@ class RetryConfig(_Strict):
 
 
 class StageConfig(_Strict):
-    """One stage.  ``inputs`` maps an argument name to ``other_stage.output_name``."""
+    """One stage.  ``inputs`` maps an argument name to ``other_stage.output_name``.
+
+    ``resources`` is one bundle; ``gang_size`` bundles are admitted all-or-nothing
+    (placed by ``placement``).  The stage's function runs in bundle 0 and the Ray
+    tasks and actors it starts are kept inside the gang."""
 
     name: Annotated[str, Field(pattern=_NAME_RE, max_length=128)]
     kind: str
@@ -62,6 +66,9 @@ class StageConfig(_Strict):
     )
     outputs: list[Annotated[str, Field(pattern=_NAME_RE)]] | None = None
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    gang_size: Annotated[int, Field(ge=1, le=1024)] = 1
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK"] = "PACK"
+    preemptible: bool = True
     retries: RetryConfig = Field(default_factory=RetryConfig)
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     cache: bool = True

@@ -162,7 +162,15 @@ class Executor:
         sid = self.meta.start_stage(self.run_id, name, attempt, key, status="queued")
         job_id = SchedulerClient.new_job_id(f"{self.run_id}:{name}:{attempt}")
         att = _Attempt(name, sid, attempt, time.time(), None, inputs, key, job_id)
-        view = self.scheduler.submit(job_id, [res], priority=ps.spec.priority, team=ps.spec.team)
+        spec = ps.spec
+        view = self.scheduler.submit(
+            job_id,
+            [res] * spec.gang_size,
+            priority=spec.priority,
+            team=spec.team,
+            preemptible=spec.preemptible,
+            strategy=spec.placement,
+        )
         if view["state"] == "rejected":
             msg = f"cannot be scheduled: {view['reason']}"
             self._fail(att, "rejected", msg, msg, retry=False)
@@ -173,7 +181,6 @@ class Executor:
         self._on_view(job_id, view)
 
     def _launch(self, att: _Attempt, pg_id: str | None) -> None:
-        import ray
 
         ps = self.plan.stages[att.stage]
         res = ps.spec.resources.to_resources()
@@ -232,7 +239,8 @@ class Executor:
         ray.cancel(ref, force=True)
         del self.running[ref]
         self.meta.fail_stage(att.stage_run_id, status, reason or status)
-        assert self.scheduler is not None and att.job_id is not None  # noqa: S101 - internal invariant
+        if self.scheduler is None or att.job_id is None:
+            raise RuntimeError(f"stage {att.stage!r}: only admitted attempts can be requeued")
         att.stage_run_id = self.meta.start_stage(self.run_id, att.stage, att.attempt, att.key, status="queued")
         att.deadline = None
         view = self.scheduler.requeue(att.job_id)

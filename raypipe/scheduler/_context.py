@@ -26,8 +26,20 @@ class DecisionContext:
     """
 
     __slots__ = (
-        "snapshot", "now", "ledger", "starts", "borrowed", "preempted", "reasons",
-        "_total_ledger", "_usage", "_never", "_explain", "_borrowed_counts", "_running",
+        "snapshot",
+        "now",
+        "ledger",
+        "starts",
+        "borrowed",
+        "preempted",
+        "reasons",
+        "_total_ledger",
+        "_usage",
+        "_never",
+        "_explain",
+        "_borrowed_counts",
+        "_running",
+        "_quotas",
     )
 
     def __init__(self, snapshot: Snapshot, *, borrowed_counts_to_quota: bool = True) -> None:
@@ -44,6 +56,7 @@ class DecisionContext:
         self._explain: dict[str, str] = {}
         self._borrowed_counts = borrowed_counts_to_quota
         self._running: list[tuple[JobRequest, Placement, float | None]] = []
+        self._quotas: dict[str, Vec] | None = None
 
     # ------------------------------------------------------------------ quotas
 
@@ -55,8 +68,9 @@ class DecisionContext:
         if self._usage is None:
             acc: dict[str, list[float]] = {}
             custom: dict[str, dict[str, float]] = {}
+            limited = {name for name, cfg in self.snapshot.teams.items() if cfg.quota is not None}
             for r in self.snapshot.running:
-                if not self._counts(r.borrowed):
+                if r.request.team not in limited or not self._counts(r.borrowed):
                     continue
                 d = r.request._dvec
                 a = acc.get(r.request.team)
@@ -69,9 +83,7 @@ class DecisionContext:
                     c = custom.setdefault(r.request.team, {})
                     for k, x in d[3]:
                         c[k] = c.get(k, 0.0) + x
-            self._usage = {
-                t: (a[0], a[1], a[2], tuple(sorted(custom.get(t, {}).items()))) for t, a in acc.items()
-            }
+            self._usage = {t: (a[0], a[1], a[2], tuple(sorted(custom.get(t, {}).items()))) for t, a in acc.items()}
         return self._usage.get(team, _vec.ZERO)
 
     def _add_usage(self, team: str, d: Vec, sign: float) -> None:
@@ -82,14 +94,30 @@ class DecisionContext:
 
     def quota_block(self, job: JobRequest) -> str | None:
         """Why ``job`` may not start within its team's quota now, else ``None``."""
-        quota = self.snapshot.team(job.team).quota
-        if quota is None:
+        quotas = self._quotas
+        if quotas is None:
+            quotas = self._quotas = {
+                name: _vec.vec(cfg.quota) for name, cfg in self.snapshot.teams.items() if cfg.quota is not None
+            }
+        q = quotas.get(job.team)
+        if q is None:
             return None
-        over = exceeds_quota(job.demand, quota)
+        used = self.usage(job.team)
+        d = job._dvec
+        if (
+            (q[1] <= _vec.EPS or used[1] + d[1] <= q[1] + _vec.EPS)
+            and (q[0] <= _vec.EPS or used[0] + d[0] <= q[0] + _vec.EPS)
+            and (q[2] <= _vec.EPS or used[2] + d[2] <= q[2] + _vec.EPS)
+            and not q[3]
+        ):
+            return None
+        return self._quota_reason(job, q, used)
+
+    @staticmethod
+    def _quota_reason(job: JobRequest, q: Vec, used: Vec) -> str | None:
+        over = exceeds_quota(job.demand, _vec.to_resources(q))
         if over is not None:
             return f"never schedulable: demand exceeds team {job.team}'s quota ({over})"
-        used = self.usage(job.team)
-        q = _vec.vec(quota)
         after = _vec.add(used, job._dvec)
         for i in (1, 0, 2):
             if q[i] > _vec.EPS and after[i] > q[i] + _vec.EPS:
@@ -162,33 +190,43 @@ class DecisionContext:
         if len(job.bundles) == 1 or job.strategy == "STRICT_PACK":
             return self._preempt_one_node(job, victims)
         ledger = self.ledger
+        live = [v for v in victims if v.job_id not in self.preempted]
         released: list[RunningJob] = []
         placement: Placement | None = None
-        for v in victims:
-            if v.job_id in self.preempted:
-                continue
-            ledger.release(v.request, v.placement)
-            released.append(v)
+        step = 1
+        while len(released) < len(live):  # release in doubling chunks: O(log n) placement attempts
+            for v in live[len(released) : len(released) + step]:
+                ledger.release(v.request, v.placement)
+                released.append(v)
             placement = ledger.place(job)
             if placement is not None:
                 break
+            step *= 2
         if placement is None:
             for v in reversed(released):
                 ledger.allocate(v.request, v.placement)
             return None
-        needed = [released[-1]]
-        for v in reversed(released[:-1]):
+        # Victims on nodes the placement does not use are not needed: give them back.
+        used = placement.nodes
+        needed: list[RunningJob] = []
+        for v in released:
+            if used.isdisjoint(v.placement.bundle_nodes) and ledger.can_allocate(v.request, v.placement):
+                ledger.allocate(v.request, v.placement)
+            else:
+                needed.append(v)
+        # Then try to keep each remaining victim, lowest-ranked (last released) first.
+        kept: set[str] = set()
+        for v in reversed(needed):
             if ledger.can_allocate(v.request, v.placement):
                 ledger.allocate(v.request, v.placement)
                 again = ledger.place(job)
                 if again is not None:
                     placement = again
+                    kept.add(v.job_id)
                     continue
                 ledger.release(v.request, v.placement)
-            needed.append(v)
-        keep = {v.job_id for v in needed}
-        for v in released:
-            if v.job_id in keep:
+        for v in needed:
+            if v.job_id not in kept:
                 self._mark_preempted(v)  # the ledger already released it
         return placement
 
@@ -204,7 +242,7 @@ class DecisionContext:
             if v.job_id in self.preempted:
                 continue
             portions: dict[str, Vec] = {}
-            for b, nid in zip(v.request._bvecs, v.placement.bundle_nodes):
+            for b, nid in zip(v.request._bvecs, v.placement.bundle_nodes, strict=True):
                 portions[nid] = _vec.add(portions[nid], b) if nid in portions else b
             for nid, part in portions.items():
                 per_node.setdefault(nid, []).append((rank, v, part))
@@ -237,9 +275,7 @@ class DecisionContext:
         Snapshot jobs not preempted, plus jobs started in this decision.
         """
         out = [
-            (r.request, r.placement, r.end_estimate)
-            for r in self.snapshot.running
-            if r.job_id not in self.preempted
+            (r.request, r.placement, r.end_estimate) for r in self.snapshot.running if r.job_id not in self.preempted
         ]
         out.extend(self._running)
         return out

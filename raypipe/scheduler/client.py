@@ -83,7 +83,9 @@ class SchedulerClient:
 
         req = {
             "job_id": job_id,
-            "bundles": [{"cpu": b.cpu, "gpu": b.gpu, "memory_mb": b.memory_mb, "custom": b.custom_dict} for b in bundles],
+            "bundles": [
+                {"cpu": b.cpu, "gpu": b.gpu, "memory_mb": b.memory_mb, "custom": b.custom_dict} for b in bundles
+            ],
             "priority": priority,
             "team": team,
             "preemptible": preemptible,

@@ -181,7 +181,9 @@ class SchedulerSettings:
 class ControllerCore:
     """Queue, grants and policy; all Ray access goes through ``backend``."""
 
-    def __init__(self, backend: Backend, settings: SchedulerSettings | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, backend: Backend, settings: SchedulerSettings | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self.backend = backend
         self.clock = clock
         self.jobs: dict[str, Job] = {}
@@ -383,7 +385,9 @@ class ControllerCore:
 
     def schedule(self) -> int:
         """Run the policy once and apply its decision; returns how many jobs changed state."""
-        queued = tuple(j.request for j in sorted(self.jobs.values(), key=lambda j: j.request.submit_time) if j.state == "queued")
+        queued = tuple(
+            j.request for j in sorted(self.jobs.values(), key=lambda j: j.request.submit_time) if j.state == "queued"
+        )
         if not queued:
             return 0
         now = self.clock()

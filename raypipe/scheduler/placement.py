@@ -232,7 +232,7 @@ class FreeLedger:
         if len(placement.bundle_nodes) != len(request._bvecs):
             raise ValueError(f"placement of {request.job_id!r} has the wrong number of bundles")
         out: dict[str, Vec] = {}
-        for v, nid in zip(request._bvecs, placement.bundle_nodes):
+        for v, nid in zip(request._bvecs, placement.bundle_nodes, strict=True):
             out[nid] = _vec.add(out[nid], v) if nid in out else v
         return out
 
@@ -281,9 +281,10 @@ class FreeLedger:
                 continue
             what = "all bundles" if strict else _vec.to_resources(need)
             suffix = " (STRICT_PACK)" if strict else ""
-            for i, name, key in _dims(need):
+            for i, dim_name, key in _dims(need):
                 value, nid = self._largest(i, sel, key)
                 if value + _vec.EPS < (need[i] if i < 3 else dict(need[3])[key]):
+                    name = dim_name
                     break
             else:
                 i = _vec.dominant_index(need)
@@ -352,7 +353,9 @@ def explain_wait(request: JobRequest, cluster: ClusterView) -> str:
     return ledger.explain(request)
 
 
-def never_reason(request: JobRequest, total_ledger: FreeLedger, quota: Resources | None, *, allow_borrowing: bool) -> str | None:
+def never_reason(
+    request: JobRequest, total_ledger: FreeLedger, quota: Resources | None, *, allow_borrowing: bool
+) -> str | None:
     """:func:`feasible_ever` against a prebuilt ``use_total=True`` ledger (policies cache it)."""
     if not allow_borrowing:
         over = exceeds_quota(request.demand, quota)
@@ -381,4 +384,6 @@ def feasible_ever(
     only an exact bin-packing could fit is reported as never fitting.
     """
     quota = (teams or {}).get(request.team, TeamConfig()).quota
-    return never_reason(request, FreeLedger.from_cluster(cluster, use_total=True), quota, allow_borrowing=allow_borrowing)
+    return never_reason(
+        request, FreeLedger.from_cluster(cluster, use_total=True), quota, allow_borrowing=allow_borrowing
+    )

@@ -49,7 +49,9 @@ class NodeView:
         if not isinstance(self.labels, tuple) or any(not isinstance(p, tuple) for p in self.labels):
             object.__setattr__(self, "labels", freeze_labels(self.labels))  # type: ignore[arg-type]
         if not self.total.nonnegative() or not self.free.nonnegative():
-            raise InvalidRequestError(f"node {self.node_id!r}: resources must be >= 0, got total={self.total}, free={self.free}")
+            raise InvalidRequestError(
+                f"node {self.node_id!r}: resources must be >= 0, got total={self.total}, free={self.free}"
+            )
 
     @property
     def labels_dict(self) -> dict[str, str]:
@@ -85,7 +87,7 @@ def per_node(bundles: Sequence[Resources], placement: Placement) -> dict[str, Re
     if len(bundles) != len(placement.bundle_nodes):
         raise InvalidRequestError(f"placement has {len(placement.bundle_nodes)} nodes for {len(bundles)} bundles")
     out: dict[str, Resources] = {}
-    for b, n in zip(bundles, placement.bundle_nodes):
+    for b, n in zip(bundles, placement.bundle_nodes, strict=True):
         out[n] = out[n] + b if n in out else b
     return out
 
@@ -133,7 +135,9 @@ class ClusterView:
         for nid, need in per_node(bundles, placement).items():
             node = self.node(nid)
             if not node.alive or not need.fits(node.free):
-                raise InvalidRequestError(f"cannot allocate {need} on node {nid!r} (free: {node.free}, alive: {node.alive})")
+                raise InvalidRequestError(
+                    f"cannot allocate {need} on node {nid!r} (free: {node.free}, alive: {node.alive})"
+                )
             changed[nid] = NodeView(nid, node.total, node.free - need, node.labels, node.alive)
         return ClusterView(tuple(changed.get(n.node_id, n) for n in self.nodes))
 
@@ -191,9 +195,13 @@ class JobRequest:
         if any(not isinstance(b, Resources) or not b.nonnegative() for b in self.bundles):
             raise InvalidRequestError(f"job {self.job_id!r}: bundles must be non-negative Resources")
         if self.strategy not in STRATEGIES:
-            raise InvalidRequestError(f"job {self.job_id!r}: strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+            raise InvalidRequestError(
+                f"job {self.job_id!r}: strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}"
+            )
         if self.duration_estimate_s is not None and self.duration_estimate_s < 0:
-            raise InvalidRequestError(f"job {self.job_id!r}: duration_estimate_s must be >= 0, got {self.duration_estimate_s}")
+            raise InvalidRequestError(
+                f"job {self.job_id!r}: duration_estimate_s must be >= 0, got {self.duration_estimate_s}"
+            )
         if self.attained_service < 0:
             raise InvalidRequestError(f"job {self.job_id!r}: attained_service must be >= 0")
         if not isinstance(self.label_selector, tuple) or any(not isinstance(p, tuple) for p in self.label_selector):

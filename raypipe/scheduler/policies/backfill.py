@@ -102,8 +102,10 @@ class BackfillPolicy(Policy):
         future = ctx.ledger.copy()
         now = ctx.now
         events = sorted(
-            ((now if end is not None and end < now else (end if end is not None else math.inf), req.job_id, req, pl)
-             for req, pl, end in ctx.running_now()),
+            (
+                (now if end is not None and end < now else (end if end is not None else math.inf), req.job_id, req, pl)
+                for req, pl, end in ctx.running_now()
+            ),
             key=lambda e: (e[0], e[1]),
         )
         one_node = len(head.bundles) == 1 or head.strategy == "STRICT_PACK"

@@ -140,7 +140,10 @@ class FairSharePolicy(Policy):
                     ctx.wait(job, never)
                     continue
                 owner_waiting = True
-                ctx.wait(job, f"{ctx.explain(job)} (team {team} share {self._share(used.get(team, _vec.ZERO), total, weights[team]):.3f}, fair_share)")
+                ctx.wait(
+                    job,
+                    f"{ctx.explain(job)} (team {team} share {self._share(used.get(team, _vec.ZERO), total, weights[team]):.3f}, fair_share)",
+                )
             pos[team] = i
             if started and i < len(jobs):
                 heapq.heappush(heap, (self._share(used[team], total, weights[team]), team))
@@ -176,7 +179,9 @@ class FairSharePolicy(Policy):
                     started = True
                     break
                 never = ctx.never_reason(job, allow_borrowing=True)
-                ctx.wait(job, never if never is not None else f"{why}; nothing to borrow: {ctx.explain(job)} (fair_share)")
+                ctx.wait(
+                    job, never if never is not None else f"{why}; nothing to borrow: {ctx.explain(job)} (fair_share)"
+                )
             pos[team] = i
             if started and i < len(jobs):
                 heapq.heappush(heap, (self._share(used[team], total, weights[team]), team))

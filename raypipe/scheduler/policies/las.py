@@ -42,7 +42,7 @@ class LasPolicy(Policy):
         starve_factor: float | None = None,
     ) -> None:
         ts = tuple(float(t) for t in thresholds)
-        if any(t <= 0 for t in ts) or any(b <= a for a, b in zip(ts, ts[1:])):
+        if any(t <= 0 for t in ts) or any(b <= a for a, b in zip(ts, ts[1:], strict=False)):
             raise PolicyConfigError(f"las: thresholds must be positive and strictly increasing, got {list(ts)}")
         if starve_factor is not None and not starve_factor > 0:
             raise PolicyConfigError(f"las: starve_factor must be > 0 or None, got {starve_factor}")
@@ -51,7 +51,9 @@ class LasPolicy(Policy):
         self.starve_factor = starve_factor
 
     def __repr__(self) -> str:
-        return f"LasPolicy(thresholds={list(self.thresholds)}, preempt={self.preempt}, starve_factor={self.starve_factor})"
+        return (
+            f"LasPolicy(thresholds={list(self.thresholds)}, preempt={self.preempt}, starve_factor={self.starve_factor})"
+        )
 
     def queue_of(self, attained: float) -> int:
         """The queue index for an attained service (0 = highest priority)."""
@@ -80,6 +82,7 @@ class LasPolicy(Policy):
                 lst.append(job)
         running_q: dict[str, int] | None = None
         victims_all: list[RunningJob] = []
+        neg_q: list[int] = []
         preempt_failed: set[tuple[str, int]] = set()
         for q in sorted(buckets):
             for job in buckets[q]:  # submit order within a queue (the snapshot's queue order)
@@ -95,9 +98,10 @@ class LasPolicy(Policy):
                             (r for r in snapshot.running if r.request.preemptible),
                             key=lambda r: (-running_q[r.job_id], -r.start_time, r.job_id),  # type: ignore[index]
                         )
-                    cands = [r for r in victims_all if running_q[r.job_id] > q]
-                    if cands and ctx.never_reason(job) is None:
-                        placement = ctx.try_preempt_for(job, cands)
+                        neg_q = [-running_q[r.job_id] for r in victims_all]
+                    cut = bisect.bisect_left(neg_q, -q)  # victims in queues strictly below q
+                    if cut and ctx.never_reason(job) is None:
+                        placement = ctx.try_preempt_for(job, victims_all[:cut])
                     if placement is None:
                         preempt_failed.add((job.shape_key, q))
                 if placement is not None:

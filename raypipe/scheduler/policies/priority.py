@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 
 from raypipe.scheduler._context import DecisionContext
@@ -55,6 +56,7 @@ class PriorityPolicy(Policy):
             heap = [(j.submit_time - j.priority * aging, i) for i, j in enumerate(queue)]
         heapq.heapify(heap)
         victims: list[RunningJob] | None = None
+        bases: list[int] = []
         while heap:
             _, i = heapq.heappop(heap)
             job = queue[i]
@@ -69,10 +71,10 @@ class PriorityPolicy(Policy):
                         (r for r in snapshot.running if r.request.preemptible),
                         key=lambda r: (self._base(r.request, team_prio), -r.start_time, r.job_id),
                     )
-                base = self._base(job, team_prio)
-                cands = [r for r in victims if self._base(r.request, team_prio) < base]
-                if cands and ctx.never_reason(job) is None:
-                    placement = ctx.try_preempt_for(job, cands)
+                    bases = [self._base(r.request, team_prio) for r in victims]
+                cut = bisect.bisect_left(bases, self._base(job, team_prio))
+                if cut and ctx.never_reason(job) is None:
+                    placement = ctx.try_preempt_for(job, victims[:cut])
             if placement is not None:
                 ctx.start(job, placement)
                 continue
@@ -82,9 +84,7 @@ class PriorityPolicy(Policy):
                 continue
             eff = self._base(job, team_prio) + (snapshot.now - job.submit_time) / aging
             ctx.wait(job, f"{ctx.explain(job)} (highest waiting priority {eff:.2f}, priority)")
-            ctx.wait_many(
-                (queue[k] for _, k in heap), f"behind higher-priority job {job.job_id} (priority)"
-            )
+            ctx.wait_many((queue[k] for _, k in heap), f"behind higher-priority job {job.job_id} (priority)")
             break
         return ctx.build()
 

@@ -1,0 +1,235 @@
+"""Scheduler overhead: policy decision latency, live admissions per second, submit-to-running.
+
+    python -m benchmarks.scheduler_overhead --out bench-out/scheduler
+
+1. Decision latency (pure policies, no Ray): p50/p99 of ``Policy.decide`` with
+   10, 1,000 and 10,000 pending jobs on a 1,000-node view, per policy.
+2. Admissions per second on a live local Ray: N jobs submitted to the controller
+   actor in one call until every one holds its placement group (PG created and
+   ready), against plain Ray creating the same N placement groups and waiting for
+   them.
+3. Submit-to-running latency: one job at a time, from submit to a task running
+   inside the grant, against plain Ray (create PG, ``pg.ready()``, task in it).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import bar_chart, base_parser, goal, print_table, ratio, write_results  # noqa: E402
+from benchmarks._sched_workload import build_view  # noqa: E402
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def decision_latency(pending: list[int], nodes: int, samples: int) -> dict[str, dict[str, dict[str, float]]]:
+    from rich.progress import Progress
+
+    from raypipe.resources import Resources
+    from raypipe.scheduler import Snapshot, TeamConfig, available_policies, get_policy
+
+    teams = {"research": TeamConfig(quota=Resources.of(gpu=3000)), "prod": TeamConfig(weight=2.0, priority=1)}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    policies = list(available_policies())
+    with Progress(transient=True) as progress:
+        task = progress.add_task("decision latency", total=len(pending) * len(policies))
+        for n in pending:
+            cluster, running, queue = build_view(nodes, n)
+            for name in policies:
+                policy = get_policy(name)
+                times = []
+                for i in range(samples):
+                    snap = Snapshot(float(10_000 + i), queue, running, cluster, teams)
+                    t0 = time.perf_counter()
+                    policy.decide(snap)
+                    times.append((time.perf_counter() - t0) * 1e3)
+                out.setdefault(name, {})[str(n)] = {"p50_ms": statistics.median(times), "p99_ms": pct(times, 0.99)}
+                progress.advance(task)
+    return out
+
+
+def _wait_all_running(handle: Any, ids: list[str], timeout_s: float = 120.0) -> None:
+    import ray
+
+    deadline = time.time() + timeout_s
+    versions = {j: -1 for j in ids}
+    while time.time() < deadline:
+        views = ray.get(handle.watch.remote(versions, 2.0))
+        if all(v["state"] == "running" for v in views.values()):
+            return
+        versions = {j: v["version"] for j, v in views.items()}
+    raise TimeoutError("jobs not admitted in time")
+
+
+def admissions(n: int) -> dict[str, float]:
+    """raypipe: submit n tiny jobs in one call -> all granted and their groups ready."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from raypipe.scheduler.backend import pg_from_id
+    from raypipe.scheduler.client import SchedulerClient, get_controller
+
+    client = SchedulerClient(get_controller({"policy": "fifo"}), owner="bench")
+    ids = [f"adm-{i}" for i in range(n)]
+    reqs = [
+        {"job_id": j, "bundles": [{"cpu": 0.001, "gpu": 0.0, "memory_mb": 0, "custom": {}}], "priority": 0, "team": "default"}
+        for j in ids
+    ]
+    t0 = time.perf_counter()
+    ray.get(client.handle.submit.remote(reqs, client.owner))
+    _wait_all_running(client.handle, ids)
+    views = ray.get(client.handle.poll.remote(ids))
+    ray.get([pg_from_id(v["pg_id"]).ready() for v in views.values()])
+    raypipe_s = time.perf_counter() - t0
+    ray.get(client.release(ids))
+
+    t0 = time.perf_counter()
+    pgs = [placement_group([{"CPU": 0.001}]) for _ in range(n)]
+    ray.get([pg.ready() for pg in pgs])
+    plain_s = time.perf_counter() - t0
+    for pg in pgs:
+        remove_placement_group(pg)
+    return {"jobs": n, "raypipe_s": raypipe_s, "plain_s": plain_s, "raypipe_per_s": n / raypipe_s, "plain_per_s": n / plain_s}
+
+
+def submit_to_running(n: int) -> dict[str, Any]:
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from raypipe.resources import Resources
+    from raypipe.scheduler.client import SchedulerClient, get_controller, scheduling_strategy
+
+    @ray.remote(num_cpus=0.5)
+    def started() -> float:
+        return time.time()
+
+    client = SchedulerClient(get_controller({"policy": "fifo"}), owner="bench-latency")
+    ray.get(started.remote())  # warm a worker
+    rp, plain = [], []
+    for i in range(n):
+        jid = f"lat-{i}"
+        t0 = time.time()
+        view = client.submit(jid, [Resources.of(cpu=0.5)])
+        while view["state"] != "running":
+            view = ray.get(client.watch({jid: view["version"]}, 5.0))[jid]
+        t_run = ray.get(started.options(scheduling_strategy=scheduling_strategy(view["pg_id"])).remote())
+        rp.append(t_run - t0)
+        ray.get(client.release([jid]))
+
+        t0 = time.time()
+        pg = placement_group([{"CPU": 0.5}])
+        ray.get(pg.ready())
+        t_run = ray.get(started.options(scheduling_strategy=PlacementGroupSchedulingStrategy(pg, 0)).remote())
+        plain.append(t_run - t0)
+        remove_placement_group(pg)
+    return {
+        "raypipe_p50_ms": statistics.median(rp) * 1e3,
+        "raypipe_p99_ms": pct(rp, 0.99) * 1e3,
+        "plain_p50_ms": statistics.median(plain) * 1e3,
+        "plain_p99_ms": pct(plain, 0.99) * 1e3,
+        "samples_raypipe_ms": [x * 1e3 for x in rp],
+        "samples_plain_ms": [x * 1e3 for x in plain],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=1000, help="nodes of the view for decision latency (default 1000)")
+    p.add_argument("--pending", default="10,1000,10000", help="queue lengths (default 10,1000,10000)")
+    p.add_argument("--samples", type=int, default=30, help="decisions timed per policy and queue length")
+    p.add_argument("--admissions", type=int, default=1000, help="jobs in the admissions-per-second test")
+    p.add_argument("--latency-samples", type=int, default=30, help="sequential jobs in the latency test")
+    p.add_argument("--skip-live", action="store_true", help="only the pure decision latency (no Ray)")
+    args = p.parse_args(argv)
+
+    pending = [int(x) for x in args.pending.split(",")]
+    lat = decision_latency(pending, args.nodes, args.samples)
+    rows = [[f"{pol} @ {n} pending", v["p50_ms"], v["p99_ms"]] for pol, per in lat.items() for n, v in per.items()]
+    print_table(f"policy decision latency on a {args.nodes}-node view (ms)", ["policy", "p50", "p99"], rows)
+
+    results: dict[str, Any] = {"decision_latency_ms": lat}
+    baseline: dict[str, Any] = {}
+    ratios: dict[str, Any] = {}
+    worst_p99 = max(v[str(max(pending))]["p99_ms"] for v in lat.values())
+    goals = {"decision_p99_ms_at_max_pending": goal(worst_p99, 5.0, "ms")}
+
+    if not args.skip_live:
+        import ray
+
+        from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        try:
+            adm = admissions(args.admissions)
+            s2r = submit_to_running(args.latency_samples)
+        finally:
+            try:
+                ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), no_restart=True)
+            except ValueError:
+                pass
+            ray.shutdown()
+        results["admissions_per_s"] = adm["raypipe_per_s"]
+        results["admissions_wall_s"] = adm["raypipe_s"]
+        baseline["admissions_per_s"] = adm["plain_per_s"]
+        baseline["admissions_wall_s"] = adm["plain_s"]
+        results["submit_to_running_p50_ms"] = s2r["raypipe_p50_ms"]
+        results["submit_to_running_p99_ms"] = s2r["raypipe_p99_ms"]
+        baseline["submit_to_running_p50_ms"] = s2r["plain_p50_ms"]
+        baseline["submit_to_running_p99_ms"] = s2r["plain_p99_ms"]
+        ratios["admissions_per_s"] = ratio(adm["raypipe_per_s"], adm["plain_per_s"])
+        ratios["submit_to_running_p50_ms"] = ratio(s2r["raypipe_p50_ms"], s2r["plain_p50_ms"])
+        goals["admissions_per_s"] = goal(adm["raypipe_per_s"], 500.0, "1/s", lower_is_better=False)
+        goals["submit_to_running_ratio"] = goal(ratios["submit_to_running_p50_ms"] or 0.0, 1.5, "x")
+        print_table(
+            "live scheduler on a local Ray (2 CPUs)",
+            ["measure", "raypipe", "plain Ray", "ratio"],
+            [
+                [f"admissions/s ({args.admissions} jobs)", adm["raypipe_per_s"], adm["plain_per_s"], ratios["admissions_per_s"]],
+                ["submit-to-running p50, ms", s2r["raypipe_p50_ms"], s2r["plain_p50_ms"], ratios["submit_to_running_p50_ms"]],
+                ["submit-to-running p99, ms", s2r["raypipe_p99_ms"], s2r["plain_p99_ms"], ratio(s2r["raypipe_p99_ms"], s2r["plain_p99_ms"])],
+            ],
+            caption="plain Ray: the same placement groups created directly",
+        )
+        results["samples"] = {"raypipe_ms": s2r["samples_raypipe_ms"], "plain_ms": s2r["samples_plain_ms"]}
+
+    for name, g in goals.items():
+        print(f"goal {name}: {g['value']:.3g} {g['unit']} (limit {g['limit']:g}) -> {'met' if g['met'] else 'NOT met'}")
+    path = write_results(
+        args.out,
+        "scheduler_overhead",
+        params=vars(args) | {"out": str(args.out)},
+        results=results,
+        baseline=baseline,
+        ratios=ratios,
+        goals=goals,
+    )
+    bar_chart(
+        args.out / "decision_latency.png",
+        [
+            {
+                "title": f"decision p99 on {args.nodes} nodes",
+                "ylabel": "ms",
+                "groups": [str(n) for n in pending],
+                "series": {pol: [lat[pol][str(n)]["p99_ms"] for n in pending] for pol in lat},
+                "hline": (5.0, "goal 5 ms"),
+            }
+        ],
+        title="raypipe scheduler: policy decision latency by queue length",
+    )
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""The scheduler on a multi-node fake-GPU cluster (3 nodes x 4 GPUs), through real pipelines."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import raypipe
+from raypipe.store.metadata import MetadataStore
+from tests.conftest import reset_scheduler, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+F = "tests.integration.funcs"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_scheduler(gpu_cluster: object) -> None:
+    reset_scheduler()
+
+
+def stage(name: str, fn: str, **kw: Any) -> raypipe.StageConfig:
+    args = kw.pop("args", {})
+    return raypipe.StageConfig(name=name, kind="python", params={"function": f"{F}:{fn}", "args": args}, **kw)
+
+
+def pipe(tmp_path: Path, *stages: raypipe.StageConfig, scheduler: dict | None = None) -> raypipe.PipelineConfig:
+    extra = {"scheduler": scheduler} if scheduler else {}
+    return raypipe.PipelineConfig(name="sched", storage=str(tmp_path / "store"), stages=list(stages), **extra)
+
+
+def history(tmp_path: Path, run_id: str) -> dict[str, list[str]]:
+    meta = MetadataStore(str(tmp_path / "store" / "raypipe.db"))
+    out: dict[str, list[str]] = {}
+    for sr in meta.stage_runs(run_id):
+        out.setdefault(sr.stage, []).append(sr.status)
+    return out
+
+
+def no_raypipe_groups() -> bool:
+    from raypipe.scheduler.backend import RayBackend
+
+    return not RayBackend().live_pgs()
+
+
+def gpu(n: float, cpu: float = 0.5) -> dict[str, float]:
+    return {"cpu": cpu, "gpu": n}
+
+
+def test_two_8_gpu_gangs_and_a_4_gpu_job_finish_without_deadlock(tmp_path: Path) -> None:
+    cfg = pipe(
+        tmp_path,
+        stage("gang1", "sleep", args={"seconds": 1.5}, resources=gpu(4), gang_size=2),
+        stage("gang2", "sleep", args={"seconds": 1.5}, resources=gpu(4), gang_size=2),
+        stage("single", "sleep", args={"seconds": 1.0}, resources=gpu(4)),
+    )
+    res = raypipe.run(cfg, use_cache=False)
+    assert res.ok, res.errors
+    wait_for(no_raypipe_groups, what="grants to be released")
+
+
+def test_high_priority_stage_overtakes_the_queue(tmp_path: Path) -> None:
+    cfg = pipe(
+        tmp_path,
+        stage("blocker", "sleep", args={"seconds": 2.0}, resources=gpu(4, cpu=0.1), gang_size=3),
+        stage("low", "sleep", args={"seconds": 0.2}, resources=gpu(4, cpu=0.1), gang_size=3, priority=0),
+        stage("high", "sleep", args={"seconds": 0.2}, resources=gpu(4, cpu=0.1), gang_size=3, priority=10),
+        scheduler={"policy": "priority"},
+    )
+    res = raypipe.run(cfg, use_cache=False)
+    assert res.ok, res.errors
+    meta = MetadataStore(str(tmp_path / "store" / "raypipe.db"))
+    started = {s.stage: s.started_at for s in meta.stage_runs(res.run_id)}
+    assert started["blocker"] < started["high"] < started["low"]
+
+
+def test_infeasible_stage_fails_fast_with_its_reason(tmp_path: Path) -> None:
+    cfg = pipe(tmp_path, stage("huge", "make", resources=gpu(8), placement="STRICT_PACK"))
+    t0 = time.time()
+    res = raypipe.run(cfg)
+    assert res.status == "failed" and time.time() - t0 < 30
+    assert "cannot be scheduled" in res.errors["huge"] and "8 GPU" in res.errors["huge"]
+    assert history(tmp_path, res.run_id) == {"huge": ["rejected"]}
+
+
+def test_team_quota_holds_under_50_concurrent_submissions(tmp_path: Path) -> None:
+    import ray
+
+    from raypipe.scheduler.client import SchedulerClient, get_controller, scheduling_strategy
+
+    client = SchedulerClient(get_controller({"policy": "fifo", "teams": {"research": {"gpu": 4}}}), owner="quota-test")
+    jobs = {f"q{i}": client.submit(f"q{i}", [raypipe.Resources.of(cpu=0.1, gpu=1)], team="research") for i in range(50)}
+    assert all(v["state"] in ("queued", "running") for v in jobs.values())
+
+    @ray.remote
+    def hold(seconds: float) -> tuple[float, float]:
+        t = time.time()
+        time.sleep(seconds)
+        return t, time.time()
+
+    versions = {j: -1 for j in jobs}
+    launched: dict[str, Any] = {}
+    intervals: list[tuple[float, float]] = []
+    max_running = 0
+    deadline = time.time() + 180
+    while len(intervals) < 50 and time.time() < deadline:
+        views = ray.get(client.watch(versions, timeout_s=1.0))
+        running = [j for j, v in views.items() if v["state"] == "running"]
+        max_running = max(max_running, len(running))
+        for j, v in views.items():
+            versions[j] = v["version"]
+            if v["state"] == "running" and j not in launched:
+                launched[j] = hold.options(num_cpus=0.1, num_gpus=1, scheduling_strategy=scheduling_strategy(v["pg_id"])).remote(0.3)
+        if not launched:
+            continue
+        done, _ = ray.wait(list(launched.values()), num_returns=len(launched), timeout=0)
+        for j, ref in list(launched.items()):
+            if ref in done:
+                intervals.append(ray.get(ref))
+                ray.get(client.release([j]))
+                del versions[j], launched[j]
+    assert len(intervals) == 50
+    assert max_running <= 4
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    level = peak = 0
+    for _, d in events:
+        level += d
+        peak = max(peak, level)
+    assert peak <= 4, "the quota of 4 GPUs held"
+    wait_for(no_raypipe_groups, what="grants to be released")
+
+
+def test_controller_killed_mid_run_restarts_and_every_stage_runs_once(tmp_path: Path) -> None:
+    import ray
+
+    from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
+
+    stages = [stage(f"s{i}", "sleep", args={"seconds": 1.5}, resources=gpu(4)) for i in range(6)]
+    stages.append(stage("last", "make", depends_on=[s.name for s in stages]))
+    cfg = pipe(tmp_path, *stages)
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(res=raypipe.run(cfg, use_cache=False)))
+    t.start()
+    handle = wait_for(lambda: _controller_with_running_jobs(), what="jobs to be running")
+    ray.kill(handle, no_restart=False)  # Ray restarts it; it reloads its queue and grants
+    t.join(timeout=180)
+    res = out["res"]
+    assert res.ok, res.errors
+    assert history(tmp_path, res.run_id) == {s.name: ["succeeded"] for s in [*stages]}
+    restarted = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    assert ray.get(restarted.stats.remote())["jobs"]["running"] == 0
+    wait_for(no_raypipe_groups, what="no leaked placement group")
+
+
+def _controller_with_running_jobs() -> Any:
+    import ray
+
+    from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
+
+    try:
+        handle = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    except ValueError:
+        return None
+    return handle if ray.get(handle.stats.remote())["jobs"]["running"] >= 2 else None
+
+
+def test_node_removed_mid_stage_requeues_it(tmp_path: Path, gpu_cluster: Any) -> None:
+    import ray
+
+    from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
+
+    started = tmp_path / "started"
+    cfg = pipe(tmp_path, stage("victim", "slow", args={"seconds": 4, "started": str(started)}, resources=gpu(4)))
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(res=raypipe.run(cfg, use_cache=False)))
+    t.start()
+    wait_for(started.exists, what="the stage to start")
+    handle = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    (job,) = [j for j in ray.get(handle.queue.remote()) if j["state"] == "running"]
+    node = next(n for n in gpu_cluster.worker_nodes if n.node_id == job["nodes"][0])
+    gpu_cluster.remove_node(node)
+    t.join(timeout=180)
+    gpu_cluster.add_node(num_cpus=4, num_gpus=4, labels={"gpu_type": "A100"})
+    res = out["res"]
+    assert res.ok, res.errors
+    assert history(tmp_path, res.run_id)["victim"] == ["lost", "succeeded"]
