@@ -16,7 +16,8 @@ from raypipe.resources import Resources
 #: Names of placement groups raypipe creates start with this.
 PG_PREFIX = "raypipe-grant-"
 NODE_ID_LABEL = "ray.io/node-id"
-_STATE_KEY = b"raypipe-scheduler-state"
+_SETTINGS_KEY = b"raypipe-scheduler/settings"
+_JOB_PREFIX = b"raypipe-scheduler/job/"
 _KV_NAMESPACE = "raypipe"
 
 
@@ -39,9 +40,11 @@ class Backend(Protocol):
 
     def dead_drivers(self) -> set[str]: ...
 
-    def load_state(self) -> bytes | None: ...
+    def load_state(self) -> tuple[bytes | None, dict[str, bytes]]: ...
 
-    def save_state(self, blob: bytes) -> None: ...
+    def save_settings(self, blob: bytes) -> None: ...
+
+    def save_jobs(self, jobs: Mapping[str, bytes | None]) -> None: ...
 
 
 class RayBackend:
@@ -106,22 +109,38 @@ class RayBackend:
 
         return {j["JobID"] for j in ray._private.state.jobs() if j.get("IsDead")}
 
-    def load_state(self) -> bytes | None:
+    def load_state(self) -> tuple[bytes | None, dict[str, bytes]]:
+        """The settings and every persisted job (one key per job)."""
         from ray.experimental import internal_kv
 
-        return internal_kv._internal_kv_get(_STATE_KEY, namespace=_KV_NAMESPACE)
+        settings = internal_kv._internal_kv_get(_SETTINGS_KEY, namespace=_KV_NAMESPACE)
+        keys = internal_kv._internal_kv_list(_JOB_PREFIX, namespace=_KV_NAMESPACE)
+        values = {k: internal_kv._internal_kv_get(k, namespace=_KV_NAMESPACE) for k in keys}
+        return settings, {k[len(_JOB_PREFIX) :].decode(): v for k, v in values.items() if v is not None}
 
-    def save_state(self, blob: bytes) -> None:
+    def save_settings(self, blob: bytes) -> None:
         from ray.experimental import internal_kv
 
-        internal_kv._internal_kv_put(_STATE_KEY, blob, overwrite=True, namespace=_KV_NAMESPACE)
+        internal_kv._internal_kv_put(_SETTINGS_KEY, blob, overwrite=True, namespace=_KV_NAMESPACE)
+
+    def save_jobs(self, jobs: Mapping[str, bytes | None]) -> None:
+        """Write changed jobs; ``None`` deletes a job's key."""
+        from ray.experimental import internal_kv
+
+        for job_id, blob in jobs.items():
+            key = _JOB_PREFIX + job_id.encode()
+            if blob is None:
+                internal_kv._internal_kv_del(key, namespace=_KV_NAMESPACE)
+            else:
+                internal_kv._internal_kv_put(key, blob, overwrite=True, namespace=_KV_NAMESPACE)
 
 
 def clear_state() -> None:
-    """Forget persisted scheduler state (tests, and `raypipe queue --reset`)."""
+    """Forget persisted scheduler state (tests)."""
     from ray.experimental import internal_kv
 
-    internal_kv._internal_kv_del(_STATE_KEY, namespace=_KV_NAMESPACE)
+    internal_kv._internal_kv_del(_SETTINGS_KEY, namespace=_KV_NAMESPACE)
+    internal_kv._internal_kv_del(_JOB_PREFIX, del_by_prefix=True, namespace=_KV_NAMESPACE)
 
 
 def pg_from_id(pg_id: str) -> object:

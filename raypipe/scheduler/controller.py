@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -191,19 +192,18 @@ class ControllerCore:
         self.decisions = 0
         self.decision_s: list[float] = []
         self._nodes: list[NodeInfo] = []
+        self._dirty: set[str] = set()
+        self._batch_depth = 0
         self._restore()
         self._policy = self._make_policy()
 
     # ---------------------------------------------------------------- persistence
     def _restore(self) -> None:
-        blob = self.backend.load_state()
+        settings_blob, job_blobs = self.backend.load_state()
         live = self.backend.live_pgs()
-        if blob:
-            state = json.loads(blob)
-            saved = state.get("settings")
-            if saved:
-                self.settings = SchedulerSettings(**saved)
-            self.jobs = {d["request"]["job_id"]: Job.from_dict(d) for d in state.get("jobs", [])}
+        if settings_blob:
+            self.settings = SchedulerSettings(**json.loads(settings_blob))
+        self.jobs = {jid: Job.from_dict(json.loads(b)) for jid, b in job_blobs.items()}
         now = self.clock()
         known = set()
         for job in self.jobs.values():
@@ -214,13 +214,35 @@ class ControllerCore:
                 else:
                     # The group vanished with the controller (it was being created): start over.
                     self._to_queue(job, "its grant was lost while the controller restarted")
-        for name in live - known:
-            self.backend.remove_pg(name)  # a group created but never recorded: a leak otherwise
+        for pg_id in live - known:
+            self.backend.remove_pg(pg_id)  # created but never recorded: a leak otherwise
         self._persist()
 
     def _persist(self) -> None:
-        state = {"settings": self.settings.__dict__, "jobs": [j.to_dict() for j in self.jobs.values()]}
-        self.backend.save_state(json.dumps(state).encode())
+        """Write the jobs changed since the last call (finished jobs are deleted).
+
+        Called at the end of every operation, before its result is visible.  A
+        crash between creating a placement group and persisting its job leaves
+        a group nobody recorded: the restarted controller removes it and the job
+        is still queued, so nothing is lost or held twice."""
+        if not self._dirty or self._batch_depth:
+            return
+        out: dict[str, bytes | None] = {}
+        for jid in self._dirty:
+            job = self.jobs.get(jid)
+            out[jid] = json.dumps(job.to_dict()).encode() if job is not None and job.state in ACTIVE else None
+        self.backend.save_jobs(out)
+        self._dirty.clear()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Operations inside persist once, at the end (one write per changed job)."""
+        self._batch_depth += 1
+        try:
+            yield
+        finally:
+            self._batch_depth -= 1
+            self._persist()
 
     def _make_policy(self) -> Policy:
         return get_policy(self.settings.policy, **self.settings.policy_args)
@@ -230,10 +252,11 @@ class ControllerCore:
         policy = get_policy(settings.policy, **settings.policy_args)
         settings.team_configs()
         self.settings, self._policy = settings, policy
-        self._persist()
+        self.backend.save_settings(json.dumps(settings.__dict__).encode())
 
     # ---------------------------------------------------------------- helpers
     def _bump(self, job: Job, state: str, reason: str = "") -> None:
+        self._dirty.add(job.job_id)
         job.state = state
         job.reason = reason
         job.version += 1
@@ -283,6 +306,7 @@ class ControllerCore:
         if reason:
             job.state, job.reason, job.end_time = "rejected", reason, now
         self.jobs[job_id] = job
+        self._dirty.add(job_id)
         self._persist()
         return job.view()
 
@@ -378,7 +402,6 @@ class ControllerCore:
                 changed = True
             elif job.state in ("done", "rejected") and job.end_time and now - job.end_time > self.settings.keep_done_s:
                 del self.jobs[job.job_id]
-                changed = True
         if changed:
             self._persist()
         return changed
@@ -416,9 +439,6 @@ class ControllerCore:
             job.pg_id = self.backend.create_pg(name, job.request.bundles, placement.bundle_nodes)
             job.placement, job.start_time, job.borrowed = placement.bundle_nodes, now, jid in borrowed
             self._bump(job, "running")
-            # Persisted right away; a crash between create and persist leaves a group
-            # nobody recorded, which the restarted controller removes (see _restore).
-            self._persist()
             n += 1
         for jid, why in decision.reasons.items():
             job = self.jobs.get(jid)
@@ -430,9 +450,10 @@ class ControllerCore:
 
     def step(self) -> int:
         """One tick: nodes, leases, policy."""
-        self.refresh_nodes()
-        self.reap()
-        return self.schedule()
+        with self.batch():
+            self.refresh_nodes()
+            self.reap()
+            return self.schedule()
 
 
 class ControllerActor:
@@ -489,21 +510,25 @@ class ControllerActor:
 
     async def submit(self, requests: Sequence[dict[str, Any]], owner: str) -> list[dict[str, Any]]:
         self._ensure_loop()
-        views = [self.core.submit(r, owner) for r in requests]
-        self._kick()
+        with self.core.batch():
+            views = [self.core.submit(r, owner) for r in requests]
+            self._kick()
         return [self.core.jobs[v["job_id"]].view() for v in views]
 
     async def release(self, job_ids: Sequence[str]) -> None:
         self._ensure_loop()
-        for jid in job_ids:
-            self.core.release(jid)
-        self._kick()
+        with self.core.batch():
+            for jid in job_ids:
+                self.core.release(jid)
+            self._kick()
 
     async def requeue(self, job_id: str) -> dict[str, Any] | None:
         self._ensure_loop()
-        view = self.core.requeue(job_id)
-        self._kick()
-        return view
+        with self.core.batch():
+            self.core.requeue(job_id)
+            self._kick()
+        job = self.core.jobs.get(job_id)
+        return job.view() if job else None
 
     async def poll(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         self._ensure_loop()

@@ -15,7 +15,8 @@ class FakeBackend:
     def __init__(self, nodes: list[NodeInfo]) -> None:
         self._nodes = nodes
         self.pgs: dict[str, tuple[str, tuple[Resources, ...], tuple[str, ...]]] = {}
-        self.blob: bytes | None = None
+        self.settings: bytes | None = None
+        self.saved: dict[str, bytes] = {}
         self.dead: set[str] = set()
         self._n = 0
 
@@ -37,11 +38,18 @@ class FakeBackend:
     def dead_drivers(self) -> set[str]:
         return set(self.dead)
 
-    def load_state(self) -> bytes | None:
-        return self.blob
+    def load_state(self) -> tuple[bytes | None, dict[str, bytes]]:
+        return self.settings, dict(self.saved)
 
-    def save_state(self, blob: bytes) -> None:
-        self.blob = blob
+    def save_settings(self, blob: bytes) -> None:
+        self.settings = blob
+
+    def save_jobs(self, jobs: dict[str, bytes | None]) -> None:
+        for k, v in jobs.items():
+            if v is None:
+                self.saved.pop(k, None)
+            else:
+                self.saved[k] = v
 
     def kill_node(self, node_id: str) -> None:
         self._nodes = [NodeInfo(n.node_id, n.total, n.labels, n.alive and n.node_id != node_id) for n in self._nodes]
