@@ -40,6 +40,8 @@ def get_controller(settings: Mapping[str, Any] | None = None, *, create: bool = 
                 max_restarts=-1,
                 max_task_retries=-1,
                 num_cpus=0,
+                # On the head node, like Serve's controller: worker nodes come and go.
+                resources={"node:__internal_head__": 0.001},
                 max_concurrency=10_000,
             )
             .remote(dict(settings) if settings else None, tick_s)

@@ -187,4 +187,5 @@ def test_node_removed_mid_stage_requeues_it(tmp_path: Path, gpu_cluster: Any) ->
     gpu_cluster.add_node(num_cpus=4, num_gpus=4, labels={"gpu_type": "A100"})
     res = out["res"]
     assert res.ok, res.errors
-    assert history(tmp_path, res.run_id)["victim"] == ["lost", "succeeded"]
+    victim = history(tmp_path, res.run_id)["victim"]
+    assert victim[-1] == "succeeded" and "lost" in victim and "failed" not in victim, victim
