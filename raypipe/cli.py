@@ -79,6 +79,9 @@ _ICONS = {
     "retrying": "[yellow]↻[/]",
     "failed": "[red]✗[/]",
     "skipped": "[dim]–[/]",
+    "queued": "[dim]…[/]",
+    "waiting": "[dim]…[/]",
+    "requeued": "[yellow]⟲[/]",
 }
 
 
@@ -108,7 +111,8 @@ class _Reporter:
     def on_event(self, e: StageEvent) -> None:
         dur = f" ({e.duration_s:.1f}s)" if e.duration_s is not None else ""
         attempt = f" attempt {e.attempt}" if e.attempt > 1 else ""
-        msg = f": {e.message}" if e.message and e.status in ("failed", "retrying", "skipped") else ""
+        shown = ("failed", "retrying", "skipped", "waiting", "requeued", "queued")
+        msg = f": {e.message}" if e.message and e.status in shown else ""
         label = e.status if e.status != "cached" else "cache hit"
         self.progress.console.print(
             f"  {_ICONS.get(e.status, '·')} {e.stage} {label}{attempt}{dur}{msg}", soft_wrap=True
