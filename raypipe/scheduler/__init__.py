@@ -1,7 +1,8 @@
 """raypipe's scheduler core: pure value types, placement and policies.
 
-Nothing in this package imports ``ray``, reads a clock or sleeps; the same
-policy objects drive the live controller and the simulator.
+The pure core (types, placement, policy, policies) never imports ``ray``,
+reads a clock or sleeps; the same policy objects drive the live controller and
+the simulator.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ class DecisionContext:
         "_borrowed_counts",
         "_running",
         "_quotas",
+        "_victim_index",
     )
 
     def __init__(self, snapshot: Snapshot, *, borrowed_counts_to_quota: bool = True) -> None:
@@ -57,6 +58,7 @@ class DecisionContext:
         self._borrowed_counts = borrowed_counts_to_quota
         self._running: list[tuple[JobRequest, Placement, float | None]] = []
         self._quotas: dict[str, Vec] | None = None
+        self._victim_index: tuple[list[RunningJob], dict[str, list[tuple[int, RunningJob, Vec]]]] | None = None
 
     # ------------------------------------------------------------------ quotas
 
@@ -237,35 +239,57 @@ class DecisionContext:
         so the caller's victim order (lowest priority first) is honoured.
         """
         ledger = self.ledger
-        per_node: dict[str, list[tuple[int, RunningJob, Vec]]] = {}
-        for rank, v in enumerate(victims):
-            if v.job_id in self.preempted:
-                continue
-            portions: dict[str, Vec] = {}
-            for b, nid in zip(v.request._bvecs, v.placement.bundle_nodes, strict=True):
-                portions[nid] = _vec.add(portions[nid], b) if nid in portions else b
-            for nid, part in portions.items():
-                per_node.setdefault(nid, []).append((rank, v, part))
+        per_node = self._victims_by_node(victims)
+        limit = len(victims)
         need = job._dvec
         best: tuple[int, int, str] | None = None
+        chosen: list[RunningJob] = []
         for nid, lst in per_node.items():
             if not ledger.has_node(nid) or not ledger.matches(nid, job.label_selector):
                 continue
             free = ledger.free_vec(nid)
-            for k, (rank, _, part) in enumerate(lst):
-                if best is not None and rank > best[0]:
+            picked: list[RunningJob] = []
+            for rank, v, part in lst:
+                if rank >= limit or (best is not None and rank > best[0]):
                     break
+                if v.job_id in self.preempted:
+                    continue
+                picked.append(v)
                 free = _vec.add(free, part)
                 if _vec.fits(need, free):
-                    key = (rank, k + 1, nid)
+                    key = (rank, len(picked), nid)
                     if best is None or key < best:
-                        best = key
+                        best, chosen = key, picked
                     break
         if best is None:
             return None
-        for _, v, _ in per_node[best[2]][: best[1]]:
+        for v in chosen:
             self.preempt(v)
         return ledger.place(job)
+
+    def _victims_by_node(self, victims: Sequence[RunningJob]) -> dict[str, list[tuple[int, RunningJob, Vec]]]:
+        """Per node: (rank, victim, its bundles on that node), in rank order.
+
+        Cached for the base list a policy slices victims from: callers pass
+        prefixes of one sorted list, so an index over the longest list seen
+        serves every shorter prefix of it.
+        """
+        if not victims:
+            return {}
+        cached = self._victim_index
+        if cached is not None:
+            base, index = cached
+            if len(base) >= len(victims) and all(base[i] is victims[i] for i in (0, len(victims) - 1)):
+                return index
+        index: dict[str, list[tuple[int, RunningJob, Vec]]] = {}
+        for rank, v in enumerate(victims):
+            portions: dict[str, Vec] = {}
+            for b, nid in zip(v.request._bvecs, v.placement.bundle_nodes, strict=True):
+                portions[nid] = _vec.add(portions[nid], b) if nid in portions else b
+            for nid, part in portions.items():
+                index.setdefault(nid, []).append((rank, v, part))
+        self._victim_index = (list(victims), index)
+        return index
 
     # ------------------------------------------------------------------ views
 
