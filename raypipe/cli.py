@@ -82,6 +82,7 @@ _ICONS = {
     "queued": "[dim]…[/]",
     "waiting": "[dim]…[/]",
     "requeued": "[yellow]⟲[/]",
+    "preempting": "[yellow]⏸[/]",
 }
 
 
@@ -111,7 +112,7 @@ class _Reporter:
     def on_event(self, e: StageEvent) -> None:
         dur = f" ({e.duration_s:.1f}s)" if e.duration_s is not None else ""
         attempt = f" attempt {e.attempt}" if e.attempt > 1 else ""
-        shown = ("failed", "retrying", "skipped", "waiting", "requeued", "queued")
+        shown = ("failed", "retrying", "skipped", "waiting", "requeued", "queued", "preempting")
         msg = f": {e.message}" if e.message and e.status in shown else ""
         label = e.status if e.status != "cached" else "cache hit"
         self.progress.console.print(

@@ -69,6 +69,10 @@ class StageConfig(_Strict):
     gang_size: Annotated[int, Field(ge=1, le=1024)] = 1
     placement: Literal["PACK", "SPREAD", "STRICT_PACK"] = "PACK"
     preemptible: bool = True
+    #: Seconds a preempted stage gets to checkpoint and stop before it is cancelled.
+    #: Default: 30 if the stage watches for preemption (a python function taking
+    #: ``ctx``), else 0 (cancelled at once).
+    preempt_grace_s: Annotated[float, Field(ge=0, le=3600)] | None = None
     retries: RetryConfig = Field(default_factory=RetryConfig)
     timeout_s: Annotated[float, Field(gt=0)] | None = None
     cache: bool = True

@@ -21,3 +21,12 @@ class StageError(RaypipeError):
 
 class StorageError(RaypipeError):
     """The artifact root or metadata store cannot be used."""
+
+
+class StagePreempted(RaypipeError):
+    """Raised by a stage that stopped because the scheduler preempted it.
+
+    A stage that checks :meth:`StageContext.preemption_requested` saves a
+    checkpoint under ``ctx.checkpoint_dir`` and raises this; the runner requeues
+    the attempt (no retry spent) and the next grant resumes from the checkpoint.
+    """

@@ -6,6 +6,7 @@ config layer can all use it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,10 @@ def _freeze(custom: Mapping[str, float] | Iterable[tuple[str, float]] | None) ->
         return ()
     items = custom.items() if isinstance(custom, Mapping) else custom
     return tuple(sorted((str(k), float(v)) for k, v in items if abs(float(v)) > _EPS))
+
+
+#: Ray's per-placement-group resources (``CPU_group_<pg>``, ``GPU_group_0_<pg>``, ``bundle_group_<pg>``).
+_PG_RESOURCE = re.compile(r"_group_(\d+_)?[0-9a-f]{32,}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +61,9 @@ class Resources:
         custom = {
             k: v
             for k, v in d.items()
-            if k not in ("CPU", "GPU", "memory", "object_store_memory") and not k.startswith("node:")
+            if k not in ("CPU", "GPU", "memory", "object_store_memory")
+            and not k.startswith("node:")
+            and not _PG_RESOURCE.search(k)
         }
         return cls.of(
             cpu=d.get("CPU", 0.0),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from raypipe.exceptions import StagePreempted
 from raypipe.runner.cache import cache_key
 from raypipe.runner.plan import Plan, PlannedStage
 from raypipe.runner.task import execute_stage
@@ -31,7 +32,7 @@ class StageEvent:
     """One thing that happened to a stage, for progress displays."""
 
     stage: str
-    status: str  # queued | waiting | started | succeeded | cached | reused | retrying | requeued | failed | skipped
+    status: str  # queued | waiting | started | preempting | succeeded | cached | reused | retrying | requeued | failed | skipped
     attempt: int = 0
     duration_s: float | None = None
     message: str = ""
@@ -62,6 +63,7 @@ class _Attempt:
     key: str
     job_id: str | None = None  # the scheduler's job, when the attempt needs resources
     reason: str = ""
+    stop_by: float | None = None  # preempted: cancelled at this time unless it stopped itself
 
 
 def short_error(exc: BaseException) -> str:
@@ -194,6 +196,8 @@ class Executor:
             "storage": self.artifacts.root,
             "inputs": {k: v.to_dict() for k, v in att.inputs.items()},
             "resources": {"cpu": res.cpu, "gpu": res.gpu, "memory_mb": res.memory_mb, "custom": res.custom_dict},
+            "job_id": att.job_id,
+            "checkpoint_dir": self.artifacts.uri_of(f"checkpoints/{att.stage}/{att.key[:24]}"),
         }
         opts: dict[str, Any] = {"name": f"raypipe:{self.plan.config.name}:{att.stage}", "max_retries": 0, "retry_exceptions": False}
         if pg_id is not None:
@@ -229,20 +233,35 @@ class Executor:
             return
         if state in ("preempting", "lost"):
             ref = next((r for r, a in self.running.items() if a.job_id == job_id), None)
-            if ref is not None:
-                self._requeue(ref, self.running[ref], "preempted" if state == "preempting" else "lost", view.get("reason", ""))
+            if ref is None:
+                return
+            att = self.running[ref]
+            grace = self._grace_s(att.stage)
+            if state == "preempting" and grace > 0:
+                if att.stop_by is None:  # let it checkpoint and stop; cancelled at stop_by
+                    att.stop_by = time.time() + grace
+                    att.reason = view.get("reason", "")
+                    self._emit(att.stage, "preempting", attempt=att.attempt, message=f"{grace:g}s to checkpoint and stop")
+                return
+            self._requeue(ref, att, "preempted" if state == "preempting" else "lost", view.get("reason", ""))
+
+    def _grace_s(self, stage: str) -> float:
+        ps = self.plan.stages[stage]
+        if ps.spec.preempt_grace_s is not None:
+            return ps.spec.preempt_grace_s
+        return 30.0 if ps.kind.handles_preemption() else 0.0
 
     def _requeue(self, ref: Any, att: _Attempt, status: str, reason: str) -> None:
         """Stop work the scheduler took back; the same attempt waits for a new grant."""
         import ray
 
-        ray.cancel(ref, force=True)
-        del self.running[ref]
+        if self.running.pop(ref, None) is not None:
+            ray.cancel(ref, force=True)
         self.meta.fail_stage(att.stage_run_id, status, reason or status)
         if self.scheduler is None or att.job_id is None:
             raise RuntimeError(f"stage {att.stage!r}: only admitted attempts can be requeued")
         att.stage_run_id = self.meta.start_stage(self.run_id, att.stage, att.attempt, att.key, status="queued")
-        att.deadline = None
+        att.deadline = att.stop_by = None
         view = self.scheduler.requeue(att.job_id)
         self.pending[att.job_id] = att
         self.state[att.stage] = "queued"
@@ -322,6 +341,7 @@ class Executor:
     def _wait_timeout(self) -> float:
         now = time.time()
         deadlines = [a.deadline for a in self.running.values() if a.deadline is not None]
+        deadlines += [a.stop_by for a in self.running.values() if a.stop_by is not None]
         deadlines += [t for s, t in self.retry_at.items() if self.state[s] == "waiting"]
         nearest = min(deadlines, default=now + self.poll_s)
         return max(0.0, min(self.poll_s, nearest - now))
@@ -348,6 +368,9 @@ class Executor:
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayTaskError as e:
+                if att.stop_by is not None or isinstance(getattr(e, "cause", None), StagePreempted):
+                    if self._requeue_if_preempted(ref, att, e):
+                        continue
                 self._fail(att, "failed", short_error(e), _detail(e))
             except Exception as e:  # noqa: BLE001 - a system error: maybe the node died
                 if not self._requeue_if_lost(ref, att):
@@ -359,12 +382,24 @@ class Executor:
                     self._fail(att, "failed", short_error(e), _detail(e))
         now = time.time()
         for ref, att in list(self.running.items()):
-            if att.deadline is not None and now >= att.deadline:
+            if att.stop_by is not None and now >= att.stop_by:
+                self._requeue(ref, att, "preempted", f"{att.reason} (did not stop within its grace period)")
+            elif att.deadline is not None and now >= att.deadline:
                 ray.cancel(ref, force=True)
                 del self.running[ref]
                 timeout = self.plan.stages[att.stage].spec.timeout_s
                 msg = f"timed out after {timeout:g}s"
                 self._fail(att, "timeout", msg, msg)
+
+    def _requeue_if_preempted(self, ref: Any, att: _Attempt, exc: BaseException) -> bool:
+        """A stage that stopped itself (or failed while stopping) after a preemption is requeued."""
+        if att.job_id is None or self.scheduler is None:
+            return False
+        view = self.scheduler.poll([att.job_id]).get(att.job_id)
+        if view is None or view["state"] != "preempting":
+            return False  # raised StagePreempted without being preempted: a failure
+        self._requeue(ref, att, "preempted", f"{att.reason or view.get('reason', '')}; stopped: {short_error(exc)}")
+        return True
 
     def _requeue_if_lost(self, ref: Any, att: _Attempt) -> bool:
         """After a system error, ask the scheduler whether the grant's node died."""

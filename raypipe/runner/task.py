@@ -30,6 +30,8 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
         attempt=payload["attempt"],
         resources=Resources.of(**payload["resources"]),
         storage=payload["storage"],
+        job_id=payload.get("job_id"),
+        checkpoint_dir=payload.get("checkpoint_dir"),
     )
     try:
         values = kind.run(ctx, inputs) or {}

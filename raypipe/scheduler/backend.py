@@ -27,6 +27,9 @@ class NodeInfo:
     total: Resources
     labels: Mapping[str, str] = field(default_factory=dict)
     alive: bool = True
+    #: What Ray reports free on the node (``None``: unknown).  Placement groups
+    #: are already subtracted, so work raypipe did not admit shows up here.
+    available: Resources | None = None
 
 
 class Backend(Protocol):
@@ -58,7 +61,12 @@ class RayBackend:
 
     def nodes(self) -> list[NodeInfo]:
         import ray
+        from ray._private.state import available_resources_per_node
 
+        try:
+            avail = available_resources_per_node()
+        except Exception:  # noqa: BLE001 - the view is an optimisation; totals still hold
+            avail = {}
         out = []
         for n in ray.nodes():
             labels = {k: v for k, v in (n.get("Labels") or {}).items() if not k.startswith("ray.io/")}
@@ -68,6 +76,7 @@ class RayBackend:
                     total=Resources.from_ray(n.get("Resources") or {}),
                     labels=labels,
                     alive=bool(n.get("Alive")),
+                    available=Resources.from_ray(avail[n["NodeID"]]) if n["NodeID"] in avail else None,
                 )
             )
         return out

@@ -10,7 +10,7 @@ from typing import Any
 
 from raypipe.exceptions import RaypipeError
 from raypipe.resources import Resources
-from raypipe.scheduler.backend import pg_from_id
+from raypipe.scheduler.backend import NODE_ID_LABEL, pg_from_id
 from raypipe.scheduler.controller import ControllerActor
 
 CONTROLLER_NAME = "raypipe-scheduler"
@@ -80,7 +80,11 @@ class SchedulerClient:
         strategy: str = "PACK",
         duration_estimate_s: float | None = None,
         label_selector: Mapping[str, str] | None = None,
+        grant: str = "pg",
     ) -> dict[str, Any]:
+        """Queue one job.  ``grant="pg"``: run inside the placement group of the grant
+        (:func:`scheduling_strategy`).  ``grant="ledger"``: for a library that makes its
+        own groups (Ray Train, Tune); pin its workers with :func:`ledger_label_selectors`."""
         import ray
 
         req = {
@@ -94,6 +98,7 @@ class SchedulerClient:
             "strategy": strategy,
             "duration_estimate_s": duration_estimate_s,
             "label_selector": dict(label_selector or {}),
+            "grant": grant,
         }
         return ray.get(self.handle.submit.remote([req], self.owner))[0]
 
@@ -108,6 +113,11 @@ class SchedulerClient:
 
     def release(self, job_ids: Sequence[str]) -> Any:
         return self.handle.release.remote(list(job_ids))
+
+    def poll(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        import ray
+
+        return ray.get(self.handle.poll.remote(list(job_ids)))
 
     def requeue(self, job_id: str) -> dict[str, Any] | None:
         import ray
@@ -127,3 +137,20 @@ def scheduling_strategy(pg_id: str) -> Any:
     return PlacementGroupSchedulingStrategy(
         pg_from_id(pg_id), placement_group_bundle_index=0, placement_group_capture_child_tasks=True
     )
+
+
+def ledger_label_selectors(view: Mapping[str, Any]) -> list[dict[str, str]]:
+    """One label selector per bundle of a ledger grant, pinning it to its granted node
+    (e.g. ``ScalingConfig(label_selector=...)`` for Ray Train's workers)."""
+    if view.get("grant") != "ledger" or view.get("state") not in ("running", "preempting"):
+        raise RaypipeError(f"job {view.get('job_id')!r} holds no ledger grant (state {view.get('state')!r})")
+    return [{NODE_ID_LABEL: nid} for nid in view["nodes"]]
+
+
+def job_state(job_id: str) -> str | None:
+    """The state of one job (from inside its work, e.g. to notice preemption)."""
+    import ray
+
+    handle = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    view = ray.get(handle.poll.remote([job_id])).get(job_id)
+    return None if view is None else str(view["state"])

@@ -51,6 +51,11 @@ def _res_from_dict(d: Mapping[str, Any]) -> Resources:
     return Resources.of(d.get("cpu", 0.0), d.get("gpu", 0.0), d.get("memory_mb", 0.0), d.get("custom") or {})
 
 
+def _clip(r: Resources) -> Resources:
+    """Negative parts to zero."""
+    return Resources._from_vec({k: max(0.0, v) for k, v in r._vec().items()})
+
+
 def request_to_dict(r: JobRequest) -> dict[str, Any]:
     return {
         "job_id": r.job_id,
@@ -99,6 +104,11 @@ class Job:
     last_seen: float = 0.0
     reason: str = ""
     version: int = 0
+    #: ``pg``: the grant is a placement group the owner runs inside.  ``ledger``:
+    #: no group; the capacity on ``placement``'s nodes is reserved in the
+    #: controller's books for a library (Ray Train, Tune) that makes its own
+    #: groups, which the owner pins to those nodes.
+    grant: str = "pg"
 
     @property
     def job_id(self) -> str:
@@ -118,6 +128,7 @@ class Job:
             "last_seen": self.last_seen,
             "reason": self.reason,
             "version": self.version,
+            "grant": self.grant,
         }
 
     @classmethod
@@ -135,6 +146,7 @@ class Job:
             last_seen=float(d.get("last_seen", 0.0)),
             reason=d.get("reason", ""),
             version=int(d.get("version", 0)),
+            grant=d.get("grant", "pg"),
         )
 
     def view(self) -> dict[str, Any]:
@@ -155,6 +167,7 @@ class Job:
             "preemptions": self.preemptions,
             "reason": self.reason,
             "version": self.version,
+            "grant": self.grant,
         }
 
 
@@ -192,6 +205,7 @@ class ControllerCore:
         self.decisions = 0
         self.decision_s: list[float] = []
         self._nodes: list[NodeInfo] = []
+        self._external: dict[str, Resources] = {}
         self._dirty: set[str] = set()
         self._batch_depth = 0
         self._restore()
@@ -275,16 +289,21 @@ class ControllerCore:
         job.pg_id, job.placement, job.start_time, job.borrowed = None, None, None, False
         self._bump(job, "queued", reason)
 
-    def _cluster(self) -> ClusterView:
+    def _held(self) -> dict[str, Resources]:
+        """What raypipe's grants hold, per node."""
         used: dict[str, Resources] = {}
         for job in self.jobs.values():
             if job.state in HOLDING and job.placement:
                 for b, nid in zip(job.request.bundles, job.placement, strict=True):
                     used[nid] = used.get(nid, Resources()) + b
+        return used
+
+    def _cluster(self) -> ClusterView:
+        used = self._held()
         nodes = []
         for n in self._nodes:
-            free = n.total - used.get(n.node_id, Resources())
-            free = Resources._from_vec({k: max(0.0, v) for k, v in free._vec().items()})
+            free = n.total - used.get(n.node_id, Resources()) - self._external.get(n.node_id, Resources())
+            free = _clip(free)
             nodes.append(NodeView(n.node_id, n.total, free, tuple(sorted(n.labels.items())), n.alive))
         return ClusterView(tuple(nodes))
 
@@ -298,7 +317,10 @@ class ControllerCore:
             return job.view()
         now = self.clock()
         req = request_from_dict({**request, "submit_time": now, "enqueue_time": now})
-        job = Job(request=req, owner=owner, last_seen=now)
+        grant = request.get("grant", "pg")
+        if grant not in ("pg", "ledger"):
+            raise ValueError(f"job {job_id!r}: grant must be 'pg' or 'ledger', got {grant!r}")
+        job = Job(request=req, owner=owner, last_seen=now, grant=grant)
         if not self._nodes:
             self.refresh_nodes()
         teams = self.settings.team_configs()
@@ -360,6 +382,7 @@ class ControllerCore:
             "decision_p99_ms": pick(0.99),
             "jobs": {s: sum(1 for j in self.jobs.values() if j.state == s) for s in STATES},
             "nodes": len([n for n in self._nodes if n.alive]),
+            "free": _res_to_dict(self._cluster().free()),
         }
 
     # ---------------------------------------------------------------- the loop
@@ -368,6 +391,16 @@ class ControllerCore:
         nodes = self.backend.nodes()
         changed = [(n.node_id, n.alive, n.total) for n in nodes] != [(n.node_id, n.alive, n.total) for n in self._nodes]
         self._nodes = nodes
+        # Work raypipe did not admit (plain Ray tasks, other frameworks) is what
+        # Ray sees taken beyond raypipe's own grants.  Ledger grants whose library
+        # has not made its groups yet, or groups Ray has not reported, clip to zero.
+        held = self._held()
+        self._external = {
+            n.node_id: ext
+            for n in nodes
+            if n.available is not None
+            and not (ext := _clip(n.total - n.available - held.get(n.node_id, Resources()))).is_zero()
+        }
         alive = {n.node_id for n in nodes if n.alive}
         lost = False
         for job in self.jobs.values():
@@ -435,8 +468,9 @@ class ControllerCore:
         borrowed = set(decision.borrowed)
         for jid, placement in decision.starts:
             job = self.jobs[jid]
-            name = f"{PG_PREFIX}{jid}-{job.version + 1}"
-            job.pg_id = self.backend.create_pg(name, job.request.bundles, placement.bundle_nodes)
+            if job.grant == "pg":
+                name = f"{PG_PREFIX}{jid}-{job.version + 1}"
+                job.pg_id = self.backend.create_pg(name, job.request.bundles, placement.bundle_nodes)
             job.placement, job.start_time, job.borrowed = placement.bundle_nodes, now, jid in borrowed
             self._bump(job, "running")
             n += 1

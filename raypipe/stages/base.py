@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,13 @@ class StageContext:
     resources: Resources
     storage: str
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The scheduler's job holding this attempt's grant (None without a scheduler).
+    job_id: str | None = None
+    #: Where the stage keeps checkpoints: the same for every attempt of a stage with
+    #: the same cache key (also across ``resume``); a local path or a URI.
+    checkpoint_dir: str | None = None
     _workdir: Path | None = field(default=None, repr=False)
+    _checked: tuple[float, bool] = field(default=(float("-inf"), False), repr=False)
 
     @property
     def log(self) -> logging.Logger:
@@ -52,6 +59,20 @@ class StageContext:
         if self._workdir is None:
             self._workdir = Path(tempfile.mkdtemp(prefix=f"raypipe-{self.stage}-"))
         return self._workdir
+
+    def preemption_requested(self, every_s: float = 1.0) -> bool:
+        """True once the scheduler has preempted this attempt: save a checkpoint and
+        raise :class:`~raypipe.exceptions.StagePreempted`.  Asks the controller at
+        most every ``every_s`` seconds, so it is cheap to call in a training loop."""
+        now = time.monotonic()
+        last, answer = self._checked
+        if self.job_id is None or answer or now - last < every_s:
+            return answer
+        from raypipe.scheduler.client import job_state
+
+        answer = job_state(self.job_id) == "preempting"
+        self._checked = (now, answer)
+        return answer
 
     def cleanup(self) -> None:
         if self._workdir is not None:
@@ -77,6 +98,11 @@ class StageKind(ABC):
     def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
         """Planning-time checks beyond the params schema: ``(loc under params, message)`` pairs."""
         return []
+
+    def handles_preemption(self) -> bool:
+        """Whether :meth:`run` watches ``ctx.preemption_requested()`` (and checkpoints):
+        the runner then gives it ``preempt_grace_s`` to stop before cancelling it."""
+        return False
 
     def fingerprint(self) -> str:
         """A hash of the code this stage runs.  Default: the kind's own module source."""

@@ -74,6 +74,13 @@ class PythonStage(StageKind):
                 )
         return issues
 
+    def handles_preemption(self) -> bool:
+        """A function that takes ``ctx`` can watch for preemption."""
+        try:
+            return "ctx" in inspect.signature(import_function(self.params.function)).parameters
+        except Exception:  # noqa: BLE001 - planning already reported an unimportable function
+            return False
+
     def fingerprint(self) -> str:
         module = self.params.function.partition(":")[0]
         h = hashlib.sha256(module_fingerprint(module).encode())

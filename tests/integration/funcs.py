@@ -46,3 +46,27 @@ def slow(seconds: float = 30.0, started: str = "", gate: str = "") -> dict:
 def sleep(seconds: float) -> dict:
     time.sleep(seconds)
     return {"slept": seconds}
+
+
+def checkpointed_steps(steps: int, step_s: float, log: str, ctx) -> dict:  # noqa: ANN001 - StageContext
+    """Counts to ``steps``, checkpointing after each step; stops when preempted and resumes
+    from its checkpoint on the next grant.  Appends ``attempt step`` lines to ``log``."""
+    import json
+
+    from raypipe.exceptions import StagePreempted
+
+    ckpt = Path(ctx.checkpoint_dir) / "state.json"
+    start = json.loads(ckpt.read_text())["next"] if ckpt.exists() else 0
+    with open(log, "a") as f:
+        f.write(f"start {start}\n")
+    for i in range(start, steps):
+        time.sleep(step_s)
+        with open(log, "a") as f:
+            f.write(f"step {i}\n")
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"next": i + 1}))
+        tmp.replace(ckpt)
+        if i + 1 < steps and ctx.preemption_requested(every_s=0.1):
+            raise StagePreempted(f"checkpointed at step {i + 1}")
+    return {"resumed_from": start}

@@ -189,3 +189,118 @@ def test_node_removed_mid_stage_requeues_it(tmp_path: Path, gpu_cluster: Any) ->
     assert res.ok, res.errors
     victim = history(tmp_path, res.run_id)["victim"]
     assert victim[-1] == "succeeded" and "lost" in victim and "failed" not in victim, victim
+
+
+def test_ledger_grant_pins_a_library_group_and_outside_work_is_respected() -> None:
+    """A library that makes its own group (as Ray Train does) runs on the ledger grant's
+    nodes; work raypipe did not admit keeps its GPUs; nothing admitted waits."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from raypipe.scheduler.client import SchedulerClient, get_controller, ledger_label_selectors
+
+    @ray.remote(num_cpus=0, num_gpus=4)
+    class Outside:
+        def node(self) -> str:
+            return ray.get_runtime_context().get_node_id()
+
+    outside = Outside.remote()
+    outside_node = ray.get(outside.node.remote())
+    client = SchedulerClient(get_controller({"policy": "fifo"}), owner="ledger-test")
+    wait_for(lambda: _free_gpus(client) == 8, what="the controller to see the outside actor")
+    train = client.submit("train", [raypipe.Resources.of(cpu=0.5, gpu=4)] * 2, grant="ledger")
+    assert train["state"] == "running" and train["pg_id"] is None
+    assert outside_node not in train["nodes"], "the outside actor's node has no free GPU"
+    other = client.submit("other", [raypipe.Resources.of(cpu=0.1, gpu=1)])
+    assert other["state"] == "queued", "every free GPU is the ledger grant's or the outside actor's"
+    lib_pg = placement_group(
+        [{"CPU": 0.5, "GPU": 4}] * 2, strategy="SPREAD", bundle_label_selector=ledger_label_selectors(train)
+    )
+    assert lib_pg.wait(timeout_seconds=30), "the library's group fits where the ledger reserved room"
+    table = ray.util.placement_group_table(lib_pg)
+    assert sorted(table["bundles_to_node_id"].values()) == sorted(train["nodes"])
+    remove_placement_group(lib_pg)
+    ray.get(client.release(["train"]))
+    view = wait_for(lambda: (v := _view(client, "other"))["state"] == "running" and v, what="other to start")
+    assert view["nodes"] != [outside_node]
+    ray.get(client.release(["other"]))
+    ray.kill(outside)
+    wait_for(no_raypipe_groups, what="grants to be released")
+
+
+def _free_gpus(client: Any) -> float:
+    import ray
+
+    ray.get(client.handle.refresh.remote([], 0.0))
+    return float(ray.get(client.handle.stats.remote())["free"]["gpu"])
+
+
+def _view(client: Any, job_id: str) -> dict[str, Any]:
+    import ray
+
+    return ray.get(client.handle.poll.remote([job_id]))[job_id]
+
+
+def test_two_pipelines_share_the_controller_and_preemption_checkpoints(tmp_path: Path, gpu_cluster: Any) -> None:
+    """Two drivers on one cluster: the urgent one preempts the other's 12-GPU gang,
+    which checkpoints, is requeued, and resumes where it stopped."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    log = tmp_path / "steps.log"
+
+    def write(name: str, stage: dict[str, Any]) -> Path:
+        p = tmp_path / f"{name}.yaml"
+        doc = {
+            "name": name,
+            "storage": str(tmp_path / name),
+            "ray": {"address": gpu_cluster.address},
+            "scheduler": {"policy": "priority", "policy_args": {"preempt": True}},
+            "stages": [{"kind": "python", **stage}],
+        }
+        p.write_text(yaml.safe_dump(doc))
+        return p
+
+    args = {"steps": 25, "step_s": 0.2, "log": str(log)}
+    low = write(
+        "low",
+        {"name": "long", "priority": 0, "gang_size": 3, "resources": {"cpu": 0.5, "gpu": 4},
+         "params": {"function": f"{F}:checkpointed_steps", "args": args}},
+    )
+    high = write(
+        "high",
+        {"name": "urgent", "priority": 10, "resources": {"cpu": 0.5, "gpu": 4},
+         "params": {"function": f"{F}:sleep", "args": {"seconds": 1.0}}},
+    )
+    cmd = [sys.executable, "-m", "raypipe.cli", "run", "--no-cache"]
+    p_low = subprocess.Popen([*cmd, str(low)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(
+            lambda: p_low.poll() is not None or (log.exists() and log.read_text().count("step") >= 3),
+            timeout_s=120, what="the long stage",
+        )
+        if p_low.returncode is not None:
+            raise TimeoutError
+    except TimeoutError:
+        p_low.kill()
+        pytest.fail(f"the long stage never ran:\n{p_low.communicate()[0]}")
+    p_high = subprocess.run([*cmd, str(high)], cwd=REPO, capture_output=True, text=True, timeout=180)
+    out_low, _ = p_low.communicate(timeout=180)
+    assert p_high.returncode == 0, p_high.stdout + p_high.stderr
+    assert p_low.returncode == 0, out_low
+    lines = log.read_text().split("\n")
+    starts = [int(line.split()[1]) for line in lines if line.startswith("start")]
+    steps = [int(line.split()[1]) for line in lines if line.startswith("step")]
+    assert starts[0] == 0 and len(starts) == 2 and starts[1] > 0, starts
+    assert sorted(steps) == list(range(25)), "every step ran exactly once: resumed from its checkpoint"
+    (low_run,) = MetadataStore(str(tmp_path / "low" / "raypipe.db")).list_runs()
+    (high_run,) = MetadataStore(str(tmp_path / "high" / "raypipe.db")).list_runs()
+    low_hist = [s.status for s in MetadataStore(str(tmp_path / "low" / "raypipe.db")).stage_runs(low_run.run_id)]
+    assert low_hist == ["preempted", "succeeded"], low_hist
+    urgent = MetadataStore(str(tmp_path / "high" / "raypipe.db")).stage_runs(high_run.run_id)[0]
+    assert urgent.status == "succeeded" and urgent.ended_at < low_run.ended_at
+    wait_for(no_raypipe_groups, what="grants to be released")

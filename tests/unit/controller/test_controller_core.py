@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -52,7 +53,10 @@ class FakeBackend:
                 self.saved[k] = v
 
     def kill_node(self, node_id: str) -> None:
-        self._nodes = [NodeInfo(n.node_id, n.total, n.labels, n.alive and n.node_id != node_id) for n in self._nodes]
+        self._nodes = [replace(n, alive=n.alive and n.node_id != node_id) for n in self._nodes]
+
+    def set_available(self, node_id: str, available: Resources | None) -> None:
+        self._nodes = [replace(n, available=available) if n.node_id == node_id else n for n in self._nodes]
 
 
 class Clock:
@@ -188,3 +192,43 @@ def test_poll_is_idempotent_submit_and_versions_increase() -> None:
     assert v1["version"] == v2["version"] == 0
     core.schedule()
     assert core.poll(["a"])["a"]["version"] == 1
+
+
+def test_ledger_grant_reserves_capacity_without_a_group() -> None:
+    core, be, clock = make()
+    view = core.submit(req("train", gpu=4, bundles=2, grant="ledger"), "o@1")
+    core.schedule()
+    job = core.jobs["train"]
+    assert job.state == "running" and job.pg_id is None and not be.pgs
+    assert len(set(job.placement or ())) == 2, "the owner pins the library's workers to these nodes"
+    core.submit(req("other", gpu=4, bundles=2), "o@1")
+    core.schedule()
+    assert core.jobs["other"].state == "queued", "the ledger holds 8 of 12 GPUs"
+    restarted = ControllerCore(be, None, clock)
+    assert restarted.jobs["train"].state == "running" and restarted.jobs["train"].grant == "ledger"
+    restarted.refresh_nodes()
+    restarted.release("train")
+    restarted.schedule()
+    assert restarted.jobs["other"].state == "running"
+    with pytest.raises(ValueError, match="grant"):
+        core.submit(req("bad", grant="gang"), "o@1")
+    assert view["grant"] == "ledger"
+
+
+def test_work_raypipe_did_not_admit_is_not_granted_again() -> None:
+    core, be, _ = make()
+    # Something outside raypipe took 3 GPUs on node-0 and 4 on node-1.
+    be.set_available("node-0", Resources.of(cpu=8, gpu=1))
+    be.set_available("node-1", Resources.of(cpu=8, gpu=0))
+    core.refresh_nodes()
+    core.submit(req("a", gpu=4), "o@1")
+    core.submit(req("b", gpu=2), "o@1")
+    core.schedule()
+    assert core.jobs["a"].placement == ("node-2",)
+    assert core.jobs["b"].state == "queued" and "node" in core.jobs["b"].reason
+    # Ray reports raypipe's own groups as taken too: they are not counted twice.
+    be.set_available("node-2", Resources.of(cpu=7, gpu=0))
+    be.set_available("node-1", None)
+    core.refresh_nodes()
+    core.schedule()
+    assert core.jobs["b"].placement == ("node-1",)

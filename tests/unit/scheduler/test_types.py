@@ -81,3 +81,21 @@ def test_team_config_validation_and_decision_defaults() -> None:
     assert d.started_ids == ("a",)
     with pytest.raises(TypeError):
         d.reasons["c"] = "x"  # type: ignore[index]
+
+
+def test_from_ray_drops_placement_group_and_node_resources() -> None:
+    pg = "0ba7fb514fc0ad625c59de24afd901000000"
+    r = Resources.from_ray(
+        {
+            "CPU": 2.0,
+            "GPU": 1.0,
+            "memory": 2 * 1024**3,
+            "object_store_memory": 1e9,
+            "node:10.0.0.1": 1.0,
+            f"CPU_group_{pg}": 1.0,
+            f"CPU_group_0_{pg}": 1.0,
+            f"bundle_group_0_{pg}": 1000.0,
+            "my_group_resource": 3.0,
+        }
+    )
+    assert r == Resources.of(cpu=2, gpu=1, memory_mb=2048, custom={"my_group_resource": 3.0})
