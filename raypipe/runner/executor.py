@@ -19,7 +19,7 @@ from raypipe.exceptions import StagePreempted
 from raypipe.runner.cache import cache_key
 from raypipe.runner.plan import Plan, PlannedStage
 from raypipe.runner.task import execute_stage
-from raypipe.scheduler.client import SchedulerClient, scheduling_strategy
+from raypipe.scheduler.client import SchedulerClient, grant_strategy
 from raypipe.store.artifacts import ArtifactRef, ArtifactStore
 from raypipe.store.metadata import MetadataStore, StageRunRecord
 
@@ -172,6 +172,10 @@ class Executor:
             team=spec.team,
             preemptible=spec.preemptible,
             strategy=spec.placement,
+            # One bundle: booked in the controller's ledger and the task pinned to its
+            # node, as fast as a plain task.  A gang: one placement group, reserved
+            # atomically by Ray, with the stage's child tasks captured in it.
+            grant="ledger" if spec.gang_size == 1 else "pg",
         )
         if view["state"] == "rejected":
             msg = f"cannot be scheduled: {view['reason']}"
@@ -182,7 +186,7 @@ class Executor:
         self._emit(name, "queued", attempt=attempt, message=view.get("reason", ""))
         self._on_view(job_id, view)
 
-    def _launch(self, att: _Attempt, pg_id: str | None) -> None:
+    def _launch(self, att: _Attempt, grant: Mapping[str, Any] | None) -> None:
 
         ps = self.plan.stages[att.stage]
         res = ps.spec.resources.to_resources()
@@ -200,8 +204,8 @@ class Executor:
             "checkpoint_dir": self.artifacts.uri_of(f"checkpoints/{att.stage}/{att.key[:24]}"),
         }
         opts: dict[str, Any] = {"name": f"raypipe:{self.plan.config.name}:{att.stage}", "max_retries": 0, "retry_exceptions": False}
-        if pg_id is not None:
-            opts["scheduling_strategy"] = scheduling_strategy(pg_id)
+        if grant is not None:
+            opts["scheduling_strategy"] = grant_strategy(grant)
             self.meta.mark_running(att.stage_run_id)
         ref = _remote_execute().options(**opts, **res.to_ray_options()).remote(payload)
         now = time.time()
@@ -221,7 +225,7 @@ class Executor:
             att = self.pending[job_id]
             if state == "running":
                 del self.pending[job_id]
-                self._launch(att, view["pg_id"])
+                self._launch(att, view)
             elif state == "queued" and view.get("reason") and view["reason"] != att.reason:
                 att.reason = view["reason"]
                 self._emit(att.stage, "waiting", attempt=att.attempt, message=att.reason)

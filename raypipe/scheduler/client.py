@@ -130,6 +130,18 @@ class SchedulerClient:
         return ray.get(self.handle.queue.remote())
 
 
+def grant_strategy(view: Mapping[str, Any]) -> Any:
+    """Where the work of a granted job runs: inside its placement group (``pg`` grant),
+    or pinned to the node of its single bundle (``ledger`` grant), whose capacity the
+    controller keeps free for it."""
+    if view.get("pg_id"):
+        return scheduling_strategy(view["pg_id"])
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    (node,) = set(ledger_label_selectors(view)[0].values())
+    return NodeAffinitySchedulingStrategy(node, soft=False)
+
+
 def scheduling_strategy(pg_id: str) -> Any:
     """Run inside the granted placement group (bundle 0), children captured."""
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
