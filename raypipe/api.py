@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,3 +244,22 @@ def read_artifact(uri_or_sha: str, db: str | None = None) -> Any:
         meta.close()
     root = ref.uri[: ref.uri.index("/objects/")]
     return ArtifactStore(root).get_value(ref)
+
+
+def bench_scheduling(
+    config: Mapping[str, Any],
+    *,
+    on_progress: Callable[[str, int, int], None] | None = None,
+    on_start: Callable[[Any, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Replay a job trace through scheduling policies, simulated and/or live; return results.json's document.
+
+    ``config`` holds the fields of :class:`raypipe.bench.scheduling.SchedulingBenchConfig`
+    (``trace``, ``format``, ``gpus``/``gpus_per_node`` or ``cluster``, ``policies``,
+    ``mode``, ``out``...).  Invalid input raises a ``RaypipeError`` before anything runs.
+    ``on_progress(policy, finished, total)`` reports progress; ``on_start(trace, cluster)``
+    is called once both are loaded.
+    """
+    from raypipe.bench.scheduling import run_scheduling_benchmark
+
+    return run_scheduling_benchmark(config, on_progress=on_progress, on_start=on_start)

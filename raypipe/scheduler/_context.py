@@ -8,12 +8,62 @@ shared between decisions, so policies stay pure.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 
 from raypipe.scheduler import _vec
 from raypipe.scheduler._vec import Vec
+from raypipe.scheduler.errors import PolicyConfigError
 from raypipe.scheduler.placement import FreeLedger, exceeds_quota, never_reason
 from raypipe.scheduler.types import Decision, JobRequest, Placement, RunningJob, Snapshot
+
+_JOB_ID = operator.attrgetter("job_id")
+
+#: Default per-decision cap on preemptions of the preempting policies (las,
+#: priority with ``preempt=True``, fair_share): bounded rounds, as in Tiresias.
+DEFAULT_MAX_PREEMPTIONS = 32
+
+
+def check_max_preemptions(policy: str, value: int | None) -> int | None:
+    """Validate a ``max_preemptions`` policy argument (``None``: unlimited)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PolicyConfigError(f"{policy}: max_preemptions must be an int >= 0 or None, got {value!r}")
+    return value
+
+
+class WaitMemo(dict[str, dict[object, object]]):
+    """Per team: what a class of waiting jobs got, valid until capacity or that team changes.
+
+    Policies key it by team, then by a class key of their own (a shape key plus
+    whatever else their reason depends on), and store the outcome of a job that
+    did not start.  Within a decision free capacity only shrinks between
+    preemptions and a team's usage only changes when it starts or loses a job,
+    so the outcome holds for every later job of the class until the context
+    invalidates it: ``start`` drops the starting job's team, a preemption drops
+    everything.
+    """
+
+    __slots__ = ()
+
+
+class _NoMemo(WaitMemo):
+    """A memo that never hits (tests compare decisions with and without memos)."""
+
+    __slots__ = ()
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        return default
+
+
+def _slots(b: Vec, free: Vec, cap: int) -> int:
+    """How many copies of ``b`` fit in ``free`` (at most ``cap``), by repeated subtraction like placement."""
+    n = 0
+    while n < cap and _vec.fits(b, free):
+        free = _vec.sub(free, b)
+        n += 1
+    return n
 
 
 class DecisionContext:
@@ -41,12 +91,22 @@ class DecisionContext:
         "_running",
         "_quotas",
         "_victim_index",
+        "_memos",
+        "max_preemptions",
     )
 
-    def __init__(self, snapshot: Snapshot, *, borrowed_counts_to_quota: bool = True) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        borrowed_counts_to_quota: bool = True,
+        max_preemptions: int | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.now = snapshot.now
         self.ledger = FreeLedger.from_cluster(snapshot.cluster)
+        self.max_preemptions = max_preemptions
+        self._memos: list[WaitMemo] = []
         self.starts: list[tuple[str, Placement]] = []
         self.borrowed: list[str] = []
         self.preempted: dict[str, RunningJob] = {}
@@ -138,7 +198,10 @@ class DecisionContext:
         key = (job.shape_key, job.team if not allow_borrowing else "")
         if key not in self._never:
             if self._total_ledger is None:
-                self._total_ledger = FreeLedger.from_cluster(self.snapshot.cluster, use_total=True)
+                if getattr(self.snapshot.cluster, "_ledgers", {}).get(True) is not None:  # simulator's template
+                    self._total_ledger = FreeLedger.from_cluster(self.snapshot.cluster, use_total=True)
+                else:  # index the view once per decision: derive from the free ledger's tables
+                    self._total_ledger = self.ledger.totals()
             quota = self.snapshot.team(job.team).quota
             self._never[key] = never_reason(job, self._total_ledger, quota, allow_borrowing=allow_borrowing)
         return self._never[key]
@@ -157,7 +220,27 @@ class DecisionContext:
 
     def wait_many(self, jobs: Iterable[JobRequest], reason: str) -> None:
         """Record the same reason for many jobs."""
-        self.reasons.update(dict.fromkeys([j.job_id for j in jobs], reason))
+        if self.reasons:
+            self.reasons.update(dict.fromkeys(map(_JOB_ID, jobs), reason))
+        else:
+            self.reasons = dict.fromkeys(map(_JOB_ID, jobs), reason)
+
+    #: Tests switch memos off to check they never change a decision.
+    use_memos = True
+
+    def memo(self) -> WaitMemo:
+        """A new :class:`WaitMemo` this context invalidates on starts and preemptions."""
+        m = WaitMemo() if self.use_memos else _NoMemo()
+        self._memos.append(m)
+        return m
+
+    # ------------------------------------------------------------ preemption
+
+    def preempt_room(self) -> int:
+        """How many more jobs this decision may preempt (``max_preemptions`` minus done)."""
+        if self.max_preemptions is None:
+            return 1 << 62
+        return max(0, self.max_preemptions - len(self.preempted))
 
     # ---------------------------------------------------------------- actions
 
@@ -171,6 +254,8 @@ class DecisionContext:
             self.borrowed.append(job.job_id)
         if self._counts(borrowed):
             self._add_usage(job.team, job._dvec, 1.0)
+        for m in self._memos:
+            m.pop(job.team, None)
 
     def preempt(self, victim: RunningJob) -> None:
         """Stop ``victim``; its resources are free for starts in this decision."""
@@ -179,35 +264,51 @@ class DecisionContext:
 
     def _mark_preempted(self, victim: RunningJob) -> None:
         self.preempted[victim.job_id] = victim
+        for m in self._memos:
+            m.clear()
         if self._counts(victim.borrowed):
             self._add_usage(victim.request.team, victim.request._dvec, -1.0)
 
     def try_preempt_for(self, job: JobRequest, victims: Sequence[RunningJob]) -> Placement | None:
         """Preempt a minimal prefix-pruned subset of ``victims`` (in order) so ``job`` fits.
 
-        Releases victims one by one until ``job`` can be placed; then gives back
+        Releases victims in order until ``job`` can be placed; then gives back
         every victim that turns out not to be needed.  When even all victims do
-        not make room, nothing is preempted and ``None`` is returned.
+        not make room, or the job would need more victims than
+        :meth:`preempt_room` allows, nothing is preempted and ``None`` is
+        returned.
         """
+        room = self.preempt_room()
+        if room <= 0:
+            return None
         if len(job.bundles) == 1 or job.strategy == "STRICT_PACK":
-            return self._preempt_one_node(job, victims)
+            return self._preempt_one_node(job, victims, room)
         ledger = self.ledger
         live = [v for v in victims if v.job_id not in self.preempted]
-        released: list[RunningJob] = []
+        released: list[RunningJob] | None = None
         placement: Placement | None = None
-        step = 1
-        while len(released) < len(live):  # release in doubling chunks: O(log n) placement attempts
-            for v in live[len(released) : len(released) + step]:
-                ledger.release(v.request, v.placement)
-                released.append(v)
-            placement = ledger.place(job)
-            if placement is not None:
-                break
-            step *= 2
-        if placement is None:
-            for v in reversed(released):
-                ledger.allocate(v.request, v.placement)
-            return None
+        if all(b == job._bvecs[0] for b in job._bvecs):
+            released = self._release_for_identical(job, live)
+            if released is not None:
+                placement = ledger.place(job)
+                if placement is None:  # not expected (slot counting mirrors the greedy placement)
+                    ledger.allocate_many((v.request, v.placement) for v in released)
+                    released = None
+        if released is None:
+            released = []
+            step = 1
+            while len(released) < len(live):  # release in doubling chunks: O(log n) placement attempts
+                chunk = live[len(released) : len(released) + step]
+                ledger.release_many((v.request, v.placement) for v in chunk)
+                released.extend(chunk)
+                placement = ledger.place(job)
+                if placement is not None:
+                    break
+                step *= 2
+            if placement is None:
+                for v in reversed(released):
+                    ledger.allocate(v.request, v.placement)
+                return None
         # Victims on nodes the placement does not use are not needed: give them back.
         used = placement.nodes
         needed: list[RunningJob] = []
@@ -227,16 +328,65 @@ class DecisionContext:
                     kept.add(v.job_id)
                     continue
                 ledger.release(v.request, v.placement)
-        for v in needed:
-            if v.job_id not in kept:
-                self._mark_preempted(v)  # the ledger already released it
+        lost = [v for v in needed if v.job_id not in kept]
+        if len(lost) > room:  # over this decision's preemption budget: undo
+            for v in lost:
+                ledger.allocate(v.request, v.placement)
+            return None
+        for v in lost:
+            self._mark_preempted(v)  # the ledger already released it
         return placement
 
-    def _preempt_one_node(self, job: JobRequest, victims: Sequence[RunningJob]) -> Placement | None:
+    def _release_for_identical(self, job: JobRequest, live: list[RunningJob]) -> list[RunningJob] | None:
+        """Release the victims a gang of identical bundles needs, found without trial placements.
+
+        Counts, node by node, how many copies of the bundle fit ("slots"); the
+        greedy placement of identical bundles succeeds exactly when the slots
+        of matching nodes add up to the gang size.  Walks ``live`` in order
+        until they do, then releases only the victims of that prefix on nodes
+        that gained a slot (the others cannot help).  ``None``: even all
+        victims are not enough.
+        """
+        ledger = self.ledger
+        b = job._bvecs[0]
+        m = len(job._bvecs)
+        sel = job.label_selector
+        have = ledger.slots(b, sel, m)
+        if have >= m:
+            return []
+        base: dict[str, int] = {}
+        cur: dict[str, Vec] = {}
+        gained: dict[str, int] = {}
+        prefix = 0
+        for v in live:
+            prefix += 1
+            for part, nid in zip(v.request._bvecs, v.placement.bundle_nodes, strict=True):
+                f = cur.get(nid)
+                if f is None:
+                    if not ledger.has_node(nid) or not ledger.matches(nid, sel):
+                        continue
+                    f = ledger.free_vec(nid)
+                    base[nid] = gained[nid] = _slots(b, f, m)
+                before = gained[nid]
+                f = cur[nid] = _vec.vmin(_vec.add(f, part), ledger.total_vec(nid))
+                if before < m:
+                    after = gained[nid] = _slots(b, f, m)
+                    have += after - before
+            if have >= m:
+                break
+        else:
+            return None
+        helpful = {nid for nid, g in gained.items() if g > base[nid]}
+        out = [v for v in live[:prefix] if not helpful.isdisjoint(v.placement.bundle_nodes)]
+        self.ledger.release_many((v.request, v.placement) for v in out)
+        return out
+
+    def _preempt_one_node(self, job: JobRequest, victims: Sequence[RunningJob], room: int) -> Placement | None:
         """One-node gangs: pick the node whose needed victims come earliest in ``victims``.
 
         The key is (rank of the last victim needed, number of victims, node id),
-        so the caller's victim order (lowest priority first) is honoured.
+        so the caller's victim order (lowest priority first) is honoured.  A
+        node that would need more than ``room`` victims is not considered.
         """
         ledger = self.ledger
         per_node = self._victims_by_node(victims)
@@ -244,6 +394,7 @@ class DecisionContext:
         need = job._dvec
         best: tuple[int, int, str] | None = None
         chosen: list[RunningJob] = []
+        preempted = self.preempted
         for nid, lst in per_node.items():
             if not ledger.has_node(nid) or not ledger.matches(nid, job.label_selector):
                 continue
@@ -252,8 +403,10 @@ class DecisionContext:
             for rank, v, part in lst:
                 if rank >= limit or (best is not None and rank > best[0]):
                     break
-                if v.job_id in self.preempted:
+                if v.job_id in preempted:
                     continue
+                if len(picked) >= room:
+                    break
                 picked.append(v)
                 free = _vec.add(free, part)
                 if _vec.fits(need, free):
@@ -304,10 +457,15 @@ class DecisionContext:
         out.extend(self._running)
         return out
 
+    def started_now(self) -> list[tuple[JobRequest, Placement, float | None]]:
+        """Jobs started in this decision so far: (request, placement, end estimate)."""
+        return self._running
+
     def build(self) -> Decision:
         """The immutable decision."""
-        started = {j for j, _ in self.starts}
-        reasons = {k: v for k, v in self.reasons.items() if k not in started} if started else self.reasons
+        reasons = self.reasons
+        for jid, _ in self.starts:
+            reasons.pop(jid, None)
         return Decision(
             starts=tuple(self.starts),
             preemptions=tuple(self.preempted),

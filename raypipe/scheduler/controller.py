@@ -33,6 +33,7 @@ from typing import Any
 
 from raypipe.resources import Resources
 from raypipe.scheduler.backend import PG_PREFIX, Backend, NodeInfo
+from raypipe.scheduler.lifecycle import borrowing_allowed, requeued_request
 from raypipe.scheduler.placement import feasible_ever
 from raypipe.scheduler.policies.registry import get_policy
 from raypipe.scheduler.policy import Policy
@@ -279,13 +280,7 @@ class ControllerCore:
         now = self.clock()
         if job.pg_id:
             self.backend.remove_pg(job.pg_id)
-        run_s = (now - job.start_time) if job.start_time else 0.0
-        job.request = replace(
-            job.request,
-            attained_service=job.request.attained_service + job.request.gpus * max(0.0, run_s),
-            enqueue_time=now,
-            last_run_s=run_s,
-        )
+        job.request = requeued_request(job.request, now, job.start_time or None)
         job.pg_id, job.placement, job.start_time, job.borrowed = None, None, None, False
         self._bump(job, "queued", reason)
 
@@ -324,7 +319,7 @@ class ControllerCore:
         if not self._nodes:
             self.refresh_nodes()
         teams = self.settings.team_configs()
-        reason = feasible_ever(req, self._cluster(), teams, allow_borrowing=self.settings.policy == "fair_share")
+        reason = feasible_ever(req, self._cluster(), teams, allow_borrowing=borrowing_allowed(self.settings.policy))
         if reason:
             job.state, job.reason, job.end_time = "rejected", reason, now
         self.jobs[job_id] = job
@@ -447,8 +442,14 @@ class ControllerCore:
         if not queued:
             return 0
         now = self.clock()
+        # A job already stopping still holds its grant, but is not a victim twice.
         running = tuple(
-            RunningJob(j.request, Placement(j.placement), j.start_time or now, borrowed=j.borrowed)
+            RunningJob(
+                j.request if j.state == "running" else replace(j.request, preemptible=False),
+                Placement(j.placement),
+                j.start_time or now,
+                borrowed=j.borrowed,
+            )
             for j in self.jobs.values()
             if j.state in HOLDING and j.placement
         )
@@ -598,6 +599,10 @@ class ControllerActor:
             if any(v["state"] == "lost" for v in views.values()) or time.monotonic() >= deadline:
                 return views
             await asyncio.sleep(0.25)
+
+    async def decision_latencies(self) -> dict[str, Any]:
+        """Wall seconds of the last (up to 2,000) ``Policy.decide`` calls, and the count of all."""
+        return {"latencies_s": list(self.core.decision_s), "decisions": self.core.decisions}
 
     async def queue(self) -> list[dict[str, Any]]:
         self._ensure_loop()

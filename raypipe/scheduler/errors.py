@@ -22,3 +22,15 @@ class UnknownPolicyError(SchedulingError, KeyError):
 
 class PolicyConfigError(SchedulingError, TypeError):
     """A policy was constructed with an argument it does not accept or a bad value."""
+
+
+class TraceError(SchedulingError):
+    """A job trace cannot be read: missing file or columns, or bad rows (listed with ``file:line``)."""
+
+
+class ClusterSpecError(SchedulingError):
+    """A simulated cluster description is invalid; the message names the field."""
+
+
+class SimulationError(SchedulingError):
+    """The simulator was given inconsistent input (e.g. a policy decision that over-commits a node)."""

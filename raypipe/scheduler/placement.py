@@ -32,6 +32,7 @@ once fails again until something is released.
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Iterable, Mapping
 
 from raypipe.resources import Resources
@@ -62,9 +63,14 @@ class FreeLedger:
         alive = [n for n in nodes if n.alive]
         alive.sort(key=_node_id)
         free, total, labels_of, groups = self._free, self._total, self._labels, self._groups
+        # Nodes of one type usually share their ``total`` object: convert it once.
+        # (Keyed by id() only for the span of this loop, while ``alive`` holds them.)
+        totals: dict[int, Vec] = {}
         for n in alive:
             t = n.total
-            tot = (t.cpu, t.gpu, t.memory_mb, t.custom)
+            tot = totals.get(id(t))
+            if tot is None:
+                tot = totals[id(t)] = (t.cpu, t.gpu, t.memory_mb, t.custom)
             if use_total:
                 fv = tot
             else:
@@ -82,9 +88,39 @@ class FreeLedger:
             else:
                 group.append(nid)  # nodes are visited in id order: groups stay sorted
 
+    def totals(self) -> FreeLedger:
+        """A new ledger of the same nodes with every node empty (``use_total=True``).
+
+        Built from this ledger's node tables (never mutated), so a decision
+        indexes the cluster view once.
+        """
+        other = FreeLedger(())
+        other._total = self._total
+        other._labels = self._labels
+        other._match_cache = self._match_cache
+        groups = other._groups
+        labels_of = self._labels
+        for nid, tot in self._total.items():  # id order (insertion order of __init__)
+            key = (tot, labels_of[nid])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [nid]
+            else:
+                group.append(nid)
+        other._free = dict(self._total)  # a mutated copy must not touch _total
+        return other
+
     @classmethod
     def from_cluster(cls, cluster: ClusterView, *, use_total: bool = False) -> FreeLedger:
-        """A ledger of ``cluster``'s alive nodes."""
+        """A ledger of ``cluster``'s alive nodes.
+
+        A view made by :meth:`ClusterView.replace_nodes` carries a template
+        (see :func:`derive_ledgers`): the ledger is a copy of it, which costs
+        O(groups) instead of O(nodes).
+        """
+        template = cluster._ledgers.get(use_total)
+        if template is not None:
+            return template.copy()
         return cls(cluster.nodes, use_total=use_total)
 
     # ------------------------------------------------------------------ queries
@@ -109,6 +145,30 @@ class FreeLedger:
     def free_vec(self, node_id: str) -> Vec:
         """Free capacity of an alive node as a private vector."""
         return self._free[node_id]
+
+    def total_vec(self, node_id: str) -> Vec:
+        """Total capacity of an alive node as a private vector."""
+        return self._total[node_id]
+
+    def slots(self, bundle: Vec, selector: Labels, cap: int) -> int:
+        """How many copies of ``bundle`` fit on matching nodes (each node counted up to ``cap``).
+
+        Stops counting once ``cap`` is reached.  For a gang of ``cap`` identical
+        bundles, the greedy placement succeeds exactly when this is ``cap``.
+        """
+        total = 0
+        for (fv, labels), ids in self._groups.items():
+            if not self._match(labels, selector):
+                continue
+            n = 0
+            f = fv
+            while n < cap and _vec.fits(bundle, f):
+                f = _vec.sub(f, bundle)
+                n += 1
+            total += n * len(ids)
+            if total >= cap:
+                return cap
+        return total
 
     def free_of(self, node_id: str) -> Resources:
         """What is free on a node now (within this decision)."""
@@ -217,7 +277,7 @@ class FreeLedger:
         labels = self._labels[nid]
         okey = (old, labels)
         group = self._groups[okey]
-        group.remove(nid)
+        del group[bisect.bisect_left(group, nid)]  # groups are sorted: no linear search
         if not group:
             del self._groups[okey]
         nkey = (new, labels)
@@ -248,12 +308,37 @@ class FreeLedger:
         for nid, need in per.items():
             self._set(nid, _vec.sub(self._free[nid], need))
 
+    def allocate_many(self, jobs: Iterable[tuple[JobRequest, Placement]]) -> None:
+        """``allocate`` each job in turn."""
+        for request, placement in jobs:
+            self.allocate(request, placement)
+
     def release(self, request: JobRequest, placement: Placement) -> None:
         """Give ``request``'s bundles back (clamped at node totals; dead/unknown nodes ignored)."""
         for nid, give in self._per_node(request, placement).items():
             if nid in self._free:
                 self._set(nid, _vec.vmin(_vec.add(self._free[nid], give), self._total[nid]))
         self._failed.clear()
+
+    def release_many(self, jobs: Iterable[tuple[JobRequest, Placement]]) -> set[str]:
+        """``release`` of many jobs at once; returns the nodes that got capacity back.
+
+        Sums what each node gets back first, so every node moves between
+        groups once (the result equals releasing the jobs one by one).
+        """
+        gains: dict[str, Vec] = {}
+        free = self._free
+        for request, placement in jobs:
+            for v, nid in zip(request._bvecs, placement.bundle_nodes, strict=True):
+                if nid in free:
+                    g = gains.get(nid)
+                    gains[nid] = v if g is None else _vec.add(g, v)
+        for nid, give in gains.items():
+            new = _vec.vmin(_vec.add(free[nid], give), self._total[nid])
+            if new != free[nid]:
+                self._set(nid, new)
+        self._failed.clear()
+        return set(gains)
 
     # ------------------------------------------------------------- explanations
 
@@ -310,8 +395,37 @@ class FreeLedger:
         )
 
 
-def _node_id(n: NodeView) -> str:
-    return n.node_id
+_node_id = operator.attrgetter("node_id")
+
+
+def derive_ledgers(parent: ClusterView, changed: Mapping[str, NodeView]) -> dict[bool, FreeLedger]:
+    """Ledger templates (by ``use_total``) of ``parent`` with the ``changed`` nodes replaced.
+
+    Used by :meth:`ClusterView.replace_nodes`.  The free template is a copy of
+    the parent's (indexed from scratch the first time) with only the changed
+    nodes moved between groups; the total template is shared, as only ``free``
+    changed.  Templates are never mutated after this; ledgers are copies.
+    When a change touches a node's total, labels or liveness, nothing is
+    derived (ledgers of the new view are then built from its nodes).
+    """
+    for nid, node in changed.items():
+        old = parent.node(nid)
+        if node.alive != old.alive or node.labels != old.labels or node.total != old.total:
+            return {}
+    free = parent._ledgers.get(False)
+    if free is None:
+        free = parent._ledgers[False] = FreeLedger(parent.nodes)
+    total = parent._ledgers.get(True)
+    if total is None:
+        total = parent._ledgers[True] = FreeLedger(parent.nodes, use_total=True)
+    free = free.copy()
+    for nid, node in changed.items():
+        if node.alive:
+            f = node.free
+            fv = (f.cpu, f.gpu, f.memory_mb, f.custom)
+            if free._free[nid] != fv:
+                free._set(nid, fv)
+    return {False: free, True: total}
 
 
 def _dims(need: Vec) -> list[tuple[int, str, str]]:

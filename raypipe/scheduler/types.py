@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from raypipe.resources import Resources
 from raypipe.scheduler import _vec
@@ -98,6 +98,9 @@ class ClusterView:
 
     nodes: tuple[NodeView, ...]
     _by_id: Mapping[str, NodeView] = field(init=False, repr=False, compare=False)
+    # Placement-ledger templates keyed by ``use_total``, kept only on views made by
+    # ``replace_nodes`` (see there); private to ``placement.FreeLedger.from_cluster``.
+    _ledgers: dict[bool, Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.nodes, tuple):
@@ -106,6 +109,30 @@ class ClusterView:
         if len(by_id) != len(self.nodes):
             raise InvalidRequestError("duplicate node ids in ClusterView")
         object.__setattr__(self, "_by_id", MappingProxyType(by_id))
+        object.__setattr__(self, "_ledgers", {})
+
+    def replace_nodes(self, changed: Iterable[NodeView]) -> ClusterView:
+        """A view with ``changed`` nodes (known ids) replacing this view's, other nodes shared.
+
+        For callers that update a view many times (the simulator): the result
+        carries the placement ledgers policies build from it, derived from this
+        view's by touching only the changed nodes, so a decision on it does not
+        pay O(nodes) to index the cluster.  Equal to
+        ``ClusterView(<nodes with replacements>)`` in every observable way.
+        """
+        from raypipe.scheduler.placement import derive_ledgers  # placement imports this module
+
+        repl = {n.node_id: n for n in changed}
+        unknown = [nid for nid in repl if nid not in self._by_id]
+        if unknown:
+            raise InvalidRequestError(f"unknown node(s) {', '.join(map(repr, unknown))}")
+        by_id = self._by_id.copy()  # type: ignore[attr-defined]  # MappingProxyType.copy: a dict
+        by_id.update(repl)
+        new = object.__new__(ClusterView)
+        object.__setattr__(new, "nodes", tuple(by_id.values()))
+        object.__setattr__(new, "_by_id", MappingProxyType(by_id))
+        object.__setattr__(new, "_ledgers", derive_ledgers(self, repl))
+        return new
 
     def node(self, node_id: str) -> NodeView:
         """The node with this id; raises ``InvalidRequestError`` when unknown."""
@@ -318,11 +345,11 @@ class Snapshot:
         ids = {j.job_id for j in self.queue}
         if len(ids) != len(self.queue):
             raise InvalidRequestError("duplicate job ids in the queue")
-        for r in self.running:
-            if r.request.job_id in ids:
-                raise InvalidRequestError(f"job {r.request.job_id!r} is both queued and running")
-            ids.add(r.request.job_id)
-        if len(ids) != len(self.queue) + len(self.running):
+        run_ids = {r.request.job_id for r in self.running}
+        if not ids.isdisjoint(run_ids):
+            both = next(r.request.job_id for r in self.running if r.request.job_id in ids)
+            raise InvalidRequestError(f"job {both!r} is both queued and running")
+        if len(run_ids) != len(self.running):
             raise InvalidRequestError("duplicate job ids among running jobs")
 
     def team(self, name: str) -> TeamConfig:

@@ -65,20 +65,34 @@ class BackfillPolicy(Policy):
         reserved = f"reserved for {head.job_id} until {when} (backfill)"
         b_failed: set[str] = set()
         finite = math.isfinite(shadow_time)
+        reasons = ctx.reasons
+        # team -> shape -> reason of a job that did not start, one memo per value of `ends_before`
+        memos = (ctx.memo(), ctx.memo())
         for job in queue[head_idx + 1 :]:
+            dur = job.duration_estimate_s
+            ends_before = finite and dur is not None and now + dur <= shadow_time
+            memo = memos[ends_before]
+            seen = memo.get(job.team)
+            if seen is not None:
+                why = seen.get(job._shape)
+                if why is not None:
+                    reasons[job.job_id] = why  # type: ignore[assignment]
+                    continue
             blocked = ctx.quota_block(job)
             if blocked is not None:
                 ctx.wait(job, blocked)
+                memo.setdefault(job.team, {})[job._shape] = blocked
                 continue
-            dur = job.duration_estimate_s
-            ends_before = finite and dur is not None and now + dur <= shadow_time
             if not ends_before and job.shape_key in b_failed:
                 ctx.wait(job, reserved)
+                memo.setdefault(job.team, {})[job._shape] = reserved
                 continue
             placement = ctx.ledger.place(job)
             if placement is None:
                 never = ctx.never_reason(job)
-                ctx.wait(job, never if never is not None else ctx.explain(job))
+                why = never if never is not None else ctx.explain(job)
+                ctx.wait(job, why)
+                memo.setdefault(job.team, {})[job._shape] = why
                 continue
             if ends_before:
                 ctx.start(job, placement)
@@ -89,6 +103,7 @@ class BackfillPolicy(Policy):
                 continue
             b_failed.add(job.shape_key)
             ctx.wait(job, reserved)
+            memo.setdefault(job.team, {})[job._shape] = reserved
         return ctx.build()
 
     @staticmethod
@@ -101,25 +116,35 @@ class BackfillPolicy(Policy):
         """
         future = ctx.ledger.copy()
         now = ctx.now
-        events = sorted(
-            (
-                (now if end is not None and end < now else (end if end is not None else math.inf), req.job_id, req, pl)
-                for req, pl, end in ctx.running_now()
-            ),
-            key=lambda e: (e[0], e[1]),
-        )
+        inf = math.inf
+        events: list[tuple[float, str, JobRequest, Placement]] = []
+        append = events.append
+        preempted = ctx.preempted
+        for r in ctx.snapshot.running:
+            if preempted and r.job_id in preempted:
+                continue
+            end = r.expected_end
+            if end is None:
+                req = r.request
+                dur = req.duration_estimate_s
+                append((inf if dur is None else max(now, r.start_time + dur), r.job_id, req, r.placement))
+            else:
+                append((max(now, end), r.job_id, r.request, r.placement))
+        for req, pl, end in ctx.started_now():  # started earlier in this decision
+            append((inf if end is None else max(now, end), req.job_id, req, pl))
+        events.sort()  # by (time, job id); ids are unique, so requests are never compared
         one_node = len(head.bundles) == 1 or head.strategy == "STRICT_PACK"
         idx = 0
+        n_events = len(events)
         placement: Placement | None = None
         shadow_time = math.inf
-        while idx < len(events):
+        while idx < n_events:
             t = events[idx][0]
-            touched: set[str] = set()
-            while idx < len(events) and events[idx][0] == t:
-                _, _, req, pl = events[idx]
-                future.release(req, pl)
-                touched.update(pl.bundle_nodes)
-                idx += 1
+            stop = idx
+            while stop < n_events and events[stop][0] == t:
+                stop += 1
+            touched = future.release_many((e[2], e[3]) for e in events[idx:stop])
+            idx = stop
             if one_node and not any(future.fits_on(head, n) for n in touched):
                 continue  # only released nodes can newly hold a one-node gang
             placement = future.place(head)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 
 from raypipe.scheduler import _vec
-from raypipe.scheduler._context import DecisionContext
+from raypipe.scheduler._context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
 from raypipe.scheduler._vec import Vec
 from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.types import Decision, JobRequest, RunningJob, Snapshot
@@ -29,13 +29,23 @@ class FairSharePolicy(Policy):
       *borrowed* (listed in ``Decision.borrowed``) only when no job within
       quota is left waiting for capacity (conservative: any such job, on any
       node), and only if it is preemptible, so it can be given back.
+
+    ``max_preemptions`` (default 32, ``None``: unlimited) caps how many
+    borrowed jobs one decision takes back; an owner's job that would need more
+    victims than are left in the budget waits for the next decision.
     """
 
     name = "fair_share"
 
+    def __init__(self, max_preemptions: int | None = DEFAULT_MAX_PREEMPTIONS) -> None:
+        self.max_preemptions = check_max_preemptions("fair_share", max_preemptions)
+
+    def __repr__(self) -> str:
+        return f"FairSharePolicy(max_preemptions={self.max_preemptions})"
+
     def decide(self, snapshot: Snapshot) -> Decision:
         """Two DRF passes: owned capacity, then borrowing."""
-        ctx = DecisionContext(snapshot, borrowed_counts_to_quota=False)
+        ctx = DecisionContext(snapshot, borrowed_counts_to_quota=False, max_preemptions=self.max_preemptions)
         by_team: dict[str, list[JobRequest]] = {}
         for job in snapshot.queue:
             lst = by_team.get(job.team)
@@ -100,6 +110,9 @@ class FairSharePolicy(Policy):
         owner_waiting = False
         victims: list[RunningJob] | None = None
         preempt_failed: set[str] = set()
+        reasons = ctx.reasons
+        # team -> shape -> (kind, reason) of a job that did not start: 0 never, 1 waits for capacity, 2 over quota
+        memo = ctx.memo()
         while heap:
             _, team = heapq.heappop(heap)
             jobs = by_team[team]
@@ -108,12 +121,25 @@ class FairSharePolicy(Policy):
             while i < len(jobs):
                 job = jobs[i]
                 i += 1
+                seen = memo.get(team)
+                if seen is not None:
+                    hit = seen.get(job._shape)
+                    if hit is not None:
+                        kind, why = hit  # type: ignore[misc]
+                        if kind == 2:
+                            over_quota.setdefault(team, []).append((job, why))
+                        else:
+                            reasons[job.job_id] = why
+                            owner_waiting = owner_waiting or kind == 1
+                        continue
                 blocked = ctx.quota_block(job)
                 if blocked is not None:
                     if blocked.startswith("never"):
                         ctx.wait(job, blocked)
+                        memo.setdefault(team, {})[job._shape] = (0, blocked)
                     else:
                         over_quota.setdefault(team, []).append((job, blocked))
+                        memo.setdefault(team, {})[job._shape] = (2, blocked)
                     continue
                 placement = ctx.ledger.place(job)
                 if placement is None and job.shape_key not in preempt_failed:
@@ -122,7 +148,7 @@ class FairSharePolicy(Policy):
                             (r for r in ctx.snapshot.running if r.borrowed and r.request.preemptible),
                             key=lambda r: (-r.start_time, r.job_id),
                         )
-                    if victims and ctx.never_reason(job) is None:
+                    if victims and ctx.preempt_room() and ctx.never_reason(job) is None:
                         before = len(ctx.preempted)
                         placement = ctx.try_preempt_for(job, victims)
                         if placement is None:
@@ -138,12 +164,13 @@ class FairSharePolicy(Policy):
                 never = ctx.never_reason(job)
                 if never is not None:
                     ctx.wait(job, never)
+                    memo.setdefault(team, {})[job._shape] = (0, never)
                     continue
                 owner_waiting = True
-                ctx.wait(
-                    job,
-                    f"{ctx.explain(job)} (team {team} share {self._share(used.get(team, _vec.ZERO), total, weights[team]):.3f}, fair_share)",
-                )
+                share = self._share(used.get(team, _vec.ZERO), total, weights[team])
+                why = f"{ctx.explain(job)} (team {team} share {share:.3f}, fair_share)"
+                ctx.wait(job, why)
+                memo.setdefault(team, {})[job._shape] = (1, why)
             pos[team] = i
             if started and i < len(jobs):
                 heapq.heappush(heap, (self._share(used[team], total, weights[team]), team))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from raypipe.scheduler._context import DecisionContext
+from raypipe.scheduler._context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
 from raypipe.scheduler.errors import PolicyConfigError
 from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.types import Decision, JobRequest, RunningJob, Snapshot
@@ -31,6 +31,12 @@ class LasPolicy(Policy):
     queue (``now - wait_start``) exceeds ``starve_factor`` times its last run
     time (``last_run_s``, or ``attained_service / gpus`` when unknown) goes back
     to queue 0.
+
+    ``max_preemptions`` (default 32, ``None``: unlimited) caps how many jobs
+    one decision preempts: a job whose room would need more victims than are
+    left in the budget waits, and the next decision (the controller runs one
+    on every event and tick) continues, so preemption proceeds in bounded
+    rounds, as in Tiresias, instead of one storm that stops half the cluster.
     """
 
     name = "las"
@@ -40,6 +46,7 @@ class LasPolicy(Policy):
         thresholds: Sequence[float] = (3600.0,),
         preempt: bool = True,
         starve_factor: float | None = None,
+        max_preemptions: int | None = DEFAULT_MAX_PREEMPTIONS,
     ) -> None:
         ts = tuple(float(t) for t in thresholds)
         if any(t <= 0 for t in ts) or any(b <= a for a, b in zip(ts, ts[1:], strict=False)):
@@ -49,10 +56,12 @@ class LasPolicy(Policy):
         self.thresholds = ts
         self.preempt = bool(preempt)
         self.starve_factor = starve_factor
+        self.max_preemptions = check_max_preemptions("las", max_preemptions)
 
     def __repr__(self) -> str:
         return (
-            f"LasPolicy(thresholds={list(self.thresholds)}, preempt={self.preempt}, starve_factor={self.starve_factor})"
+            f"LasPolicy(thresholds={list(self.thresholds)}, preempt={self.preempt}, starve_factor={self.starve_factor}, "
+            f"max_preemptions={self.max_preemptions})"
         )
 
     def queue_of(self, attained: float) -> int:
@@ -68,10 +77,24 @@ class LasPolicy(Policy):
                 return 0
         return q
 
+    def _victims(self, running: Sequence[RunningJob], now: float) -> tuple[list[RunningJob], list[int]]:
+        """Preemptible running jobs, lowest queue first, then most recently started; and -queue of each."""
+        queue_of = self.queue_of
+        keyed = []
+        for r in running:
+            req = r.request
+            if req.preemptible:
+                start = r.start_time
+                attained = req.attained_service + req._dvec[1] * (now - start if now > start else 0.0)
+                keyed.append((-queue_of(attained), -start, r.job_id, r))
+        keyed.sort()  # job ids are unique: the RunningJob itself is never compared
+        return [k[3] for k in keyed], [k[0] for k in keyed]
+
     def decide(self, snapshot: Snapshot) -> Decision:
         """Serve queues in order; preempt lower queues for a job that does not fit."""
-        ctx = DecisionContext(snapshot)
+        ctx = DecisionContext(snapshot, max_preemptions=self.max_preemptions)
         now = snapshot.now
+        reasons = ctx.reasons
         buckets: dict[int, list[JobRequest]] = {}
         for job in snapshot.queue:
             q = self._waiting_queue(job, now)
@@ -80,27 +103,31 @@ class LasPolicy(Policy):
                 buckets[q] = [job]
             else:
                 lst.append(job)
-        running_q: dict[str, int] | None = None
+        victims: list[RunningJob] | None = None
         victims_all: list[RunningJob] = []
         neg_q: list[int] = []
         preempt_failed: set[tuple[str, int]] = set()
         for q in sorted(buckets):
+            memo = ctx.memo()  # team -> shape -> reason of a job of this queue that did not start
             for job in buckets[q]:  # submit order within a queue (the snapshot's queue order)
+                seen = memo.get(job.team)
+                if seen is not None:
+                    why = seen.get(job._shape)
+                    if why is not None:
+                        reasons[job.job_id] = why  # type: ignore[assignment]
+                        continue
                 blocked = ctx.quota_block(job)
                 if blocked is not None:
                     ctx.wait(job, blocked)
+                    memo.setdefault(job.team, {})[job._shape] = blocked
                     continue
                 placement = ctx.ledger.place(job)
                 if placement is None and self.preempt and (job.shape_key, q) not in preempt_failed:
-                    if running_q is None:
-                        running_q = {r.job_id: self.queue_of(r.attained_at(now)) for r in snapshot.running}
-                        victims_all = sorted(
-                            (r for r in snapshot.running if r.request.preemptible),
-                            key=lambda r: (-running_q[r.job_id], -r.start_time, r.job_id),  # type: ignore[index]
-                        )
-                        neg_q = [-running_q[r.job_id] for r in victims_all]
+                    if victims is None:
+                        victims, neg_q = self._victims(snapshot.running, now)
+                        victims_all = victims
                     cut = bisect.bisect_left(neg_q, -q)  # victims in queues strictly below q
-                    if cut and ctx.never_reason(job) is None:
+                    if cut and ctx.preempt_room() and ctx.never_reason(job) is None:
                         placement = ctx.try_preempt_for(job, victims_all[:cut])
                     if placement is None:
                         preempt_failed.add((job.shape_key, q))
@@ -108,5 +135,7 @@ class LasPolicy(Policy):
                     ctx.start(job, placement)
                     continue
                 never = ctx.never_reason(job)
-                ctx.wait(job, never if never is not None else f"{ctx.explain(job)} (las queue {q})")
+                why = never if never is not None else f"{ctx.explain(job)} (las queue {q})"
+                ctx.wait(job, why)
+                memo.setdefault(job.team, {})[job._shape] = why
         return ctx.build()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import heapq
 
-from raypipe.scheduler._context import DecisionContext
+from raypipe.scheduler._context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
 from raypipe.scheduler.errors import PolicyConfigError
 from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.types import Decision, JobRequest, RunningJob, Snapshot
@@ -29,23 +29,34 @@ class PriorityPolicy(Policy):
     (least work lost); only as many as needed, and only if that makes it fit.
     Comparing base priorities (not aged ones) keeps a long-waiting low-priority
     job from preempting a high-priority one, and a requeued victim from
-    preempting back (no thrashing).
+    preempting back (no thrashing).  ``max_preemptions`` (default 32,
+    ``None``: unlimited) caps the preemptions of one decision; a job that would
+    need more victims than are left in the budget blocks as if none could help,
+    and later decisions continue (bounded rounds instead of one storm).
     """
 
     name = "priority"
 
-    def __init__(self, aging_s: float = 600.0, preempt: bool = False) -> None:
+    def __init__(
+        self,
+        aging_s: float = 600.0,
+        preempt: bool = False,
+        max_preemptions: int | None = DEFAULT_MAX_PREEMPTIONS,
+    ) -> None:
         if not aging_s > 0:
             raise PolicyConfigError(f"priority: aging_s must be > 0, got {aging_s}")
         self.aging_s = float(aging_s)
         self.preempt = bool(preempt)
+        self.max_preemptions = check_max_preemptions("priority", max_preemptions)
 
     def __repr__(self) -> str:
-        return f"PriorityPolicy(aging_s={self.aging_s:g}, preempt={self.preempt})"
+        return (
+            f"PriorityPolicy(aging_s={self.aging_s:g}, preempt={self.preempt}, max_preemptions={self.max_preemptions})"
+        )
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """Start jobs by effective priority until the first blocked one."""
-        ctx = DecisionContext(snapshot)
+        ctx = DecisionContext(snapshot, max_preemptions=self.max_preemptions)
         queue = snapshot.queue
         team_prio = {name: cfg.priority for name, cfg in snapshot.teams.items() if cfg.priority}
         aging = self.aging_s
@@ -73,7 +84,7 @@ class PriorityPolicy(Policy):
                     )
                     bases = [self._base(r.request, team_prio) for r in victims]
                 cut = bisect.bisect_left(bases, self._base(job, team_prio))
-                if cut and ctx.never_reason(job) is None:
+                if cut and ctx.preempt_room() and ctx.never_reason(job) is None:
                     placement = ctx.try_preempt_for(job, victims[:cut])
             if placement is not None:
                 ctx.start(job, placement)

@@ -232,3 +232,17 @@ def test_work_raypipe_did_not_admit_is_not_granted_again() -> None:
     core.refresh_nodes()
     core.schedule()
     assert core.jobs["b"].placement == ("node-1",)
+
+
+def test_a_job_already_stopping_is_not_chosen_again() -> None:
+    core, be, _ = make("priority", preempt=True)
+    core.submit(req("low", gpu=4, bundles=3, priority=0), "o@1")
+    core.schedule()
+    core.submit(req("high1", gpu=4, priority=5), "o@1")
+    core.schedule()
+    assert core.jobs["low"].state == "preempting"
+    version = core.jobs["low"].version
+    core.submit(req("high2", gpu=4, priority=5), "o@1")
+    core.schedule()
+    assert core.jobs["low"].version == version, "no second preemption of a job that is stopping"
+    assert core.jobs["high2"].state == "queued"
