@@ -2,7 +2,7 @@
 
 from raypipe.api import list_runs, load, read_artifact, resume, run, show_run, validate
 from raypipe.config import PipelineConfig, ResourcesConfig, RetryConfig, StageConfig
-from raypipe.exceptions import ConfigError, RaypipeError, RunNotFoundError, StageError, StorageError
+from raypipe.exceptions import ConfigError, RaypipeError, RunNotFoundError, StageError, StagePreempted, StorageError
 from raypipe.resources import Resources
 from raypipe.runner.executor import RunResult
 from raypipe.stages.base import StageContext
@@ -21,6 +21,7 @@ __all__ = [
     "StageConfig",
     "StageContext",
     "StageError",
+    "StagePreempted",
     "StorageError",
     "__version__",
     "list_runs",
