@@ -169,6 +169,7 @@ def replay_live(
     import ray
 
     from raypipe.scheduler.client import SchedulerClient, get_controller
+    from raypipe.scheduler.controller import request_to_dict
 
     _check(cluster, time_scale)
     opts = options or SimOptions()
@@ -194,18 +195,10 @@ def replay_live(
 
         def request(i: int) -> dict[str, Any]:
             r = job_request(jobs[i], duration_known=known)
-            return {
-                "job_id": r.job_id,
-                "bundles": [
-                    {"cpu": b.cpu, "gpu": b.gpu, "memory_mb": b.memory_mb, "custom": b.custom_dict} for b in r.bundles
-                ],
-                "priority": r.priority,
-                "team": r.team,
-                "strategy": r.strategy,
-                "duration_estimate_s": None if r.duration_estimate_s is None else r.duration_estimate_s / time_scale,
-                "label_selector": dict(r.label_selector),
-                "grant": "ledger",
-            }
+            d = request_to_dict(r)
+            if r.duration_estimate_s is not None:
+                d["duration_estimate_s"] = r.duration_estimate_s / time_scale
+            return {**d, "grant": "ledger"}
 
         def start(lj: _Live, view: Mapping[str, Any]) -> None:
             now = time.time()
@@ -281,7 +274,8 @@ def replay_live(
                 if jid is None:
                     continue
                 lj = live[jid]
-                if lj.state == "running" and all(r in ready or _done(r) for r in lj.refs):
+                # `ready` holds every finished ref of a running job (the wait with timeout 0 above).
+                if lj.state == "running" and all(r in ready for r in lj.refs):
                     stop(lj, done=True)
                     lj.end = time.time()
                     lj.state = "done"
@@ -331,13 +325,6 @@ def replay_live(
         wall_s=wall_s,
         extra={"time_scale": time_scale, "grant": "ledger"},
     )
-
-
-def _done(ref: Any) -> bool:
-    import ray
-
-    ready, _ = ray.wait([ref], timeout=0)
-    return bool(ready)
 
 
 def replay_plain_ray(

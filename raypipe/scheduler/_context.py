@@ -225,6 +225,25 @@ class DecisionContext:
         else:
             self.reasons = dict.fromkeys(map(_JOB_ID, jobs), reason)
 
+    def start_in_order(self, queue: Sequence[JobRequest]) -> int:
+        """Start jobs in queue order until one blocks the line; return its index (``len(queue)``
+        if none does).  Jobs over quota or never feasible get their reason and do not block."""
+        for idx, job in enumerate(queue):
+            blocked = self.quota_block(job)
+            if blocked is not None:
+                self.wait(job, blocked)
+                continue
+            placement = self.ledger.place(job)
+            if placement is not None:
+                self.start(job, placement)
+                continue
+            never = self.never_reason(job)
+            if never is not None:
+                self.wait(job, never)
+                continue
+            return idx
+        return len(queue)
+
     #: Tests switch memos off to check they never change a decision.
     use_memos = True
 

@@ -39,25 +39,10 @@ class BackfillPolicy(Policy):
         ctx = DecisionContext(snapshot)
         queue = snapshot.queue
         now = snapshot.now
-        head: JobRequest | None = None
-        head_idx = len(queue)
-        for idx, job in enumerate(queue):
-            blocked = ctx.quota_block(job)
-            if blocked is not None:
-                ctx.wait(job, blocked)
-                continue
-            placement = ctx.ledger.place(job)
-            if placement is not None:
-                ctx.start(job, placement)
-                continue
-            never = ctx.never_reason(job)
-            if never is not None:
-                ctx.wait(job, never)
-                continue
-            head, head_idx = job, idx
-            break
-        if head is None:
+        head_idx = ctx.start_in_order(queue)
+        if head_idx == len(queue):
             return ctx.build()
+        head = queue[head_idx]
 
         shadow_time, shadow = self._reservation(ctx, head)
         when = f"t={shadow_time:g}" if math.isfinite(shadow_time) else "an unknown time"

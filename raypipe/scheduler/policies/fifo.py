@@ -21,20 +21,9 @@ class FifoPolicy(Policy):
         """Start the longest prefix of the queue that fits."""
         ctx = DecisionContext(snapshot)
         queue = snapshot.queue
-        for idx, job in enumerate(queue):
-            blocked = ctx.quota_block(job)
-            if blocked is not None:
-                ctx.wait(job, blocked)
-                continue
-            placement = ctx.ledger.place(job)
-            if placement is not None:
-                ctx.start(job, placement)
-                continue
-            never = ctx.never_reason(job)
-            if never is not None:
-                ctx.wait(job, never)
-                continue
+        idx = ctx.start_in_order(queue)
+        if idx < len(queue):
+            job = queue[idx]
             ctx.wait_many(queue[idx + 1 :], f"behind head-of-line job {job.job_id} (fifo)")
             ctx.wait(job, f"{ctx.explain(job)} (head of line, fifo)")
-            break
         return ctx.build()
