@@ -2,7 +2,15 @@
 
 from raypipe.api import list_runs, load, read_artifact, resume, run, show_run, validate
 from raypipe.config import PipelineConfig, ResourcesConfig, RetryConfig, StageConfig
-from raypipe.exceptions import ConfigError, RaypipeError, RunNotFoundError, StageError, StagePreempted, StorageError
+from raypipe.exceptions import (
+    ConfigError,
+    DataError,
+    RaypipeError,
+    RunNotFoundError,
+    StageError,
+    StagePreempted,
+    StorageError,
+)
 from raypipe.resources import Resources
 from raypipe.runner.executor import RunResult
 from raypipe.stages.base import StageContext
@@ -11,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "DataError",
     "PipelineConfig",
     "RaypipeError",
     "Resources",

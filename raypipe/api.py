@@ -15,7 +15,7 @@ from raypipe.exceptions import RaypipeError
 from raypipe.runner.executor import Executor, RunResult, StageEvent
 from raypipe.runner.plan import Plan, build_plan
 from raypipe.scheduler.client import SchedulerClient, get_controller
-from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root
+from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root, root_of
 from raypipe.store.metadata import MetadataStore, RunRecord, StageRunRecord
 
 DEFAULT_DB = os.path.join(".raypipe", "raypipe.db")
@@ -219,8 +219,7 @@ def final_outputs(plan: Plan, result: RunResult, max_bytes: int = 8192) -> dict[
     for stage in sinks:
         for name, ref in result.outputs.get(stage, {}).items():
             if ref.format == "json" and ref.size <= max_bytes:
-                root = ref.uri[: ref.uri.index("/objects/")]
-                shown.setdefault(stage, {})[name] = ArtifactStore(root).get_value(ref)
+                shown.setdefault(stage, {})[name] = ArtifactStore(root_of(ref.uri)).get_value(ref)
     return shown
 
 
@@ -242,8 +241,7 @@ def read_artifact(uri_or_sha: str, db: str | None = None) -> Any:
         ref = meta.artifact(uri_or_sha)
     finally:
         meta.close()
-    root = ref.uri[: ref.uri.index("/objects/")]
-    return ArtifactStore(root).get_value(ref)
+    return ArtifactStore(root_of(ref.uri)).get_value(ref)
 
 
 def bench_scheduling(

@@ -19,6 +19,12 @@ class StageError(RaypipeError):
     """A stage failed in a way the user must fix (bad return value, bad import...)."""
 
 
+class DataError(RaypipeError):
+    """Input data is unusable: a missing path, a malformed line, conflicting schemas,
+    an empty dataset, or rows that break a declared schema.  Names the file (and the
+    line) or the column and rule."""
+
+
 class StorageError(RaypipeError):
     """The artifact root or metadata store cannot be used."""
 

@@ -41,10 +41,11 @@ def cache_key(stage: PlannedStage, input_hashes: Mapping[str, str], after: Mappi
         "v": CACHE_VERSION,
         "kind": stage.spec.kind,
         "params": stage.kind.params.model_dump(mode="json"),
-        "outputs": stage.spec.outputs,
+        "outputs": stage.outputs,
         "code": stage.kind.code_fingerprint(),
         "inputs": dict(sorted(input_hashes.items())),
         "after": dict(sorted(after.items())),
+        "sources": stage.kind.source_fingerprint(),
         "env": environment(type(stage.kind).packages),
     }
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)

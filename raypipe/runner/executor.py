@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 from raypipe.exceptions import StagePreempted
+from raypipe.resources import Resources
 from raypipe.runner.cache import cache_key
 from raypipe.runner.plan import Plan, PlannedStage
 from raypipe.runner.task import execute_stage
@@ -196,18 +197,25 @@ class Executor:
             "attempt": att.attempt,
             "kind": ps.spec.kind,
             "params": ps.kind.params.model_dump(mode="json"),
-            "outputs": ps.spec.outputs,
+            "outputs": None if ps.outputs is None else list(ps.outputs),
             "storage": self.artifacts.root,
             "inputs": {k: v.to_dict() for k, v in att.inputs.items()},
             "resources": {"cpu": res.cpu, "gpu": res.gpu, "memory_mb": res.memory_mb, "custom": res.custom_dict},
             "job_id": att.job_id,
             "checkpoint_dir": self.artifacts.uri_of(f"checkpoints/{att.stage}/{att.key[:24]}"),
         }
-        opts: dict[str, Any] = {"name": f"raypipe:{self.plan.config.name}:{att.stage}", "max_retries": 0, "retry_exceptions": False}
+        opts: dict[str, Any] = {
+            "name": f"raypipe:{self.plan.config.name}:{att.stage}",
+            "max_retries": 0,
+            "retry_exceptions": False,
+        }
         if grant is not None:
             opts["scheduling_strategy"] = grant_strategy(grant)
             self.meta.mark_running(att.stage_run_id)
-        ref = _remote_execute().options(**opts, **res.to_ray_options()).remote(payload)
+        # Kinds that launch their own Ray work leave the grant to it (else a data stage's
+        # tasks would wait for the CPUs its own driver task holds).
+        own = Resources() if ps.kind.runs_ray_work else res
+        ref = _remote_execute().options(**opts, **own.to_ray_options()).remote(payload)
         now = time.time()
         att.started = now
         att.deadline = now + ps.spec.timeout_s if ps.spec.timeout_s else None
@@ -245,7 +253,9 @@ class Executor:
                 if att.stop_by is None:  # let it checkpoint and stop; cancelled at stop_by
                     att.stop_by = time.time() + grace
                     att.reason = view.get("reason", "")
-                    self._emit(att.stage, "preempting", attempt=att.attempt, message=f"{grace:g}s to checkpoint and stop")
+                    self._emit(
+                        att.stage, "preempting", attempt=att.attempt, message=f"{grace:g}s to checkpoint and stop"
+                    )
                 return
             self._requeue(ref, att, "preempted" if state == "preempting" else "lost", view.get("reason", ""))
 

@@ -19,6 +19,9 @@ class PlannedStage:
     spec: StageConfig
     kind: StageKind
     upstream: tuple[str, ...]
+    #: The outputs the stage must produce: ``outputs:`` if given, else the kind's own
+    #: (None: whatever the code returns).
+    outputs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,15 +128,6 @@ def build_plan(config: PipelineConfig, source: ConfigSource | None = None) -> Pl
                         f"{ref!r} names unknown stage {producer!r}; stages are: {', '.join(index)}",
                     )
                 )
-            else:
-                declared = config.stages[index[producer]].outputs
-                if declared is not None and output not in declared:
-                    issues.append(
-                        (
-                            ("stages", i, "inputs", arg),
-                            f"stage {producer!r} has no output {output!r}; it declares: {', '.join(declared) or 'none'}",
-                        )
-                    )
     edges = {st.name: [u for u in st.upstream() if u in index and u != st.name] for st in config.stages}
     if not issues:
         cycle = find_cycle(edges)
@@ -149,7 +143,12 @@ def build_plan(config: PipelineConfig, source: ConfigSource | None = None) -> Pl
         issues.append((where, str(e)))
     for team, tc in sched.teams.items():
         if not (tc.model_fields_set & {"cpu", "gpu", "memory_mb", "custom", "priority", "weight"}):
-            issues.append((("scheduler", "teams", team), "a team needs a quota (cpu, gpu, memory_mb, custom), a priority or a weight"))
+            issues.append(
+                (
+                    ("scheduler", "teams", team),
+                    "a team needs a quota (cpu, gpu, memory_mb, custom), a priority or a weight",
+                )
+            )
 
     planned: dict[str, PlannedStage] = {}
     for i, st in enumerate(config.stages):
@@ -166,7 +165,29 @@ def build_plan(config: PipelineConfig, source: ConfigSource | None = None) -> Pl
         kind = cls(params)
         for loc, msg in kind.check(list(st.inputs)):
             issues.append((("stages", i, "params") + tuple(loc), msg))
-        planned[st.name] = PlannedStage(spec=st, kind=kind, upstream=tuple(edges.get(st.name, ())))
+        own = kind.outputs()
+        if own is not None and st.outputs is not None and sorted(own) != sorted(st.outputs):
+            issues.append(
+                (("stages", i, "outputs"), f"got {st.outputs}; a {st.kind} stage with these params outputs {own}")
+            )
+        outputs = st.outputs if st.outputs is not None else own
+        planned[st.name] = PlannedStage(
+            spec=st,
+            kind=kind,
+            upstream=tuple(edges.get(st.name, ())),
+            outputs=None if outputs is None else tuple(outputs),
+        )
+    for i, st in enumerate(config.stages):
+        for arg, ref in st.inputs.items():
+            producer, _, output = ref.partition(".")
+            declared = planned[producer].outputs if producer in planned and producer != st.name else None
+            if declared is not None and output not in declared:
+                issues.append(
+                    (
+                        ("stages", i, "inputs", arg),
+                        f"stage {producer!r} has no output {output!r}; it outputs: {', '.join(declared) or 'nothing'}",
+                    )
+                )
     if issues:
         raise source.error(issues)
     return Plan(config=config, stages=planned, order=topo_order(edges, [s.name for s in config.stages]))

@@ -6,7 +6,7 @@ from typing import Any
 
 from raypipe.exceptions import StageError
 from raypipe.resources import Resources
-from raypipe.stages.base import StageContext
+from raypipe.stages.base import StageContext, StageKind
 from raypipe.stages.registry import get_stage_kind
 from raypipe.store.artifacts import ArtifactRef, ArtifactStore
 
@@ -20,7 +20,6 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
     import ray
 
     store = ArtifactStore(payload["storage"])
-    inputs = {name: store.get_value(ArtifactRef.from_dict(d)) for name, d in payload["inputs"].items()}
     cls = get_stage_kind(payload["kind"])
     kind = cls(cls.Params.model_validate(payload["params"]))
     declared = payload.get("outputs")
@@ -34,16 +33,25 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
         checkpoint_dir=payload.get("checkpoint_dir"),
     )
     try:
-        values = kind.run(ctx, inputs) or {}
-        if declared is not None and set(values) != set(declared):
-            missing = sorted(set(declared) - set(values))
-            extra = sorted(set(values) - set(declared))
-            raise StageError(
-                f"stage {payload['stage']!r} declares outputs {declared} but returned {sorted(values)}"
-                + (f"; missing {missing}" if missing else "")
-                + (f"; undeclared {extra}" if extra else "")
-            )
-        refs = {name: store.put_value(value).to_dict() for name, value in values.items()}
+        with kind.session(ctx):
+            refs = _run(kind, ctx, store, payload, declared)
     finally:
         ctx.cleanup()
     return {"outputs": refs, "node_id": ray.get_runtime_context().get_node_id()}
+
+
+def _run(
+    kind: StageKind, ctx: StageContext, store: ArtifactStore, payload: dict[str, Any], declared: list[str] | None
+) -> dict[str, Any]:
+    ctx.input_refs = {name: ArtifactRef.from_dict(d) for name, d in payload["inputs"].items()}
+    inputs = {name: store.get_value(ref) for name, ref in ctx.input_refs.items()}
+    values = kind.run(ctx, inputs) or {}
+    if declared is not None and set(values) != set(declared):
+        missing = sorted(set(declared) - set(values))
+        extra = sorted(set(values) - set(declared))
+        raise StageError(
+            f"stage {payload['stage']!r} declares outputs {declared} but returned {sorted(values)}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; undeclared {extra}" if extra else "")
+        )
+    return {name: store.put_value(value).to_dict() for name, value in values.items()}

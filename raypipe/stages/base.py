@@ -15,6 +15,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +46,8 @@ class StageContext:
     #: Where the stage keeps checkpoints: the same for every attempt of a stage with
     #: the same cache key (also across ``resume``); a local path or a URI.
     checkpoint_dir: str | None = None
+    #: The stored artifacts behind the inputs (name -> ``ArtifactRef``).
+    input_refs: dict[str, Any] = field(default_factory=dict)
     _workdir: Path | None = field(default=None, repr=False)
     _checked: tuple[float, bool] = field(default=(float("-inf"), False), repr=False)
 
@@ -91,6 +94,9 @@ class StageKind(ABC):
     Params: ClassVar[type[StageParams]] = StageParams
     #: Distributions whose versions go into the cache key.
     packages: ClassVar[tuple[str, ...]] = ()
+    #: True for kinds whose work is done by Ray tasks they launch (Ray Data, Ray Train):
+    #: the stage's own task then takes no resources and the grant is left to that work.
+    runs_ray_work: ClassVar[bool] = False
 
     def __init__(self, params: StageParams) -> None:
         self.params = params
@@ -98,6 +104,22 @@ class StageKind(ABC):
     def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
         """Planning-time checks beyond the params schema: ``(loc under params, message)`` pairs."""
         return []
+
+    def outputs(self) -> list[str] | None:
+        """The outputs this kind always produces (checked against ``outputs:`` and
+        downstream ``inputs:`` when planning), or None when it depends on the code."""
+        return None
+
+    def source_fingerprint(self) -> str | None:
+        """For kinds that read files outside the artifact store: a fingerprint of those
+        files (e.g. paths, sizes and modification times) that goes into the cache key,
+        so a changed file makes the stage run again.  Computed on the driver."""
+        return None
+
+    def session(self, ctx: StageContext) -> AbstractContextManager[Any]:
+        """Entered in the stage's task around loading inputs, :meth:`run` and storing
+        outputs (e.g. to bound Ray Data by the stage's grant).  Default: nothing."""
+        return nullcontext()
 
     def handles_preemption(self) -> bool:
         """Whether :meth:`run` watches ``ctx.preemption_requested()`` (and checkpoints):

@@ -17,11 +17,11 @@ from pydantic import Field
 
 from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
 
-_FUNC_RE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
+FUNC_RE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
 
 
 class PythonParams(StageParams):
-    function: Annotated[str, Field(pattern=_FUNC_RE)]
+    function: Annotated[str, Field(pattern=FUNC_RE)]
     args: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -39,6 +39,24 @@ def import_function(target: str) -> Callable[..., Any]:
     return obj
 
 
+def function_fingerprint(target: str) -> str:
+    """A hash of a user function's module source and its name."""
+    h = hashlib.sha256(module_fingerprint(target.partition(":")[0]).encode())
+    h.update(target.encode())
+    return h.hexdigest()
+
+
+def import_check(target: str) -> str | None:
+    """Why ``target`` cannot be imported (for planning-time errors), or None."""
+    try:
+        import_function(target)
+    except ImportError as e:
+        return f"cannot import {target!r}: {e}"
+    except Exception as e:  # noqa: BLE001 - user module raised while importing
+        return f"importing {target!r} raised {type(e).__name__}: {e}"
+    return None
+
+
 class PythonStage(StageKind):
     Params = PythonParams
     packages = ("numpy", "pandas", "pyarrow", "torch")
@@ -46,12 +64,10 @@ class PythonStage(StageKind):
     params: PythonParams
 
     def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
-        try:
-            fn = import_function(self.params.function)
-        except ImportError as e:
-            return [(("function",), f"cannot import {self.params.function!r}: {e}")]
-        except Exception as e:  # noqa: BLE001 - user module raised while importing
-            return [(("function",), f"importing {self.params.function!r} raised {type(e).__name__}: {e}")]
+        problem = import_check(self.params.function)
+        if problem:
+            return [(("function",), problem)]
+        fn = import_function(self.params.function)
         issues: list[tuple[tuple[str | int, ...], str]] = []
         for name in set(input_names) & set(self.params.args):
             issues.append((("args", name), f"{name!r} is both an input and an arg; rename one"))
@@ -82,10 +98,7 @@ class PythonStage(StageKind):
             return False
 
     def fingerprint(self) -> str:
-        module = self.params.function.partition(":")[0]
-        h = hashlib.sha256(module_fingerprint(module).encode())
-        h.update(self.params.function.encode())
-        return h.hexdigest()
+        return function_fingerprint(self.params.function)
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> Mapping[str, Any] | None:
         fn = import_function(self.params.function)

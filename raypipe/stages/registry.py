@@ -8,7 +8,14 @@ from raypipe.exceptions import ConfigError
 from raypipe.stages.base import StageKind
 
 #: (kind name, "module:Class") pairs; the only place a kind is registered.
-STAGE_KINDS: tuple[tuple[str, str], ...] = (("python", "raypipe.stages.python:PythonStage"),)
+STAGE_KINDS: tuple[tuple[str, str], ...] = (
+    ("python", "raypipe.stages.python:PythonStage"),
+    ("data.read", "raypipe.stages.data.read:ReadStage"),
+    ("data.transform", "raypipe.stages.data.transform:TransformStage"),
+    ("data.validate", "raypipe.stages.data.validate:ValidateStage"),
+    ("data.split", "raypipe.stages.data.split:SplitStage"),
+    ("data.profile", "raypipe.stages.data.profile:ProfileStage"),
+)
 
 
 def stage_kind_names() -> list[str]:

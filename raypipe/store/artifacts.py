@@ -58,6 +58,14 @@ def resolve_root(storage: str, base: str | os.PathLike[str] | None = None) -> st
     return str(p.resolve())
 
 
+def root_of(uri: str) -> str:
+    """The storage root an artifact URI lives under (``<root>/objects/...`` or ``<root>/datasets/...``)."""
+    for part in ("/objects/", "/datasets/"):
+        if part in uri:
+            return uri[: uri.rindex(part)]
+    raise StorageError(f"{uri!r} is not an artifact URI")
+
+
 def is_local(root: str) -> bool:
     return "://" not in root
 
@@ -274,7 +282,17 @@ class ArtifactStore:
 
     # -- write
     def put_value(self, value: Any) -> ArtifactRef:
-        """Serialize, hash and store ``value``; return its reference."""
+        """Serialize, hash and store ``value``; return its reference.  A Ray Dataset is
+        streamed into a versioned folder of parquet files (:mod:`raypipe.store.datasets`);
+        an ``ArtifactRef`` already in the store is returned as it is."""
+        from raypipe.store import datasets
+
+        if isinstance(value, ArtifactRef):  # already stored (e.g. a dataset passed through unchanged)
+            if not self.exists(value):
+                raise StorageError(f"artifact {value.uri!r} is not in the store {self.root!r}")
+            return value
+        if datasets.is_ray_dataset(value):
+            return datasets.write_dataset(self, value)
         fd, local = tempfile.mkstemp(prefix="raypipe-")
         os.close(fd)
         try:
@@ -304,6 +322,10 @@ class ArtifactStore:
 
     # -- read
     def exists(self, ref: ArtifactRef) -> bool:
+        if ref.format == "dataset":
+            from raypipe.store.datasets import dataset_exists
+
+            return dataset_exists(self, ref)
         try:
             info = self.fs.get_file_info(self._path(self._rel_of(ref.uri)))
         except (OSError, StorageError):
@@ -326,6 +348,11 @@ class ArtifactStore:
         return local
 
     def get_value(self, ref: ArtifactRef) -> Any:
+        """The stored value; a dataset comes back as a lazy Ray Dataset (never collected here)."""
+        if ref.format == "dataset":
+            from raypipe.store.datasets import read_dataset
+
+            return read_dataset(self, ref)
         return deserialize(ref.format, self.local_path(ref))
 
     def read_bytes(self, ref: ArtifactRef) -> bytes:
@@ -333,4 +360,4 @@ class ArtifactStore:
             return f.read()
 
 
-__all__ = ["ArtifactRef", "ArtifactStore", "deserialize", "is_local", "resolve_root", "serialize"]
+__all__ = ["ArtifactRef", "ArtifactStore", "deserialize", "is_local", "resolve_root", "root_of", "serialize"]

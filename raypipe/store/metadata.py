@@ -233,9 +233,7 @@ class MetadataStore:
         return [RunRecord(**dict(r)) for r in self._conn.execute(q, args + (limit,)).fetchall()]
 
     # ------------------------------------------------------------------ stage runs
-    def start_stage(
-        self, run_id: str, stage: str, attempt: int, cache_key: str | None, status: str = "running"
-    ) -> int:
+    def start_stage(self, run_id: str, stage: str, attempt: int, cache_key: str | None, status: str = "running") -> int:
         """A new stage attempt, ``running`` or ``queued`` (waiting for the scheduler's grant)."""
         with self._tx() as c:
             cur = c.execute(

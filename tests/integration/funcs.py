@@ -70,3 +70,49 @@ def checkpointed_steps(steps: int, step_s: float, log: str, ctx) -> dict:  # noq
         if i + 1 < steps and ctx.preemption_requested(every_s=0.1):
             raise StagePreempted(f"checkpointed at step {i + 1}")
     return {"resumed_from": start}
+
+
+# ----------------------------------------------------------------------------- data stages
+def add_feature(batch, factor: float = 2.0):  # noqa: ANN001, ANN201 - a pandas batch
+    batch["x2"] = batch["x"] * factor
+    return batch
+
+
+class Offset:
+    """A stateful transform (runs on an actor pool): adds ``offset`` set up once per actor."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+        self.pid = os.getpid()
+
+    def __call__(self, batch):  # noqa: ANN001, ANN204
+        batch["x"] = batch["x"] + self.offset
+        batch["pid"] = self.pid
+        return batch
+
+
+def count_rows(data) -> dict:  # noqa: ANN001 - a Ray Dataset input of a python stage
+    return {"rows": data.count(), "columns": sorted(data.columns())}
+
+
+def record_task(batch, log_dir: str, hold_s: float = 0.3):  # noqa: ANN001, ANN201
+    """Notes where and when each Ray Data task ran (node, start, end) in ``log_dir``."""
+    import ray
+
+    start = time.time()
+    time.sleep(hold_s)
+    node = ray.get_runtime_context().get_node_id()
+    Path(log_dir, f"{os.getpid()}-{start:.6f}").write_text(f"{node} {start} {time.time()}")
+    return batch
+
+
+def hold_gang(seconds: float, log: str) -> dict:
+    """A stand-in for a training gang: notes its nodes and time window, holds its grant."""
+    import ray
+
+    pg = ray.util.get_current_placement_group()
+    nodes = sorted(set(ray.util.placement_group_table(pg)["bundles_to_node_id"].values())) if pg else []
+    start = time.time()
+    time.sleep(seconds)
+    Path(log).write_text(f"{start} {time.time()} {' '.join(nodes)}")
+    return {"nodes": nodes}

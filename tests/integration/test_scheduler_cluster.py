@@ -304,3 +304,45 @@ def test_two_pipelines_share_the_controller_and_preemption_checkpoints(tmp_path:
     urgent = MetadataStore(str(tmp_path / "high" / "raypipe.db")).stage_runs(high_run.run_id)[0]
     assert urgent.status == "succeeded" and urgent.ended_at < low_run.ended_at
     wait_for(no_raypipe_groups, what="grants to be released")
+
+
+def test_data_stage_next_to_a_training_gang_stays_inside_its_own_grant(tmp_path: Path) -> None:
+    """Ray Data work is bounded by the data stage's grant and kept on its node: it never
+    lands on the training gang's nodes, never runs more tasks than its CPUs, and does
+    not wait for the gang's resources (the hang of ray-project/ray #41603)."""
+    import pandas as pd
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        pd.DataFrame({"id": range(i * 50, (i + 1) * 50), "x": [0.5] * 50}).to_parquet(src / f"p{i}.parquet")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    gang_log = tmp_path / "gang"
+    cfg = raypipe.PipelineConfig(
+        name="data-next-to-train",
+        storage=str(tmp_path / "store"),
+        stages=[
+            stage("train", "hold_gang", args={"seconds": 25, "log": str(gang_log)}, resources=gpu(4, cpu=4), gang_size=2),
+            raypipe.StageConfig(name="read", kind="data.read", params={"path": str(src)}),
+            raypipe.StageConfig(
+                name="feat",
+                kind="data.transform",
+                inputs={"data": "read.data"},
+                resources={"cpu": 2},
+                params={"function": f"{F}:record_task", "args": {"log_dir": str(tasks), "hold_s": 0.2}},
+            ),
+        ],
+    )
+    res = raypipe.run(cfg)
+    assert res.ok, res.errors
+    g_start, g_end, *gang_nodes = gang_log.read_text().split()
+    runs = [f.read_text().split() for f in tasks.iterdir()]
+    assert len(runs) >= 8, "at least one call per file"
+    nodes = {node for node, _, _ in runs}
+    assert len(nodes) == 1 and not nodes & set(gang_nodes), (nodes, gang_nodes)
+    spans = sorted((float(a), float(b)) for _, a, b in runs)
+    assert spans[0][0] > float(g_start) and spans[-1][1] < float(g_end), "ran while the gang held its grant"
+    peak = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+    assert peak <= 2, f"{peak} tasks at once on a 2-CPU grant"
+    wait_for(no_raypipe_groups, what="grants to be released")

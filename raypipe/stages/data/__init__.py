@@ -1,0 +1,1 @@
+"""Data stage kinds on Ray Data."""

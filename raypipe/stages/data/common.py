@@ -1,0 +1,171 @@
+"""What the data kinds share: Ray Data bounded by the stage's grant, dataset inputs,
+and small per-block results gathered from a pass over a dataset.
+
+A data stage's task takes no resources itself (``runs_ray_work``); its grant is
+handed to Ray Data as ``resource_limits``, and Ray Data's tasks are kept where the
+grant is: on the granted node (a ledger grant, through a node label selector) or
+inside the granted placement group (a gang).  So a data stage next to a training
+gang never takes the gang's CPUs or GPUs, and never waits for resources that its
+own grant does not hold (the hang of ray-project/ray #41603 / #24304).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from raypipe.exceptions import DataError
+from raypipe.stages.base import StageContext, StageKind, module_fingerprint
+
+
+class DataStage(StageKind):
+    """Base of the ``data.*`` kinds."""
+
+    runs_ray_work = True
+    packages = ("ray", "pyarrow", "pandas", "numpy")
+    #: How many dataset inputs the kind takes (``data.read`` takes none).
+    n_inputs: ClassVar[int] = 1
+
+    def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
+        if len(input_names) != self.n_inputs:
+            want = "no inputs" if self.n_inputs == 0 else f"{self.n_inputs} input (a dataset)"
+            return [((), f"takes {want}; got {len(input_names)}: {', '.join(input_names) or 'none'}")]
+        return []
+
+    def fingerprint(self) -> str:
+        return module_fingerprint(type(self).__module__) + module_fingerprint(__name__)
+
+    def session(self, ctx: StageContext) -> Any:
+        return data_session(ctx)
+
+
+@contextmanager
+def data_session(ctx: StageContext) -> Iterator[None]:
+    """Bound every Ray Data dataset made inside by the stage's grant (see the module doc)."""
+    import ray
+    from ray.data import DataContext, ExecutionResources
+
+    from raypipe.scheduler.backend import NODE_ID_LABEL
+
+    dctx = DataContext.get_current()
+    saved = (
+        dctx.execution_options,
+        dctx.enable_progress_bars,
+        dctx.__dict__.get("scheduling_strategy"),
+        dctx.print_on_execution_start,
+        getattr(dctx, "use_datasource_v2", None),
+    )
+    opts = dctx.execution_options.__class__(
+        resource_limits=ExecutionResources.for_limits(
+            cpu=ctx.resources.cpu if ctx.resources.cpu > 0 else None,
+            gpu=ctx.resources.gpu,
+        ),
+        preserve_order=saved[0].preserve_order,
+    )
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        with warnings.catch_warnings():  # deprecated, but the only way to keep every op in the gang
+            warnings.simplefilter("ignore")
+            dctx.scheduling_strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+    elif ctx.job_id is not None:  # a ledger grant: this task runs on the granted node
+        opts.label_selector = {NODE_ID_LABEL: ray.get_runtime_context().get_node_id()}
+    dctx.execution_options = opts
+    dctx.enable_progress_bars = dctx.print_on_execution_start = False
+    if saved[4] is not None:  # V2 parquet reads sample files first: seconds per read here
+        dctx.use_datasource_v2 = False
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    data_log.setLevel(logging.WARNING)  # the stage's own events are the progress people see
+    try:
+        yield
+    finally:
+        dctx.execution_options, dctx.enable_progress_bars = saved[0], saved[1]
+        dctx.print_on_execution_start = saved[3]
+        if saved[4] is not None:
+            dctx.use_datasource_v2 = saved[4]
+        data_log.setLevel(level)
+        if pg is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if saved[2] is None:
+                    dctx.__dict__.pop("scheduling_strategy", None)
+                else:
+                    dctx.scheduling_strategy = saved[2]
+
+
+def task_cpus(ctx: StageContext) -> float:
+    """CPUs per Ray Data task: one, or the whole grant when it is smaller."""
+    return min(1.0, ctx.resources.cpu) if ctx.resources.cpu > 0 else 1.0
+
+
+def as_dataset(value: Any, what: str) -> Any:
+    """A Ray Dataset from a dataset input (or a stored DataFrame / Arrow table)."""
+    import ray.data
+
+    from raypipe.store.datasets import is_ray_dataset
+
+    if is_ray_dataset(value):
+        return value
+    mod, name = type(value).__module__, type(value).__name__
+    if mod.startswith("pyarrow") and name == "Table":
+        return ray.data.from_arrow(value)
+    if mod.startswith("pandas") and name == "DataFrame":
+        import pyarrow as pa
+
+        return ray.data.from_arrow(pa.Table.from_pandas(value, preserve_index=False))
+    raise DataError(f"{what}: expected a dataset (from a data stage) or a DataFrame, got {mod}.{name}")
+
+
+def only_input(inputs: Mapping[str, Any]) -> tuple[str, Any]:
+    ((name, value),) = inputs.items()
+    return name, as_dataset(value, f"input {name!r}")
+
+
+def input_schema(ctx: StageContext, name: str, ds: Any) -> Any:
+    """The Arrow schema of a dataset input: from its manifest when it is stored (no
+    data read), else from Ray Data."""
+    from raypipe.store.artifacts import ArtifactStore
+    from raypipe.store.datasets import DATASET_FORMAT, arrow_schema_of, dataset_schema
+
+    ref = ctx.input_refs.get(name)
+    if ref is not None and ref.format == DATASET_FORMAT:
+        return dataset_schema(ArtifactStore(ctx.storage), ref)
+    return arrow_schema_of(ds)
+
+
+def store_dataset(ctx: StageContext, ds: Any, what: str, *, allow_empty: bool = False) -> Any:
+    """Write ``ds`` to the artifact store now (inside the stage's Ray Data bounds); its
+    ``ArtifactRef``.  An empty dataset is an error naming ``what`` unless allowed."""
+    from raypipe.store.artifacts import ArtifactStore
+
+    ref = ArtifactStore(ctx.storage).put_value(ds)
+    if not allow_empty and not (ref.schema or {}).get("num_rows"):
+        raise DataError(f"empty dataset: {what} has no rows")
+    return ref
+
+
+def _gather_batch(batch: Any, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    import pyarrow as pa
+
+    return pa.table({"blob": pa.array([pickle.dumps(fn(batch, **kwargs))], pa.binary())})
+
+
+def gather(
+    ds: Any, fn: Callable[..., Any], ctx: StageContext, *, batch_format: str = "pandas", **kwargs: Any
+) -> list[Any]:
+    """``fn(batch, **kwargs)`` on every block of ``ds`` (in Ray Data tasks); the results,
+    which must be small (counts, hashes, partial statistics), come back as a list."""
+    out = ds.map_batches(
+        _gather_batch,
+        fn_kwargs={"fn": fn, "kwargs": kwargs},
+        batch_format=batch_format,
+        batch_size=None,
+        num_cpus=task_cpus(ctx),
+    ).take_all()
+    return [pickle.loads(row["blob"]) for row in out]

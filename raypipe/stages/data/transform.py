@@ -1,0 +1,92 @@
+"""``data.transform``: a user function (or class) over a dataset with ``map_batches``.
+
+``function: pkg.mod:fn`` is called as ``fn(batch, **args)`` in Ray Data tasks and
+returns the new batch (same ``batch_format``: a pandas DataFrame, a dict of numpy
+arrays, or a pyarrow Table).  A class (``pkg.mod:Cls``) is built once per actor as
+``Cls(**args)`` and called on each batch: use it for state that is costly to set
+up (a model, a tokenizer).  Each task or actor takes ``worker`` resources; how many
+run at once is bounded by the stage's own ``resources`` (its grant).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from raypipe.exceptions import DataError
+from raypipe.stages.base import StageContext, StageParams
+from raypipe.stages.data.common import DataStage, only_input, store_dataset
+from raypipe.stages.python import FUNC_RE, function_fingerprint, import_check, import_function
+
+
+class WorkerResources(StageParams):
+    """What one Ray Data task or actor of the transform takes (default: 1 CPU, or the
+    stage's CPUs if fewer)."""
+
+    cpu: Annotated[float, Field(gt=0)] | None = None
+    gpu: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TransformParams(StageParams):
+    function: Annotated[str, Field(pattern=FUNC_RE)]
+    args: dict[str, Any] = Field(default_factory=dict)
+    batch_format: Literal["pandas", "numpy", "pyarrow"] = "pandas"
+    #: Rows per call; None: one call per block.
+    batch_size: Annotated[int, Field(ge=1)] | None = None
+    worker: WorkerResources = Field(default_factory=WorkerResources)
+    #: Actors for a class (default: as many as the stage's resources hold).
+    concurrency: Annotated[int, Field(ge=1)] | None = None
+
+
+class TransformStage(DataStage):
+    Params = TransformParams
+    params: TransformParams
+
+    def outputs(self) -> list[str]:
+        return ["data"]
+
+    def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
+        issues = super().check(input_names)
+        problem = import_check(self.params.function)
+        if problem:
+            issues.append((("function",), problem))
+        return issues
+
+    def fingerprint(self) -> str:
+        return super().fingerprint() + function_fingerprint(self.params.function)
+
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from ray.data import ActorPoolStrategy
+
+        _, ds = only_input(inputs)
+        fn = import_function(self.params.function)
+        w = self.params.worker
+        budget = ctx.resources
+        cpu = w.cpu if w.cpu is not None else (min(1.0, budget.cpu) if budget.cpu > 0 else 1.0)
+        if budget.cpu > 0 and cpu > budget.cpu + 1e-9:
+            raise DataError(f"params.worker.cpu is {cpu:g} but the stage's resources.cpu is {budget.cpu:g}")
+        if w.gpu > budget.gpu + 1e-9:
+            raise DataError(f"params.worker.gpu is {w.gpu:g} but the stage's resources.gpu is {budget.gpu:g}")
+        common: dict[str, Any] = {
+            "batch_format": self.params.batch_format,
+            "batch_size": self.params.batch_size,
+            "num_cpus": cpu,
+            "num_gpus": w.gpu or None,
+        }
+        if isinstance(fn, type):
+            fits = [budget.cpu / cpu] if budget.cpu > 0 else []
+            if w.gpu > 0:
+                fits.append(budget.gpu / w.gpu)
+            size = self.params.concurrency or max(1, math.floor(min(fits, default=1) + 1e-9))
+            out = ds.map_batches(
+                fn,
+                fn_constructor_kwargs=self.params.args,
+                compute=ActorPoolStrategy(min_size=1, max_size=size),
+                **common,
+            )
+        else:
+            out = ds.map_batches(fn, fn_kwargs=self.params.args, **common)
+        return {"data": store_dataset(ctx, out, f"the output of {self.params.function}")}

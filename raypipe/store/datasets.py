@@ -1,0 +1,306 @@
+"""Datasets as artifacts: folders of parquet files written by Ray Data, versioned by content.
+
+Layout under the artifact root::
+
+    datasets/<version>/part-<uuid>.parquet   one file per block
+    datasets/<version>/_manifest.json        written last: the dataset exists once it does
+    tmp/ds-<uuid>/                           in-flight writes, moved into place when complete
+
+The version is a hash of the schema and of the *multiset* of rows: every row gets a
+64-bit hash (of its values, column by column), and the version combines the row
+count with two independent sums of those hashes.  It is therefore the same however
+the rows are split into blocks or files and in whatever order they arrive, and any
+changed, added or removed value changes it.  Row hashes are computed in the same
+pass that writes the files, on the workers, so a dataset is never collected in
+one process.  The hash is for identity, not security.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from raypipe.exceptions import StorageError
+from raypipe.store.artifacts import ArtifactRef, ArtifactStore, is_local
+
+DATASET_FORMAT = "dataset"
+MANIFEST = "_manifest.json"
+_U64 = np.uint64
+_SEED = _U64(0xCBF29CE484222325)
+_PRIME = _U64(0x100000001B3)
+_NULL = _U64(0x9E3779B97F4A7C15)
+_SALT = _U64(0xD6E8FEB86659FD93)
+
+
+def is_ray_dataset(value: Any) -> bool:
+    t = type(value)
+    return t.__module__.startswith("ray.data") and t.__name__ in ("Dataset", "MaterializedDataset")
+
+
+# ----------------------------------------------------------------------------- row hashes
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, vectorized (uint64 arithmetic wraps)."""
+    x = x ^ (x >> _U64(30))
+    x = x * _U64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> _U64(27))
+    x = x * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
+
+
+def column_words(col: pa.ChunkedArray) -> np.ndarray:
+    """One uint64 per value: the bits of numbers, a hash of anything else; nulls one constant."""
+    import pandas as pd
+
+    t = col.type
+    if pa.types.is_floating(t):
+        v = col.cast(pa.float64()).to_numpy(zero_copy_only=False) + 0.0  # -0.0 -> 0.0
+        v = np.where(np.isnan(v), np.nan, v).view(_U64)  # one NaN bit pattern
+    elif pa.types.is_integer(t) or pa.types.is_boolean(t):
+        v = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(_U64)
+    elif pa.types.is_temporal(t):
+        v = col.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False).view(_U64)
+    else:
+        parts = []
+        for chunk in col.chunks:
+            if pa.types.is_dictionary(chunk.type):
+                chunk = chunk.cast(chunk.type.value_type)
+            if not (
+                pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type) or pa.types.is_binary(chunk.type)
+            ):
+                chunk = pa.array([json.dumps(x, sort_keys=True, default=str) for x in chunk.to_pylist()])
+            enc = chunk.dictionary_encode()
+            words = pd.util.hash_array(np.asarray(enc.dictionary.to_pylist(), dtype=object)).astype(_U64)
+            parts.append(words[enc.indices.fill_null(0).to_numpy(zero_copy_only=False)])
+        v = np.concatenate(parts) if parts else np.zeros(0, _U64)
+    if col.null_count:
+        v = np.where(np.asarray(col.is_null()), _NULL, v)
+    return v
+
+
+def row_hashes(table: pa.Table) -> np.ndarray:
+    """A 64-bit hash of every row (column order and names matter, row position does not)."""
+    h = np.full(table.num_rows, _SEED, dtype=_U64)
+    with np.errstate(over="ignore"):
+        for name, col in zip(table.column_names, table.columns, strict=True):
+            h = h * _PRIME + _U64(int(hashlib.sha256(name.encode()).hexdigest()[:15], 16))
+            h = h * _PRIME + column_words(col)
+        return mix64(h)
+
+
+def content_digest(table: pa.Table) -> tuple[int, int]:
+    """Two independent order-free sums (mod 2**64) of the rows' hashes."""
+    h = row_hashes(table)
+    with np.errstate(over="ignore"):
+        return int(h.sum(dtype=_U64)), int(mix64(h ^ _SALT).sum(dtype=_U64))
+
+
+_LARGE = {"large_string": "string", "large_utf8": "string", "large_binary": "binary"}
+
+
+def schema_text(schema: pa.Schema) -> str:
+    """Column names and types, without pandas/Ray metadata (``large_string`` counts as ``string``)."""
+    return json.dumps([[f.name, _LARGE.get(str(f.type), str(f.type))] for f in schema])
+
+
+def dataset_version(schema: str, rows: int, s1: int, s2: int) -> str:
+    doc = {"v": 1, "schema": schema, "rows": rows, "s1": s1 % 2**64, "s2": s2 % 2**64}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- write
+def _write_part(batch: pa.Table, root: str, staging: str) -> pa.Table:
+    """Ray Data ``map_batches`` function: write one block as one parquet file, return its stats."""
+    import pyarrow.parquet as pq
+
+    store = ArtifactStore(root)
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    path = store._path(f"{staging}/{name}")
+    table = batch.replace_schema_metadata(None)
+    if table.num_rows:
+        try:
+            pq.write_table(table, path, filesystem=store.fs)
+        except OSError as e:
+            raise StorageError(f"storage {root!r}: cannot write {path}: {e}") from None
+        size = store.fs.get_file_info(path).size
+    else:
+        name, size = "", 0
+    s1, s2 = content_digest(table)
+    return pa.table(
+        {
+            "file": [name],
+            "rows": pa.array([table.num_rows], pa.int64()),
+            "bytes": pa.array([size], pa.int64()),
+            "s1": pa.array([s1], pa.uint64()),
+            "s2": pa.array([s2], pa.uint64()),
+            "schema": [schema_text(table.schema)],
+            "arrow_schema": [table.schema.serialize().to_pybytes()],
+        }
+    )
+
+
+def write_dataset(store: ArtifactStore, ds: Any, *, what: str = "dataset") -> ArtifactRef:
+    """Stream ``ds`` (a Ray Dataset) into the store; return its reference (``sha256`` = version).
+
+    Blocks whose schemas differ are an error naming both schemas.  A dataset with the
+    same version already stored is not written twice.
+    """
+    staging = f"tmp/ds-{uuid.uuid4().hex}"
+    store.fs.create_dir(store._path(staging), recursive=True)
+    try:
+        stats = ds.map_batches(
+            _write_part,
+            fn_kwargs={"root": store.root, "staging": staging},
+            batch_format="pyarrow",
+            batch_size=None,
+            zero_copy_batch=True,
+        ).take_all()
+        parts = [s for s in stats if s["rows"] > 0]
+        schemas = {s["schema"] for s in parts}
+        if len(schemas) > 1:
+            a, b = sorted(schemas)[:2]
+            raise StorageError(f"{what}: blocks have conflicting schemas: {_schema_brief(a)} vs {_schema_brief(b)}")
+        if parts:
+            schema_json, arrow_schema = parts[0]["schema"], pa.ipc.read_schema(pa.py_buffer(parts[0]["arrow_schema"]))
+        else:
+            arrow_schema = arrow_schema_of(ds)
+            schema_json = schema_text(arrow_schema)
+        rows = sum(int(s["rows"]) for s in parts)
+        version = dataset_version(schema_json, rows, sum(int(s["s1"]) for s in parts), sum(int(s["s2"]) for s in parts))
+        final = f"datasets/{version}"
+        files = sorted((s["file"], int(s["rows"]), int(s["bytes"])) for s in parts)
+        size = sum(f[2] for f in files)
+        if not _manifest_exists(store, final):
+            _move_into_place(store, staging, final, [f[0] for f in files])
+            manifest = {
+                "version": version,
+                "rows": rows,
+                "bytes": size,
+                "columns": {f.name: str(f.type) for f in arrow_schema},
+                "arrow_schema": arrow_schema.serialize().to_pybytes().hex(),
+                "files": [{"name": n, "rows": r, "bytes": b} for n, r, b in files],
+            }
+            with store.fs.open_output_stream(store._path(f"{final}/{MANIFEST}")) as f:
+                f.write(json.dumps(manifest, indent=1).encode())
+    finally:
+        _delete_dir(store, staging)
+    return ArtifactRef(
+        uri=store.uri_of(final),
+        sha256=version,
+        size=size,
+        format=DATASET_FORMAT,
+        schema={"columns": {f.name: str(f.type) for f in arrow_schema}, "num_rows": rows, "files": len(files)},
+    )
+
+
+def arrow_schema_of(ds: Any) -> pa.Schema:
+    schema = ds.schema()
+    if schema is None:
+        return pa.schema([])
+    base = getattr(schema, "base_schema", schema)
+    return base if isinstance(base, pa.Schema) else pa.schema([(n, pa.string()) for n in schema.names])
+
+
+def _schema_brief(schema_json: str) -> str:
+    return ", ".join(f"{n}: {t}" for n, t in json.loads(schema_json))
+
+
+def _manifest_exists(store: ArtifactStore, rel_dir: str) -> bool:
+    try:
+        return store.fs.get_file_info(store._path(f"{rel_dir}/{MANIFEST}")).type == pafs.FileType.File
+    except OSError:
+        return False
+
+
+def _move_into_place(store: ArtifactStore, staging: str, final: str, files: list[str]) -> None:
+    """Move the written files from ``staging`` to ``final`` (a rename on local disks)."""
+    src, dst = store._path(staging), store._path(final)
+    try:
+        if store.fs.get_file_info(dst).type == pafs.FileType.Directory:
+            store.fs.delete_dir(dst)  # a crashed earlier write: no manifest, not a dataset
+        store.fs.create_dir(store._path("datasets"), recursive=True)
+        if is_local(store.root):
+            store.fs.move(src, dst)
+            store.fs.create_dir(src)  # so the caller's cleanup finds it
+        else:
+            store.fs.create_dir(dst, recursive=True)
+            for name in files:
+                store.fs.move(f"{src}/{name}", f"{dst}/{name}")
+    except OSError as e:
+        raise StorageError(f"storage {store.root!r}: cannot store dataset: {e}") from None
+
+
+def _delete_dir(store: ArtifactStore, rel: str) -> None:
+    try:
+        store.fs.delete_dir(store._path(rel))
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------------------- read
+def read_manifest(store: ArtifactStore, ref: ArtifactRef) -> dict[str, Any]:
+    path = store._path(f"{store._rel_of(ref.uri)}/{MANIFEST}")
+    try:
+        with store.fs.open_input_stream(path) as f:
+            return json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise StorageError(f"dataset {ref.uri!r} is missing or incomplete: {e}") from None
+
+
+def dataset_schema(store: ArtifactStore, ref: ArtifactRef) -> pa.Schema:
+    """The dataset's Arrow schema, from its manifest (no data is read)."""
+    return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(read_manifest(store, ref)["arrow_schema"])))
+
+
+def _read_parts(batch: dict[str, Any], root: str) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    store = ArtifactStore(root)
+    return pa.concat_tables([pq.read_table(p, filesystem=store.fs) for p in batch["path"]])
+
+
+def read_dataset(store: ArtifactStore, ref: ArtifactRef) -> Any:
+    """The dataset as a lazy Ray Dataset (one block per file): nothing is read until it
+    is consumed, and then by Ray Data tasks, never by this process.
+
+    The files are listed by the manifest, so reading skips Ray's file listing and
+    schema sampling (seconds per dataset for ``read_parquet``)."""
+    import ray.data
+
+    manifest = read_manifest(store, ref)
+    base = store._path(store._rel_of(ref.uri))
+    files = [f"{base}/{f['name']}" for f in manifest["files"]]
+    if not files:
+        return ray.data.from_arrow(dataset_schema(store, ref).empty_table())
+    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
+        _read_parts, fn_kwargs={"root": store.root}, batch_size=1, batch_format="numpy"
+    )
+
+
+def dataset_exists(store: ArtifactStore, ref: ArtifactRef) -> bool:
+    try:
+        return _manifest_exists(store, store._rel_of(ref.uri))
+    except StorageError:
+        return False
+
+
+__all__ = [
+    "DATASET_FORMAT",
+    "arrow_schema_of",
+    "column_words",
+    "content_digest",
+    "dataset_exists",
+    "dataset_schema",
+    "dataset_version",
+    "is_ray_dataset",
+    "mix64",
+    "read_dataset",
+    "read_manifest",
+    "row_hashes",
+    "write_dataset",
+]
