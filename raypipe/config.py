@@ -276,6 +276,8 @@ def _expected(err: Mapping[str, Any], model_root: type[BaseModel] | None = None)
         return f"{got}expected at least {ctx.get('min_length')} item(s)"
     if t == "literal_error":
         return f"{got}expected one of {ctx.get('expected')}"
+    if t == "value_error":  # a model's own check: its message says what is wrong
+        return str(err.get("msg", "invalid")).removeprefix("Value error, ")
     return f"{got}{err.get('msg', 'invalid')}"
 
 

@@ -1,8 +1,10 @@
 """Quickstart pipeline: handwritten digits (bundled with scikit-learn) -> PyTorch MLP.
 
-ingest -> split -> preprocess -> train -> evaluate -> report, with ``profile``
-running beside ``train``.  Each function is a ``python`` stage: inputs and
-``params.args`` arrive as keyword arguments; the returned dict holds the outputs.
+ingest (``data.read`` of the CSV inside scikit-learn) -> label (``data.transform``)
+-> validate -> split -> preprocess -> train -> evaluate -> report, with
+``data.profile`` of the training split beside ``train``.  The other functions are
+``python`` stages: inputs and ``params.args`` arrive as keyword arguments; the
+returned dict holds the outputs.
 """
 
 from __future__ import annotations
@@ -17,30 +19,27 @@ from raypipe.stages.base import StageContext
 FEATURE_PREFIX = "px"
 
 
-def ingest() -> dict[str, Any]:
-    """Load the 1,797 8x8 digit images shipped inside scikit-learn (no download)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    df = pd.DataFrame(digits.data.astype("float32"), columns=[f"{FEATURE_PREFIX}{i}" for i in range(64)])
-    df["label"] = digits.target.astype("int64")
-    df["row_id"] = np.arange(len(df), dtype="int64")
-    return {"raw": df}
+def name_columns(batch: pd.DataFrame) -> pd.DataFrame:
+    """``data.transform``: the digits CSV has no header (columns f0..f64); name the 64
+    pixels ``px0..px63`` (float32) and the last column ``label``."""
+    out = batch.iloc[:, :64].astype("float32")
+    out.columns = [f"{FEATURE_PREFIX}{i}" for i in range(64)]
+    out["label"] = batch.iloc[:, 64].astype("int64")
+    return out
 
 
-def split(raw: pd.DataFrame, test_fraction: float = 0.2, seed: int = 0) -> dict[str, Any]:
-    """Deterministic split by a hash of ``row_id`` and a seed: stable when rows are appended."""
-    h = pd.util.hash_pandas_object(raw["row_id"].astype("int64") + seed * 1_000_003, index=False).to_numpy()
-    is_test = (h % 10_000) < int(test_fraction * 10_000)
-    return {"train": raw[~is_test].reset_index(drop=True), "test": raw[is_test].reset_index(drop=True)}
+def _frame(data: Any) -> pd.DataFrame:
+    """A small dataset input as a DataFrame (datasets from data stages arrive as Ray Datasets)."""
+    return data if isinstance(data, pd.DataFrame) else data.to_pandas()
 
 
 def _features(df: pd.DataFrame) -> list[str]:
     return [c for c in df.columns if c.startswith(FEATURE_PREFIX)]
 
 
-def preprocess(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
+def preprocess(train: Any, test: Any) -> dict[str, Any]:
     """Standardize with statistics of the training split only."""
+    train, test = _frame(train), _frame(test)
     cols = _features(train)
     mean = train[cols].mean()
     std = train[cols].std(ddof=0).replace(0.0, 1.0)
@@ -51,15 +50,6 @@ def preprocess(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, Any]:
         scaled[name] = out
     scaler = {"mean": mean.round(6).tolist(), "std": std.round(6).tolist(), "columns": cols}
     return {"train": scaled["train"], "test": scaled["test"], "scaler": scaler}
-
-
-def profile(train: pd.DataFrame) -> dict[str, Any]:
-    """Per-column statistics of the training data (the reference for later drift checks)."""
-    cols = _features(train)
-    desc = train[cols].describe(percentiles=[0.05, 0.5, 0.95]).T
-    stats = {c: {k: round(float(v), 6) for k, v in desc.loc[c].items()} for c in cols}
-    labels = train["label"].value_counts().sort_index()
-    return {"profile": {"rows": len(train), "columns": stats, "labels": {str(k): int(v) for k, v in labels.items()}}}
 
 
 def _mlp(n_in: int, hidden: int, n_out: int, dropout: float) -> Any:

@@ -223,3 +223,41 @@ def test_every_shipped_config_validates() -> None:
     assert configs, "configs/ must hold at least the quickstart"
     plans = raypipe.validate(configs)
     assert len(plans) == len(configs)
+
+
+DATA_BROKEN = [
+    ("  - name: r\n    kind: data.read\n    params: {path: /nonexistent/x/*.csv}\n", 5, "path not found: no file matches"),
+    (
+        "  - name: s\n    kind: data.split\n    inputs: {data: r.data}\n    params: {fractions: {train: 0.8, test: 0.1}}\n",
+        9,
+        "stages[1].params: fractions: sum to 0.9; expected 1",
+    ),
+    (
+        "  - name: v\n    kind: data.validate\n    inputs: {data: r.data}\n    params:\n      columns:\n"
+        "        x: {type: string, min: 3}\n",
+        11,
+        "stages[1].params.columns.x: min/max need a numeric column",
+    ),
+    (
+        "  - name: p\n    kind: data.profile\n    inputs: {data: r.nothing}\n",
+        8,
+        "stages[1].inputs.data: stage 'r' has no output 'nothing'; it outputs: data",
+    ),
+    (
+        "  - name: t\n    kind: data.transform\n    params: {function: 'os.path:join'}\n",
+        8,
+        "stages[1].params: takes 1 input (a dataset); got 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("stage", "line", "message"), DATA_BROKEN)
+def test_data_stage_mistakes_are_planning_errors(tmp_path: Path, stage: str, line: int, message: str) -> None:
+    (tmp_path / "d.csv").write_text("a\n1\n")
+    head = f"name: d\nstages:\n  - name: r\n    kind: data.read\n    params: {{path: {tmp_path / 'd.csv'}}}\n"
+    text = head + stage if not stage.startswith("  - name: r\n") else "name: d\nstages:\n" + stage
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        raypipe.load(path)
+    assert message in str(exc.value), str(exc.value)
+    assert f"{path}:{line}" in str(exc.value), str(exc.value)
