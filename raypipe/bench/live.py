@@ -261,8 +261,11 @@ def replay_live(
                         if view["state"] == "running" and lj.state != "running":
                             lj.state = "running"
                             start(lj, view)
-                        elif view["state"] == "preempting" and lj.state == "running":
-                            stop(lj, done=False)
+                        elif view["state"] == "preempting" and lj.state != "done":
+                            # Granted and preempted between two watches: its work never
+                            # started, but the controller still waits for the requeue.
+                            if lj.state == "running":
+                                stop(lj, done=False)
                             lj.preemptions += 1
                             lj.state = "queued"
                             v = client.requeue(jid)

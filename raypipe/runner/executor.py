@@ -176,7 +176,10 @@ class Executor:
             # One bundle: booked in the controller's ledger and the task pinned to its
             # node, as fast as a plain task.  A gang: one placement group, reserved
             # atomically by Ray, with the stage's child tasks captured in it.
-            grant="ledger" if spec.gang_size == 1 else "pg",
+            # Kinds that launch their own Ray work (Ray Data, Ray Train) get a ledger
+            # grant too: their library places its tasks (or its own group) on the
+            # granted nodes.
+            grant="ledger" if spec.gang_size == 1 or ps.kind.runs_ray_work else "pg",
         )
         if view["state"] == "rejected":
             msg = f"cannot be scheduled: {view['reason']}"
@@ -203,6 +206,8 @@ class Executor:
             "resources": {"cpu": res.cpu, "gpu": res.gpu, "memory_mb": res.memory_mb, "custom": res.custom_dict},
             "job_id": att.job_id,
             "checkpoint_dir": self.artifacts.uri_of(f"checkpoints/{att.stage}/{att.key[:24]}"),
+            "gang_size": ps.spec.gang_size,
+            "grant_nodes": list(grant["nodes"]) if grant is not None and grant.get("grant") == "ledger" else None,
         }
         opts: dict[str, Any] = {
             "name": f"raypipe:{self.plan.config.name}:{att.stage}",
@@ -234,6 +239,12 @@ class Executor:
             if state == "running":
                 del self.pending[job_id]
                 self._launch(att, view)
+            elif state in ("preempting", "lost"):
+                # Granted, then preempted (or its node lost) before we saw the grant:
+                # nothing was launched; hand it back and keep waiting.
+                requeued = self.scheduler.requeue(job_id) if self.scheduler is not None else None
+                if requeued is not None:
+                    self._on_view(job_id, requeued)
             elif state == "queued" and view.get("reason") and view["reason"] != att.reason:
                 att.reason = view["reason"]
                 self._emit(att.stage, "waiting", attempt=att.attempt, message=att.reason)

@@ -31,6 +31,8 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
         storage=payload["storage"],
         job_id=payload.get("job_id"),
         checkpoint_dir=payload.get("checkpoint_dir"),
+        gang_size=payload.get("gang_size", 1),
+        grant_nodes=payload.get("grant_nodes"),
     )
     try:
         with kind.session(ctx):

@@ -48,6 +48,10 @@ class StageContext:
     checkpoint_dir: str | None = None
     #: The stored artifacts behind the inputs (name -> ``ArtifactRef``).
     input_refs: dict[str, Any] = field(default_factory=dict)
+    #: Bundles in the stage's gang (``resources`` is one bundle).
+    gang_size: int = 1
+    #: The node of each granted bundle (a ledger grant), for work the stage launches.
+    grant_nodes: list[str] | None = None
     _workdir: Path | None = field(default=None, repr=False)
     _checked: tuple[float, bool] = field(default=(float("-inf"), False), repr=False)
 

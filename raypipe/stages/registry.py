@@ -15,6 +15,7 @@ STAGE_KINDS: tuple[tuple[str, str], ...] = (
     ("data.validate", "raypipe.stages.data.validate:ValidateStage"),
     ("data.split", "raypipe.stages.data.split:SplitStage"),
     ("data.profile", "raypipe.stages.data.profile:ProfileStage"),
+    ("train", "raypipe.stages.train:TrainStage"),
 )
 
 

@@ -116,3 +116,47 @@ def hold_gang(seconds: float, log: str) -> dict:
     time.sleep(seconds)
     Path(log).write_text(f"{start} {time.time()} {' '.join(nodes)}")
     return {"nodes": nodes}
+
+
+# ----------------------------------------------------------------------------- train stage
+def linear_loop(config: dict) -> None:
+    """A Ray Train loop: fit y = w.x + b on the streamed ``train`` shard, checkpoint per epoch."""
+    import tempfile
+
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    ctx = ray.train.get_context()
+    torch.manual_seed(0)
+    model = ray.train.torch.prepare_model(torch.nn.Linear(2, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=config["lr"])
+    start = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / "model.pt")
+        model.module.load_state_dict(state["model"]) if hasattr(model, "module") else model.load_state_dict(
+            state["model"]
+        )
+        start = state["epoch"] + 1
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start, config["epochs"]):
+        rows, loss_sum = 0, 0.0
+        for batch in shard.iter_torch_batches(batch_size=32, dtypes=torch.float32):
+            x = torch.stack([batch["x1"], batch["x2"]], dim=1)
+            loss = torch.nn.functional.mse_loss(model(x).squeeze(1), batch["y"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rows += len(x)
+            loss_sum += float(loss) * len(x)
+        Path(config["log"], f"rank{ctx.get_world_rank()}-epoch{epoch}").write_text(str(rows))
+        metrics = {"epoch": epoch, "loss": loss_sum / max(rows, 1), "rows": rows}
+        with tempfile.TemporaryDirectory() as d:
+            if ctx.get_world_rank() == 0:
+                inner = model.module if hasattr(model, "module") else model
+                torch.save({"model": inner.state_dict(), "epoch": epoch}, Path(d) / "model.pt")
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics)

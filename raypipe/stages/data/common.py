@@ -2,18 +2,18 @@
 and small per-block results gathered from a pass over a dataset.
 
 A data stage's task takes no resources itself (``runs_ray_work``); its grant is
-handed to Ray Data as ``resource_limits``, and Ray Data's tasks are kept where the
-grant is: on the granted node (a ledger grant, through a node label selector) or
-inside the granted placement group (a gang).  So a data stage next to a training
+handed to Ray Data as ``resource_limits``, and Ray Data's tasks are kept on the
+granted nodes through a node label selector.  So a data stage next to a training
 gang never takes the gang's CPUs or GPUs, and never waits for resources that its
-own grant does not hold (the hang of ray-project/ray #41603 / #24304).
+own grant does not hold (the hang of ray-project/ray #41603 / #24304).  Data
+stages always get ledger grants (``runs_ray_work``), also with ``gang_size`` > 1:
+their bundles' nodes bound where Ray Data runs.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
-import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -46,38 +46,30 @@ class DataStage(StageKind):
 @contextmanager
 def data_session(ctx: StageContext) -> Iterator[None]:
     """Bound every Ray Data dataset made inside by the stage's grant (see the module doc)."""
-    import ray
     from ray.data import DataContext, ExecutionResources
 
     from raypipe.scheduler.backend import NODE_ID_LABEL
 
     dctx = DataContext.get_current()
-    saved = (
+    saved_opts, saved_bars, saved_print = (
         dctx.execution_options,
         dctx.enable_progress_bars,
-        dctx.__dict__.get("scheduling_strategy"),
         dctx.print_on_execution_start,
-        getattr(dctx, "use_datasource_v2", None),
     )
-    opts = dctx.execution_options.__class__(
+    saved_v2 = getattr(dctx, "use_datasource_v2", None)
+    opts = saved_opts.__class__(
         resource_limits=ExecutionResources.for_limits(
-            cpu=ctx.resources.cpu if ctx.resources.cpu > 0 else None,
-            gpu=ctx.resources.gpu,
+            cpu=ctx.resources.cpu * ctx.gang_size if ctx.resources.cpu > 0 else None,
+            gpu=ctx.resources.gpu * ctx.gang_size,
         ),
-        preserve_order=saved[0].preserve_order,
+        preserve_order=saved_opts.preserve_order,
     )
-    pg = ray.util.get_current_placement_group()
-    if pg is not None:
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        with warnings.catch_warnings():  # deprecated, but the only way to keep every op in the gang
-            warnings.simplefilter("ignore")
-            dctx.scheduling_strategy = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
-    elif ctx.job_id is not None:  # a ledger grant: this task runs on the granted node
-        opts.label_selector = {NODE_ID_LABEL: ray.get_runtime_context().get_node_id()}
+    nodes = sorted(set(ctx.grant_nodes or []))
+    if nodes:  # a ledger grant: keep every task and actor on the granted nodes
+        opts.label_selector = {NODE_ID_LABEL: nodes[0] if len(nodes) == 1 else f"in({','.join(nodes)})"}
     dctx.execution_options = opts
     dctx.enable_progress_bars = dctx.print_on_execution_start = False
-    if saved[4] is not None:  # V2 parquet reads sample files first: seconds per read here
+    if saved_v2 is not None:  # V2 parquet reads sample files first: seconds per read here
         dctx.use_datasource_v2 = False
     data_log = logging.getLogger("ray.data")
     level = data_log.level
@@ -85,18 +77,11 @@ def data_session(ctx: StageContext) -> Iterator[None]:
     try:
         yield
     finally:
-        dctx.execution_options, dctx.enable_progress_bars = saved[0], saved[1]
-        dctx.print_on_execution_start = saved[3]
-        if saved[4] is not None:
-            dctx.use_datasource_v2 = saved[4]
+        dctx.execution_options, dctx.enable_progress_bars = saved_opts, saved_bars
+        dctx.print_on_execution_start = saved_print
+        if saved_v2 is not None:
+            dctx.use_datasource_v2 = saved_v2
         data_log.setLevel(level)
-        if pg is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if saved[2] is None:
-                    dctx.__dict__.pop("scheduling_strategy", None)
-                else:
-                    dctx.scheduling_strategy = saved[2]
 
 
 def task_cpus(ctx: StageContext) -> float:
