@@ -6,6 +6,11 @@ Layout under the artifact root::
     datasets/<version>/_manifest.json        written last: the dataset exists once it does
     tmp/ds-<uuid>/                           in-flight writes, moved into place when complete
 
+An *in-place* dataset (``data.read`` of parquet files) has only the manifest, which
+lists the source files with their sizes and modification times: the rows are
+hashed but not copied, and a changed source file makes the dataset unreadable
+(with an error naming the file) rather than silently different.
+
 The version is a hash of the schema and of the *multiset* of rows: every row gets a
 64-bit hash (of its values, column by column), and the version combines the row
 count with two independent sums of those hashes.  It is therefore the same however
@@ -20,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -114,22 +120,27 @@ def dataset_version(schema: str, rows: int, s1: int, s2: int) -> str:
 
 
 # ----------------------------------------------------------------------------- write
-def _write_part(batch: pa.Table, root: str, staging: str) -> pa.Table:
-    """Ray Data ``map_batches`` function: write one block as one parquet file, return its stats."""
+def filesystem_of(uri: str) -> Any:
+    """The pyarrow filesystem of a local path (``LocalFileSystem``) or a URI."""
+    return pafs.LocalFileSystem() if "://" not in uri else pafs.FileSystem.from_uri(uri)[0]
+
+
+def _write_part(batch: pa.Table, root: str, staging: str | None) -> pa.Table:
+    """Ray Data ``map_batches`` function: write one block as one parquet file (unless
+    ``staging`` is None: the data stays where it is) and return its stats and digest."""
     import pyarrow.parquet as pq
 
-    store = ArtifactStore(root)
-    name = f"part-{uuid.uuid4().hex}.parquet"
-    path = store._path(f"{staging}/{name}")
     table = batch.replace_schema_metadata(None)
-    if table.num_rows:
+    name, size = "", 0
+    if table.num_rows and staging is not None:
+        store = ArtifactStore(root)
+        name = f"part-{uuid.uuid4().hex}.parquet"
+        path = store._path(f"{staging}/{name}")
         try:
             pq.write_table(table, path, filesystem=store.fs)
         except OSError as e:
             raise StorageError(f"storage {root!r}: cannot write {path}: {e}") from None
         size = store.fs.get_file_info(path).size
-    else:
-        name, size = "", 0
     s1, s2 = content_digest(table)
     return pa.table(
         {
@@ -144,14 +155,21 @@ def _write_part(batch: pa.Table, root: str, staging: str) -> pa.Table:
     )
 
 
-def write_dataset(store: ArtifactStore, ds: Any, *, what: str = "dataset") -> ArtifactRef:
+def write_dataset(
+    store: ArtifactStore, ds: Any, *, what: str = "dataset", sources: list[dict[str, Any]] | None = None
+) -> ArtifactRef:
     """Stream ``ds`` (a Ray Dataset) into the store; return its reference (``sha256`` = version).
 
-    Blocks whose schemas differ are an error naming both schemas.  A dataset with the
-    same version already stored is not written twice.
+    With ``sources`` (``[{"path", "size", "mtime_ns"}]``: the parquet files ``ds`` reads,
+    plus ``"fs"``: their root URI or path), nothing is copied: the rows are hashed and
+    the manifest points at the files, which must not change afterwards (reading checks
+    their sizes and modification times).  Blocks whose schemas differ are an error
+    naming both schemas.  A dataset with the same version is not stored twice (a
+    copy replaces an in-place one).
     """
-    staging = f"tmp/ds-{uuid.uuid4().hex}"
-    store.fs.create_dir(store._path(staging), recursive=True)
+    staging = None if sources is not None else f"tmp/ds-{uuid.uuid4().hex}"
+    if staging is not None:
+        store.fs.create_dir(store._path(staging), recursive=True)
     try:
         stats = ds.map_batches(
             _write_part,
@@ -173,11 +191,11 @@ def write_dataset(store: ArtifactStore, ds: Any, *, what: str = "dataset") -> Ar
         rows = sum(int(s["rows"]) for s in parts)
         version = dataset_version(schema_json, rows, sum(int(s["s1"]) for s in parts), sum(int(s["s2"]) for s in parts))
         final = f"datasets/{version}"
-        files = sorted((s["file"], int(s["rows"]), int(s["bytes"])) for s in parts)
-        size = sum(f[2] for f in files)
-        if not _manifest_exists(store, final):
-            _move_into_place(store, staging, final, [f[0] for f in files])
-            manifest = {
+        files = sorted((s["file"], int(s["rows"]), int(s["bytes"])) for s in parts if s["file"])
+        size = sum(f[2] for f in files) if sources is None else sum(int(f["size"]) for f in sources)
+        existing = _stored_kind(store, final)
+        if existing != "copy" and not (existing == "in_place" and sources is not None):
+            manifest: dict[str, Any] = {
                 "version": version,
                 "rows": rows,
                 "bytes": size,
@@ -185,16 +203,27 @@ def write_dataset(store: ArtifactStore, ds: Any, *, what: str = "dataset") -> Ar
                 "arrow_schema": arrow_schema.serialize().to_pybytes().hex(),
                 "files": [{"name": n, "rows": r, "bytes": b} for n, r, b in files],
             }
+            if sources is not None:
+                manifest["sources"] = sources
+                store.fs.create_dir(store._path(final), recursive=True)
+            else:
+                _move_into_place(store, staging or "", final, [f[0] for f in files])
             with store.fs.open_output_stream(store._path(f"{final}/{MANIFEST}")) as f:
                 f.write(json.dumps(manifest, indent=1).encode())
     finally:
-        _delete_dir(store, staging)
+        if staging is not None:
+            _delete_dir(store, staging)
     return ArtifactRef(
         uri=store.uri_of(final),
         sha256=version,
         size=size,
         format=DATASET_FORMAT,
-        schema={"columns": {f.name: str(f.type) for f in arrow_schema}, "num_rows": rows, "files": len(files)},
+        schema={
+            "columns": {f.name: str(f.type) for f in arrow_schema},
+            "num_rows": rows,
+            "files": len(files) if sources is None else len(sources),
+            **({"in_place": True} if sources is not None else {}),
+        },
     )
 
 
@@ -210,11 +239,16 @@ def _schema_brief(schema_json: str) -> str:
     return ", ".join(f"{n}: {t}" for n, t in json.loads(schema_json))
 
 
-def _manifest_exists(store: ArtifactStore, rel_dir: str) -> bool:
+def _stored_kind(store: ArtifactStore, rel_dir: str) -> str | None:
+    """``copy``, ``in_place`` (a manifest of source files) or None (no dataset there)."""
+    path = store._path(f"{rel_dir}/{MANIFEST}")
     try:
-        return store.fs.get_file_info(store._path(f"{rel_dir}/{MANIFEST}")).type == pafs.FileType.File
-    except OSError:
-        return False
+        if store.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with store.fs.open_input_stream(path) as f:
+            return "in_place" if "sources" in json.loads(f.read()) else "copy"
+    except (OSError, ValueError):
+        return None
 
 
 def _move_into_place(store: ArtifactStore, staging: str, final: str, files: list[str]) -> None:
@@ -257,11 +291,25 @@ def dataset_schema(store: ArtifactStore, ref: ArtifactRef) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(read_manifest(store, ref)["arrow_schema"])))
 
 
-def _read_parts(batch: dict[str, Any], root: str) -> pa.Table:
+def _read_parts(batch: dict[str, Any], fs: str) -> pa.Table:
     import pyarrow.parquet as pq
 
-    store = ArtifactStore(root)
-    return pa.concat_tables([pq.read_table(p, filesystem=store.fs) for p in batch["path"]])
+    filesystem = filesystem_of(fs)
+    return pa.concat_tables([pq.read_table(str(p), filesystem=filesystem) for p in batch["path"]])
+
+
+def changed_sources(manifest: Mapping[str, Any]) -> list[str]:
+    """The source files of an in-place dataset that are gone or differ in size or mtime."""
+    sources = manifest.get("sources") or []
+    if not sources:
+        return []
+    fs = filesystem_of(sources[0]["fs"])
+    infos = fs.get_file_info([f["path"] for f in sources])
+    return [
+        f["path"]
+        for f, info in zip(sources, infos, strict=True)
+        if info.type != pafs.FileType.File or info.size != f["size"] or info.mtime_ns != f["mtime_ns"]
+    ]
 
 
 def read_dataset(store: ArtifactStore, ref: ArtifactRef) -> Any:
@@ -269,28 +317,48 @@ def read_dataset(store: ArtifactStore, ref: ArtifactRef) -> Any:
     is consumed, and then by Ray Data tasks, never by this process.
 
     The files are listed by the manifest, so reading skips Ray's file listing and
-    schema sampling (seconds per dataset for ``read_parquet``)."""
+    schema sampling (seconds per dataset for ``read_parquet``).  An in-place dataset
+    whose source files changed is an error naming them."""
     import ray.data
 
+    from raypipe.exceptions import DataError
+
     manifest = read_manifest(store, ref)
-    base = store._path(store._rel_of(ref.uri))
-    files = [f"{base}/{f['name']}" for f in manifest["files"]]
+    if manifest.get("sources"):
+        changed = changed_sources(manifest)
+        if changed:
+            raise DataError(
+                f"dataset {ref.sha256[:12]} was read in place from files that changed since: "
+                + ", ".join(changed[:3])
+                + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+                + "; run the stage that read them again"
+            )
+        fs, files = manifest["sources"][0]["fs"], [f["path"] for f in manifest["sources"]]
+    else:
+        base = store._path(store._rel_of(ref.uri))
+        fs, files = store.root, [f"{base}/{f['name']}" for f in manifest["files"]]
     if not files:
         return ray.data.from_arrow(dataset_schema(store, ref).empty_table())
+    if manifest.get("sources"):  # user files: let Ray split large ones by row group
+        return ray.data.read_parquet(files, filesystem=filesystem_of(fs))
     return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
-        _read_parts, fn_kwargs={"root": store.root}, batch_size=1, batch_format="numpy"
+        _read_parts, fn_kwargs={"fs": fs}, batch_size=1, batch_format="numpy"
     )
 
 
 def dataset_exists(store: ArtifactStore, ref: ArtifactRef) -> bool:
+    """Stored, and (for an in-place dataset) its source files unchanged."""
     try:
-        return _manifest_exists(store, store._rel_of(ref.uri))
-    except StorageError:
+        kind = _stored_kind(store, store._rel_of(ref.uri))
+        return kind == "copy" or (kind == "in_place" and not changed_sources(read_manifest(store, ref)))
+    except (StorageError, OSError):
         return False
 
 
 __all__ = [
     "DATASET_FORMAT",
+    "changed_sources",
+    "filesystem_of",
     "arrow_schema_of",
     "column_words",
     "content_digest",

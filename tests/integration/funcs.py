@@ -106,16 +106,23 @@ def record_task(batch, log_dir: str, hold_s: float = 0.3):  # noqa: ANN001, ANN2
     return batch
 
 
-def hold_gang(seconds: float, log: str) -> dict:
-    """A stand-in for a training gang: notes its nodes and time window, holds its grant."""
+def hold_gang(seconds: float, log: str, gate: str = "") -> dict:
+    """A stand-in for a training gang: notes its nodes and time window, holds its grant
+    for ``seconds`` or, with ``gate``, while that file exists (at most ``seconds``)."""
     import ray
 
     pg = ray.util.get_current_placement_group()
     nodes = sorted(set(ray.util.placement_group_table(pg)["bundles_to_node_id"].values())) if pg else []
     start = time.time()
-    time.sleep(seconds)
+    while time.time() - start < seconds and (not gate or Path(gate).exists()):
+        time.sleep(0.05 if gate else seconds)
     Path(log).write_text(f"{start} {time.time()} {' '.join(nodes)}")
     return {"nodes": nodes}
+
+
+def remove_file(path: str, data) -> dict:  # noqa: ANN001 - any upstream output, for ordering
+    Path(path).unlink(missing_ok=True)
+    return {}
 
 
 # ----------------------------------------------------------------------------- train stage

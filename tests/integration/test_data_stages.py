@@ -242,3 +242,24 @@ def test_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
 
     with pytest.raises(raypipe.ConfigError, match=r"stages\[0\]\.params\.path: path not found: .*nowhere\.csv"):
         run(tmp_path, read(tmp_path / "nowhere.csv"))
+
+
+def test_parquet_is_versioned_in_place_and_a_changed_source_is_named(tmp_path: Path) -> None:
+    df = frame(100)
+    path = tmp_path / "rows.parquet"
+    df.to_parquet(path)
+    res = run(tmp_path, read(path))
+    ref = res.outputs["read"]["data"]
+    assert ref.schema.get("in_place") and not list((tmp_path / "store" / "datasets").glob("*/*.parquet"))
+    copied = run(tmp_path, read(path, in_place=False))
+    cref = copied.outputs["read"]["data"]
+    assert cref.sha256 == ref.sha256 and not cref.schema.get("in_place"), "a copy has the same version"
+    assert list((tmp_path / "store" / "datasets").glob(f"{cref.sha256}/*.parquet")), "in_place: false copies"
+    other = tmp_path / "other.parquet"
+    df.iloc[:50].to_parquet(other)
+    ref2 = run(tmp_path, read(other)).outputs["read"]["data"]
+    df.iloc[:49].to_parquet(other)  # the source changes after it was versioned
+    with pytest.raises(raypipe.DataError, match=r"was read in place from files that changed since: .*other\.parquet"):
+        raypipe.read_artifact(ref2.sha256, db=str(tmp_path / "store" / "raypipe.db"))
+    again = run(tmp_path, read(other))
+    assert again.stages["read"] == "succeeded" and again.outputs["read"]["data"].sha256 != ref2.sha256

@@ -319,11 +319,19 @@ def test_data_stage_next_to_a_training_gang_stays_inside_its_own_grant(tmp_path:
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     gang_log = tmp_path / "gang"
+    gate = tmp_path / "gate"
+    gate.write_text("")
     cfg = raypipe.PipelineConfig(
         name="data-next-to-train",
         storage=str(tmp_path / "store"),
         stages=[
-            stage("train", "hold_gang", args={"seconds": 25, "log": str(gang_log)}, resources=gpu(4, cpu=4), gang_size=2),
+            stage(
+                "train",
+                "hold_gang",
+                args={"seconds": 120, "log": str(gang_log), "gate": str(gate)},
+                resources=gpu(4, cpu=4),
+                gang_size=2,
+            ),
             raypipe.StageConfig(name="read", kind="data.read", params={"path": str(src)}),
             raypipe.StageConfig(
                 name="feat",
@@ -332,6 +340,7 @@ def test_data_stage_next_to_a_training_gang_stays_inside_its_own_grant(tmp_path:
                 resources={"cpu": 2},
                 params={"function": f"{F}:record_task", "args": {"log_dir": str(tasks), "hold_s": 0.2}},
             ),
+            stage("done", "remove_file", inputs={"data": "feat.data"}, args={"path": str(gate)}, resources={"cpu": 0.1}),
         ],
     )
     res = raypipe.run(cfg)
@@ -343,6 +352,7 @@ def test_data_stage_next_to_a_training_gang_stays_inside_its_own_grant(tmp_path:
     assert len(nodes) == 1 and not nodes & set(gang_nodes), (nodes, gang_nodes)
     spans = sorted((float(a), float(b)) for _, a, b in runs)
     assert spans[0][0] > float(g_start) and spans[-1][1] < float(g_end), "ran while the gang held its grant"
+    assert float(g_end) - float(g_start) < 110, "the data stage finished while the gang held (it never waited on it)"
     peak = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
     assert peak <= 2, f"{peak} tasks at once on a 2-CPU grant"
     wait_for(no_raypipe_groups, what="grants to be released")

@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from raypipe.exceptions import DataError
 from raypipe.stages.base import StageContext, StageParams
-from raypipe.stages.data.common import DataStage, store_dataset, task_cpus
+from raypipe.stages.data.common import DataStage, task_cpus
 
 Format = Literal["auto", "parquet", "csv", "json", "numpy"]
 _EXT = {
@@ -55,6 +55,9 @@ class ReadParams(StageParams):
     csv: CsvOptions = Field(default_factory=CsvOptions)
     #: Keep only these columns.
     columns: list[str] | None = None
+    #: Version parquet files where they are (no copy; ``columns`` always copies).
+    #: False: snapshot them into the artifact store.  Other formats are converted.
+    in_place: bool = True
 
     @model_validator(mode="after")
     def _absolute(self) -> ReadParams:
@@ -179,6 +182,9 @@ class ReadStage(DataStage):
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         import ray.data
 
+        from raypipe.store.artifacts import ArtifactStore
+        from raypipe.store.datasets import write_dataset
+
         fs, files, fmt = self.files()
         if fmt == "parquet":
             _check_parquet_schemas(fs, files)
@@ -201,8 +207,14 @@ class ReadStage(DataStage):
             ds = ray.data.read_numpy(files, filesystem=fs)
         if self.params.columns is not None and fmt != "parquet":
             ds = ds.select_columns(self.params.columns)
+        sources = None
+        if fmt == "parquet" and self.params.columns is None and self.params.in_place:
+            root = next((r for r in self._roots() if "://" in r), "")
+            sources = [
+                {"path": i.path, "size": i.size, "mtime_ns": i.mtime_ns, "fs": root} for i in fs.get_file_info(files)
+            ]
         try:
-            ref = store_dataset(ctx, ds, _where(files), allow_empty=True)
+            ref = write_dataset(ArtifactStore(ctx.storage), ds, what=_where(files), sources=sources)
         except Exception as e:  # noqa: BLE001 - find the file (and line) to blame
             culprit = _diagnose(fs, files, fmt, self.params.csv)
             if culprit:
@@ -213,19 +225,14 @@ class ReadStage(DataStage):
         return {"data": ref}
 
 
-def _filesystem(roots: list[str]) -> Any:
-    import pyarrow.fs as pafs
-
-    uri = next((r for r in roots if "://" in r), None)
-    return pafs.LocalFileSystem() if uri is None else pafs.FileSystem.from_uri(uri)[0]
-
-
 def _read_json_lines(batch: dict[str, Any], roots: list[str]) -> Any:
     """JSON lines files with Arrow's own parser (exact floats, nested types kept)."""
     import pyarrow as pa
     import pyarrow.json as pajson
 
-    fs = _filesystem(roots)
+    from raypipe.store.datasets import filesystem_of
+
+    fs = filesystem_of(next((r for r in roots if "://" in r), ""))
     tables = []
     for path in batch["path"]:
         with fs.open_input_stream(str(path), compression="detect") as f:
