@@ -69,6 +69,9 @@ def data_session(ctx: StageContext) -> Iterator[None]:
         opts.label_selector = {NODE_ID_LABEL: nodes[0] if len(nodes) == 1 else f"in({','.join(nodes)})"}
     dctx.execution_options = opts
     dctx.enable_progress_bars = dctx.print_on_execution_start = False
+    # Per-operator reservations halve the tasks a fused read->map->write runs at once
+    # under a small grant; resource_limits already bound the stage.
+    saved_reserve, dctx.op_resource_reservation_enabled = dctx.op_resource_reservation_enabled, False
     if saved_v2 is not None:  # V2 parquet reads sample files first: seconds per read here
         dctx.use_datasource_v2 = False
     data_log = logging.getLogger("ray.data")
@@ -78,7 +81,7 @@ def data_session(ctx: StageContext) -> Iterator[None]:
         yield
     finally:
         dctx.execution_options, dctx.enable_progress_bars = saved_opts, saved_bars
-        dctx.print_on_execution_start = saved_print
+        dctx.print_on_execution_start, dctx.op_resource_reservation_enabled = saved_print, saved_reserve
         if saved_v2 is not None:
             dctx.use_datasource_v2 = saved_v2
         data_log.setLevel(level)

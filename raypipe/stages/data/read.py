@@ -192,7 +192,8 @@ class ReadStage(DataStage):
             _check_csv_headers(fs, files, self.params.csv)
         common = {"filesystem": fs, "num_cpus": task_cpus(ctx)}
         if fmt == "parquet":
-            ds = ray.data.read_parquet(files, columns=self.params.columns, **common)
+            # One block per file: Ray's default of ~200 blocks makes tiny tasks and files.
+            ds = ray.data.read_parquet(files, columns=self.params.columns, override_num_blocks=len(files), **common)
         elif fmt == "csv":
             ds = ray.data.read_csv(files, **common, **_csv_args(self.params.csv))
         elif fmt == "json":  # Ray's read_json parses through pandas, which rounds floats

@@ -1,0 +1,704 @@
+"""Data throughput: read -> numeric features -> write parquet, with raypipe and two baselines.
+
+About ``--gb`` GB of seeded parquet (``--files`` files; ``id``, 12 float64 features, an
+int64 ``bucket`` and a low-cardinality string ``cat``) goes three ways, in one run:
+
+1. **raypipe**: ``data.read`` -> ``data.transform`` (``benchmarks._data_features:features``)
+   on a local Ray with ``--num-cpus`` CPUs, both stages ``resources: {cpu: N}``, no cache.
+   Ray is started (and warmed up by a run on a tiny dataset) before the timed run.
+2. **pandas**: the same function, one process, file by file: ``pq.read_table().to_pandas()``,
+   ``features``, ``to_parquet``.
+3. **pyarrow I/O**: each file read and written back with pyarrow, no transform: the I/O and
+   codec limit of the machine.
+
+Run from the repository root::
+
+    .venv/bin/python -m benchmarks.data_throughput --out bench-out/data [--gb 1.0] [--files 16]
+
+Writes ``OUT/results.json`` and ``OUT/throughput.png``; keys are documented in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable (here and in Ray workers)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import _data_features as feats  # noqa: E402
+from benchmarks._common import REPO_ROOT, bar_chart, base_parser, goal, print_table, ratio, write_results  # noqa: E402
+
+FUNCTION = "benchmarks._data_features:features"
+FORMATS = ("pandas", "numpy", "pyarrow")
+GOAL_VS_PANDAS = 1.5
+GOAL_VS_PYARROW_IO = 0.7
+STAMP = "_stamp.json"
+STAMP_VERSION = 2
+MB = 1e6
+
+
+def _progress(msg: str) -> None:
+    print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+class _Bar:
+    """A rich progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label, self.total, self.done = label, total, 0
+        self._rich: Any = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._rich = Progress(
+                TextColumn(f"  {label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=Console(stderr=True), transient=False,
+            )  # fmt: skip
+            self._task = self._rich.add_task(label, total=total)
+            self._rich.start()
+
+    def advance(self, what: str = "") -> None:
+        self.done += 1
+        if self._rich is not None:
+            self._rich.advance(self._task)
+        elif self.done == self.total or self.done % max(1, self.total // 4) == 0:
+            _progress(f"{self.label}: {self.done}/{self.total} {what}".rstrip())
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+
+
+# ----------------------------------------------------------------------------- input data
+
+
+def _table(rows: int, start: int, seed: int, index: int) -> Any:
+    """``rows`` rows of the benchmark's schema; the same (seed, index) always gives the same rows."""
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng([seed, index])
+    cols: dict[str, Any] = {"id": np.arange(start, start + rows, dtype=np.int64)}
+    for c in feats.FLOATS:
+        if c in feats.MEAN:
+            cols[c] = rng.normal(feats.MEAN[c], feats.STD[c], rows)
+        elif c in ("f04", "f05"):
+            cols[c] = rng.standard_t(3, rows) * 2.0  # heavy tails: what log1p(|x|) is for
+        elif c in ("f06", "f07"):
+            cols[c] = rng.uniform(-1.0, 1.0, rows)
+        else:
+            cols[c] = rng.normal(0.0, 2.0, rows)
+    cols["bucket"] = rng.integers(0, 100, rows, dtype=np.int64)
+    idx = pa.array(rng.integers(0, len(feats.CATEGORIES), rows, dtype=np.int32))
+    cols["cat"] = pa.DictionaryArray.from_arrays(idx, pa.array(feats.CATEGORIES)).dictionary_decode()
+    return pa.table(cols)
+
+
+def _parquet_bytes(rows: int, seed: int) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(_table(rows, 0, seed, 10_000), buf)
+    return buf.getvalue().size
+
+
+def _rows_for(target_bytes: float, seed: int) -> int:
+    """Rows of about ``target_bytes`` of parquet: estimated from a small sample, then corrected at
+    the estimated size (parquet's dictionary encoding of small files makes a small sample misleading)."""
+    n = 100_000
+    rows = max(1, round(target_bytes * n / _parquet_bytes(n, seed)))
+    return max(1, round(target_bytes * rows / _parquet_bytes(rows, seed)))
+
+
+def _input_files(data_dir: Path) -> list[Path]:
+    return sorted(data_dir.glob("part-*.parquet"))
+
+
+def prepare_input(data_dir: Path, gb: float, files: int, seed: int) -> dict[str, Any]:
+    """Generate the input (or reuse it when its stamp matches); its description."""
+    params = {"version": STAMP_VERSION, "gb": gb, "files": files, "seed": seed, "columns": feats.COLUMNS}
+    stamp_path = data_dir / STAMP
+    if stamp_path.exists():
+        try:
+            stamp = json.loads(stamp_path.read_text())
+        except ValueError:
+            stamp = {}
+        sizes = {p.name: p.stat().st_size for p in _input_files(data_dir)}
+        if stamp.get("params") == params and sizes == stamp.get("sizes"):
+            _progress(f"reusing input in {data_dir} ({stamp['bytes'] / MB:,.0f} MB, {stamp['rows']:,} rows)")
+            return stamp
+        _progress(f"input in {data_dir} was made with other parameters or changed: generating it again")
+    elif _input_files(data_dir):
+        raise SystemExit(
+            f"{data_dir} holds part-*.parquet files that this benchmark did not write; choose another --data-dir"
+        )
+    import pyarrow.parquet as pq
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stamp_path.unlink(missing_ok=True)
+    for old in _input_files(data_dir):
+        old.unlink()
+    rows_per_file = _rows_for(gb * 1e9 / files, seed)
+    bar = _Bar(f"generating {gb:g} GB in {files} files", files)
+    started = time.perf_counter()
+    for k in range(files):
+        pq.write_table(_table(rows_per_file, k * rows_per_file, seed, k), data_dir / f"part-{k:04d}.parquet")
+        bar.advance()
+    bar.close()
+    sizes = {p.name: p.stat().st_size for p in _input_files(data_dir)}
+    stamp = {
+        "params": params,
+        "rows_per_file": rows_per_file,
+        "rows": rows_per_file * files,
+        "bytes": sum(sizes.values()),
+        "sizes": sizes,
+        "generation_s": time.perf_counter() - started,
+    }
+    stamp_path.write_text(json.dumps(stamp, indent=1) + "\n")
+    _progress(f"generated {stamp['bytes'] / MB:,.0f} MB, {stamp['rows']:,} rows in {stamp['generation_s']:.1f}s")
+    return stamp
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _psutil() -> Any:
+    """psutil, which comes with Ray (``ray/thirdparty_files``, on ``sys.path`` once Ray is imported)."""
+    import importlib
+
+    import ray  # noqa: F401
+
+    return importlib.import_module("psutil")
+
+
+class TreeSampler:
+    """Peak memory and CPU time of a process and all its descendants, sampled in a background thread.
+
+    ``peak_rss_mb``: the largest sum of RSS over the tree (every ``interval`` s); shared pages
+    (Ray's object store, mapped by several workers) count once per process that maps them.
+    ``peak_pss_mb``: the same with PSS, which splits shared pages between their processes. PSS
+    comes from smaps, which costs about 10 ms per Ray process, so it is read every
+    ``pss_every``-th tick only.  The list of processes is refreshed every ``list_every``-th tick.
+    ``cpu_s``: user + system CPU seconds the tree used while sampled, without the sampler's own
+    (``sampler_cpu_s``).  A process that appears during sampling counts from its start; one
+    that exits loses its last ``interval``.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2, pss_every: int = 10, list_every: int = 5) -> None:
+        psutil = _psutil()
+        self._psutil = psutil
+        self.root = psutil.Process(pid)
+        self.interval, self.pss_every, self.list_every = interval, pss_every, list_every
+        self.peak_rss = self.peak_pss = self.start_rss = self.start_pss = 0
+        self.samples = 0
+        self.sampler_cpu_s = 0.0
+        self._procs: dict[int, Any] = {}
+        self._listed: list[Any] = []
+        self._cpu_first: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def _tree(self, refresh: bool = True) -> list[Any]:
+        if refresh or not self._listed:
+            try:
+                found = [self.root, *self.root.children(recursive=True)]
+            except self._psutil.Error:
+                found = []
+            # One Process object per pid: psutil checks that a pid is still the same process.
+            self._listed = [self._procs.setdefault(p.pid, p) for p in found]
+        return self._listed
+
+    def sample(
+        self, pss: bool = False, cpu: bool = False, first: bool = False, refresh: bool = True
+    ) -> tuple[int, int]:
+        rss = pss_sum = 0
+        for p in self._tree(refresh):
+            try:
+                if pss:
+                    info = p.memory_full_info()
+                    rss, pss_sum = rss + info.rss, pss_sum + info.pss
+                else:
+                    rss += p.memory_info().rss
+                if cpu:
+                    t = p.cpu_times()
+                    used = t.user + t.system
+                    self._cpu_first.setdefault(p.pid, used if first else 0.0)
+                    self._cpu_last[p.pid] = used
+            except self._psutil.Error:  # a worker exited between listing and reading
+                pass
+        return rss, pss_sum
+
+    def _loop(self) -> None:
+        started = time.thread_time()
+        tick = 1
+        while not self._stop.wait(self.interval):
+            rss, pss = self.sample(pss=tick % self.pss_every == 0, cpu=True, refresh=tick % self.list_every == 0)
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            self.samples += 1
+            tick += 1
+        self.sampler_cpu_s += time.thread_time() - started
+
+    def __enter__(self) -> TreeSampler:
+        started = time.thread_time()
+        rss, pss = self.sample(pss=True, cpu=True, first=True)
+        self.start_rss, self.start_pss = rss, pss
+        self.peak_rss, self.peak_pss = rss, pss
+        self.sampler_cpu_s += time.thread_time() - started
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        started = time.thread_time()
+        rss, _ = self.sample(cpu=True)
+        self.peak_rss = max(self.peak_rss, rss)
+        self.sampler_cpu_s += time.thread_time() - started
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return self.peak_rss / MB
+
+    @property
+    def peak_pss_mb(self) -> float | None:
+        return self.peak_pss / MB if self.peak_pss else None
+
+    @property
+    def cpu_s(self) -> float:
+        used = sum(last - self._cpu_first.get(pid, 0.0) for pid, last in self._cpu_last.items())
+        own = self.sampler_cpu_s if self.root.pid == os.getpid() else 0.0
+        return used - own
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def _baseline_worker(kind: str, files: list[str], out_dir: str, queue: Any) -> None:
+    """In a fresh process: one baseline over every file; puts its figures on ``queue``."""
+    import resource
+
+    import pyarrow.parquet as pq
+
+    os.makedirs(out_dir, exist_ok=True)
+    rows = 0
+    bar = _Bar(f"{kind} baseline", len(files))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    for f in files:
+        dst = os.path.join(out_dir, os.path.basename(f))
+        table = pq.read_table(f)
+        rows += table.num_rows
+        if kind == "pandas":
+            feats.features(table.to_pandas()).to_parquet(dst, index=False)
+        else:
+            pq.write_table(table, dst)
+        del table
+        bar.advance(os.path.basename(f))
+    wall = time.perf_counter() - started
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = end.ru_utime + end.ru_stime - usage.ru_utime - usage.ru_stime
+    bar.close()
+    out_bytes = sum(os.path.getsize(os.path.join(out_dir, n)) for n in os.listdir(out_dir))
+    maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB  # KiB on Linux
+    queue.put({"wall_s": wall, "cpu_s": cpu, "rows": rows, "output_bytes": out_bytes, "ru_maxrss_mb": maxrss_mb})
+
+
+def _child_result(proc: Any, queue: Any, what: str) -> Any:
+    """What a child process puts on ``queue``; an error (not a hang) if it dies first."""
+    import queue as queue_mod
+
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queue_mod.Empty:
+            if not proc.is_alive():
+                raise RuntimeError(f"{what} failed (exit code {proc.exitcode})") from None
+
+
+def run_baseline(kind: str, files: list[Path], out_dir: Path) -> dict[str, Any]:
+    """One baseline in a child process (its memory is its own); wall and CPU time are measured inside it."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_baseline_worker, args=(kind, [str(f) for f in files], str(out_dir), queue))
+    proc.start()
+    with TreeSampler(proc.pid, pss_every=1) as mem:  # one small process: PSS is cheap to read
+        result = _child_result(proc, queue, f"{kind} baseline")
+        proc.join()
+    result["peak_rss_mb"] = mem.peak_rss_mb
+    result["peak_pss_mb"] = mem.peak_pss_mb
+    return result
+
+
+# ----------------------------------------------------------------------------- raypipe
+
+
+def pipeline(name: str, input_dir: Path, storage: Path, batch_format: str, num_cpus: int) -> Any:
+    import raypipe
+
+    return raypipe.PipelineConfig(
+        name=name,
+        storage=str(storage),
+        ray={"num_cpus": num_cpus},
+        stages=[
+            raypipe.StageConfig(
+                name="read",
+                kind="data.read",
+                resources={"cpu": num_cpus},
+                params={"path": str(input_dir), "format": "parquet"},
+            ),
+            raypipe.StageConfig(
+                name="features",
+                kind="data.transform",
+                inputs={"data": "read.data"},
+                resources={"cpu": num_cpus},
+                params={"function": FUNCTION, "batch_format": batch_format},
+            ),
+        ],
+    )
+
+
+def run_raypipe(cfg: Any) -> dict[str, Any]:
+    """One ``raypipe.run``: wall time, each stage's duration, the output, peak memory and CPU time of
+    the process tree (this driver, Ray's own processes and its workers)."""
+    import raypipe
+
+    durations: dict[str, float] = {}
+
+    def on_event(ev: Any) -> None:
+        if ev.status == "succeeded" and ev.duration_s is not None:
+            durations[ev.stage] = ev.duration_s
+
+    sampler = TreeSampler(os.getpid())
+    with sampler:
+        started = time.perf_counter()
+        result = raypipe.run(cfg, use_cache=False, on_event=on_event)
+        wall = time.perf_counter() - started
+    if not result.ok:
+        raise RuntimeError(f"raypipe run failed: {result.errors}")
+    out = result.outputs["features"]["data"]
+    return {
+        "wall_s": wall,
+        "read_stage_s": durations.get("read"),
+        "transform_stage_s": durations.get("features"),
+        "rows": out.schema["num_rows"],
+        "output_bytes": out.size,
+        "output_files": out.schema.get("files"),
+        "intermediate_bytes": result.outputs["read"]["data"].size,
+        "intermediate_files": result.outputs["read"]["data"].schema.get("files"),
+        "output_uri": out.uri,
+        "idle_rss_mb": sampler.start_rss / MB,
+        "idle_pss_mb": sampler.start_pss / MB,
+        "peak_rss_mb": sampler.peak_rss_mb,
+        "peak_pss_mb": sampler.peak_pss_mb,
+        "cpu_s": sampler.cpu_s,
+        "sampler_cpu_s": sampler.sampler_cpu_s,
+    }
+
+
+def probe_batch_formats(files: list[Path], repeat: int = 2) -> dict[str, float]:
+    """Seconds to run ``features`` over ``files`` in each batch format, with the conversions Ray
+    Data's ``map_batches`` makes around it (Arrow block -> batch -> block); reading is not timed.
+
+    Runs in a child process before Ray starts, so that neither Ray's object store and workers nor
+    this driver's memory carry anything from it into the measured run."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_probe_worker, args=([str(f) for f in files], repeat, queue))
+    proc.start()
+    times = _child_result(proc, queue, "batch format probe")
+    proc.join()
+    for fmt, s in times.items():
+        _progress(f"batch format {fmt:8s}: {s:.2f}s for {len(files)} files")
+    return times
+
+
+def _probe_worker(files: list[str], repeat: int, queue: Any) -> None:
+    import pyarrow.parquet as pq
+    from ray.data.block import BlockAccessor
+
+    tables = [pq.read_table(f) for f in files]
+    times: dict[str, float] = {}
+    for fmt in FORMATS:
+        best = float("inf")
+        for _ in range(repeat):
+            started = time.perf_counter()
+            for table in tables:
+                batch = BlockAccessor.for_block(table).to_batch_format(fmt)
+                BlockAccessor.batch_to_block(feats.features(batch))
+            best = min(best, time.perf_counter() - started)
+        times[fmt] = best
+    queue.put(times)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def compare_outputs(raypipe_uri: str, pandas_dir: Path, spot_file: Path, tol: float = 1e-9) -> dict[str, Any]:
+    """Row counts, columns, and the rows of one input file compared between raypipe's output and pandas'."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    rp = pads.dataset(raypipe_uri, format="parquet")
+    pd_ds = pads.dataset(str(pandas_dir), format="parquet")
+    expected = pq.read_table(pandas_dir / spot_file.name)
+    ids = expected["id"]
+    lo, hi = pc.min(ids).as_py(), pc.max(ids).as_py()
+    got = rp.to_table(filter=(pads.field("id") >= lo) & (pads.field("id") <= hi))
+    expected, got = expected.sort_by("id"), got.sort_by("id")
+    worst = 0.0
+    mismatched: list[str] = []
+    for name in expected.column_names:
+        if name not in got.column_names:
+            mismatched.append(name)
+            continue
+        a, b = got[name], expected[name]
+        if pa.types.is_boolean(b.type):
+            same = pc.sum(a.cast("int64")).as_py() == pc.sum(b.cast("int64")).as_py()
+        elif pa.types.is_integer(b.type) or pa.types.is_floating(b.type):
+            sa, sb = float(np.sum(a.to_numpy(), dtype=np.float64)), float(np.sum(b.to_numpy(), dtype=np.float64))
+            rel = abs(sa - sb) / max(abs(sb), 1e-300)
+            worst = max(worst, rel)
+            same = rel <= tol
+        else:
+            same = a.cast("string").equals(b.cast("string"))
+        if not same:
+            mismatched.append(name)
+    rows_rp, rows_pd = rp.count_rows(), pd_ds.count_rows()
+    return {
+        "rows_raypipe": rows_rp,
+        "rows_pandas": rows_pd,
+        "rows_equal": rows_rp == rows_pd,
+        "columns_equal": got.column_names == expected.column_names,
+        "spot_check_file": spot_file.name,
+        "spot_check_rows": got.num_rows,
+        "spot_check_max_rel_diff_of_sums": worst,
+        "spot_check_mismatched_columns": mismatched,
+        "ok": rows_rp == rows_pd and got.num_rows == expected.num_rows and not mismatched,
+    }
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = base_parser("raypipe data throughput (read -> numeric features -> parquet) vs pandas and pyarrow I/O.")
+    p.add_argument("--gb", type=float, default=1.0, help="input size in GB (10^9 bytes) of parquet (default 1.0)")
+    p.add_argument("--files", type=int, default=16, help="input files (default 16)")
+    p.add_argument("--data-dir", type=Path, default=None, help="input folder (default OUT/input); reused if it matches")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated input (default 0)")
+    p.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray, and of each stage (default 2)")
+    p.add_argument(
+        "--batch-format",
+        choices=("auto", *FORMATS),
+        default="auto",
+        help="data.transform batch_format; auto: the fastest in a quick probe (default)",
+    )
+    p.add_argument("--skip-baselines", action="store_true", help="only run raypipe (no ratios)")
+    p.add_argument("--keep", action="store_true", help="keep raypipe's storage and the baselines' outputs")
+    args = p.parse_args(argv)
+    if args.gb <= 0 or args.files < 1 or args.num_cpus < 1:
+        p.error("--gb, --files and --num-cpus must be positive")
+    return args
+
+
+def _figures(wall: float, rows: int, in_bytes: int) -> dict[str, float]:
+    return {"wall_s": wall, "rows_per_s": rows / wall, "mb_per_s": in_bytes / MB / wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out: Path = args.out.resolve()
+    data_dir: Path = (args.data_dir or out / "input").resolve()
+    work = out / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    os.chdir(REPO_ROOT)  # Ray workers import `benchmarks._data_features` from the driver's cwd
+
+    stamp = prepare_input(data_dir, args.gb, args.files, args.seed)
+    files = _input_files(data_dir)
+    in_bytes, in_rows = stamp["bytes"], stamp["rows"]
+    spot = files[len(files) // 2]
+
+    baselines: dict[str, dict[str, Any]] = {}
+    if not args.skip_baselines:
+        # Ray is not up yet: the baselines have the machine to themselves.
+        for kind in ("pyarrow_io", "pandas"):
+            baselines[kind] = run_baseline(kind, files, work / kind)
+            b = baselines[kind]
+            _progress(f"{kind}: {b['wall_s']:.2f}s, peak RSS {b['peak_rss_mb']:,.0f} MB")
+
+    probe: dict[str, float] | None = None
+    if args.batch_format == "auto":
+        probe = probe_batch_formats(files[:2])
+        batch_format = min(probe, key=probe.__getitem__)
+    else:
+        batch_format = args.batch_format
+
+    import ray
+
+    started = time.perf_counter()
+    # address="local": always a new Ray of our own, never one left running on this machine.
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    ray_init_s = time.perf_counter() - started
+    try:
+        _progress(f"Ray started in {ray_init_s:.1f}s; warming up (workers, imports, scheduler) on a tiny dataset")
+        tiny = work / "warmup-input"
+        tiny.mkdir()
+        import pyarrow.parquet as pq
+
+        for k in range(2):
+            pq.write_table(_table(2000, k * 2000, args.seed, k), tiny / f"part-{k:04d}.parquet")
+        # The first run starts Ray Data's workers and imports; the second shows the fixed cost of a run.
+        warm = [
+            run_raypipe(pipeline("data-warmup", tiny, work / f"raypipe-warmup-{i}", batch_format, args.num_cpus))
+            for i in range(2)
+        ]
+        _progress(f"warm-up runs: {warm[0]['wall_s']:.2f}s, then {warm[1]['wall_s']:.2f}s")
+        _progress(f"raypipe: read -> features ({batch_format}) -> dataset, {in_bytes / MB:,.0f} MB")
+        rp = run_raypipe(pipeline("data-throughput", data_dir, work / "raypipe", batch_format, args.num_cpus))
+        _progress(
+            f"raypipe: {rp['wall_s']:.2f}s (read stage {rp['read_stage_s']:.2f}s, "
+            f"transform stage {rp['transform_stage_s']:.2f}s), peak RSS {rp['peak_rss_mb']:,.0f} MB"
+        )
+        check = compare_outputs(rp["output_uri"], work / "pandas", spot) if "pandas" in baselines else None
+        if check is not None:
+            _progress(f"check against pandas: {'ok' if check['ok'] else 'MISMATCH'} {check}")
+        if rp["rows"] != in_rows:
+            _progress(f"WARNING: raypipe wrote {rp['rows']:,} rows, the input has {in_rows:,}")
+    finally:
+        ray.shutdown()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    results: dict[str, Any] = {
+        **_figures(rp["wall_s"], in_rows, in_bytes),
+        "cpu_s": rp["cpu_s"],
+        "sampler_cpu_s": rp["sampler_cpu_s"],
+        "transform_stage_s": rp["transform_stage_s"],
+        "read_stage_s": rp["read_stage_s"],
+        "transform_stage_mb_per_s": in_bytes / MB / rp["transform_stage_s"] if rp["transform_stage_s"] else None,
+        "peak_rss_mb": rp["peak_rss_mb"],
+        "peak_pss_mb": rp["peak_pss_mb"],
+        "idle_rss_mb": rp["idle_rss_mb"],
+        "idle_pss_mb": rp["idle_pss_mb"],
+        "rows": rp["rows"],
+        "output_bytes": rp["output_bytes"],
+        "output_files": rp["output_files"],
+        "intermediate_bytes": rp["intermediate_bytes"],
+        "intermediate_files": rp["intermediate_files"],
+        "batch_format": batch_format,
+        "batch_format_probe_s": probe,
+        "warmup_wall_s": [w["wall_s"] for w in warm],
+        "ray_init_s": ray_init_s,
+    }
+    baseline: dict[str, Any] = {
+        kind: {
+            **_figures(b["wall_s"], b["rows"], in_bytes),
+            "cpu_s": b["cpu_s"],
+            "peak_rss_mb": b["peak_rss_mb"],
+            "peak_pss_mb": b["peak_pss_mb"],
+            "ru_maxrss_mb": b["ru_maxrss_mb"],
+            "rows": b["rows"],
+            "output_bytes": b["output_bytes"],
+        }
+        for kind, b in baselines.items()
+    }
+    ratios: dict[str, Any] = {
+        "vs_pandas": ratio(results["rows_per_s"], baseline["pandas"]["rows_per_s"]) if baselines else None,
+        "vs_pyarrow_io": ratio(results["rows_per_s"], baseline["pyarrow_io"]["rows_per_s"]) if baselines else None,
+        "goal_vs_pandas": GOAL_VS_PANDAS,
+        "goal_vs_pyarrow_io": GOAL_VS_PYARROW_IO,
+        "memory_vs_pandas": ratio(results["peak_rss_mb"], baseline["pandas"]["peak_rss_mb"]) if baselines else None,
+    }
+    goals: dict[str, Any] = {}
+    for key, limit in (("vs_pandas", GOAL_VS_PANDAS), ("vs_pyarrow_io", GOAL_VS_PYARROW_IO)):
+        if ratios[key] is not None:
+            goals[f"throughput_{key}"] = goal(ratios[key], limit, "x", lower_is_better=False)
+    path = write_results(
+        out,
+        "data_throughput",
+        params={
+            "gb": args.gb,
+            "files": args.files,
+            "seed": args.seed,
+            "num_cpus": args.num_cpus,
+            "batch_format": args.batch_format,
+            "function": FUNCTION,
+            "data_dir": str(data_dir),
+        },
+        input={"bytes": in_bytes, "rows": in_rows, "files": len(files), "rows_per_file": stamp["rows_per_file"]},
+        results=results,
+        baseline=baseline,
+        ratios=ratios,
+        goals=goals,
+        check=check,
+    )
+
+    rows: list[list[Any]] = []
+
+    def row(label: str, f: dict[str, Any], vs: float | None, goal_text: str, met: bool | None) -> None:
+        mem = f"{f['peak_rss_mb']:,.0f} / {f['peak_pss_mb'] or 0:,.0f}"
+        rows.append([label, f["wall_s"], f["rows_per_s"], f["mb_per_s"], f.get("cpu_s"), mem, vs, goal_text, met])
+
+    row(f"raypipe ({batch_format})", results, None, "", None)
+    if results["transform_stage_s"]:
+        tf = _figures(results["transform_stage_s"], in_rows, in_bytes)
+        rows.append(["  transform stage", tf["wall_s"], tf["rows_per_s"], tf["mb_per_s"], None, None, None, "", None])
+    for kind, label, key, limit in (
+        ("pandas", "pandas", "vs_pandas", GOAL_VS_PANDAS),
+        ("pyarrow_io", "pyarrow I/O only", "vs_pyarrow_io", GOAL_VS_PYARROW_IO),
+    ):
+        if kind in baseline:
+            g = goals[f"throughput_{key}"]
+            row(label, baseline[kind], ratios[key], f">= {limit:g}", g["met"])
+    print_table(
+        f"data throughput: {in_bytes / MB:,.0f} MB parquet, {in_rows:,} rows, {len(files)} files, {args.num_cpus} CPUs",
+        ["pipeline", "wall s", "rows/s", "MB/s", "CPU s", "peak RSS / PSS MB", "raypipe/this", "goal", "met"],
+        rows,
+        caption="MB/s: input parquet MB / wall s. CPU s: user + system. raypipe's CPU and memory: driver + all Ray "
+        "processes (RSS counts the shared object store once per process mapping it; PSS splits it)",
+    )
+    shown = [results, *(baseline[k] for k in ("pandas", "pyarrow_io") if k in baseline)]
+    groups = ["raypipe", "pandas", "pyarrow I/O"][: len(shown)]
+    throughput: dict[str, Any] = {
+        "title": "throughput",
+        "ylabel": "input MB/s (higher is better)",
+        "groups": groups,
+        "series": {"MB/s": [f["mb_per_s"] for f in shown]},
+    }
+    if "pandas" in baseline:
+        goal_mbps = GOAL_VS_PANDAS * baseline["pandas"]["mb_per_s"]
+        throughput["hline"] = (goal_mbps, f"goal: {GOAL_VS_PANDAS:g}x pandas")
+    memory = {
+        "title": "peak memory (process tree)",
+        "ylabel": "MB",
+        "groups": groups,
+        "series": {"RSS": [f["peak_rss_mb"] for f in shown], "PSS": [f["peak_pss_mb"] or 0.0 for f in shown]},
+    }
+    png = bar_chart(
+        out / "throughput.png",
+        [throughput, memory],
+        title=f"read -> features -> parquet, {in_bytes / MB:,.0f} MB input, {args.num_cpus} CPUs",
+    )
+    print(f"results: {path}\nplot:    {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
