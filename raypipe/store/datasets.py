@@ -225,7 +225,7 @@ def write_dataset(
         files = sorted((s["file"], int(s["rows"]), int(s["bytes"])) for s in parts if s["file"])
         size = sum(f[2] for f in files) if sources is None else sum(int(f["size"]) for f in sources)
         existing = _stored_kind(store, final)
-        if existing != "copy" and not (existing == "in_place" and sources is not None):
+        if existing != "copy":  # (an in-place manifest is rewritten: its sources are the latest)
             manifest: dict[str, Any] = {
                 "version": version,
                 "rows": rows,
