@@ -174,8 +174,7 @@ class ReadStage(DataStage):
             return f"error:{e}"
         h = hashlib.sha256(fmt.encode())
         for info in fs.get_file_info(files):
-            mtime = info.mtime_ns if info.mtime_ns is not None else None
-            h.update(f"{info.path}\0{info.size}\0{mtime}\n".encode())
+            h.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
         return h.hexdigest()
 
     # -- reading
