@@ -89,13 +89,12 @@ class TrainStage(StageKind):
         from ray.train.torch import TorchTrainer
 
         from raypipe.scheduler.backend import NODE_ID_LABEL
-        from raypipe.stages.data.common import as_dataset
-        from raypipe.store.datasets import is_ray_dataset
+        from raypipe.stages.data.common import as_dataset, is_table
 
         loop = import_function(self.params.function)
         datasets, config = {}, dict(self.params.config)
         for name, value in inputs.items():
-            if is_ray_dataset(value) or type(value).__name__ in ("DataFrame", "Table"):
+            if is_table(value):
                 datasets[name] = as_dataset(value, f"input {name!r}")
             else:
                 config[name] = value
@@ -113,7 +112,7 @@ class TrainStage(StageKind):
             storage_path=storage,
             failure_config=FailureConfig(max_failures=self.params.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=self.params.keep_checkpoints),
-            callbacks=[_History(f"{storage}/history.jsonl")],
+            callbacks=[_history_callback(f"{storage}/history.jsonl")],
         )
         trainer = TorchTrainer(
             loop, train_loop_config=config, scaling_config=scaling, run_config=run_config, datasets=datasets
@@ -121,7 +120,7 @@ class TrainStage(StageKind):
         result = trainer.fit()
         if result.error is not None:
             raise result.error
-        history = _History.read(f"{storage}/history.jsonl")
+        history = _read_history(f"{storage}/history.jsonl")
         out: dict[str, Any] = {"metrics": _plain(result.metrics or {}), "history": history}
         if result.checkpoint is None:
             raise StageError(f"{self.params.function} reported no checkpoint (call ray.train.report(..., checkpoint=))")
@@ -154,32 +153,30 @@ def _fs_path(uri: str) -> tuple[Any, str]:
     return (pafs.LocalFileSystem(), uri) if "://" not in uri else pafs.FileSystem.from_uri(uri)
 
 
-class _History:
-    """A Ray Train callback (in Train's controller) that appends every report of
+def _history_callback(path: str) -> Any:
+    """A Ray Train callback (run in Train's controller) that appends every report of
     rank 0 to a JSON-lines file beside the checkpoints: the whole history, also
     across restarts (Ray Train keeps only the metrics of retained checkpoints)."""
+    from ray.train import UserCallback
 
-    def __new__(cls, path: str) -> Any:
-        from ray.train import UserCallback
+    class History(UserCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if not metrics:
+                return
+            fs, p = _fs_path(path)
+            old = b""
+            if fs.get_file_info(p).type.name == "File":
+                with fs.open_input_stream(p) as f:
+                    old = f.read()
+            with fs.open_output_stream(p) as f:  # object stores cannot append
+                f.write(old + (json.dumps(_plain(metrics[0])) + "\n").encode())
 
-        class History(UserCallback):
-            def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-                if not metrics:
-                    return
-                fs, p = _fs_path(path)
-                old = b""
-                if fs.get_file_info(p).type.name == "File":
-                    with fs.open_input_stream(p) as f:
-                        old = f.read()
-                with fs.open_output_stream(p) as f:
-                    f.write(old + (json.dumps(_plain(metrics[0])) + "\n").encode())
+    return History()
 
-        return History()
 
-    @staticmethod
-    def read(path: str) -> list[dict[str, Any]]:
-        fs, p = _fs_path(path)
-        if fs.get_file_info(p).type.name != "File":
-            return []
-        with fs.open_input_stream(p) as f:
-            return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+def _read_history(path: str) -> list[dict[str, Any]]:
+    fs, p = _fs_path(path)
+    if fs.get_file_info(p).type.name != "File":
+        return []
+    with fs.open_input_stream(p) as f:
+        return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]

@@ -224,8 +224,8 @@ def write_dataset(
         final = f"datasets/{version}"
         files = sorted((s["file"], int(s["rows"]), int(s["bytes"])) for s in parts if s["file"])
         size = sum(f[2] for f in files) if sources is None else sum(int(f["size"]) for f in sources)
-        existing = _stored_kind(store, final)
-        if existing != "copy":  # (an in-place manifest is rewritten: its sources are the latest)
+        existing = _stored_manifest(store, final)
+        if existing is None or "sources" in existing:  # an in-place manifest is rewritten: latest sources
             manifest: dict[str, Any] = {
                 "version": version,
                 "rows": rows,
@@ -270,14 +270,11 @@ def _schema_brief(schema_json: str) -> str:
     return ", ".join(f"{n}: {t}" for n, t in json.loads(schema_json))
 
 
-def _stored_kind(store: ArtifactStore, rel_dir: str) -> str | None:
-    """``copy``, ``in_place`` (a manifest of source files) or None (no dataset there)."""
-    path = store._path(f"{rel_dir}/{MANIFEST}")
+def _stored_manifest(store: ArtifactStore, rel_dir: str) -> dict[str, Any] | None:
+    """The manifest of the dataset under ``rel_dir``, or None if there is none (yet)."""
     try:
-        if store.fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with store.fs.open_input_stream(path) as f:
-            return "in_place" if "sources" in json.loads(f.read()) else "copy"
+        with store.fs.open_input_stream(store._path(f"{rel_dir}/{MANIFEST}")) as f:
+            return json.loads(f.read())
     except (OSError, ValueError):
         return None
 
@@ -309,17 +306,19 @@ def _delete_dir(store: ArtifactStore, rel: str) -> None:
 
 # ----------------------------------------------------------------------------- read
 def read_manifest(store: ArtifactStore, ref: ArtifactRef) -> dict[str, Any]:
-    path = store._path(f"{store._rel_of(ref.uri)}/{MANIFEST}")
-    try:
-        with store.fs.open_input_stream(path) as f:
-            return json.loads(f.read())
-    except (OSError, ValueError) as e:
-        raise StorageError(f"dataset {ref.uri!r} is missing or incomplete: {e}") from None
+    manifest = _stored_manifest(store, store._rel_of(ref.uri))
+    if manifest is None:
+        raise StorageError(f"dataset {ref.uri!r} is missing or incomplete (no readable {MANIFEST})")
+    return manifest
+
+
+def _manifest_schema(manifest: Mapping[str, Any]) -> pa.Schema:
+    return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(manifest["arrow_schema"])))
 
 
 def dataset_schema(store: ArtifactStore, ref: ArtifactRef) -> pa.Schema:
     """The dataset's Arrow schema, from its manifest (no data is read)."""
-    return pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(read_manifest(store, ref)["arrow_schema"])))
+    return _manifest_schema(read_manifest(store, ref))
 
 
 def _read_parts(batch: dict[str, Any], fs: str) -> pa.Table:
@@ -355,7 +354,8 @@ def read_dataset(store: ArtifactStore, ref: ArtifactRef) -> Any:
     from raypipe.exceptions import DataError
 
     manifest = read_manifest(store, ref)
-    if manifest.get("sources"):
+    sources = manifest.get("sources")
+    if sources:
         changed = changed_sources(manifest)
         if changed:
             raise DataError(
@@ -364,24 +364,23 @@ def read_dataset(store: ArtifactStore, ref: ArtifactRef) -> Any:
                 + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
                 + "; run the stage that read them again"
             )
-        fs, files = manifest["sources"][0]["fs"], [f["path"] for f in manifest["sources"]]
-    else:
-        base = store._path(store._rel_of(ref.uri))
-        fs, files = store.root, [f"{base}/{f['name']}" for f in manifest["files"]]
+        # One block per file: Ray's default of ~200 tiny blocks costs 5x here.
+        files = [f["path"] for f in sources]
+        return ray.data.read_parquet(files, filesystem=filesystem_of(sources[0]["fs"]), override_num_blocks=len(files))
+    base = store._path(store._rel_of(ref.uri))
+    files = [f"{base}/{f['name']}" for f in manifest["files"]]
     if not files:
-        return ray.data.from_arrow(dataset_schema(store, ref).empty_table())
-    if manifest.get("sources"):  # one block per file: Ray's default ~200 tiny blocks cost 5x here
-        return ray.data.read_parquet(files, filesystem=filesystem_of(fs), override_num_blocks=len(files))
+        return ray.data.from_arrow(_manifest_schema(manifest).empty_table())
     return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
-        _read_parts, fn_kwargs={"fs": fs}, batch_size=1, batch_format="numpy"
+        _read_parts, fn_kwargs={"fs": store.root}, batch_size=1, batch_format="numpy"
     )
 
 
 def dataset_exists(store: ArtifactStore, ref: ArtifactRef) -> bool:
     """Stored, and (for an in-place dataset) its source files unchanged."""
     try:
-        kind = _stored_kind(store, store._rel_of(ref.uri))
-        return kind == "copy" or (kind == "in_place" and not changed_sources(read_manifest(store, ref)))
+        manifest = _stored_manifest(store, store._rel_of(ref.uri))
+        return manifest is not None and not changed_sources(manifest)
     except (StorageError, OSError):
         return False
 

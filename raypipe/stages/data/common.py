@@ -92,22 +92,32 @@ def task_cpus(ctx: StageContext) -> float:
     return min(1.0, ctx.resources.cpu) if ctx.resources.cpu > 0 else 1.0
 
 
+def is_table(value: Any) -> bool:
+    """A Ray Dataset, a pandas DataFrame or an Arrow table."""
+    from raypipe.store.datasets import is_ray_dataset
+
+    t = type(value)
+    return is_ray_dataset(value) or (
+        t.__module__.split(".")[0] in ("pandas", "pyarrow") and t.__name__ in ("DataFrame", "Table")
+    )
+
+
 def as_dataset(value: Any, what: str) -> Any:
     """A Ray Dataset from a dataset input (or a stored DataFrame / Arrow table)."""
+    import pyarrow as pa
     import ray.data
 
     from raypipe.store.datasets import is_ray_dataset
 
     if is_ray_dataset(value):
         return value
-    mod, name = type(value).__module__, type(value).__name__
-    if mod.startswith("pyarrow") and name == "Table":
-        return ray.data.from_arrow(value)
-    if mod.startswith("pandas") and name == "DataFrame":
-        import pyarrow as pa
-
-        return ray.data.from_arrow(pa.Table.from_pandas(value, preserve_index=False))
-    raise DataError(f"{what}: expected a dataset (from a data stage) or a DataFrame, got {mod}.{name}")
+    if not is_table(value):
+        t = type(value)
+        raise DataError(
+            f"{what}: expected a dataset (from a data stage) or a DataFrame, got {t.__module__}.{t.__name__}"
+        )
+    table = value if isinstance(value, pa.Table) else pa.Table.from_pandas(value, preserve_index=False)
+    return ray.data.from_arrow(table)
 
 
 def only_input(inputs: Mapping[str, Any]) -> tuple[str, Any]:
