@@ -273,15 +273,23 @@ def queue_cmd(address: AddressOpt = None, as_json: JsonOpt = False) -> None:
         return
     st = data["stats"]
     console.print(
-        f"policy {st['policy']} · {st['nodes']} nodes · "
-        + ", ".join(f"{n} {s}" for s, n in st["jobs"].items() if n)
+        f"policy {st['policy']} · {st['nodes']} nodes · " + ", ".join(f"{n} {s}" for s, n in st["jobs"].items() if n)
     )
     table = Table("job", "state", "team", "prio", "demand", "nodes", "preempted", "why")
     for j in data["jobs"]:
         if j["state"] == "done":
             continue
         nodes = ",".join(n[:8] for n in j["nodes"])
-        table.add_row(j["job_id"], _status(j["state"]), j["team"], str(j["priority"]), j["demand"], nodes, str(j["preemptions"]), j["reason"])
+        table.add_row(
+            j["job_id"],
+            _status(j["state"]),
+            j["team"],
+            str(j["priority"]),
+            j["demand"],
+            nodes,
+            str(j["preemptions"]),
+            j["reason"],
+        )
     console.print(table)
 
 
@@ -303,7 +311,8 @@ def bench_scheduling_cmd(
     gpus: Annotated[int | None, typer.Option("--gpus", help="Cluster GPUs (with --gpus-per-node).")] = None,
     gpus_per_node: Annotated[int | None, typer.Option("--gpus-per-node", help="GPUs per node.")] = None,
     cluster: Annotated[
-        str | None, typer.Option("--cluster", help="Cluster YAML: node_groups of count, gpus, cpus, memory_mb, gpu_type.")
+        str | None,
+        typer.Option("--cluster", help="Cluster YAML: node_groups of count, gpus, cpus, memory_mb, gpu_type."),
     ] = None,
     cluster_fraction: Annotated[
         float, typer.Option("--cluster-fraction", help="Keep this fraction of each node group (0-1], e.g. 0.1.")
@@ -312,8 +321,12 @@ def bench_scheduling_cmd(
         str, typer.Option("--policies", help="Comma-separated policies to compare.")
     ] = "fifo,priority,backfill,fair_share,las",
     mode: Annotated[str, typer.Option("--mode", help="sim (simulator), ray (live replay) or both.")] = "sim",
-    jobs: Annotated[int | None, typer.Option("--jobs", help="Jobs to replay (synthetic: to generate; default 1000).")] = None,
-    window_h: Annotated[float | None, typer.Option("--window-h", help="Keep arrivals within H hours of the first.")] = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", help="Jobs to replay (synthetic: to generate; default 1000).")
+    ] = None,
+    window_h: Annotated[
+        float | None, typer.Option("--window-h", help="Keep arrivals within H hours of the first.")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic trace and of --sample random.")] = 0,
     sample: Annotated[str, typer.Option("--sample", help="Which --jobs of a real trace: first or random.")] = "first",
     time_scale: Annotated[
@@ -417,8 +430,18 @@ def _print_bench_table(doc: dict[str, Any]) -> None:
     out = console if console.is_terminal else Console(highlight=False, width=160)
 
     table = Table(
-        "policy", "mode", "avg JCT h", "p99 JCT h", "avg queue h", "makespan h", "util", "JCT/LB", "vs fifo",
-        "preempt/job", "decide p99 ms", "wall s",
+        "policy",
+        "mode",
+        "avg JCT h",
+        "p99 JCT h",
+        "avg queue h",
+        "makespan h",
+        "util",
+        "JCT/LB",
+        "vs fifo",
+        "preempt/job",
+        "decide p99 ms",
+        "wall s",
         title="scheduling benchmark",
     )
     h = 1 / 3600

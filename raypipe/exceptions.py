@@ -36,3 +36,8 @@ class StagePreempted(RaypipeError):
     checkpoint under ``ctx.checkpoint_dir`` and raises this; the runner requeues
     the attempt (no retry spent) and the next grant resumes from the checkpoint.
     """
+
+
+class GateFailed(StageError):
+    """An evaluation gate was not met: the message names each metric, its value, the
+    threshold and by how much it missed.  Not retried; the stages after it are skipped."""

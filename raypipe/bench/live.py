@@ -129,7 +129,9 @@ def _start_cluster(cluster: ClusterSpec, trace: Trace) -> tuple[Any, dict[str, A
     for n in ray.nodes():
         if n.get("Alive") and n["NodeID"] != ray.get_runtime_context().get_node_id():
             holders[n["NodeID"]] = holder_cls.options(
-                num_cpus=0, max_concurrency=10_000, scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+                num_cpus=0,
+                max_concurrency=10_000,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
             ).remote()
     ray.get([h.ping.remote() for h in holders.values()])
     return rc, holders

@@ -40,8 +40,14 @@ def plot_all(
         if not jcts:
             continue
         n = len(jcts)
-        ax.step(jcts, [(i + 1) / n for i in range(n)], where="post", linestyle=style, label=label,
-                color=colors.get(r.policy))
+        ax.step(
+            jcts,
+            [(i + 1) / n for i in range(n)],
+            where="post",
+            linestyle=style,
+            label=label,
+            color=colors.get(r.policy),
+        )
     ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel("job completion time (hours, log scale)")
     ax.set_ylabel("fraction of jobs")

@@ -399,7 +399,12 @@ def summary_markdown(doc: Mapping[str, Any]) -> str:
     cols = ["policy", "mode", *[h for _, h, _ in SUMMARY_COLUMNS], "avg JCT / fifo"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, mode, m, vs in summary_rows(doc):
-        cells = [name, mode, *[fmt_value(m.get(k), s) for k, s in ((k, s) for k, _, s in SUMMARY_COLUMNS)], fmt_value(vs)]
+        cells = [
+            name,
+            mode,
+            *[fmt_value(m.get(k), s) for k, s in ((k, s) for k, _, s in SUMMARY_COLUMNS)],
+            fmt_value(vs),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     for name, m in doc["policies"].items():
         if "sim_error" in m:

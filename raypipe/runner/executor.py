@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from raypipe.exceptions import StagePreempted
+from raypipe.exceptions import GateFailed, StagePreempted
 from raypipe.resources import Resources
 from raypipe.runner.cache import cache_key
 from raypipe.runner.plan import Plan, PlannedStage
 from raypipe.runner.task import execute_stage
 from raypipe.scheduler.client import SchedulerClient, grant_strategy
-from raypipe.store.artifacts import ArtifactRef, ArtifactStore
+from raypipe.stages.base import CommitContext
+from raypipe.store.artifacts import ArtifactRef, ArtifactStore, source_refs
 from raypipe.store.metadata import MetadataStore, StageRunRecord
 
 #: Terminal states of a stage within one run.
@@ -143,11 +144,22 @@ class Executor:
         if not all(self.artifacts.exists(ref) for ref in outs.values()):
             return False
         source = hit.cached_from or hit.id
-        self.meta.record_cached(self.run_id, ps.spec.name, key, source, inputs, outs)
+        sid = self.meta.record_cached(self.run_id, ps.spec.name, key, source, self._recorded_inputs(ps, inputs), outs)
         self.outputs[ps.spec.name] = outs
         self.state[ps.spec.name] = "cached"
-        self._emit(ps.spec.name, "cached", message=f"from stage run {source}")
+        note = self._after_success(ps.spec.name, sid, inputs, outs)
+        self._emit(ps.spec.name, "cached", message=f"from stage run {source}" + (f"; {note}" if note else ""))
         return True
+
+    def _recorded_inputs(self, ps: PlannedStage, inputs: Mapping[str, ArtifactRef]) -> dict[str, ArtifactRef]:
+        """The inputs recorded for lineage: artifacts, plus the files a kind read from outside the store."""
+        return {**inputs, **source_refs(ps.kind.source_files() or [])}
+
+    def _after_success(
+        self, stage: str, stage_run_id: int, inputs: Mapping[str, ArtifactRef], outs: Mapping[str, ArtifactRef]
+    ) -> str | None:
+        commit = CommitContext(self.meta, self.artifacts, self.run_id, stage, stage_run_id, dict(inputs), dict(outs))
+        return self.plan.stages[stage].kind.after_success(commit)
 
     def _request(self, ps: PlannedStage, key: str, inputs: dict[str, ArtifactRef]) -> None:
         """A new attempt: ask the scheduler for its resources (or launch at once if it needs none)."""
@@ -301,11 +313,17 @@ class Executor:
 
     def _succeed(self, att: _Attempt, result: Mapping[str, Any]) -> None:
         outs = {k: ArtifactRef.from_dict(v) for k, v in result["outputs"].items()}
-        self.meta.succeed_stage(att.stage_run_id, att.inputs, outs, node_id=result.get("node_id"))
+        ps = self.plan.stages[att.stage]
+        self.meta.succeed_stage(
+            att.stage_run_id, self._recorded_inputs(ps, att.inputs), outs, node_id=result.get("node_id")
+        )
         self._release(att)
         self.outputs[att.stage] = outs
         self.state[att.stage] = "succeeded"
-        self._emit(att.stage, "succeeded", attempt=att.attempt, duration_s=time.time() - att.started)
+        note = self._after_success(att.stage, att.stage_run_id, att.inputs, outs)
+        self._emit(
+            att.stage, "succeeded", attempt=att.attempt, duration_s=time.time() - att.started, message=note or ""
+        )
 
     def _fail(self, att: _Attempt, status: str, short: str, detail: str, retry: bool = True) -> None:
         self.meta.fail_stage(att.stage_run_id, status, detail)
@@ -396,7 +414,8 @@ class Executor:
                 if att.stop_by is not None or isinstance(getattr(e, "cause", None), StagePreempted):
                     if self._requeue_if_preempted(ref, att, e):
                         continue
-                self._fail(att, "failed", short_error(e), _detail(e))
+                gate = isinstance(getattr(e, "cause", None), GateFailed)
+                self._fail(att, "failed", short_error(e), _detail(e), retry=not gate)
             except Exception as e:  # noqa: BLE001 - a system error: maybe the node died
                 if not self._requeue_if_lost(ref, att):
                     self._fail(att, "failed", short_error(e), _detail(e))
@@ -467,7 +486,10 @@ class Executor:
             if rec.cache_key:
                 self.keys[name] = rec.cache_key
             self.state[name] = "reused"
-            self._emit(name, "reused", message=f"finished earlier in this run (stage run {rec.id})")
+            inputs = {k: r for k, r in self.meta.io_of(rec.id, "in").items() if r.format != "source"}
+            note = self._after_success(name, rec.id, inputs, self.outputs[name])
+            msg = f"finished earlier in this run (stage run {rec.id})" + (f"; {note}" if note else "")
+            self._emit(name, "reused", message=msg)
         try:
             while True:
                 while self._schedule_ready():

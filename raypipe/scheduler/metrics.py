@@ -447,9 +447,7 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
         "unfinished": len(result.unfinished),
     }
     if n:
-        bounds = lower_bounds(
-            [r.submit_s for r in done], [r.duration_s for r in done], [r.gpus for r in done], G
-        )
+        bounds = lower_bounds([r.submit_s for r in done], [r.duration_s for r in done], [r.gpus for r in done], G)
         makespan = max(r.end_s for r in done) - min(r.submit_s for r in done)  # type: ignore[type-var,operator]
         tl = timeline(done, G)
         ftf = finish_time_fairness(done, G)

@@ -106,7 +106,9 @@ def _sim_options(options: SimOptions | Mapping[str, Any] | None) -> SimOptions:
     except ValidationError as e:
         raise SimulationError(
             "invalid simulation option(s): "
-            + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})" for err in e.errors())
+            + "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()
+            )
         ) from None
 
 

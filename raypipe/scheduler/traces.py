@@ -223,7 +223,9 @@ def _options(kw: Mapping[str, Any]) -> TraceOptions:
     except ValidationError as e:
         raise TraceError(
             "invalid trace option(s): "
-            + "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})" for err in e.errors())
+            + "; ".join(
+                f"{'.'.join(map(str, err['loc']))}: {err['msg']} (got {err.get('input')!r})" for err in e.errors()
+            )
         ) from None
 
 
@@ -316,7 +318,8 @@ def _require_columns(path: str, header: Sequence[str], groups: Sequence[Sequence
     missing = [" or ".join(g) for g in groups if not any(c in header for c in g)]
     if missing:
         raise TraceError(
-            f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(header)}" + (f" ({hint})" if hint else "")
+            f"{path}: missing column(s) {', '.join(missing)}; found: {', '.join(header)}"
+            + (f" ({hint})" if hint else "")
         )
 
 
@@ -505,7 +508,15 @@ def load_alibaba(path: str | os.PathLike[str], *, include_cpu_only: bool = False
             _require_columns(
                 p,
                 header,
-                [("name",), ("cpu_milli",), ("memory_mib",), ("num_gpu",), ("gpu_milli",), ("creation_time",), ("deletion_time",)],
+                [
+                    ("name",),
+                    ("cpu_milli",),
+                    ("memory_mib",),
+                    ("num_gpu",),
+                    ("gpu_milli",),
+                    ("creation_time",),
+                    ("deletion_time",),
+                ],
                 hint="the pod list of Alibaba's cluster-trace-gpu-v2023, e.g. openb_pod_list_default.csv",
             )
             checked = True
@@ -617,7 +628,9 @@ def synthetic_philly(
     try:
         TraceOptions(max_jobs=jobs, seed=seed, max_duration_s=max_duration_s, window_h=window_h)
     except ValidationError as e:
-        raise TraceError("synthetic trace: " + "; ".join(f"{err['loc'][0]}: {err['msg']}" for err in e.errors())) from None
+        raise TraceError(
+            "synthetic trace: " + "; ".join(f"{err['loc'][0]}: {err['msg']}" for err in e.errors())
+        ) from None
     if not load > 0:
         raise TraceError(f"synthetic trace: load must be > 0, got {load}")
     if not total_gpus > 0:
@@ -691,7 +704,9 @@ def load_trace(path: str | os.PathLike[str] | None, fmt: str, **options: Any) ->
     """Load a trace of format ``philly`` or ``alibaba`` (``options``: :class:`TraceOptions` fields,
     plus ``include_cpu_only`` for alibaba).  For ``synthetic`` use :func:`synthetic_philly`."""
     if fmt not in ("philly", "alibaba"):
-        raise TraceError(f"unknown trace format {fmt!r}; expected one of: philly, alibaba (synthetic: synthetic_philly)")
+        raise TraceError(
+            f"unknown trace format {fmt!r}; expected one of: philly, alibaba (synthetic: synthetic_philly)"
+        )
     if path is None:
         raise TraceError(f"a trace path is required for format {fmt!r}")
     if fmt == "philly":

@@ -87,6 +87,19 @@ class StageContext:
             self._workdir = None
 
 
+@dataclass
+class CommitContext:
+    """What :meth:`StageKind.after_success` sees: the finished stage run and the stores."""
+
+    meta: Any  # raypipe.store.metadata.MetadataStore
+    artifacts: Any  # raypipe.store.artifacts.ArtifactStore
+    run_id: str
+    stage: str
+    stage_run_id: int
+    inputs: dict[str, Any]  # name -> ArtifactRef
+    outputs: dict[str, Any]  # name -> ArtifactRef
+
+
 class StageKind(ABC):
     """One kind of stage.  Subclasses set ``Params`` and implement :meth:`run`.
 
@@ -124,6 +137,19 @@ class StageKind(ABC):
         """Entered in the stage's task around loading inputs, :meth:`run` and storing
         outputs (e.g. to bound Ray Data by the stage's grant).  Default: nothing."""
         return nullcontext()
+
+    def source_files(self) -> list[dict[str, Any]] | None:
+        """For kinds that read files outside the artifact store: those files as
+        ``{"path", "size", "mtime_ns"}`` (computed on the driver).  They are recorded as the
+        stage run's ``source`` inputs, so lineage reaches the raw files."""
+        return None
+
+    def after_success(self, commit: CommitContext) -> str | None:
+        """Runs on the driver after a stage run is recorded as done (succeeded, cached, or
+        reused by ``resume``), in its own transaction(s): e.g. registering a model.  Must
+        be idempotent: a crash between the two leaves it to run again on ``resume``.
+        Returns a short message for the run's progress output, or None."""
+        return None
 
     def handles_preemption(self) -> bool:
         """Whether :meth:`run` watches ``ctx.preemption_requested()`` (and checkpoints):

@@ -47,6 +47,21 @@ class ArtifactRef:
         return cls(**d)
 
 
+def source_refs(files: list[dict[str, Any]]) -> dict[str, ArtifactRef]:
+    """Files a stage read from outside the store (``{"path", "size", "mtime_ns"}``) as
+    ``source`` artifacts named ``source:0``, ``source:1``...: recorded as the stage run's
+    inputs, so lineage ends at the raw files.  Identified by path, size and mtime."""
+    out = {}
+    for i, f in enumerate(files):
+        ident = f"source\0{f['path']}\0{f['size']}\0{f['mtime_ns']}"
+        digest = hashlib.sha256(ident.encode()).hexdigest()
+        schema = {"mtime_ns": int(f["mtime_ns"])}
+        out[f"source:{i}"] = ArtifactRef(
+            uri=str(f["path"]), sha256=digest, size=int(f["size"]), format="source", schema=schema
+        )
+    return out
+
+
 def resolve_root(storage: str, base: str | os.PathLike[str] | None = None) -> str:
     """An absolute local path or a URI.  Relative paths resolve against ``base`` (or cwd)."""
     if "://" in storage and not storage.startswith("file://"):
@@ -190,6 +205,10 @@ def _write_file(value: Any, path: str) -> dict[str, Any]:
 
 def serialize(value: Any, path: str) -> tuple[str, str, dict[str, Any]]:
     """Write ``value`` to local ``path``; return (format, extension, schema)."""
+    from raypipe.store.models import ModelPackage
+
+    if isinstance(value, ModelPackage):  # the schema is the model's metadata
+        return "model", "tar", value.write_tar(path)
     if isinstance(value, Path):
         return "file", Path(value).suffix.lstrip(".") or "bin", _write_file(value, path)
     if _is_pandas(value):
@@ -227,6 +246,10 @@ def deserialize(fmt: str, path: str) -> Any:
         return _read_pickle(path)
     if fmt == "file":
         return Path(path)
+    if fmt == "model":
+        from raypipe.store.models import ModelPackage
+
+        return ModelPackage.read_tar(path)
     raise StorageError(f"unknown artifact format {fmt!r}")
 
 

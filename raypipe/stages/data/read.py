@@ -167,6 +167,13 @@ class ReadStage(DataStage):
                 issues.append((("path",), str(e)))
         return issues
 
+    def source_files(self) -> list[dict[str, Any]] | None:
+        try:
+            fs, files, _ = self.files()
+        except DataError:  # reported when the stage runs
+            return None
+        return [{"path": i.path, "size": i.size, "mtime_ns": i.mtime_ns} for i in fs.get_file_info(files)]
+
     def source_fingerprint(self) -> str | None:
         try:
             fs, files, fmt = self.files()
