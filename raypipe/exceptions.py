@@ -15,6 +15,10 @@ class RunNotFoundError(RaypipeError):
     """No run with the given id exists in the metadata store."""
 
 
+class ModelNotFoundError(RaypipeError):
+    """No registered model, version or alias matches a reference; the message names what exists."""
+
+
 class StageError(RaypipeError):
     """A stage failed in a way the user must fix (bad return value, bad import...)."""
 

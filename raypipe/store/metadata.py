@@ -74,6 +74,46 @@ CREATE TABLE IF NOT EXISTS lineage (
     stage_run_id INTEGER NOT NULL REFERENCES stage_runs(id),
     PRIMARY KEY (src_sha256, dst_sha256, stage_run_id)
 );
+-- The model registry (raypipe/store/registry.py).
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    description TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    name TEXT NOT NULL REFERENCES models(name),
+    version INTEGER NOT NULL,
+    sha256 TEXT NOT NULL REFERENCES artifacts(sha256),
+    run_id TEXT,
+    stage TEXT,
+    stage_run_id INTEGER,
+    metrics_json TEXT NOT NULL DEFAULT '{}',
+    params_json TEXT NOT NULL DEFAULT '{}',
+    datasets_json TEXT NOT NULL DEFAULT '[]',
+    code TEXT,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (name, version),
+    UNIQUE (name, sha256)
+);
+CREATE TABLE IF NOT EXISTS model_aliases (
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (name, alias),
+    FOREIGN KEY (name, version) REFERENCES model_versions(name, version)
+);
+CREATE TABLE IF NOT EXISTS alias_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    old_version INTEGER,
+    new_version INTEGER,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS alias_events_name ON alias_events(name, alias, id);
+CREATE INDEX IF NOT EXISTS stage_io_sha ON stage_io(sha256, direction);
 """
 
 DONE = ("succeeded", "cached")

@@ -1,0 +1,527 @@
+"""The model registry: named models with numbered versions and movable aliases.
+
+It lives in the metadata store (tables ``models``, ``model_versions``,
+``model_aliases`` and ``alias_events``, created with the rest of its schema).  A
+version is one model artifact (format ``model``) under a name; it records the
+metrics, the training params, the code fingerprint, every dataset version in the
+model's lineage and the stage run that produced it.  Versions are numbered 1, 2,
+3... per name inside the registering transaction (``BEGIN IMMEDIATE``), so two
+processes registering at once never get the same number; registering the same
+artifact under the same name again returns the existing version.
+
+Aliases (``candidate``, ``production``, any name) point at one version each and
+are moved, not copied; every move is kept in ``alias_events`` with its reason.
+
+A reference is ``NAME`` (the latest version), ``NAME:VERSION`` or ``NAME@ALIAS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from raypipe.exceptions import ModelNotFoundError, RaypipeError
+from raypipe.store.artifacts import ArtifactRef
+from raypipe.store.metadata import DONE, MetadataStore
+
+NAME_RE = r"^[A-Za-z][A-Za-z0-9_.-]*$"
+_NAME = re.compile(NAME_RE)
+
+
+def check_name(value: str, what: str = "model name") -> str:
+    """``value`` if it is a valid model or alias name, else a RaypipeError saying why."""
+    if not _NAME.match(value):
+        raise RaypipeError(f"{what} {value!r}: use a letter, then letters, digits, '_', '.' or '-' (pattern {NAME_RE})")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version of a model."""
+
+    name: str
+    version: int
+    sha256: str
+    uri: str
+    size: int
+    #: The stage run that produced the model artifact (for a cache hit: the ``cached`` record).
+    run_id: str | None
+    stage: str | None
+    stage_run_id: int | None
+    metrics: dict[str, Any]
+    params: dict[str, Any]
+    #: Every dataset in the model's lineage: ``{"sha256" (= its version), "stage", "run_id", "stage_run_id", "rows"}``.
+    datasets: list[dict[str, Any]]
+    code: str | None
+    created_at: float
+    aliases: tuple[str, ...]
+    #: The model package's metadata (task, features, label, classes, spec, trained_by...).
+    model: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: True when the call that returned this record created the version.
+    is_new: bool = field(default=False, compare=False)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["aliases"] = list(self.aliases)
+        d.pop("is_new")
+        return d
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One model: how many versions, the latest one and where its aliases point."""
+
+    name: str
+    description: str
+    created_at: float
+    versions: int
+    latest: ModelVersion
+    aliases: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "created_at": self.created_at,
+            "versions": self.versions,
+            "latest": self.latest.version,
+            "aliases": dict(self.aliases),
+            "latest_metrics": self.latest.metrics,
+        }
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    """An alias set, moved or removed (``new_version`` None), with why."""
+
+    name: str
+    alias: str
+    old_version: int | None
+    new_version: int | None
+    at: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ProducerRun:
+    """The stage run that produced an artifact, and the artifacts it read."""
+
+    stage: str
+    run_id: str
+    stage_run_id: int
+    status: str
+    cached_from: int | None
+    inputs: list[LineageNode]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["inputs"] = [n.to_dict() for n in self.inputs]
+        return d
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    """An artifact in a lineage tree.  A node reached a second time (the lineage is a
+    DAG) is ``repeated``: it carries no ``produced_by``, it was shown fully earlier."""
+
+    sha256: str
+    format: str
+    uri: str
+    size: int
+    #: The name under which the stage below read it (``train``, ``source:0``...); None at the root.
+    as_input: str | None
+    produced_by: ProducerRun | None
+    repeated: bool = False
+    #: Rows of a dataset; None for other formats.
+    rows: int | None = None
+    #: Modification time of a raw source file; None for other formats.
+    mtime_ns: int | None = None
+
+    def walk(self) -> Iterable[LineageNode]:
+        """This node and every node below it, depth first."""
+        yield self
+        if self.produced_by is not None:
+            for child in self.produced_by.inputs:
+                yield from child.walk()
+
+    def sources(self) -> list[LineageNode]:
+        """The raw files the tree ends at."""
+        return [n for n in self.walk() if n.format == "source" and not n.repeated]
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "sha256": self.sha256,
+            "format": self.format,
+            "uri": self.uri,
+            "size": self.size,
+            "as_input": self.as_input,
+        }
+        if self.format == "dataset":
+            d["version"] = self.sha256
+            d["rows"] = self.rows
+        if self.format == "source":
+            d["path"] = self.uri
+            d["mtime_ns"] = self.mtime_ns
+        if self.repeated:
+            d["repeated"] = True
+        else:
+            d["produced_by"] = self.produced_by.to_dict() if self.produced_by is not None else None
+        return d
+
+
+def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """``NAME`` | ``NAME:VERSION`` | ``NAME@ALIAS`` -> (name, version, alias)."""
+    bad = RaypipeError(f"model reference {ref!r}: expected NAME, NAME:VERSION (e.g. digits:3) or NAME@ALIAS")
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        if not name or not alias or not _NAME.match(name) or not _NAME.match(alias):
+            raise bad
+        return name, None, alias
+    if ":" in ref:
+        name, _, ver = ref.partition(":")
+        if not _NAME.match(name) or not ver.isdigit() or int(ver) < 1:
+            raise bad
+        return name, int(ver), None
+    if not _NAME.match(ref):
+        raise bad
+    return ref, None, None
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    """Input names in a readable order: ``source:2`` before ``source:10``."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+class ModelRegistry:
+    """Models, versions and aliases in a :class:`MetadataStore` (its connection and transactions)."""
+
+    def __init__(self, meta: MetadataStore) -> None:
+        self.meta = meta
+        self._conn = meta._conn
+
+    # ------------------------------------------------------------------ lineage
+    def producer_of(self, sha256: str, run_id: str | None = None) -> sqlite3.Row | None:
+        """The finished stage run that output ``sha256``: in ``run_id`` if it has one (the
+        ``cached`` record of a cache hit counts), else the first one that produced it."""
+        return self._conn.execute(
+            "SELECT s.* FROM stage_io io JOIN stage_runs s ON s.id = io.stage_run_id "
+            f"WHERE io.direction = 'out' AND io.sha256 = ? AND s.status IN {DONE} "
+            "ORDER BY (s.run_id = ?) DESC, s.id LIMIT 1",
+            (sha256, run_id or ""),
+        ).fetchone()
+
+    def lineage_tree(self, sha256: str, run_id: str | None = None) -> LineageNode:
+        """The artifact ``sha256`` and, recursively, the stage run that produced it and that
+        run's inputs, down to artifacts nothing produced (raw ``source`` files, or values
+        from outside).  Stage runs of ``run_id`` are preferred where an artifact was made by
+        several; below the root, the run of the producer above is preferred."""
+        seen: set[str] = set()
+
+        def node(sha: str, as_input: str | None, prefer: str | None) -> LineageNode:
+            row = self._conn.execute("SELECT * FROM artifacts WHERE sha256 = ?", (sha,)).fetchone()
+            if row is None:
+                raise ModelNotFoundError(f"artifact {sha[:12]} is not in {self.meta.path}")
+            schema = json.loads(row["schema_json"]) if row["schema_json"] else {}
+            base: dict[str, Any] = {
+                "sha256": sha,
+                "format": row["format"],
+                "uri": row["uri"],
+                "size": row["size"],
+                "as_input": as_input,
+                "rows": schema.get("num_rows") if row["format"] == "dataset" else None,
+                "mtime_ns": schema.get("mtime_ns") if row["format"] == "source" else None,
+            }
+            if sha in seen:
+                return LineageNode(produced_by=None, repeated=True, **base)
+            seen.add(sha)
+            sr = self.producer_of(sha, prefer)
+            producer = None
+            if sr is not None:
+                ins = self._conn.execute(
+                    "SELECT name, sha256 FROM stage_io WHERE stage_run_id = ? AND direction = 'in'", (sr["id"],)
+                ).fetchall()
+                inputs = [node(r["sha256"], r["name"], sr["run_id"]) for r in sorted(ins, key=lambda r: _natural(r[0]))]
+                producer = ProducerRun(sr["stage"], sr["run_id"], sr["id"], sr["status"], sr["cached_from"], inputs)
+            return LineageNode(produced_by=producer, **base)
+
+        return node(sha256, None, run_id)
+
+    @staticmethod
+    def datasets_in(tree: LineageNode) -> list[dict[str, Any]]:
+        """Every dataset of a lineage tree (its sha256 is its version) with the stage run that made it."""
+        out = []
+        for n in tree.walk():
+            if n.format == "dataset" and not n.repeated:
+                made = n.produced_by
+                out.append(
+                    {
+                        "sha256": n.sha256,
+                        "rows": n.rows,
+                        "stage": made.stage if made else None,
+                        "run_id": made.run_id if made else None,
+                        "stage_run_id": made.stage_run_id if made else None,
+                    }
+                )
+        return out
+
+    # ------------------------------------------------------------------ writes
+    def register(
+        self,
+        name: str,
+        model_ref: ArtifactRef,
+        run_id: str | None,
+        stage: str | None,
+        stage_run_id: int | None,
+        metrics: Mapping[str, Any] | None = None,
+        aliases: Iterable[str] = (),
+        description: str = "",
+        reason: str = "",
+    ) -> ModelVersion:
+        """Register ``model_ref`` as the next version of ``name`` (creating the model), then
+        point ``aliases`` at it.  The same artifact under the same name again returns the
+        existing version (its record unchanged) and still applies ``aliases``.  ``metrics``
+        default to the model's own (its metadata's ``metrics``); ``reason`` goes into the
+        alias history (default: the run and stage)."""
+        check_name(name)
+        aliases = [check_name(a, "alias") for a in aliases]
+        if model_ref.format != "model":
+            raise RaypipeError(
+                f"cannot register {model_ref.uri} as model {name!r}: it is a {model_ref.format!r} artifact, not a model"
+            )
+        meta = dict(model_ref.schema or {})
+        existing = self._find(name, model_ref.sha256)
+        datasets: list[dict[str, Any]] = []
+        known = self._conn.execute("SELECT 1 FROM artifacts WHERE sha256 = ?", (model_ref.sha256,)).fetchone()
+        if existing is None and known:  # the lineage walk only for a new version, outside the write lock
+            datasets = self.datasets_in(self.lineage_tree(model_ref.sha256, run_id))
+        now = time.time()
+        reason = reason or (f"registered from run {run_id} stage {stage}" if run_id else "registered")
+        with self.meta._tx() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO artifacts(sha256, uri, size, format, schema_json, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    model_ref.sha256,
+                    model_ref.uri,
+                    model_ref.size,
+                    model_ref.format,
+                    json.dumps(meta) if meta else None,
+                    now,
+                ),
+            )
+            c.execute("INSERT OR IGNORE INTO models(name, created_at, description) VALUES (?, ?, ?)", (name, now, ""))
+            if description:
+                c.execute("UPDATE models SET description = ? WHERE name = ?", (description, name))
+            row = c.execute(
+                "SELECT version FROM model_versions WHERE name = ? AND sha256 = ?", (name, model_ref.sha256)
+            ).fetchone()
+            is_new = row is None
+            if is_new:
+                version = int(
+                    c.execute(
+                        "SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE name = ?", (name,)
+                    ).fetchone()[0]
+                )
+                c.execute(
+                    "INSERT INTO model_versions(name, version, sha256, run_id, stage, stage_run_id, metrics_json,"
+                    " params_json, datasets_json, code, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        version,
+                        model_ref.sha256,
+                        run_id,
+                        stage,
+                        stage_run_id,
+                        json.dumps(dict(metrics) if metrics is not None else meta.get("metrics") or {}, default=str),
+                        json.dumps(meta.get("params") or {}, default=str),
+                        json.dumps(datasets),
+                        meta.get("code"),
+                        now,
+                    ),
+                )
+            else:
+                version = int(row["version"])
+            for alias in aliases:
+                self._move_alias(c, name, alias, version, reason, now)
+        return dataclasses.replace(self._get_version(name, version), is_new=is_new)
+
+    def set_alias(self, name: str, version: int, alias: str, reason: str = "") -> AliasEvent | None:
+        """Point ``alias`` of ``name`` at ``version`` (creating or moving it); the event, or
+        None if it already pointed there."""
+        check_name(alias, "alias")
+        self._get_version(name, version)  # a clear error for an unknown model or version
+        with self.meta._tx() as c:
+            return self._move_alias(c, name, alias, version, reason, time.time())
+
+    def remove_alias(self, name: str, alias: str, reason: str = "", version: int | None = None) -> AliasEvent:
+        """Remove ``alias`` of ``name``; with ``version``, only if it points there."""
+        self._check_model(name)
+        now = time.time()
+        with self.meta._tx() as c:
+            row = c.execute("SELECT version FROM model_aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
+            if row is None:
+                raise ModelNotFoundError(f"model {name!r} has no alias {alias!r}; {self._aliases_text(name)}")
+            old = int(row["version"])
+            if version is not None and old != version:
+                raise RaypipeError(f"{name}@{alias} points at version {old}, not {version}; nothing removed")
+            c.execute("DELETE FROM model_aliases WHERE name = ? AND alias = ?", (name, alias))
+            c.execute(
+                "INSERT INTO alias_events(name, alias, old_version, new_version, at, reason) VALUES (?, ?, ?, NULL, ?, ?)",
+                (name, alias, old, now, reason),
+            )
+        return AliasEvent(name, alias, old, None, now, reason)
+
+    def _move_alias(
+        self, c: sqlite3.Connection, name: str, alias: str, version: int, reason: str, now: float
+    ) -> AliasEvent | None:
+        row = c.execute("SELECT version FROM model_aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
+        old = None if row is None else int(row["version"])
+        if old == version:
+            return None
+        c.execute(
+            "INSERT INTO model_aliases(name, alias, version, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+            (name, alias, version, now),
+        )
+        c.execute(
+            "INSERT INTO alias_events(name, alias, old_version, new_version, at, reason) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, alias, old, version, now, reason),
+        )
+        return AliasEvent(name, alias, old, version, now, reason)
+
+    # ------------------------------------------------------------------ reads
+    def _find(self, name: str, sha256: str) -> int | None:
+        row = self._conn.execute(
+            "SELECT version FROM model_versions WHERE name = ? AND sha256 = ?", (name, sha256)
+        ).fetchone()
+        return None if row is None else int(row["version"])
+
+    def _version_of(self, row: sqlite3.Row) -> ModelVersion:
+        aliases = self._conn.execute(
+            "SELECT alias FROM model_aliases WHERE name = ? AND version = ? ORDER BY alias",
+            (row["name"], row["version"]),
+        ).fetchall()
+        return ModelVersion(
+            name=row["name"],
+            version=int(row["version"]),
+            sha256=row["sha256"],
+            uri=row["uri"],
+            size=int(row["size"]),
+            run_id=row["run_id"],
+            stage=row["stage"],
+            stage_run_id=row["stage_run_id"],
+            metrics=json.loads(row["metrics_json"]),
+            params=json.loads(row["params_json"]),
+            datasets=json.loads(row["datasets_json"]),
+            code=row["code"],
+            created_at=row["created_at"],
+            aliases=tuple(a[0] for a in aliases),
+            model=json.loads(row["schema_json"]) if row["schema_json"] else {},
+        )
+
+    _SELECT = "SELECT v.*, a.uri, a.size, a.schema_json FROM model_versions v JOIN artifacts a ON a.sha256 = v.sha256 "
+
+    def _model_names(self) -> list[str]:
+        return [r[0] for r in self._conn.execute("SELECT name FROM models ORDER BY name").fetchall()]
+
+    def _check_model(self, name: str) -> None:
+        if self._conn.execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone() is None:
+            names = self._model_names()
+            have = (
+                f"registered: {', '.join(names)}"
+                if names
+                else "no model is registered yet (a `register` stage adds one)"
+            )
+            raise ModelNotFoundError(f"no model {name!r} in {self.meta.path}; {have}")
+
+    def _aliases_text(self, name: str) -> str:
+        rows = self._conn.execute(
+            "SELECT alias, version FROM model_aliases WHERE name = ? ORDER BY alias", (name,)
+        ).fetchall()
+        return "aliases: " + ", ".join(f"{r[0]} -> v{r[1]}" for r in rows) if rows else "it has no aliases"
+
+    def _get_version(self, name: str, version: int) -> ModelVersion:
+        self._check_model(name)
+        row = self._conn.execute(self._SELECT + "WHERE v.name = ? AND v.version = ?", (name, version)).fetchone()
+        if row is None:
+            have = [
+                str(r[0])
+                for r in self._conn.execute(
+                    "SELECT version FROM model_versions WHERE name = ? ORDER BY version", (name,)
+                ).fetchall()
+            ]
+            raise ModelNotFoundError(f"model {name!r} has no version {version}; versions: {', '.join(have) or 'none'}")
+        return self._version_of(row)
+
+    def get(self, ref: str) -> ModelVersion:
+        """``NAME`` (latest version), ``NAME:VERSION`` or ``NAME@ALIAS``."""
+        name, version, alias = parse_ref(ref)
+        self._check_model(name)
+        if alias is not None:
+            row = self._conn.execute(
+                "SELECT version FROM model_aliases WHERE name = ? AND alias = ?", (name, alias)
+            ).fetchone()
+            if row is None:
+                raise ModelNotFoundError(f"model {name!r} has no alias {alias!r}; {self._aliases_text(name)}")
+            version = int(row["version"])
+        if version is None:
+            latest = self._conn.execute("SELECT MAX(version) FROM model_versions WHERE name = ?", (name,)).fetchone()[0]
+            if latest is None:
+                raise ModelNotFoundError(f"model {name!r} has no versions")
+            version = int(latest)
+        return self._get_version(name, version)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every version of ``name``, oldest first."""
+        self._check_model(name)
+        rows = self._conn.execute(self._SELECT + "WHERE v.name = ? ORDER BY v.version", (name,)).fetchall()
+        return [self._version_of(r) for r in rows]
+
+    def summary(self, name: str) -> ModelSummary:
+        """One model: its description, number of versions, latest version and aliases."""
+        self._check_model(name)
+        m = self._conn.execute(
+            "SELECT m.*, COUNT(v.version) AS n, MAX(v.version) AS latest FROM models m "
+            "JOIN model_versions v ON v.name = m.name WHERE m.name = ? GROUP BY m.name",
+            (name,),
+        ).fetchone()
+        if m is None:
+            raise ModelNotFoundError(f"model {name!r} has no versions")
+        aliases = self._conn.execute(
+            "SELECT alias, version FROM model_aliases WHERE name = ? ORDER BY alias", (name,)
+        ).fetchall()
+        return ModelSummary(
+            name=m["name"],
+            description=m["description"],
+            created_at=m["created_at"],
+            versions=int(m["n"]),
+            latest=self._get_version(name, int(m["latest"])),
+            aliases={a[0]: int(a[1]) for a in aliases},
+        )
+
+    def list_models(self) -> list[ModelSummary]:
+        """Every model with at least one version, by name."""
+        names = self._conn.execute("SELECT DISTINCT name FROM model_versions ORDER BY name").fetchall()
+        return [self.summary(r[0]) for r in names]
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+        """Alias changes of ``name`` (of one alias if given), oldest first."""
+        q = "SELECT name, alias, old_version, new_version, at, reason FROM alias_events WHERE name = ?"
+        args: tuple[Any, ...] = (name,)
+        if alias is not None:
+            q += " AND alias = ?"
+            args += (alias,)
+        return [AliasEvent(**dict(r)) for r in self._conn.execute(q + " ORDER BY id", args).fetchall()]
