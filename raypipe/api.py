@@ -1,4 +1,4 @@
-"""Public entry points: load, validate, run, resume, and read the record of runs."""
+"""Public entry points: load, validate, run, resume, and read the record of runs and the model registry."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from raypipe.runner.plan import Plan, build_plan
 from raypipe.scheduler.client import SchedulerClient, get_controller
 from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root, root_of
 from raypipe.store.metadata import MetadataStore, RunRecord, StageRunRecord
+from raypipe.store.registry import AliasEvent, LineageNode, ModelRegistry, ModelSummary, ModelVersion, parse_ref
 
 DEFAULT_DB = os.path.join(".raypipe", "raypipe.db")
 
@@ -208,6 +209,69 @@ def show_run(run_id: str, db: str | None = None) -> RunDetail:
         stages = meta.stage_runs(rec.run_id)
         outputs = {s.id: {k: v.to_dict() for k, v in meta.io_of(s.id, "out").items()} for s in stages}
         return RunDetail(rec, stages, outputs)
+    finally:
+        meta.close()
+
+
+@dataclass(frozen=True)
+class ModelDetail:
+    """A model version, the lineage of its artifact down to the raw files, and its model's aliases."""
+
+    version: ModelVersion
+    description: str
+    aliases: dict[str, int]
+    lineage: LineageNode
+    alias_history: list[AliasEvent]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.version.to_dict(),
+            "description": self.description,
+            "model_aliases": dict(self.aliases),
+            "lineage": self.lineage.to_dict(),
+            "alias_history": [e.to_dict() for e in self.alias_history],
+        }
+
+
+def list_models(db: str | None = None) -> list[ModelSummary]:
+    """Registered models by name: versions, the latest one (with its metrics) and aliases."""
+    meta = open_metadata(db)
+    try:
+        return ModelRegistry(meta).list_models()
+    finally:
+        meta.close()
+
+
+def show_model(ref: str, db: str | None = None) -> ModelDetail:
+    """A model version by ``NAME`` (latest), ``NAME:VERSION`` or ``NAME@ALIAS``, with its lineage."""
+    meta = open_metadata(db)
+    try:
+        reg = ModelRegistry(meta)
+        mv = reg.get(ref)
+        summary = reg.summary(mv.name)
+        return ModelDetail(
+            version=mv,
+            description=summary.description,
+            aliases=summary.aliases,
+            lineage=reg.lineage_tree(mv.sha256, mv.run_id),
+            alias_history=reg.alias_history(mv.name),
+        )
+    finally:
+        meta.close()
+
+
+def set_model_alias(
+    name: str, version: int, alias: str, *, remove: bool = False, reason: str = "", db: str | None = None
+) -> AliasEvent | None:
+    """Point ``alias`` of model ``name`` at ``version`` (moving it from another version), or with
+    ``remove`` delete it if it points at ``version``.  Returns the recorded change (None: no change)."""
+    parse_ref(f"{name}@{alias}")  # a clear error for a malformed name or alias
+    meta = open_metadata(db)
+    try:
+        reg = ModelRegistry(meta)
+        if remove:
+            return reg.remove_alias(name, alias, reason=reason, version=version)
+        return reg.set_alias(name, version, alias, reason=reason)
     finally:
         meta.close()
 

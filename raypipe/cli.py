@@ -16,8 +16,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
+from rich.tree import Tree
 
 from raypipe import api
 from raypipe.exceptions import RaypipeError
@@ -114,6 +116,11 @@ class _Reporter:
         attempt = f" attempt {e.attempt}" if e.attempt > 1 else ""
         shown = ("failed", "retrying", "skipped", "waiting", "requeued", "queued", "preempting")
         msg = f": {e.message}" if e.message and e.status in shown else ""
+        if e.message and e.status in ("succeeded", "cached", "reused"):
+            # A kind's after_success note (e.g. "registered digits v3 @candidate"); for cache
+            # hits and reuse it follows "from stage run N; ".
+            note = e.message if e.status == "succeeded" else e.message.partition("; ")[2]
+            msg = f": {note}" if note else ""
         label = e.status if e.status != "cached" else "cache hit"
         self.progress.console.print(
             f"  {_ICONS.get(e.status, '·')} {e.stage} {label}{attempt}{dur}{msg}", soft_wrap=True
@@ -262,6 +269,129 @@ def show_cmd(
         status = s.status + (f" (from #{s.cached_from})" if s.cached_from else "")
         table.add_row(s.stage, str(s.attempt), _status(status), dur, out_text, err[-1][:80] if err else "")
     console.print(table)
+
+
+def _metrics_text(metrics: dict[str, Any], limit: int = 4) -> str:
+    items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items[:limit])
+    return text + (", ..." if len(items) > limit else "")
+
+
+@app.command("models")
+def models_cmd(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered models: versions, the latest one, aliases and the latest metrics."""
+    models = _guard(lambda: api.list_models(db))
+    if as_json:
+        print(json.dumps([m.to_dict() for m in models], indent=2, default=str))
+        return
+    if not models:
+        console.print("no models registered yet; a `register` stage adds them")
+        return
+    table = Table("model", "versions", "latest", "aliases", "latest metrics", "registered")
+    for m in models:
+        aliases = ", ".join(f"{a} -> v{v}" for a, v in m.aliases.items())
+        table.add_row(
+            escape(m.name),
+            str(m.versions),
+            f"v{m.latest.version}",
+            escape(aliases),
+            escape(_metrics_text(m.latest.metrics)),
+            _ts(m.latest.created_at),
+        )
+    console.print(table)
+
+
+model_app = typer.Typer(
+    help="The model registry: show a model version with its lineage, move aliases.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(model_app, name="model")
+
+
+def _artifact_label(node: Any) -> str:
+    head = f"[bold]{escape(node.as_input)}[/]: " if node.as_input else ""
+    if node.format == "source":
+        text = f"raw file {escape(node.uri)} · {node.size:,} B"
+    elif node.format == "dataset":
+        rows = f" · {node.rows:,} rows" if node.rows is not None else ""
+        text = f"dataset v{node.sha256[:12]}{rows}"
+    else:
+        text = f"{escape(node.format)} {node.sha256[:12]} · {node.size:,} B"
+    return head + text + (" [dim](shown above)[/]" if node.repeated else "")
+
+
+def _producer_label(p: Any) -> str:
+    status = p.status + (f" from #{p.cached_from}" if p.cached_from else "")
+    return f"[cyan]<- {escape(p.stage)}[/] · run {escape(p.run_id)} · stage run #{p.stage_run_id} · {_status(status)}"
+
+
+def _lineage_tree(node: Any, tree: Tree | None = None) -> Tree:
+    branch = Tree(_artifact_label(node)) if tree is None else tree.add(_artifact_label(node))
+    if node.produced_by is not None:
+        step = branch.add(_producer_label(node.produced_by))
+        for child in node.produced_by.inputs:
+            _lineage_tree(child, step)
+    return branch
+
+
+@model_app.command("show")
+def model_show_cmd(
+    ref: Annotated[str, typer.Argument(help="NAME (latest version), NAME:VERSION or NAME@ALIAS.")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a model version: metrics, params, datasets, code, aliases and its lineage to the raw files."""
+    detail = _guard(lambda: api.show_model(ref, db))
+    if as_json:
+        print(json.dumps(detail.to_dict(), indent=2, default=str))
+        return
+    v = detail.version
+    here = "".join(f" @{a}" for a in v.aliases)
+    console.print(f"model [bold]{escape(v.name)}[/] v{v.version}{escape(here)} · registered {_ts(v.created_at)}")
+    if detail.description:
+        console.print(f"  description: {escape(detail.description)}", soft_wrap=True)
+    console.print(f"  artifact: {escape(v.uri)} ({v.size:,} B, sha256 {v.sha256[:16]})", soft_wrap=True)
+    console.print(
+        f"  produced by: stage {escape(str(v.stage))} of run {escape(str(v.run_id))} (stage run #{v.stage_run_id})"
+    )
+    if v.model.get("task") or v.model.get("label"):
+        feats = v.model.get("features") or []
+        console.print(
+            f"  task: {v.model.get('task')} · label {v.model.get('label')} · {len(feats)} features", soft_wrap=True
+        )
+    console.print(f"  metrics: {escape(json.dumps(v.metrics, default=str))}", soft_wrap=True)
+    console.print(f"  params: {escape(json.dumps(v.params, default=str))}", soft_wrap=True)
+    console.print(f"  code: {escape(str(v.code))}")
+    for d in v.datasets:
+        rows = f", {d['rows']:,} rows" if d.get("rows") is not None else ""
+        console.print(f"  dataset: v{d['sha256'][:12]} (stage {escape(str(d['stage']))}{rows})")
+    if detail.aliases:
+        console.print("  aliases: " + escape(", ".join(f"{a} -> v{n}" for a, n in detail.aliases.items())))
+    console.print("lineage:")
+    console.print(_lineage_tree(detail.lineage), soft_wrap=True)
+
+
+@model_app.command("alias")
+def model_alias_cmd(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[int, typer.Argument(help="Version number the alias points at.")],
+    alias: Annotated[str, typer.Argument(help="Alias, e.g. production or candidate.")],
+    remove: Annotated[
+        bool, typer.Option("--remove", help="Remove ALIAS instead (only if it points at VERSION).")
+    ] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept in the alias history.")] = "",
+    db: DbOpt = None,
+) -> None:
+    """Point ALIAS of model NAME at VERSION (moving it from the version it pointed at)."""
+    event = _guard(lambda: api.set_model_alias(name, version, alias, remove=remove, reason=reason, db=db))
+    if event is None:
+        console.print(f"{escape(name)}@{escape(alias)} already points at v{version}")
+    elif event.new_version is None:
+        console.print(f"removed {escape(name)}@{escape(alias)} (was v{event.old_version})")
+    else:
+        was = f" (was v{event.old_version})" if event.old_version is not None else ""
+        console.print(f"{escape(name)}@{escape(alias)} -> v{event.new_version}{was}")
 
 
 @app.command("queue")

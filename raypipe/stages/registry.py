@@ -16,6 +16,7 @@ STAGE_KINDS: tuple[tuple[str, str], ...] = (
     ("data.split", "raypipe.stages.data.split:SplitStage"),
     ("data.profile", "raypipe.stages.data.profile:ProfileStage"),
     ("train", "raypipe.stages.train:TrainStage"),
+    ("register", "raypipe.stages.register:RegisterStage"),
 )
 
 

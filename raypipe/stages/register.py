@@ -1,0 +1,99 @@
+"""``register``: add a model artifact to the model registry as a new version.
+
+Inputs: ``model`` (a model artifact, e.g. a ``train`` stage's ``model``) and an
+optional ``metrics`` (a JSON dict, e.g. an evaluate stage's output; default: the
+metrics stored in the model).  Params: ``name``, ``aliases`` (default
+``[candidate]``) and ``description``.
+
+The stage's task only checks its inputs and outputs ``registration``
+(``{"name", "model_sha256", "aliases"}``).  The registration itself is written on
+the driver by :meth:`RegisterStage.after_success`, after the stage run is recorded:
+the registry lives in the metadata store, which only the driver writes, and a
+cache hit or a ``resume`` runs it again harmlessly (the same artifact under the
+same name is the same version).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from raypipe.exceptions import StageError
+from raypipe.stages.base import CommitContext, StageContext, StageKind, StageParams
+from raypipe.store.models import is_model_package
+from raypipe.store.registry import NAME_RE, ModelRegistry
+
+INPUTS = ("model", "metrics")
+
+
+class RegisterParams(StageParams):
+    #: The model's name in the registry.
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    #: Aliases pointed at the registered version (moved from older versions).
+    aliases: list[Annotated[str, Field(pattern=NAME_RE)]] = Field(default_factory=lambda: ["candidate"])
+    description: str = ""
+
+
+class RegisterStage(StageKind):
+    Params = RegisterParams
+    params: RegisterParams
+
+    def outputs(self) -> list[str]:
+        return ["registration"]
+
+    def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
+        issues: list[tuple[tuple[str | int, ...], str]] = []
+        if "model" not in input_names:
+            issues.append(((), "needs an input named 'model' (a model artifact, e.g. inputs: {model: train.model})"))
+        extra = sorted(set(input_names) - set(INPUTS))
+        if extra:
+            issues.append(((), f"unknown inputs {extra}; a register stage takes 'model' and optionally 'metrics'"))
+        return issues
+
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        ref = ctx.input_refs.get("model")
+        model = inputs.get("model")
+        if not is_model_package(model) or (ref is not None and ref.format != "model"):
+            fmt = ref.format if ref is not None else type(model).__name__
+            raise StageError(
+                f"input 'model' is a {fmt} artifact, not a model; give a stage output that is a "
+                "raypipe ModelPackage (a train/tune stage's `model`, or a python stage returning ModelPackage.create(...))"
+            )
+        if model.root.name.startswith("raypipe-model-"):  # unpacked for this check only
+            shutil.rmtree(model.root, ignore_errors=True)
+        metrics = inputs.get("metrics")
+        if "metrics" in inputs and not (isinstance(metrics, Mapping) and all(isinstance(k, str) for k in metrics)):
+            raise StageError(f"input 'metrics' must be a JSON dict of metrics; got {type(metrics).__name__}")
+        return {
+            "registration": {
+                "name": self.params.name,
+                "model_sha256": ref.sha256 if ref is not None else None,
+                "aliases": list(self.params.aliases),
+            }
+        }
+
+    def after_success(self, commit: CommitContext) -> str | None:
+        """Register the model (driver side).  Idempotent: a second call finds the version."""
+        model_ref = commit.inputs["model"]
+        metrics = None
+        if "metrics" in commit.inputs:
+            value = commit.artifacts.get_value(commit.inputs["metrics"])
+            metrics = dict(value) if isinstance(value, Mapping) else None
+        reg = ModelRegistry(commit.meta)
+        producer = reg.producer_of(model_ref.sha256, commit.run_id)
+        mv = reg.register(
+            self.params.name,
+            model_ref,
+            run_id=producer["run_id"] if producer is not None else commit.run_id,
+            stage=producer["stage"] if producer is not None else None,
+            stage_run_id=producer["id"] if producer is not None else None,
+            metrics=metrics,
+            aliases=self.params.aliases,
+            description=self.params.description,
+            reason=f"stage {commit.stage} of run {commit.run_id}",
+        )
+        at = "".join(f" @{a}" for a in self.params.aliases)
+        return f"{'registered' if mv.is_new else 'already registered:'} {mv.name} v{mv.version}{at}"
