@@ -358,7 +358,9 @@ def model_show_cmd(
     if v.model.get("task") or v.model.get("label"):
         feats = v.model.get("features") or []
         console.print(
-            f"  task: {v.model.get('task')} · label {v.model.get('label')} · {len(feats)} features", soft_wrap=True
+            f"  task: {v.model.get('task')} · label {v.model.get('label')} · {len(feats)} feature"
+            + ("" if len(feats) == 1 else "s"),
+            soft_wrap=True,
         )
     console.print(f"  metrics: {escape(json.dumps(v.metrics, default=str))}", soft_wrap=True)
     console.print(f"  params: {escape(json.dumps(v.params, default=str))}", soft_wrap=True)
