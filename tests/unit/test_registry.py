@@ -366,3 +366,23 @@ def test_cli_models_show_and_alias(store: MetadataStore, tmp_path: Path) -> None
     ):
         out = runner.invoke(app, args)
         assert out.exit_code == 2 and out.output.startswith(message), out.output
+
+
+def test_after_success_registers_once_however_often_it_runs(store: MetadataStore, tmp_path: Path) -> None:
+    """A cache hit or a resume runs the hook again: the same version, aliases re-applied."""
+    from raypipe.stages.base import CommitContext
+    from raypipe.stages.register import RegisterParams, RegisterStage
+    from raypipe.store.artifacts import ArtifactStore
+
+    g = build_lineage(store, tmp_path)
+    artifacts = ArtifactStore(str(tmp_path / "objects"))
+    metrics = artifacts.put_value({"accuracy": 0.97})
+    kind = RegisterStage(RegisterParams(name="digits", aliases=["candidate", "latest-run"]))
+    commit = CommitContext(store, artifacts, "run-1", "reg", 99, {"model": g["model"], "metrics": metrics}, {})
+    assert kind.after_success(commit) == "registered digits v1 @candidate @latest-run"
+    ModelRegistry(store).set_alias("digits", 1, "production")
+    assert kind.after_success(commit) == "already registered: digits v1 @candidate @latest-run"
+    [v] = ModelRegistry(store).versions("digits")
+    assert (v.metrics, v.stage, v.stage_run_id) == ({"accuracy": 0.97}, "fit", g["sids"]["fit"])
+    assert v.aliases == ("candidate", "latest-run", "production")
+    assert len(ModelRegistry(store).alias_history("digits")) == 3
