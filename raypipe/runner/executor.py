@@ -132,7 +132,7 @@ class Executor:
                     f"it produced: {', '.join(sorted(produced)) or 'nothing'}"
                 )
             refs[arg] = produced[output]
-        return refs
+        return {**refs, **ps.kind.resolve_inputs(self.meta)}
 
     def _try_cache(self, ps: PlannedStage, key: str, inputs: dict[str, ArtifactRef]) -> bool:
         if not (self.use_cache and ps.spec.cache):

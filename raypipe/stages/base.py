@@ -144,6 +144,13 @@ class StageKind(ABC):
         stage run's ``source`` inputs, so lineage reaches the raw files."""
         return None
 
+    def resolve_inputs(self, meta: Any) -> dict[str, Any]:
+        """Inputs found on the driver when the stage is about to run, beside its declared
+        ones (name -> ``ArtifactRef``; e.g. the registry's ``production`` model for a
+        gate).  They enter the cache key and lineage like declared inputs.  ``meta`` is
+        the run's :class:`~raypipe.store.metadata.MetadataStore`.  Default: none."""
+        return {}
+
     def after_success(self, commit: CommitContext) -> str | None:
         """Runs on the driver after a stage run is recorded as done (succeeded, cached, or
         reused by ``resume``), in its own transaction(s): e.g. registering a model.  Must

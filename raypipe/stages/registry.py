@@ -16,6 +16,8 @@ STAGE_KINDS: tuple[tuple[str, str], ...] = (
     ("data.split", "raypipe.stages.data.split:SplitStage"),
     ("data.profile", "raypipe.stages.data.profile:ProfileStage"),
     ("train", "raypipe.stages.train:TrainStage"),
+    ("tune", "raypipe.stages.tune:TuneStage"),
+    ("evaluate", "raypipe.stages.evaluate:EvaluateStage"),
     ("register", "raypipe.stages.register:RegisterStage"),
 )
 

@@ -24,25 +24,57 @@ Outputs: ``checkpoint`` (the last checkpoint, a ``.tar`` of its folder),
 from __future__ import annotations
 
 import json
-import tarfile
+import shutil
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from raypipe.exceptions import StageError
+from raypipe.models.builtin import BuiltinTraining, ModelSpec
 from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
 from raypipe.stages.python import FUNC_RE, function_fingerprint, import_check, import_function
+from raypipe.store.models import META_FILE, ModelPackage
 
 
-class TrainParams(StageParams):
-    function: Annotated[str, Field(pattern=FUNC_RE)]
+class TrainParams(BuiltinTraining, StageParams):
+    """Either ``function`` (a user loop) or ``model`` (the built-in loop, with the
+    training fields of :class:`~raypipe.models.builtin.BuiltinTraining`)."""
+
+    #: A user loop: Ray Train's ``train_loop_per_worker(config)``.
+    function: Annotated[str | None, Field(pattern=FUNC_RE)] = None
+    #: A built-in model (``{type: mlp|cnn, ...}``), trained by the built-in loop.
+    model: ModelSpec | None = None  # type: ignore[assignment]
+    #: For user loops: ``config`` of the loop; ``predict`` loads the checkpoint for ``evaluate``.
     config: dict[str, Any] = Field(default_factory=dict)
+    predict: Annotated[str | None, Field(pattern=FUNC_RE)] = None
     use_gpu: bool | Literal["auto"] = "auto"
     #: Restarts of the worker group (from the last checkpoint) after a worker or node dies.
     max_failures: Annotated[int, Field(ge=-1)] = 0
     keep_checkpoints: Annotated[int, Field(ge=1)] = 2
+
+    @model_validator(mode="after")
+    def _one_loop(self) -> TrainParams:
+        if (self.function is None) == (self.model is None):
+            raise ValueError("give either `function` (your training loop) or `model` (a built-in model), not both")
+        if self.function is not None:
+            fields = BuiltinTraining.model_fields
+            builtin_only = sorted(
+                f
+                for f in (set(fields) - {"model"}) & self.model_fields_set
+                if getattr(self, f) != fields[f].get_default(call_default_factory=True)
+            )
+            if builtin_only:
+                raise ValueError(
+                    f"{', '.join(builtin_only)}: only for built-in models (`model:`); put them in `config`"
+                )
+        elif self.config or self.predict:
+            raise ValueError("`config` and `predict` are for user loops (`function:`)")
+        return self
+
+    def builtin(self) -> BuiltinTraining:
+        fields = set(BuiltinTraining.model_fields)
+        return BuiltinTraining.model_validate({k: v for k, v in self.model_dump().items() if k in fields})
 
 
 def use_gpu(setting: bool | str, granted_gpus: float) -> bool:
@@ -72,32 +104,58 @@ class TrainStage(StageKind):
     params: TrainParams
 
     def outputs(self) -> list[str]:
-        return ["checkpoint", "metrics", "history"]
+        return ["model", "metrics", "history"]
 
     def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
-        problem = import_check(self.params.function)
-        issues: list[tuple[tuple[str | int, ...], str]] = [(("function",), problem)] if problem else []
-        for name in set(input_names) & set(self.params.config):
-            issues.append((("config", name), f"{name!r} is both an input and a config key; rename one"))
+        issues: list[tuple[tuple[str | int, ...], str]] = []
+        if self.params.function is not None:
+            problem = import_check(self.params.function)
+            issues += [(("function",), problem)] if problem else []
+            for name in set(input_names) & set(self.params.config):
+                issues.append((("config", name), f"{name!r} is both an input and a config key; rename one"))
+        else:
+            unknown = sorted(set(input_names) - {"train", "validation"})
+            if "train" not in input_names or unknown:
+                issues.append(
+                    (
+                        ("model",),
+                        "built-in models take inputs `train` (a dataset) and optionally `validation`"
+                        + (f"; unexpected: {', '.join(unknown)}" if unknown else ""),
+                    )
+                )
+        if self.params.predict is not None and (problem := import_check(self.params.predict)):
+            issues.append((("predict",), problem))
         return issues
 
     def fingerprint(self) -> str:
-        return module_fingerprint(__name__) + function_fingerprint(self.params.function)
+        code = module_fingerprint(__name__)
+        if self.params.function is not None:
+            return code + function_fingerprint(self.params.function)
+        return code + module_fingerprint("raypipe.models.builtin")
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
+        from raypipe.models import builtin
         from raypipe.scheduler.backend import NODE_ID_LABEL
         from raypipe.stages.data.common import as_dataset, is_table
 
-        loop = import_function(self.params.function)
         datasets, config = {}, dict(self.params.config)
         for name, value in inputs.items():
             if is_table(value):
-                datasets[name] = as_dataset(value, f"input {name!r}")
+                datasets[name] = _in_memory_if_small(as_dataset(value, f"input {name!r}"), ctx.input_refs.get(name))
             else:
                 config[name] = value
+        meta = {
+            "trained_by": {"kind": "train", "function": self.params.function, "stage": ctx.stage, "run_id": ctx.run_id},
+            "code": self.code_fingerprint(),
+        }
+        if self.params.function is not None:
+            loop: Any = import_function(self.params.function)
+        else:
+            loop = builtin.train_loop
+            config = builtin.prepare(self.params.builtin(), datasets, meta)
         gpu = use_gpu(self.params.use_gpu, ctx.resources.gpu)
         selectors = [{NODE_ID_LABEL: n} for n in ctx.grant_nodes] if ctx.grant_nodes else None
         scaling = ScalingConfig(
@@ -120,17 +178,51 @@ class TrainStage(StageKind):
         result = trainer.fit()
         if result.error is not None:
             raise result.error
-        history = _read_history(f"{storage}/history.jsonl")
-        out: dict[str, Any] = {"metrics": _plain(result.metrics or {}), "history": history}
         if result.checkpoint is None:
             raise StageError(f"{self.params.function} reported no checkpoint (call ray.train.report(..., checkpoint=))")
-        with result.checkpoint.as_directory() as folder:
-            archive = ctx.workdir / "checkpoint.tar"
-            with tarfile.open(archive, "w") as tar:
-                for f in sorted(Path(folder).rglob("*")):
-                    tar.add(f, arcname=str(f.relative_to(folder)), recursive=False)
-        out["checkpoint"] = archive
-        return out
+        metrics = _plain(result.metrics or {})
+        folder = ctx.workdir / "model"
+        with result.checkpoint.as_directory() as d:
+            shutil.copytree(d, folder)
+        if self.params.function is None:
+            package = ModelPackage.open(folder)
+        else:
+            own = ModelPackage.open(folder).meta if (folder / META_FILE).is_file() else {}
+            schema = {n: str(t) for n, t in zip(*_names_types(datasets), strict=True)} if datasets else None
+            package = ModelPackage.create(
+                folder,
+                {
+                    "task": None,
+                    "features": None,
+                    "label": None,
+                    "classes": None,
+                    "spec": None,
+                    "preprocessing": None,
+                    "input_schema": schema,
+                    "predict": self.params.predict,
+                    **meta,
+                    "params": _plain(self.params.config),
+                    "metrics": metrics,
+                    **own,
+                },
+            )
+        history = _read_history(f"{storage}/history.jsonl")
+        return {"model": package, "metrics": metrics, "history": history}
+
+
+#: Datasets up to this size are read once into Ray's object store before training, so
+#: epochs iterate blocks in memory instead of re-reading the files every epoch.
+MATERIALIZE_MAX_BYTES = 256 * 1024 * 1024
+
+
+def _in_memory_if_small(ds: Any, ref: Any) -> Any:
+    size = getattr(ref, "size", None)
+    return ds.materialize() if size is not None and size <= MATERIALIZE_MAX_BYTES else ds
+
+
+def _names_types(datasets: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+    schema = (datasets.get("train") or next(iter(datasets.values()))).schema()
+    return list(schema.names), list(schema.types)
 
 
 def _plain(d: Mapping[str, Any]) -> dict[str, Any]:

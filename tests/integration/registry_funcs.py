@@ -30,3 +30,38 @@ def fit(data: Any, ctx: Any, lr: float = 0.1) -> dict[str, Any]:  # data: a Ray 
 def evaluate(model: ModelPackage) -> dict[str, Any]:
     mean = json.loads(model.file("weights.json").read_text())["mean"]
     return {"metrics": {"mean": mean, "score": 1.0}}
+
+
+def mlp_package(data: Any, ctx: Any, seed: int = 0, bias_to: int | None = None) -> dict[str, Any]:
+    """An untrained built-in MLP package for the ``evaluate`` tests (no Ray Train: fast).
+    ``bias_to`` makes it always predict that class."""
+    import torch
+
+    from raypipe.models.builtin import WEIGHTS, build_module
+
+    df = data.to_pandas()
+    features = [c for c in df.columns if c != "label"]
+    spec = {"type": "mlp", "hidden": [8], "dropout": 0.0, "activation": "relu"}
+    classes = sorted(int(c) for c in df["label"].unique())
+    torch.manual_seed(seed)
+    net = build_module(spec, len(features), len(classes))
+    if bias_to is not None:
+        with torch.no_grad():
+            net[-1].weight.zero_()
+            net[-1].bias.zero_()
+            net[-1].bias[classes.index(bias_to)] = 10.0
+    folder = ctx.workdir / "model"
+    folder.mkdir()
+    torch.save(net.state_dict(), folder / WEIGHTS)
+    meta = {
+        "task": "classification",
+        "features": features,
+        "label": "label",
+        "classes": classes,
+        "spec": spec,
+        "preprocessing": None,
+        "params": {"seed": seed},
+        "metrics": {},
+        "code": "mlp-package",
+    }
+    return {"model": ModelPackage.create(folder, meta)}

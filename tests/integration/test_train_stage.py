@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-import tarfile
+import json
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +56,100 @@ def test_two_workers_stream_their_shards_of_a_dataset_and_checkpoint(tmp_path: P
     db = str(tmp_path / "store" / "raypipe.db")
     history = raypipe.read_artifact(res.outputs["fit"]["history"].sha256, db=db)
     assert [h["epoch"] for h in history] == [0, 1, 2] and history[-1]["loss"] < history[0]["loss"]
-    archive = raypipe.read_artifact(res.outputs["fit"]["checkpoint"].sha256, db=db)
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp_path / "ckpt", filter="data")
-    state = torch.load(tmp_path / "ckpt" / "model.pt")
+    model = raypipe.read_artifact(res.outputs["fit"]["model"].sha256, db=db)
+    assert model.meta["trained_by"]["function"] == f"{F}:linear_loop"
+    assert model.meta["input_schema"] == {"x1": "double", "x2": "double", "y": "double"}
+    state = torch.load(model.file("model.pt"))
     np.testing.assert_allclose(state["model"]["weight"].numpy().ravel(), [3.0, -2.0], atol=0.15)
+
+
+def _train_worker_pids() -> list[int]:
+    """Ray Train worker processes on this machine (Ray titles them ``ray::RayTrainWorker...``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def _kill_a_worker_after_epoch(store: Path, epoch: int, killed: list[int], stop: threading.Event) -> None:
+    """Once the history shows ``epoch`` reported, SIGKILL one Ray Train worker process."""
+    while not stop.is_set():
+        for hist in store.glob("checkpoints/fit/*/history.jsonl"):
+            rows = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
+            if any(r["epoch"] >= epoch for r in rows):
+                workers = _train_worker_pids()
+                if workers:
+                    pid = workers[-1]
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                    return
+        time.sleep(0.2)
+
+
+def test_builtin_mlp_two_workers_converge_and_resume_after_a_worker_is_killed(tmp_path: Path) -> None:
+    """The digits dataset, 2 DDP workers (gloo): one is killed after epoch 1; Ray Train restarts the
+    group from the last checkpoint (the epochs continue; nothing restarts from zero) and it converges."""
+    store = tmp_path / "store"
+    cfg = raypipe.PipelineConfig(
+        name="train-builtin",
+        storage=str(store),
+        stages=[
+            raypipe.StageConfig(
+                name="read",
+                kind="data.read",
+                params={"package": "sklearn.datasets", "path": "data/digits.csv.gz", "csv": {"header": False}},
+            ),
+            raypipe.StageConfig(
+                name="label",
+                kind="data.transform",
+                inputs={"data": "read.data"},
+                params={"function": "raypipe.examples.quickstart:name_columns"},
+            ),
+            raypipe.StageConfig(
+                name="split",
+                kind="data.split",
+                inputs={"data": "label.data"},
+                params={"fractions": {"train": 0.8, "test": 0.2}},
+            ),
+            raypipe.StageConfig(
+                name="fit",
+                kind="train",
+                inputs={"train": "split.train", "validation": "split.test"},
+                resources={"cpu": 0.5},
+                gang_size=2,
+                params={
+                    "model": {"type": "mlp", "hidden": [64]},
+                    "optimizer": {"lr": 0.003},
+                    "epochs": 6,
+                    "max_failures": 2,
+                },
+            ),
+        ],
+    )
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_a_worker_after_epoch, args=(store, 1, killed, stop), daemon=True)
+    killer.start()
+    try:
+        res = raypipe.run(cfg)
+    finally:
+        stop.set()
+        killer.join()
+    assert res.ok, res.errors
+    assert killed, "a training worker was killed"
+    db = str(store / "raypipe.db")
+    history = raypipe.read_artifact(res.outputs["fit"]["history"].sha256, db=db)
+    starts = [h["start_epoch"] for h in history]
+    assert starts[0] == 0 and starts[-1] > 0, f"the restarted group resumed from a checkpoint: {history}"
+    first_resumed = starts.index(starts[-1])
+    assert history[first_resumed]["epoch"] == starts[-1], "it continued at the epoch after its checkpoint"
+    assert all(h["start_epoch"] == starts[-1] for h in history[first_resumed:])
+    assert [h["epoch"] for h in history][-1] == 5
+    assert history[-1]["val_accuracy"] > 0.9, history[-1]
+    model = raypipe.read_artifact(res.outputs["fit"]["model"].sha256, db=db)
+    assert model.meta["spec"]["type"] == "mlp" and len(model.meta["features"]) == 64
+    assert model.meta["classes"] == list(range(10))
