@@ -233,7 +233,8 @@ def build_module(spec: Mapping[str, Any], n_in: int, n_out: int) -> Any:
     for ch in spec["channels"]:
         layers += [nn.Conv2d(c, ch, spec["kernel"], padding="same"), act()]
         c = ch
-    layers += [nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(c * 4, spec["hidden"]), act()]
+    ph, pw = min(h, 4), min(w, 4)  # small images keep their layout; larger ones are pooled to 4x4
+    layers += [nn.AdaptiveAvgPool2d((ph, pw)), nn.Flatten(), nn.Linear(c * ph * pw, spec["hidden"]), act()]
     if spec.get("dropout"):
         layers.append(nn.Dropout(spec["dropout"]))
     layers.append(nn.Linear(spec["hidden"], n_out))

@@ -1,24 +1,33 @@
-"""``train`` stage kind: a PyTorch training loop on Ray Train, as a gang the scheduler admitted.
+"""``train`` stage kind: PyTorch training on Ray Train, as a gang the scheduler admitted.
 
-``function: pkg.mod:loop`` is Ray Train's ``train_loop_per_worker(config)``: it
-reads its shard of every dataset input with ``ray.train.get_dataset_shard(name)``
-(streamed from the dataset's files by Ray Data; nothing is collected on the
-driver), trains, and calls ``ray.train.report(metrics, checkpoint=...)``.  Inputs
-that are not datasets (a scaler, a vocabulary) arrive in ``config`` under their
-input name, next to ``params.config``.
+Two ways to say what to train:
+
+- ``model: {type: mlp|cnn, ...}`` with ``optimizer``, ``schedule``, ``epochs``,
+  ``batch_size``...: the built-in loop (:mod:`raypipe.models.builtin`) trains it on
+  the ``train`` dataset input (features: its numeric columns but ``label``,
+  standardized with the training split's statistics), validates on ``validation``
+  when given, and checkpoints every epoch (or every ``checkpoint_every_steps``).
+- ``function: pkg.mod:loop``: Ray Train's ``train_loop_per_worker(config)``; it reads
+  its shard of every dataset input with ``ray.train.get_dataset_shard(name)``, trains
+  and calls ``ray.train.report(metrics, checkpoint=...)``.  Non-dataset inputs (a
+  vocabulary) arrive in ``config`` under their input name, next to ``params.config``.
 
 One Ray Train worker runs per bundle of the stage's gang (``gang_size``), each with
 the stage's ``resources``.  The stage holds a ledger grant and Ray Train's own
 placement group is kept on the granted nodes by label selectors, so the gang the
-scheduler admitted is where the workers run.  Reading the datasets (Ray Data
-tasks feeding the workers) takes CPUs beside the grant, bounded by Ray Train.  ``use_gpu: auto`` trains on GPUs when
-the grant has GPUs and CUDA is present, else on CPU with gloo, with the same code.
-Checkpoints go to the stage's checkpoint folder (the same for every attempt and for
-``resume``), so a restarted attempt, and each of Ray Train's ``max_failures``
-restarts, continues from the last checkpoint (``ray.train.get_checkpoint()``).
+scheduler admitted is where the workers run.  Datasets up to 256 MB are read into
+Ray's object store once, so epochs do not re-read files.  ``use_gpu: auto`` trains
+on GPUs when the grant has GPUs and CUDA is present, else on CPU with gloo, with the
+same code.  Checkpoints go to the stage's checkpoint folder (the same for every
+attempt and for ``resume``), so a restarted attempt, and each of Ray Train's
+``max_failures`` restarts after a worker or node dies, continues from the last
+checkpoint.
 
-Outputs: ``checkpoint`` (the last checkpoint, a ``.tar`` of its folder),
-``metrics`` (the last report) and ``history`` (every report).
+Outputs: ``model`` (a model package, :mod:`raypipe.store.models`: the last
+checkpoint's files and what the model expects: features, input schema, classes,
+standardization, architecture; for user loops, ``predict`` names the function
+``evaluate`` uses to run it), ``metrics`` (the last report) and ``history`` (every
+report, across restarts).
 """
 
 from __future__ import annotations
