@@ -432,7 +432,7 @@ class _Loop:
                 loss.backward()
                 opt.step()
                 step += 1
-                sums[0] += float(loss) * len(y)
+                sums[0] += loss.item() * len(y)
                 sums[1] += float((out.argmax(1) == y).sum()) if self.meta["task"] == "classification" else 0.0
                 sums[2] += len(y)
                 if every and step % every == 0:

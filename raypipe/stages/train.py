@@ -143,28 +143,35 @@ class TrainStage(StageKind):
         return code + module_fingerprint("raypipe.models.builtin")
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
         from raypipe.models import builtin
         from raypipe.scheduler.backend import NODE_ID_LABEL
-        from raypipe.stages.data.common import as_dataset, is_table
+        from raypipe.stages.data.common import as_dataset, data_session, is_table
 
-        datasets, config = {}, dict(self.params.config)
-        for name, value in inputs.items():
-            if is_table(value):
-                datasets[name] = _in_memory_if_small(as_dataset(value, f"input {name!r}"), ctx.input_refs.get(name))
+        with data_session(ctx):  # reading inputs and their statistics: bounded by the grant, quiet
+            datasets, config = {}, dict(self.params.config)
+            for name, value in inputs.items():
+                if is_table(value):
+                    ds = as_dataset(value, f"input {name!r}")
+                    datasets[name] = _in_memory_if_small(ds, ctx.input_refs.get(name))
+                else:
+                    config[name] = value
+            meta = {
+                "trained_by": {
+                    "kind": "train",
+                    "function": self.params.function,
+                    "stage": ctx.stage,
+                    "run_id": ctx.run_id,
+                },
+                "code": self.code_fingerprint(),
+            }
+            if self.params.function is not None:
+                loop: Any = import_function(self.params.function)
             else:
-                config[name] = value
-        meta = {
-            "trained_by": {"kind": "train", "function": self.params.function, "stage": ctx.stage, "run_id": ctx.run_id},
-            "code": self.code_fingerprint(),
-        }
-        if self.params.function is not None:
-            loop: Any = import_function(self.params.function)
-        else:
-            loop = builtin.train_loop
-            config = builtin.prepare(self.params.builtin(), datasets, meta)
+                loop = builtin.train_loop
+                config = builtin.prepare(self.params.builtin(), datasets, meta)
         gpu = use_gpu(self.params.use_gpu, ctx.resources.gpu)
         selectors = [{NODE_ID_LABEL: n} for n in ctx.grant_nodes] if ctx.grant_nodes else None
         scaling = ScalingConfig(
@@ -180,6 +187,7 @@ class TrainStage(StageKind):
             failure_config=FailureConfig(max_failures=self.params.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=self.params.keep_checkpoints),
             callbacks=[_history_callback(f"{storage}/history.jsonl")],
+            logging_config=LoggingConfig(log_level="WARNING"),  # progress: one line per report (below)
         )
         trainer = TorchTrainer(
             loop, train_loop_config=config, scaling_config=scaling, run_config=run_config, datasets=datasets
@@ -269,8 +277,10 @@ def _history_callback(path: str) -> Any:
             if fs.get_file_info(p).type.name == "File":
                 with fs.open_input_stream(p) as f:
                     old = f.read()
+            row = _plain(metrics[0])
             with fs.open_output_stream(p) as f:  # object stores cannot append
-                f.write(old + (json.dumps(_plain(metrics[0])) + "\n").encode())
+                f.write(old + (json.dumps(row) + "\n").encode())
+            print("report " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
 
     return History()
 
