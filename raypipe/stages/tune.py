@@ -1,11 +1,21 @@
 """``tune`` stage kind: a hyperparameter sweep on Ray Tune, inside the scheduler's grant.
 
-What a trial runs.  ``function: pkg.mod:trainable`` is a Ray Tune function trainable
-``fn(config, **datasets)``: it trains, calls ``ray.tune.report(metrics,
-checkpoint=...)`` (once per epoch, say) and, when restarted, continues from
-``ray.tune.get_checkpoint()``.  A trial's ``config`` holds ``params.config``, the
-stage's inputs that are not datasets (by input name, as in ``train``) and the values
-the search picked for the ``space`` parameters.
+What a trial runs, one of two:
+
+- ``model: {type: mlp|cnn, ...}`` with the built-in training fields (``optimizer``,
+  ``schedule``, ``epochs``, ``batch_size``... as in ``train``): every trial runs the
+  built-in loop (:func:`raypipe.models.builtin.tune_trainable`) on the ``train`` (and
+  optional ``validation``) inputs, with the trial's values over those fields: a space
+  key is a field (``epochs``) or a dotted path into a section (``optimizer.lr``,
+  ``model.hidden``), checked when planning against the fields and their types.  It
+  reports once per epoch (``epoch, loss, accuracy, val_loss, val_accuracy``) with a
+  checkpoint that is itself a model package.
+- ``function: pkg.mod:trainable``: a Ray Tune function trainable
+  ``fn(config, **datasets)``: it trains, calls ``ray.tune.report(metrics,
+  checkpoint=...)`` (once per epoch, say) and, when restarted, continues from
+  ``ray.tune.get_checkpoint()``.  A trial's ``config`` holds ``params.config``, the
+  stage's inputs that are not datasets (by input name, as in ``train``) and the
+  values the search picked for the ``space`` parameters.
 
 Datasets.  Every dataset input (a Ray Dataset from a data stage, a DataFrame or an
 Arrow table) is read once by the stage, inside its grant and in row order, and
@@ -29,7 +39,8 @@ search repeatable.  ``metric``/``mode`` say what is best.  ``scheduler: {asha:
 {max_t, grace_period, reduction_factor}}`` stops bad trials early with ASHA; its time
 unit is Tune's ``training_iteration`` (one ``report`` = one step, so with one report
 per epoch ``max_t`` counts epochs).  ``max_failures`` restarts a failed trial from
-its last checkpoint that many times.
+its last checkpoint that many times.  Trials reuse actors (``reuse_actors``, default
+on): a sweep starts one process per bundle, not one per trial.
 
 Resources.  Each trial takes one bundle of the stage's grant (``resources``: CPU, GPU,
 memory, custom) and at most ``gang_size`` trials run at once: ``gang_size: 4`` with
@@ -54,15 +65,18 @@ shape (bundles x resources; a sweep restored with another shape would run with t
 old concurrency).  A new attempt finds it (``Tuner.can_restore``) and continues it with
 ``Tuner.restore(resume_errored=True)``: finished trials are not run again, trials
 that were running continue from their last checkpoint, errored ones are retried.
-Tune saves the sweep's state whenever a trial checkpoints and at least every 10 s;
-a trial that finished in the moments before a crash may run again.  ASHA's rungs are
-not saved by Tune: after a restore it starts filling them afresh.
+Tune saves the sweep's state every 2 s here (and whenever a trial checkpoints if
+``keep_checkpoints`` is set; each such save waits for its sync, so it is off by
+default); a trial that finished in the 2 s before a crash may run again, and a
+running trial continues from the last checkpoint the saved state knew of.  ASHA's
+rungs are not saved by Tune: after a restore it starts filling them afresh.
 
-Outputs.  ``best_config``: the full config of the best trial (``params.config`` plus
-the picked values) as JSON.  The best trial is the one with the best value of
+Outputs.  ``best_config``: the full config of the best trial as JSON (built-in: the
+training fields with the picked values, ready for a ``train`` stage; a function:
+``params.config`` plus the picked values).  The best trial is the one with the best value of
 ``metric`` in any of its reports (trials that errored are not candidates).
-``model``: that trial's best checkpoint (by ``metric``; Tune keeps the best
-``keep_checkpoints`` and the latest) as a model package: a checkpoint folder that is
+``model``: that trial's best checkpoint (by ``metric``; with ``keep_checkpoints`` Tune
+keeps that many best and the latest, else all) as a model package: a checkpoint folder that is
 already a package (built-in models) keeps its metadata; any other folder is wrapped
 with ``trained_by: {kind: tune, function, stage, run_id}``, ``params`` (the best
 config), ``metrics`` and ``code``.  ``metrics``: what was reported with that
@@ -84,6 +98,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from raypipe.exceptions import StageError
+from raypipe.models.builtin import BuiltinTraining, ModelSpec
 from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
 from raypipe.stages.python import FUNC_RE, function_fingerprint, import_check, import_function
 
@@ -156,10 +171,16 @@ class SchedulerParams(StageParams):
     asha: AshaParams
 
 
-class TuneParams(StageParams):
+class TuneParams(BuiltinTraining, StageParams):
+    """Either ``function`` (a user trainable) or ``model`` (the built-in loop, with the
+    training fields of :class:`~raypipe.models.builtin.BuiltinTraining` as the base
+    every trial's values override), plus the sweep's settings."""
+
     #: A Ray Tune function trainable ``fn(config, **datasets)``.
-    function: Annotated[str, Field(pattern=FUNC_RE)]
-    #: Fixed values in every trial's config.
+    function: Annotated[str | None, Field(pattern=FUNC_RE)] = None
+    #: A built-in model (``{type: mlp|cnn, ...}``), trained by the built-in loop in every trial.
+    model: ModelSpec | None = None  # type: ignore[assignment]
+    #: For user trainables: fixed values in every trial's config.
     config: dict[str, Any] = Field(default_factory=dict)
     space: Annotated[dict[str, Distribution], Field(min_length=1)]
     search: Literal["random", "grid", "optuna"] = "random"
@@ -177,6 +198,29 @@ class TuneParams(StageParams):
     #: Checkpoints kept per trial, by ``metric`` (the latest is kept too); default all.
     #: Setting it makes Tune save the sweep's state on every trial checkpoint (slower).
     keep_checkpoints: Annotated[int | None, Field(ge=1)] = None
+
+    @model_validator(mode="after")
+    def _one_trainable(self) -> TuneParams:
+        if (self.function is None) == (self.model is None):
+            raise ValueError("give either `function` (your Tune trainable) or `model` (a built-in model), not both")
+        if self.function is not None:
+            fields = BuiltinTraining.model_fields
+            builtin_only = sorted(
+                f
+                for f in (set(fields) - {"model"}) & self.model_fields_set
+                if getattr(self, f) != fields[f].get_default(call_default_factory=True)
+            )
+            if builtin_only:
+                raise ValueError(
+                    f"{', '.join(builtin_only)}: only for built-in models (`model:`); put them in `config`"
+                )
+        elif self.config:
+            raise ValueError("`config` is for user trainables (`function:`); built-in models take their fields")
+        return self
+
+    def builtin(self) -> BuiltinTraining:
+        fields = set(BuiltinTraining.model_fields)
+        return BuiltinTraining.model_validate({k: v for k, v in self.model_dump().items() if k in fields})
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -208,9 +252,21 @@ class TuneStage(StageKind):
     def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
         p = self.params
         issues: list[tuple[tuple[str | int, ...], str]] = []
-        problem = import_check(p.function)
-        if problem:
-            issues.append((("function",), problem))
+        if p.function is not None:
+            problem = import_check(p.function)
+            if problem:
+                issues.append((("function",), problem))
+        else:
+            unknown = sorted(set(input_names) - {"train", "validation"})
+            if "train" not in input_names or unknown:
+                issues.append(
+                    (
+                        ("model",),
+                        "built-in models take inputs `train` (a dataset) and optionally `validation`"
+                        + (f"; unexpected: {', '.join(unknown)}" if unknown else ""),
+                    )
+                )
+            issues += _check_builtin_space(p)
         for name in sorted(set(p.space) & set(p.config)):
             issues.append((("space", name), f"{name!r} is both searched (space) and fixed (config); remove one"))
         for name in sorted(set(input_names) & (set(p.config) | set(p.space))):
@@ -232,11 +288,10 @@ class TuneStage(StageKind):
         return issues
 
     def fingerprint(self) -> str:
-        return (
-            module_fingerprint(__name__)
-            + module_fingerprint(f"{__name__}_support")
-            + function_fingerprint(self.params.function)
-        )
+        code = module_fingerprint(__name__) + module_fingerprint(f"{__name__}_support")
+        if self.params.function is not None:
+            return code + function_fingerprint(self.params.function)
+        return code + module_fingerprint("raypipe.models.builtin")
 
     def session(self, ctx: StageContext) -> Any:
         from raypipe.stages.data.common import data_session
@@ -251,13 +306,58 @@ class TuneStage(StageKind):
         if p.search == "optuna" and optuna_missing():
             raise StageError("search: optuna needs the 'optuna' package (pip install optuna)")
         tables = {name: value for name, value in inputs.items() if is_table(value)}
-        config = {**p.config, **{name: value for name, value in inputs.items() if name not in tables}}
-        fn = import_function(p.function)
-        _check_accepts(fn, p.function, sorted(tables))
-        sweep = ts.Sweep(ctx, p, meta_function=p.function)
-        files = sweep.write_inputs(tables)
-        trainable = ts.function_trial(p.function, files)
-        return sweep.run(trainable, config, fixed=p.config)
+        sweep = ts.Sweep(ctx, p, function=p.function, code=self.code_fingerprint())
+        if p.function is not None:
+            config = {**p.config, **{name: value for name, value in inputs.items() if name not in tables}}
+            _check_accepts(import_function(p.function), p.function, sorted(tables))
+            files = sweep.write_inputs(tables)
+            return sweep.run(ts.function_trial(p.function, files), config, base=p.config)
+        from raypipe.models import builtin
+        from raypipe.stages.data.common import as_dataset
+
+        datasets = {name: as_dataset(value, f"input {name!r}") for name, value in tables.items()}
+        base = builtin.prepare(p.builtin(), datasets, {"trained_by": sweep.trained_by, "code": sweep.code})
+        files = sweep.write_inputs(datasets)
+        return sweep.run(ts.builtin_trial(base, files), {}, base=p.builtin().model_dump(mode="json"), dotted=True)
+
+
+def _check_builtin_space(p: TuneParams) -> list[tuple[tuple[str | int, ...], str]]:
+    """Each space parameter of a built-in model must name a training field (``epochs``,
+    ``optimizer.lr``, ``model.hidden``), and its values (each choice, both ends of a
+    range) must be valid there."""
+    from pydantic import ValidationError
+
+    from raypipe.models.builtin import merge_trial_config
+
+    issues: list[tuple[tuple[str | int, ...], str]] = []
+    try:
+        base = p.builtin().model_dump(mode="json")
+    except ValidationError:
+        return issues  # reported on the params themselves
+    for name, dist in p.space.items():
+        unknown = _unknown_field(base, name)
+        if unknown:
+            issues.append((("space", name), unknown))
+            continue
+        for value in getattr(dist, dist.kind):
+            try:
+                BuiltinTraining.model_validate(merge_trial_config(base, {name: value}))
+            except (ValidationError, StageError) as e:
+                msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+                issues.append((("space", name), f"value {value!r}: {msg}"))
+                break
+    return issues
+
+
+def _unknown_field(base: dict[str, Any], name: str) -> str | None:
+    """Why ``name`` (``epochs``, ``optimizer.lr``) is not a built-in training field, or None."""
+    node: Any = base
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            there = ", ".join(sorted(node)) if isinstance(node, dict) else "a value, not a section"
+            return f"{name!r} is not a built-in training field ({part!r}; there: {there})"
+        node = node[part]
+    return None
 
 
 def _check_accepts(fn: Any, target: str, names: list[str]) -> None:

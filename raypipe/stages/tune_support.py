@@ -241,6 +241,20 @@ def function_trial(target: str, files: Mapping[str, str]) -> Callable[[dict[str,
     return trial
 
 
+def builtin_trial(base: Mapping[str, Any], files: Mapping[str, str]) -> Callable[[dict[str, Any]], Any]:
+    """A Tune function trainable for built-in models: ``base`` is the built-in loop's
+    config (:func:`raypipe.models.builtin.prepare`); a trial's values override it."""
+    base, files = dict(base), dict(files)
+
+    def builtin(config: dict[str, Any]) -> Any:
+        from raypipe.models.builtin import tune_trainable
+
+        quiet_ray_logs()
+        return tune_trainable(base, read_tables(files))(config)
+
+    return builtin
+
+
 # ----------------------------------------------------------------------- progress
 def quiet_ray_logs() -> dict[str, int]:
     """Tune's and Train's INFO lines (a line per checkpoint) off; the previous levels."""
@@ -308,8 +322,9 @@ class SweepProgress(Callback):
 class Sweep:
     """One stage attempt's Tune run: a new sweep, or the stored one continued."""
 
-    def __init__(self, ctx: StageContext, params: Any, meta_function: str | None) -> None:
-        self.ctx, self.p, self.function = ctx, params, meta_function
+    def __init__(self, ctx: StageContext, params: Any, function: str | None, code: str) -> None:
+        self.ctx, self.p, self.function, self.code = ctx, params, function, code
+        self.trained_by = {"kind": "tune", "function": function, "stage": ctx.stage, "run_id": ctx.run_id}
         self.bundle = trial_bundle(ctx)
         storage = (ctx.checkpoint_dir or str(ctx.workdir / "tune")).rstrip("/")
         self.storage = storage
@@ -342,7 +357,12 @@ class Sweep:
             reduction_factor=a.reduction_factor,
         )
 
-    def run(self, trainable: Callable[..., Any], config: Mapping[str, Any], fixed: Mapping[str, Any]) -> dict[str, Any]:
+    def run(
+        self, trainable: Callable[..., Any], config: Mapping[str, Any], base: Mapping[str, Any], dotted: bool = False
+    ) -> dict[str, Any]:
+        """Run (or continue) the sweep.  ``config``: fixed values of every trial's config;
+        ``base``: what ``best_config`` completes (``dotted``: trial keys are dotted paths
+        into it, as for built-in models)."""
         from ray import tune
         from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
@@ -388,10 +408,10 @@ class Sweep:
                     ),
                 )
             grid = tuner.fit()
-        return self.outputs(list(grid), fixed)
+        return self.outputs(list(grid), base, dotted)
 
     # ------------------------------------------------------------------- outputs
-    def outputs(self, results: list[Any], fixed: Mapping[str, Any]) -> dict[str, Any]:
+    def outputs(self, results: list[Any], base: Mapping[str, Any], dotted: bool) -> dict[str, Any]:
         import pandas as pd
 
         p = self.p
@@ -435,7 +455,13 @@ class Sweep:
                 f"the best trial ({best.metrics.get('trial_id')}) reported no checkpoint "
                 "(call ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder)))"
             )
-        best_config = _plain_config({**fixed, **{k: (best.config or {}).get(k) for k in p.space}})
+        chosen = {k: (best.config or {}).get(k) for k in p.space}
+        if dotted:
+            from raypipe.models.builtin import merge_trial_config
+
+            best_config = _plain_config(merge_trial_config(base, chosen))
+        else:
+            best_config = _plain_config({**base, **chosen})
         metrics = _plain_metrics(ckpt_metrics)
         model = self._package(checkpoint, best_config, metrics)
         print(f"[{self.ctx.stage}] best trial {best.metrics.get('trial_id')}: {p.metric}={best_value:.6g}", flush=True)
@@ -447,26 +473,19 @@ class Sweep:
         folder = self.ctx.workdir / "model"
         with checkpoint.as_directory() as d:
             shutil.copytree(d, folder)
-        trained_by = {"kind": "tune", "function": self.function, "stage": self.ctx.stage, "run_id": self.ctx.run_id}
-        if (folder / META_FILE).is_file():
-            meta = ModelPackage.open(folder).meta
-            meta.update(trained_by=trained_by, params=config, metrics=metrics)
-            return ModelPackage.create(folder, meta)
-        from raypipe.stages.python import function_fingerprint
-
-        code = function_fingerprint(self.function) if self.function else None
-        return ModelPackage.create(
-            folder,
-            {
-                "task": None,
-                "spec": None,
-                "preprocessing": None,
-                "trained_by": trained_by,
-                "params": config,
-                "metrics": metrics,
-                "code": code,
-            },
-        )
+        # A checkpoint that is a package already (built-in models) keeps its metadata.
+        meta = ModelPackage.open(folder).meta if (folder / META_FILE).is_file() else {}
+        for key, value in {
+            "task": None,
+            "spec": None,
+            "preprocessing": None,
+            "trained_by": self.trained_by,
+            "params": config,
+            "metrics": metrics,
+            "code": self.code,
+        }.items():
+            meta.setdefault(key, value)
+        return ModelPackage.create(folder, meta)
 
 
 def _metric_values(result: Any, metric: str) -> list[float]:

@@ -21,21 +21,26 @@ def outputs(res: raypipe.RunResult, stage: str, store: Path) -> dict:
     return {name: raypipe.read_artifact(ref.sha256, db=db) for name, ref in res.outputs[stage].items()}
 
 
-def test_asha_stops_bad_trials_early_and_returns_the_best(tmp_path: Path) -> None:
+def test_asha_stops_bad_trials_early_and_returns_the_best_within_the_grant(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"x": rng.normal(size=200)}).to_parquet(tmp_path / "d.parquet")
     log = tmp_path / "log"
     log.mkdir()
     cfg = raypipe.PipelineConfig(
         name="asha",
         storage=str(tmp_path / "store"),
         stages=[
+            raypipe.StageConfig(name="read", kind="data.read", params={"path": str(tmp_path / "d.parquet")}),
             raypipe.StageConfig(
                 name="sweep",
                 kind="tune",
+                inputs={"train": "read.data"},
+                # 4 x 0.5 CPU would fit the 2-CPU Ray at once; the grant holds 2 bundles.
                 resources={"cpu": 0.5},
                 gang_size=2,
                 params={
                     "function": f"{F}:quality_curve",
-                    "config": {"log": str(log), "iterations": 8},
+                    "config": {"log": str(log), "iterations": 8, "step_s": 0.05},
                     # Grid order: the two good configs run first, the bad ones then meet
                     # their results at ASHA's first rung.
                     "space": {"quality": {"grid": [8, 4, 2, 1]}},
@@ -44,7 +49,7 @@ def test_asha_stops_bad_trials_early_and_returns_the_best(tmp_path: Path) -> Non
                     "mode": "min",
                     "scheduler": {"asha": {"max_t": 8, "grace_period": 1, "reduction_factor": 2}},
                 },
-            )
+            ),
         ],
     )
     res = raypipe.run(cfg)
@@ -57,13 +62,29 @@ def test_asha_stops_bad_trials_early_and_returns_the_best(tmp_path: Path) -> Non
         assert trials.loc[bad, "iterations"] < 8
         assert len(list(log.glob(f"q{bad}-it*"))) == trials.loc[bad, "iterations"], "it really stopped"
     assert trials.loc[8, "iterations"] == 8 and not trials.loc[8, "stopped_early"]
-    assert out["best_config"] == {"log": str(log), "iterations": 8, "quality": 8}
+    assert out["best_config"] == {"log": str(log), "iterations": 8, "step_s": 0.05, "quality": 8}
     assert trials.loc[8, "loss_best"] == pytest.approx(10 / 65) and trials.loc[8, "loss_last"] == pytest.approx(10 / 65)
     assert out["metrics"]["loss"] == pytest.approx(10 / 65) and out["metrics"]["training_iteration"] == 8
     model = out["model"]
     assert isinstance(model, ModelPackage)
     assert (model.root / "weights.txt").read_text() == "quality 8\n"
     assert model.meta["trained_by"]["kind"] == "tune" and model.meta["params"]["quality"] == 8
+
+    # Within the grant: never more than 2 trials at once (each trial's span: from the
+    # start of its first iteration to the end of its last), and each got the dataset.
+    spans: dict[str, list[float]] = {}
+    for f in log.iterdir():
+        start, end, rows = f.read_text().split()
+        assert int(rows) == 200, "each trial got the whole dataset input as a DataFrame"
+        q = f.name.split("-")[0]
+        span = spans.setdefault(q, [float(start), float(end)])
+        span[0], span[1] = min(span[0], float(start)), max(span[1], float(end))
+    events = sorted([(s, 1) for s, _ in spans.values()] + [(e, -1) for _, e in spans.values()])
+    running = most = 0
+    for _, step in events:  # an end sorts before a start at the same instant
+        running += step
+        most = max(most, running)
+    assert most <= 2, f"{most} trials ran at once on a grant of 2 bundles"
 
 
 def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path: Path) -> None:
@@ -118,49 +139,3 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path
     out = outputs(res, "sweep", store)
     assert len(out["trials"]) == 4 and set(out["trials"]["status"]) == {"TERMINATED"}
     assert out["best_config"]["quality"] == 8
-
-
-def test_trials_run_at_most_gang_size_at_once_and_read_dataset_inputs(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    pd.DataFrame({"x": rng.normal(size=200), "y": rng.normal(size=200)}).to_parquet(tmp_path / "d.parquet")
-    log = tmp_path / "log"
-    log.mkdir()
-    cfg = raypipe.PipelineConfig(
-        name="concurrency",
-        storage=str(tmp_path / "store"),
-        stages=[
-            raypipe.StageConfig(name="read", kind="data.read", params={"path": str(tmp_path / "d.parquet")}),
-            raypipe.StageConfig(
-                name="sweep",
-                kind="tune",
-                inputs={"train": "read.data"},
-                # 4 x 0.5 CPU would fit the 2-CPU Ray at once; the grant holds 2 bundles.
-                resources={"cpu": 0.5},
-                gang_size=2,
-                params={
-                    "function": f"{F}:timed",
-                    "config": {"log": str(log), "hold_s": 0.5},
-                    "space": {"i": {"grid": [0, 1, 2, 3]}, "k": {"uniform": [1, 2]}},
-                    "num_samples": 1,
-                    "metric": "score",
-                    "mode": "max",
-                },
-            ),
-        ],
-    )
-    res = raypipe.run(cfg)
-    assert res.ok, res.errors
-    events = []
-    for f in log.iterdir():
-        start, end, rows = f.read_text().split()
-        assert int(rows) == 200, "each trial got the whole dataset as a DataFrame"
-        events += [(float(start), 1), (float(end), -1)]
-    assert len(events) == 8
-    running = most = 0
-    for _, step in sorted(events, key=lambda e: (e[0], e[1])):  # ends before starts at a tie
-        running += step
-        most = max(most, running)
-    assert most <= 2, f"{most} trials ran at once on a grant of 2 bundles"
-    out = outputs(res, "sweep", tmp_path / "store")
-    assert out["best_config"]["i"] == 3 and 1 <= out["best_config"]["k"] <= 2
-    assert sorted(out["trials"]["config/i"]) == [0, 1, 2, 3]

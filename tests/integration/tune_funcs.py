@@ -29,14 +29,17 @@ def _report(metrics: dict, step: int) -> None:
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
 
 
-def quality_curve(config: dict) -> None:
+def quality_curve(config: dict, train=None) -> None:  # noqa: ANN001 - a pandas DataFrame
     """``loss`` falls with every iteration; configs with a higher ``quality`` fall faster,
-    so bad configs are worse at every iteration.  Logs ``<log>/q<quality>-it<i>``."""
+    so bad configs are worse at every iteration.  Logs ``<log>/q<quality>-it<i>`` with the
+    iteration's start and end times and the rows of the ``train`` input."""
     log = Path(config["log"])
     q = config["quality"]
+    rows = -1 if train is None else len(train)
     for i in range(_resume(), config["iterations"]):
+        start = time.time()
         time.sleep(config.get("step_s", 0.0))
-        (log / f"q{q}-it{i}").write_text(str(os.getpid()))
+        (log / f"q{q}-it{i}").write_text(f"{start} {time.time()} {rows}")
         _report({"loss": 10.0 / (1 + q * (i + 1)), "quality": q}, i)
 
 
@@ -84,22 +87,3 @@ def _wait_for_saved_finished(storage: str, n: int, timeout_s: float = 60.0) -> N
                 return
         time.sleep(0.1)
     raise TimeoutError(f"the saved sweep state never showed {n} finished trials")
-
-
-def timed(config: dict, train) -> None:  # noqa: ANN001 - a pandas DataFrame
-    """Logs when it starts and ends and the rows of ``train`` (``<log>/t<i>``: ``start end rows``),
-    holding its bundle for ``hold_s``."""
-    start = time.time()
-    time.sleep(config["hold_s"])
-    end = time.time()
-    Path(config["log"], f"t{config['i']}").write_text(f"{start} {end} {len(train)}")
-    _report({"score": float(config["i"])}, 0)
-
-
-def with_data(config: dict, train) -> None:  # noqa: ANN001 - a pandas DataFrame
-    """Reports the dataset's row count and the mean of ``x`` times ``config["k"]``."""
-    _report({"rows": len(train), "value": float(train["x"].mean()) * config["k"], "columns": len(train.columns)}, 0)
-
-
-def failing(config: dict) -> None:
-    raise ValueError(f"bad trial {config['quality']}")

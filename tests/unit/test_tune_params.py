@@ -119,3 +119,49 @@ def test_defaults_and_a_valid_sweep_plan(tmp_path: Path) -> None:
     assert p.model_copy(update={"search": "grid"}).samples == 1
     none = TuneParams.model_validate({**p.model_dump(), "scheduler": "none"})
     assert none.asha is None
+
+
+BUILTIN = """name: t
+stages:
+  - name: data
+    kind: python
+    params: {function: "tests.unit.funcs:make"}
+  - name: sweep
+    kind: tune
+    inputs: {train: data.out}
+    params:
+      model: {type: mlp, hidden: [64]}
+      metric: val_loss
+      mode: min
+"""
+
+BUILTIN_BROKEN = [
+    ("      space: {optimizer.lrr: {uniform: [0.1, 0.5]}}\n", "'optimizer.lrr' is not a built-in training field"),
+    ("      space: {hidden: {choice: [32, 64]}}\n", "'hidden' is not a built-in training field"),
+    ("      space: {model.hidden: {choice: [32, 64]}}\n", "value 32: Input should be a valid list"),
+    ("      space: {optimizer.lr: {uniform: [0, 0.1]}}\n", "value 0.0: Input should be greater than 0"),
+    ("      space: {epochs: {randint: [2, 4]}}\n      config: {a: 1}\n", "`config` is for user trainables"),
+    (
+        "      space: {epochs: {randint: [2, 4]}}\n      function: 'tests.integration.tune_funcs:quality_curve'\n",
+        "give either `function` (your Tune trainable) or `model`",
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BUILTIN_BROKEN)
+def test_builtin_space_params_must_be_training_fields(tmp_path: Path, extra: str, message: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(BUILTIN + extra)
+    with pytest.raises(ConfigError) as exc:
+        raypipe.load(path)
+    assert "stages[1].params" in str(exc.value) and message in str(exc.value), str(exc.value)
+
+
+def test_builtin_sweep_plans(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        BUILTIN + "      space:\n        optimizer.lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+        "        model.hidden: {choice: [[32], [64, 32]]}\n        epochs: {grid: [2, 4]}\n"
+    )
+    plan = raypipe.load(path)
+    assert plan.stages["sweep"].kind.params.builtin().epochs == 10
