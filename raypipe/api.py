@@ -33,16 +33,26 @@ def load(config: ConfigLike, overrides: Sequence[str] = ()) -> Plan:
         # Re-validate: a model built in Python may have been mutated after construction.
         cfg = parse_config(config.model_dump(), ConfigSource(path=f"<pipeline {config.name}>"))
         return build_plan(cfg, ConfigSource(path=f"<pipeline {config.name}>"))
+    from raypipe.serve.rollout import is_rollout_file
+
+    if is_rollout_file(config):
+        raise RaypipeError(
+            f"{config}: a rollout spec, not a pipeline; start it with: raypipe rollout start APP --config {config}"
+        )
     cfg, source = read_config(config, overrides)
     return build_plan(cfg, source)
 
 
-def validate(paths: Sequence[str | os.PathLike[str]]) -> list[Plan]:
-    """Validate several files; raise one error listing every file's problems."""
-    plans, errors = [], []
+def validate(paths: Sequence[str | os.PathLike[str]]) -> list[Any]:
+    """Validate several files; raise one error listing every file's problems.  A pipeline
+    file gives its Plan, a rollout spec (``rollout:`` at the top) its RolloutSpec."""
+    from raypipe.serve.rollout import is_rollout_file, load_rollout_file
+
+    plans: list[Any] = []
+    errors = []
     for p in paths:
         try:
-            plans.append(load(p))
+            plans.append(load_rollout_file(p) if is_rollout_file(p) else load(p))
         except RaypipeError as e:
             errors.append(str(e))
     if errors:
@@ -325,3 +335,114 @@ def bench_scheduling(
     from raypipe.bench.scheduling import run_scheduling_benchmark
 
     return run_scheduling_benchmark(config, on_progress=on_progress, on_start=on_start)
+
+
+# --------------------------------------------------------------------------- A/B reports and canary rollouts
+
+
+def _serve_session(address: str | None) -> None:
+    """Join the running cluster whose Serve apps are asked (flag, $RAY_ADDRESS, or ``ray start``'s)."""
+    from raypipe.runner.ray_session import connect_existing
+
+    connect_existing(address)
+
+
+def _metadata_or_none(db: str | None) -> MetadataStore | None:
+    try:
+        return open_metadata(db)
+    except RaypipeError:
+        if db:
+            raise
+        return None
+
+
+def ab_report(
+    app: str,
+    *,
+    since_s: float | None = None,
+    control: str | None = None,
+    metric: str = "auto",
+    min_samples: int = 100,
+    alpha: float = 0.05,
+    db: str | None = None,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """The A/B statistics of a deployed app: per-variant counts, rates and latency, each variant
+    against the control (default: the ``production`` variant, else the lowest version), the
+    sample-ratio-mismatch check; over the last ``since_s`` seconds (default: everything)."""
+    from raypipe.serve import ops
+
+    _serve_session(address)
+    meta = _metadata_or_none(db)
+    try:
+        return ops.ab_report(
+            app, meta, since_s=since_s, control=control, metric=metric, min_samples=min_samples, alpha=alpha
+        )
+    finally:
+        if meta is not None:
+            meta.close()
+
+
+def rollout_spec(
+    app: str,
+    *,
+    candidate: str | None = None,
+    baseline: str | None = None,
+    steps: Sequence[float] | None = None,
+    interval_s: float | None = None,
+    config: str | os.PathLike[str] | None = None,
+) -> Any:
+    """A validated :class:`~raypipe.serve.rollout.RolloutSpec` from a rollout YAML file and/or flags
+    (flags win); checked before Ray is touched."""
+    from raypipe.serve.rollout import build_spec, load_rollout_file
+
+    flags = {"candidate": candidate, "baseline": baseline, "steps": steps, "interval_s": interval_s}
+    flags = {k: (list(v) if k == "steps" else v) for k, v in flags.items() if v is not None}
+    if config is not None:
+        spec = load_rollout_file(config, flags)
+        if spec.app != app:
+            raise RaypipeError(f"{config}: rolls out app {spec.app!r}, but the command names app {app!r}")
+        return spec
+    if candidate is None:
+        raise RaypipeError("rollout start: give --candidate (e.g. v4 or digits@candidate) or --config FILE")
+    return build_spec({"app": app, **flags}, where="rollout start")
+
+
+def rollout_start(spec: Any, *, db: str | None = None, address: str | None = None) -> dict[str, Any]:
+    """Start a canary rollout (a detached controller actor: it goes on without this driver)."""
+    from raypipe.serve import ops
+
+    meta = open_metadata(db)
+    try:
+        _serve_session(address)
+        return ops.rollout_start(spec, meta)
+    finally:
+        meta.close()
+
+
+def rollout_status(app: str, *, db: str | None = None, address: str | None = None) -> dict[str, Any]:
+    """The app's latest rollout: live state (step, weights, last decision) and its recorded events."""
+    from raypipe.serve import ops
+
+    meta = open_metadata(db)
+    try:
+        live_ok = True
+        try:
+            _serve_session(address)
+        except RaypipeError:
+            live_ok = False  # no cluster to ask: the record alone
+        return ops.rollout_status(app, meta, live_ok=live_ok)
+    finally:
+        meta.close()
+
+
+def rollout_abort(app: str, *, reason: str = "", db: str | None = None, address: str | None = None) -> dict[str, Any]:
+    """Stop the app's rollout: candidate weight 0, an ``aborted`` event."""
+    from raypipe.serve import ops
+
+    meta = open_metadata(db)
+    try:
+        _serve_session(address)
+        return ops.rollout_abort(app, meta, reason)
+    finally:
+        meta.close()

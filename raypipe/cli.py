@@ -210,6 +210,11 @@ def validate_cmd(files: Annotated[list[str], typer.Argument(help="Pipeline YAML 
     _cwd_importable()
     plans = _guard(lambda: api.validate(files))
     for f, p in zip(files, plans, strict=True):
+        if not isinstance(p, Plan):  # a rollout spec
+            console.print(
+                f"[green]ok[/] {f}: rollout of app {p.app}, candidate {p.candidate}, steps {_steps_text(p.steps)}"
+            )
+            continue
         console.print(f"[green]ok[/] {f}: pipeline {p.config.name}, {len(p.order)} stages")
 
 
@@ -599,6 +604,257 @@ def _print_bench_table(doc: dict[str, Any]) -> None:
     stuck = {n: m.get("unfinished") for n, m in doc["policies"].items() if m.get("unfinished")}
     if stuck:
         out.print(f"[yellow]jobs that never finished:[/] {stuck}")
+
+
+# --------------------------------------------------------------------------- A/B tests and canary rollouts
+
+ab_app = typer.Typer(
+    help="A/B statistics of a deployed app's variants.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+app.add_typer(ab_app, name="ab")
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}%}"
+
+
+def _num(v: float | None, fmt: str = ".4g") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _p_text(p: float | None) -> str:
+    return "-" if p is None else ("<1e-300" if p == 0 else f"{p:.3g}")
+
+
+_VERDICT_STYLE = {"B better": "green", "B worse": "red", "no significant difference": "yellow"}
+
+
+@ab_app.command("report")
+def ab_report_cmd(
+    name: Annotated[str, typer.Argument(metavar="APP", help="The deployed app.")],
+    since: Annotated[
+        float | None, typer.Option("--since", help="Only the last SECONDS of traffic (default: all).")
+    ] = None,
+    control: Annotated[
+        str | None, typer.Option("--control", help="Variant A (default: the production variant, else the oldest).")
+    ] = None,
+    metric: Annotated[str, typer.Option("--metric", help="Outcome metric: auto, conversion or mean_outcome.")] = "auto",
+    min_samples: Annotated[
+        int, typer.Option("--min-samples", help="Per variant, before any verdict (outcomes / requests).")
+    ] = 100,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level (two-sided).")] = 0.05,
+    db: DbOpt = None,
+    address: AddressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-variant counts, outcome (conversion or mean), error rate and latency; each variant
+    against the control with a confidence interval and a verdict; the sample-ratio-mismatch check."""
+    rep = _guard(
+        lambda: api.ab_report(
+            name,
+            since_s=since,
+            control=control,
+            metric=metric,
+            min_samples=min_samples,
+            alpha=alpha,
+            db=db,
+            address=address,
+        )
+    )
+    if as_json:
+        print(json.dumps(rep, indent=2, allow_nan=False))
+        return
+    window = f"last {rep['window_s']:g} s" if rep.get("window_s") else "all traffic"
+    console.print(
+        f"app [bold]{escape(name)}[/] · model {escape(str(rep.get('model')))} · {window} · control {rep.get('control')}"
+    )
+    outcome_label = "conversion" if rep["metric"] == "conversion" else "mean outcome"
+    table = Table(
+        "variant", "weight", "requests", "errors", "error rate", "p50 ms", "p99 ms", "outcomes", outcome_label
+    )
+    for v in rep["variants"]:
+        value = _pct(v["conversion"]) if rep["metric"] == "conversion" else _num(v["mean_outcome"])
+        table.add_row(
+            v["label"],
+            f"{rep['weights'].get(v['label'], 0):g}%",
+            f"{v['requests']:,}",
+            f"{v['errors']:,}",
+            _pct(v["error_rate"]),
+            _num(v["p50_ms"]),
+            _num(v["p99_ms"]),
+            f"{v['outcomes']:,}",
+            value,
+        )
+    console.print(table)
+    conf = f"{1 - rep['alpha']:.0%}"
+    comp = Table("B vs A", "metric", "A", "B", "B - A", f"{conf} interval", "p", "verdict", title="comparisons")
+    for c in rep["comparisons"]:
+        for m in (c["outcome"], c["error_rate"]):
+            as_pct = m["metric"] != "mean_outcome"
+            show = _pct if as_pct else _num
+            r = m["result"] or {}
+            verdict = m["verdict"]
+            if verdict == "insufficient data":
+                more = ", ".join(f"{k} +{n}" for k, n in m["needed"].items() if n)
+                verdict = f"insufficient data (needs {more})"
+            style = _VERDICT_STYLE.get(m["verdict"], "dim")
+            ci = f"[{show(r.get('ci_low'))}, {show(r.get('ci_high'))}]" if r else "-"
+            comp.add_row(
+                f"{c['b']} vs {c['a']}",
+                m["metric"],
+                show(m["value_a"]),
+                show(m["value_b"]),
+                show(r.get("diff")) if r else "-",
+                ci,
+                _p_text(r.get("p_value")) if r else "-",
+                f"[{style}]{escape(verdict)}[/]",
+            )
+    if rep["comparisons"]:
+        console.print(comp)
+    s = rep["srm"]
+    if s["p_value"] is not None:
+        flag = "[red]MISMATCH[/]" if s["flagged"] else "[green]ok[/]"
+        console.print(
+            f"sample ratio: chi-square {s['chi2']:.3g}, df {s['df']}, p {_p_text(s['p_value'])} "
+            f"(flagged below {s['threshold']:g}) {flag}"
+        )
+    for w in rep["warnings"]:
+        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
+
+
+rollout_app = typer.Typer(
+    help="Canary rollouts: move traffic to a candidate step by step behind guardrails.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(rollout_app, name="rollout")
+
+
+def _steps_text(steps: list[float]) -> str:
+    return " -> ".join(f"{s:g}%" for s in steps)
+
+
+@rollout_app.command("start")
+def rollout_start_cmd(
+    name: Annotated[str, typer.Argument(metavar="APP", help="The deployed app.")],
+    candidate: Annotated[
+        str | None,
+        typer.Option("--candidate", help="The variant to roll out: v4, 4, MODEL:4 or MODEL@ALIAS (deployed at 0%)."),
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Compare against this variant (default: the production one).")
+    ] = None,
+    steps: Annotated[
+        str | None, typer.Option("--steps", help="Candidate percentages, ending at 100 (default 5,25,50,100).")
+    ] = None,
+    interval: Annotated[float | None, typer.Option("--interval", help="Seconds per step (default 60).")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="A rollout YAML (`rollout:` spec); flags override its fields.")
+    ] = None,
+    db: DbOpt = None,
+    address: AddressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a canary rollout; it runs in a detached actor (the command returns at once)."""
+    from raypipe.serve.rollout import parse_steps
+
+    def go() -> dict[str, Any]:
+        spec = api.rollout_spec(
+            name,
+            candidate=candidate,
+            baseline=baseline,
+            steps=parse_steps(steps) if steps else None,
+            interval_s=interval,
+            config=config,
+        )
+        return api.rollout_start(spec, db=db, address=address)
+
+    st = _guard(go)
+    if as_json:
+        print(json.dumps(st, indent=2, default=str))
+        return
+    console.print(
+        f"started rollout [bold]{st['rollout_id']}[/] of app {escape(name)}: {st['baseline']} -> {st['candidate']}, "
+        f"steps {_steps_text(st['steps'])}, {st['interval_s']:g} s each; now {st['candidate']} at {st['percent']:g}%"
+    )
+    console.print(f"follow it with: raypipe rollout status {escape(name)}")
+
+
+_EVENT_STYLE = {"promoted": "green", "rolled_back": "red", "aborted": "yellow", "paused": "yellow", "error": "red"}
+
+
+def _event_text(e: dict[str, Any]) -> str:
+    d = e["detail"]
+    if e["event"] == "started":
+        return f"{d.get('baseline')} -> {d.get('candidate')}, steps {_steps_text(d.get('steps') or [])}"
+    if e["event"] == "step":
+        w = ", ".join(f"{k} {v:g}%" for k, v in (d.get("weights") or {}).items())
+        return f"step {d.get('step')}: {w} · {d.get('reason', '')}"
+    if e["event"] == "promoted":
+        prev = d.get("previous_production")
+        moved = f"production v{prev} -> v{d.get('production')}" if d.get("production") else d.get("note", "")
+        return f"{moved} · {d.get('reason', '')}"
+    if e["event"] == "rolled_back":
+        return f"{d.get('guardrail')}: {d.get('reason', '')}"
+    if e["event"] == "error":
+        return str(d.get("error", ""))
+    return str(d.get("reason", ""))
+
+
+@rollout_app.command("status")
+def rollout_status_cmd(
+    name: Annotated[str, typer.Argument(metavar="APP", help="The app.")],
+    db: DbOpt = None,
+    address: AddressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The app's latest rollout: state, step, weights, last decision and its event timeline."""
+    st = _guard(lambda: api.rollout_status(name, db=db, address=address))
+    if as_json:
+        print(json.dumps(st, indent=2, default=str))
+        return
+    live = st["live"]
+    style = _EVENT_STYLE.get(st["state"], "cyan")
+    console.print(f"rollout [bold]{st['rollout_id']}[/] of app {escape(name)} · [{style}]{st['state']}[/]")
+    if live:
+        steps = live["steps"]
+        if live["state"] in ("running", "paused"):
+            elapsed = live.get("step_elapsed_s") or 0.0
+            console.print(
+                f"  step {live['step']} of {len(steps) - 1} ({_steps_text(steps)}): {live['candidate']} at "
+                f"{live['percent']:g}% for {elapsed:.0f} s of {live['interval_s']:g} s"
+            )
+        w = ", ".join(f"{k} {v:g}%" for k, v in live["weights"].items())
+        console.print(f"  weights: {w}")
+        d = live.get("last_decision")
+        if d:
+            console.print(f"  last decision: {d['action']} · {escape(d['reason'])}", soft_wrap=True)
+        if live.get("last_error"):
+            console.print(f"  [red]last error:[/] {escape(live['last_error'])}", soft_wrap=True)
+    if st.get("note"):
+        console.print(f"  [yellow]note:[/] {escape(st['note'])}", soft_wrap=True)
+    table = Table("time", "event", "detail", title="events")
+    for e in st["events"]:
+        style = _EVENT_STYLE.get(e["event"], "")
+        table.add_row(
+            _ts(e["at"]),
+            f"[{style}]{e['event']}[/]" if style else e["event"],
+            escape(_event_text(e)),
+        )
+    console.print(table)
+
+
+@rollout_app.command("abort")
+def rollout_abort_cmd(
+    name: Annotated[str, typer.Argument(metavar="APP", help="The app.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept in the event.")] = "",
+    db: DbOpt = None,
+    address: AddressOpt = None,
+) -> None:
+    """Abort the app's rollout: the candidate's weight goes to 0; the event is recorded."""
+    st = _guard(lambda: api.rollout_abort(name, reason=reason, db=db, address=address))
+    w = ", ".join(f"{k} {v:g}%" for k, v in (st.get("weights") or {}).items())
+    console.print(f"aborted rollout {st['rollout_id']} of app {escape(name)}; weights: {w}")
 
 
 def main() -> None:

@@ -229,6 +229,33 @@ def chi2_sf(x: float, df: float) -> float:
     return 1.0 - _gser(a, h) if h < a + 1.0 else _gcf(a, h)
 
 
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def fisher_greater(x_a: int, n_a: int, x_b: int, n_b: int) -> float:
+    """One-sided Fisher exact test that A's rate is greater than B's: ``P(X >= x_a)`` for the
+    hypergeometric count of A's events given both margins (``scipy.stats.fisher_exact``
+    of ``[[x_a, n_a - x_a], [x_b, n_b - x_b]]``, ``alternative="greater"``).  Exact for
+    any counts, so it stays honest on the handful of requests a canary's first step gets."""
+    if min(x_a, x_b) < 0 or x_a > n_a or x_b > n_b:
+        raise ValueError("fisher_greater: need 0 <= x <= n")
+    total, events = n_a + n_b, x_a + x_b
+    hi = min(events, n_a)
+    if x_a <= max(0, events - n_b):
+        return 1.0
+    # Terms relative to the first (pmf(x + 1) / pmf(x) is a ratio of small integers); the
+    # tail beyond x_a is summed until it stops mattering.
+    log_first = _log_comb(events, x_a) + _log_comb(total - events, n_a - x_a) - _log_comb(total, n_a)
+    term, acc = 1.0, 1.0
+    for x in range(x_a, hi):
+        term *= (events - x) * (n_a - x) / ((x + 1) * (total - events - n_a + x + 1))
+        acc += term
+        if term < acc * 1e-17 and term < 1.0:
+            break
+    return min(1.0, math.exp(log_first + math.log(acc)))
+
+
 # --------------------------------------------------------------------------- tests
 
 

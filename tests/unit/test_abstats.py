@@ -19,6 +19,7 @@ from raypipe.serve.abstats import (
     ab_report,
     chi2_sf,
     compare,
+    fisher_greater,
     srm_check,
     t_ppf,
     t_sf,
@@ -77,6 +78,27 @@ def test_chi2_tail_matches_scipy(df: int) -> None:
     for x in [1e-3, 0.5, 1.0, 3.84, 10.0, 25.0, 60.0, 150.0, 400.0]:
         want = stats.chi2.sf(x, df)
         assert chi2_sf(x, df) == pytest.approx(want, rel=1e-9, abs=1e-15), (x, df)
+
+
+@pytest.mark.parametrize(
+    "xa,na,xb,nb",
+    [
+        (1, 20, 10, 1000),
+        (2, 20, 10, 1000),
+        (0, 5, 0, 5),
+        (3, 10, 0, 400),
+        (30, 100, 2, 900),
+        (5, 5, 0, 5),
+        (0, 50, 7, 50),
+        (12, 30, 0, 600),
+        (500, 10000, 450, 10000),
+        (60, 200, 0, 5000),
+        (1, 1, 0, 1),
+    ],
+)
+def test_fisher_exact_one_sided_matches_scipy(xa: int, na: int, xb: int, nb: int) -> None:
+    want = stats.fisher_exact([[xa, na - xa], [xb, nb - xb]], alternative="greater").pvalue
+    assert fisher_greater(xa, na, xb, nb) == pytest.approx(want, rel=1e-9, abs=1e-300)
 
 
 def test_t_quantile_rejects_bad_input() -> None:
