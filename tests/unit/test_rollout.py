@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from raypipe.serve.rollout import (
     WAIT,
     Guardrails,
     Ports,
+    RolloutController,
     RolloutPlan,
     RolloutRun,
     RolloutSpec,
@@ -377,3 +379,99 @@ def test_rollout_events_table(tmp_path: Path) -> None:
     # reopening an existing database keeps the table and its rows
     again = RolloutStore(MetadataStore(str(tmp_path / "m.db")))
     assert len(again.events("digits", "r1")) == 2
+
+
+# --------------------------------------------------------------------------- the controller (its class, no Ray)
+
+
+class SteadyTraffic:
+    """A fake app on the real clock: ``rps`` requests a second split by the current weights,
+    ``error_rates`` of them failing; the snapshot counts what arrived since ``since``."""
+
+    def __init__(self, error_rates: dict[str, float], rps: float) -> None:
+        self.error_rates, self.rps = error_rates, rps
+        self.segments: list[tuple[float, dict[str, float]]] = [(time.time(), {"v3": 100.0, "v4": 0.0})]
+        self.production = 3
+
+    def set_weights(self, w: dict[str, float]) -> None:
+        self.segments.append((time.time(), {**self.segments[-1][1], **w}))
+
+    def snapshot(self, since: float) -> dict[str, dict[str, Any]]:
+        now, out = time.time(), {}
+        for i, (start, w) in enumerate(self.segments):
+            end = self.segments[i + 1][0] if i + 1 < len(self.segments) else now
+            secs = max(0.0, end - max(start, since))
+            for v, pct in w.items():
+                n = int(secs * self.rps * pct / 100)
+                s = out.setdefault(v, {"requests": 0, "errors": 0, "latency_ms": {"p99": 10.0}})
+                s["requests"] += n
+                s["errors"] += int(n * self.error_rates.get(v, 0.0))
+        return out
+
+    def set_production(self, version: int, reason: str) -> int | None:
+        old, self.production = self.production, version
+        return old
+
+
+def controller_with(monkeypatch: pytest.MonkeyPatch, traffic: SteadyTraffic, db: Path) -> RolloutController:
+    def ports(self: RolloutController, p: RolloutPlan) -> Ports:
+        return Ports(
+            traffic.set_weights,
+            traffic.snapshot,
+            traffic.set_production,
+            lambda event, detail: self.store.record(p.app, p.rollout_id, event, detail),
+        )
+
+    monkeypatch.setattr(RolloutController, "_ports", ports)
+    return RolloutController("digits", str(db))
+
+
+def wait_state(c: RolloutController, states: tuple[str, ...]) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        st = c.status()
+        if st and st["state"] in states:
+            return st
+        time.sleep(0.05)
+    raise TimeoutError(f"rollout never reached {states}: {c.status()}")
+
+
+def test_controller_promotes_and_a_restarted_one_resumes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    traffic = SteadyTraffic({}, rps=2000)
+    db = tmp_path / "m.db"
+    c = controller_with(monkeypatch, traffic, db)
+    assert c.status() is None
+    p = plan(interval_s=0.8, guardrails=Guardrails(min_requests=20)).model_dump(mode="json")
+    st = c.start(p)
+    assert st["state"] == "running" and st["weights"] == {"v3": 95.0, "v4": 5.0}
+    with pytest.raises(RaypipeError, match="abort it first"):
+        c.start(p)
+    # a "restart": the old instance stops, a new one reads the events and goes on from the recorded step
+    c._stop.set()
+    c._thread.join()
+    step = c.run.step_index
+    again = controller_with(monkeypatch, traffic, db)
+    assert again.run is not None and again.run.step_index == step
+    st = wait_state(again, ("promoted",))
+    assert st["weights"] == {"v3": 0.0, "v4": 100.0} and traffic.production == 4
+    events = [e.event for e in RolloutStore(MetadataStore(str(db))).events("digits")]
+    assert events[:2] == ["started", "step"] and "resumed" in events and events[-1] == "promoted"
+    # a finished rollout is shown after a restart too, and a new one may start
+    third = controller_with(monkeypatch, traffic, db)
+    assert third.status()["state"] == "promoted"
+
+
+def test_controller_rolls_back_and_aborts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    traffic = SteadyTraffic({"v4": 0.3}, rps=2000)
+    c = controller_with(monkeypatch, traffic, tmp_path / "m.db")
+    c.start(plan(rollout_id="r1", interval_s=0.8, guardrails=Guardrails(min_requests=20)).model_dump(mode="json"))
+    st = wait_state(c, ("rolled_back",))
+    assert st["weights"]["v4"] == 0.0 and "error_rate" in st["end_reason"] and traffic.production == 3
+    with pytest.raises(RaypipeError, match="nothing to abort"):
+        c.abort()
+    traffic.error_rates = {}
+    c.start(plan(rollout_id="r2", interval_s=30.0).model_dump(mode="json"))
+    st = c.abort("changed my mind")
+    assert st["state"] == "aborted" and st["weights"]["v4"] == 0.0
+    last = RolloutStore(MetadataStore(str(tmp_path / "m.db"))).events("digits", "r2")[-1]
+    assert (last.event, last.detail["reason"]) == ("aborted", "changed my mind")
