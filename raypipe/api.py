@@ -372,6 +372,7 @@ def ab_report(
     sample-ratio-mismatch check; over the last ``since_s`` seconds (default: everything)."""
     from raypipe.serve import ops
 
+    ops.check_report_args(since_s, metric, min_samples, alpha)
     _serve_session(address)
     meta = _metadata_or_none(db)
     try:

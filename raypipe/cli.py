@@ -614,12 +614,17 @@ ab_app = typer.Typer(
 app.add_typer(ab_app, name="ab")
 
 
-def _pct(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v:.{digits}%}"
+def _pct(v: float | None, digits: int = 2, sign: str = "") -> str:
+    return "-" if v is None else f"{v:{sign}.{digits}%}"
 
 
 def _num(v: float | None, fmt: str = ".4g") -> str:
     return "-" if v is None else format(v, fmt)
+
+
+def _wide() -> Console:
+    """The console, or a 160-column one when the output is not a terminal (tables stay readable in logs)."""
+    return console if console.is_terminal else Console(highlight=False, width=160)
 
 
 def _p_text(p: float | None) -> str:
@@ -664,8 +669,9 @@ def ab_report_cmd(
     if as_json:
         print(json.dumps(rep, indent=2, allow_nan=False))
         return
+    out = _wide()
     window = f"last {rep['window_s']:g} s" if rep.get("window_s") else "all traffic"
-    console.print(
+    out.print(
         f"app [bold]{escape(name)}[/] · model {escape(str(rep.get('model')))} · {window} · control {rep.get('control')}"
     )
     outcome_label = "conversion" if rep["metric"] == "conversion" else "mean outcome"
@@ -685,7 +691,7 @@ def ab_report_cmd(
             f"{v['outcomes']:,}",
             value,
         )
-    console.print(table)
+    out.print(table)
     conf = f"{1 - rep['alpha']:.0%}"
     comp = Table("B vs A", "metric", "A", "B", "B - A", f"{conf} interval", "p", "verdict", title="comparisons")
     for c in rep["comparisons"]:
@@ -693,6 +699,7 @@ def ab_report_cmd(
             as_pct = m["metric"] != "mean_outcome"
             show = _pct if as_pct else _num
             r = m["result"] or {}
+            diff = _pct(r.get("diff"), sign="+") if as_pct else _num(r.get("diff"), "+.4g")
             verdict = m["verdict"]
             if verdict == "insufficient data":
                 more = ", ".join(f"{k} +{n}" for k, n in m["needed"].items() if n)
@@ -704,22 +711,22 @@ def ab_report_cmd(
                 m["metric"],
                 show(m["value_a"]),
                 show(m["value_b"]),
-                show(r.get("diff")) if r else "-",
+                diff if r else "-",
                 ci,
                 _p_text(r.get("p_value")) if r else "-",
                 f"[{style}]{escape(verdict)}[/]",
             )
     if rep["comparisons"]:
-        console.print(comp)
+        out.print(comp)
     s = rep["srm"]
     if s["p_value"] is not None:
         flag = "[red]MISMATCH[/]" if s["flagged"] else "[green]ok[/]"
-        console.print(
+        out.print(
             f"sample ratio: chi-square {s['chi2']:.3g}, df {s['df']}, p {_p_text(s['p_value'])} "
             f"(flagged below {s['threshold']:g}) {flag}"
         )
     for w in rep["warnings"]:
-        console.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
+        out.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
 
 
 rollout_app = typer.Typer(
@@ -814,25 +821,26 @@ def rollout_status_cmd(
         print(json.dumps(st, indent=2, default=str))
         return
     live = st["live"]
+    out = _wide()
     style = _EVENT_STYLE.get(st["state"], "cyan")
-    console.print(f"rollout [bold]{st['rollout_id']}[/] of app {escape(name)} · [{style}]{st['state']}[/]")
+    out.print(f"rollout [bold]{st['rollout_id']}[/] of app {escape(name)} · [{style}]{st['state']}[/]")
     if live:
         steps = live["steps"]
         if live["state"] in ("running", "paused"):
             elapsed = live.get("step_elapsed_s") or 0.0
-            console.print(
+            out.print(
                 f"  step {live['step']} of {len(steps) - 1} ({_steps_text(steps)}): {live['candidate']} at "
                 f"{live['percent']:g}% for {elapsed:.0f} s of {live['interval_s']:g} s"
             )
         w = ", ".join(f"{k} {v:g}%" for k, v in live["weights"].items())
-        console.print(f"  weights: {w}")
+        out.print(f"  weights: {w}")
         d = live.get("last_decision")
         if d:
-            console.print(f"  last decision: {d['action']} · {escape(d['reason'])}", soft_wrap=True)
+            out.print(f"  last decision: {d['action']} · {escape(d['reason'])}", soft_wrap=True)
         if live.get("last_error"):
-            console.print(f"  [red]last error:[/] {escape(live['last_error'])}", soft_wrap=True)
+            out.print(f"  [red]last error:[/] {escape(live['last_error'])}", soft_wrap=True)
     if st.get("note"):
-        console.print(f"  [yellow]note:[/] {escape(st['note'])}", soft_wrap=True)
+        out.print(f"  [yellow]note:[/] {escape(st['note'])}", soft_wrap=True)
     table = Table("time", "event", "detail", title="events")
     for e in st["events"]:
         style = _EVENT_STYLE.get(e["event"], "")
@@ -841,7 +849,7 @@ def rollout_status_cmd(
             f"[{style}]{e['event']}[/]" if style else e["event"],
             escape(_event_text(e)),
         )
-    console.print(table)
+    out.print(table)
 
 
 @rollout_app.command("abort")

@@ -142,6 +142,18 @@ def resolve_variant(ref: str, view: AppView, meta: MetadataStore | None, what: s
 # --------------------------------------------------------------------------- A/B report
 
 
+def check_report_args(since_s: float | None, metric: str, min_samples: int, alpha: float) -> None:
+    """The report's options, checked before Ray is touched."""
+    if since_s is not None and not since_s > 0:
+        raise RaypipeError(f"--since {since_s:g}: expected a number of seconds > 0")
+    if metric not in ("auto", "conversion", "mean_outcome"):
+        raise RaypipeError(f"--metric {metric!r}: expected auto, conversion or mean_outcome")
+    try:
+        abstats.check_settings(min_samples, alpha)
+    except ValueError as e:
+        raise RaypipeError(f"{e}") from None
+
+
 def ab_report(
     app: str,
     meta: MetadataStore | None,
@@ -153,14 +165,7 @@ def ab_report(
     alpha: float = abstats.DEFAULT_ALPHA,
 ) -> dict[str, Any]:
     """The app's A/B report as a JSON-able dict (see :func:`raypipe.serve.abstats.ab_report`)."""
-    if since_s is not None and since_s <= 0:
-        raise RaypipeError(f"--since {since_s:g}: expected a number of seconds > 0")
-    if metric not in ("auto", "conversion", "mean_outcome"):
-        raise RaypipeError(f"--metric {metric!r}: expected auto, conversion or mean_outcome")
-    try:
-        abstats.check_settings(min_samples, alpha)
-    except ValueError as e:
-        raise RaypipeError(str(e)) from None
+    check_report_args(since_s, metric, min_samples, alpha)
     view = app_view(app)
     handle = collector(app)
     now = time.time()
