@@ -47,6 +47,8 @@ class AppView:
     #: variant label (``v3``) -> weight (percent)
     weights: dict[str, float]
     url: str | None
+    #: alias -> variant label, as the app saw them when deployed
+    aliases: dict[str, str]
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -69,7 +71,8 @@ def app_view(app: str) -> AppView:
         if label is None:
             continue
         weights[str(label)] = float(_get(v, "weight", 0.0) or 0.0)
-    return AppView(app, _get(st, "model"), weights, _get(st, "url"))
+    aliases = {str(k): str(v) for k, v in (_get(st, "aliases") or {}).items()}
+    return AppView(app, _get(st, "model"), weights, _get(st, "url"), aliases)
 
 
 def set_weights(app: str, weights: Mapping[str, float]) -> Any:
@@ -104,14 +107,16 @@ def _ray_get(ref: Any, timeout: float = 60.0) -> Any:
 
 
 def production_variant(meta: MetadataStore | None, view: AppView) -> str | None:
-    """The variant serving ``MODEL@production``, if the model is registered and that version is deployed."""
-    if meta is None or not view.model:
-        return None
-    try:
-        mv = ModelRegistry(meta).get(f"{view.model}@production")
-    except ModelNotFoundError:
-        return None
-    label = f"v{mv.version}"
+    """The variant serving ``MODEL@production`` (the registry's alias now, else the app's
+    record of it at deploy time), if that version is deployed."""
+    label = None
+    if meta is not None and view.model:
+        try:
+            label = f"v{ModelRegistry(meta).get(f'{view.model}@production').version}"
+        except ModelNotFoundError:
+            label = None
+    if label is None:
+        label = view.aliases.get("production")
     return label if label in view.weights else None
 
 

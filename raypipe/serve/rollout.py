@@ -35,8 +35,9 @@ with the baseline *in the same window* (concurrent control):
   a 1% baseline: +4 points, p = 0.2) from rolling back a good candidate.
 * ``p99_latency_ms``: violated when ``p99(candidate) > max_ratio * p99(baseline)`` and
   the increase is at least ``min_increase_ms`` (p99 comes from the collector's
-  histogram buckets; tiny absolute differences are noise).  Judged at
-  ``min_requests``.
+  histogram buckets; tiny absolute differences are noise).  Judged once both have
+  ``max(min_requests, min_samples)`` requests (``min_samples`` default 100: the p99
+  of fewer is little more than their slowest one); until then a finished step holds.
 * ``business`` (optional): ``conversion`` or ``mean_outcome`` of the fed-back outcomes;
   violated when ``baseline - candidate > max_decrease``.  Judged at ``min_outcomes``
   (default ``min_requests``) outcomes each; until then a finished step holds.
@@ -96,6 +97,9 @@ class LatencyGuard(_Strict):
     max_ratio: Annotated[float, Field(ge=1)] = 1.5
     #: Ignore p99 increases smaller than this many milliseconds.
     min_increase_ms: Annotated[float, Field(ge=0)] = 5.0
+    #: Requests each variant needs in a step before its p99 is compared (also at least
+    #: ``min_requests``): the p99 of a few dozen requests is just their slowest one.
+    min_samples: Annotated[int, Field(ge=1)] = 100
 
 
 class BusinessGuard(_Strict):
@@ -308,8 +312,15 @@ def check_error_rate(g: ErrorRateGuard, min_requests: int, base: VariantStats, c
 def check_latency(g: LatencyGuard, min_requests: int, base: VariantStats, cand: VariantStats) -> GuardrailCheck:
     allowed = f"p99 <= {g.max_ratio:g} x baseline (increases under {g.min_increase_ms:g} ms ignored)"
     obs = {"candidate_p99_ms": cand.p99_ms, "baseline_p99_ms": base.p99_ms}
-    if cand.requests < min_requests or base.requests < min_requests or cand.p99_ms is None or not base.p99_ms:
-        return GuardrailCheck("p99_latency_ms", PENDING, obs, allowed, f"judged at {min_requests} requests each")
+    need = max(min_requests, g.min_samples)
+    if cand.requests < need or base.requests < need or cand.p99_ms is None or not base.p99_ms:
+        return GuardrailCheck(
+            "p99_latency_ms",
+            PENDING,
+            obs,
+            allowed,
+            f"p99 judged at {need} requests each (candidate {cand.requests}, baseline {base.requests})",
+        )
     ratio = cand.p99_ms / base.p99_ms
     obs["ratio"] = ratio
     text = f"p99 {cand.p99_ms:.4g} ms vs baseline {base.p99_ms:.4g} ms (x{ratio:.2f})"

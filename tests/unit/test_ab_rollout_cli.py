@@ -89,7 +89,7 @@ def test_rollout_status_prints_the_timeline(monkeypatch: pytest.MonkeyPatch, tmp
         candidate="v4",
         steps=[5.0, 50.0, 100.0],
         interval_s=10.0,
-        guardrails=Guardrails(min_requests=5),
+        guardrails=Guardrails.model_validate({"min_requests": 5, "p99_latency_ms": {"min_samples": 5}}),
     )
     t = [1000.0]
     snaps = {"v3": {"requests": 100, "errors": 0}, "v4": {"requests": 20, "errors": 9}}

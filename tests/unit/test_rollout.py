@@ -61,7 +61,12 @@ def vs(
     )
 
 
-G = Guardrails(min_requests=50)
+def guards(min_requests: int, **kw: Any) -> Guardrails:
+    """Guardrails judged at ``min_requests`` (p99 too: its own minimum of 100 off)."""
+    return Guardrails.model_validate({"min_requests": min_requests, "p99_latency_ms": {"min_samples": 1}, **kw})
+
+
+G = guards(50)
 
 # --------------------------------------------------------------------------- spec
 
@@ -146,12 +151,12 @@ def test_early_stop_before_min_requests_only_when_clear() -> None:
     d = decide(STEPS, G, 0, vs("v3", 600), vs("v4", 3, 1), step_done=False)
     assert d.action == WAIT and d.checks[0].status == PENDING
     # judged (min_requests reached): one unlucky error in 20 against a 1% baseline is not significant
-    g20 = Guardrails(min_requests=20)
+    g20 = guards(20)
     d = decide(STEPS, g20, 0, vs("v3", 1000, 10), vs("v4", 20, 1), step_done=True)
     assert d.checks[0].status == OK and d.checks[0].observed["p_value"] == pytest.approx(0.1966, abs=1e-4)
     assert d.action == ADVANCE
     # without the test (alpha null) the +4 points alone roll back
-    point = Guardrails.model_validate({"min_requests": 20, "error_rate": {"alpha": None}})
+    point = guards(20, error_rate={"alpha": None})
     assert decide(STEPS, point, 0, vs("v3", 1000, 10), vs("v4", 20, 1), step_done=True).action == ROLLBACK
 
 
@@ -187,7 +192,7 @@ def test_latency_guardrail() -> None:
 
 
 def test_business_guardrail() -> None:
-    g = Guardrails.model_validate({"min_requests": 50, "business": {"metric": "conversion", "max_decrease": 0.02}})
+    g = guards(50, business={"metric": "conversion", "max_decrease": 0.02})
     base = vs("v3", 400, outcomes=[1.0] * 40 + [0.0] * 60)  # 40%
     worse = vs("v4", 100, outcomes=[1.0] * 30 + [0.0] * 70)  # 30%
     d = decide(STEPS, g, 1, base, worse, step_done=False)
@@ -201,13 +206,13 @@ def test_business_guardrail() -> None:
 
 
 def test_error_rate_with_a_significance_test() -> None:
-    g = Guardrails.model_validate({"min_requests": 50, "error_rate": {"max_increase": 0.02, "alpha": 0.01}})
+    g = guards(50, error_rate={"max_increase": 0.02, "alpha": 0.01})
     # +3 points on 60 requests: over the limit but not significant: no rollback
     d = decide(STEPS, g, 0, vs("v3", 1000, 10), vs("v4", 60, 2), step_done=True)
     assert d.checks[0].status == OK and d.action == ADVANCE
     d = decide(STEPS, g, 0, vs("v3", 1000, 10), vs("v4", 200, 20), step_done=True)
     assert d.action == ROLLBACK and d.checks[0].observed["p_value"] < 0.01
-    only_test = Guardrails.model_validate({"min_requests": 50, "error_rate": {"max_increase": None, "alpha": 0.01}})
+    only_test = guards(50, error_rate={"max_increase": None, "alpha": 0.01})
     assert decide(STEPS, only_test, 0, vs("v3", 1000, 10), vs("v4", 200, 20), step_done=True).action == ROLLBACK
 
 
@@ -276,7 +281,7 @@ def plan(**kw: Any) -> RolloutPlan:
         candidate="v4",
         steps=STEPS,
         interval_s=8.0,
-        guardrails=Guardrails(min_requests=20),
+        guardrails=guards(20),
     )
     return RolloutPlan(**{**base, **kw})
 
@@ -441,7 +446,7 @@ def test_controller_promotes_and_a_restarted_one_resumes(monkeypatch: pytest.Mon
     db = tmp_path / "m.db"
     c = controller_with(monkeypatch, traffic, db)
     assert c.status() is None
-    p = plan(interval_s=0.8, guardrails=Guardrails(min_requests=20)).model_dump(mode="json")
+    p = plan(interval_s=0.8, guardrails=guards(20)).model_dump(mode="json")
     st = c.start(p)
     assert st["state"] == "running" and st["weights"] == {"v3": 95.0, "v4": 5.0}
     with pytest.raises(RaypipeError, match="abort it first"):
@@ -464,7 +469,7 @@ def test_controller_promotes_and_a_restarted_one_resumes(monkeypatch: pytest.Mon
 def test_controller_rolls_back_and_aborts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     traffic = SteadyTraffic({"v4": 0.3}, rps=2000)
     c = controller_with(monkeypatch, traffic, tmp_path / "m.db")
-    c.start(plan(rollout_id="r1", interval_s=0.8, guardrails=Guardrails(min_requests=20)).model_dump(mode="json"))
+    c.start(plan(rollout_id="r1", interval_s=0.8, guardrails=guards(20)).model_dump(mode="json"))
     st = wait_state(c, ("rolled_back",))
     assert st["weights"]["v4"] == 0.0 and "error_rate" in st["end_reason"] and traffic.production == 3
     with pytest.raises(RaypipeError, match="nothing to abort"):
