@@ -447,3 +447,17 @@ def rollout_abort(app: str, *, reason: str = "", db: str | None = None, address:
         return ops.rollout_abort(app, meta, reason)
     finally:
         meta.close()
+
+
+# --------------------------------------------------------------------------- drift monitoring
+
+
+def monitor_status(app: str, *, address: str | None = None) -> dict[str, Any]:
+    """The drift monitor of a served app (``raypipe-monitor-<app>``): per-feature statistics and
+    thresholds, the last windows per variant, events, the debouncer and memory; an app without a
+    monitor is a RaypipeError."""
+    from raypipe.runner.ray_session import connect_existing
+    from raypipe.serve.monitor import monitor_status as read_status
+
+    connect_existing(address)
+    return read_status(app)

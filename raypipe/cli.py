@@ -865,6 +865,140 @@ def rollout_abort_cmd(
     console.print(f"aborted rollout {st['rollout_id']} of app {escape(name)}; weights: {w}")
 
 
+# --------------------------------------------------------------------------- drift monitoring
+
+monitor_app = typer.Typer(
+    help="Drift monitoring of deployed apps: live traffic against the training data's profile.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(monitor_app, name="monitor")
+
+
+def _g(v: float | None, fmt: str = ".3g") -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _drift_test_text(f: dict[str, Any]) -> str:
+    """``p 0.003 < 0.01`` for a p-value test, ``psi 0.25 > 0.2`` for PSI."""
+    if f.get("statistic") is None:
+        return escape(f.get("note") or "-")
+    if f.get("p_value") is not None:
+        p = f["p_value"]
+        return f"p {('<1e-300' if p == 0 else format(p, '.3g'))} {'<' if f.get('drifted') else '≥'} {_g(f.get('threshold'))}"
+    return f"psi {_g(f['statistic'])} {'>' if f.get('drifted') else '≤'} {_g(f.get('threshold'))}"
+
+
+def _drifted_text(d: bool | None) -> str:
+    return "-" if d is None else ("[red]drifted[/]" if d else "[green]ok[/]")
+
+
+@monitor_app.command("status")
+def monitor_status_cmd(
+    name: Annotated[str, typer.Argument(metavar="APP", help="The deployed app.")],
+    address: AddressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per variant and feature: method, statistic, p-value or PSI against its threshold, whether
+    it drifted in the last window and how often over the kept windows; then the drift events."""
+    st = _guard(lambda: api.monitor_status(name, address=address))
+    if as_json:
+        print(json.dumps(st, indent=2, allow_nan=False))
+        return
+    spec = st["spec"]
+    window = " or ".join(
+        w
+        for w in (
+            f"{spec['window_rows']} rows" if spec.get("window_rows") else "",
+            f"{spec['window_seconds']:g} s" if spec.get("window_seconds") else "",
+        )
+        if w
+    )
+    correction = " (Bonferroni)" if spec.get("correction") == "bonferroni" else ""
+    console.print(
+        f"app [bold]{escape(name)}[/] · {len(st['reference']['features'])} features · window {window} · "
+        f"sample {spec['sample_rate']:g} · alpha {spec['alpha']:g}{correction} · psi > {spec['psi_threshold']:g} · "
+        f"dataset drift at {spec['drift_share']:.0%} of features · event after {spec['consecutive']} windows"
+    )
+    if not st["variants"]:
+        console.print("  no traffic logged yet")
+    for vname, v in st["variants"].items():
+        last = v.get("last_window")
+        verdict = "-"
+        if last:
+            share = last.get("drift_share")
+            verdict = (
+                f"last window {last['window_id']}: {last['drifted_features']}/{last['tested']} features drifted"
+                + (f" ({share:.0%})" if share is not None else "")
+                + (" · [red]dataset drifted[/]" if last["dataset_drifted"] else " · [green]dataset ok[/]")
+            )
+        console.print(
+            f"\nvariant [bold]{escape(vname)}[/]: {v['rows_logged']:,} rows logged, {v['rows_sampled']:,} sampled · "
+            f"{v['windows']} windows · open window {v['open_window']['rows']:,} rows · {verdict}",
+            soft_wrap=True,
+        )
+        recent = v["recent_windows"]
+        table = Table("feature", "method", "statistic", "test", "psi", "last window", f"drifted (last {recent})")
+        for fname, f in v["features"].items():
+            table.add_row(
+                escape(fname),
+                f["method"],
+                _g(f.get("statistic")),
+                _drift_test_text(f),
+                _g(f.get("psi")),
+                _drifted_text(f.get("drifted")),
+                f"{f['drift_count']}/{recent}",
+            )
+        p = v.get("prediction") or {}
+        if p.get("method"):
+            table.add_row(
+                "[italic](prediction)[/]",
+                p["method"],
+                _g(p.get("statistic")),
+                _drift_test_text(p),
+                _g(p.get("psi")),
+                _drifted_text(p.get("drifted")),
+                f"{p.get('drift_count', 0)}/{recent}",
+            )
+        console.print(table)
+        perf = v.get("performance") or {}
+        lp = perf.get("last")
+        if perf.get("metric") and (lp or perf.get("labels_in_window")):
+            text = f"performance ({perf['metric']}, reference {_g(perf.get('reference'), '.4g')}): "
+            if lp:
+                text += f"last labelled window {_g(lp.get('value'), '.4g')} on {lp['n']} labels, "
+                text += (
+                    "[red]drifted[/]" if lp.get("drifted") else ("[green]ok[/]" if lp.get("drifted") is False else "-")
+                )
+            text += f" · {perf['labels_in_window']} labels in the open window"
+            console.print(text, soft_wrap=True)
+    events = Table("id", "time", "variant", "kind", "windows", "trigger", "detail", title="drift events")
+    for e in st["events"]:
+        if e["kind"] == "performance_drift":
+            pr = e.get("performance") or {}
+            detail = f"{pr.get('metric')} {_g(pr.get('value'), '.4g')} vs {_g(pr.get('reference'), '.4g')}"
+        else:
+            detail = ", ".join(e.get("drifted_features") or []) or ", ".join(e.get("signals") or [])
+        events.add_row(
+            str(e["event_id"]),
+            _ts(e["at"]),
+            escape(e["variant"]),
+            e["kind"],
+            ",".join(str(w) for w in e["windows"]),
+            "[red]yes[/]" if e["trigger"] else "no",
+            escape(detail if e["trigger"] else f"{detail} ({e['note']})"),
+        )
+    if st["events"]:
+        console.print(events)
+    else:
+        console.print("no drift events")
+    inflight = (st.get("debounce") or {}).get("in_flight")
+    if inflight:
+        console.print(f"retraining in flight for event {inflight.get('event_id')} since {_ts(inflight.get('since'))}")
+    if st.get("last_error"):
+        console.print(f"[yellow]last error:[/] {escape(st['last_error'])}", soft_wrap=True)
+
+
 def main() -> None:
     app()
 

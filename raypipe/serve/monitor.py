@@ -279,12 +279,14 @@ class MonitorCore:
     def log(
         self,
         variant: str,
-        rows: Sequence[Mapping[str, Any]],
+        rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]],
         predictions: Sequence[Any] | None = None,
         request_ids: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
     ) -> int:
-        """Offer served rows (dicts of feature values) of ``variant`` with their predictions
-        and request ids (both optional, aligned with ``rows``).  Rows are sampled at
+        """Offer served rows of ``variant`` with their predictions and request ids (both
+        optional, aligned with ``rows``).  A row is a dict of feature values, or a list of
+        values named by ``columns`` (the ingress's rows in the model's feature order).  Rows are sampled at
         ``sample_rate``: by :func:`~raypipe.serve.drift.keep_request` of the request id when
         given (so an ingress that already sampled with the same rate loses nothing more),
         else at random.  Returns the rows kept; raises ValueError for a malformed batch."""
@@ -305,7 +307,12 @@ class MonitorCore:
         kept = 0
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
-                raise ValueError(f"log: row {i} is a {type(row).__name__}, not a dict of feature values")
+                if columns is None or not isinstance(row, (list, tuple)) or len(row) != len(columns):
+                    raise ValueError(
+                        f"log: row {i} is a {type(row).__name__}; give dicts of feature values, "
+                        "or lists as long as `columns`"
+                    )
+                row = dict(zip(columns, row, strict=True))
             rid = str(request_ids[i]) if request_ids is not None and request_ids[i] is not None else None
             if rid is not None:
                 if not keep_request(rid, rate, self.app):
@@ -639,13 +646,14 @@ class DriftMonitor:
     def log(
         self,
         variant: str,
-        rows: list[dict[str, Any]],
+        rows: list[dict[str, Any]] | list[list[Any]],
         predictions: list[Any] | None = None,
         request_ids: list[str] | None = None,
+        columns: list[str] | None = None,
     ) -> int:
         """Fire-and-forget from the ingress: never raises; a bad batch is counted (-1)."""
         try:
-            return self.core.log(variant, rows, predictions, request_ids)
+            return self.core.log(variant, rows, predictions, request_ids, columns)
         except Exception as e:  # noqa: BLE001
             self.core.counters["rejected_batches"] += 1
             self.core.last_error = f"log({variant!r}, {len(rows) if hasattr(rows, '__len__') else '?'} rows): {e}"
