@@ -914,11 +914,16 @@ def monitor_status_cmd(
         )
         if w
     )
-    correction = " (Bonferroni)" if spec.get("correction") == "bonferroni" else ""
+    correction = " / features tested (Bonferroni)" if spec.get("correction") == "bonferroni" else ""
     console.print(
-        f"app [bold]{escape(name)}[/] · {len(st['reference']['features'])} features · window {window} · "
-        f"sample {spec['sample_rate']:g} · alpha {spec['alpha']:g}{correction} · psi > {spec['psi_threshold']:g} · "
-        f"dataset drift at {spec['drift_share']:.0%} of features · event after {spec['consecutive']} windows"
+        f"app [bold]{escape(name)}[/] · {len(st['reference']['features'])} features · windows of {window} · "
+        f"sampling {spec['sample_rate']:.0%}"
+    )
+    console.print(
+        f"  drift: p < {spec['alpha']:g}{correction} or psi > {spec['psi_threshold']:g} (unless set per feature); "
+        f"dataset drift at >= {spec['drift_share']:.0%} of features; an event after {spec['consecutive']} "
+        "drifted windows in a row",
+        soft_wrap=True,
     )
     if not st["variants"]:
         console.print("  no traffic logged yet")

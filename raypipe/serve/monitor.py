@@ -615,30 +615,37 @@ def _json_safe(v: Any) -> Any:
 
 class DriftMonitor:
     """The actor (see :func:`start_monitor`): :class:`MonitorCore` plus Ray metrics.
-    Methods run one at a time (a plain actor), so no locks."""
+    Methods run one at a time (a plain actor), so no locks.  Its configuration (profile,
+    spec, model, per-variant models) lives in Ray's internal KV, not in constructor
+    arguments, so a restarted actor (``max_restarts=-1``) finds it after its creator is gone;
+    the windows and events of the dead instance are lost."""
 
-    def __init__(
-        self,
-        app: str,
-        profile: Mapping[str, Any],
-        spec: Mapping[str, Any] | None = None,
-        model_meta: Mapping[str, Any] | None = None,
-        reference_predictions: Sequence[Any] | None = None,
-        reference_metrics: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, app: str) -> None:
+        config = read_config(app)
+        if config is None:
+            raise RuntimeError(f"no monitor configuration for app {app!r} in Ray's KV ({_kv_key(app)!r})")
         try:
             sink: MetricsSink = RayMetrics(app)
         except Exception:  # noqa: BLE001 - metrics are optional
             sink = _NoMetrics()
+        self.app = app
+        self.config = config
         self.core = MonitorCore(
             app,
-            profile,
-            spec,
-            model_meta,
-            reference_predictions=reference_predictions,
-            reference_metrics=reference_metrics,
+            config["profile"],
+            config.get("spec"),
+            config.get("model_meta"),
+            reference_predictions=config.get("reference_predictions"),
+            reference_metrics=config.get("reference_metrics"),
             sink=sink,
         )
+        for variant, m in (config.get("variants") or {}).items():
+            self.core.set_model(
+                variant,
+                m["model_meta"],
+                reference_predictions=m.get("reference_predictions"),
+                reference_metrics=m.get("reference_metrics"),
+            )
 
     def ping(self) -> str:
         return "ok"
@@ -672,9 +679,16 @@ class DriftMonitor:
         reference_predictions: list[Any] | None = None,
         reference_metrics: dict[str, Any] | None = None,
     ) -> None:
+        """``variant`` serves another model than the app's default (kept across restarts)."""
         self.core.set_model(
             variant, model_meta, reference_predictions=reference_predictions, reference_metrics=reference_metrics
         )
+        self.config.setdefault("variants", {})[variant] = {
+            "model_meta": model_meta,
+            "reference_predictions": reference_predictions,
+            "reference_metrics": reference_metrics,
+        }
+        write_config(self.app, self.config)
 
     def flush(self, variant: str | None = None, force: bool = False) -> list[dict[str, Any]]:
         return _json_safe(self.core.flush(variant, force=force))
@@ -716,7 +730,7 @@ def start_monitor(
 
     spec_obj = spec if isinstance(spec, MonitorSpec) else MonitorSpec.model_validate(dict(spec or {}))
     try:
-        DriftDetector(
+        det = DriftDetector(
             profile,
             spec_obj,
             model_meta,
@@ -725,11 +739,24 @@ def start_monitor(
         )
     except ValueError as e:
         raise RaypipeError(f"drift monitor of app {app!r}: {e}") from None
-    if replace:
-        old = get_monitor(app)
-        if old is not None:
-            ray.kill(old, no_restart=True)
-            _wait_gone(app)
+    old = get_monitor(app)
+    if old is not None:
+        if not replace:
+            return old
+        ray.kill(old, no_restart=True)
+        _wait_gone(app)
+    keep = set(det.features) | ({str(model_meta["label"])} if model_meta and model_meta.get("label") else set())
+    write_config(
+        app,
+        {
+            "profile": {**profile, "columns": {k: v for k, v in profile["columns"].items() if k in keep}},
+            "spec": spec_obj.model_dump(mode="json"),
+            "model_meta": dict(model_meta) if model_meta is not None else None,
+            "reference_predictions": list(reference_predictions) if reference_predictions is not None else None,
+            "reference_metrics": dict(reference_metrics) if reference_metrics is not None else None,
+            "variants": {},
+        },
+    )
     return (
         ray.remote(DriftMonitor)
         .options(
@@ -741,15 +768,45 @@ def start_monitor(
             max_task_retries=0,
             num_cpus=0,
         )
-        .remote(
-            app,
-            dict(profile),
-            spec_obj.model_dump(mode="json"),
-            dict(model_meta) if model_meta is not None else None,
-            list(reference_predictions) if reference_predictions is not None else None,
-            dict(reference_metrics) if reference_metrics is not None else None,
-        )
+        .remote(app)
     )
+
+
+def stop_monitor(app: str) -> bool:
+    """Kill the app's monitor and forget its configuration; False if it had none."""
+    import ray
+    from ray.experimental import internal_kv
+
+    handle = get_monitor(app)
+    if handle is not None:
+        ray.kill(handle, no_restart=True)
+        _wait_gone(app)
+    had = read_config(app) is not None
+    internal_kv._internal_kv_del(_kv_key(app), namespace=NAMESPACE)
+    return handle is not None or had
+
+
+def _kv_key(app: str) -> bytes:
+    return (MONITOR_PREFIX + "config:" + app).encode()
+
+
+def write_config(app: str, config: Mapping[str, Any]) -> None:
+    """The monitor's configuration into Ray's internal KV (JSON)."""
+    import json
+
+    from ray.experimental import internal_kv
+
+    blob = json.dumps(_json_safe(config), allow_nan=False).encode()
+    internal_kv._internal_kv_put(_kv_key(app), blob, overwrite=True, namespace=NAMESPACE)
+
+
+def read_config(app: str) -> dict[str, Any] | None:
+    import json
+
+    from ray.experimental import internal_kv
+
+    blob = internal_kv._internal_kv_get(_kv_key(app), namespace=NAMESPACE)
+    return json.loads(blob) if blob else None
 
 
 def _wait_gone(app: str, timeout_s: float = 30.0) -> None:

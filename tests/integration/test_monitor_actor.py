@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from raypipe import api
 from raypipe.cli import app as cli_app
 from raypipe.exceptions import RaypipeError
-from raypipe.serve.monitor import get_monitor, monitor_name, start_monitor
+from raypipe.serve.monitor import get_monitor, monitor_name, read_config, start_monitor, stop_monitor
 from raypipe.stages.data.profiling import add_counts, finalize, histogram_counts, histogram_edges, partial_profile
+from tests.conftest import wait_for
 
 FEATURES = ["f0", "f1", "f2", "f3", "color"]
 COLORS = np.array(["red", "green", "blue"])
@@ -133,7 +134,29 @@ def test_status_api_and_cli(ray_local: str, profile: dict) -> None:
         api.monitor_status("no-such-app")
 
 
-def test_replace_and_bad_spec(ray_local: str, profile: dict) -> None:
+def test_restart_keeps_the_configuration(ray_local: str, profile: dict) -> None:
+    import ray
+
+    mon = get_monitor(APP)
+    ray.get(mon.set_model.remote("v2", {**META, "metrics": {"val_accuracy": 0.77}}))
+    ray.kill(mon, no_restart=False)  # a crash: Ray restarts it from the configuration in the KV
+
+    def restarted() -> dict | None:
+        try:
+            st = ray.get(get_monitor(APP).status.remote(), timeout=10)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, AttributeError):
+            return None
+        return st if not st["variants"] else None
+
+    st = wait_for(restarted, timeout_s=60, what="the monitor to restart")
+    assert st["spec"]["window_rows"] == 200 and st["events"] == []
+    mon = get_monitor(APP)
+    mon.log.remote("v2", _rows(_frame(np.random.default_rng(3), 10)), [0] * 10)
+    perf = ray.get(mon.status.remote())["variants"]["v2"]["performance"]
+    assert perf["reference"] == 0.77  # v2's own model, set before the crash
+
+
+def test_replace_stop_and_bad_spec(ray_local: str, profile: dict) -> None:
     import ray
 
     with pytest.raises(RaypipeError, match="not in the reference profile"):
@@ -141,4 +164,7 @@ def test_replace_and_bad_spec(ray_local: str, profile: dict) -> None:
     mon = start_monitor(APP, profile, META, {"window_rows": 100}, replace=True)
     st = ray.get(mon.status.remote())
     assert st["variants"] == {} and st["spec"]["window_rows"] == 100
-    ray.kill(mon, no_restart=True)
+    assert set(read_config(APP)["profile"]["columns"]) == set(FEATURES) | {"label"}
+    assert stop_monitor(APP) is True
+    assert get_monitor(APP) is None and read_config(APP) is None
+    assert stop_monitor(APP) is False
