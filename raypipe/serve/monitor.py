@@ -208,6 +208,8 @@ class MonitorCore:
         self.events: deque[dict[str, Any]] = deque(maxlen=self.spec.max_events)
         self.debouncer = Debouncer(self.spec.consecutive, self.spec.reset_windows, self.spec.in_flight_timeout_s)
         self.next_window_id = 1
+        #: Labelled (performance) windows are numbered on their own.
+        self.next_perf_window_id = 1
         self.next_event_id = 1
         self.rng = np.random.default_rng(self.spec.seed)
         self.started_at = clock()
@@ -427,8 +429,8 @@ class MonitorCore:
         return sum(1 for rid, y in items if self.label(rid, y))
 
     def _close_performance(self, v: _Variant, now: float) -> PerformanceResult:
-        wid = self.next_window_id
-        self.next_window_id += 1
+        wid = self.next_perf_window_id
+        self.next_perf_window_id += 1
         res = self._detector(v.name).evaluate_performance(v.perf, window_id=wid, variant=v.name, closed_at=now)
         v.perf = PerformanceWindow()
         v.perf_windows += 1
