@@ -807,6 +807,10 @@ class DriftDetector:
                 self.refs[f] = _categorical_reference(f, col)
             else:
                 raise ValueError(f"feature {f!r} is of kind {kind!r} in the profile; only numeric and categorical")
+            if method in ("ks", "chi2") and o.threshold is not None and o.threshold >= 1:
+                raise ValueError(
+                    f"overrides.{f}.threshold: {method} takes a level alpha in (0, 1), got {o.threshold:g}"
+                )
             self.methods[f] = method
         self.features = list(self.refs)
         self.task = self._task()

@@ -291,7 +291,8 @@ class MonitorCore:
         values named by ``columns`` (the ingress's rows in the model's feature order).  Rows are sampled at
         ``sample_rate``: by :func:`~raypipe.serve.drift.keep_request` of the request id when
         given (so an ingress that already sampled with the same rate loses nothing more),
-        else at random.  Returns the rows kept; raises ValueError for a malformed batch."""
+        else at random.  Rows of one multi-row request share its id: kept or dropped
+        together, and not matched to labels later.  Returns the rows kept; raises ValueError for a malformed batch."""
         if not isinstance(variant, str) or not variant:
             raise ValueError("log: variant must be a non-empty string")
         if predictions is not None and len(predictions) != len(rows):
@@ -307,6 +308,13 @@ class MonitorCore:
         classes = self._detector(variant).classes
         rate = self.spec.sample_rate
         kept = 0
+        # A request of several rows has one id for all of them: sampled together, never
+        # labelled (one label cannot be matched to several predictions).
+        shared: set[str] = set()
+        if request_ids is not None:
+            once: set[str] = set()
+            for r in request_ids:
+                (shared if str(r) in once else once).add(str(r))
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 if columns is None or not isinstance(row, (list, tuple)) or len(row) != len(columns):
@@ -324,7 +332,7 @@ class MonitorCore:
             pred = prediction_value(predictions[i], classes) if predictions is not None else None
             v.buffer.add(row, pred, now)
             kept += 1
-            if rid is not None and predictions is not None and self.spec.max_pending_labels > 0:
+            if rid is not None and rid not in shared and predictions is not None and self.spec.max_pending_labels > 0:
                 self.pending[rid] = _Pending(variant, pred, now)
                 self.pending.move_to_end(rid)
                 while len(self.pending) > self.spec.max_pending_labels:
@@ -730,8 +738,8 @@ def start_monitor(
     then it is killed and started again (its windows and events are lost)."""
     import ray
 
-    spec_obj = spec if isinstance(spec, MonitorSpec) else MonitorSpec.model_validate(dict(spec or {}))
     try:
+        spec_obj = spec if isinstance(spec, MonitorSpec) else MonitorSpec.model_validate(dict(spec or {}))
         det = DriftDetector(
             profile,
             spec_obj,
@@ -739,7 +747,7 @@ def start_monitor(
             reference_predictions=reference_predictions,
             reference_metrics=reference_metrics,
         )
-    except ValueError as e:
+    except ValueError as e:  # pydantic's ValidationError is a ValueError
         raise RaypipeError(f"drift monitor of app {app!r}: {e}") from None
     old = get_monitor(app)
     if old is not None:

@@ -243,6 +243,8 @@ def test_spec_validation(normal_profile: dict) -> None:
         DriftDetector(normal_profile, MonitorSpec(overrides={"nope": {}}))
     with pytest.raises(ValueError, match="chi2 is for categorical"):
         DriftDetector(normal_profile, MonitorSpec(overrides={"f0": {"method": "chi2"}}))
+    with pytest.raises(ValueError, match="level alpha"):
+        DriftDetector(normal_profile, MonitorSpec(overrides={"f0": {"threshold": 2}}))
     with pytest.raises(ValueError, match="not in the reference profile"):
         DriftDetector(normal_profile, MonitorSpec(features=["f0", "zz"]))
     with pytest.raises(ValueError, match="columns"):
@@ -334,6 +336,9 @@ def test_performance_drift_through_labels(normal_profile: dict) -> None:
     assert len(events) == 1 and events[0]["performance"]["value"] == pytest.approx(0.7)
     assert core.label("r0-1", 1) is False  # already used
     assert core.counters["labels_unknown"] == 1
+    # a request of several rows: one id for all, logged but never matched to a label
+    assert core.log("v2", rows_of(rng.normal(size=(3, 5))), [1, 1, 0], ["multi"] * 3) == 3
+    assert "multi" not in core.pending and core.label("multi", 1) is False
 
 
 # --------------------------------------------------------------------------- debouncing
