@@ -104,7 +104,7 @@ def test_monitor_actor(ray_local: str, profile: dict) -> None:
     assert ray.get(mon.label.remote("never-logged", 1)) is False
 
     # memory stays bounded however much is logged
-    for _ in range(30):
+    for _ in range(12):
         df = _frame(rng, 500)
         mon.log.remote("v1", _rows(df), [0] * 500, [f"m{rng.integers(1 << 62)}" for _ in range(500)])
     mem = ray.get(mon.memory.remote())
