@@ -762,12 +762,18 @@ class RolloutController:
             return run.status()
 
     def status(self) -> dict[str, Any] | None:
-        with self.lock:
+        # A tick may hold the lock for as long as Serve takes to apply new weights: then
+        # answer from the fields as they are (each is replaced whole, never half-written).
+        locked = self.lock.acquire(timeout=2.0)
+        try:
             if self.run is None:
                 return None
             st = self.run.status()
             st["last_error"] = self._last_error
             return st
+        finally:
+            if locked:
+                self.lock.release()
 
     def abort(self, reason: str = "aborted by the user") -> dict[str, Any]:
         with self.lock:
