@@ -65,11 +65,12 @@ shape (bundles x resources; a sweep restored with another shape would run with t
 old concurrency).  A new attempt finds it (``Tuner.can_restore``) and continues it with
 ``Tuner.restore(resume_errored=True)``: finished trials are not run again, trials
 that were running continue from their last checkpoint, errored ones are retried.
-Tune saves the sweep's state every 2 s here (and whenever a trial checkpoints if
-``keep_checkpoints`` is set; each such save waits for its sync, so it is off by
-default); a trial that finished in the 2 s before a crash may run again, and a
-running trial continues from the last checkpoint the saved state knew of.  ASHA's
-rungs are not saved by Tune: after a restore it starts filling them afresh.
+The sweep's state is saved (and synced to storage) as soon as a trial ends, so a
+finished trial is not run again, and every 2 s, so a running trial continues from a
+checkpoint at most about 2 s older than its last.  (Tune alone saves every 10 s or
+more, or on every trial checkpoint when ``keep_checkpoints`` is set, each save then
+waiting for its sync.)  ASHA's rungs are not saved by Tune: after a restore it
+starts filling them afresh.
 
 Outputs.  ``best_config``: the full config of the best trial as JSON (built-in: the
 training fields with the picked values, ready for a ``train`` stage; a function:

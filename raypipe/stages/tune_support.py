@@ -151,19 +151,46 @@ def trials_on_grant(ctx: StageContext, bundle: Mapping[str, float]) -> Iterator[
     if len(nodes) != ctx.gang_size:
         nodes = (nodes * ctx.gang_size)[: ctx.gang_size]
     saved = getattr(tc, "PlacementGroupResourceManager", None)
-    if saved is None:
-        log.warning(
-            "this Ray's Tune has no PlacementGroupResourceManager seam: trials use one placement group "
-            "each, on the granted nodes, at most %d at once",
-            ctx.gang_size,
-        )
-        yield False
-        return
-    tc.PlacementGroupResourceManager = lambda: GrantResources(bundle, nodes)  # type: ignore[misc,assignment]
+    saved_state = getattr(tc, "_ExperimentCheckpointManager", None)
+    if saved_state is not None:
+        tc._ExperimentCheckpointManager = _save_on_trial_end(saved_state)  # type: ignore[misc]
     try:
-        yield True
+        if saved is None:
+            log.warning(
+                "this Ray's Tune has no PlacementGroupResourceManager seam: trials use one placement group "
+                "each, on the granted nodes, at most %d at once",
+                ctx.gang_size,
+            )
+            yield False
+            return
+        tc.PlacementGroupResourceManager = lambda: GrantResources(bundle, nodes)  # type: ignore[misc,assignment]
+        try:
+            yield True
+        finally:
+            tc.PlacementGroupResourceManager = saved  # type: ignore[misc]
     finally:
-        tc.PlacementGroupResourceManager = saved  # type: ignore[misc]
+        if saved_state is not None:
+            tc._ExperimentCheckpointManager = saved_state  # type: ignore[misc]
+
+
+def _save_on_trial_end(base: type) -> type:
+    """Tune's experiment-state saver, also saving (and syncing) as soon as a trial has
+    ended: what a restore reads then never misses a finished trial.  (Tune calls it every
+    step with the controller's ``save_to_dir``; its own rule saves on a timer.)"""
+
+    class SaveOnTrialEnd(base):  # type: ignore[misc,valid-type]
+        _ended: int | None = None
+
+        def sync_up_experiment_state(self, save_fn: Any, force: bool = False, wait: bool = False) -> Any:
+            controller = getattr(save_fn, "__self__", None)
+            trials = controller.get_trials() if hasattr(controller, "get_trials") else None
+            if trials is not None:
+                ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+                if ended != self._ended:
+                    self._ended, force = ended, True
+            return super().sync_up_experiment_state(save_fn, force=force, wait=wait)
+
+    return SaveOnTrialEnd
 
 
 def fallback_resources(ctx: StageContext, bundle: Mapping[str, float]) -> Any:

@@ -132,7 +132,7 @@ def test_an_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path
     for q in (8, 4):  # finished before the kill: not run again
         assert [runs.get((q, i)) for i in range(3)] == [1, 1, 1], runs
     # The trials that were running ran to the end (from their last checkpoint the sweep's
-    # saved state knew of: Tune saves it every 2 s here, so maybe from the start).
+    # saved state knew of: it is saved every 2 s and when a trial ends, so maybe from the start).
     for q in (2, 1):
         assert all(1 <= runs.get((q, i), 0) <= 2 for i in range(3)), runs
     assert runs[1, 1] == 2, "the killer was interrupted in its second iteration"
