@@ -15,6 +15,7 @@ from raypipe.exceptions import RaypipeError
 from raypipe.runner.executor import Executor, RunResult, StageEvent
 from raypipe.runner.plan import Plan, build_plan
 from raypipe.scheduler.client import SchedulerClient, get_controller
+from raypipe.serve.app import AppStatus
 from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root, root_of
 from raypipe.store.metadata import MetadataStore, RunRecord, StageRunRecord
 from raypipe.store.registry import AliasEvent, LineageNode, ModelRegistry, ModelSummary, ModelVersion, parse_ref
@@ -461,3 +462,67 @@ def monitor_status(app: str, *, address: str | None = None) -> dict[str, Any]:
 
     connect_existing(address)
     return read_status(app)
+
+
+# ---------------------------------------------------------------------- serving
+def _connect_serving(address: str | None) -> None:
+    from raypipe.runner.ray_session import connect_existing
+
+    try:
+        connect_existing(address)
+    except RaypipeError as e:
+        raise RaypipeError(
+            f"{e}; serving needs a Ray cluster that outlives this command: start one with "
+            "`ray start --head` and pass --address (or set RAY_ADDRESS)"
+        ) from None
+
+
+def deploy(source: str | os.PathLike[str], *, db: str | None = None, address: str | None = None) -> list[AppStatus]:
+    """Deploy what ``source`` describes: an app spec YAML (``app``, ``model``, ``variants``...,
+    see :class:`raypipe.serve.spec.ServeSpec`) or a pipeline YAML, whose ``deploy`` stages are
+    deployed with the pipeline's metadata store (the other stages are not run).  Joins a
+    running Ray cluster (``address``, the pipeline's ``ray.address``, ``$RAY_ADDRESS`` or the
+    one ``ray start`` left on this machine); returns each app's status once it serves."""
+    from raypipe.serve import app as serving
+    from raypipe.serve.spec import ServeSpec, load_spec, read_yaml
+
+    data = read_yaml(source)
+    specs: list[ServeSpec]
+    if "stages" in data:
+        plan = load(source)
+        specs = [ps.kind.params for ps in plan.stages.values() if ps.spec.kind == "deploy"]  # type: ignore[misc]
+        if not specs:
+            raise RaypipeError(
+                f"{source}: pipeline {plan.config.name!r} has no `deploy` stage; add one or give an app spec "
+                "(app, model, variants)"
+            )
+        db = db or metadata_url(plan.config)
+        address = address or plan.config.ray.address
+    else:
+        specs = [load_spec(source)]
+    _connect_serving(address)
+    return [serving.deploy(spec, db=db) for spec in specs]
+
+
+def split(app: str, weights: Mapping[str, float] | Sequence[str], *, address: str | None = None) -> AppStatus:
+    """Change a served app's traffic split live (``["v3=50", "v4=50"]`` or ``{"v3": 50, ...}``)."""
+    from raypipe.serve import app as serving
+
+    _connect_serving(address)
+    return serving.set_weights(app, weights)
+
+
+def serve_status(app: str | None = None, *, address: str | None = None) -> list[AppStatus]:
+    """The status of one served app (or of every app raypipe deployed on the cluster)."""
+    from raypipe.serve import app as serving
+
+    _connect_serving(address)
+    return [serving.status(name) for name in ([app] if app else serving.apps())]
+
+
+def serve_shutdown(app: str, *, address: str | None = None) -> None:
+    """Stop a served app: its Serve deployments, its resource reservation and its metrics."""
+    from raypipe.serve import app as serving
+
+    _connect_serving(address)
+    serving.shutdown(app)

@@ -1004,6 +1004,117 @@ def monitor_status_cmd(
         console.print(f"[yellow]last error:[/] {escape(st['last_error'])}", soft_wrap=True)
 
 
+# ---------------------------------------------------------------------- serving
+AppArg = Annotated[str, typer.Argument(metavar="APP", help="Name of the served app.")]
+
+
+def _print_app(st: Any, verb: str = "app") -> None:
+    key = ", ".join(f"{k} {v}" for k, v in (st.key or {}).items() if v) or "none (random per request)"
+    console.print(
+        f"{verb} [bold]{escape(st.app)}[/] · {_status(st.status.lower())} · {escape(st.url)} · model {escape(st.model)}"
+        f" · sticky key: {escape(key)}" + (f" · shadow: {st.shadow}" if st.shadow else ""),
+        soft_wrap=True,
+        emoji=False,
+    )
+    table = Table("variant", "version", "aliases", "weight", "replicas", "status", "per replica")
+    by_label: dict[str, list[str]] = {}
+    for alias, label in st.aliases.items():
+        by_label.setdefault(label, []).append(alias)
+    for v in st.variants.values():
+        opts = ", ".join(f"{k}={val}" for k, val in v.ray_actor_options.items() if k != "label_selector")
+        extra = " (shadow)" if v.shadow else ""
+        extra += f" fail_rate={v.fail_rate:g}" if v.fail_rate else ""
+        table.add_row(
+            v.label + extra,
+            str(v.version),
+            escape(", ".join(f"@{a}" for a in by_label.get(v.label, []))),
+            f"{v.weight:g}%",
+            f"{v.running_replicas}/{v.target_replicas}",
+            _status(v.status.lower()),
+            escape(opts),
+        )
+    console.print(table, emoji=False)
+    r = st.reservation
+    if r:
+        nodes = len(set(r.get("nodes") or []))
+        console.print(
+            f"reservation {escape(r['job_id'])}: {r.get('state')} · {escape(str(r.get('demand')))} on {nodes} node"
+            + ("" if nodes == 1 else "s")
+            + (f" · {escape(str(r['reason']))}" if r.get("reason") else ""),
+            emoji=False,
+        )
+    else:
+        console.print("reservation: none (reserve: false)")
+
+
+@app.command("deploy")
+def deploy_cmd(
+    file: Annotated[
+        str, typer.Argument(help="An app spec YAML (app, model, variants) or a pipeline with deploy stages.")
+    ],
+    db: DbOpt = None,
+    address: AddressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Serve registered model versions behind one HTTP endpoint with a weighted, sticky split."""
+    _cwd_importable()
+    statuses = _guard(lambda: api.deploy(file, db=db, address=address))
+    if as_json:
+        print(json.dumps([s.to_dict() for s in statuses], indent=2, default=str))
+        return
+    for st in statuses:
+        _print_app(st, "deployed")
+        console.print(f"  try: curl -X POST {escape(st.url)}/predict -d '{{\"features\": {{...}}}}'", emoji=False)
+
+
+@app.command("split")
+def split_cmd(
+    app_name: AppArg,
+    weights: Annotated[list[str], typer.Argument(metavar="VARIANT=WEIGHT...", help="e.g. v3=50 v4=50 (sum 100).")],
+    address: AddressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a served app's traffic split live (no request is dropped)."""
+    st = _guard(lambda: api.split(app_name, weights, address=address))
+    if as_json:
+        print(json.dumps(st.to_dict(), indent=2, default=str))
+        return
+    console.print(f"{escape(st.app)} split: " + ", ".join(f"{k} {w:g}%" for k, w in st.weights.items()), emoji=False)
+
+
+serve_app = typer.Typer(
+    help="Served models: status and shutdown (deploy with `raypipe deploy`, re-weight with `raypipe split`).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("status")
+def serve_status_cmd(
+    app_name: Annotated[str | None, typer.Argument(metavar="[APP]", help="A served app (default: all).")] = None,
+    address: AddressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a served app: variants, versions, aliases, weights, replicas, URL and reservation."""
+    statuses = _guard(lambda: api.serve_status(app_name, address=address))
+    if as_json:
+        doc = [s.to_dict() for s in statuses]
+        print(json.dumps(doc[0] if app_name else doc, indent=2, default=str))
+        return
+    if not statuses:
+        console.print("no served apps on this cluster; deploy one with `raypipe deploy SPEC.yaml`")
+    for st in statuses:
+        _print_app(st)
+
+
+@serve_app.command("shutdown")
+def serve_shutdown_cmd(app_name: AppArg, address: AddressOpt = None) -> None:
+    """Stop a served app: its deployments, its resource reservation and its metrics collector."""
+    _guard(lambda: api.serve_shutdown(app_name, address=address))
+    console.print(f"stopped {escape(app_name)}", emoji=False)
+
+
 def main() -> None:
     app()
 

@@ -19,6 +19,7 @@ STAGE_KINDS: tuple[tuple[str, str], ...] = (
     ("tune", "raypipe.stages.tune:TuneStage"),
     ("evaluate", "raypipe.stages.evaluate:EvaluateStage"),
     ("register", "raypipe.stages.register:RegisterStage"),
+    ("deploy", "raypipe.stages.deploy:DeployStage"),
 )
 
 

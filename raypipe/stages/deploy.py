@@ -1,0 +1,117 @@
+"""``deploy``: serve registered versions of a model on Ray Serve with a traffic split.
+
+Params are the fields of :class:`raypipe.serve.spec.ServeSpec` (``app``, ``model``,
+``variants`` with ``version`` (N, vN or @ALIAS) and ``weight``, ``key``, ``shadow``,
+``route_prefix``, ``port``...).  The stage takes no inputs: it serves versions of the
+registry's ``model``, so put it after the ``register`` stage (``depends_on:
+[register]``) to serve what the run just registered, or on its own
+(``configs/serve_digits.yaml``).
+
+How it runs:
+
+- On the driver, just before the stage runs (``resolve_inputs``), each variant's
+  reference is resolved in the registry and its model artifact becomes an input named
+  ``v<N>`` or ``v<N>@alias`` (so the versions served are in the stage's lineage).
+- The stage's task deploys (:func:`raypipe.serve.app.deploy_resolved`): it books the
+  replicas' resources with the scheduler (a reservation that outlives the run), applies
+  the Serve app and waits until it serves.  Output ``deployment``: the app's status.
+- A deploy stage is never a cache hit: deploying is a side effect, and deploying the
+  same spec again changes nothing in Serve.  Give it ``resources: {cpu: 0}``: its
+  replicas' resources are reserved separately, for as long as the app runs.
+
+Serving outlives the run only on a cluster that does (``ray: {address: auto}`` after
+``ray start --head``); an embedded local Ray stops when the run ends.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from raypipe.exceptions import StageError
+from raypipe.serve.spec import ResolvedVariant, ServeSpec, check_distinct, ref_text, resolve
+from raypipe.stages.base import CommitContext, StageContext, StageKind, StageParams
+from raypipe.store.models import is_model_package
+
+
+class DeployParams(StageParams, ServeSpec):
+    """The :class:`ServeSpec` of the app to deploy."""
+
+
+class DeployStage(StageKind):
+    Params = DeployParams
+    params: DeployParams
+    packages = ("ray",)
+
+    def outputs(self) -> list[str]:
+        return ["deployment"]
+
+    def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
+        if input_names:
+            return [
+                (
+                    (),
+                    f"a deploy stage takes no inputs (got {', '.join(input_names)}); it serves registered versions "
+                    "of `model`: run it after the register stage with depends_on: [register]",
+                )
+            ]
+        return []
+
+    def source_fingerprint(self) -> str | None:
+        return f"deploy-always-runs:{uuid.uuid4().hex}"  # never a cache hit
+
+    def resolve_inputs(self, meta: Any) -> dict[str, Any]:
+        from raypipe.store.registry import ModelRegistry
+
+        resolved = resolve(self.params, ModelRegistry(meta))
+        check_distinct(resolved, self.params.model)
+        return {r.label + (r.ref if r.ref.startswith("@") else ""): meta.artifact(r.sha256) for r in resolved}
+
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        from raypipe.serve.app import deploy_resolved
+
+        for value in inputs.values():  # unpacked by the runner; the replicas load their own copy
+            if is_model_package(value) and value.root.name.startswith("raypipe-model-"):
+                shutil.rmtree(value.root, ignore_errors=True)
+        by_ref = {ref_text(v.version): v for v in self.params.variants}
+        resolved, aliases = [], {}
+        for name, ref in ctx.input_refs.items():
+            label, _, alias = name.partition("@")
+            spec = by_ref.get(f"@{alias}" if alias else label)
+            if spec is None or ref.format != "model":
+                raise StageError(f"input {name!r} is not one of the variants of this deploy stage")
+            if alias:
+                aliases[alias] = label
+            resolved.append(
+                ResolvedVariant(
+                    label=label,
+                    version=int(label[1:]),
+                    ref=ref_text(spec.version),
+                    sha256=ref.sha256,
+                    uri=ref.uri,
+                    size=ref.size,
+                    meta=dict(ref.schema or {}),
+                    spec=spec,
+                )
+            )
+        hint = ""
+        if not ctx.resources.is_zero():
+            hint = (
+                f"; this deploy stage itself holds {ctx.resources} while it waits: "
+                "give it resources: {cpu: 0} (its replicas are reserved separately)"
+            )
+        status = deploy_resolved(self.params, resolved, aliases=aliases, hint=hint)
+        return {"deployment": status.to_dict()}
+
+    def after_success(self, commit: CommitContext) -> str | None:
+        ref = commit.outputs.get("deployment")
+        if ref is None:
+            return None
+        doc = commit.artifacts.get_value(ref)
+        split = ", ".join(f"{k} {w:g}%" for k, w in (doc.get("weights") or {}).items())
+        return f"serving {doc.get('app')} at {doc.get('url')} ({split})"
+
+
+__all__ = ["DeployParams", "DeployStage"]

@@ -1,0 +1,332 @@
+"""Serving over real HTTP on 127.0.0.1: one app deployed by a ``deploy`` stage (v1 90%,
+v2 10%, v3 0% failing 30% of request ids), sticky on ``X-User-Id``.
+
+Split fractions and stickiness are deterministic given the keys (hashing), so nothing
+here depends on timing; the load is only there to have requests in flight while a
+replica dies or the weights change."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from typer.testing import CliRunner
+
+import raypipe
+from raypipe import api
+from raypipe.cli import app as cli_app
+from raypipe.serve import app as serving
+from raypipe.serve.metrics import get_collector
+from raypipe.serve.routing import choose, unit_hash
+from tests.conftest import wait_for
+from tests.integration.serve_funcs import register_digits, sample_rows
+
+APP = "ab"
+WEIGHTS = {"v1": 90.0, "v2": 10.0, "v3": 0.0}
+FAIL_RATE = 0.3
+local = threading.local()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def session() -> requests.Session:
+    if not hasattr(local, "s"):
+        local.s = requests.Session()
+    return local.s
+
+
+@pytest.fixture(scope="module")
+def served(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Three registered MLPs (v1 @production, v3 @candidate), deployed by a pipeline's deploy stage."""
+    root = tmp_path_factory.mktemp("serving")
+    db = register_digits(root, versions=3)
+    port = free_port()
+    opts = {"num_cpus": 0.2}
+    params = {
+        "app": APP,
+        "model": "digits",
+        "variants": [
+            {"version": "@production", "weight": 90, "replicas": 2, "ray_actor_options": opts},
+            {"version": 2, "weight": 10, "ray_actor_options": opts},
+            {"version": "@candidate", "weight": 0, "ray_actor_options": opts, "fail_rate": FAIL_RATE},
+        ],
+        "key": {"header": "X-User-Id"},
+        "port": port,
+        "ingress": {"ray_actor_options": opts},
+    }
+    cfg = raypipe.PipelineConfig(
+        name="serve",
+        storage=str(root / "store"),
+        metadata=db,
+        stages=[raypipe.StageConfig(name="deploy", kind="deploy", resources={"cpu": 0}, params=params)],
+    )
+    events: list[Any] = []
+    result = raypipe.run(cfg, on_event=events.append)
+    assert result.ok, result.errors
+    note = [e.message for e in events if e.stage == "deploy" and e.status == "succeeded"]
+    yield {"db": db, "root": root, "url": serving.url(APP), "port": port, "params": params, "note": note}
+    for name in serving.apps():
+        serving.shutdown(name)
+    from ray import serve
+
+    serve.shutdown()
+
+
+def post(url: str, body: Any, key: str | None = None, **headers: str) -> requests.Response:
+    if key is not None:
+        headers["X-User-Id"] = key
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return session().post(url, data=data, headers=headers, timeout=60)
+
+
+def predict_many(url: str, keys: list[str], rows: list[dict[str, float]], workers: int = 16) -> list[Any]:
+    """POST one request per key, ``workers`` at a time (aiohttp, keep-alive); (key, status, json) each."""
+    import asyncio
+
+    import aiohttp
+
+    bodies = [json.dumps({"features": r}).encode() for r in rows]
+    out: list[Any] = [None] * len(keys)
+
+    async def run() -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=workers)) as s:
+
+            async def worker(w: int) -> None:
+                for i in range(w, len(keys), workers):
+                    headers = {"X-User-Id": keys[i], "Content-Type": "application/json"}
+                    try:
+                        async with s.post(f"{url}/predict", data=bodies[i % len(bodies)], headers=headers) as r:
+                            out[i] = (keys[i], r.status, await r.json(content_type=None))
+                    except (aiohttp.ClientError, ValueError) as e:
+                        out[i] = (keys[i], -1, {"error": str(e)})
+
+            await asyncio.gather(*(worker(w) for w in range(workers)))
+
+    asyncio.run(run())
+    return out
+
+
+def replicas(deployment: str) -> list[dict[str, Any]]:
+    details = serving._details(serving._serve_client())
+    dep = details["applications"][APP]["deployments"][deployment]
+    return [r for r in dep["replicas"] if serving._enum(r["state"]) == "RUNNING"]
+
+
+def kill_replica(deployment: str) -> str:
+    import ray
+
+    victim = replicas(deployment)[0]
+    ray.kill(ray.get_actor(victim["actor_name"], namespace="serve"), no_restart=True)
+    return str(victim["replica_id"])
+
+
+def test_deployed_by_the_stage_with_a_reservation(served: dict[str, Any]) -> None:
+    st = serving.status(APP)
+    assert st.status == "RUNNING" and st.weights == WEIGHTS
+    assert {k: v.version for k, v in st.variants.items()} == {"v1": 1, "v2": 2, "v3": 3}
+    assert st.aliases == {"production": "v1", "candidate": "v3"}
+    assert st.url == f"http://127.0.0.1:{served['port']}/{APP}"
+    # One scheduler job books every replica: router + 2 x v1 + v2 + v3, 0.2 CPU each.
+    assert st.reservation is not None and st.reservation["state"] == "running"
+    assert st.reservation["demand"] == "1 CPU"
+    assert served["note"] and f"serving {APP} at {st.url}" in served["note"][0]
+    meta = session().get(f"{served['url']}/metadata").json()
+    assert meta["weights"] == WEIGHTS and meta["aliases"] == st.aliases
+    assert session().get(f"{served['url']}/health").json()["status"] == "ok"
+
+
+def test_split_accuracy_stickiness_and_a_replica_killed_under_load(served: dict[str, Any]) -> None:
+    url = served["url"]
+    keys = [f"user-{i}" for i in range(5000)]
+    rows = sample_rows(200)
+    before = replicas("v1")
+    killer = threading.Timer(3.0, kill_replica, args=("v1",))
+    killer.start()
+    results = predict_many(url, keys, rows)
+    killer.join()
+    failed = [r for r in results if r[1] != 200]
+    print(f"\n5,000 requests, a v1 replica killed under load: {len(failed)} failed")
+    assert not failed, failed[:3]
+    counts = Counter(r[2]["variant"] for r in results)
+    assert abs(counts["v2"] / len(keys) - 0.10) <= 0.02, counts
+    assert counts["v3"] == 0
+    assert all(r[2]["variant"] == choose(r[0], WEIGHTS) for r in results)  # the contract's hash, exactly
+    # Serve replaces the killed replica; the same keys get the same variants.
+    wait_for(
+        lambda: (
+            len(replicas("v1")) == 2 and {r["replica_id"] for r in replicas("v1")} != {r["replica_id"] for r in before}
+        ),
+        timeout_s=120,
+        what="Serve to replace the killed v1 replica",
+    )
+    first = {k: body["variant"] for k, _, body in results}
+    again = predict_many(url, keys[:1000], rows)
+    assert all(s == 200 and body["variant"] == first[k] for k, s, body in again)
+    # Every answered request reached the metrics collector, per variant.
+    import ray
+
+    def counted() -> dict[str, int]:
+        snap = ray.get(get_collector(APP).snapshot.remote())
+        return {v: s["requests"] for v, s in snap.items() if s["requests"]}
+
+    total = len(results) + len(again)
+    wait_for(lambda: sum(counted().values()) >= total, timeout_s=30, what="the collector to count every request")
+    assert counted()["v2"] >= counts["v2"]
+    # The same keys keep their variants after the router itself restarts (a killed router
+    # loses the events it had not sent yet: at most 0.1 s of them).
+    kill_replica("router")
+    wait_for(lambda: serving.status(APP).ingress["running_replicas"] == 1, timeout_s=120, what="a new router")
+    wait_for(lambda: post(f"{url}/predict", {"features": rows[0]}, "probe").status_code == 200, timeout_s=60)
+    after = predict_many(url, keys[:300], rows)
+    assert all(s == 200 and body["variant"] == first[k] for k, s, body in after)
+
+
+def test_live_split_under_traffic_drops_nothing(served: dict[str, Any]) -> None:
+    url = served["url"]
+    rows = sample_rows(50)
+    stop = threading.Event()
+    seen: list[tuple[float, str, int, str | None]] = []
+
+    def traffic(t: int) -> None:
+        i = 0
+        while not stop.is_set():
+            key = f"live-{t}-{i % 400}"
+            start = time.time()
+            try:
+                r = post(f"{url}/predict", {"features": rows[i % len(rows)]}, key)
+                seen.append((start, key, r.status_code, r.json().get("variant")))
+            except requests.RequestException:
+                seen.append((start, key, -1, None))
+            i += 1
+
+    threads = [threading.Thread(target=traffic, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(seen) > 50, what="traffic")
+        st = serving.set_weights(APP, ["v1=50", "v2=50"])
+        changed = time.time()
+        assert st.weights == {"v1": 50.0, "v2": 50.0, "v3": 0.0}
+        wait_for(lambda: len([s for s in seen if s[0] > changed]) > 100, what="traffic after the change")
+        reverting = time.time()
+        back = serving.set_weights(APP, {"v1": 90, "v2": 10})
+        assert back.weights == WEIGHTS
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failed = [s for s in seen if s[2] != 200]
+    print(f"\n{len(seen)} requests while the split changed twice: {len(failed)} failed")
+    assert not failed
+    new = {"v1": 50.0, "v2": 50.0, "v3": 0.0}
+    during = [s for s in seen if changed < s[0] < reverting]
+    # Every request sent after set_weights returned follows the new split (the router
+    # replicas were reconfigured in place before it returned).
+    assert during and all(s[3] == choose(s[1], new) for s in during)
+
+
+def test_forced_variant_and_injected_failures(served: dict[str, Any]) -> None:
+    url = served["url"]
+    row = sample_rows(1)[0]
+    statuses = {}
+    for i in range(60):
+        rid = f"forced-{i}"
+        r = post(f"{url}/predict", {"features": row}, "u1", **{"X-Raypipe-Variant": "v3", "X-Request-Id": rid})
+        statuses[rid] = r.status_code
+        assert r.json()["variant"] == "v3"
+    expected = {rid: 500 if unit_hash("fail", rid) < FAIL_RATE else 200 for rid in statuses}
+    assert statuses == expected and 5 < list(expected.values()).count(500) < 35
+    r = post(f"{url}/predict", {"features": row}, "u1", **{"X-Raypipe-Variant": "v9"})
+    assert r.status_code == 400 and "unknown variant 'v9'" in r.json()["errors"][0]["reason"]
+
+
+def test_shadow_records_metrics_without_touching_answers(served: dict[str, Any]) -> None:
+    import ray
+
+    collector = get_collector(APP)
+    serving.set_shadow(APP, "v3")
+    time.sleep(1.0)  # snapshots count whole seconds: keep earlier tests' v3 events out of the window
+    try:
+        since = time.time()
+        keys = [f"shadow-{i}" for i in range(200)]
+        results = predict_many(served["url"], keys, sample_rows(20), workers=8)
+    finally:
+        serving.set_shadow(APP, None)
+    assert all(s == 200 and body["variant"] == choose(k, WEIGHTS) for k, s, body in results)
+
+    def shadowed() -> dict[str, Any]:
+        return ray.get(collector.snapshot.remote(since)).get("v3", {})
+
+    wait_for(lambda: shadowed().get("shadow_requests", 0) >= 200, timeout_s=30, what="shadow events")
+    v3 = shadowed()
+    assert v3["requests"] == 0 and v3["shadow_requests"] == 200
+    assert 0.15 < v3["shadow_errors"] / 200 < 0.45  # its injected failures, invisible to clients
+    assert v3["latency_ms"]["p50"] is not None
+
+
+def test_bad_requests_get_4xx_naming_the_field(served: dict[str, Any]) -> None:
+    url = served["url"]
+    row = sample_rows(1)[0]
+    r = post(f"{url}/predict", b'{"features": {"px0": 1,', "u1")
+    assert r.status_code == 400 and r.json()["error"] == "malformed JSON"
+    bad = {**row, "px3": "three"}
+    r = post(f"{url}/predict", {"features": bad}, "u1")
+    assert r.status_code == 422
+    assert r.json()["errors"] == [{"field": "features.px3", "reason": "expected a number (float), got string 'three'"}]
+    missing = {k: v for k, v in row.items() if k != "px7"}
+    r = post(f"{url}/predict", {"features": missing}, "u1")
+    assert r.status_code == 422 and r.json()["errors"] == [{"field": "features.px7", "reason": "missing field"}]
+    r = post(f"{url}/predict", {"instances": [row, {**row, "px1": None}]}, "u1")
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "instances[1].px1"
+    r = post(f"{url}/predict", b'{"features": {"px0": NaN}}', "u1")
+    assert r.status_code == 422
+    ok = post(f"{url}/predict", {"instances": [row, row]}, "u1")
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
+    assert session().get(f"{url}/nope").status_code == 404
+    assert session().get(f"{url}/predict").status_code == 405
+    # Feedback: 200 for a served request id, 404 unknown, 422 malformed.
+    rid = post(f"{url}/predict", {"features": row}, "u1").json()["request_id"]
+    assert post(f"{url}/feedback", {"request_id": rid, "outcome": 1}).status_code == 200
+    assert post(f"{url}/feedback", {"request_id": "never-served", "outcome": 1}).status_code == 404
+    assert post(f"{url}/feedback", {"request_id": rid}).status_code == 422
+    assert post(f"{url}/feedback", b"{oops").status_code == 400
+
+
+def test_cli_split_errors_status_and_redeploy(served: dict[str, Any], tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli_app, ["split", APP, "v1=50", "v9=50"])
+    assert res.exit_code == 2 and "unknown variant v9; known variants: v1, v2, v3" in res.output
+    res = runner.invoke(cli_app, ["split", APP, "v1=50", "v2=40"])
+    assert res.exit_code == 2 and "weights must sum to 100; v1=50, v2=40 sum to 90" in res.output
+    res = runner.invoke(cli_app, ["split", "nope", "v1=100"])
+    assert res.exit_code == 2 and "no serving app 'nope'" in res.output
+    res = runner.invoke(cli_app, ["serve", "status", APP, "--json"])
+    assert res.exit_code == 0 and json.loads(res.output)["weights"] == WEIGHTS
+    res = runner.invoke(cli_app, ["serve", "status"])
+    assert res.exit_code == 0 and "reservation serve:ab:" in res.output
+    # `raypipe deploy` of the same app as a spec file: nothing changes, the reservation is kept.
+    job = serving.status(APP).reservation["job_id"]  # type: ignore[index]
+    spec = tmp_path / "app.yaml"
+    spec.write_text(json.dumps(served["params"]))
+    res = runner.invoke(cli_app, ["deploy", str(spec), "--db", served["db"]])
+    assert res.exit_code == 0, res.output
+    assert f"deployed {APP}" in res.output
+    st = serving.status(APP)
+    assert st.reservation["job_id"] == job and st.weights == WEIGHTS  # type: ignore[index]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({**served["params"], "variants": [{"version": 9, "weight": 100}]}))
+    res = runner.invoke(cli_app, ["deploy", str(bad), "--db", served["db"]])
+    assert res.exit_code == 2 and "model 'digits' has no version 9; versions: 1, 2, 3" in res.output
+    assert api.serve_status(APP)[0].status == "RUNNING"

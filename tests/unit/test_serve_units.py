@@ -1,0 +1,192 @@
+"""Serving without Ray: request validation, the metrics collector's windows, app specs."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from raypipe.exceptions import ConfigError
+from raypipe.serve.metrics import LATENCY_BUCKETS_MS, MetricsCollector, quantile
+from raypipe.serve.spec import ServeSpec, load_spec, replica_resources
+from raypipe.serve.validation import InputSchema, RequestError, feedback_of, parse_json, rows_of
+
+SCHEMA = InputSchema.of(["a", "b", "n"], {"a": "float", "b": "double", "n": "int64"})
+
+
+def errors(payload: object, key_field: str | None = None) -> list[dict[str, str]]:
+    with pytest.raises(RequestError) as exc:
+        rows_of(payload, SCHEMA, key_field)
+    assert exc.value.status == 422
+    return exc.value.errors
+
+
+def test_rows_in_feature_order_single_and_batch() -> None:
+    assert rows_of({"features": {"n": 2, "b": 1.5, "a": 0}}, SCHEMA) == ([[0.0, 1.5, 2]], True)
+    rows, single = rows_of({"instances": [{"a": 1, "b": 2, "n": 3.0}, {"a": 4, "b": 5, "n": 6}]}, SCHEMA)
+    assert rows == [[1.0, 2.0, 3], [4.0, 5.0, 6]] and not single
+    assert rows_of({"features": {"a": 1, "b": 2, "n": 3}, "user_id": 7, "request_id": "r1"}, SCHEMA, "user_id")[1]
+
+
+def test_malformed_json_is_400_with_the_place() -> None:
+    for body, reason in [
+        (b'{"features": {"a": 1,}', "at line 1 column"),
+        (b"", "empty body"),
+        (b'{"a": "\xc3\x28"}', "not UTF-8"),
+    ]:
+        with pytest.raises(RequestError) as exc:
+            parse_json(body)
+        assert exc.value.status == 400 and reason in exc.value.errors[0]["reason"]
+    assert parse_json(b'{"a": NaN}')["a"] != parse_json(b'{"a": NaN}')["a"]  # refused later, as non-finite
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "reason"),
+    [
+        ({"features": {"a": 1, "b": 2}}, "features.n", "missing field"),
+        ({"features": {"a": "1", "b": 2, "n": 3}}, "features.a", "expected a number (float), got string '1'"),
+        ({"features": {"a": True, "b": 2, "n": 3}}, "features.a", "got boolean true"),
+        ({"features": {"a": None, "b": 2, "n": 3}}, "features.a", "got null"),
+        ({"features": {"a": 1, "b": math.inf, "n": 3}}, "features.b", "expected a finite number (double), got inf"),
+        ({"features": {"a": 1, "b": 2, "n": 3.5}}, "features.n", "expected an integer (int64), got 3.5"),
+        ({"features": {"a": 1, "b": 2, "n": 3, "z": 0}}, "features.z", "unknown field (not one of the model's 3"),
+        ({"features": [1, 2, 3]}, "features", "expected an object of feature values, got array"),
+        ({"instances": []}, "instances", "expected a non-empty array of rows"),
+        ({"instances": [{"a": 1, "b": 2, "n": 3}, {"a": 1, "b": 2}]}, "instances[1].n", "missing field"),
+        ({}, "features", "missing field (or `instances`"),
+        ({"features": {"a": 1, "b": 2, "n": 3}, "extra": 1}, "extra", "unknown field; expected: features"),
+        ([1, 2], "(body)", "expected a JSON object"),
+    ],
+)
+def test_invalid_bodies_name_field_and_reason(payload: object, field: str, reason: str) -> None:
+    errs = errors(payload)
+    assert any(e["field"] == field and reason in e["reason"] for e in errs), errs
+
+
+def test_every_problem_is_listed() -> None:
+    errs = errors({"features": {"a": "x", "z": 1}})
+    assert {e["field"] for e in errs} == {"features.a", "features.b", "features.n", "features.z"}
+
+
+def test_feedback_bodies() -> None:
+    assert feedback_of({"request_id": "r1", "outcome": 1}) == ("r1", 1.0)
+    assert feedback_of({"request_id": "r1", "outcome": False}) == ("r1", 0.0)
+    for body, field in [
+        ({"outcome": 1}, "request_id"),
+        ({"request_id": "r1"}, "outcome"),
+        ({"request_id": "r1", "outcome": "yes"}, "outcome"),
+        ({"request_id": 5, "outcome": 1}, "request_id"),
+        ({"request_id": "r1", "outcome": 1, "x": 2}, "x"),
+    ]:
+        with pytest.raises(RequestError) as exc:
+            feedback_of(body)
+        assert exc.value.status == 422 and exc.value.errors[0]["field"] == field
+
+
+def event(rid: str, variant: str, ts: float, ok: bool = True, lat: float = 3.0, shadow: bool = False) -> dict:
+    return {
+        "request_id": rid,
+        "variant": variant,
+        "ok": ok,
+        "status": 200 if ok else 500,
+        "latency_ms": lat,
+        "ts": ts,
+        "shadow": shadow,
+        "key": None,
+    }
+
+
+def test_collector_counts_windows_and_outcomes() -> None:
+    c = MetricsCollector("app", export=False)
+    now = time.time()
+    c.record([event(f"old{i}", "v1", now - 100) for i in range(10)])
+    c.record([event(f"r{i}", "v1", now, ok=i % 10 != 0, lat=1.0 + i % 5) for i in range(100)])
+    c.record([event(f"s{i}", "v2", now, shadow=True, ok=i % 2 == 0) for i in range(20)])
+    snap = c.snapshot()
+    assert snap["v1"]["requests"] == 110 and snap["v1"]["errors"] == 10
+    assert snap["v2"]["requests"] == 0 and snap["v2"]["shadow_requests"] == 20 and snap["v2"]["shadow_errors"] == 10
+    recent = c.snapshot(since=now - 10)
+    assert recent["v1"]["requests"] == 100
+    assert sum(recent["v1"]["latency_ms"]["counts"]) == 100
+    assert 2.0 <= recent["v1"]["latency_ms"]["p50"] <= 4.0
+    assert recent["v1"]["latency_ms"]["buckets"][-1] == "inf"
+    assert c.feedback("r1", 1.0) and c.feedback("r2", 0.0) and c.feedback("r3", -2.5)
+    assert not c.feedback("nope", 1.0)
+    assert not c.feedback("s1", 1.0)  # shadow copies are not served requests
+    out = c.snapshot()["v1"]["outcomes"]
+    assert out == {"n": 3, "sum": -1.5, "sumsq": 1 + 0 + 6.25, "positives": 1}
+    assert c.feedback("r3", 1.0)  # again: replaces the earlier outcome
+    assert c.snapshot()["v1"]["outcomes"] == {"n": 3, "sum": 2.0, "sumsq": 2.0, "positives": 2}
+
+
+def test_collector_memory_is_bounded() -> None:
+    c = MetricsCollector("app", max_ids=50, retain_s=60, export=False)
+    now = time.time()
+    c.record([event(f"r{i}", "v1", now) for i in range(200)])
+    assert c.known_ids() == 50
+    assert not c.feedback("r0", 1.0) and c.feedback("r199", 1.0)
+    c.record([event("ancient", "v1", now - 3600)])
+    c._pruned_at = 0.0
+    c._maybe_prune()
+    assert min(c._buckets["v1"]) >= int(now - 61)
+    assert c.snapshot()["v1"]["requests"] == 201  # folded into the all-time remainder
+    assert c.snapshot(since=now - 30)["v1"]["requests"] == 200
+
+
+def test_quantile_interpolates_in_buckets() -> None:
+    bounds = (1.0, 2.0, 4.0, math.inf)
+    assert quantile(bounds, [0, 10, 0, 0], 0.5) == pytest.approx(1.5)
+    assert quantile(bounds, [0, 0, 0, 5], 0.99) == 4.0
+    assert quantile(bounds, [0, 0, 0, 0], 0.5) is None
+    assert LATENCY_BUCKETS_MS[0] == 0.25 and math.isinf(LATENCY_BUCKETS_MS[-1])
+
+
+def spec(**kw: object) -> dict:
+    base = {
+        "app": "digits",
+        "model": "digits",
+        "variants": [{"version": 3, "weight": 90}, {"version": "@c", "weight": 10}],
+    }
+    return {**base, **kw}
+
+
+def test_spec_defaults_and_resources() -> None:
+    s = ServeSpec.model_validate(spec(key={"header": "X-User-Id"}, shadow={"variant": "@c"}))
+    assert s.prefix == "/digits" and s.port == 8000 and s.reserve
+    assert s.variants[0].ray_actor_options == {"num_cpus": 0.5}
+    r = replica_resources({"num_cpus": 1, "num_gpus": 0.5, "memory": 2**30, "resources": {"TPU": 1}})
+    assert (r.cpu, r.gpu, r.memory_mb, r.custom_dict) == (1.0, 0.5, 1024.0, {"TPU": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (spec(variants=[{"version": 3, "weight": 90}, {"version": 4, "weight": 20}]), "weights must sum to 100"),
+        (spec(variants=[{"version": 3, "weight": 50}, {"version": "v3", "weight": 50}]), "v3 listed more than once"),
+        (spec(key={"header": "X-A", "field": "u"}), "exactly one of `header`"),
+        (spec(shadow={"variant": "v9"}), "shadow: 'v9' is not one of the variants"),
+        (spec(variants=[{"version": "latest", "weight": 100}]), "expected a version number, v<N> or @ALIAS"),
+        (
+            spec(variants=[{"version": 3, "weight": 100, "ray_actor_options": {"num_cpu": 1}}]),
+            "unknown ray_actor_options",
+        ),
+        (spec(route_prefix="digits"), "expected a path like /digits"),
+        (spec(colour=1), "Extra inputs are not permitted"),
+    ],
+)
+def test_spec_errors(data: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=None) as exc:
+        ServeSpec.model_validate(data)
+    assert message in str(exc.value)
+
+
+def test_spec_file_errors_name_file_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "app.yaml"
+    p.write_text("app: digits\nmodel: digits\nvariants:\n  - {version: 1, weight: 100, replicas: 0}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_spec(p)
+    assert f"{p}:4 variants[0].replicas" in str(exc.value)
+    p.write_text("app: digits\nmodel: digits\nvariants:\n  - {version: 1, weight: 100}\n")
+    assert load_spec(p).variants[0].version == 1
