@@ -330,3 +330,35 @@ def test_cli_split_errors_status_and_redeploy(served: dict[str, Any], tmp_path: 
     res = runner.invoke(cli_app, ["deploy", str(bad), "--db", served["db"]])
     assert res.exit_code == 2 and "model 'digits' has no version 9; versions: 1, 2, 3" in res.output
     assert api.serve_status(APP)[0].status == "RUNNING"
+
+
+def test_reservation_keeps_serving_capacity_from_other_jobs(served: dict[str, Any]) -> None:
+    """The app's replicas hold 1 of the cluster's 2 CPUs in the scheduler's books: with a
+    0.5-CPU stage running, a 1.5-CPU stage would fit the rest of the cluster but waits."""
+    import ray
+
+    from raypipe.resources import Resources
+    from raypipe.scheduler.client import SchedulerClient, get_controller
+
+    client = SchedulerClient(get_controller(), owner="test-serving")
+    small, big = client.new_job_id("small"), client.new_job_id("big")
+    try:
+        client.submit(small, [Resources.of(cpu=0.5)], grant="ledger")
+        wait_for(lambda: client.poll([small])[small]["state"] == "running", what="the small job's grant")
+        view = client.submit(big, [Resources.of(cpu=1.5)], grant="ledger")
+        waiting = client.poll([big])[big]
+        print(f"\n1.5-CPU job beside the app: {waiting['state']} ({waiting['reason']})")
+        assert view["state"] == "queued" and waiting["state"] == "queued" and waiting["reason"]
+    finally:
+        ray.get(client.release([big, small]))
+    assert serving.status(APP).reservation["state"] == "running"  # type: ignore[index]
+
+
+def test_deploy_from_a_pipeline_file_resolves_in_its_store(served: dict[str, Any], tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parents[2] / "configs" / "serve_digits.yaml").read_text()
+    text = text.replace("storage: .raypipe", f"storage: {served['root']}").replace("model: digits", "model: nomodel")
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(text)
+    res = CliRunner().invoke(cli_app, ["deploy", str(cfg)])
+    assert res.exit_code == 2
+    assert f"no model 'nomodel' in {served['root']}/raypipe.db; registered: digits" in res.output
