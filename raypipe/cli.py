@@ -212,7 +212,8 @@ def validate_cmd(files: Annotated[list[str], typer.Argument(help="Pipeline YAML 
     for f, p in zip(files, plans, strict=True):
         if not isinstance(p, Plan):  # a rollout spec
             console.print(
-                f"[green]ok[/] {f}: rollout of app {p.app}, candidate {p.candidate}, steps {_steps_text(p.steps)}"
+                f"[green]ok[/] {f}: rollout of app {p.app}, candidate {p.candidate}, steps {_steps_text(p.steps)}",
+                soft_wrap=True,
             )
             continue
         console.print(f"[green]ok[/] {f}: pipeline {p.config.name}, {len(p.order)} stages")
