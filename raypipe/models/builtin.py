@@ -326,7 +326,7 @@ class _TuneIO(_IO):
 
         df = self.frames[name]
         order = np.random.default_rng(self.seed + epoch).permutation(len(df)) if name == "train" else np.arange(len(df))
-        cols = {c: torch.as_tensor(df[c].to_numpy()) for c in df.columns}
+        cols = {c: torch.as_tensor(np.array(df[c].to_numpy(), copy=True)) for c in df.columns}
         for i in range(0, len(df), batch_size):
             idx = torch.as_tensor(order[i : i + batch_size])
             yield {c: v[idx] for c, v in cols.items()}
