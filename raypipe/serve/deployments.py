@@ -54,6 +54,10 @@ INFLIGHT_PER_REPLICA = 2
 #: never blocks for long): user code and the handles' router on the replica's own event
 #: loop, saving two thread hand-offs per request.
 ROUTER_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+#: The variants' replicas run their (async) user code on the replica's event loop too; a
+#: forward pass of more than ``INLINE_ROWS`` rows (or a user ``predict``) goes to a thread.
+VARIANT_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+INLINE_ROWS = 256
 
 
 class InjectedFailure(RuntimeError):
@@ -141,9 +145,12 @@ class ModelVariant:
             raise InjectedFailure(f"variant {self.label}: injected failure (fail_rate {self.fail_rate:g})")
         return self._forward(rows)
 
-    def predict_many(self, request_ids: list[str], batches: list[list[list[Any]]]) -> list[dict[str, Any]]:
+    async def predict_many(self, request_ids: list[str], batches: list[list[list[Any]]]) -> list[dict[str, Any]]:
         """Several requests in one forward pass: ``{"ok": True, "p": [...]}`` or
-        ``{"ok": False, "error": "..."}`` per request, in order."""
+        ``{"ok": False, "error": "..."}`` per request, in order.  Async and run on the
+        replica's event loop (``VARIANT_ENV``): a small built-in model's forward pass runs
+        inline, with no thread hand-off; big batches and user ``predict`` functions go to a
+        thread.  The router sends each replica at most two calls at a time."""
         out: list[dict[str, Any]] = [{"ok": False, "error": ""} for _ in request_ids]
         take = [i for i, rid in enumerate(request_ids) if not self._injected(rid)]
         for i in set(range(len(request_ids))) - set(take):
@@ -151,7 +158,10 @@ class ModelVariant:
         rows = [row for i in take for row in batches[i]]
         if rows:
             try:
-                preds = self._forward(rows)
+                if self.custom is not None or len(rows) > INLINE_ROWS:
+                    preds = await asyncio.to_thread(self._forward, rows)
+                else:
+                    preds = self._forward(rows)
             except Exception as e:  # noqa: BLE001 - the model's error goes to each request
                 for i in take:
                     out[i]["error"] = f"{type(e).__name__}: {_short(e)}"
@@ -511,7 +521,7 @@ def build_app(args: dict[str, Any]) -> Any:
     for label, v in args["variants"].items():
         opts: dict[str, Any] = {
             "name": label,
-            "ray_actor_options": v["ray_actor_options"],
+            "ray_actor_options": {**v["ray_actor_options"], "runtime_env": {"env_vars": VARIANT_ENV}},
             "max_ongoing_requests": v["max_ongoing_requests"],
             "graceful_shutdown_timeout_s": 5.0,
         }

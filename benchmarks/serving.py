@@ -1,0 +1,314 @@
+"""raypipe's split ingress against a plain single Serve deployment of the same model.
+
+On one local Ray (``--num-cpus``, default 2) the benchmark registers two versions of a
+digits MLP (two hidden layers of 128, the quickstart's input format: 64 named pixels),
+deploys them with raypipe (``raypipe.serve.app.deploy``: router + ``v1``/``v2`` at 90/10,
+sticky on an ``X-User-Id`` header, scheduler reservation, per-variant metrics) and, beside
+it on the same Serve instance, a plain deployment (``benchmarks._serve_plain:PlainModel``:
+one replica that parses the body and predicts with the same model code, no validation,
+routing or metrics).  An HTTP load generator (aiohttp, closed loop, keep-alive, in this
+process) sends the same bodies (``{"features": {...}}`` of real digits rows) to both:
+
+- **latency**: 1 connection for ``--latency-s`` seconds -> p50 / p99;
+- **throughput**: ``--concurrency`` connections for ``--duration`` seconds -> requests/s
+  (and p50 / p99 under load).
+
+Targets alternate (plain, raypipe, plain, raypipe...) ``--repeat`` times after a warm-up;
+medians are reported.  Goals: added p50 latency (raypipe - plain, 1 connection) <= 2 ms;
+throughput raypipe / plain >= 0.7.
+
+    .venv/bin/python -m benchmarks.serving --out bench-out/serving [--duration 10] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import bar_chart, base_parser, goal, median, print_table, ratio, write_results  # noqa: E402
+
+GOAL_ADDED_P50_MS = 2.0
+GOAL_THROUGHPUT_RATIO = 0.7
+
+
+def _progress(msg: str) -> None:
+    print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+async def _load(
+    url: str, bodies: list[bytes], concurrency: int, seconds: float, warmup_s: float, keyed: bool
+) -> dict[str, Any]:
+    """Closed-loop load: ``concurrency`` connections, each sending its next request when
+    the last one answered.  Only requests started after the warm-up count."""
+    import aiohttp
+
+    lat: list[float] = []
+    statuses: Counter[int] = Counter()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    t_start = time.perf_counter()
+    t_warm = t_start + warmup_s
+    t_end = t_warm + seconds
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(i: int) -> None:
+            k = i
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= t_end:
+                    return
+                headers = {"Content-Type": "application/json"}
+                if keyed:
+                    headers["X-User-Id"] = f"user-{k % 10_000}"
+                body = bodies[k % len(bodies)]
+                k += concurrency
+                try:
+                    async with session.post(url, data=body, headers=headers) as r:
+                        await r.read()
+                        status = r.status
+                except Exception:  # noqa: BLE001 - counted as a failure
+                    status = -1
+                t1 = time.perf_counter()
+                if t0 >= t_warm:
+                    lat.append((t1 - t0) * 1e3)
+                    statuses[status] += 1
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    n = len(lat)
+    return {
+        "requests": n,
+        "rps": n / seconds,
+        "p50_ms": statistics.median(lat) if lat else float("nan"),
+        "p99_ms": _pct(lat, 0.99),
+        "failed": sum(c for s, c in statuses.items() if s != 200),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of each throughput measurement")
+    p.add_argument("--latency-s", type=float, default=5.0, help="seconds of each 1-connection latency measurement")
+    p.add_argument("--concurrency", type=int, default=16, help="connections of the throughput measurement")
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--num-cpus", type=int, default=2)
+    args = p.parse_args(argv)
+
+    import ray
+    from ray import serve
+
+    from benchmarks._serve_plain import FEATURES, PlainModel, digits, mlp_package
+    from raypipe.serve import app as serving
+    from raypipe.serve.metrics import get_collector
+    from raypipe.serve.spec import ServeSpec
+    from raypipe.store.artifacts import ArtifactStore
+    from raypipe.store.metadata import MetadataStore
+    from raypipe.store.registry import ModelRegistry
+
+    load_before = os.getloadavg()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="raypipe-bench-serving-"))
+    try:
+        _progress("training and registering two digits MLPs")
+        store = ArtifactStore(str(tmp / "store"))
+        meta = MetadataStore(str(tmp / "raypipe.db"))
+        reg = ModelRegistry(meta)
+        refs = []
+        for i in range(2):
+            ref = store.put_value(mlp_package(tmp / f"m{i}", seed=i))
+            refs.append(ref)
+            reg.register("digits", ref, None, None, None, aliases=["production" if i == 0 else "candidate"])
+        meta.close()
+
+        _progress(f"starting Ray ({args.num_cpus} CPUs) and Serve")
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR")
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        port = _free_port()
+        spec = ServeSpec.model_validate(
+            {
+                "app": "bench",
+                "model": "digits",
+                "port": port,
+                "key": {"header": "X-User-Id"},
+                "variants": [
+                    {"version": "@production", "weight": 90},
+                    {"version": "@candidate", "weight": 10},
+                ],
+            }
+        )
+        t0 = time.perf_counter()
+        st = serving.deploy(spec, db=str(tmp / "raypipe.db"))
+        deploy_s = time.perf_counter() - t0
+        _progress(f"raypipe app deployed in {deploy_s:.1f}s at {st.url}")
+        ref = refs[0]
+        plain_cfg = {"label": "v1", "uri": ref.uri, "sha256": ref.sha256, "size": ref.size, "fail_rate": 0.0}
+        serve.run(
+            serve.deployment(PlainModel)
+            .options(name="plain", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+            .bind(plain_cfg),
+            name="plain",
+            route_prefix="/plain",
+            logging_config={"enable_access_log": False, "log_level": "WARNING"},
+        )
+        targets = {"plain": f"http://127.0.0.1:{port}/plain", "raypipe": f"{st.url}/predict"}
+        x, _ = digits()
+        bodies = [
+            json.dumps({"features": dict(zip(FEATURES, map(float, row), strict=True))}).encode() for row in x[:500]
+        ]
+
+        samples: dict[str, dict[str, list[dict[str, Any]]]] = {t: {"latency": [], "throughput": []} for t in targets}
+        _progress("warm-up")
+        for name, u in targets.items():
+            asyncio.run(_load(u, bodies, 4, 2.0, 0.5, name == "raypipe"))
+        for rnd in range(args.repeat):
+            for name, u in targets.items():
+                _progress(f"round {rnd + 1}/{args.repeat}: {name}, 1 connection for {args.latency_s:g}s")
+                t_phase = time.time()
+                samples[name]["latency"].append(
+                    asyncio.run(_load(u, bodies, 1, args.latency_s, 0.5, name == "raypipe"))
+                )
+                if name == "raypipe":  # the router's own view: validation, routing and the variant call
+                    time.sleep(0.3)  # the router sends its events every 0.1 s
+                    snap = ray.get(get_collector("bench").snapshot.remote(t_phase + 1))
+                    samples[name]["latency"][-1]["router_p50_ms"] = snap.get("v1", {}).get("latency_ms", {}).get("p50")
+                _progress(
+                    f"round {rnd + 1}/{args.repeat}: {name}, {args.concurrency} connections for {args.duration:g}s"
+                )
+                samples[name]["throughput"].append(
+                    asyncio.run(_load(u, bodies, args.concurrency, args.duration, 1.0, name == "raypipe"))
+                )
+        snap = ray.get(get_collector("bench").snapshot.remote())
+        split = {v: s["requests"] for v, s in snap.items()}
+
+        def figures(name: str) -> dict[str, Any]:
+            lat, thr = samples[name]["latency"], samples[name]["throughput"]
+            return {
+                "p50_ms": median([s["p50_ms"] for s in lat]),
+                "p99_ms": median([s["p99_ms"] for s in lat]),
+                "rps": median([s["rps"] for s in thr]),
+                "loaded_p50_ms": median([s["p50_ms"] for s in thr]),
+                "loaded_p99_ms": median([s["p99_ms"] for s in thr]),
+                "failed": sum(s["failed"] for s in lat + thr),
+            }
+
+        res, base = figures("raypipe"), figures("plain")
+        res["deploy_s"] = deploy_s
+        res["router_p50_ms"] = median(
+            [s["router_p50_ms"] for s in samples["raypipe"]["latency"] if s.get("router_p50_ms")]
+        )
+        res["split_requests"] = split
+        added = res["p50_ms"] - base["p50_ms"]
+        thr_ratio = ratio(res["rps"], base["rps"])
+        res["added_p50_ms"] = added
+        ratios = {k: ratio(res[k], base[k]) for k in ("p50_ms", "p99_ms", "rps", "loaded_p50_ms", "loaded_p99_ms")}
+        goals = {
+            "added_p50_ms": goal(added, GOAL_ADDED_P50_MS, "ms"),
+            "throughput_ratio": goal(thr_ratio or 0.0, GOAL_THROUGHPUT_RATIO, "x", lower_is_better=False),
+        }
+        params = {k: getattr(args, k) for k in ("duration", "latency_s", "concurrency", "repeat", "num_cpus")}
+        params["load_avg_1m_before"] = load_before
+        params["load_avg_1m_after"] = os.getloadavg()[0]
+        path = write_results(
+            args.out,
+            "serving",
+            params=params,
+            results=res,
+            baseline=base,
+            ratios=ratios,
+            goals=goals,
+            samples=samples,
+        )
+        print_table(
+            "serving: raypipe split ingress vs plain Serve deployment",
+            [
+                "",
+                "p50 ms (1 conn)",
+                "p99 ms (1 conn)",
+                f"req/s ({args.concurrency} conn)",
+                "p50 ms loaded",
+                "p99 ms loaded",
+                "failed",
+            ],
+            [
+                [
+                    "plain",
+                    base["p50_ms"],
+                    base["p99_ms"],
+                    base["rps"],
+                    base["loaded_p50_ms"],
+                    base["loaded_p99_ms"],
+                    base["failed"],
+                ],
+                [
+                    "raypipe",
+                    res["p50_ms"],
+                    res["p99_ms"],
+                    res["rps"],
+                    res["loaded_p50_ms"],
+                    res["loaded_p99_ms"],
+                    res["failed"],
+                ],
+            ],
+            caption=(
+                f"added p50 {added:.2f} ms (goal <= {GOAL_ADDED_P50_MS:g}: {'met' if goals['added_p50_ms']['met'] else 'MISSED'}); "
+                f"throughput {thr_ratio or 0:.2f}x plain (goal >= {GOAL_THROUGHPUT_RATIO:g}: "
+                f"{'met' if goals['throughput_ratio']['met'] else 'MISSED'}); split {split}"
+            ),
+        )
+        bar_chart(
+            args.out / "serving.png",
+            [
+                {
+                    "title": "latency, 1 connection",
+                    "ylabel": "ms",
+                    "groups": ["p50", "p99"],
+                    "series": {"plain": [base["p50_ms"], base["p99_ms"]], "raypipe": [res["p50_ms"], res["p99_ms"]]},
+                },
+                {
+                    "title": f"throughput, {args.concurrency} connections",
+                    "ylabel": "requests/s",
+                    "groups": ["req/s"],
+                    "series": {"plain": [base["rps"]], "raypipe": [res["rps"]]},
+                    "hline": (base["rps"] * GOAL_THROUGHPUT_RATIO, f"goal {GOAL_THROUGHPUT_RATIO:g}x plain"),
+                },
+            ],
+            title="raypipe serving (router + variants) vs a plain Serve deployment",
+        )
+        _progress(f"results: {path}")
+        serving.shutdown("bench")
+        serve.delete("plain")
+        return 0
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
