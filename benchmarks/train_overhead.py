@@ -296,6 +296,15 @@ class Plain:
 # ----------------------------------------------------------------------------- measurements
 
 
+def _cpu_sampler() -> Any:
+    """CPU seconds (user + system) of this process and every process under it, i.e. the whole
+    local Ray: sampled every 0.2 s, so processes that exit during the run (Train workers, trial
+    actors) count too.  Less sensitive to other load on the machine than wall time."""
+    from benchmarks.data_throughput import TreeSampler
+
+    return TreeSampler(os.getpid(), interval=0.2, pss_every=10**9, list_every=5)
+
+
 def _clear_checkpoints(storage: Path) -> None:
     """Remove the stages' checkpoint folders.  They are keyed by stage and cache key, not by run,
     so a rerun of the same ``fit`` would otherwise resume from the previous run's last checkpoint
@@ -324,16 +333,20 @@ def measure_train(args: argparse.Namespace, workdir: Path, plain: Plain) -> dict
     for i in range(args.repeat):
         for p in paths:
             _clear_checkpoints(storage)
-            rp = run_raypipe(cfgs[p], "fit")
+            with _cpu_sampler() as cpu:
+                rp = run_raypipe(cfgs[p], "fit")
+            rp["cpu_s"] = cpu.cpu_s
             rp["metrics"] = stage_metrics(rp, "fit")
-            pl = plain.train(p, split, args.epochs, args.workers, args.worker_cpu)
+            with _cpu_sampler() as cpu:
+                pl = plain.train(p, split, args.epochs, args.workers, args.worker_cpu)
+            pl["cpu_s"] = cpu.cpu_s
             samples[p]["raypipe"].append(rp)
             samples[p]["plain"].append(pl)
             _progress(
                 f"[{i + 1}/{args.repeat}] train ({p}): raypipe {rp['wall_s']:.2f}s "
                 f"(before {rp['before_stage_s']:.2f} + admission {rp['admission_s']:.2f} + stage {rp['stage_s']:.2f} "
                 f"+ after {rp['after_stage_s']:.2f}), plain {pl['wall_s']:.2f}s (fit {pl['fit_s']:.2f}); "
-                f"ratio {rp['wall_s'] / pl['wall_s']:.3f}"
+                f"ratio {rp['wall_s'] / pl['wall_s']:.3f}; CPU s {rp['cpu_s']:.1f} vs {pl['cpu_s']:.1f}"
             )
     return {"samples": samples, "warmup": warmup, "split_rows": _split_rows(split)}
 
@@ -360,16 +373,21 @@ def measure_tune(args: argparse.Namespace, workdir: Path, plain: Plain) -> dict[
     warmup = {"raypipe_wall_s": w["wall_s"], "plain_wall_s": pw["wall_s"]}
     _progress(f"  raypipe {w['wall_s']:.1f}s, plain {pw['wall_s']:.1f}s")
     samples: dict[str, list[Any]] = {"raypipe": [], "plain": []}
-    for i in range(args.repeat):
-        rp = run_raypipe(fresh(args.trials), "sweep")
+    for i in range(args.tune_repeat):
+        with _cpu_sampler() as cpu:
+            rp = run_raypipe(fresh(args.trials), "sweep")
+        rp["cpu_s"] = cpu.cpu_s
         rp["metrics"] = stage_metrics(rp, "sweep")
-        pl = plain.tune(args.trials, args.trial_s, args.concurrent)
+        with _cpu_sampler() as cpu:
+            pl = plain.tune(args.trials, args.trial_s, args.concurrent)
+        pl["cpu_s"] = cpu.cpu_s
         samples["raypipe"].append(rp)
         samples["plain"].append(pl)
         _progress(
-            f"[{i + 1}/{args.repeat}] tune: raypipe {rp['wall_s']:.2f}s "
+            f"[{i + 1}/{args.tune_repeat}] tune: raypipe {rp['wall_s']:.2f}s "
             f"(before {rp['before_stage_s']:.2f} + admission {rp['admission_s']:.2f} + stage {rp['stage_s']:.2f} "
-            f"+ after {rp['after_stage_s']:.2f}), plain {pl['wall_s']:.2f}s; ratio {rp['wall_s'] / pl['wall_s']:.3f}"
+            f"+ after {rp['after_stage_s']:.2f}), plain {pl['wall_s']:.2f}s; ratio {rp['wall_s'] / pl['wall_s']:.3f}; "
+            f"CPU s {rp['cpu_s']:.1f} vs {pl['cpu_s']:.1f}"
         )
     return {"samples": samples, "warmup": warmup}
 
@@ -387,15 +405,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=8, help="tune trials (default 8)")
     p.add_argument("--trial-s", type=float, default=1.0, help="seconds each trial sleeps (default 1)")
     p.add_argument("--concurrent", type=int, default=2, help="trials at once = the tune stage's gang_size (default 2)")
+    p.add_argument("--tune-repeat", type=int, default=None, help="timed runs of tune (default: --repeat)")
     p.add_argument("--skip-train", action="store_true", help="no train measurements")
     p.add_argument("--skip-builtin", action="store_true", help="no built-in model row")
     p.add_argument("--skip-tune", action="store_true", help="no tune measurements")
-    p.add_argument("--quick", action="store_true", help="smoke test: --repeat 1 --epochs 2 --trials 4")
+    p.add_argument("--quick", action="store_true", help="smoke test: --repeat 1 --epochs 2 --trials 4 --tune-repeat 1")
     args = p.parse_args(argv)
     if args.quick:
-        args.repeat, args.epochs, args.trials = 1, 2, 4
-    if min(args.repeat, args.epochs, args.workers, args.trials, args.concurrent, args.num_cpus) < 1:
-        p.error("--repeat, --epochs, --workers, --trials, --concurrent and --num-cpus must be >= 1")
+        args.repeat, args.epochs, args.trials, args.tune_repeat = 1, 2, 4, 1
+    if args.tune_repeat is None:
+        args.tune_repeat = args.repeat
+    if min(args.repeat, args.tune_repeat, args.epochs, args.workers, args.trials, args.concurrent, args.num_cpus) < 1:
+        p.error("--repeat, --tune-repeat, --epochs, --workers, --trials, --concurrent and --num-cpus must be >= 1")
     if args.worker_cpu <= 0 or args.trial_s < 0:
         p.error("--worker-cpu must be > 0 and --trial-s >= 0")
     return args
@@ -403,6 +424,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _med(runs: list[dict[str, Any]], key: str) -> float:
     return median([r[key] for r in runs if r.get(key) is not None])
+
+
+def _paired(raypipe_runs: list[dict[str, Any]], plain_runs: list[dict[str, Any]], key: str = "wall_s") -> float | None:
+    """Median of the per-repeat ratios raypipe / plain of ``key``.  Each pair ran back to back, so
+    on a shared machine whose load drifts this is steadier than the ratio of the two medians."""
+    pairs = [ratio(a[key], b[key]) for a, b in zip(raypipe_runs, plain_runs, strict=True)]
+    pairs = [x for x in pairs if x is not None]
+    return median(pairs) if pairs else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,35 +477,44 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{pre}_wall_s"] = _med(rp, "wall_s")
             for ph in phases:
                 results[f"{pre}_{ph}"] = _med(rp, ph)
+            results[f"{pre}_cpu_s"] = _med(rp, "cpu_s")
             results[f"{pre}_final_metrics"] = _final(rp[-1]["metrics"])
             baseline[f"{pre}_wall_s"] = _med(pl, "wall_s")
+            baseline[f"{pre}_cpu_s"] = _med(pl, "cpu_s")
             baseline[f"{pre}_fit_s"] = _med(pl, "fit_s")
             baseline[f"{pre}_final_metrics"] = _final(pl[-1]["metrics"])
             ratios[pre] = ratio(results[f"{pre}_wall_s"], baseline[f"{pre}_wall_s"])
             ratios[f"{pre}_stage"] = ratio(results[f"{pre}_stage_s"], baseline[f"{pre}_wall_s"])
-            raw[f"{pre}_raypipe"] = [{k: r[k] for k in ("wall_s", *phases)} for r in rp]
-            raw[f"{pre}_plain"] = [{k: r[k] for k in ("wall_s", "fit_s")} for r in pl]
+            ratios[f"{pre}_paired"] = _paired(rp, pl)
+            ratios[f"{pre}_cpu"] = _paired(rp, pl, "cpu_s")
+            raw[f"{pre}_raypipe"] = [{k: r[k] for k in ("wall_s", *phases, "cpu_s")} for r in rp]
+            raw[f"{pre}_plain"] = [{k: r[k] for k in ("wall_s", "fit_s", "cpu_s")} for r in pl]
             raw[f"{pre}_warmup"] = train["warmup"][p]
         results["train_split_rows"] = train["split_rows"]
         if ratios.get("train") is not None:
-            goals["train_ratio"] = goal(ratios["train"], GOAL_TRAIN, "x")
+            goals["train_ratio"] = goal(ratios["train_paired"], GOAL_TRAIN, "x")
     if tuned is not None:
         rp, pl = tuned["samples"]["raypipe"], tuned["samples"]["plain"]
         results["tune_wall_s"] = _med(rp, "wall_s")
+        results["tune_cpu_s"] = _med(rp, "cpu_s")
         for ph in phases:
             results[f"tune_{ph}"] = _med(rp, ph)
         results["tune_best_score"] = rp[-1]["metrics"].get("score")
         baseline["tune_wall_s"] = _med(pl, "wall_s")
+        baseline["tune_cpu_s"] = _med(pl, "cpu_s")
         baseline["tune_best_score"] = pl[-1]["best"]
         ratios["tune"] = ratio(results["tune_wall_s"], baseline["tune_wall_s"])
         ratios["tune_stage"] = ratio(results["tune_stage_s"], baseline["tune_wall_s"])
-        raw["tune_raypipe"] = [{k: r[k] for k in ("wall_s", *phases)} for r in rp]
-        raw["tune_plain"] = [{"wall_s": r["wall_s"]} for r in pl]
+        ratios["tune_paired"] = _paired(rp, pl)
+        ratios["tune_cpu"] = _paired(rp, pl, "cpu_s")
+        raw["tune_raypipe"] = [{k: r[k] for k in ("wall_s", *phases, "cpu_s")} for r in rp]
+        raw["tune_plain"] = [{k: r[k] for k in ("wall_s", "cpu_s")} for r in pl]
         raw["tune_warmup"] = tuned["warmup"]
-        if ratios["tune"] is not None:
-            goals["tune_ratio"] = goal(ratios["tune"], GOAL_TUNE, "x")
+        if ratios["tune_paired"] is not None:
+            goals["tune_ratio"] = goal(ratios["tune_paired"], GOAL_TUNE, "x")
     params = {
         "repeat": args.repeat,
+        "tune_repeat": args.tune_repeat,
         "num_cpus": args.num_cpus,
         "epochs": args.epochs,
         "workers": args.workers,
@@ -513,11 +551,12 @@ def main(argv: list[str] | None = None) -> int:
             g = goals.get(f"{pre}_ratio")
             rows.append(
                 [
-                    f"{label}, {args.workers}x{args.worker_cpu:g} CPU, {args.epochs} epochs",
+                    f"{label}, {args.epochs} epochs",
                     results[f"{pre}_wall_s"],
                     results[f"{pre}_stage_s"],
                     baseline[f"{pre}_wall_s"],
-                    ratios[pre],
+                    ratios[f"{pre}_paired"],
+                    f"{results[f'{pre}_cpu_s']:.0f} / {baseline[f'{pre}_cpu_s']:.0f}",
                     f"<= {GOAL_TRAIN:g}" if g else "(info)",
                     g["met"] if g else None,
                 ]
@@ -527,23 +566,26 @@ def main(argv: list[str] | None = None) -> int:
         g = goals.get("tune_ratio")
         rows.append(
             [
-                f"tune: {args.trials} x {args.trial_s:g}s trials, {args.concurrent} at once",
+                f"tune: {args.trials} x {args.trial_s:g}s trials",
                 results["tune_wall_s"],
                 results["tune_stage_s"],
                 baseline["tune_wall_s"],
-                ratios["tune"],
+                ratios["tune_paired"],
+                f"{results['tune_cpu_s']:.0f} / {baseline['tune_cpu_s']:.0f}",
                 f"<= {GOAL_TUNE:g}",
                 g["met"] if g else None,
             ]
         )
         groups.append("tune")
     print_table(
-        f"raypipe train/tune stages vs plain Ray (median of {args.repeat}, {args.num_cpus} CPUs, "
+        f"raypipe train/tune vs plain Ray: {args.workers} workers x {args.worker_cpu:g} CPU, "
+        f"{args.concurrent} trials at once; median of {args.repeat} (tune {args.tune_repeat}); {args.num_cpus} CPUs, "
         f"load {load[0]:.1f} -> {load_after[0]:.1f})",
-        ["measurement", "raypipe run s", "stage s", "plain s", "ratio", "goal", "met"],
+        ["measurement", "raypipe run s", "stage s", "plain s", "ratio", "CPU s rp / plain", "goal", "met"],
         rows,
-        caption="raypipe run: whole raypipe.run (data stages cached); stage: launched -> succeeded; "
-        "ratio: raypipe run / plain",
+        caption="raypipe run: whole raypipe.run (train: data stages cached); stage: launched -> succeeded; "
+        "ratio: median over repeats of raypipe run / plain run (each pair back to back); "
+        "CPU s: medians, whole local Ray",
     )
     if groups:
         keys = [{"train: user loop": "train", "train: built-in MLP": "builtin", "tune": "tune"}[g] for g in groups]
@@ -563,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
                 "title": "raypipe run / plain Ray",
                 "ylabel": "ratio (lower is better)",
                 "groups": [f"{g}\n{goal_label[k]}" for g, k in zip(groups, keys, strict=True)],
-                "series": {"raypipe / plain": [ratios[k] or 0.0 for k in keys]},
+                "series": {"raypipe / plain": [ratios[f"{k}_paired"] or 0.0 for k in keys]},
                 "hline": (1.0, "parity with plain Ray"),
             },
         ]
