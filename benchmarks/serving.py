@@ -9,12 +9,13 @@ one replica that parses the body and predicts with the same model code, no valid
 routing or metrics).  An HTTP load generator (aiohttp, closed loop, keep-alive, in this
 process) sends the same bodies (``{"features": {...}}`` of real digits rows) to both:
 
-- **latency**: 1 connection for ``--latency-s`` seconds -> p50 / p99;
+- **latency**: 1 connection to each for ``--latency-s`` seconds, one request to each in
+  turn (so both see the same machine load) -> p50 / p99;
 - **throughput**: ``--concurrency`` connections for ``--duration`` seconds -> requests/s
   (and p50 / p99 under load).
 
-Targets alternate (plain, raypipe, plain, raypipe...) ``--repeat`` times after a warm-up;
-medians are reported.  Goals: added p50 latency (raypipe - plain, 1 connection) <= 2 ms;
+The throughput runs alternate (plain, raypipe, plain, raypipe...); ``--repeat`` rounds
+after a warm-up; medians are reported.  Goals: added p50 latency (raypipe - plain, 1 connection) <= 2 ms;
 throughput raypipe / plain >= 0.7.
 
     .venv/bin/python -m benchmarks.serving --out bench-out/serving [--duration 10] [--repeat 2]
@@ -112,6 +113,48 @@ async def _load(
     }
 
 
+async def _paired(targets: dict[str, str], bodies: list[bytes], seconds: float) -> dict[str, dict[str, Any]]:
+    """Latency at 1 connection per target, one request to each in turn (the order swapped
+    every round), so both see the same machine load at the same moments."""
+    import aiohttp
+
+    lat: dict[str, list[float]] = {name: [] for name in targets}
+    failed: Counter[str] = Counter()
+    sessions = {name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) for name in targets}
+    try:
+        names = list(targets)
+        k = 0
+        t_warm = time.perf_counter() + 0.5
+        t_end = t_warm + seconds
+        while time.perf_counter() < t_end:
+            for name in names if k % 2 == 0 else names[::-1]:
+                headers = {"Content-Type": "application/json", "X-User-Id": f"user-{k % 10_000}"}
+                t0 = time.perf_counter()
+                try:
+                    async with sessions[name].post(targets[name], data=bodies[k % len(bodies)], headers=headers) as r:
+                        await r.read()
+                        ok = r.status == 200
+                except Exception:  # noqa: BLE001 - counted as a failure
+                    ok = False
+                if t0 >= t_warm:
+                    lat[name].append((time.perf_counter() - t0) * 1e3)
+                    failed[name] += 0 if ok else 1
+            k += 1
+    finally:
+        for sess in sessions.values():
+            await sess.close()
+    return {
+        name: {
+            "requests": len(xs),
+            "rps": len(xs) / seconds,
+            "p50_ms": statistics.median(xs) if xs else float("nan"),
+            "p99_ms": _pct(xs, 0.99),
+            "failed": failed[name],
+        }
+        for name, xs in lat.items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=10.0, help="seconds of each throughput measurement")
@@ -187,16 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, u in targets.items():
             asyncio.run(_load(u, bodies, 4, 2.0, 0.5, name == "raypipe"))
         for rnd in range(args.repeat):
+            _progress(f"round {rnd + 1}/{args.repeat}: latency, 1 connection each, alternating, {args.latency_s:g}s")
+            t_phase = time.time()
+            paired = asyncio.run(_paired(targets, bodies, args.latency_s))
+            for name in targets:
+                samples[name]["latency"].append(paired[name])
+            time.sleep(0.3)  # the router sends its events every 0.1 s
+            snap = ray.get(get_collector("bench").snapshot.remote(t_phase + 1))
+            # The router's own view: validation, routing and the call of the variant.
+            samples["raypipe"]["latency"][-1]["router_p50_ms"] = snap.get("v1", {}).get("latency_ms", {}).get("p50")
             for name, u in targets.items():
-                _progress(f"round {rnd + 1}/{args.repeat}: {name}, 1 connection for {args.latency_s:g}s")
-                t_phase = time.time()
-                samples[name]["latency"].append(
-                    asyncio.run(_load(u, bodies, 1, args.latency_s, 0.5, name == "raypipe"))
-                )
-                if name == "raypipe":  # the router's own view: validation, routing and the variant call
-                    time.sleep(0.3)  # the router sends its events every 0.1 s
-                    snap = ray.get(get_collector("bench").snapshot.remote(t_phase + 1))
-                    samples[name]["latency"][-1]["router_p50_ms"] = snap.get("v1", {}).get("latency_ms", {}).get("p50")
                 _progress(
                     f"round {rnd + 1}/{args.repeat}: {name}, {args.concurrency} connections for {args.duration:g}s"
                 )

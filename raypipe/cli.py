@@ -1034,6 +1034,17 @@ def _print_app(st: Any, verb: str = "app") -> None:
             _status(v.status.lower()),
             escape(opts),
         )
+    ing = st.ingress or {}
+    if ing:
+        table.add_row(
+            "router",
+            "-",
+            "",
+            "",
+            f"{ing.get('running_replicas')}/{ing.get('target_replicas')}",
+            _status(str(ing.get("status", "")).lower()),
+            "",
+        )
     console.print(table, emoji=False)
     r = st.reservation
     if r:
@@ -1065,7 +1076,12 @@ def deploy_cmd(
         return
     for st in statuses:
         _print_app(st, "deployed")
-        console.print(f"  try: curl -X POST {escape(st.url)}/predict -d '{{\"features\": {{...}}}}'", emoji=False)
+        hdr = f" -H '{st.key['header']}: u42'" if (st.key or {}).get("header") else ""
+        console.print(
+            f"  try: curl -X POST {escape(st.url)}/predict{escape(hdr)} -d '{{\"features\": {{...}}}}'",
+            emoji=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("split")
