@@ -88,13 +88,16 @@ class VariantStatus:
     ref: str
     sha256: str
     weight: float
-    #: Replicas Serve targets now, and how many are running.
+    #: Replicas configured (autoscaling: max_replicas), Serve's target now, and how many run.
+    replicas: int
     target_replicas: int
     running_replicas: int
     #: Serve's deployment status (HEALTHY, UPDATING, UNHEALTHY...).
     status: str
-    #: Per replica, as given to Ray (num_cpus, num_gpus, memory, resources).
+    #: Per replica, as given to Ray (num_cpus, num_gpus, memory, resources), and as the
+    #: scheduler books it ({cpu, gpu, memory_mb, custom}).
     ray_actor_options: dict[str, Any]
+    resources: dict[str, Any]
     autoscaling: dict[str, Any] | None
     fail_rate: float
     shadow: bool
@@ -509,10 +512,12 @@ def status(app: str) -> AppStatus:
             ref=v["ref"],
             sha256=v["sha256"],
             weight=float(uc["weights"].get(v["label"], 0.0)),
+            replicas=int((vs.get("autoscaling") or {}).get("max_replicas") or vs.get("replicas") or 1),
             target_replicas=int(dep.get("target_num_replicas") or 0),
             running_replicas=sum(1 for r in dep.get("replicas") or [] if _enum(r.get("state")) == "RUNNING"),
             status=_enum(dep.get("status")) if dep else "MISSING",
             ray_actor_options=dict(vs.get("ray_actor_options") or {}),
+            resources=_resources_dict(replica_resources(vs.get("ray_actor_options") or {})),
             autoscaling=vs.get("autoscaling"),
             fail_rate=float(vs.get("fail_rate") or 0.0),
             shadow=uc.get("shadow") == v["label"],
@@ -545,6 +550,10 @@ def status(app: str) -> AppStatus:
             "status": _enum(router.get("status")) if router else "MISSING",
         },
     )
+
+
+def _resources_dict(r: Any) -> dict[str, Any]:
+    return {"cpu": r.cpu, "gpu": r.gpu, "memory_mb": r.memory_mb, "custom": r.custom_dict}
 
 
 def _url(details: Mapping[str, Any], prefix: str) -> str:

@@ -108,7 +108,8 @@ class VariantSpec(_Strict):
     autoscaling: AutoscalingSpec | None = None
     #: Concurrent requests per replica (Serve's max_ongoing_requests).
     max_ongoing_requests: Annotated[int, Field(ge=1)] = 8
-    #: TESTING ONLY: this fraction of requests (chosen by a hash of the request id) gets a 500.
+    #: TESTING ONLY: this fraction of requests gets a 500, chosen by the request id:
+    #: ``raypipe.serve.routing.unit_hash("fail", request_id) < fail_rate``.
     fail_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     @field_validator("version")

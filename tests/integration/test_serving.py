@@ -362,3 +362,38 @@ def test_deploy_from_a_pipeline_file_resolves_in_its_store(served: dict[str, Any
     res = CliRunner().invoke(cli_app, ["deploy", str(cfg)])
     assert res.exit_code == 2
     assert f"no model 'nomodel' in {served['root']}/raypipe.db; registered: digits" in res.output
+
+
+def test_served_rows_reach_the_drift_monitor(served: dict[str, Any]) -> None:
+    """With a drift monitor running for the app, the router logs the rows it served (and
+    their predictions) into it; nothing is configured on the app."""
+    import pandas as pd
+
+    from raypipe.serve.monitor import monitor_status, start_monitor, stop_monitor
+    from raypipe.stages.data.profiling import add_counts, finalize, histogram_counts, histogram_edges, partial_profile
+    from raypipe.store.metadata import MetadataStore
+    from raypipe.store.registry import ModelRegistry
+    from tests.integration.serve_funcs import FEATURES, digits
+
+    x, y = digits()
+    df = pd.DataFrame(x, columns=FEATURES)
+    df["label"] = y
+    p = partial_profile(df, sample_size=2000, seed=0, max_categories=50)
+    edges = histogram_edges(p, 20)
+    profile = finalize(p, add_counts({}, histogram_counts(df, edges)), edges)
+    meta = MetadataStore(served["db"])
+    try:
+        model_meta = ModelRegistry(meta).get("digits:1").model
+    finally:
+        meta.close()
+    start_monitor(APP, profile, model_meta, {"window_rows": 100})
+    rows = sample_rows(20)
+    try:
+
+        def logged() -> int:
+            predict_many(served["url"], [f"drift-{i}" for i in range(20)], rows, workers=4)
+            return int(monitor_status(APP)["variants"].get("v1", {}).get("rows_logged", 0))
+
+        assert wait_for(logged, timeout_s=60, every_s=0.5, what="served rows in the drift monitor")
+    finally:
+        stop_monitor(APP)
