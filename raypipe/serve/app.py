@@ -217,15 +217,21 @@ def _enum(v: Any) -> str:
 
 
 def _serve_client(spec: ServeSpec | None = None) -> Any:
-    """Serve's controller client, starting Serve (HTTP on ``spec.host:spec.port``) if needed."""
+    """Serve's controller client.  With ``spec`` (deploying), Serve is started if needed
+    (HTTP on ``spec.host:spec.port``); without, a cluster with no Serve is an error."""
     import logging
 
     from ray.serve._private import api as serve_api
+    from ray.serve.context import _get_global_client
 
-    http = {"host": spec.host, "port": spec.port} if spec is not None else None
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    client = serve_api.serve_start(http_options=http)
-    if spec is not None and "port" in spec.model_fields_set:
+    if spec is None:
+        client = _get_global_client(raise_if_no_controller_running=False)
+        if client is None:
+            raise RaypipeError("Ray Serve is not running on this cluster (nothing is served)")
+        return client
+    client = serve_api.serve_start(http_options={"host": spec.host, "port": spec.port})
+    if "port" in spec.model_fields_set:
         have = client.get_serve_details().get("http_options") or {}
         if have.get("port") not in (None, spec.port):
             raise RaypipeError(
@@ -573,10 +579,14 @@ def url(app: str) -> str:
 def shutdown(app: str) -> None:
     """Delete the app from Serve, release its reservation and stop its metrics collector."""
     state = _state(app)
-    client = _serve_client()
-    with _lock():
-        _apply(client, app, None)
-    _wait(client, app, timeout_s=120.0, before=0.0, gone=True)
+    try:
+        client = _serve_client()
+    except RaypipeError:  # Serve itself is gone: only the reservation and the collector are left
+        client = None
+    if client is not None:
+        with _lock():
+            _apply(client, app, None)
+        _wait(client, app, timeout_s=120.0, before=0.0, gone=True)
     _teardown(app, state)
 
 
