@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from raypipe.config import ConfigSource, PipelineConfig, parse_config, read_config
-from raypipe.exceptions import RaypipeError
+from raypipe.exceptions import ConfigError, RaypipeError
 from raypipe.runner.executor import Executor, RunResult, StageEvent
 from raypipe.runner.plan import Plan, build_plan
 from raypipe.scheduler.client import SchedulerClient, get_controller
@@ -41,7 +42,23 @@ def load(config: ConfigLike, overrides: Sequence[str] = ()) -> Plan:
             f"{config}: a rollout spec, not a pipeline; start it with: raypipe rollout start APP --config {config}"
         )
     cfg, source = read_config(config, overrides)
-    return build_plan(cfg, source)
+    plan = build_plan(cfg, source)
+    _check_loops(plan, str(config))
+    return plan
+
+
+def _check_loops(plan: Plan, where: str) -> None:
+    """A deploy stage's ``retrain`` must cut a retraining path out of this pipeline."""
+    from raypipe.serve.loop import retraining_pipeline
+
+    for ps in plan.stages.values():
+        retrain = getattr(ps.kind.params, "retrain", None) if ps.spec.kind == "deploy" else None
+        if retrain is None or retrain.pipeline is not None:
+            continue
+        try:
+            retraining_pipeline(plan.config.model_dump(mode="json"), retrain, ps.kind.params.app, ps.kind.params.model)
+        except RaypipeError as e:
+            raise ConfigError(f"{where}: stage {ps.spec.name}: {e}") from None
 
 
 def validate(paths: Sequence[str | os.PathLike[str]]) -> list[Any]:
@@ -77,6 +94,9 @@ def open_metadata(db: str | None = None) -> MetadataStore:
     return MetadataStore(url)
 
 
+_RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+
+
 def _new_run_id(name: str) -> str:
     import time
 
@@ -91,8 +111,13 @@ def run(
     use_cache: bool = True,
     on_event: EventHook | None = None,
     on_start: Callable[[str, Plan], None] | None = None,
+    run_id: str | None = None,
 ) -> RunResult:
-    """Run a pipeline to the end on Ray; every stage and artifact is recorded."""
+    """Run a pipeline to the end on Ray; every stage and artifact is recorded.  ``run_id``
+    (default: ``NAME-DATE-TIME-RANDOM``) lets an orchestrator know the id before the run
+    starts; it must be new."""
+    if run_id is not None and not _RUN_ID.match(run_id):
+        raise RaypipeError(f"run id {run_id!r}: use letters, digits, '_', '.' and '-' (at most 200)")
     plan = load(config, overrides)
     cfg = plan.config
     root = resolve_root(cfg.storage)
@@ -100,7 +125,10 @@ def run(
     artifacts.check_writable()
     meta = MetadataStore(metadata_url(cfg))
     try:
-        run_id = _new_run_id(cfg.name)
+        if run_id is None:
+            run_id = _new_run_id(cfg.name)
+        elif meta.run_exists(run_id):
+            raise RaypipeError(f"run {run_id} already exists in {meta.path}; give a new run id")
         config_path = None if isinstance(config, PipelineConfig) else str(Path(config).resolve())
         stored = cfg.model_copy(update={"storage": root})
         meta.create_run(run_id, cfg.name, stored.model_dump_json(), config_path, root)
@@ -464,6 +492,33 @@ def monitor_status(app: str, *, address: str | None = None) -> dict[str, Any]:
     return read_status(app)
 
 
+def loop_status(app: str, *, db: str | None = None, address: str | None = None) -> dict[str, Any]:
+    """The app's closed loop: live state (if its controller runs) and the timeline of its cycles
+    (drift, retraining run, gate, canary steps, promotion or rollback), from the metadata store."""
+    from raypipe.serve.loop import loop_status as read_status
+
+    meta = open_metadata(db)
+    try:
+        try:
+            _serve_session(address)
+        except RaypipeError:
+            pass  # no cluster to ask: the record alone
+        return read_status(app, meta)
+    finally:
+        meta.close()
+
+
+def loop_stop(app: str, *, address: str | None = None) -> bool:
+    """Disarm the app's closed loop (a retraining run in flight finishes on its own)."""
+    from raypipe.runner.ray_session import connect_existing
+    from raypipe.serve.loop import stop_loop
+
+    connect_existing(address)
+    if not stop_loop(app):
+        raise RaypipeError(f"app {app!r} has no closed loop running")
+    return True
+
+
 # ---------------------------------------------------------------------- serving
 def _connect_serving(address: str | None) -> None:
     from raypipe.runner.ray_session import connect_existing
@@ -498,10 +553,15 @@ def deploy(source: str | os.PathLike[str], *, db: str | None = None, address: st
             )
         db = db or metadata_url(plan.config)
         address = address or plan.config.ray.address
+        pipeline: dict[str, Any] | None = {
+            **plan.config.model_dump(mode="json"),
+            "storage": resolve_root(plan.config.storage),
+        }
     else:
         specs = [load_spec(source)]
+        pipeline = None
     _connect_serving(address)
-    return [serving.deploy(spec, db=db) for spec in specs]
+    return [serving.deploy(spec, db=db, pipeline=pipeline) for spec in specs]
 
 
 def split(app: str, weights: Mapping[str, float] | Sequence[str], *, address: str | None = None) -> AppStatus:

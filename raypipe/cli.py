@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -168,6 +169,9 @@ def run_cmd(
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Run every stage even if a cached result exists.")
     ] = False,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="The new run's id (default: NAME-DATE-TIME-RANDOM).")
+    ] = None,
 ) -> None:
     """Run a pipeline: every stage, its artifacts and lineage are recorded."""
     _cwd_importable()
@@ -182,6 +186,7 @@ def run_cmd(
                 use_cache=not no_cache,
                 on_event=rep.on_event,
                 on_start=rep.on_start,
+                run_id=run_id,
             )
 
     _finish(_guard(go, lambda: rep.run_id), rep.plan)
@@ -864,6 +869,138 @@ def rollout_abort_cmd(
     st = _guard(lambda: api.rollout_abort(name, reason=reason, db=db, address=address))
     w = ", ".join(f"{k} {v:g}%" for k, v in (st.get("weights") or {}).items())
     console.print(f"aborted rollout {st['rollout_id']} of app {escape(name)}; weights: {w}")
+
+
+# --------------------------------------------------------------------------- the closed loop
+
+loop_app = typer.Typer(
+    help="The closed loop: drift -> retraining through the scheduler -> gate -> canary -> promote or roll back.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(loop_app, name="loop")
+
+
+@loop_app.command("status")
+def loop_status_cmd(
+    name: Annotated[str, typer.Argument(metavar="APP", help="The deployed app.")],
+    db: DbOpt = None,
+    address: AddressOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The loop's state and the timeline of its cycles: drift events (features and statistics),
+    retraining runs, gates, canary steps, promotions and rollbacks."""
+    from raypipe.examples.closed_loop import print_timeline
+
+    st = _guard(lambda: api.loop_status(name, db=db, address=address))
+    if as_json:
+        print(json.dumps(st, indent=2, default=str))
+        return
+    live = st.get("live")
+    state = live["state"] if live else "not running"
+    console.print(
+        f"app [bold]{escape(name)}[/] · loop {state}" + (f" · {escape(st['note'])}" if st.get("note") else "")
+    )
+    if live and live.get("cycle"):
+        c = live["cycle"]
+        console.print(f"  cycle {c['cycle_id']}: {c['phase']} (run {c.get('run_id')}, rollout {c.get('rollout_id')})")
+    if live and live.get("last_error"):
+        console.print(f"  [red]last error:[/] {escape(live['last_error'])}")
+    t0 = st["timeline"][0]["at"] if st["timeline"] else 0.0
+    print_timeline(st["timeline"], t0, console)
+
+
+@loop_app.command("stop")
+def loop_stop_cmd(
+    name: Annotated[str, typer.Argument(metavar="APP", help="The deployed app.")],
+    address: AddressOpt = None,
+) -> None:
+    """Disarm the loop (serving and monitoring go on; a retraining run in flight finishes)."""
+    _guard(lambda: api.loop_stop(name, address=address))
+    console.print(f"the closed loop of app {escape(name)} is stopped")
+
+
+@loop_app.command("demo")
+def loop_demo_cmd(
+    config: Annotated[str, typer.Option("--config", help="The pipeline.")] = "configs/closed_loop.yaml",
+    out: Annotated[
+        str, typer.Option("--out", help="Where timeline.json and timeline.png go.")
+    ] = "bench-out/closed_loop",
+    num_cpus: Annotated[int, typer.Option("--num-cpus", help="Logical CPUs of the local Ray.")] = 4,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the cycle.")] = 900.0,
+    shift: Annotated[float, typer.Option("--shift", help="The calibration fault, in standard deviations.")] = 0.5,
+) -> None:
+    """The whole loop on this machine: a local Ray, the pipeline (v1 served with a monitor and the
+    loop armed), clean then shifted traffic, drift -> retrain -> canary -> promote, the timeline."""
+    _cwd_importable()
+    code = _guard(lambda: _loop_demo(config, Path(out), num_cpus, timeout, shift))
+    raise typer.Exit(code)
+
+
+def _loop_demo(config: str, out: Path, num_cpus: int, timeout: float, shift: float) -> int:
+    import logging
+
+    import ray
+
+    from raypipe.examples.closed_loop import SHIFTED, Traffic, plot, print_timeline, wait_cycle, wait_windows
+    from raypipe.serve import app as serve_app
+    from raypipe.serve.loop import loop_status
+    from raypipe.serve.monitor import get_monitor
+    from raypipe.store.metadata import MetadataStore
+
+    cfg = api.load(config).config
+    deploys = [s for s in cfg.stages if s.kind == "deploy" and (s.params.get("retrain") and s.params.get("monitor"))]
+    if not deploys:
+        raise RaypipeError(f"{config}: no deploy stage with `monitor` and `retrain`; the demo needs the loop armed")
+    app_name = str(deploys[0].params["app"])
+    out.mkdir(parents=True, exist_ok=True)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    traffic = None
+    try:
+        console.rule("1. train v1, register it as production, serve it with a monitor; the loop is armed")
+        rep = _Reporter()
+        with rep.running():
+            res = api.run(config, on_event=rep.on_event, on_start=rep.on_start)
+        if not res.ok:
+            raise RaypipeError(f"the pipeline failed: {res.errors}")
+        url = serve_app.url(app_name)
+        meta = MetadataStore(api.metadata_url(cfg))
+        monitor = get_monitor(app_name)
+        t0 = time.time()
+        traffic = Traffic(url).start()
+        console.rule(f"2. clean traffic to {url}/predict: no drift expected")
+        wait_windows(monitor, 3, console, traffic)
+        clean = ray.get(monitor.status.remote())
+        console.print(f"  drift events after 3 clean windows: {clean['events_total']} (expected 0)")
+        console.rule(f"3. calibration fault: {', '.join(SHIFTED)} read {shift:g} sigma high")
+        traffic.shift = shift
+        outcome = wait_cycle(app_name, meta, console, traffic, timeout)
+        console.rule("4. after the cycle: the same shifted traffic against the new reference")
+        wait_windows(monitor, 3, console, traffic)
+        traffic.stop()
+        st = loop_status(app_name, meta)
+        print_timeline(st["timeline"], t0, console)
+        windows = ray.get(monitor.windows.remote(None, 0, 1000))
+        mon = ray.get(monitor.status.remote())
+        summary = {
+            "outcome": outcome,
+            "requests": traffic.sent,
+            "request_errors": traffic.errors,
+            "by_variant": traffic.by_variant,
+            "drift_events": mon["events_total"],
+            "cycles": st["cycles"],
+            "production": serve_app.status(app_name).aliases.get("production"),
+        }
+        doc = {**summary, "timeline": st["timeline"], "windows": windows}
+        (out / "timeline.json").write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+        plot(windows, st["timeline"], t0, out / "timeline.png")
+        console.print(json.dumps(summary, indent=1, default=str))
+        console.print(f"wrote {out / 'timeline.json'} and {out / 'timeline.png'}")
+        return 0 if outcome == "promoted" else 1
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        ray.shutdown()
 
 
 # --------------------------------------------------------------------------- drift monitoring

@@ -49,12 +49,14 @@ from raypipe.serve.spec import (
     ResolvedVariant,
     ServeSpec,
     check_distinct,
+    from_version,
+    ref_text,
     replica_resources,
     resolve,
     shadow_label,
 )
 from raypipe.store.metadata import MetadataStore
-from raypipe.store.registry import ModelRegistry
+from raypipe.store.registry import ModelRegistry, ModelVersion
 
 __all__ = [
     "AppStatus",
@@ -344,19 +346,24 @@ def _check_loadable(r: ResolvedVariant, model: str) -> None:
 
 
 # ---------------------------------------------------------------------- API
-def deploy(spec: ServeSpec, *, db: str | None = None) -> AppStatus:
+def deploy(spec: ServeSpec, *, db: str | None = None, pipeline: Mapping[str, Any] | None = None) -> AppStatus:
     """Resolve ``spec``'s variants in the registry (``db``: the metadata store, default
     ``$RAYPIPE_DB`` or ``./.raypipe/raypipe.db``), reserve their resources and deploy (or
-    update) the app; returns once it serves."""
+    update) the app; returns once it serves.  Then its drift monitor and closed loop
+    (``pipeline``: the pipeline document the loop retrains with, unless ``retrain.pipeline``)."""
+    from raypipe.serve.loop import after_deploy
+
     meta = _open_meta(db)
     try:
         reg = ModelRegistry(meta)
         resolved = resolve(spec, reg)
         labels = {r.label for r in resolved}
         aliases = {a: f"v{v}" for a, v in reg.summary(spec.model).aliases.items() if f"v{v}" in labels}
+        st = deploy_resolved(spec, resolved, aliases=aliases)
+        after_deploy(spec, meta, pipeline=pipeline)
     finally:
         meta.close()
-    return deploy_resolved(spec, resolved, aliases=aliases)
+    return st
 
 
 def deploy_resolved(
@@ -498,6 +505,57 @@ def _update(app: str, **changes: Any) -> AppStatus:
     timeout = float(state["spec"].get("deploy_timeout_s", 300.0))
     _wait(client, app, timeout_s=timeout, before=before, user_config=state["user_config"])
     return status(app)
+
+
+def change_variants(
+    app: str,
+    registry: ModelRegistry,
+    *,
+    add: Sequence[tuple[ModelVersion, Mapping[str, Any]]] = (),
+    remove: Sequence[str] = (),
+) -> AppStatus:
+    """Add variants (a registered version and its VariantSpec fields, at weight 0) to a running
+    app, or remove variants that get no traffic; the other variants stay as they are, pinned to
+    the versions they serve now (an alias that moved since does not move them).  Used by the
+    closed loop to deploy a retrained candidate before its canary and to retire the loser."""
+    state = _state(app)
+    weights = {k: float(w) for k, w in state["user_config"]["weights"].items()}
+    labels = [v["label"] for v in state["variants"]]
+    for label in remove:
+        if label not in labels:
+            raise RaypipeError(f"app {app!r} has no variant {label}; variants: {', '.join(labels)}")
+        if weights.get(label, 0.0) > 0:
+            raise RaypipeError(
+                f"variant {label} of app {app!r} gets {weights[label]:g}% of the traffic; set it to 0 first"
+            )
+    kept = [v for v in state["variants"] if v["label"] not in remove]
+    if not kept and not add:
+        raise RaypipeError(f"app {app!r} would have no variant left")
+    variants = []
+    for v in kept:
+        fields = {**v["spec"], "version": v["label"], "weight": weights.get(v["label"], 0.0)}
+        if fields.get("autoscaling"):
+            fields.pop("replicas", None)
+        variants.append(fields)
+    for mv, options in add:
+        label = f"v{mv.version}"
+        if label in labels and label not in remove:
+            raise RaypipeError(f"app {app!r} already serves {label}")
+        variants.append({**options, "version": label, "weight": 0.0})
+    shadow = state["user_config"].get("shadow")
+    doc = {
+        **state["spec"],
+        "variants": variants,
+        "shadow": {"variant": shadow} if shadow and shadow not in remove else None,
+    }
+    try:
+        spec = ServeSpec.model_validate(doc)
+    except ValueError as e:
+        raise RaypipeError(f"app {app!r}: cannot change its variants: {e}") from None
+    resolved = [from_version(vs, registry.get(f"{spec.model}:{ref_text(vs.version)[1:]}")) for vs in spec.variants]
+    served = {r.label for r in resolved}
+    aliases = {a: f"v{n}" for a, n in registry.summary(spec.model).aliases.items() if f"v{n}" in served}
+    return deploy_resolved(spec, resolved, aliases=aliases)
 
 
 def status(app: str) -> AppStatus:

@@ -261,21 +261,24 @@ class MonitorCore:
         if len(self.variants) >= self.spec.max_variants:
             self.variants.popitem(last=False)  # the least recently logged
             self.counters["variants_evicted"] += 1
+        v = _Variant(
+            name=name,
+            buffer=self._new_buffer(name),
+            results=deque(maxlen=self.spec.history_windows),
+            perf_results=deque(maxlen=self.spec.history_windows),
+            last_seen=now,
+        )
+        self.variants[name] = v
+        return v
+
+    def _new_buffer(self, name: str) -> WindowBuffer:
         det = self._detector(name)
         numeric = [f for f in det.features if det.refs[f].kind == "numeric"]
         categorical = [f for f in det.features if det.refs[f].kind == "categorical"]
         s = self.spec
         cap = min(s.window_rows, s.reservoir_size) if s.window_rows is not None else s.reservoir_size
         seed = [s.seed & 0xFFFFFFFF, len(self.variants), self.next_window_id]
-        v = _Variant(
-            name=name,
-            buffer=WindowBuffer(numeric, categorical, cap, seed=int(np.random.SeedSequence(seed).generate_state(1)[0])),
-            results=deque(maxlen=s.history_windows),
-            perf_results=deque(maxlen=s.history_windows),
-            last_seen=now,
-        )
-        self.variants[name] = v
-        return v
+        return WindowBuffer(numeric, categorical, cap, seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
 
     # ------------------------------------------------------------------ logging
     def log(
@@ -404,9 +407,40 @@ class MonitorCore:
                     "drifted_features": sorted(f for f, r in result.features.items() if r.drifted),
                     "drift_share": result.drift_share,
                     "prediction_drifted": result.prediction_drifted,
+                    "statistics": _statistics(result),
                 },
             )
         return result
+
+    # ------------------------------------------------------------------ reference
+    def set_reference(
+        self,
+        profile: Mapping[str, Any],
+        model_meta: Mapping[str, Any] | None = None,
+        *,
+        reference_predictions: Sequence[Any] | None = None,
+        reference_metrics: Mapping[str, Any] | None = None,
+        retrained: bool = True,
+    ) -> None:
+        """A new model serves now, trained on data described by ``profile``: later windows are
+        tested against it.  Open windows, per-variant models and pending labels are dropped
+        (they belong to the old reference); window results, events and counters are kept.
+        ``retrained``: the retraining in flight ended well (every drift episode ends)."""
+        self.detector = DriftDetector(
+            profile,
+            self.spec,
+            model_meta,
+            reference_predictions=reference_predictions,
+            reference_metrics=reference_metrics,
+        )
+        self.profile = profile
+        self.detectors.clear()
+        for v in self.variants.values():
+            v.buffer = self._new_buffer(v.name)
+            v.perf = PerformanceWindow()
+        self.pending.clear()
+        if retrained:
+            self.debouncer.end_retraining(True, self.clock())
 
     # ------------------------------------------------------------------ labels
     def label(self, request_id: str, label: Any) -> bool:
@@ -603,6 +637,27 @@ class MonitorCore:
             self.last_error = f"metrics: {e}"
 
 
+def _statistics(result: WindowResult) -> dict[str, dict[str, Any]]:
+    """Per tested feature (and ``__prediction__``): the numbers an event records."""
+    items = list(result.features.items())
+    if result.prediction is not None:
+        items.append((PREDICTION_TAG, result.prediction))
+    return {
+        name: {
+            "method": r.method,
+            "statistic": r.statistic,
+            "p_value": r.p_value,
+            "threshold": r.threshold,
+            "psi": r.psi,
+            "drifted": r.drifted,
+            "n": r.n,
+            "mean": r.stats.get("mean"),
+        }
+        for name, r in items
+        if r.drifted is not None
+    }
+
+
 def _json_safe(v: Any) -> Any:
     if isinstance(v, Mapping):
         return {str(k): _json_safe(x) for k, x in v.items()}
@@ -700,6 +755,41 @@ class DriftMonitor:
         }
         write_config(self.app, self.config)
 
+    def set_reference(
+        self,
+        profile: dict[str, Any],
+        model_meta: dict[str, Any] | None = None,
+        reference_predictions: list[Any] | None = None,
+        reference_metrics: dict[str, Any] | None = None,
+        retrained: bool = True,
+        reference_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Test against a new model's training profile from now on (kept across restarts)."""
+        keep = set(self.core.detector.features) | (
+            {str(model_meta["label"])} if model_meta and model_meta.get("label") else set()
+        )
+        profile = {**profile, "columns": {k: v for k, v in profile["columns"].items() if k in keep}}
+        self.core.set_reference(
+            profile,
+            model_meta,
+            reference_predictions=reference_predictions,
+            reference_metrics=reference_metrics,
+            retrained=retrained,
+        )
+        self.config.update(
+            profile=profile,
+            model_meta=model_meta,
+            reference_predictions=reference_predictions,
+            reference_metrics=reference_metrics,
+            reference_id=reference_id,
+            variants={},
+        )
+        write_config(self.app, self.config)
+        return _json_safe(self.core.debouncer.state(self.core.clock()))
+
+    def reference_id(self) -> str | None:
+        return self.config.get("reference_id")
+
     def flush(self, variant: str | None = None, force: bool = False) -> list[dict[str, Any]]:
         return _json_safe(self.core.flush(variant, force=force))
 
@@ -708,6 +798,11 @@ class DriftMonitor:
 
     def events(self, since_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         return _json_safe(self.core.events_since(since_id, limit))
+
+    def poll(self, since_id: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """Events after ``since_id`` and when this instance started (ids start again at 1 after
+        a restart): the closed loop's poll."""
+        return {"started_at": self.core.started_at, "events": _json_safe(self.core.events_since(since_id, limit))}
 
     def windows(self, variant: str | None = None, since_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         return _json_safe(self.core.windows(variant, since_id, limit))
@@ -731,11 +826,14 @@ def start_monitor(
     reference_predictions: Sequence[Any] | None = None,
     reference_metrics: Mapping[str, Any] | None = None,
     replace: bool = False,
+    reference_id: str | None = None,
 ) -> Any:
     """Get or create the app's monitor actor (detached, restartable, no CPU).  The spec,
     profile and model are checked here first, so mistakes raise on the caller.  An
-    existing monitor is returned as it is, unless ``replace`` (a new model or profile):
-    then it is killed and started again (its windows and events are lost)."""
+    existing monitor is returned as it is, unless ``replace`` (a new spec): then it is
+    killed and started again (its windows and events are lost).  ``reference_id`` names
+    the model and profile (e.g. ``digits:3/<profile sha256>``): an existing monitor with
+    another one switches to this reference in place (events kept)."""
     import ray
 
     try:
@@ -752,6 +850,18 @@ def start_monitor(
     old = get_monitor(app)
     if old is not None:
         if not replace:
+            current = (read_config(app) or {}).get("reference_id")
+            if reference_id is not None and current != reference_id:
+                ray.get(
+                    old.set_reference.remote(
+                        dict(profile),
+                        dict(model_meta) if model_meta is not None else None,
+                        list(reference_predictions) if reference_predictions is not None else None,
+                        dict(reference_metrics) if reference_metrics is not None else None,
+                        False,
+                        reference_id,
+                    )
+                )
             return old
         ray.kill(old, no_restart=True)
         _wait_gone(app)
@@ -764,6 +874,7 @@ def start_monitor(
             "model_meta": dict(model_meta) if model_meta is not None else None,
             "reference_predictions": list(reference_predictions) if reference_predictions is not None else None,
             "reference_metrics": dict(reference_metrics) if reference_metrics is not None else None,
+            "reference_id": reference_id,
             "variants": {},
         },
     )

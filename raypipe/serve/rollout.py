@@ -118,14 +118,10 @@ class Guardrails(_Strict):
     min_requests: Annotated[int, Field(ge=1)] = 100
 
 
-class RolloutSpec(_Strict):
-    """What to roll out where.  ``candidate``/``baseline``: a variant label (``v4``), a version
-    number, ``MODEL:VERSION`` or ``MODEL@ALIAS``; ``baseline`` defaults to the variant serving
-    the model's ``production`` alias (else the variant with the most traffic)."""
+class RolloutSettings(_Strict):
+    """How a rollout moves: steps, their length and the guardrails (also the closed loop's
+    ``retrain.rollout``)."""
 
-    app: Annotated[str, Field(min_length=1)]
-    candidate: Annotated[str, Field(min_length=1)]
-    baseline: str | None = None
     steps: list[float] = Field(default_factory=lambda: [5.0, 25.0, 50.0, 100.0])
     interval_s: Annotated[float, Field(gt=0)] = 60.0
     guardrails: Guardrails = Field(default_factory=Guardrails)
@@ -142,6 +138,16 @@ class RolloutSpec(_Strict):
         if v[-1] != 100:
             raise ValueError(f"the last step must be 100 (promotion); got {v}")
         return v
+
+
+class RolloutSpec(RolloutSettings):
+    """What to roll out where.  ``candidate``/``baseline``: a variant label (``v4``), a version
+    number, ``MODEL:VERSION`` or ``MODEL@ALIAS``; ``baseline`` defaults to the variant serving
+    the model's ``production`` alias (else the variant with the most traffic)."""
+
+    app: Annotated[str, Field(min_length=1)]
+    candidate: Annotated[str, Field(min_length=1)]
+    baseline: str | None = None
 
 
 def parse_steps(text: str) -> list[float]:

@@ -17,6 +17,9 @@ An app spec (``raypipe deploy app.yaml``)::
     route_prefix: /digits        # default /<app>
     port: 8000                   # Serve's HTTP port (one per cluster)
     reserve: true                # book the replicas' resources with raypipe's scheduler
+    monitor: {window_rows: 500}  # a drift monitor (raypipe.serve.drift.MonitorSpec's fields), against
+                                 # the profile registered with the production variant's version
+    retrain: {...}               # the closed loop (needs monitor): see RetrainSpec
 
 Weights are percentages and must sum to 100.  Variants are named by the version label
 ``v<N>`` of the registered model; two variants may not resolve to the same version.
@@ -36,6 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raypipe.config import parse_yaml, validation_issues
 from raypipe.exceptions import ConfigError, ModelNotFoundError, RaypipeError
 from raypipe.resources import Resources
+from raypipe.serve.drift import MonitorSpec
+from raypipe.serve.rollout import RolloutSettings
 from raypipe.serve.routing import TOLERANCE, TOTAL, WeightsError
 from raypipe.store.registry import NAME_RE, ModelRegistry, ModelVersion, parse_ref
 
@@ -189,6 +194,71 @@ class IngressSpec(_Strict):
         return _actor_options(v, DEFAULT_INGRESS_CPUS)
 
 
+class MonitorConfig(MonitorSpec):
+    """The app's drift monitor: :class:`~raypipe.serve.drift.MonitorSpec`'s fields, plus where
+    its reference comes from."""
+
+    #: The reference profile (an artifact's sha256 or URI); default: the ``reference_profile``
+    #: registered with the reference variant's version (a register stage's ``profile`` input).
+    profile: str | None = None
+    #: The variant whose model and profile are the reference, as written in ``variants``;
+    #: default: the one serving ``@production``, else the one with the most traffic.
+    variant: int | str | None = None
+
+    @field_validator("variant")
+    @classmethod
+    def _variant(cls, v: int | str | None) -> int | str | None:
+        if v is not None:
+            ref_text(v)
+        return v
+
+    def monitor_spec(self) -> MonitorSpec:
+        return MonitorSpec.model_validate(self.model_dump(exclude={"profile", "variant"}))
+
+
+class CandidateOptions(_Strict):
+    """The retrained candidate's variant (default: as the reference variant's)."""
+
+    replicas: Annotated[int, Field(ge=1)] | None = None
+    ray_actor_options: dict[str, Any] | None = None
+    max_ongoing_requests: Annotated[int, Field(ge=1)] | None = None
+    #: TESTING ONLY: the candidate answers 500 for this fraction of requests (a broken
+    #: retraining, to see the canary roll back).
+    fail_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    @field_validator("ray_actor_options")
+    @classmethod
+    def _options(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if v is None else _actor_options(v, DEFAULT_VARIANT_CPUS)
+
+
+class RetrainSpec(_Strict):
+    """The closed loop (:mod:`raypipe.serve.loop`): on a drift event that triggers, run the
+    retraining path of a pipeline through the scheduler, then roll its model out as a canary
+    and promote it or roll it back."""
+
+    #: The pipeline YAML; default in a ``deploy`` stage: the pipeline that deploys.
+    pipeline: str | None = None
+    #: The retraining path: these stages and every stage they depend on; default: every
+    #: stage the app's deploy stage depends on (or, without one, every non-deploy stage).
+    stages: list[str] | None = None
+    #: Overrides of the pipeline for retraining, as ``--set`` takes them (``PATH: VALUE``):
+    #: e.g. the fresh data source, ``stages.ingest.params.path: data/latest/``.
+    set: dict[str, Any] = Field(default_factory=dict)
+    #: Scheduler priority and team of every stage of a retraining run.
+    priority: int = 10
+    team: str | None = None
+    #: The canary: steps, their length and the guardrails.
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)
+    candidate: CandidateOptions = Field(default_factory=CandidateOptions)
+    #: Keep the replaced production variant deployed at 0% after a promotion.
+    keep_previous: bool = False
+    #: How often the loop looks at the monitor, the run and the rollout.
+    poll_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    #: A retraining run whose driver died is resumed this many times before the cycle fails.
+    max_resumes: Annotated[int, Field(ge=0, le=10)] = 2
+
+
 class ServeSpec(_Strict):
     """A served application: a registered model's versions behind one HTTP ingress."""
 
@@ -211,6 +281,10 @@ class ServeSpec(_Strict):
     reserve_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     #: How long to wait for the Serve application to be running.
     deploy_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    #: A drift monitor of live traffic (see :class:`MonitorConfig`).
+    monitor: MonitorConfig | None = None
+    #: Retrain on drift, canary, promote or roll back (needs ``monitor``).
+    retrain: RetrainSpec | None = None
 
     @field_validator("route_prefix")
     @classmethod
@@ -229,6 +303,12 @@ class ServeSpec(_Strict):
         if not math.isclose(total, TOTAL, abs_tol=TOLERANCE):
             given = ", ".join(f"{r}={v.weight:g}" for r, v in zip(refs, self.variants, strict=True))
             raise ValueError(f"variants: weights must sum to 100; {given} sum to {total:g}")
+        if self.retrain is not None and self.monitor is None:
+            raise ValueError("retrain: needs `monitor` (retraining is triggered by its drift events)")
+        if self.monitor is not None and self.monitor.variant is not None and ref_text(self.monitor.variant) not in refs:
+            raise ValueError(
+                f"monitor.variant: {self.monitor.variant!r} is not one of the variants ({', '.join(refs)})"
+            )
         if self.shadow is not None and ref_text(self.shadow.variant) not in refs:
             raise ValueError(
                 f"shadow: {self.shadow.variant!r} is not one of the variants ({', '.join(refs)}); "
@@ -336,10 +416,13 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 __all__ = [
     "AutoscalingSpec",
+    "CandidateOptions",
     "IngressSpec",
     "KeySpec",
     "ModelNotFoundError",
+    "MonitorConfig",
     "ResolvedVariant",
+    "RetrainSpec",
     "ServeSpec",
     "ShadowSpec",
     "VariantSpec",

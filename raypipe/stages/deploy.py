@@ -106,12 +106,23 @@ class DeployStage(StageKind):
         return {"deployment": status.to_dict()}
 
     def after_success(self, commit: CommitContext) -> str | None:
+        """On the driver: the app's drift monitor and closed loop (``monitor``, ``retrain``);
+        the loop retrains with this run's pipeline unless ``retrain.pipeline`` names another."""
+        import json
+
+        from raypipe.serve.loop import after_deploy
+
         ref = commit.outputs.get("deployment")
         if ref is None:
             return None
         doc = commit.artifacts.get_value(ref)
         split = ", ".join(f"{k} {w:g}%" for k, w in (doc.get("weights") or {}).items())
-        return f"serving {doc.get('app')} at {doc.get('url')} ({split})"
+        notes = [f"serving {doc.get('app')} at {doc.get('url')} ({split})"]
+        if self.params.monitor is not None or self.params.retrain is not None:
+            rec = commit.meta.get_run(commit.run_id)
+            spec = ServeSpec.model_validate(self.params.model_dump(include=set(ServeSpec.model_fields)))
+            notes += after_deploy(spec, commit.meta, pipeline=json.loads(rec.config_json), storage=rec.storage)
+        return "; ".join(notes)
 
 
 __all__ = ["DeployParams", "DeployStage"]

@@ -1,9 +1,13 @@
 """``register``: add a model artifact to the model registry as a new version.
 
-Inputs: ``model`` (a model artifact, e.g. a ``train`` stage's ``model``) and an
+Inputs: ``model`` (a model artifact, e.g. a ``train`` stage's ``model``), an
 optional ``metrics`` (a JSON dict, e.g. an evaluate stage's output; default: the
-metrics stored in the model).  Params: ``name``, ``aliases`` (default
-``[candidate]``) and ``description``.
+metrics stored in the model) and an optional ``profile`` (a ``data.profile`` output
+of the training data: recorded as the version's ``reference_profile`` link, the
+reference its drift monitor compares live traffic with).  Params: ``name``,
+``aliases`` (default ``[candidate]``), ``aliases_if_unset`` (e.g. ``[production]``:
+set only while the alias points nowhere, so the first version becomes production
+and later ones wait for a rollout) and ``description``.
 
 The stage's task only checks its inputs and outputs ``registration``
 (``{"name", "model_sha256", "aliases"}``).  The registration itself is written on
@@ -26,7 +30,7 @@ from raypipe.stages.base import CommitContext, StageContext, StageKind, StagePar
 from raypipe.store.models import is_model_package
 from raypipe.store.registry import NAME_RE, ModelRegistry
 
-INPUTS = ("model", "metrics")
+INPUTS = ("model", "metrics", "profile")
 
 
 class RegisterParams(StageParams):
@@ -34,6 +38,8 @@ class RegisterParams(StageParams):
     name: Annotated[str, Field(pattern=NAME_RE)]
     #: Aliases pointed at the registered version (moved from older versions).
     aliases: list[Annotated[str, Field(pattern=NAME_RE)]] = Field(default_factory=lambda: ["candidate"])
+    #: Aliases pointed at the registered version only if they point at no version yet.
+    aliases_if_unset: list[Annotated[str, Field(pattern=NAME_RE)]] = Field(default_factory=list)
     description: str = ""
 
 
@@ -50,7 +56,9 @@ class RegisterStage(StageKind):
             issues.append(((), "needs an input named 'model' (a model artifact, e.g. inputs: {model: train.model})"))
         extra = sorted(set(input_names) - set(INPUTS))
         if extra:
-            issues.append(((), f"unknown inputs {extra}; a register stage takes 'model' and optionally 'metrics'"))
+            issues.append(
+                ((), f"unknown inputs {extra}; a register stage takes 'model' and optionally 'metrics' and 'profile'")
+            )
         return issues
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,6 +75,12 @@ class RegisterStage(StageKind):
         metrics = inputs.get("metrics")
         if "metrics" in inputs and not (isinstance(metrics, Mapping) and all(isinstance(k, str) for k in metrics)):
             raise StageError(f"input 'metrics' must be a JSON dict of metrics; got {type(metrics).__name__}")
+        profile = inputs.get("profile")
+        if "profile" in inputs and not (isinstance(profile, Mapping) and isinstance(profile.get("columns"), Mapping)):
+            raise StageError(
+                "input 'profile' must be a data.profile output (a JSON dict with 'columns'); "
+                f"got {type(profile).__name__}"
+            )
         return {
             "registration": {
                 "name": self.params.name,
@@ -94,6 +108,12 @@ class RegisterStage(StageKind):
             aliases=self.params.aliases,
             description=self.params.description,
             reason=f"stage {commit.stage} of run {commit.run_id}",
+            aliases_if_unset=self.params.aliases_if_unset,
         )
-        at = "".join(f" @{a}" for a in self.params.aliases)
+        profile = commit.inputs.get("profile")
+        if profile is not None:
+            reg.link(mv.name, mv.version, "reference_profile", {"sha256": profile.sha256, "uri": profile.uri})
+        now = reg.get(mv.ref).aliases
+        applied = list(self.params.aliases) + [a for a in self.params.aliases_if_unset if a in now]
+        at = "".join(f" @{a}" for a in dict.fromkeys(applied))
         return f"{'registered' if mv.is_new else 'already registered:'} {mv.name} v{mv.version}{at}"

@@ -113,6 +113,18 @@ CREATE TABLE IF NOT EXISTS alias_events (
     reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS alias_events_name ON alias_events(name, alias, id);
+-- Links of a model version to what it came from besides its lineage: the reference
+-- profile for drift monitoring, the drift event and the loop cycle that retrained it.
+CREATE TABLE IF NOT EXISTS model_links (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    value_json TEXT NOT NULL,
+    at REAL NOT NULL,
+    FOREIGN KEY (name, version) REFERENCES model_versions(name, version)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS model_links_value ON model_links(name, version, kind, value_json);
 CREATE INDEX IF NOT EXISTS stage_io_sha ON stage_io(sha256, direction);
 """
 
@@ -247,6 +259,9 @@ class MetadataStore:
                 "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ?",
                 (status, time.time(), error, run_id),
             )
+
+    def run_exists(self, run_id: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
 
     def get_run(self, run_id: str) -> RunRecord:
         row = self._conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()

@@ -63,6 +63,8 @@ class ModelVersion:
     aliases: tuple[str, ...]
     #: The model package's metadata (task, features, label, classes, spec, trained_by...).
     model: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: Links besides lineage, oldest first: ``{"kind", "value", "at"}`` (see :meth:`ModelRegistry.link`).
+    links: list[dict[str, Any]] = field(default_factory=list, repr=False)
     #: True when the call that returned this record created the version.
     is_new: bool = field(default=False, compare=False)
 
@@ -289,14 +291,18 @@ class ModelRegistry:
         aliases: Iterable[str] = (),
         description: str = "",
         reason: str = "",
+        aliases_if_unset: Iterable[str] = (),
     ) -> ModelVersion:
         """Register ``model_ref`` as the next version of ``name`` (creating the model), then
         point ``aliases`` at it.  The same artifact under the same name again returns the
         existing version (its record unchanged) and still applies ``aliases``.  ``metrics``
         default to the model's own (its metadata's ``metrics``); ``reason`` goes into the
-        alias history (default: the run and stage)."""
+        alias history (default: the run and stage).  ``aliases_if_unset`` are pointed at it
+        only where they point at no version yet (``production`` for the first version),
+        checked in the same transaction."""
         check_name(name)
         aliases = [check_name(a, "alias") for a in aliases]
+        if_unset = [check_name(a, "alias") for a in aliases_if_unset if a not in aliases]
         if model_ref.format != "model":
             raise RaypipeError(
                 f"cannot register {model_ref.uri} as model {name!r}: it is a {model_ref.format!r} artifact, not a model"
@@ -356,6 +362,10 @@ class ModelRegistry:
                 version = int(row["version"])
             for alias in aliases:
                 self._move_alias(c, name, alias, version, reason, now)
+            for alias in if_unset:
+                taken = c.execute("SELECT 1 FROM model_aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
+                if taken is None:
+                    self._move_alias(c, name, alias, version, f"{reason} (first version with @{alias})", now)
         return dataclasses.replace(self._get_version(name, version), is_new=is_new)
 
     def set_alias(self, name: str, version: int, alias: str, reason: str = "") -> AliasEvent | None:
@@ -402,6 +412,38 @@ class ModelRegistry:
         )
         return AliasEvent(name, alias, old, version, now, reason)
 
+    # ------------------------------------------------------------------ links
+    def link(self, name: str, version: int, kind: str, value: Mapping[str, Any]) -> bool:
+        """Link version ``version`` of ``name`` to something besides its lineage: kinds in use are
+        ``reference_profile`` (``{"sha256", "uri"}``: the data profile drift monitoring compares
+        traffic with), ``drift_event`` (the monitor's event with its features and statistics) and
+        ``retraining`` (the loop cycle and run that made this version).  The same link again is
+        a no-op (False)."""
+        check_name(kind, "link kind")
+        self._get_version(name, version)
+        blob = json.dumps(dict(value), sort_keys=True, default=str, allow_nan=False)
+        with self.meta._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO model_links(name, version, kind, value_json, at) VALUES (?, ?, ?, ?, ?)",
+                (name, version, kind, blob, time.time()),
+            )
+            return cur.rowcount > 0
+
+    def links(self, name: str, version: int, kind: str | None = None) -> list[dict[str, Any]]:
+        """The links of a version (of one ``kind``), oldest first."""
+        rows = self._conn.execute(
+            "SELECT kind, value_json, at FROM model_links WHERE name = ? AND version = ? "
+            + ("AND kind = ? " if kind else "")
+            + "ORDER BY id",
+            (name, version, kind) if kind else (name, version),
+        ).fetchall()
+        return [{"kind": r["kind"], "value": json.loads(r["value_json"]), "at": r["at"]} for r in rows]
+
+    def reference_profile(self, name: str, version: int) -> ArtifactRef | None:
+        """The data profile registered with the version (the newest ``reference_profile`` link)."""
+        found = self.links(name, version, "reference_profile")
+        return self.meta.artifact(found[-1]["value"]["sha256"]) if found else None
+
     # ------------------------------------------------------------------ reads
     def _find(self, name: str, sha256: str) -> int | None:
         row = self._conn.execute(
@@ -430,6 +472,7 @@ class ModelRegistry:
             created_at=row["created_at"],
             aliases=tuple(a[0] for a in aliases),
             model=json.loads(row["schema_json"]) if row["schema_json"] else {},
+            links=self.links(row["name"], int(row["version"])),
         )
 
     _SELECT = "SELECT v.*, a.uri, a.size, a.schema_json FROM model_versions v JOIN artifacts a ON a.sha256 = v.sha256 "

@@ -1,16 +1,23 @@
-"""Canary rollout events in the metadata store (table ``rollout_events``, append-only).
+"""Append-only event logs of serving operations in the metadata store.
 
-Every step of a rollout (``started``, ``step``, ``paused``, ``rolled_back``,
-``promoted``, ``aborted``, ``error``...) is one row: the app, the rollout's id, the
-time, the event and a JSON detail (weights, the window's numbers, the guardrail
-that failed with its observed and allowed values).  The table is created on the
-:class:`MetadataStore`'s connection (``CREATE TABLE IF NOT EXISTS``), so an older
-database file simply gains it.
+* ``rollout_events`` (:class:`RolloutStore`): every step of a canary rollout
+  (``started``, ``step``, ``paused``, ``rolled_back``, ``promoted``, ``aborted``,
+  ``error``...), keyed by the rollout's id.
+* ``loop_events`` (:class:`LoopStore`): the closed loop of an app
+  (:mod:`raypipe.serve.loop`): ``armed``, ``drift``, ``retrain_started``,
+  ``retrain_finished``, ``canary_started``, ``promoted``, ``rolled_back``... keyed
+  by the cycle's id (one cycle per drift event acted on).
 
-The writer is the rollout controller actor (on the head node, given the SQLite
-path): the one exception to "only the driver writes the metadata store", since a
-rollout outlives the driver that started it.  SQLite's WAL and busy timeout keep its
-short transactions safe beside a driver's.
+One row per event: the app, the series id, the time, the event and a JSON detail
+(weights, the window's numbers, the guardrail that failed with its observed and
+allowed values, the drifted features and their statistics).  Tables are created on
+the :class:`MetadataStore`'s connection (``CREATE TABLE IF NOT EXISTS``), so an
+older database file simply gains them.
+
+The writers are the rollout and loop controller actors (on the head node, given
+the SQLite path): the exceptions to "only the driver writes the metadata store",
+since rollouts and loops outlive the driver that started them.  SQLite's WAL and
+busy timeout keep their short transactions safe beside a driver's.
 """
 
 from __future__ import annotations
@@ -19,103 +26,153 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from raypipe.store.metadata import MetadataStore
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS rollout_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    app TEXT NOT NULL,
-    rollout_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    event TEXT NOT NULL,
-    detail_json TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS rollout_events_app ON rollout_events(app, id);
-CREATE INDEX IF NOT EXISTS rollout_events_rollout ON rollout_events(rollout_id, id)
-"""
 
 #: Events after which a rollout is over.
 TERMINAL = ("promoted", "rolled_back", "aborted", "failed")
 
 
 @dataclass(frozen=True)
-class RolloutEvent:
+class StoredEvent:
     id: int
     app: str
-    rollout_id: str
+    #: The rollout's or the loop cycle's id.
+    series: str
     at: float
     event: str
     detail: dict[str, Any]
+    #: The name of ``series`` in :meth:`to_dict` (``rollout_id`` or ``cycle_id``).
+    series_key: str = "series"
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {
+            "id": self.id,
+            "app": self.app,
+            self.series_key: self.series,
+            "at": self.at,
+            "event": self.event,
+            "detail": self.detail,
+        }
 
 
-class RolloutStore:
-    """Rollout events in a :class:`MetadataStore` (its connection and transactions)."""
+#: The rollout store's events (``.series`` is the rollout id).
+RolloutEvent = StoredEvent
+
+
+class EventLog:
+    """One append-only event table in a :class:`MetadataStore` (its connection and transactions)."""
+
+    TABLE: ClassVar[str]
+    SERIES: ClassVar[str]
+    #: Events after which a series is over.
+    FINAL: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, meta: MetadataStore) -> None:
         self.meta = meta
         self._conn = meta._conn
+        t, s = self.TABLE, self.SERIES
         with meta._tx() as c:
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
+            c.execute(
+                f"CREATE TABLE IF NOT EXISTS {t} (id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, "
+                f"{s} TEXT NOT NULL, at REAL NOT NULL, event TEXT NOT NULL, detail_json TEXT NOT NULL DEFAULT '{{}}')"
+            )
+            c.execute(f"CREATE INDEX IF NOT EXISTS {t}_app ON {t}(app, id)")
+            c.execute(f"CREATE INDEX IF NOT EXISTS {t}_series ON {t}({s}, id)")
 
     def record(
-        self, app: str, rollout_id: str, event: str, detail: Mapping[str, Any] | None = None, at: float | None = None
-    ) -> RolloutEvent:
+        self, app: str, series: str, event: str, detail: Mapping[str, Any] | None = None, at: float | None = None
+    ) -> StoredEvent:
         at = time.time() if at is None else at
         doc = dict(detail or {})
         with self.meta._tx() as c:
             cur = c.execute(
-                "INSERT INTO rollout_events(app, rollout_id, at, event, detail_json) VALUES (?, ?, ?, ?, ?)",
-                (app, rollout_id, at, event, json.dumps(doc, default=str, allow_nan=False)),
+                f"INSERT INTO {self.TABLE}(app, {self.SERIES}, at, event, detail_json) VALUES (?, ?, ?, ?, ?)",
+                (app, series, at, event, json.dumps(doc, default=str, allow_nan=False)),
             )
             rid = int(cur.lastrowid or 0)
-        return RolloutEvent(rid, app, rollout_id, at, event, doc)
+        return StoredEvent(rid, app, series, at, event, doc, self.SERIES)
 
-    def events(self, app: str, rollout_id: str | None = None) -> list[RolloutEvent]:
-        """The events of one rollout (default: the app's latest), oldest first."""
-        rollout_id = rollout_id or self.latest_rollout_id(app)
-        if rollout_id is None:
+    def events(self, app: str, series: str | None = None) -> list[StoredEvent]:
+        """The events of one series (default: the app's latest), oldest first."""
+        series = series or self.latest(app)
+        if series is None:
             return []
         rows = self._conn.execute(
-            "SELECT * FROM rollout_events WHERE app = ? AND rollout_id = ? ORDER BY id", (app, rollout_id)
+            f"SELECT * FROM {self.TABLE} WHERE app = ? AND {self.SERIES} = ? ORDER BY id", (app, series)
         ).fetchall()
-        return [_event(r) for r in rows]
+        return [self._event(r) for r in rows]
 
-    def latest_rollout_id(self, app: str) -> str | None:
-        row = self._conn.execute(
-            "SELECT rollout_id FROM rollout_events WHERE app = ? ORDER BY id DESC LIMIT 1", (app,)
-        ).fetchone()
-        return None if row is None else str(row["rollout_id"])
-
-    def rollouts(self, app: str) -> list[dict[str, Any]]:
-        """Every rollout of ``app``, oldest first: id, started, last event and when."""
+    def all_events(self, app: str, since_id: int = 0) -> list[StoredEvent]:
+        """Every event of ``app`` with ``id > since_id``, oldest first."""
         rows = self._conn.execute(
-            "SELECT rollout_id, MIN(at) AS started_at, MAX(id) AS last_id FROM rollout_events WHERE app = ? "
-            "GROUP BY rollout_id ORDER BY MIN(id)",
+            f"SELECT * FROM {self.TABLE} WHERE app = ? AND id > ? ORDER BY id", (app, since_id)
+        ).fetchall()
+        return [self._event(r) for r in rows]
+
+    def latest(self, app: str) -> str | None:
+        row = self._conn.execute(
+            f"SELECT {self.SERIES} FROM {self.TABLE} WHERE app = ? ORDER BY id DESC LIMIT 1", (app,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def series(self, app: str) -> list[dict[str, Any]]:
+        """Every series of ``app``, oldest first: id, started, last event and when."""
+        t, s = self.TABLE, self.SERIES
+        rows = self._conn.execute(
+            f"SELECT {s} AS sid, MIN(at) AS started_at, MAX(id) AS last_id FROM {t} WHERE app = ? "
+            f"GROUP BY {s} ORDER BY MIN(id)",
             (app,),
         ).fetchall()
         out = []
         for r in rows:
-            last = self._conn.execute("SELECT event, at FROM rollout_events WHERE id = ?", (r["last_id"],)).fetchone()
+            last = self._conn.execute(f"SELECT event, at FROM {t} WHERE id = ?", (r["last_id"],)).fetchone()
             out.append(
                 {
-                    "rollout_id": r["rollout_id"],
+                    s: r["sid"],
                     "started_at": r["started_at"],
                     "last_event": last["event"],
                     "last_at": last["at"],
-                    "finished": last["event"] in TERMINAL,
+                    "finished": last["event"] in self.FINAL,
                 }
             )
         return out
 
+    def _event(self, row: Any) -> StoredEvent:
+        return StoredEvent(
+            int(row["id"]),
+            row["app"],
+            row[self.SERIES],
+            float(row["at"]),
+            row["event"],
+            json.loads(row["detail_json"]),
+            self.SERIES,
+        )
 
-def _event(row: Any) -> RolloutEvent:
-    return RolloutEvent(
-        int(row["id"]), row["app"], row["rollout_id"], float(row["at"]), row["event"], json.loads(row["detail_json"])
-    )
+
+class RolloutStore(EventLog):
+    """Canary rollout events (``rollout_events``)."""
+
+    TABLE = "rollout_events"
+    SERIES = "rollout_id"
+    FINAL = TERMINAL
+
+    def latest_rollout_id(self, app: str) -> str | None:
+        return self.latest(app)
+
+    def rollouts(self, app: str) -> list[dict[str, Any]]:
+        return self.series(app)
+
+
+#: Events after which a loop cycle is over.
+LOOP_FINAL = ("promoted", "rolled_back", "gate_failed", "retrain_failed", "no_new_model", "cancelled", "failed")
+
+
+class LoopStore(EventLog):
+    """Closed-loop events (``loop_events``): one series per cycle (drift event acted on);
+    the loop's own events (``armed``, ``disarmed``, ``drift`` not acted on) have the series ``loop``."""
+
+    TABLE = "loop_events"
+    SERIES = "cycle_id"
+    FINAL = LOOP_FINAL

@@ -386,3 +386,36 @@ def test_after_success_registers_once_however_often_it_runs(store: MetadataStore
     assert (v.metrics, v.stage, v.stage_run_id) == ({"accuracy": 0.97}, "fit", g["sids"]["fit"])
     assert v.aliases == ("candidate", "latest-run", "production")
     assert len(ModelRegistry(store).alias_history("digits")) == 3
+
+
+def test_aliases_if_unset_and_links(store: MetadataStore) -> None:
+    reg = ModelRegistry(store)
+    v1 = reg.register(
+        "sensors", model_ref("a"), "run-1", "train", 1, aliases=["candidate"], aliases_if_unset=["production"]
+    )
+    assert v1.aliases == ("candidate", "production")
+    v2 = reg.register(
+        "sensors", model_ref("b"), "run-2", "train", 2, aliases=["candidate"], aliases_if_unset=["production"]
+    )
+    assert v2.aliases == ("candidate",) and reg.get("sensors@production").version == 1
+    assert [e.reason for e in reg.alias_history("sensors", "production")][-1].endswith(
+        "(first version with @production)"
+    )
+    # links: idempotent, ordered, kept with the version; the profile link resolves to its artifact
+    profile = dataset_ref("profile", 1)
+    store._conn.execute(
+        "INSERT INTO artifacts(sha256, uri, size, format, created_at) VALUES (?, ?, ?, 'json', 0)",
+        (profile.sha256, "/store/objects/p.json", 10),
+    )
+    assert reg.reference_profile("sensors", 2) is None
+    assert reg.link("sensors", 2, "reference_profile", {"sha256": profile.sha256, "uri": "/store/objects/p.json"})
+    assert not reg.link("sensors", 2, "reference_profile", {"uri": "/store/objects/p.json", "sha256": profile.sha256})
+    event = {"monitor_event_id": 3, "drifted_features": ["f0", "f1"], "statistics": {"f0": {"p_value": 1e-9}}}
+    assert reg.link("sensors", 2, "drift_event", event)
+    assert reg.reference_profile("sensors", 2).sha256 == profile.sha256
+    got = reg.get("sensors:2")
+    assert [link["kind"] for link in got.links] == ["reference_profile", "drift_event"]
+    assert got.links[1]["value"] == event and reg.get("sensors:1").links == []
+    assert reg.links("sensors", 2, "drift_event")[0]["value"]["statistics"]["f0"]["p_value"] == 1e-9
+    with pytest.raises(ModelNotFoundError, match="no version 9"):
+        reg.link("sensors", 9, "drift_event", event)
