@@ -44,15 +44,7 @@ def env(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     root = tmp_path_factory.mktemp("rollout")
     db = register_digits(root, versions=3)
     yield {"db": db, "port": free_port(), "address": ray_local, "rows": sample_rows(32)}
-    import ray
-    from ray import serve
-
-    for name in serve_app.apps():
-        handle = find_controller(name)
-        if handle is not None:
-            ray.kill(handle, no_restart=True)
-        serve_app.shutdown(name)
-    serve.shutdown()
+    # The rollout controllers, the apps and Serve go with the module's Ray (ray_local shuts it down next).
 
 
 def deploy(env: dict[str, Any], name: str, candidate: int, fail_rate: float = 0.0) -> str:
@@ -144,7 +136,7 @@ def test_failing_candidate_is_rolled_back(env: dict[str, Any]) -> None:
             "app": "canary-bad",
             "candidate": "v2",
             "steps": [20, 50, 100],
-            "interval_s": 3,
+            "interval_s": 1.5,  # the early stop rolls back within the first step anyway
             "guardrails": {"min_requests": 15},
         }
     )
@@ -176,7 +168,7 @@ def test_good_candidate_is_promoted_by_a_detached_controller(env: dict[str, Any]
         "  app: canary-good\n"
         "  candidate: digits@candidate\n"  # v3
         "  steps: [20, 50, 100]\n"
-        "  interval_s: 3\n"
+        "  interval_s: 1.5\n"  # a step holds (paused) until both variants have min_requests
         "  guardrails:\n"
         "    min_requests: 15\n"
         # p99 of a few dozen requests on a busy 2-CPU test machine: only a gross slowdown counts
@@ -240,7 +232,7 @@ def test_too_little_traffic_pauses_instead_of_promoting(env: dict[str, Any]) -> 
             "candidate": "v2",
             "baseline": "v1",
             "steps": [20, 100],
-            "interval_s": 2,
+            "interval_s": 1,
             "guardrails": {"min_requests": 200},
         }
     )
