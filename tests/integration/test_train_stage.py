@@ -43,19 +43,20 @@ def test_two_workers_stream_their_shards_of_a_dataset_and_checkpoint(tmp_path: P
                 inputs={"train": "read.data"},
                 resources={"cpu": 0.5},
                 gang_size=2,
-                params={"function": f"{F}:linear_loop", "config": {"epochs": 3, "lr": 0.05, "log": str(log)}},
+                # exact linear data: 2 epochs at lr 0.1 get within 0.01 of the weights
+                params={"function": f"{F}:linear_loop", "config": {"epochs": 2, "lr": 0.1, "log": str(log)}},
             ),
         ],
     )
     res = raypipe.run(cfg)
     assert res.ok, res.errors
     seen = {p.name: int(p.read_text()) for p in log.iterdir()}
-    for epoch in range(3):
+    for epoch in range(2):
         per_rank = [seen[f"rank{r}-epoch{epoch}"] for r in (0, 1)]
         assert sum(per_rank) == n and min(per_rank) > 0, f"each worker streamed its own shard: {per_rank}"
     db = str(tmp_path / "store" / "raypipe.db")
     history = raypipe.read_artifact(res.outputs["fit"]["history"].sha256, db=db)
-    assert [h["epoch"] for h in history] == [0, 1, 2] and history[-1]["loss"] < history[0]["loss"]
+    assert [h["epoch"] for h in history] == [0, 1] and history[-1]["loss"] < history[0]["loss"]
     model = raypipe.read_artifact(res.outputs["fit"]["model"].sha256, db=db)
     assert model.meta["trained_by"]["function"] == f"{F}:linear_loop"
     assert model.meta["input_schema"] == {"x1": "double", "x2": "double", "y": "double"}
@@ -91,8 +92,9 @@ def _kill_a_worker_after_epoch(store: Path, epoch: int, killed: list[int], stop:
 
 
 def test_builtin_mlp_two_workers_converge_and_resume_after_a_worker_is_killed(tmp_path: Path) -> None:
-    """The digits dataset, 2 DDP workers (gloo): one is killed after epoch 1; Ray Train restarts the
-    group from the last checkpoint (the epochs continue; nothing restarts from zero) and it converges."""
+    """The digits dataset, 2 DDP workers (gloo): one is killed once the first epoch is reported (its
+    checkpoint is saved by then); Ray Train restarts the group from the last checkpoint (the epochs
+    continue; nothing restarts from zero) and it converges."""
     store = tmp_path / "store"
     cfg = raypipe.PipelineConfig(
         name="train-builtin",
@@ -123,8 +125,8 @@ def test_builtin_mlp_two_workers_converge_and_resume_after_a_worker_is_killed(tm
                 gang_size=2,
                 params={
                     "model": {"type": "mlp", "hidden": [64]},
-                    "optimizer": {"lr": 0.003},
-                    "epochs": 6,
+                    "optimizer": {"lr": 0.01},  # above 0.95 validation accuracy in 4 epochs
+                    "epochs": 4,
                     "max_failures": 2,
                 },
             ),
@@ -132,7 +134,7 @@ def test_builtin_mlp_two_workers_converge_and_resume_after_a_worker_is_killed(tm
     )
     killed: list[int] = []
     stop = threading.Event()
-    killer = threading.Thread(target=_kill_a_worker_after_epoch, args=(store, 1, killed, stop), daemon=True)
+    killer = threading.Thread(target=_kill_a_worker_after_epoch, args=(store, 0, killed, stop), daemon=True)
     killer.start()
     try:
         res = raypipe.run(cfg)
@@ -148,7 +150,7 @@ def test_builtin_mlp_two_workers_converge_and_resume_after_a_worker_is_killed(tm
     first_resumed = starts.index(starts[-1])
     assert history[first_resumed]["epoch"] == starts[-1], "it continued at the epoch after its checkpoint"
     assert all(h["start_epoch"] == starts[-1] for h in history[first_resumed:])
-    assert [h["epoch"] for h in history][-1] == 5
+    assert [h["epoch"] for h in history][-1] == 3
     assert history[-1]["val_accuracy"] > 0.9, history[-1]
     model = raypipe.read_artifact(res.outputs["fit"]["model"].sha256, db=db)
     assert model.meta["spec"]["type"] == "mlp" and len(model.meta["features"]) == 64
