@@ -954,7 +954,13 @@ def _loop_demo(config: str, out: Path, num_cpus: int, timeout: float, shift: flo
         raise RaypipeError(f"{config}: no deploy stage with `monitor` and `retrain`; the demo needs the loop armed")
     app_name = str(deploys[0].params["app"])
     out.mkdir(parents=True, exist_ok=True)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,  # Serve's and the stages' own logs; the events below say what happens
+    )
     traffic = None
     try:
         console.rule("1. train v1, register it as production, serve it with a monitor; the loop is armed")

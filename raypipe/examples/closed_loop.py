@@ -23,7 +23,6 @@ import json
 import random
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -112,7 +111,7 @@ class Traffic:
                     out = self._post("/predict", {"features": features})
                     if rng.random() < self.feedback:
                         self._post("/feedback", {"request_id": out["request_id"], "outcome": int(row.label)})
-                except (urllib.error.URLError, OSError, ValueError, KeyError):
+                except Exception:  # noqa: BLE001 - counted; the traffic goes on (e.g. a router restarting)
                     with self._lock:
                         self.errors += 1
                     time.sleep(0.05)
@@ -184,14 +183,15 @@ def plot(windows: list[dict[str, Any]], timeline: list[dict[str, Any]], t0: floa
         ax.plot([w["closed_at"] - t0 for w in ws], [w["drift_share"] for w in ws], "o-", label=f"{variant} drift share")
     colors = {
         "drift": "tab:red",
-        "retrain_started": "tab:orange",
+        "retrain_finished": "tab:orange",
         "canary_started": "tab:purple",
         "promoted": "tab:green",
+        "rolled_back": "black",
     }
-    for e in timeline:
-        if e["source"] == "loop" and e["event"] in colors and e.get("cycle_id") != "loop":
-            ax.axvline(e["at"] - t0, color=colors[e["event"]], linestyle="--", alpha=0.7)
-            ax.text(e["at"] - t0, 1.02, e["event"], rotation=90, fontsize=7, va="bottom", color=colors[e["event"]])
+    marks = [e for e in timeline if e["source"] == "loop" and e["event"] in colors and e.get("cycle_id") != "loop"]
+    for i, e in enumerate(marks):
+        ax.axvline(e["at"] - t0, color=colors[e["event"]], linestyle="--", alpha=0.7)
+        ax.text(e["at"] - t0, 0.97 - 0.08 * (i % 3), f" {e['event']}", fontsize=8, va="top", color=colors[e["event"]])
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("seconds since serving started")
     ax.set_ylabel("share of features drifted")

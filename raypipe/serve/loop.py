@@ -176,6 +176,10 @@ class Ports:
     record: Callable[[str, str, Mapping[str, Any]], Any]
 
 
+def _instance(started_at: Any) -> str:
+    return f"{float(started_at):.6f}" if started_at is not None else "?"
+
+
 def drift_detail(ev: Mapping[str, Any]) -> dict[str, Any]:
     """What a cycle keeps of the monitor's event (also the ``drift_event`` registry link)."""
     keys = ("variant", "kind", "windows", "trigger", "note", "signals", "drifted_features", "drift_share")
@@ -191,13 +195,28 @@ class LoopCore:
     """One app's loop (see the module docstring).  ``tick()`` does one step; the actor calls it
     every ``retrain.poll_s``."""
 
-    def __init__(self, app: str, ports: Ports, *, max_resumes: int = 2, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        app: str,
+        ports: Ports,
+        *,
+        max_resumes: int = 2,
+        clock: Callable[[], float] = time.time,
+        history: Sequence[Any] = (),
+    ) -> None:
         self.app = app
         self.ports = ports
         self.max_resumes = max_resumes
         self.clock = clock
         self.since = 0
         self.monitor_started: float | None = None
+        #: Per monitor instance (its start time), the last event id a previous controller saw
+        #: (``history``: the app's stored loop events), so a new controller never acts on them again.
+        self.seen: dict[str, int] = {}
+        for e in history:
+            if e.event == "drift" and e.detail.get("monitor_started_at") is not None:
+                key = _instance(e.detail["monitor_started_at"])
+                self.seen[key] = max(self.seen.get(key, 0), int(e.detail.get("monitor_event_id") or 0))
         #: The cycle in progress: cycle_id, drift, phase (retraining | canary), run_id, resumes,
         #: version, label, rollout_id.
         self.cycle: dict[str, Any] | None = None
@@ -224,15 +243,18 @@ class LoopCore:
     def _poll(self) -> None:
         got = self.ports.poll(self.since)
         started = got.get("started_at")
-        if self.monitor_started is not None and started != self.monitor_started and self.since:
-            # The monitor restarted: its event ids start again from 1.
+        if started != self.monitor_started:
+            # A monitor instance first seen by this controller (what an earlier controller saw of
+            # it is skipped), or a restarted monitor (its event ids start again from 1).
+            base = self.seen.get(_instance(started), 0) if self.monitor_started is None else 0
             self.monitor_started = started
-            self.since = 0
-            got = self.ports.poll(0)
-        self.monitor_started = started
+            if base != self.since:
+                self.since = base
+                got = self.ports.poll(base)
         for ev in got.get("events") or []:
             self.since = max(self.since, int(ev["event_id"]))
             detail = drift_detail(ev)
+            detail["monitor_started_at"] = started
             if ev.get("trigger") and self.cycle is None:
                 self._start_cycle(detail)
             else:
@@ -445,7 +467,9 @@ class LoopController:
         self.lock = threading.RLock()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.last_error: str | None = None
-        self.core = LoopCore(app, self._ports(), max_resumes=self.retrain.max_resumes)
+        self.core = LoopCore(
+            app, self._ports(), max_resumes=self.retrain.max_resumes, history=self.store.all_events(app)
+        )
         latest = self.store.latest(app)
         if latest is not None and latest != LOOP_SERIES:
             self.core.restore(self.store.events(app, latest), LOOP_FINAL)

@@ -311,3 +311,20 @@ def test_retraining_pipeline_is_the_deploy_stages_upstream_at_its_priority() -> 
 def test_retraining_pipeline_errors_name_the_problem(spec: RetrainSpec, model: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         retraining_pipeline(PIPELINE, spec, "sensors", model)
+
+
+def test_a_new_controller_does_not_act_on_events_an_earlier_one_saw(profiles: dict, tmp_path: Any) -> None:
+    world, loop, rng = setup(profiles)
+    traffic(world, loop, rng, 3, 0.5)
+    world.runs["run-1"] = {"status": "failed", "driver_alive": False, "error": "boom"}
+    loop.tick()
+    store = LoopStore(MetadataStore(str(tmp_path / "m.db")))
+    for series, event, detail in world.events:
+        store.record("sensors", series, event, detail)
+    # the controller is replaced (a new spec): same monitor, its event 1 already acted on
+    again = LoopCore("sensors", world.ports(), history=store.all_events("sensors"))
+    again.tick()
+    assert again.since == 1 and again.state == "idle" and world.run_ids == ["run-1"]
+    fresh = LoopCore("sensors", world.ports())  # without the history it would act again
+    fresh.tick()
+    assert world.run_ids == ["run-1", "run-2"]

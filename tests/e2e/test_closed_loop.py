@@ -1,0 +1,201 @@
+"""The closed loop end to end, on a local Ray with real Serve over HTTP (127.0.0.1), real
+training and real retraining runs (their own driver processes through the scheduler):
+
+1. configs/closed_loop.yaml (smaller: fewer rows and epochs, short windows and canary steps)
+   trains v1, registers it as production and serves it with a monitor and the loop armed,
+   its candidate deliberately broken (it fails 60% of its requests).  Shifted traffic ->
+   one drift event -> one retraining -> v2 registered -> canary -> rolled back: production
+   is still v1 at 100%, v2 is gone from the app, the monitor still compares with v1's data.
+2. The loop re-armed with a healthy candidate and fresher data: the drift ends, comes
+   back -> one retraining -> v3 -> canary -> promoted: production v3 at 100%, v3 linked to
+   its drift event (features and statistics) and its retraining run, the monitor's
+   reference is v3's training profile, and the same traffic triggers nothing more.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raypipe import api
+from raypipe.config import PipelineConfig, parse_yaml
+from raypipe.examples.closed_loop import Traffic
+from raypipe.serve import app as serve_app
+from raypipe.serve.loop import find_loop, loop_status, start_loop, stop_loop
+from raypipe.serve.monitor import get_monitor, read_config, stop_monitor
+from raypipe.serve.spec import ServeSpec
+from raypipe.store.metadata import MetadataStore
+from raypipe.store.registry import ModelRegistry
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+APP = "sensors"
+CYCLE_END = ("promoted", "rolled_back", "gate_failed", "retrain_failed", "no_new_model", "failed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pipeline(root: Path, port: int) -> dict[str, Any]:
+    data, _ = parse_yaml((Path(REPO) / "configs" / "closed_loop.yaml").read_text(), "closed_loop.yaml")
+    data["storage"] = str(root / "store")
+    data["ray"] = {}
+    stages = {s["name"]: s for s in data["stages"]}
+    stages["generate"]["params"]["args"]["rows"] = 2000
+    stages["train"]["params"]["epochs"] = 4
+    deploy = stages["deploy"]["params"]
+    deploy["port"] = port
+    deploy["monitor"].update(window_rows=150, min_window_rows=100, consecutive=2, reset_windows=2)
+    deploy["retrain"].update(
+        poll_s=0.5,
+        rollout={
+            "steps": [50, 100],
+            "interval_s": 3,
+            "guardrails": {
+                "min_requests": 15,
+                "error_rate": {"max_increase": 0.05},
+                "p99_latency_ms": {"max_ratio": 5.0, "min_increase_ms": 200, "min_samples": 15},
+            },
+        },
+        candidate={"fail_rate": 0.6},  # the broken retraining of part 1
+    )
+    return data
+
+
+@pytest.fixture(scope="module")
+def loop_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    import logging
+
+    import ray
+    from ray import serve
+
+    ray.shutdown()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    root = tmp_path_factory.mktemp("loop")
+    doc = pipeline(root, free_port())
+    res = api.run(PipelineConfig.model_validate(doc))
+    assert res.ok, res.errors
+    meta = MetadataStore(str(root / "store" / "raypipe.db"))
+    traffic = Traffic(serve_app.url(APP), threads=3, feedback=0.3).start()
+    yield {"doc": doc, "meta": meta, "traffic": traffic, "root": root}
+    traffic.stop()
+    stop_loop(APP)
+    stop_monitor(APP)
+    serve_app.shutdown(APP)
+    serve.shutdown()
+    meta.close()
+    ray.shutdown()
+
+
+def cycles(meta: MetadataStore) -> list[dict[str, Any]]:
+    return [c for c in loop_status(APP, meta)["cycles"] if c["cycle_id"] != "loop"]
+
+
+def wait_cycle_end(env: dict[str, Any], n: int, timeout: float = 300.0) -> list[dict[str, Any]]:
+    """Wait until ``n`` cycles have ended; their events (loop and rollout), oldest first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = [c for c in cycles(env["meta"]) if c["finished"]]
+        if len(done) >= n:
+            return [
+                e for e in loop_status(APP, env["meta"])["timeline"] if e.get("cycle_id") == done[n - 1]["cycle_id"]
+            ]
+        time.sleep(1.0)
+    import ray
+
+    st = loop_status(APP, env["meta"])
+    mon = ray.get(get_monitor(APP).status.remote())
+    mon = {k: mon[k] for k in ("events", "debounce", "counters", "last_error")}
+    logs = {p.name: p.read_text()[-3000:] for p in (env["root"] / "store" / "loops" / APP).glob("*.log")}
+    pytest.fail(f"no end of cycle {n} in {timeout:g} s: {st['live']}\n{mon}\n{st['timeline']}\n{logs}")
+
+
+def wait_windows(n: int, timeout: float = 120.0) -> None:
+    import ray
+
+    monitor = get_monitor(APP)
+
+    def total() -> int:
+        return sum(v["windows"] for v in ray.get(monitor.status.remote())["variants"].values())
+
+    start = total()
+    deadline = time.monotonic() + timeout
+    while total() - start < n:
+        assert time.monotonic() < deadline, f"fewer than {n} monitor windows closed in {timeout:g} s"
+        time.sleep(0.5)
+
+
+def test_broken_retraining_is_rolled_back_and_production_untouched(loop_env: dict[str, Any]) -> None:
+    meta, traffic = loop_env["meta"], loop_env["traffic"]
+    reg = ModelRegistry(meta)
+    assert reg.get("sensors@production").version == 1
+    wait_windows(3)  # clean traffic: no drift, no cycle
+    assert cycles(meta) == []
+    traffic.shift = 0.5
+    events = wait_cycle_end(loop_env, 1)
+    names = [e["event"] for e in events if e["source"] == "loop"]
+    assert names == ["drift", "retrain_started", "retrain_finished", "canary_started", "rolled_back"], events
+    drift = events[0]["detail"]
+    assert set(drift["drifted_features"]) >= {"f0", "f1", "f2"} and drift["trigger"] is True
+    rolled = [e for e in events if e["source"] == "rollout" and e["event"] == "rolled_back"]
+    assert rolled and "error_rate" in rolled[0]["detail"]["reason"]
+    # production untouched: alias, weights, the served variants, the monitor's reference
+    assert reg.get("sensors@production").version == 1
+    st = serve_app.status(APP)
+    assert st.weights == {"v1": 100.0} and set(st.variants) == {"v1"}
+    assert read_config(APP)["reference_id"].startswith("sensors:1/")
+    v2 = reg.get("sensors:2")
+    assert "production" not in v2.aliases
+    assert [link["kind"] for link in v2.links] == ["reference_profile", "drift_event", "retraining"]
+    assert len([c for c in cycles(meta)]) == 1  # drift went on during the cycle: nothing else started
+
+
+def test_retraining_is_promoted_and_linked_to_its_drift_event(loop_env: dict[str, Any]) -> None:
+    meta, traffic = loop_env["meta"], loop_env["traffic"]
+    doc = loop_env["doc"]
+    deploy = next(s for s in doc["stages"] if s["name"] == "deploy")["params"]
+    deploy["retrain"]["candidate"] = {"fail_rate": 0.0}
+    deploy["retrain"]["set"]["stages.generate.params.args.seed"] = 2  # fresher data
+    spec = ServeSpec.model_validate(deploy)
+    start_loop(
+        spec, {**doc, "storage": str(loop_env["root"] / "store")}, db=meta.path, storage=str(loop_env["root"] / "store")
+    )
+    assert find_loop(APP) is not None
+    traffic.shift = 0.0  # the drift episode of the failed cycle ends ...
+    wait_windows(3)
+    traffic.shift = 0.5  # ... and comes back
+    events = wait_cycle_end(loop_env, 2)
+    names = [e["event"] for e in events if e["source"] == "loop"]
+    assert names == ["drift", "retrain_started", "retrain_finished", "canary_started", "promoted"], events
+    reg = ModelRegistry(meta)
+    v3 = reg.get("sensors@production")
+    assert v3.version == 3
+    st = serve_app.status(APP)
+    assert st.weights == {"v3": 100.0} and set(st.variants) == {"v3"}  # v1 retired
+    # lineage: v3 <- its retraining run <- the drift event with its features and statistics
+    links = {link["kind"]: link["value"] for link in v3.links}
+    drift = links["drift_event"]
+    assert (
+        drift["cycle_id"] == events[0]["cycle_id"]
+        and drift["monitor_event_id"] == events[0]["detail"]["monitor_event_id"]
+    )
+    for f in ("f0", "f1", "f2"):
+        assert drift["statistics"][f]["drifted"] is True and drift["statistics"][f]["p_value"] < 0.01
+    run_id = links["retraining"]["run_id"]
+    assert v3.run_id == run_id and api.show_run(run_id, db=meta.path).run.status == "succeeded"
+    assert all(sr.stage != "deploy" for sr in api.show_run(run_id, db=meta.path).stages)
+    assert links["reference_profile"]["sha256"][:12] in read_config(APP)["reference_id"]
+    assert read_config(APP)["reference_id"].startswith("sensors:3/")
+    # the shifted traffic is v3's normal: more windows, no new cycle
+    wait_windows(4)
+    assert len(cycles(meta)) == 2
+    assert traffic.sent > 0
