@@ -381,6 +381,8 @@ def model_show_cmd(
         console.print(f"  dataset: v{d['sha256'][:12]} (stage {escape(str(d['stage']))}{rows})")
     if detail.aliases:
         console.print("  aliases: " + escape(", ".join(f"{a} -> v{n}" for a, n in detail.aliases.items())))
+    for link in v.links:
+        console.print(f"  {escape(link['kind'])}: {escape(_link_text(link['kind'], link['value']))}")
     console.print("lineage:")
     console.print(_lineage_tree(detail.lineage), soft_wrap=True)
 
@@ -879,6 +881,30 @@ loop_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(loop_app, name="loop")
+
+
+def _link_text(kind: str, value: dict[str, Any]) -> str:
+    """One line per registry link (``model show``)."""
+    if kind == "reference_profile":
+        return f"profile {str(value.get('sha256'))[:12]} (the drift monitor's reference)"
+    if kind == "drift_event":
+        stats = value.get("statistics") or {}
+        feats = ", ".join(
+            f"{f} p={stats[f]['p_value']:.1e}" if (stats.get(f) or {}).get("p_value") is not None else f
+            for f in value.get("drifted_features") or []
+        )
+        when = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value["detected_at"]))
+            if value.get("detected_at")
+            else "?"
+        )
+        return (
+            f"event {value.get('monitor_event_id')} of app {value.get('app')} on {value.get('variant')} at {when}: "
+            f"{value.get('kind')} ({feats or '-'}); cycle {value.get('cycle_id')}"
+        )
+    if kind == "retraining":
+        return f"run {value.get('run_id')} (cycle {value.get('cycle_id')} of app {value.get('app')})"
+    return json.dumps(value, default=str)
 
 
 @loop_app.command("status")

@@ -328,3 +328,22 @@ def test_a_new_controller_does_not_act_on_events_an_earlier_one_saw(profiles: di
     fresh = LoopCore("sensors", world.ports())  # without the history it would act again
     fresh.tick()
     assert world.run_ids == ["run-1", "run-2"]
+
+
+def test_model_show_prints_the_links() -> None:
+    from raypipe.cli import _link_text
+
+    drift = {
+        "app": "sensors",
+        "variant": "v1",
+        "kind": "data_drift",
+        "monitor_event_id": 4,
+        "detected_at": 1.7e9,
+        "drifted_features": ["f0", "f2"],
+        "statistics": {"f0": {"p_value": 1.7e-9}, "f2": {"p_value": None}},
+        "cycle_id": "c1",
+    }
+    text = _link_text("drift_event", drift)
+    assert "event 4 of app sensors on v1" in text and "f0 p=1.7e-09, f2" in text and "cycle c1" in text
+    assert _link_text("retraining", {"run_id": "r1", "cycle_id": "c1", "app": "sensors"}).startswith("run r1 (cycle c1")
+    assert _link_text("reference_profile", {"sha256": "ab" * 32}).startswith("profile abababababab")
