@@ -152,10 +152,11 @@ def _connect_or_fail(
     meta: MetadataStore, run_id: str, cfg: PipelineConfig, address: str | None
 ) -> SchedulerClient | None:
     """Connect to Ray and the scheduler; on failure the run is recorded as failed, not left running."""
-    from raypipe.runner.ray_session import ensure_ray
+    from raypipe.runner.ray_session import check_storage_shared, ensure_ray
 
     try:
         ensure_ray(cfg.ray, address)
+        check_storage_shared(resolve_root(cfg.storage))
         if not cfg.scheduler.enabled:
             return None
         explicit = "scheduler" in cfg.model_fields_set

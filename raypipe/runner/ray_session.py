@@ -51,3 +51,74 @@ def connect_existing(address: str | None) -> None:
         ray.init(address=addr, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise RaypipeError(f"no Ray cluster to ask at {addr!r}: {e}") from None
+
+
+# --------------------------------------------------------------------------- shared storage
+
+_CHECKED: set[tuple[str, str]] = set()
+
+
+def unshared_nodes(nodes: list[dict[str, Any]], token: str, probe: Any) -> list[str]:
+    """The nodes (``NodeManagerAddress (NodeID[:8])``) whose ``probe(node_id)`` did not read ``token``."""
+    out = []
+    for n, got in zip(nodes, probe([n["NodeID"] for n in nodes]), strict=True):
+        if got != token:
+            out.append(f"{n.get('NodeManagerAddress', '?')} ({str(n['NodeID'])[:8]})")
+    return out
+
+
+def check_storage_shared(root: str, timeout_s: float = 60.0) -> None:
+    """On a multi-node cluster, a local storage root must be the same filesystem on every
+    node (a shared mount): the driver writes a marker there and a task on every alive node
+    reads it.  Raises RaypipeError naming the nodes that cannot see it.  Checked once per
+    driver, cluster and root; a single node or a URI root is not checked."""
+    import uuid
+    from pathlib import Path
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from raypipe.store.artifacts import is_local
+
+    if not is_local(root):
+        return
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    key = (ray.get_runtime_context().gcs_address, root)
+    if len(nodes) <= 1 or key in _CHECKED:
+        return
+    token = uuid.uuid4().hex
+    marker = Path(root) / f".raypipe-shared-check-{token}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(token, encoding="utf-8")
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def read_marker(path: str) -> str | None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def probe(node_ids: list[str]) -> list[str | None]:
+        refs = [
+            read_marker.options(scheduling_strategy=NodeAffinitySchedulingStrategy(nid, soft=False)).remote(str(marker))
+            for nid in node_ids
+        ]
+        return ray.get(refs, timeout=timeout_s)
+
+    try:
+        missing = unshared_nodes(nodes, token, probe)
+    except ray.exceptions.GetTimeoutError:
+        raise RaypipeError(
+            f"storage {root!r}: the nodes did not answer the shared-storage check in {timeout_s:g} s"
+        ) from None
+    finally:
+        marker.unlink(missing_ok=True)
+    if missing:
+        raise RaypipeError(
+            f"storage {root!r} is a local path that {len(missing)} of {len(nodes)} nodes cannot see "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); on a multi-node cluster give an "
+            "object-store URI (storage: s3://bucket/prefix) or a shared filesystem mounted at the same path "
+            "on every node"
+        )
+    _CHECKED.add(key)
