@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 
-.PHONY: setup quickstart test lint bench clean
+.PHONY: setup quickstart loop-demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ lint: setup
 	$(VENV)/bin/ruff check raypipe tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/raypipe validate configs/*.yaml
+
+loop-demo: setup
+	$(VENV)/bin/raypipe loop demo --out bench-out/closed_loop
 
 test: lint
 	$(PY) -m pytest -q -ra
