@@ -635,8 +635,21 @@ def url(app: str) -> str:
 
 
 def shutdown(app: str) -> None:
-    """Delete the app from Serve, release its reservation and stop its metrics collector."""
+    """Delete the app from Serve, release its reservation and stop its metrics collector; its
+    closed loop, rollout controller and drift monitor stop first (a retraining run in flight
+    finishes on its own; recorded events stay in the metadata store)."""
+    import ray
+
+    from raypipe.serve.loop import stop_loop
+    from raypipe.serve.monitor import stop_monitor
+    from raypipe.serve.rollout import find_controller
+
     state = _state(app)
+    stop_loop(app)
+    handle = find_controller(app)
+    if handle is not None:
+        ray.kill(handle, no_restart=True)
+    stop_monitor(app)
     try:
         client = _serve_client()
     except RaypipeError:  # Serve itself is gone: only the reservation and the collector are left

@@ -26,8 +26,8 @@ from raypipe import api
 from raypipe.config import PipelineConfig, parse_yaml
 from raypipe.examples.closed_loop import Traffic
 from raypipe.serve import app as serve_app
-from raypipe.serve.loop import find_loop, loop_status, start_loop, stop_loop
-from raypipe.serve.monitor import get_monitor, read_config, stop_monitor
+from raypipe.serve.loop import find_loop, loop_status, start_loop
+from raypipe.serve.monitor import get_monitor, read_config
 from raypipe.serve.spec import ServeSpec
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.registry import ModelRegistry
@@ -88,9 +88,8 @@ def loop_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     traffic = Traffic(serve_app.url(APP), threads=3, feedback=0.3).start()
     yield {"doc": doc, "meta": meta, "traffic": traffic, "root": root}
     traffic.stop()
-    stop_loop(APP)
-    stop_monitor(APP)
-    serve_app.shutdown(APP)
+    serve_app.shutdown(APP)  # also stops the app's loop and monitor
+    assert find_loop(APP) is None and get_monitor(APP) is None
     serve.shutdown()
     meta.close()
     ray.shutdown()
