@@ -129,6 +129,13 @@ def retraining_pipeline(doc: Mapping[str, Any], retrain: RetrainSpec, app: str, 
             f"retrain: the retraining path ({', '.join(keep)}) has no register stage for model {model!r}; "
             "the loop needs the retrained model registered to roll it out"
         )
+    reg = next(s for s in out_stages if s["name"] == registers[0])
+    if "profile" not in (reg.get("inputs") or {}):
+        raise ConfigError(
+            f"retrain: stage {reg['name']} registers {model!r} without a `profile` input; after a promotion the "
+            "drift monitor compares traffic with the new model's training profile: add "
+            "inputs: {profile: <data.profile stage>.profile}"
+        )
     out = {**data, "stages": out_stages}
     parse_config(out, ConfigSource(path=f"<retraining pipeline of app {app}>"))  # schema errors now, not later
     return out
@@ -342,7 +349,11 @@ class LoopCore:
         if state not in ROLLOUT_DONE:
             return
         if state == "promoted":
-            detail = dict(self.ports.promoted(int(c["version"]), c["label"], st) or {})
+            try:
+                detail = dict(self.ports.promoted(int(c["version"]), c["label"], st) or {})
+            except Exception as e:  # noqa: BLE001 - the promotion stands; what failed after it is recorded
+                self.ports.end_retraining(True)
+                detail = {"error": f"after the promotion: {type(e).__name__}: {e}"}
             self._end("promoted", {"version": c["version"], "rollout_id": c["rollout_id"], **detail})
             return
         self.ports.rolled_back(c["label"])
@@ -363,7 +374,7 @@ class LoopCore:
         c = self.cycle
         if c is None:
             return
-        if c.get("phase") == "canary" and c.get("label"):
+        if c.get("label"):  # deployed at 0% for a canary that did not finish
             try:
                 self.ports.rolled_back(c["label"])
             except Exception as e:  # noqa: BLE001 - the failure is what gets recorded

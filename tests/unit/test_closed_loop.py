@@ -3,6 +3,7 @@ with the world (runs, registry, Serve, rollouts) played by a fake; and the retra
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -306,10 +307,15 @@ def test_retraining_pipeline_is_the_deploy_stages_upstream_at_its_priority() -> 
         (RetrainSpec(set={"stages.nope.params.x": 1}), "sensors", "retrain.set: --set stages.nope.params.x: no stage"),
         (RetrainSpec(), "other", "has no register stage for model 'other'"),
         (RetrainSpec(stages=["split"]), "sensors", "has no register stage"),
+        (
+            RetrainSpec(set={"stages.register.inputs": {"model": "train.model"}}),
+            "sensors",
+            "stage register registers 'sensors' without a `profile` input",
+        ),
     ],
 )
 def test_retraining_pipeline_errors_name_the_problem(spec: RetrainSpec, model: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         retraining_pipeline(PIPELINE, spec, "sensors", model)
 
 
@@ -347,3 +353,38 @@ def test_model_show_prints_the_links() -> None:
     assert "event 4 of app sensors on v1" in text and "f0 p=1.7e-09, f2" in text and "cycle c1" in text
     assert _link_text("retraining", {"run_id": "r1", "cycle_id": "c1", "app": "sensors"}).startswith("run r1 (cycle c1")
     assert _link_text("reference_profile", {"sha256": "ab" * 32}).startswith("profile abababababab")
+
+
+def test_a_failure_after_the_promotion_is_recorded_and_the_claim_ends(profiles: dict) -> None:
+    world, loop, rng = setup(profiles)
+    traffic(world, loop, rng, 3, 0.5)
+    world.runs["run-1"] = {"status": "succeeded", "driver_alive": False}
+    world.versions["run-1"] = 2
+    loop.tick()
+    world.rollouts["rollout-1"]["state"] = "promoted"
+
+    def broken(version: int, label: str, st: Any) -> dict:
+        raise RuntimeError("the profile artifact is gone")
+
+    loop.ports.promoted = broken
+    loop.tick()
+    assert world.events[-1][1] == "promoted" and "the profile artifact is gone" in world.events[-1][2]["error"]
+    assert world.weights == {"v1": 100.0, "v2": 0.0}  # nothing was removed: the rollout owns the weights
+    assert world.monitor.debouncer.state()["in_flight"] is None and loop.state == "idle"
+
+
+def test_a_failing_rollout_start_removes_the_candidate(profiles: dict) -> None:
+    from raypipe.exceptions import RaypipeError
+
+    world, loop, rng = setup(profiles)
+    traffic(world, loop, rng, 3, 0.5)
+    world.runs["run-1"] = {"status": "succeeded", "driver_alive": False}
+    world.versions["run-1"] = 2
+
+    def refuse(label: str) -> str:
+        raise RaypipeError("app 'sensors' also sends traffic to v7 (10%)")
+
+    loop.ports.start_rollout = refuse
+    loop.tick()
+    assert world.events[-1][1] == "failed" and "also sends traffic" in world.events[-1][2]["reason"]
+    assert world.weights == {"v1": 100.0} and loop.state == "idle"
