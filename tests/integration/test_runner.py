@@ -112,7 +112,8 @@ def test_undeclared_output_is_a_stage_error(tmp_path: Path) -> None:
 
 def test_quickstart_runs_then_reruns_from_cache(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
-    over = [f"storage={tmp_path / 'qs'}", "stages.train.params.epochs=6"]
+    # 4 epochs at lr 0.003: 0.96 test accuracy against the 0.9 gate (6 at the config's 0.001: 0.92)
+    over = [f"storage={tmp_path / 'qs'}", "stages.train.params.epochs=4", "stages.train.params.optimizer.lr=0.003"]
     res = raypipe.run(repo / "configs" / "quickstart.yaml", overrides=over)
     assert res.ok, res.errors
     db = str(tmp_path / "qs" / "raypipe.db")
