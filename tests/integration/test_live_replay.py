@@ -18,7 +18,7 @@ def small() -> tuple:
     cluster = ClusterSpec.from_flags(8, 4)
     trace = synthetic_philly(jobs=16, total_gpus=8, load=0.9, seed=3)
     span = max(j.submit_s + j.duration_s for j in trace.jobs)
-    return cluster, trace, span / 12.0  # the replay lasts about 12 s of wall time
+    return cluster, trace, span / 6.0  # the replay lasts about 6 s of wall time
 
 
 @pytest.mark.parametrize("policy", ["fifo", "las"])
