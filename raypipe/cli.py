@@ -965,6 +965,7 @@ def loop_demo_cmd(
 
 def _loop_demo(config: str, out: Path, num_cpus: int, timeout: float, shift: float) -> int:
     import logging
+    import shutil
 
     import ray
 
@@ -979,7 +980,12 @@ def _loop_demo(config: str, out: Path, num_cpus: int, timeout: float, shift: flo
     if not deploys:
         raise RaypipeError(f"{config}: no deploy stage with `monitor` and `retrain`; the demo needs the loop armed")
     app_name = str(deploys[0].params["app"])
+    # A store of its own, new each time: the demo starts from "no model yet" (v1 becomes production).
+    store = out / "store"
+    shutil.rmtree(store, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    overrides = [f"storage={store.resolve()}"]
+    cfg = api.load(config, overrides).config
     ray.init(
         address="local",
         num_cpus=num_cpus,
@@ -992,7 +998,7 @@ def _loop_demo(config: str, out: Path, num_cpus: int, timeout: float, shift: flo
         console.rule("1. train v1, register it as production, serve it with a monitor; the loop is armed")
         rep = _Reporter()
         with rep.running():
-            res = api.run(config, on_event=rep.on_event, on_start=rep.on_start)
+            res = api.run(config, overrides=overrides, on_event=rep.on_event, on_start=rep.on_start)
         if not res.ok:
             raise RaypipeError(f"the pipeline failed: {res.errors}")
         url = serve_app.url(app_name)

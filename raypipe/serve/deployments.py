@@ -523,7 +523,9 @@ def build_app(args: dict[str, Any]) -> Any:
             "name": label,
             "ray_actor_options": {**v["ray_actor_options"], "runtime_env": {"env_vars": VARIANT_ENV}},
             "max_ongoing_requests": v["max_ongoing_requests"],
-            "graceful_shutdown_timeout_s": 5.0,
+            # A replaced or removed replica drains its in-flight requests before it stops.
+            "graceful_shutdown_timeout_s": 20.0,
+            "graceful_shutdown_wait_loop_s": 0.5,
         }
         if v.get("autoscaling"):
             opts["autoscaling_config"] = v["autoscaling"]
@@ -536,6 +538,10 @@ def build_app(args: dict[str, Any]) -> Any:
         num_replicas=ing["replicas"],
         ray_actor_options={**ing["ray_actor_options"], "runtime_env": {"env_vars": ROUTER_ENV}},
         max_ongoing_requests=ing["max_ongoing_requests"],
-        graceful_shutdown_timeout_s=5.0,
+        # A new router version (variants added or removed) replaces the replicas: the old one
+        # keeps serving until the proxies route to the new one and its requests are answered
+        # (5 s cut requests off mid-flight under load).
+        graceful_shutdown_timeout_s=30.0,
+        graceful_shutdown_wait_loop_s=0.5,
     )  # its user_config (weights, shadow, aliases) comes from the app config's deployments override
     return router.bind(args["router"], **variants)
