@@ -108,13 +108,16 @@ def test_team_quota_holds_under_50_concurrent_submissions(tmp_path: Path) -> Non
     max_running = 0
     deadline = time.time() + 180
     while len(intervals) < 50 and time.time() < deadline:
-        views = ray.get(client.watch(versions, timeout_s=1.0))
+        # short: while the holds run nothing changes until this loop releases a finished one
+        views = ray.get(client.watch(versions, timeout_s=0.1))
         running = [j for j, v in views.items() if v["state"] == "running"]
         max_running = max(max_running, len(running))
         for j, v in views.items():
             versions[j] = v["version"]
             if v["state"] == "running" and j not in launched:
-                launched[j] = hold.options(num_cpus=0.1, num_gpus=1, scheduling_strategy=scheduling_strategy(v["pg_id"])).remote(0.3)
+                launched[j] = hold.options(
+                    num_cpus=0.1, num_gpus=1, scheduling_strategy=scheduling_strategy(v["pg_id"])
+                ).remote(0.3)
         if not launched:
             continue
         done, _ = ray.wait(list(launched.values()), num_returns=len(launched), timeout=0)
@@ -268,20 +271,30 @@ def test_two_pipelines_share_the_controller_and_preemption_checkpoints(tmp_path:
     args = {"steps": 25, "step_s": 0.2, "log": str(log)}
     low = write(
         "low",
-        {"name": "long", "priority": 0, "gang_size": 3, "resources": {"cpu": 0.5, "gpu": 4},
-         "params": {"function": f"{F}:checkpointed_steps", "args": args}},
+        {
+            "name": "long",
+            "priority": 0,
+            "gang_size": 3,
+            "resources": {"cpu": 0.5, "gpu": 4},
+            "params": {"function": f"{F}:checkpointed_steps", "args": args},
+        },
     )
     high = write(
         "high",
-        {"name": "urgent", "priority": 10, "resources": {"cpu": 0.5, "gpu": 4},
-         "params": {"function": f"{F}:sleep", "args": {"seconds": 1.0}}},
+        {
+            "name": "urgent",
+            "priority": 10,
+            "resources": {"cpu": 0.5, "gpu": 4},
+            "params": {"function": f"{F}:sleep", "args": {"seconds": 1.0}},
+        },
     )
     cmd = [sys.executable, "-m", "raypipe.cli", "run", "--no-cache"]
     p_low = subprocess.Popen([*cmd, str(low)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(
             lambda: p_low.poll() is not None or (log.exists() and log.read_text().count("step") >= 3),
-            timeout_s=120, what="the long stage",
+            timeout_s=120,
+            what="the long stage",
         )
         if p_low.returncode is not None:
             raise TimeoutError
@@ -340,7 +353,9 @@ def test_data_stage_next_to_a_training_gang_stays_inside_its_own_grant(tmp_path:
                 resources={"cpu": 2},
                 params={"function": f"{F}:record_task", "args": {"log_dir": str(tasks), "hold_s": 0.2}},
             ),
-            stage("done", "remove_file", inputs={"data": "feat.data"}, args={"path": str(gate)}, resources={"cpu": 0.1}),
+            stage(
+                "done", "remove_file", inputs={"data": "feat.data"}, args={"path": str(gate)}, resources={"cpu": 0.1}
+            ),
         ],
     )
     res = raypipe.run(cfg)
