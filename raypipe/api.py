@@ -87,7 +87,8 @@ def metadata_url(cfg: PipelineConfig) -> str:
 
 
 def open_metadata(db: str | None = None) -> MetadataStore:
-    """The metadata store at ``db`` (a path or sqlite:/// URL), ``$RAYPIPE_DB`` or ``./.raypipe/raypipe.db``."""
+    """The metadata store at ``db`` (a path, a sqlite:/// or a postgresql:// URL), ``$RAYPIPE_DB`` or
+    ``./.raypipe/raypipe.db``."""
     url = db or os.environ.get("RAYPIPE_DB") or DEFAULT_DB
     if not url.startswith("sqlite:") and "://" not in url and not Path(url).exists():
         raise RaypipeError(f"no metadata store at {url!r}; run a pipeline first or pass --db")
@@ -128,7 +129,7 @@ def run(
         if run_id is None:
             run_id = _new_run_id(cfg.name)
         elif meta.run_exists(run_id):
-            raise RaypipeError(f"run {run_id} already exists in {meta.path}; give a new run id")
+            raise RaypipeError(f"run {run_id} already exists in {meta.location}; give a new run id")
         config_path = None if isinstance(config, PipelineConfig) else str(Path(config).resolve())
         stored = cfg.model_copy(update={"storage": root})
         meta.create_run(run_id, cfg.name, stored.model_dump_json(), config_path, root)

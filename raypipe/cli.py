@@ -40,7 +40,10 @@ T = TypeVar("T")
 
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", help="Metadata store (path or sqlite:/// URL); default $RAYPIPE_DB or ./.raypipe/raypipe.db."),
+    typer.Option(
+        "--db",
+        help="Metadata store (path, sqlite:/// or postgresql:// URL); default $RAYPIPE_DB or ./.raypipe/raypipe.db.",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 AddressOpt = Annotated[

@@ -532,7 +532,7 @@ class LoopController:
         self.loopdir.mkdir(parents=True, exist_ok=True)
         address = ray.get_runtime_context().gcs_address
         log = open(self.loopdir / f"{key}.log", "ab")  # noqa: SIM115 - the child keeps it open
-        env = {**os.environ, "RAY_ADDRESS": address, "RAYPIPE_DB": self.meta.path}
+        env = {**os.environ, "RAY_ADDRESS": address, "RAYPIPE_DB": self.meta.url}
         self.procs[key] = subprocess.Popen(
             [sys.executable, "-m", "raypipe.cli", *args, "--address", address],
             cwd=self.workdir,
@@ -560,7 +560,7 @@ class LoopController:
         return run_id
 
     def _resume_run(self, run_id: str) -> None:
-        self._launch(run_id, ["resume", run_id, "--db", self.meta.path])
+        self._launch(run_id, ["resume", run_id, "--db", self.meta.url])
 
     def _run_state(self, run_id: str) -> dict[str, Any]:
         from raypipe.exceptions import RunNotFoundError
@@ -871,7 +871,7 @@ def after_deploy(
         if pipeline is None:
             raise ConfigError("retrain.pipeline: give the pipeline YAML whose stages retrain the model")
         storage = storage or resolve_root(str(pipeline.get("storage") or ".raypipe"))
-        start_loop(spec, pipeline, db=meta.path, storage=storage)
+        start_loop(spec, pipeline, db=meta.url, storage=storage)
         notes.append(f"closed loop armed ({loop_name(spec.app)}; raypipe loop status {spec.app})")
     return notes
 
@@ -916,7 +916,7 @@ def loop_status(app: str, meta: Any) -> dict[str, Any]:
     store = LoopStore(meta)
     events = [e.to_dict() for e in store.all_events(app)]
     if not events:
-        raise RaypipeError(f"app {app!r} has no closed loop recorded in {meta.path}; deploy it with `retrain:`")
+        raise RaypipeError(f"app {app!r} has no closed loop recorded in {meta.location}; deploy it with `retrain:`")
     live = None
     note = None
     handle = find_loop(app) if ray.is_initialized() else None

@@ -245,7 +245,7 @@ def rollout_start(spec: RolloutSpec, meta: MetadataStore) -> dict[str, Any]:
         guardrails=spec.guardrails,
         spec=spec.model_dump(mode="json"),
     )
-    handle = start_controller(spec.app, meta.path)
+    handle = start_controller(spec.app, meta.url)
     return _ray_get(handle.start.remote(plan.model_dump(mode="json")), timeout=120)
 
 
@@ -281,7 +281,7 @@ def rollout_status(app: str, meta: MetadataStore, *, live_ok: bool = True) -> di
     rid = (live or {}).get("rollout_id") or store.latest_rollout_id(app)
     if rid is None:
         raise RaypipeError(
-            f"no rollout of app {app!r} is recorded in {meta.path}; start one: raypipe rollout start {app} --candidate vN"
+            f"no rollout of app {app!r} is recorded in {meta.location}; start one: raypipe rollout start {app} --candidate vN"
         )
     events = store.events(app, rid)
     state = live["state"] if live else (_state_from_events(events) if events else "unknown")

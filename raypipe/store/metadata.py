@@ -1,25 +1,30 @@
-"""Metadata store: runs, stage runs, artifacts and lineage in SQLite (WAL mode).
+"""Metadata store: runs, stage runs, artifacts and lineage in SQLite (WAL mode) or PostgreSQL.
 
 Every state change is one transaction.  A stage run becomes ``succeeded`` in the
 same transaction that records its output artifacts, and artifacts are written to
 the artifact store before that transaction starts: a crash at any instant leaves
 no stage recorded as done without its artifacts.
+
+The database is a SQLite file (a path or ``sqlite:///PATH``: one machine, WAL mode) or a
+PostgreSQL database (``postgresql://user:pass@host:port/db``: several users and drivers
+share runs, queue state, the registry, lineage and event logs).  The SQL differences are
+in :mod:`raypipe.store.sql`; this class is the same for both.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raypipe.exceptions import RunNotFoundError, StorageError
 from raypipe.store.artifacts import ArtifactRef
+from raypipe.store.sql import Database, Row, driver_error, is_postgres, redact, retrying
 
 SCHEMA_VERSION = 1
 
@@ -173,7 +178,7 @@ class StageRunRecord:
         return {**self.__dict__, "duration_s": self.duration_s}
 
 
-def _ref(row: sqlite3.Row) -> ArtifactRef:
+def _ref(row: Row) -> ArtifactRef:
     schema = json.loads(row["schema_json"]) if row["schema_json"] else None
     return ArtifactRef(uri=row["uri"], sha256=row["sha256"], size=row["size"], format=row["format"], schema=schema)
 
@@ -183,48 +188,57 @@ def sqlite_path(url: str) -> str:
     if url.startswith("sqlite:///"):
         return url[len("sqlite:///") :]
     if "://" in url:
-        raise StorageError(f"metadata {url!r}: unsupported database URL; expected sqlite:///PATH or a file path")
+        raise StorageError(
+            f"metadata {redact(url)!r}: unsupported database URL; expected sqlite:///PATH, a file path"
+            " or postgresql://USER:PASSWORD@HOST:PORT/DB"
+        )
     return url
 
 
 class MetadataStore:
-    """One SQLite database file; safe for several processes (WAL, busy timeout)."""
+    """One SQLite database file (safe for several processes: WAL, busy timeout) or one
+    PostgreSQL database (safe for several users and drivers on several machines).
+
+    ``url`` is what another process opens to reach the same store (``MetadataStore(url)``,
+    ``--db URL``, ``$RAYPIPE_DB``): the absolute file path, or the PostgreSQL URL as given.
+    ``path`` is the same (kept for callers from before PostgreSQL); ``location`` is for
+    messages (a PostgreSQL URL without its password); ``backend`` is ``"sqlite"`` or
+    ``"postgresql"``."""
 
     def __init__(self, url: str) -> None:
-        path = Path(sqlite_path(url)).expanduser()
-        self.path = str(path.resolve())
+        if is_postgres(url):
+            self.url = self.path = url
+            self.location = redact(url)
+        else:
+            path = Path(sqlite_path(url)).expanduser()
+            self.url = self.path = self.location = str(path.resolve())
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.execute("PRAGMA busy_timeout=60000")
-            with self._tx() as c:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        c.execute(stmt)
-                c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        except (sqlite3.Error, OSError) as e:
-            raise StorageError(f"metadata store {self.path!r}: cannot open: {e}") from None
+            if not is_postgres(url):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = Database(self.url)
+            self.backend = self._conn.backend
+            self._create_schema()
+        except Exception as e:
+            if isinstance(e, OSError) or driver_error(e):
+                raise StorageError(f"metadata store {self.location!r}: cannot open: {e}") from None
+            raise
+
+    @retrying
+    def _create_schema(self) -> None:
+        with self._tx("schema") as c:
+            c.create([stmt for stmt in _SCHEMA.split(";") if stmt.strip()])
+            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self._conn.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        c = self._conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        else:
-            c.execute("COMMIT")
+    def _tx(self, *locks: str) -> AbstractContextManager[Database]:
+        """One write transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: holding the advisory
+        ``locks`` named, see :mod:`raypipe.store.sql`)."""
+        return self._conn.transaction(locks)
 
     # ------------------------------------------------------------------ runs
+    @retrying
     def create_run(self, run_id: str, pipeline: str, config_json: str, config_path: str | None, storage: str) -> None:
         with self._tx() as c:
             c.execute(
@@ -233,10 +247,11 @@ class MetadataStore:
                 (run_id, pipeline, config_json, config_path, storage, time.time(), os.getpid(), os.uname().nodename),
             )
 
+    @retrying
     def claim_run(self, run_id: str) -> list[int]:
         """Take over a run for resuming: mark it running under this process and mark the
         stage runs a dead driver left ``running`` as ``interrupted``.  Returns their ids."""
-        with self._tx() as c:
+        with self._tx(f"run:{run_id}") as c:
             rows = c.execute(
                 "SELECT id FROM stage_runs WHERE run_id = ? AND status IN ('running', 'queued')", (run_id,)
             ).fetchall()
@@ -253,6 +268,7 @@ class MetadataStore:
             )
         return ids
 
+    @retrying
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
         with self._tx() as c:
             c.execute(
@@ -275,7 +291,7 @@ class MetadataStore:
             elif len(rows) > 1:
                 raise RunNotFoundError(f"run id {run_id!r} is ambiguous; give more characters")
             else:
-                raise RunNotFoundError(f"no run {run_id!r} in {self.path}; `raypipe runs` lists them")
+                raise RunNotFoundError(f"no run {run_id!r} in {self.location}; `raypipe runs` lists them")
         return RunRecord(**dict(row))
 
     def list_runs(self, limit: int = 50, pipeline: str | None = None) -> list[RunRecord]:
@@ -288,15 +304,16 @@ class MetadataStore:
         return [RunRecord(**dict(r)) for r in self._conn.execute(q, args + (limit,)).fetchall()]
 
     # ------------------------------------------------------------------ stage runs
+    @retrying
     def start_stage(self, run_id: str, stage: str, attempt: int, cache_key: str | None, status: str = "running") -> int:
         """A new stage attempt, ``running`` or ``queued`` (waiting for the scheduler's grant)."""
         with self._tx() as c:
-            cur = c.execute(
+            return c.insert_id(
                 "INSERT INTO stage_runs(run_id, stage, attempt, status, cache_key, started_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, stage, attempt, status, cache_key, time.time()),
             )
-            return int(cur.lastrowid or 0)
 
+    @retrying
     def mark_running(self, stage_run_id: int) -> None:
         """The scheduler granted a queued attempt; its clock starts now."""
         with self._tx() as c:
@@ -306,7 +323,7 @@ class MetadataStore:
 
     def _insert_io(
         self,
-        c: sqlite3.Connection,
+        c: Database,
         stage_run_id: int,
         inputs: Mapping[str, ArtifactRef],
         outputs: Mapping[str, ArtifactRef],
@@ -321,7 +338,8 @@ class MetadataStore:
         for direction, refs in (("in", inputs), ("out", outputs)):
             for name, ref in refs.items():
                 c.execute(
-                    "INSERT OR REPLACE INTO stage_io(stage_run_id, direction, name, sha256) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO stage_io(stage_run_id, direction, name, sha256) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(stage_run_id, direction, name) DO UPDATE SET sha256 = excluded.sha256",
                     (stage_run_id, direction, name, ref.sha256),
                 )
         for src in inputs.values():
@@ -331,6 +349,7 @@ class MetadataStore:
                     (src.sha256, dst.sha256, stage_run_id),
                 )
 
+    @retrying
     def succeed_stage(
         self,
         stage_run_id: int,
@@ -346,6 +365,7 @@ class MetadataStore:
                 (time.time(), node_id, stage_run_id),
             )
 
+    @retrying
     def record_cached(
         self,
         run_id: str,
@@ -357,15 +377,15 @@ class MetadataStore:
     ) -> int:
         with self._tx() as c:
             now = time.time()
-            cur = c.execute(
+            sid = c.insert_id(
                 "INSERT INTO stage_runs(run_id, stage, attempt, status, cache_key, cached_from, started_at, ended_at)"
                 " VALUES (?, ?, 0, 'cached', ?, ?, ?, ?)",
                 (run_id, stage, cache_key, cached_from, now, now),
             )
-            sid = int(cur.lastrowid or 0)
             self._insert_io(c, sid, inputs, outputs)
             return sid
 
+    @retrying
     def fail_stage(self, stage_run_id: int, status: str, error: str) -> None:
         with self._tx() as c:
             c.execute(
@@ -373,6 +393,7 @@ class MetadataStore:
                 (status, time.time(), error, stage_run_id),
             )
 
+    @retrying
     def skip_stage(self, run_id: str, stage: str, reason: str) -> None:
         with self._tx() as c:
             now = time.time()
@@ -418,7 +439,7 @@ class MetadataStore:
         ).fetchall()
         if len(rows) != 1:
             what = "is ambiguous" if rows else "is unknown"
-            raise RunNotFoundError(f"artifact {uri_or_sha!r} {what} in {self.path}")
+            raise RunNotFoundError(f"artifact {uri_or_sha!r} {what} in {self.location}")
         return _ref(rows[0])
 
     def lineage_of(self, sha256: str) -> list[dict[str, Any]]:

@@ -5,8 +5,9 @@ It lives in the metadata store (tables ``models``, ``model_versions``,
 version is one model artifact (format ``model``) under a name; it records the
 metrics, the training params, the code fingerprint, every dataset version in the
 model's lineage and the stage run that produced it.  Versions are numbered 1, 2,
-3... per name inside the registering transaction (``BEGIN IMMEDIATE``), so two
-processes registering at once never get the same number; registering the same
+3... per name inside the registering transaction (SQLite: ``BEGIN IMMEDIATE``;
+PostgreSQL: holding an advisory lock on the model's name), so two processes
+registering at once never get the same number; registering the same
 artifact under the same name again returns the existing version.
 
 Aliases (``candidate``, ``production``, any name) point at one version each and
@@ -20,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import sqlite3
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ from typing import Any
 from raypipe.exceptions import ModelNotFoundError, RaypipeError
 from raypipe.store.artifacts import ArtifactRef
 from raypipe.store.metadata import DONE, MetadataStore
+from raypipe.store.sql import Database, Row, retrying
 
 NAME_RE = r"^[A-Za-z][A-Za-z0-9_.-]*$"
 _NAME = re.compile(NAME_RE)
@@ -215,7 +216,7 @@ class ModelRegistry:
         self._conn = meta._conn
 
     # ------------------------------------------------------------------ lineage
-    def producer_of(self, sha256: str, run_id: str | None = None) -> sqlite3.Row | None:
+    def producer_of(self, sha256: str, run_id: str | None = None) -> Row | None:
         """The finished stage run that output ``sha256``: in ``run_id`` if it has one (the
         ``cached`` record of a cache hit counts), else the first one that produced it."""
         return self._conn.execute(
@@ -235,7 +236,7 @@ class ModelRegistry:
         def node(sha: str, as_input: str | None, prefer: str | None) -> LineageNode:
             row = self._conn.execute("SELECT * FROM artifacts WHERE sha256 = ?", (sha,)).fetchone()
             if row is None:
-                raise ModelNotFoundError(f"artifact {sha[:12]} is not in {self.meta.path}")
+                raise ModelNotFoundError(f"artifact {sha[:12]} is not in {self.meta.location}")
             schema = json.loads(row["schema_json"]) if row["schema_json"] else {}
             base: dict[str, Any] = {
                 "sha256": sha,
@@ -280,6 +281,7 @@ class ModelRegistry:
         return out
 
     # ------------------------------------------------------------------ writes
+    @retrying
     def register(
         self,
         name: str,
@@ -315,7 +317,7 @@ class ModelRegistry:
             datasets = self.datasets_in(self.lineage_tree(model_ref.sha256, run_id))
         now = time.time()
         reason = reason or (f"registered from run {run_id} stage {stage}" if run_id else "registered")
-        with self.meta._tx() as c:
+        with self.meta._tx(f"model:{name}") as c:
             c.execute(
                 "INSERT OR IGNORE INTO artifacts(sha256, uri, size, format, schema_json, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -368,19 +370,21 @@ class ModelRegistry:
                     self._move_alias(c, name, alias, version, f"{reason} (first version with @{alias})", now)
         return dataclasses.replace(self._get_version(name, version), is_new=is_new)
 
+    @retrying
     def set_alias(self, name: str, version: int, alias: str, reason: str = "") -> AliasEvent | None:
         """Point ``alias`` of ``name`` at ``version`` (creating or moving it); the event, or
         None if it already pointed there."""
         check_name(alias, "alias")
         self._get_version(name, version)  # a clear error for an unknown model or version
-        with self.meta._tx() as c:
+        with self.meta._tx(f"model:{name}") as c:
             return self._move_alias(c, name, alias, version, reason, time.time())
 
+    @retrying
     def remove_alias(self, name: str, alias: str, reason: str = "", version: int | None = None) -> AliasEvent:
         """Remove ``alias`` of ``name``; with ``version``, only if it points there."""
         self._check_model(name)
         now = time.time()
-        with self.meta._tx() as c:
+        with self.meta._tx(f"model:{name}") as c:
             row = c.execute("SELECT version FROM model_aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
             if row is None:
                 raise ModelNotFoundError(f"model {name!r} has no alias {alias!r}; {self._aliases_text(name)}")
@@ -395,7 +399,7 @@ class ModelRegistry:
         return AliasEvent(name, alias, old, None, now, reason)
 
     def _move_alias(
-        self, c: sqlite3.Connection, name: str, alias: str, version: int, reason: str, now: float
+        self, c: Database, name: str, alias: str, version: int, reason: str, now: float
     ) -> AliasEvent | None:
         row = c.execute("SELECT version FROM model_aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
         old = None if row is None else int(row["version"])
@@ -413,6 +417,7 @@ class ModelRegistry:
         return AliasEvent(name, alias, old, version, now, reason)
 
     # ------------------------------------------------------------------ links
+    @retrying
     def link(self, name: str, version: int, kind: str, value: Mapping[str, Any]) -> bool:
         """Link version ``version`` of ``name`` to something besides its lineage: kinds in use are
         ``reference_profile`` (``{"sha256", "uri"}``: the data profile drift monitoring compares
@@ -451,7 +456,7 @@ class ModelRegistry:
         ).fetchone()
         return None if row is None else int(row["version"])
 
-    def _version_of(self, row: sqlite3.Row) -> ModelVersion:
+    def _version_of(self, row: Row) -> ModelVersion:
         aliases = self._conn.execute(
             "SELECT alias FROM model_aliases WHERE name = ? AND version = ? ORDER BY alias",
             (row["name"], row["version"]),
@@ -488,7 +493,7 @@ class ModelRegistry:
                 if names
                 else "no model is registered yet (a `register` stage adds one)"
             )
-            raise ModelNotFoundError(f"no model {name!r} in {self.meta.path}; {have}")
+            raise ModelNotFoundError(f"no model {name!r} in {self.meta.location}; {have}")
 
     def _aliases_text(self, name: str) -> str:
         rows = self._conn.execute(

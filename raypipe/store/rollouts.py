@@ -12,12 +12,14 @@ One row per event: the app, the series id, the time, the event and a JSON detail
 (weights, the window's numbers, the guardrail that failed with its observed and
 allowed values, the drifted features and their statistics).  Tables are created on
 the :class:`MetadataStore`'s connection (``CREATE TABLE IF NOT EXISTS``), so an
-older database file simply gains them.
+older database simply gains them.
 
 The writers are the rollout and loop controller actors (on the head node, given
-the SQLite path): the exceptions to "only the driver writes the metadata store",
+the store's ``url``): the exceptions to "only the driver writes the metadata store",
 since rollouts and loops outlive the driver that started them.  SQLite's WAL and
-busy timeout keep their short transactions safe beside a driver's.
+busy timeout keep their short transactions safe beside a driver's; on PostgreSQL an
+advisory lock per table makes ids increase in commit order, so a reader asking for
+the events after an id never skips one committed late.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from raypipe.store.metadata import MetadataStore
+from raypipe.store.sql import retrying
 
 #: Events after which a rollout is over.
 TERMINAL = ("promoted", "rolled_back", "aborted", "failed")
@@ -72,26 +75,32 @@ class EventLog:
     def __init__(self, meta: MetadataStore) -> None:
         self.meta = meta
         self._conn = meta._conn
-        t, s = self.TABLE, self.SERIES
-        with meta._tx() as c:
-            c.execute(
-                f"CREATE TABLE IF NOT EXISTS {t} (id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, "
-                f"{s} TEXT NOT NULL, at REAL NOT NULL, event TEXT NOT NULL, detail_json TEXT NOT NULL DEFAULT '{{}}')"
-            )
-            c.execute(f"CREATE INDEX IF NOT EXISTS {t}_app ON {t}(app, id)")
-            c.execute(f"CREATE INDEX IF NOT EXISTS {t}_series ON {t}({s}, id)")
+        self._create()
 
+    @retrying
+    def _create(self) -> None:
+        t, s = self.TABLE, self.SERIES
+        with self.meta._tx("schema") as c:
+            c.create(
+                [
+                    f"CREATE TABLE IF NOT EXISTS {t} (id INTEGER PRIMARY KEY AUTOINCREMENT, app TEXT NOT NULL, "
+                    f"{s} TEXT NOT NULL, at REAL NOT NULL, event TEXT NOT NULL, detail_json TEXT NOT NULL DEFAULT '{{}}')",
+                    f"CREATE INDEX IF NOT EXISTS {t}_app ON {t}(app, id)",
+                    f"CREATE INDEX IF NOT EXISTS {t}_series ON {t}({s}, id)",
+                ]
+            )
+
+    @retrying
     def record(
         self, app: str, series: str, event: str, detail: Mapping[str, Any] | None = None, at: float | None = None
     ) -> StoredEvent:
         at = time.time() if at is None else at
         doc = dict(detail or {})
-        with self.meta._tx() as c:
-            cur = c.execute(
+        with self.meta._tx(f"events:{self.TABLE}") as c:
+            rid = c.insert_id(
                 f"INSERT INTO {self.TABLE}(app, {self.SERIES}, at, event, detail_json) VALUES (?, ?, ?, ?, ?)",
                 (app, series, at, event, json.dumps(doc, default=str, allow_nan=False)),
             )
-            rid = int(cur.lastrowid or 0)
         return StoredEvent(rid, app, series, at, event, doc, self.SERIES)
 
     def events(self, app: str, series: str | None = None) -> list[StoredEvent]:
