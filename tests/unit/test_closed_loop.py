@@ -222,8 +222,8 @@ def test_same_model_again_is_not_rolled_out(profiles: dict) -> None:
     assert world.cycle_events()[-1] == "no_new_model" and world.rollouts == {} and world.links == []
 
 
-def test_restore_continues_a_canary_from_the_event_log(profiles: dict, tmp_path: Any) -> None:
-    store = LoopStore(MetadataStore(str(tmp_path / "m.db")))
+def test_restore_continues_a_canary_from_the_event_log(profiles: dict, metadata_db: str) -> None:
+    store = LoopStore(MetadataStore(metadata_db))
     world, loop, rng = setup(profiles)
     cycle = "sensors-1"
     store.record("sensors", LOOP_SERIES, "armed", {})
@@ -319,12 +319,12 @@ def test_retraining_pipeline_errors_name_the_problem(spec: RetrainSpec, model: s
         retraining_pipeline(PIPELINE, spec, "sensors", model)
 
 
-def test_a_new_controller_does_not_act_on_events_an_earlier_one_saw(profiles: dict, tmp_path: Any) -> None:
+def test_a_new_controller_does_not_act_on_events_an_earlier_one_saw(profiles: dict, metadata_db: str) -> None:
     world, loop, rng = setup(profiles)
     traffic(world, loop, rng, 3, 0.5)
     world.runs["run-1"] = {"status": "failed", "driver_alive": False, "error": "boom"}
     loop.tick()
-    store = LoopStore(MetadataStore(str(tmp_path / "m.db")))
+    store = LoopStore(MetadataStore(metadata_db))
     for series, event, detail in world.events:
         store.record("sensors", series, event, detail)
     # the controller is replaced (a new spec): same monitor, its event 1 already acted on

@@ -1,4 +1,4 @@
-"""The model registry on a SQLite file store (no Ray): versions, aliases, references, lineage, CLI."""
+"""The model registry on a SQLite file and on PostgreSQL (no Ray): versions, aliases, references, lineage, CLI."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def dataset_ref(tag: str, rows: int) -> ArtifactRef:
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> MetadataStore:
-    meta = MetadataStore(str(tmp_path / "raypipe.db"))
+def store(metadata_db: str) -> MetadataStore:
+    meta = MetadataStore(metadata_db)
     yield meta
     meta.close()
 
@@ -196,8 +196,8 @@ _WORKER = textwrap.dedent(
 )
 
 
-def test_two_processes_registering_at_once_get_distinct_versions(tmp_path: Path) -> None:
-    db, go = str(tmp_path / "raypipe.db"), tmp_path / "go"
+def test_two_processes_registering_at_once_get_distinct_versions(tmp_path: Path, metadata_db: str) -> None:
+    db, go = metadata_db, tmp_path / "go"
     MetadataStore(db).close()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [
@@ -315,7 +315,7 @@ def test_cli_models_show_and_alias(store: MetadataStore, tmp_path: Path) -> None
     reg = ModelRegistry(store)
     reg.register("digits", g["model"], "run-1", "fit", g["sids"]["fit"], aliases=["candidate"])
     reg.register("digits", model_ref("b", metrics={"accuracy": 0.95}), "run-1", "fit", None)
-    db = store.path
+    db = store.url
     runner = CliRunner()
 
     out = runner.invoke(app, ["models", "--db", db], env={"COLUMNS": "200"})

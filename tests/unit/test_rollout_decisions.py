@@ -368,8 +368,8 @@ def test_resume_enters_the_recorded_step() -> None:
 # --------------------------------------------------------------------------- the event table
 
 
-def test_rollout_events_table(tmp_path: Path) -> None:
-    meta = MetadataStore(str(tmp_path / "m.db"))
+def test_rollout_events_table(metadata_db: str) -> None:
+    meta = MetadataStore(metadata_db)
     store = RolloutStore(meta)
     assert store.events("digits") == [] and store.latest_rollout_id("digits") is None
     store.record("digits", "r1", "started", {"plan": {"x": 1}})
@@ -382,7 +382,7 @@ def test_rollout_events_table(tmp_path: Path) -> None:
     assert [(r["rollout_id"], r["finished"]) for r in store.rollouts("digits")] == [("r1", True), ("r2", False)]
     meta.close()
     # reopening an existing database keeps the table and its rows
-    again = RolloutStore(MetadataStore(str(tmp_path / "m.db")))
+    again = RolloutStore(MetadataStore(metadata_db))
     assert len(again.events("digits", "r1")) == 2
 
 
@@ -418,7 +418,7 @@ class SteadyTraffic:
         return old
 
 
-def controller_with(monkeypatch: pytest.MonkeyPatch, traffic: SteadyTraffic, db: Path) -> RolloutController:
+def controller_with(monkeypatch: pytest.MonkeyPatch, traffic: SteadyTraffic, db: str) -> RolloutController:
     def ports(self: RolloutController, p: RolloutPlan) -> Ports:
         return Ports(
             traffic.set_weights,
@@ -441,9 +441,9 @@ def wait_state(c: RolloutController, states: tuple[str, ...]) -> dict[str, Any]:
     raise TimeoutError(f"rollout never reached {states}: {c.status()}")
 
 
-def test_controller_promotes_and_a_restarted_one_resumes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_controller_promotes_and_a_restarted_one_resumes(monkeypatch: pytest.MonkeyPatch, metadata_db: str) -> None:
     traffic = SteadyTraffic({}, rps=2000)
-    db = tmp_path / "m.db"
+    db = metadata_db
     c = controller_with(monkeypatch, traffic, db)
     assert c.status() is None
     p = plan(interval_s=0.8, guardrails=guards(20)).model_dump(mode="json")
@@ -466,9 +466,9 @@ def test_controller_promotes_and_a_restarted_one_resumes(monkeypatch: pytest.Mon
     assert third.status()["state"] == "promoted"
 
 
-def test_controller_rolls_back_and_aborts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_controller_rolls_back_and_aborts(monkeypatch: pytest.MonkeyPatch, metadata_db: str) -> None:
     traffic = SteadyTraffic({"v4": 0.3}, rps=2000)
-    c = controller_with(monkeypatch, traffic, tmp_path / "m.db")
+    c = controller_with(monkeypatch, traffic, metadata_db)
     c.start(plan(rollout_id="r1", interval_s=0.8, guardrails=guards(20)).model_dump(mode="json"))
     st = wait_state(c, ("rolled_back",))
     assert st["weights"]["v4"] == 0.0 and "error_rate" in st["end_reason"] and traffic.production == 3
@@ -478,5 +478,5 @@ def test_controller_rolls_back_and_aborts(monkeypatch: pytest.MonkeyPatch, tmp_p
     c.start(plan(rollout_id="r2", interval_s=30.0).model_dump(mode="json"))
     st = c.abort("changed my mind")
     assert st["state"] == "aborted" and st["weights"]["v4"] == 0.0
-    last = RolloutStore(MetadataStore(str(tmp_path / "m.db"))).events("digits", "r2")[-1]
+    last = RolloutStore(MetadataStore(metadata_db)).events("digits", "r2")[-1]
     assert (last.event, last.detail["reason"]) == ("aborted", "changed my mind")

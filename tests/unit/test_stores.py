@@ -70,9 +70,9 @@ def test_resolve_root(tmp_path: Path) -> None:
     assert resolve_root("rel", base=tmp_path) == str(tmp_path / "rel")
 
 
-def test_metadata_records_stage_with_outputs_atomically(tmp_path: Path) -> None:
+def test_metadata_records_stage_with_outputs_atomically(tmp_path: Path, metadata_db: str) -> None:
     store = ArtifactStore(str(tmp_path / "a"))
-    meta = MetadataStore(str(tmp_path / "m.db"))
+    meta = MetadataStore(metadata_db)
     meta.create_run("r1", "p", "{}", None, store.root)
     sid = meta.start_stage("r1", "s", 1, "key1")
     inp, out = store.put_value({"i": 1}), store.put_value({"o": 2})
@@ -88,13 +88,14 @@ def test_metadata_records_stage_with_outputs_atomically(tmp_path: Path) -> None:
     with pytest.raises(RunNotFoundError):
         meta.get_run("nope")
     # WAL mode, and another connection sees committed state.
-    con = sqlite3.connect(meta.path)
-    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT count(*) FROM stage_runs WHERE status='succeeded'").fetchone()[0] == 1
+    if meta.backend == "sqlite":
+        assert sqlite3.connect(meta.path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    other = MetadataStore(meta.url)
+    assert other._conn.execute("SELECT count(*) FROM stage_runs WHERE status='succeeded'").fetchone()[0] == 1
 
 
-def test_claim_run_marks_dead_stages_interrupted(tmp_path: Path) -> None:
-    meta = MetadataStore(str(tmp_path / "m.db"))
+def test_claim_run_marks_dead_stages_interrupted(tmp_path: Path, metadata_db: str) -> None:
+    meta = MetadataStore(metadata_db)
     meta.create_run("r1", "p", "{}", None, str(tmp_path))
     meta.start_stage("r1", "s", 1, None)
     assert len(meta.claim_run("r1")) == 1
@@ -102,8 +103,8 @@ def test_claim_run_marks_dead_stages_interrupted(tmp_path: Path) -> None:
     assert meta.get_run("r1").driver_pid == os.getpid()
 
 
-def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
-    meta = MetadataStore(str(tmp_path / "m.db"))
+def test_failed_transaction_rolls_back(tmp_path: Path, metadata_db: str) -> None:
+    meta = MetadataStore(metadata_db)
     meta.create_run("r1", "p", "{}", None, str(tmp_path))
     sid = meta.start_stage("r1", "s", 1, None)
     good = ArtifactStore(str(tmp_path / "a")).put_value({"o": 1})
@@ -111,5 +112,5 @@ def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         meta.succeed_stage(sid, {}, {"good": good, "bad": bad})
     assert meta.stage_runs("r1")[0].status == "running", "no stage marked done without outputs"
-    con = sqlite3.connect(meta.path)
+    con = MetadataStore(meta.url)._conn
     assert con.execute("SELECT count(*) FROM artifacts").fetchone()[0] == 0, "partial inserts rolled back"
