@@ -47,7 +47,7 @@ class PostgresServer:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync")
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets} -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
