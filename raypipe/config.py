@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raypipe.exceptions import ConfigError
 from raypipe.resources import Resources
@@ -101,6 +101,119 @@ class TeamConfig(_Strict):
     weight: Annotated[float, Field(gt=0)] = 1.0
 
 
+class NodeTypeConfig(_Strict):
+    """A node type an autoscaler can launch, as in a cluster launcher's ``available_node_types``.
+
+    ``resources`` use Ray's names (``CPU``, ``GPU``, ``memory`` in bytes, custom
+    resources); ``max_workers`` defaults to the autoscaler's global one."""
+
+    resources: dict[str, NonNegative]
+    labels: dict[str, str] = Field(default_factory=dict)
+    max_workers: Annotated[int, Field(ge=0)] | None = None
+
+    @field_validator("resources")
+    @classmethod
+    def _ray_names(cls, v: dict[str, float]) -> dict[str, float]:
+        lower = [k for k in v if k in ("cpu", "gpu", "memory_mb")]
+        if lower:
+            raise ValueError(f"use Ray's resource names (CPU, GPU, memory in bytes), not {', '.join(lower)}")
+        if "CPU" not in v:
+            raise ValueError("must declare CPU (Ray's resource names: CPU, GPU, memory in bytes, custom resources)")
+        return v
+
+
+class AutoscalerConfig(_Strict):
+    """The cluster's maximum shape, when an autoscaler can add nodes.
+
+    Either ``node_types`` (+ the global ``max_workers``) here, or ``cluster_config``:
+    the path of a Ray cluster launcher YAML (``ray up``; on its head node
+    ``~/ray_bootstrap_config.yaml``), read when the config is loaded.  A stage that
+    does not fit the cluster as it is but fits this shape waits for the autoscaler
+    instead of being rejected."""
+
+    node_types: dict[str, NodeTypeConfig] = Field(default_factory=dict)
+    max_workers: Annotated[int, Field(ge=0)] | None = None
+    cluster_config: str | None = None
+
+    @field_validator("cluster_config")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None:
+            read_cluster_config(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AutoscalerConfig:
+        if self.cluster_config is not None and (self.node_types or self.max_workers is not None):
+            raise ValueError("give node_types (and max_workers) or cluster_config, not both")
+        if self.cluster_config is None and not self.node_types:
+            raise ValueError("give node_types or cluster_config (a Ray cluster launcher YAML)")
+        for name, t in self.node_types.items():
+            if t.max_workers is None and self.max_workers is None:
+                raise ValueError(f"node type {name!r} has no max_workers, and there is no global max_workers")
+        return self
+
+    def shape(self) -> dict[str, Any]:
+        """The controller's ``autoscaler`` setting (see ``raypipe.scheduler.autoscale.MaxShape``)."""
+        if self.cluster_config is not None:
+            return read_cluster_config(self.cluster_config)
+        types = {
+            name: {
+                "resources": dict(t.resources),
+                "labels": dict(t.labels),
+                "max_workers": self.max_workers if t.max_workers is None else t.max_workers,
+            }
+            for name, t in self.node_types.items()
+        }
+        return {"node_types": types, "max_workers": self.max_workers}
+
+
+def read_cluster_config(path: str) -> dict[str, Any]:
+    """The maximum shape in a Ray cluster launcher YAML, as :meth:`AutoscalerConfig.shape` returns it.
+
+    Reads ``available_node_types`` (``resources``, ``labels``, ``max_workers``; as in
+    Ray, a type's ``max_workers`` defaults to the top-level one, the head type's to
+    0) and the top-level ``max_workers`` (Ray's default on AWS, GCP and Azure, 2,
+    when absent).  Types that can never be launched as workers are left out.
+    Raises ``ValueError`` with the problem (the path is relative to the working
+    directory; ``~`` is expanded)."""
+    where = f"cluster config {path}"
+    try:
+        text = Path(path).expanduser().read_text()
+    except OSError as e:
+        raise ValueError(f"cannot read {where}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{where}: invalid YAML: {e}") from None
+    types_in = data.get("available_node_types") if isinstance(data, dict) else None
+    if not isinstance(types_in, dict) or not types_in:
+        raise ValueError(f"{where}: no available_node_types (where a cluster launcher YAML lists its node types)")
+    cap = data.get("max_workers", 2)
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+        raise ValueError(f"{where}: max_workers: got {cap!r}; expected an integer >= 0")
+    head = data.get("head_node_type")
+    types: dict[str, Any] = {}
+    for name, t in types_in.items():
+        if not isinstance(t, dict):
+            raise ValueError(f"{where}: available_node_types.{name}: expected a mapping")
+        max_workers = t.get("max_workers", 0 if name == head else cap)
+        if max_workers == 0:
+            continue  # never launched as a worker
+        raw = {"resources": t.get("resources") or {}, "labels": t.get("labels") or {}, "max_workers": max_workers}
+        try:
+            nt = NodeTypeConfig.model_validate(raw)
+        except ValidationError as e:
+            msg = "; ".join(f"{format_loc(loc)}: {m}" for loc, m in validation_issues(e))
+            if "must declare CPU" in msg:
+                msg += " (Ray fills in resources at launch for some providers: declare them in the file, or use ~/ray_bootstrap_config.yaml on the head node)"
+            raise ValueError(f"{where}: available_node_types.{name}.{msg}") from None
+        types[str(name)] = {"resources": dict(nt.resources), "labels": dict(nt.labels), "max_workers": nt.max_workers}
+    if not types:
+        raise ValueError(f"{where}: no node type can be launched as a worker (max_workers is 0 for every type)")
+    return {"node_types": types, "max_workers": cap}
+
+
 class SchedulerConfig(_Strict):
     """raypipe's scheduler: every stage with resources is admitted through it.
 
@@ -114,11 +227,18 @@ class SchedulerConfig(_Strict):
     policy_args: dict[str, Any] = Field(default_factory=dict)
     teams: dict[str, TeamConfig] = Field(default_factory=dict)
     lease_s: Annotated[float, Field(gt=0)] = 30.0
+    autoscaler: AutoscalerConfig | None = None
 
     def settings(self) -> dict[str, Any]:
         """The controller's settings (see ``raypipe.scheduler.controller.SchedulerSettings``)."""
         teams = {name: t.model_dump(exclude_none=True) for name, t in self.teams.items()}
-        return {"policy": self.policy, "policy_args": dict(self.policy_args), "teams": teams, "lease_s": self.lease_s}
+        return {
+            "policy": self.policy,
+            "policy_args": dict(self.policy_args),
+            "teams": teams,
+            "lease_s": self.lease_s,
+            "autoscaler": self.autoscaler.shape() if self.autoscaler is not None else None,
+        }
 
 
 class RayConfig(_Strict):

@@ -1,4 +1,4 @@
-"""The scheduler's only contact with Ray: nodes, placement groups, durable state.
+"""The scheduler's only contact with Ray: nodes, placement groups, durable state, autoscaler requests.
 
 :class:`ControllerCore` talks to a :class:`Backend`; the controller actor uses
 :class:`RayBackend`, unit tests a fake.  Nothing else in ``raypipe.scheduler``
@@ -16,6 +16,8 @@ from raypipe.resources import Resources
 #: Names of placement groups raypipe creates start with this.
 PG_PREFIX = "raypipe-grant-"
 NODE_ID_LABEL = "ray.io/node-id"
+#: The node type (worker group) a node was launched as, set by Ray's autoscalers.
+NODE_GROUP_LABEL = "ray.io/node-group"
 _SETTINGS_KEY = b"raypipe-scheduler/settings"
 _JOB_PREFIX = b"raypipe-scheduler/job/"
 _KV_NAMESPACE = "raypipe"
@@ -30,6 +32,10 @@ class NodeInfo:
     #: What Ray reports free on the node (``None``: unknown).  Placement groups
     #: are already subtracted, so work raypipe did not admit shows up here.
     available: Resources | None = None
+    #: The head node (Ray's ``node:__internal_head__`` resource): never an autoscaler worker.
+    head: bool = False
+    #: The node type it was launched as (``ray.io/node-group``), when Ray knows.
+    node_type: str | None = None
 
 
 class Backend(Protocol):
@@ -48,6 +54,12 @@ class Backend(Protocol):
     def save_settings(self, blob: bytes) -> None: ...
 
     def save_jobs(self, jobs: Mapping[str, bytes | None]) -> None: ...
+
+    def request_resources(self, bundles: Sequence[Resources], label_selectors: Sequence[Mapping[str, str]]) -> None:
+        """Ask the autoscaler to make room for ``bundles`` (replaces the last request; empty: clear).
+
+        Called only when the controller's settings describe an autoscaler."""
+        ...
 
 
 class RayBackend:
@@ -69,14 +81,18 @@ class RayBackend:
             avail = {}
         out = []
         for n in ray.nodes():
-            labels = {k: v for k, v in (n.get("Labels") or {}).items() if not k.startswith("ray.io/")}
+            all_labels = n.get("Labels") or {}
+            labels = {k: v for k, v in all_labels.items() if not k.startswith("ray.io/")}
+            resources = n.get("Resources") or {}
             out.append(
                 NodeInfo(
                     node_id=n["NodeID"],
-                    total=Resources.from_ray(n.get("Resources") or {}),
+                    total=Resources.from_ray(resources),
                     labels=labels,
                     alive=bool(n.get("Alive")),
                     available=Resources.from_ray(avail[n["NodeID"]]) if n["NodeID"] in avail else None,
+                    head="node:__internal_head__" in resources,
+                    node_type=all_labels.get(NODE_GROUP_LABEL) or None,
                 )
             )
         return out
@@ -142,6 +158,14 @@ class RayBackend:
                 internal_kv._internal_kv_del(key, namespace=_KV_NAMESPACE)
             else:
                 internal_kv._internal_kv_put(key, blob, overwrite=True, namespace=_KV_NAMESPACE)
+
+    def request_resources(self, bundles: Sequence[Resources], label_selectors: Sequence[Mapping[str, str]]) -> None:
+        """``ray.autoscaler.sdk.request_resources``: the autoscaler scales until ``bundles`` fit
+        (each on a node matching its label selector); the next call replaces this one."""
+        from ray.autoscaler.sdk import request_resources
+
+        selectors = [dict(s) for s in label_selectors] if any(label_selectors) else None
+        request_resources(bundles=[b.to_ray_bundle() for b in bundles], bundle_label_selectors=selectors)
 
 
 def clear_state() -> None:

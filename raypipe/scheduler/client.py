@@ -17,11 +17,14 @@ CONTROLLER_NAME = "raypipe-scheduler"
 NAMESPACE = "raypipe"
 
 
-def get_controller(settings: Mapping[str, Any] | None = None, *, create: bool = True, tick_s: float = 0.5) -> Any:
+def get_controller(
+    settings: Mapping[str, Any] | None = None, *, create: bool = True, tick_s: float = 0.5, backend: str | None = None
+) -> Any:
     """The cluster's one controller actor; started (detached, restartable) if absent.
 
-    ``settings`` (policy, policy_args, teams, lease_s) are applied when given; a
-    controller shared by several pipelines keeps the last settings applied.
+    ``settings`` (policy, policy_args, teams, lease_s, autoscaler) are applied when
+    given; a controller shared by several pipelines keeps the last settings applied.
+    ``backend`` (tests): ``"module:Class"`` of the controller's backend when it starts.
     """
     import ray
 
@@ -44,7 +47,7 @@ def get_controller(settings: Mapping[str, Any] | None = None, *, create: bool = 
                 resources={"node:__internal_head__": 0.001},
                 max_concurrency=10_000,
             )
-            .remote(dict(settings) if settings else None, tick_s)
+            .remote(dict(settings) if settings else None, tick_s, backend)
         )
     if settings:
         ray.get(handle.configure.remote(dict(settings)))

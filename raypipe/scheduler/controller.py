@@ -16,6 +16,12 @@ a job on a node that died becomes ``lost`` (group removed) and its owner
 requeues it.  Owners poll; a job whose owner stops polling for ``lease_s`` is
 released, so a killed driver leaks nothing.
 
+With an autoscaler in the settings (the cluster's maximum shape), a job that
+does not fit the cluster as it is but fits its maximum size is queued instead
+of rejected: the controller asks the autoscaler for the bundles of every such
+job (one ``request_resources`` with their union, re-sent when it changes and
+cleared when no job needs it) until the job starts.
+
 Every change is persisted (Ray's internal KV) before it is visible, so a
 restarted controller comes back with its queue and grants, adopts the groups it
 knows and removes the ones it does not.
@@ -32,9 +38,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from raypipe.resources import Resources
+from raypipe.scheduler.autoscale import MaxShape, count_workers, format_bundles, scale_up_bundles
 from raypipe.scheduler.backend import PG_PREFIX, Backend, NodeInfo
 from raypipe.scheduler.lifecycle import borrowing_allowed, requeued_request
-from raypipe.scheduler.placement import feasible_ever
+from raypipe.scheduler.placement import FreeLedger, exceeds_quota, feasible_ever
 from raypipe.scheduler.policies.registry import get_policy
 from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.types import ClusterView, JobRequest, NodeView, Placement, RunningJob, Snapshot, TeamConfig
@@ -110,6 +117,9 @@ class Job:
     #: controller's books for a library (Ray Train, Tune) that makes its own
     #: groups, which the owner pins to those nodes.
     grant: str = "pg"
+    #: Waits for nodes the autoscaler can add: its bundles are in the controller's
+    #: ``request_resources`` until it starts (or leaves the queue).
+    scale_up: bool = False
 
     @property
     def job_id(self) -> str:
@@ -130,6 +140,7 @@ class Job:
             "reason": self.reason,
             "version": self.version,
             "grant": self.grant,
+            "scale_up": self.scale_up,
         }
 
     @classmethod
@@ -148,6 +159,7 @@ class Job:
             reason=d.get("reason", ""),
             version=int(d.get("version", 0)),
             grant=d.get("grant", "pg"),
+            scale_up=bool(d.get("scale_up", False)),
         )
 
     def view(self) -> dict[str, Any]:
@@ -169,6 +181,7 @@ class Job:
             "reason": self.reason,
             "version": self.version,
             "grant": self.grant,
+            "scale_up": self.scale_up,
         }
 
 
@@ -179,6 +192,9 @@ class SchedulerSettings:
     teams: dict[str, dict[str, Any]] = field(default_factory=dict)
     lease_s: float = 60.0
     keep_done_s: float = 300.0
+    #: The cluster's maximum shape (see ``MaxShape.from_settings``); ``None``: no autoscaler,
+    #: a request that does not fit the cluster as it is is rejected.
+    autoscaler: dict[str, Any] | None = None
 
     def team_configs(self) -> dict[str, TeamConfig]:
         out = {}
@@ -209,8 +225,12 @@ class ControllerCore:
         self._external: dict[str, Resources] = {}
         self._dirty: set[str] = set()
         self._batch_depth = 0
+        #: The bundles last sent to the autoscaler (``None``: nothing sent by this instance yet).
+        self._requested: list[Resources] | None = None
+        self.autoscale_error = ""
         self._restore()
         self._policy = self._make_policy()
+        self._shape = MaxShape.from_settings(self.settings.autoscaler)
 
     # ---------------------------------------------------------------- persistence
     def _restore(self) -> None:
@@ -266,7 +286,8 @@ class ControllerCore:
         """Switch policy or teams (validated first; a bad name changes nothing)."""
         policy = get_policy(settings.policy, **settings.policy_args)
         settings.team_configs()
-        self.settings, self._policy = settings, policy
+        shape = MaxShape.from_settings(settings.autoscaler)
+        self.settings, self._policy, self._shape = settings, policy, shape
         self.backend.save_settings(json.dumps(settings.__dict__).encode())
 
     # ---------------------------------------------------------------- helpers
@@ -319,7 +340,15 @@ class ControllerCore:
         if not self._nodes:
             self.refresh_nodes()
         teams = self.settings.team_configs()
-        reason = feasible_ever(req, self._cluster(), teams, allow_borrowing=borrowing_allowed(self.settings.policy))
+        borrow = borrowing_allowed(self.settings.policy)
+        reason = feasible_ever(req, self._cluster(), teams, allow_borrowing=borrow)
+        quota = teams[req.team].quota if req.team in teams else None
+        if reason and self._shape is not None and (borrow or exceeds_quota(req.demand, quota) is None):
+            # Too big for the cluster as it is, within quota: does it fit the largest cluster?
+            reason = self._never_at_max(req)
+            if reason is None:
+                job.scale_up = True
+                job.reason = self._waiting_reason(req)
         if reason:
             job.state, job.reason, job.end_time = "rejected", reason, now
         self.jobs[job_id] = job
@@ -378,6 +407,13 @@ class ControllerCore:
             "jobs": {s: sum(1 for j in self.jobs.values() if j.state == s) for s in STATES},
             "nodes": len([n for n in self._nodes if n.alive]),
             "free": _res_to_dict(self._cluster().free()),
+            "autoscaler": None
+            if self._shape is None
+            else {
+                "max_shape": self._shape.describe(),
+                "requested": format_bundles(self._requested or []),
+                "error": self.autoscale_error,
+            },
         }
 
     # ---------------------------------------------------------------- the loop
@@ -440,6 +476,8 @@ class ControllerCore:
             j.request for j in sorted(self.jobs.values(), key=lambda j: j.request.submit_time) if j.state == "queued"
         )
         if not queued:
+            self.autoscale()
+            self._persist()
             return 0
         now = self.clock()
         # A job already stopping still holds its grant, but is not a victim twice.
@@ -479,9 +517,90 @@ class ControllerCore:
             job = self.jobs.get(jid)
             if job is not None and job.state == "queued" and job.reason != why:
                 job.reason = why
-        if n:
-            self._persist()
+        self.autoscale()
+        self._persist()
         return n
+
+    # ---------------------------------------------------------------- autoscaler
+    def _workers(self) -> tuple[dict[str, int], int]:
+        """Alive workers (nodes other than the head) per node type, and in all."""
+        assert self._shape is not None
+        workers = [(n.total, n.labels, n.node_type) for n in self._nodes if n.alive and not n.head]
+        return count_workers(self._shape, workers), len(workers)
+
+    def _never_at_max(self, request: JobRequest) -> str | None:
+        """Why ``request`` cannot fit even the largest cluster the autoscaler allows (``None``: it fits)."""
+        assert self._shape is not None
+        by_type, workers = self._workers()
+        return self._shape.never_reason(request, self._cluster(), by_type, workers)
+
+    def _waiting_reason(self, request: JobRequest) -> str:
+        why = f"waiting for the autoscaler: requested {format_bundles(scale_up_bundles(request))}"
+        return why + (f" (the last request failed: {self.autoscale_error})" if self.autoscale_error else "")
+
+    def autoscale(self) -> None:
+        """Keep the autoscaler's request equal to what the queue needs.
+
+        A queued job that does not fit the cluster as it is (even empty) but
+        fits its maximum shape is marked ``scale_up`` and says so in its
+        reason; once it fits, a marked job keeps its bundles in the request
+        until it leaves the queue, so the nodes that came for it are not scaled
+        down before it starts.  (One that fits neither stays queued with the
+        policy's reason, as without an autoscaler: it was admitted when it
+        fitted, and a node died since.)  The union of the marked jobs' bundles is sent when it changes
+        (each request replaces the last; an empty one clears it) and once by a
+        new controller instance.  Without an autoscaler in the settings
+        nothing is sent (a request left by earlier settings is cleared once).
+        """
+        if self._shape is None:
+            for job in self.jobs.values():
+                if job.scale_up:
+                    job.scale_up = False
+                    self._dirty.add(job.job_id)
+            if self._requested:
+                self._send([], [])
+            return
+        totals: FreeLedger | None = None
+        at_max: dict[str, str | None] = {}
+        bundles: list[Resources] = []
+        selectors: list[dict[str, str]] = []
+        waiting: list[Job] = []
+        for job in sorted(self.jobs.values(), key=lambda j: j.request.submit_time):
+            if job.state != "queued":
+                if job.scale_up:
+                    job.scale_up = False
+                    self._dirty.add(job.job_id)
+                continue
+            req = job.request
+            if totals is None:
+                totals = FreeLedger.from_cluster(self._cluster(), use_total=True)
+            fits_now = totals.place(req) is not None
+            if not fits_now:
+                key = req.shape_key
+                if key not in at_max:
+                    at_max[key] = self._never_at_max(req)
+                if job.scale_up != (at_max[key] is None):  # e.g. the maximum shape changed
+                    job.scale_up = at_max[key] is None
+                    self._dirty.add(job.job_id)
+            if job.scale_up:
+                wanted = scale_up_bundles(req)
+                bundles += wanted
+                selectors += [dict(req.label_selector)] * len(wanted)
+                if not fits_now:
+                    waiting.append(job)
+        if bundles != self._requested:
+            self._send(bundles, selectors)
+        for job in waiting:
+            job.reason = self._waiting_reason(job.request)
+
+    def _send(self, bundles: list[Resources], selectors: list[dict[str, str]]) -> None:
+        try:
+            self.backend.request_resources(bundles, selectors)
+        except Exception as e:  # noqa: BLE001 - retried on the next tick; the queue shows it
+            self.autoscale_error = f"{type(e).__name__}: {e}"
+            return
+        self.autoscale_error = ""
+        self._requested = bundles
 
     def step(self) -> int:
         """One tick: nodes, leases, policy."""
@@ -499,10 +618,19 @@ class ControllerActor:
     A background task runs :meth:`ControllerCore.step` every ``tick_s``.
     """
 
-    def __init__(self, settings: dict[str, Any] | None = None, tick_s: float = 0.5) -> None:
-        from raypipe.scheduler.backend import RayBackend
+    def __init__(self, settings: dict[str, Any] | None = None, tick_s: float = 0.5, backend: str | None = None) -> None:
+        """``backend``: ``"module:Class"`` of a :class:`Backend` to use instead of ``RayBackend``
+        (tests use one whose ``request_resources`` stands in for an autoscaler)."""
+        if backend:
+            import importlib
 
-        self.core = ControllerCore(RayBackend(), SchedulerSettings(**settings) if settings else None)
+            module, _, name = backend.partition(":")
+            be = getattr(importlib.import_module(module), name)()
+        else:
+            from raypipe.scheduler.backend import RayBackend
+
+            be = RayBackend()
+        self.core = ControllerCore(be, SchedulerSettings(**settings) if settings else None)
         self.tick_s = tick_s
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
