@@ -18,7 +18,7 @@ from raypipe.runner.plan import Plan, build_plan
 from raypipe.scheduler.client import SchedulerClient, get_controller
 from raypipe.serve.app import AppStatus
 from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root, root_of
-from raypipe.store.metadata import MetadataStore, RunRecord, StageRunRecord
+from raypipe.store.metadata import MetadataStore, RunRecord, StageRunRecord, pid_alive
 from raypipe.store.registry import AliasEvent, LineageNode, ModelRegistry, ModelSummary, ModelVersion, parse_ref
 
 DEFAULT_DB = os.path.join(".raypipe", "raypipe.db")
@@ -168,15 +168,7 @@ def _connect_or_fail(
 
 
 def _pid_alive(pid: int | None) -> bool:
-    if not pid or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def resume(

@@ -54,6 +54,7 @@ from typing import Any
 
 from raypipe.config import ConfigSource, apply_overrides, parse_config
 from raypipe.exceptions import ConfigError, RaypipeError
+from raypipe.serve.actors import singleton_options
 from raypipe.serve.spec import RetrainSpec, ServeSpec, ref_text
 
 NAMESPACE = "raypipe"
@@ -564,6 +565,7 @@ class LoopController:
 
     def _run_state(self, run_id: str) -> dict[str, Any]:
         from raypipe.exceptions import RunNotFoundError
+        from raypipe.store.metadata import pid_alive
 
         proc = self.procs.get(run_id)
         alive = proc is not None and proc.poll() is None
@@ -575,7 +577,7 @@ class LoopController:
             tail = _tail(self.loopdir / f"{run_id}.log")
             return {"status": None, "driver_alive": False, "error": f"the retraining driver exited: {tail}"}
         if proc is None and rec.status == "running":  # a driver started by a previous controller
-            alive = _pid_alive(rec.driver_pid)
+            alive = pid_alive(rec.driver_pid)
         gate = None
         for sr in self.meta.stage_runs(run_id):
             if sr.status == "failed" and sr.error and "gate failed" in sr.error:
@@ -716,18 +718,6 @@ def _tail(path: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:]) or "(empty log)"
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -831,17 +821,7 @@ def start_loop(
         meta.close()
     return (
         ray.remote(LoopController)
-        .options(
-            name=loop_name(spec.app),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=0,
-            resources={"node:__internal_head__": 0.001},
-            max_concurrency=4,
-        )
+        .options(**singleton_options(loop_name(spec.app), head=True, max_concurrency=4))
         .remote(spec.app)
     )
 

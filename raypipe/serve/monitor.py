@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from raypipe.exceptions import RaypipeError
+from raypipe.serve.actors import singleton_options
 from raypipe.serve.drift import (
     DebounceDecision,
     Debouncer,
@@ -878,19 +879,7 @@ def start_monitor(
             "variants": {},
         },
     )
-    return (
-        ray.remote(DriftMonitor)
-        .options(
-            name=monitor_name(app),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=0,
-        )
-        .remote(app)
-    )
+    return ray.remote(DriftMonitor).options(**singleton_options(monitor_name(app))).remote(app)
 
 
 def stop_monitor(app: str) -> bool:

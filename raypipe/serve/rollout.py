@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from raypipe.exceptions import ConfigError, RaypipeError
 from raypipe.serve.abstats import VariantStats, fisher_greater
+from raypipe.serve.actors import singleton_options
 
 NAMESPACE = "raypipe"
 CONTROLLER_PREFIX = "raypipe-rollout-"
@@ -181,7 +182,7 @@ def is_rollout_file(path: str | os.PathLike[str]) -> bool:
 
     try:
         return is_rollout_document(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, RecursionError):
         return False
 
 
@@ -835,16 +836,6 @@ def start_controller(app: str, db_path: str) -> Any:
 
     return (
         ray.remote(RolloutController)
-        .options(
-            name=controller_name(app),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            max_restarts=-1,
-            max_task_retries=0,
-            num_cpus=0,
-            resources={"node:__internal_head__": 0.001},
-            max_concurrency=8,
-        )
+        .options(**singleton_options(controller_name(app), head=True, max_concurrency=8))
         .remote(app, db_path)
     )

@@ -136,6 +136,19 @@ CREATE INDEX IF NOT EXISTS stage_io_sha ON stage_io(sha256, direction);
 DONE = ("succeeded", "cached")
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id runs on this machine (a run's driver, say)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class RunRecord:
     run_id: str
