@@ -455,11 +455,49 @@ class _DupCheck:
         return out
 
 
+#: The most values a document may hold once its aliases are expanded (an alias bomb
+#: would otherwise expand into billions of values in validation).
+MAX_EXPANDED = 1_000_000
+
+
+def _check_aliases(root: yaml.Node | None, where: str) -> None:
+    """Refuse an anchor used inside itself (a recursive alias: the data would be an
+    infinite structure) and aliases expanding into more than ``MAX_EXPANDED`` values."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise ConfigError(
+                f"{where}:{node.start_mark.line + 1}: invalid YAML: recursive alias (an anchor used inside itself)"
+            )
+        open_.add(key)
+        n = 1
+        if isinstance(node, yaml.MappingNode):
+            n += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            n += sum(size(v) for v in node.value)
+        open_.discard(key)
+        sizes[key] = n
+        if n > MAX_EXPANDED:
+            raise ConfigError(
+                f"{where}:{node.start_mark.line + 1}: invalid YAML: aliases expand to more than {MAX_EXPANDED:,} values"
+            )
+        return n
+
+    if root is not None:
+        size(root)
+
+
 def parse_yaml(text: str, path: str | None) -> tuple[Any, ConfigSource]:
     """Parse YAML text, keeping the node tree for line numbers."""
     where = path or "<config>"
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+        _check_aliases(root, where)
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -467,6 +505,10 @@ def parse_yaml(text: str, path: str | None) -> tuple[Any, ConfigSource]:
         raise ConfigError(f"{where}{line}: invalid YAML: {e.problem or e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: invalid YAML: {e}") from None
+    except ValueError as e:  # e.g. an integer literal of more than 4300 digits
+        raise ConfigError(f"{where}: invalid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply") from None
     source = ConfigSource(path=path, root=root)
     dups = _DupCheck.issues(root)
     if dups:
@@ -490,8 +532,8 @@ def parse_override_path(path: str, data: Mapping[str, Any]) -> Loc:
         raise ConfigError(f"--set {path!r}: empty field path")
     # A stage may be named instead of indexed: stages.train.params...
     if parts[0] == "stages" and len(parts) > 1 and isinstance(parts[1], str):
-        stages = data.get("stages") or []
-        names = [s.get("name") for s in stages if isinstance(s, dict)]
+        stages = data.get("stages")
+        names = [s.get("name") for s in stages if isinstance(s, dict)] if isinstance(stages, list) else []
         if parts[1] not in names:
             raise ConfigError(f"--set {path}: no stage named {parts[1]!r}; stages are: {', '.join(map(str, names))}")
         parts[1] = names.index(parts[1])
@@ -510,7 +552,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         loc = parse_override_path(m["path"].strip(), data)
         try:
             value = yaml.safe_load(m["value"])
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or too long a number): the text
             value = m["value"]
         node: Any = data
         for i, part in enumerate(loc[:-1]):

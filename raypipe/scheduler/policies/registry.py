@@ -53,4 +53,10 @@ def get_policy(name: str, **kwargs: Any) -> Policy:
     except TypeError as e:
         accepted = ", ".join(p for p in sig.parameters) or "none"
         raise PolicyConfigError(f"policy {name!r}: {e}; accepted arguments: {accepted}") from None
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except PolicyConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # an argument of the wrong type (a string for a number...)
+        given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise PolicyConfigError(f"policy {name!r}: invalid argument ({given}): {e}") from None
