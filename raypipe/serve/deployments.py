@@ -11,8 +11,9 @@ HTTP API under the app's route prefix (bodies: :mod:`raypipe.serve.validation`):
 - ``POST /predict``: ``{"features": {...}}`` or ``{"instances": [...]}`` ->
   ``{"request_id", "variant", "version", "prediction" | "predictions"}``.  The sticky key
   comes from the configured header or body field (absent: a random key); the
-  ``X-Raypipe-Variant`` header (configurable) forces a variant; ``X-Request-Id`` (or a
-  body ``request_id``) names the request, else a uuid4 is made.  400 malformed JSON or
+  ``X-Raypipe-Variant`` header (configurable) forces a variant; a body ``request_id`` (or
+  else the ``X-Request-Id`` header, which Serve sets to its own id if the client does not)
+  names the request, else a uuid4 is made.  400 malformed JSON or
   unknown forced variant, 422 invalid body, 500 the variant failed, 503 no replica of
   the variant could be reached.
 - ``POST /feedback``: ``{"request_id", "outcome"}`` -> 200, 404 (unknown id), 422.
@@ -448,7 +449,9 @@ class Router:
             rows, single = rows_of(payload, self.schemas[variant], self.key_field)
         except RequestError as e:
             return _response(e.status, e.body())
-        rid = headers.get("x-request-id") or payload.get("request_id") or uuid.uuid4().hex
+        # The body's id first: Serve's proxy sets X-Request-Id on every request (its own id
+        # when the client sends none), so the header alone would always hide the body's.
+        rid = payload.get("request_id") or headers.get("x-request-id") or uuid.uuid4().hex
         rid = str(rid)[:128]
         if self.shadow is not None and self.shadow != variant:
             self._spawn(self._shadow_call(self.shadow, rid, rows, key))

@@ -96,6 +96,16 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(400, [{"field": "(body)", "reason": f"{e.msg} at {where}"}], "malformed JSON") from None
     except RecursionError:
         raise RequestError(400, [{"field": "(body)", "reason": "nested too deeply"}], "malformed JSON") from None
+    except ValueError as e:  # an integer literal of more than 4300 digits
+        raise RequestError(400, [{"field": "(body)", "reason": str(e).split(";")[0]}], "malformed JSON") from None
+
+
+def _finite(v: int | float) -> bool:
+    """Whether a JSON number is a finite float (an integer too big for a float is not)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _describe(v: Any) -> str:
@@ -110,6 +120,8 @@ def _describe(v: Any) -> str:
         return "array"
     if isinstance(v, dict):
         return "object"
+    if isinstance(v, int) and abs(v) >= 10**20:
+        return f"an integer of {len(str(abs(v)))} digits"
     return repr(v)
 
 
@@ -118,10 +130,12 @@ def _value(v: Any, kind: str, arrow_type: str) -> tuple[Any, str | None]:
     if kind in ("int", "float"):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return None, f"expected a number ({arrow_type}), got {_describe(v)}"
-        if isinstance(v, float) and not math.isfinite(v):
-            return None, f"expected a finite number ({arrow_type}), got {v!r}"
+        if kind == "float" and not _finite(v):
+            return None, f"expected a finite number ({arrow_type}), got {_describe(v)}"
         if kind == "int" and isinstance(v, float) and not v.is_integer():
             return None, f"expected an integer ({arrow_type}), got {v!r}"
+        if kind == "int" and not -(2**63) <= v < 2**64:
+            return None, f"expected an integer of at most 64 bits ({arrow_type}), got {_describe(v)}"
         return (int(v) if kind == "int" else float(v)), None
     if kind == "bool":
         return (
@@ -229,7 +243,7 @@ def feedback_of(payload: Any) -> tuple[str, float]:
         errors.append({"field": "outcome", "reason": "missing field"})
     elif isinstance(out, bool):
         out = float(out)
-    elif not isinstance(out, (int, float)) or not math.isfinite(out):
+    elif not isinstance(out, (int, float)) or not _finite(out):
         errors.append({"field": "outcome", "reason": f"expected a finite number (or true/false), got {_describe(out)}"})
     for name in payload:
         if name not in ("request_id", "outcome"):

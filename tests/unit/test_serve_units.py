@@ -190,3 +190,21 @@ def test_spec_file_errors_name_file_and_line(tmp_path: Path) -> None:
     assert f"{p}:4 variants[0].replicas" in str(exc.value)
     p.write_text("app: digits\nmodel: digits\nvariants:\n  - {version: 1, weight: 100}\n")
     assert load_spec(p).variants[0].version == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        # found by tests/integration/test_fuzz_http.py: each was an uncaught error (a 500)
+        (b'{"features": {"a": %d, "b": 1, "n": 1}}' % 10**400, 422, "features.a"),  # OverflowError
+        (b'{"features": {"a": 1, "b": 1, "n": %d}}' % 10**400, 422, "features.n"),  # beyond 64 bits
+        (b'{"request_id": "r", "outcome": %d}' % 10**400, 422, "outcome"),  # OverflowError
+        (b'{"features": {"a": ' + b"9" * 5000 + b"}}", 400, "(body)"),  # ValueError: > 4300 digits
+    ],
+)
+def test_numbers_no_float_holds_are_client_errors(body: bytes, status: int, field: str) -> None:
+    with pytest.raises(RequestError) as exc:
+        payload = parse_json(body)
+        feedback_of(payload) if "outcome" in payload else rows_of(payload, SCHEMA)
+    assert exc.value.status == status and exc.value.errors[0]["field"] == field, exc.value.errors
+    assert "digits" in exc.value.errors[0]["reason"]
