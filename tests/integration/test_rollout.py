@@ -44,7 +44,12 @@ def env(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     root = tmp_path_factory.mktemp("rollout")
     db = register_digits(root, versions=3)
     yield {"db": db, "port": free_port(), "address": ray_local, "rows": sample_rows(32)}
-    # The rollout controllers, the apps and Serve go with the module's Ray (ray_local shuts it down next).
+    from ray import serve
+
+    # The rollout controllers go with the module's Ray (ray_local shuts it down next); Serve is
+    # shut down here to drop its cached client too (the next module's Ray may reuse its job id,
+    # and a cached client of the same job id is taken for a live one).
+    serve.shutdown()
 
 
 def deploy(env: dict[str, Any], name: str, candidate: int, fail_rate: float = 0.0) -> str:

@@ -79,7 +79,9 @@ def served(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     yield {"db": db, "root": root, "url": serving.url(APP), "port": port, "params": params, "note": note}
     for name in serving.apps():
         serving.shutdown(name)
-    # Serve itself goes with the module's Ray (ray_local shuts it down next).
+    from ray import serve
+
+    serve.shutdown()  # also drops Serve's cached client: the next module's Ray may reuse its job id
 
 
 def post(url: str, body: Any, key: str | None = None, **headers: str) -> requests.Response:
