@@ -218,15 +218,36 @@ def _enum(v: Any) -> str:
     return str(getattr(v, "value", v))
 
 
+#: The cluster (GCS address) Serve's cached client was obtained on by :func:`_serve_client`.
+_CLIENT_CLUSTER: dict[str, str | None] = {"gcs": None}
+
+
+def forget_stale_serve_client(gcs_address: str) -> bool:
+    """Drop Serve's cached controller client if it belongs to another cluster.  Serve checks
+    only the job id, and a new local Ray in the same process reuses job id 01000000, so a
+    client of a cluster that is gone would pass (then "Can't find actor").  True if dropped."""
+    from ray.serve import context
+
+    if context._global_client is not None and _CLIENT_CLUSTER["gcs"] != gcs_address:
+        context._set_global_client(None)
+        _CLIENT_CLUSTER["gcs"] = None
+        return True
+    return False
+
+
 def _serve_client(spec: ServeSpec | None = None) -> Any:
     """Serve's controller client.  With ``spec`` (deploying), Serve is started if needed
     (HTTP on ``spec.host:spec.port``); without, a cluster with no Serve is an error."""
     import logging
 
+    import ray
     from ray.serve._private import api as serve_api
     from ray.serve.context import _get_global_client
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    gcs = ray.get_runtime_context().gcs_address
+    forget_stale_serve_client(gcs)
+    _CLIENT_CLUSTER["gcs"] = gcs
     if spec is None:
         client = _get_global_client(raise_if_no_controller_running=False)
         if client is None:

@@ -208,3 +208,19 @@ def test_numbers_no_float_holds_are_client_errors(body: bytes, status: int, fiel
         feedback_of(payload) if "outcome" in payload else rows_of(payload, SCHEMA)
     assert exc.value.status == status and exc.value.errors[0]["field"] == field, exc.value.errors
     assert "digits" in exc.value.errors[0]["reason"]
+
+
+def test_serve_client_of_another_cluster_is_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new local Ray in the same process reuses job id 01000000: Serve's own check passes a
+    client whose controller is gone; raypipe drops it when the cluster (GCS address) changed."""
+    from ray.serve import context
+
+    from raypipe.serve import app as serve_app
+
+    fake = object()
+    monkeypatch.setattr(context, "_global_client", fake)
+    monkeypatch.setitem(serve_app._CLIENT_CLUSTER, "gcs", "10.0.0.1:6379")
+    assert not serve_app.forget_stale_serve_client("10.0.0.1:6379") and context._global_client is fake
+    assert serve_app.forget_stale_serve_client("10.0.0.1:6380")
+    assert context._global_client is None and serve_app._CLIENT_CLUSTER["gcs"] is None
+    assert not serve_app.forget_stale_serve_client("10.0.0.1:6380")  # nothing cached: nothing to drop
