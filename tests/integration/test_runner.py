@@ -127,3 +127,26 @@ def test_quickstart_runs_then_reruns_from_cache(tmp_path: Path) -> None:
     assert set(again.stages.values()) == {"cached"}
     assert again.outputs == res.outputs
     assert [(m.name, m.versions) for m in raypipe.list_models(db=db)] == [("digits", 1)], "a cache hit adds no version"
+
+
+def test_a_pipeline_on_a_postgresql_metadata_store(tmp_path: Path, postgres: Any) -> None:
+    """The same runs on a shared PostgreSQL store: records, cache hits across drivers, read back."""
+    url = postgres.new_database()
+    cfg = diamond(tmp_path).model_copy(update={"metadata": url})
+    first = raypipe.run(cfg)
+    assert first.ok and set(first.stages.values()) == {"succeeded"}
+    second = raypipe.run(diamond(tmp_path, k=10).model_copy(update={"metadata": url}))
+    assert second.stages == {"a": "cached", "b": "succeeded", "c": "succeeded", "d": "cached"}
+    assert raypipe.read_artifact(second.outputs["c"]["sum"].sha256, db=url) == 46
+    meta = MetadataStore(url)
+    try:
+        assert [r.status for r in meta.list_runs()] == ["succeeded", "succeeded"]
+        assert sorted((sr.stage, sr.status) for sr in meta.stage_runs(second.run_id)) == [
+            ("a", "cached"),
+            ("b", "succeeded"),
+            ("c", "succeeded"),
+            ("d", "cached"),
+        ]
+    finally:
+        meta.close()
+    assert not (tmp_path / "store" / "raypipe.db").exists()  # nothing went to a SQLite file
