@@ -319,7 +319,10 @@ class ArtifactStore:
         fd, local = tempfile.mkstemp(prefix="raypipe-")
         os.close(fd)
         try:
-            fmt, ext, schema = serialize(value, local)
+            try:
+                fmt, ext, schema = serialize(value, local)
+            except OSError as e:  # the local disk (or the process's file size limit) is full
+                raise StorageError(f"cannot serialize a {type(value).__name__} to store it: {e}") from None
             return self.put_file(local, fmt, ext, schema)
         finally:
             if os.path.exists(local):
@@ -330,6 +333,7 @@ class ArtifactStore:
         size = os.path.getsize(local)
         rel = f"objects/{digest[:2]}/{digest}.{ext}"
         final = self._path(rel)
+        tmp = None
         try:
             if self.fs.get_file_info(final).type != pafs.FileType.File:
                 tmp = self._path(f"tmp/{uuid.uuid4().hex}")
@@ -340,6 +344,11 @@ class ArtifactStore:
                         dst.write(chunk)
                 self.fs.move(tmp, final)
         except OSError as e:
+            if tmp is not None:  # a half-written upload never stays behind
+                try:
+                    self.fs.delete_file(tmp)
+                except OSError:
+                    pass
             raise StorageError(f"storage {self.root!r}: cannot write artifact: {e}") from None
         return ArtifactRef(uri=self.uri_of(rel), sha256=digest, size=size, format=fmt, schema=schema)
 

@@ -167,3 +167,18 @@ def linear_loop(config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             else:
                 ray.train.report(metrics)
+
+
+def fill_disk(limit_bytes: int, pid_file: str, n: int = 200_000) -> dict:
+    """Fault injection: this worker process may write files of at most ``limit_bytes`` (as if
+    the disk were full), then the stage returns a ``n``-float array (~8n bytes) to store.
+    The worker's pid goes to ``pid_file`` so the test can retire the poisoned process."""
+    import resource
+    import signal
+
+    import numpy as np
+
+    Path(pid_file).write_text(str(os.getpid()))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a core dump
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, resource.RLIM_INFINITY))
+    return {"out": np.arange(n, dtype="float64")}

@@ -6,6 +6,7 @@ import dataclasses
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -114,3 +115,46 @@ def test_failed_transaction_rolls_back(tmp_path: Path, metadata_db: str) -> None
     assert meta.stage_runs("r1")[0].status == "running", "no stage marked done without outputs"
     con = MetadataStore(meta.url)._conn
     assert con.execute("SELECT count(*) FROM artifacts").fetchone()[0] == 0, "partial inserts rolled back"
+
+
+def test_a_full_artifact_root_leaves_no_half_written_upload(tmp_path: Path) -> None:
+    """ENOSPC while copying into the root: a StorageError naming the root, tmp/ empty, no object."""
+    import errno
+
+    import pyarrow.fs as pafs
+
+    store = ArtifactStore(str(tmp_path / "root"))
+
+    class FullStream:
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.written = inner, 0
+
+        def write(self, chunk: bytes) -> None:
+            if self.written + len(chunk) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.inner.write(chunk)
+            self.written += len(chunk)
+
+        def __enter__(self) -> FullStream:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.inner.close()
+
+    real = pafs.LocalFileSystem()
+
+    class FullFS:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def open_output_stream(self, path: str) -> FullStream:
+            return FullStream(real.open_output_stream(path))
+
+    store.fs = FullFS()
+    with pytest.raises(StorageError, match=r"cannot write artifact: \[Errno 28\] No space left on device"):
+        store.put_value(list(range(10_000)))
+    assert [p for p in (tmp_path / "root" / "tmp").iterdir()] == []
+    assert not any(p.is_file() for p in (tmp_path / "root" / "objects").rglob("*"))
+    store.fs = real
+    ref = store.put_value(list(range(10_000)))  # room again: stored whole
+    assert store.exists(ref) and store.get_value(ref) == list(range(10_000))
