@@ -371,3 +371,63 @@ def test_data_stage_next_to_a_training_gang_stays_inside_its_own_grant(tmp_path:
     peak = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
     assert peak <= 2, f"{peak} tasks at once on a 2-CPU grant"
     wait_for(no_raypipe_groups, what="grants to be released")
+
+
+def test_node_killed_during_a_data_stage_retries_it_with_the_same_output(tmp_path: Path, gpu_cluster: Any) -> None:
+    """Fault injection: the worker node running a data.transform's Ray Data tasks is removed
+    mid-stage; the stage is requeued, runs again elsewhere, and its dataset (a content
+    version of the rows) equals a clean run's.  Then the cluster's resources are free again."""
+    import pandas as pd
+    import ray
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(8):
+        pd.DataFrame({"id": range(i * 50, (i + 1) * 50), "x": [0.5 * i] * 50}).to_parquet(src / f"p{i}.parquet")
+
+    def pipeline(store: Path, tasks: Path, hold_s: float) -> raypipe.PipelineConfig:
+        tasks.mkdir(exist_ok=True)
+        return raypipe.PipelineConfig(
+            name="data-fault",
+            storage=str(store),
+            stages=[
+                raypipe.StageConfig(name="read", kind="data.read", params={"path": str(src)}),
+                raypipe.StageConfig(
+                    name="feat",
+                    kind="data.transform",
+                    inputs={"data": "read.data"},
+                    resources={"cpu": 3},  # more than the head's 2 CPUs: on a worker node
+                    params={"function": f"{F}:record_task", "args": {"log_dir": str(tasks), "hold_s": hold_s}},
+                ),
+            ],
+        )
+
+    clean = raypipe.run(pipeline(tmp_path / "clean", tmp_path / "clean-tasks", 0.0))
+    assert clean.ok, clean.errors
+    tasks = tmp_path / "tasks"
+    cfg = pipeline(tmp_path / "store", tasks, 1.0)
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(res=raypipe.run(cfg, use_cache=False)))
+    t.start()
+    wait_for(lambda: tasks.exists() and any(tasks.iterdir()), what="the data stage's first task")
+    handle = get_controller_handle()
+    (job,) = [j for j in ray.get(handle.queue.remote()) if j["state"] == "running"]
+    node = next(n for n in gpu_cluster.worker_nodes if n.node_id in job["nodes"])
+    gpu_cluster.remove_node(node)
+    t.join(timeout=180)
+    gpu_cluster.add_node(num_cpus=4, num_gpus=4, labels={"gpu_type": "A100"})
+    res = out["res"]
+    assert res.ok, res.errors
+    feat = history(tmp_path, res.run_id)["feat"]
+    assert feat[-1] == "succeeded" and len(feat) >= 2 and "failed" not in feat, feat
+    assert res.outputs["feat"]["data"].sha256 == clean.outputs["feat"]["data"].sha256
+    wait_for(lambda: not [j for j in ray.get(handle.queue.remote()) if j["state"] != "done"], timeout_s=60, what="free")
+    wait_for(no_raypipe_groups, timeout_s=60, what="no placement group left")
+
+
+def get_controller_handle() -> Any:
+    import ray
+
+    from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
+
+    return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
