@@ -845,7 +845,6 @@ def after_deploy(
             if not path.is_file():
                 raise ConfigError(f"retrain.pipeline: {spec.retrain.pipeline}: no such file")
             data, _ = parse_yaml(path.read_text(encoding="utf-8"), str(path))
-            pipeline = data
             storage = resolve_root(str(data.get("storage") or ".raypipe"))
             pipeline = {**data, "storage": storage}
         if pipeline is None:
