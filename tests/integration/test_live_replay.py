@@ -31,7 +31,9 @@ def test_live_replay_finishes_every_job_and_never_beats_the_bounds(small: tuple,
         assert r.first_start_s is not None and r.end_s is not None
         assert r.first_start_s >= r.submit_s - 1e-6 * scale
         assert r.run_s >= r.duration_s * 0.95, "a job held its grant for (at least about) its duration"
-        assert len(r.runs) == r.preemptions + 1
+        # every preemption ends a run, except one granted and preempted between two watches,
+        # which never started (raypipe/bench/live.py counts it and records no run)
+        assert 1 <= len(r.runs) <= r.preemptions + 1
     assert live.decisions > 0 and live.decision_latencies_s
     got, sim = summarize(live), summarize(simulate(trace, cluster, policy))
     assert got["avg_jct_s"] >= got["jct_lower_bound_s"] * 0.95
