@@ -6,10 +6,12 @@ training and real retraining runs (their own driver processes through the schedu
    its candidate deliberately broken (it fails 60% of its requests).  Shifted traffic ->
    one drift event -> one retraining -> v2 registered -> canary -> rolled back: production
    is still v1 at 100%, v2 is gone from the app, the monitor still compares with v1's data.
-2. The loop re-armed with a healthy candidate and fresher data: the drift ends, comes
-   back -> one retraining -> v3 -> canary -> promoted: production v3 at 100%, v3 linked to
-   its drift event (features and statistics) and its retraining run, the monitor's
-   reference is v3's training profile, and the same traffic triggers nothing more.
+2. The loop re-armed with a healthy candidate (the serving fault fixed): the drift ends,
+   comes back -> one retraining (the same path on the same fresh data: its run is served
+   from the cache, v2 again, as a deterministic pipeline should) -> canary -> promoted:
+   production v2 at 100%, v1 retired, v2 linked to this cycle's drift event (features and
+   statistics) and its retraining run, the monitor's reference is v2's training profile,
+   and the same traffic triggers nothing more.
 """
 
 from __future__ import annotations
@@ -163,11 +165,9 @@ def test_retraining_is_promoted_and_linked_to_its_drift_event(loop_env: dict[str
     doc = loop_env["doc"]
     deploy = next(s for s in doc["stages"] if s["name"] == "deploy")["params"]
     deploy["retrain"]["candidate"] = {"fail_rate": 0.0}
-    deploy["retrain"]["set"]["stages.generate.params.args.seed"] = 2  # fresher data
     spec = ServeSpec.model_validate(deploy)
-    start_loop(
-        spec, {**doc, "storage": str(loop_env["root"] / "store")}, db=meta.path, storage=str(loop_env["root"] / "store")
-    )
+    store = str(loop_env["root"] / "store")
+    start_loop(spec, {**doc, "storage": store}, db=meta.url, storage=store)
     assert find_loop(APP) is not None
     traffic.shift = 0.0  # the drift episode of the failed cycle ends ...
     wait_windows(3)
@@ -176,25 +176,33 @@ def test_retraining_is_promoted_and_linked_to_its_drift_event(loop_env: dict[str
     names = [e["event"] for e in events if e["source"] == "loop"]
     assert names == ["drift", "retrain_started", "retrain_finished", "canary_started", "promoted"], events
     reg = ModelRegistry(meta)
-    v3 = reg.get("sensors@production")
-    assert v3.version == 3
+    v2 = reg.get("sensors@production")
+    assert v2.version == 2
     st = serve_app.status(APP)
-    assert st.weights == {"v3": 100.0} and set(st.variants) == {"v3"}  # v1 retired
-    # lineage: v3 <- its retraining run <- the drift event with its features and statistics
-    links = {link["kind"]: link["value"] for link in v3.links}
-    drift = links["drift_event"]
-    assert (
-        drift["cycle_id"] == events[0]["cycle_id"]
-        and drift["monitor_event_id"] == events[0]["detail"]["monitor_event_id"]
-    )
+    assert st.weights == {"v2": 100.0} and set(st.variants) == {"v2"}  # v1 retired
+    # lineage: v2 <- this cycle's retraining run <- this cycle's drift event (features, statistics)
+    cycle = events[0]["cycle_id"]
+    [drift] = [
+        link["value"] for link in v2.links if link["kind"] == "drift_event" and link["value"]["cycle_id"] == cycle
+    ]
+    assert drift["monitor_event_id"] == events[0]["detail"]["monitor_event_id"]
     for f in ("f0", "f1", "f2"):
         assert drift["statistics"][f]["drifted"] is True and drift["statistics"][f]["p_value"] < 0.01
-    run_id = links["retraining"]["run_id"]
-    assert v3.run_id == run_id and api.show_run(run_id, db=meta.path).run.status == "succeeded"
-    assert all(sr.stage != "deploy" for sr in api.show_run(run_id, db=meta.path).stages)
-    assert links["reference_profile"]["sha256"][:12] in read_config(APP)["reference_id"]
-    assert read_config(APP)["reference_id"].startswith("sensors:3/")
-    # the shifted traffic is v3's normal: more windows, no new cycle
-    wait_windows(4)
+    [retraining] = [
+        link["value"] for link in v2.links if link["kind"] == "retraining" and link["value"]["cycle_id"] == cycle
+    ]
+    run = api.show_run(retraining["run_id"], db=meta.url)
+    assert run.run.status == "succeeded" and {sr.stage for sr in run.stages} == {
+        "generate",
+        "split",
+        "profile",
+        "train",
+        "evaluate",
+        "register",
+    }
+    assert {sr.status for sr in run.stages if sr.stage != "register"} == {"cached"}
+    [profile] = [link["value"] for link in v2.links if link["kind"] == "reference_profile"]
+    assert read_config(APP)["reference_id"] == f"sensors:2/{profile['sha256'][:12]}"
+    # the shifted traffic is v2's normal: more windows, no new cycle
+    wait_windows(3)
     assert len(cycles(meta)) == 2
-    assert traffic.sent > 0
