@@ -978,17 +978,16 @@ def _loop_demo(config: str, out: Path, num_cpus: int, timeout: float, shift: flo
     from raypipe.serve.monitor import get_monitor
     from raypipe.store.metadata import MetadataStore
 
-    cfg = api.load(config).config
+    # A store of its own, new each time: the demo starts from "no model yet" (v1 becomes production).
+    store = out / "store"
+    overrides = [f"storage={store.resolve()}"]
+    cfg = api.load(config, overrides).config
     deploys = [s for s in cfg.stages if s.kind == "deploy" and (s.params.get("retrain") and s.params.get("monitor"))]
     if not deploys:
         raise RaypipeError(f"{config}: no deploy stage with `monitor` and `retrain`; the demo needs the loop armed")
     app_name = str(deploys[0].params["app"])
-    # A store of its own, new each time: the demo starts from "no model yet" (v1 becomes production).
-    store = out / "store"
     shutil.rmtree(store, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = [f"storage={store.resolve()}"]
-    cfg = api.load(config, overrides).config
     ray.init(
         address="local",
         num_cpus=num_cpus,

@@ -103,6 +103,15 @@ def metadata_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres").new_database()
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a test's Serve HTTP proxy)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[str]:
     """A local Ray with 2 CPUs shared by the tests of a module; yields its address."""

@@ -414,7 +414,6 @@ class LoopCore:
             return
         if "drift" in c:
             self.ports.begin_retraining(int(c["drift"].get("monitor_event_id") or 0), f"cycle {c['cycle_id']}")
-        self.since = max(self.since, int((c.get("drift") or {}).get("monitor_event_id") or 0))
 
     def status(self) -> dict[str, Any]:
         return {
@@ -471,6 +470,10 @@ class LoopController:
         assert self.spec.retrain is not None and self.spec.monitor is not None
         self.retrain: RetrainSpec = self.spec.retrain
         self.pipeline: dict[str, Any] = config["pipeline"]
+        #: The stage whose ``registration`` output names the retrained version.
+        self.register_stage = register_stage(
+            retraining_pipeline(self.pipeline, self.retrain, app, self.spec.model), self.spec.model
+        )
         self.workdir = config["workdir"]
         self.loopdir = Path(config["loopdir"])
         self.meta = MetadataStore(config["db"])
@@ -588,10 +591,7 @@ class LoopController:
         from raypipe.exceptions import ModelNotFoundError
         from raypipe.store.artifacts import ArtifactStore, root_of
 
-        stage = register_stage(
-            retraining_pipeline(self.pipeline, self.retrain, self.app, self.spec.model), self.spec.model
-        )
-        rec = self.meta.done_stages(run_id).get(stage)
+        rec = self.meta.done_stages(run_id).get(self.register_stage)
         if rec is None:
             return None
         ref = self.meta.io_of(rec.id, "out").get("registration")
@@ -682,12 +682,6 @@ class LoopController:
         finally:
             if locked:
                 self.lock.release()
-
-    def tick(self) -> dict[str, Any]:
-        """One step now (tests and ``raypipe loop status --tick``); the thread ticks anyway."""
-        with self.lock:
-            self.core.tick()
-            return self.core.status()
 
     def stop(self) -> None:
         self._stop.set()

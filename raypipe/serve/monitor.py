@@ -659,6 +659,15 @@ def _statistics(result: WindowResult) -> dict[str, dict[str, Any]]:
     }
 
 
+def trimmed_profile(
+    profile: Mapping[str, Any], features: Sequence[str], model_meta: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The profile with only the monitored features' columns and the model's label (what the
+    monitor keeps in Ray's KV)."""
+    keep = set(features) | ({str(model_meta["label"])} if model_meta and model_meta.get("label") else set())
+    return {**profile, "columns": {k: v for k, v in profile["columns"].items() if k in keep}}
+
+
 def _json_safe(v: Any) -> Any:
     if isinstance(v, Mapping):
         return {str(k): _json_safe(x) for k, x in v.items()}
@@ -766,10 +775,7 @@ class DriftMonitor:
         reference_id: str | None = None,
     ) -> dict[str, Any]:
         """Test against a new model's training profile from now on (kept across restarts)."""
-        keep = set(self.core.detector.features) | (
-            {str(model_meta["label"])} if model_meta and model_meta.get("label") else set()
-        )
-        profile = {**profile, "columns": {k: v for k, v in profile["columns"].items() if k in keep}}
+        profile = trimmed_profile(profile, self.core.detector.features, model_meta)
         self.core.set_reference(
             profile,
             model_meta,
@@ -787,9 +793,6 @@ class DriftMonitor:
         )
         write_config(self.app, self.config)
         return _json_safe(self.core.debouncer.state(self.core.clock()))
-
-    def reference_id(self) -> str | None:
-        return self.config.get("reference_id")
 
     def flush(self, variant: str | None = None, force: bool = False) -> list[dict[str, Any]]:
         return _json_safe(self.core.flush(variant, force=force))
@@ -866,11 +869,10 @@ def start_monitor(
             return old
         ray.kill(old, no_restart=True)
         _wait_gone(app)
-    keep = set(det.features) | ({str(model_meta["label"])} if model_meta and model_meta.get("label") else set())
     write_config(
         app,
         {
-            "profile": {**profile, "columns": {k: v for k, v in profile["columns"].items() if k in keep}},
+            "profile": trimmed_profile(profile, det.features, model_meta),
             "spec": spec_obj.model_dump(mode="json"),
             "model_meta": dict(model_meta) if model_meta is not None else None,
             "reference_predictions": list(reference_predictions) if reference_predictions is not None else None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +30,7 @@ from raypipe.serve import app as serving
 from raypipe.serve.spec import ServeSpec, resolve
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.registry import ModelRegistry
+from tests.conftest import free_port
 from tests.integration.serve_funcs import register_digits, sample_rows
 
 pytestmark = pytest.mark.slow
@@ -43,12 +43,6 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -26,16 +25,10 @@ from raypipe.serve.spec import ServeSpec
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.registry import ModelRegistry
 from raypipe.store.rollouts import RolloutStore
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, free_port, wait_for
 from tests.integration.serve_funcs import register_digits, sample_rows
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

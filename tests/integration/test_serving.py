@@ -8,7 +8,6 @@ replica dies or the weights change."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections import Counter
@@ -26,19 +25,13 @@ from raypipe.cli import app as cli_app
 from raypipe.serve import app as serving
 from raypipe.serve.metrics import get_collector
 from raypipe.serve.routing import choose, unit_hash
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.integration.serve_funcs import register_digits, sample_rows
 
 APP = "ab"
 WEIGHTS = {"v1": 90.0, "v2": 10.0, "v3": 0.0}
 FAIL_RATE = 0.3
 local = threading.local()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def session() -> requests.Session:
