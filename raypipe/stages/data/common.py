@@ -13,6 +13,7 @@ their bundles' nodes bound where Ray Data runs.
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -92,6 +93,28 @@ def task_cpus(ctx: StageContext) -> float:
     return min(1.0, ctx.resources.cpu) if ctx.resources.cpu > 0 else 1.0
 
 
+def slots(ctx: StageContext, cpu: float, gpu: float = 0.0) -> int | None:
+    """How many workers of ``cpu`` and ``gpu`` the stage's whole grant holds at once
+    (None: the grant bounds neither)."""
+    fits = []
+    if ctx.resources.cpu > 0 and cpu > 0:
+        fits.append(ctx.resources.cpu * ctx.gang_size / cpu)
+    if gpu > 0:
+        fits.append(ctx.resources.gpu * ctx.gang_size / gpu)
+    return max(1, math.floor(min(fits) + 1e-9)) if fits else None
+
+
+def task_args(ctx: StageContext, cpu: float | None = None, gpu: float = 0.0, size: int | None = None) -> dict[str, Any]:
+    """``map_batches`` arguments for Ray Data tasks inside the grant: their resources and
+    a hard cap on how many run at once.  ``resource_limits`` alone is a budget that Ray
+    Data's executor may overshoot (one task per operator is always allowed, and
+    launches race its usage accounting); the cap is checked per operator."""
+    from ray.data import TaskPoolStrategy
+
+    cpu = task_cpus(ctx) if cpu is None else cpu
+    return {"num_cpus": cpu, "compute": TaskPoolStrategy(size=size or slots(ctx, cpu, gpu))}
+
+
 def is_table(value: Any) -> bool:
     """A Ray Dataset, a pandas DataFrame or an Arrow table."""
     from raypipe.store.datasets import is_ray_dataset
@@ -164,6 +187,6 @@ def gather(
         fn_kwargs={"fn": fn, "kwargs": kwargs},
         batch_format=batch_format,
         batch_size=None,
-        num_cpus=task_cpus(ctx),
+        **task_args(ctx),
     ).take_all()
     return [pickle.loads(row["blob"]) for row in out]

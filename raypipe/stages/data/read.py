@@ -25,7 +25,7 @@ from pydantic import Field, model_validator
 
 from raypipe.exceptions import DataError
 from raypipe.stages.base import StageContext, StageParams
-from raypipe.stages.data.common import DataStage, task_cpus
+from raypipe.stages.data.common import DataStage, slots, task_args, task_cpus
 
 Format = Literal["auto", "parquet", "csv", "json", "numpy"]
 _EXT = {
@@ -196,7 +196,7 @@ class ReadStage(DataStage):
             _check_parquet_schemas(fs, files)
         elif fmt == "csv":
             _check_csv_headers(fs, files, self.params.csv)
-        common = {"filesystem": fs, "num_cpus": task_cpus(ctx)}
+        common = {"filesystem": fs, "num_cpus": task_cpus(ctx), "concurrency": slots(ctx, task_cpus(ctx))}
         if fmt == "parquet":
             # One block per file: Ray's default of ~200 blocks makes tiny tasks and files.
             ds = ray.data.read_parquet(files, columns=self.params.columns, override_num_blocks=len(files), **common)
@@ -208,7 +208,7 @@ class ReadStage(DataStage):
                 fn_kwargs={"roots": self._roots()},
                 batch_size=1,
                 batch_format="numpy",
-                num_cpus=task_cpus(ctx),
+                **task_args(ctx),
             )
         else:
             ds = ray.data.read_numpy(files, filesystem=fs)

@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from raypipe.exceptions import DataError
 from raypipe.stages.base import StageContext, StageParams
-from raypipe.stages.data.common import DataStage, only_input, store_dataset, task_cpus
+from raypipe.stages.data.common import DataStage, only_input, store_dataset, task_args
 
 _PART_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
@@ -78,7 +78,7 @@ class SplitStage(DataStage):
                 fn_kwargs={"index": i, "fractions": fractions, "key": self.params.key, "seed": self.params.seed},
                 batch_format="pyarrow",
                 batch_size=None,
-                num_cpus=task_cpus(ctx),
+                **task_args(ctx),
             )
             out[part] = store_dataset(ctx, kept, f"split part {part!r} of input {name!r}")
         return out

@@ -10,7 +10,6 @@ run at once is bounded by the stage's own ``resources`` (its grant).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -18,7 +17,7 @@ from pydantic import Field
 
 from raypipe.exceptions import DataError
 from raypipe.stages.base import StageContext, StageParams
-from raypipe.stages.data.common import DataStage, only_input, store_dataset
+from raypipe.stages.data.common import DataStage, only_input, slots, store_dataset, task_cpus
 from raypipe.stages.python import FUNC_RE, function_fingerprint, import_check, import_function
 
 
@@ -37,7 +36,8 @@ class TransformParams(StageParams):
     #: Rows per call; None: one call per block.
     batch_size: Annotated[int, Field(ge=1)] | None = None
     worker: WorkerResources = Field(default_factory=WorkerResources)
-    #: Actors for a class (default: as many as the stage's resources hold).
+    #: Tasks (a function) or actors (a class) at once (default: as many as the stage's
+    #: resources hold; never more).
     concurrency: Annotated[int, Field(ge=1)] | None = None
 
 
@@ -59,13 +59,13 @@ class TransformStage(DataStage):
         return super().fingerprint() + function_fingerprint(self.params.function)
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from ray.data import ActorPoolStrategy
+        from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
         _, ds = only_input(inputs)
         fn = import_function(self.params.function)
         w = self.params.worker
         budget = ctx.resources
-        cpu = w.cpu if w.cpu is not None else (min(1.0, budget.cpu) if budget.cpu > 0 else 1.0)
+        cpu = w.cpu if w.cpu is not None else task_cpus(ctx)
         if budget.cpu > 0 and cpu > budget.cpu + 1e-9:
             raise DataError(f"params.worker.cpu is {cpu:g} but the stage's resources.cpu is {budget.cpu:g}")
         if w.gpu > budget.gpu + 1e-9:
@@ -76,17 +76,15 @@ class TransformStage(DataStage):
             "num_cpus": cpu,
             "num_gpus": w.gpu or None,
         }
+        bounds = [n for n in (self.params.concurrency, slots(ctx, cpu, w.gpu)) if n]
+        size = min(bounds) if bounds else None  # never more than the grant holds
         if isinstance(fn, type):
-            fits = [budget.cpu / cpu] if budget.cpu > 0 else []
-            if w.gpu > 0:
-                fits.append(budget.gpu / w.gpu)
-            size = self.params.concurrency or max(1, math.floor(min(fits, default=1) + 1e-9))
             out = ds.map_batches(
                 fn,
                 fn_constructor_kwargs=self.params.args,
-                compute=ActorPoolStrategy(min_size=1, max_size=size),
+                compute=ActorPoolStrategy(min_size=1, max_size=size or 1),
                 **common,
             )
         else:
-            out = ds.map_batches(fn, fn_kwargs=self.params.args, **common)
+            out = ds.map_batches(fn, fn_kwargs=self.params.args, **common, compute=TaskPoolStrategy(size=size))
         return {"data": store_dataset(ctx, out, f"the output of {self.params.function}")}

@@ -20,7 +20,7 @@ import numpy as np
 
 from raypipe.exceptions import DataError
 from raypipe.stages.base import StageContext
-from raypipe.stages.data.common import DataStage, gather, input_schema, only_input, store_dataset, task_cpus
+from raypipe.stages.data.common import DataStage, gather, input_schema, only_input, store_dataset, task_args
 from raypipe.stages.data.rules import (
     ValidateParams,
     ValidationReport,
@@ -87,7 +87,7 @@ class ValidateStage(DataStage):
             if p.on_error == "quarantine":
                 out["quarantine"] = store_dataset(ctx, ds.limit(0), "quarantine", allow_empty=True)
         else:
-            kw = {"batch_format": "pandas", "batch_size": None, "num_cpus": task_cpus(ctx)}
+            kw = {"batch_format": "pandas", "batch_size": None, **task_args(ctx)}
             good = ds.map_batches(_keep, fn_kwargs={"params": p, "dup": dup, "bad": False}, **kw)
             bad = ds.map_batches(_keep, fn_kwargs={"params": p, "dup": dup, "bad": True}, **kw)
             out["data"] = store_dataset(ctx, good, f"{what} after quarantine (every row broke a rule)")
