@@ -57,7 +57,6 @@ def data_session(ctx: StageContext) -> Iterator[None]:
         dctx.enable_progress_bars,
         dctx.print_on_execution_start,
     )
-    saved_v2 = getattr(dctx, "use_datasource_v2", None)
     opts = saved_opts.__class__(
         resource_limits=ExecutionResources.for_limits(
             cpu=ctx.resources.cpu * ctx.gang_size if ctx.resources.cpu > 0 else None,
@@ -73,8 +72,6 @@ def data_session(ctx: StageContext) -> Iterator[None]:
     # Per-operator reservations halve the tasks a fused read->map->write runs at once
     # under a small grant; resource_limits already bound the stage.
     saved_reserve, dctx.op_resource_reservation_enabled = dctx.op_resource_reservation_enabled, False
-    if saved_v2 is not None:  # V2 parquet reads sample files first: seconds per read here
-        dctx.use_datasource_v2 = False
     data_log = logging.getLogger("ray.data")
     level = data_log.level
     data_log.setLevel(logging.WARNING)  # the stage's own events are the progress people see
@@ -83,8 +80,6 @@ def data_session(ctx: StageContext) -> Iterator[None]:
     finally:
         dctx.execution_options, dctx.enable_progress_bars = saved_opts, saved_bars
         dctx.print_on_execution_start, dctx.op_resource_reservation_enabled = saved_print, saved_reserve
-        if saved_v2 is not None:
-            dctx.use_datasource_v2 = saved_v2
         data_log.setLevel(level)
 
 

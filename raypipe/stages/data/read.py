@@ -189,7 +189,7 @@ class ReadStage(DataStage):
         import ray.data
 
         from raypipe.store.artifacts import ArtifactStore
-        from raypipe.store.datasets import write_dataset
+        from raypipe.store.datasets import parquet_v1, write_dataset
 
         fs, files, fmt = self.files()
         if fmt == "parquet":
@@ -199,7 +199,8 @@ class ReadStage(DataStage):
         common = {"filesystem": fs, "num_cpus": task_cpus(ctx), "concurrency": slots(ctx, task_cpus(ctx))}
         if fmt == "parquet":
             # One block per file: Ray's default of ~200 blocks makes tiny tasks and files.
-            ds = ray.data.read_parquet(files, columns=self.params.columns, override_num_blocks=len(files), **common)
+            with parquet_v1():
+                ds = ray.data.read_parquet(files, columns=self.params.columns, override_num_blocks=len(files), **common)
         elif fmt == "csv":
             ds = ray.data.read_csv(files, **common, **_csv_args(self.params.csv))
         elif fmt == "json":  # Ray's read_json parses through pandas, which rounds floats
