@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -13,10 +14,32 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.reliability import REPORT, Recorder
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def reliability(request: pytest.FixtureRequest) -> Recorder:
+    """Records faults injected, generated inputs and lost records for the session's report."""
+    return Recorder(request.node.nodeid)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed:
+        REPORT.failed.add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REPORT.faults or REPORT.generated:
+        terminalreporter.section("reliability")
+        for line in REPORT.lines():
+            terminalreporter.write_line(line)
+        REPORT.write()
 
 
 def _pg_bindir() -> str | None:
@@ -164,6 +187,47 @@ def reset_scheduler() -> None:
         ),
         what="raypipe placement groups to be removed",
     )
+
+
+def assert_cluster_free(timeout_s: float = 60.0, cpus: float | None = None) -> None:
+    """Within ``timeout_s``: ``cpus`` (default: every CPU of the cluster) available, no
+    raypipe job queued or running, and no raypipe placement group left."""
+    import ray
+
+    import raypipe
+    from raypipe.scheduler.backend import RayBackend
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        want = ray.cluster_resources().get("CPU", 0.0) if cpus is None else cpus
+        free = ray.available_resources().get("CPU", 0.0)
+        try:
+            queue = raypipe.api.scheduler_queue()["jobs"]
+        except raypipe.RaypipeError:  # no scheduler was started on this cluster
+            queue = []
+        jobs = [j for j in queue if j["state"] in ("queued", "running", "preempting")]
+        groups = RayBackend().live_pgs()
+        if free >= want - 1e-6 and not jobs and not groups:
+            return
+        assert time.monotonic() < deadline, (
+            f"after {timeout_s:g} s: {free:g}/{want:g} CPUs free, jobs {jobs}, placement groups {groups}"
+        )
+        time.sleep(0.5)
+
+
+def cli_json(output: str) -> Any:
+    """The JSON document a ``--json`` command printed through typer's CliRunner.  In a process
+    connected to Ray, Ray's log monitor thread forwards worker logs to this process's stdout
+    whenever they arrive, so they can land around the document in the captured output."""
+    decoder, offset = json.JSONDecoder(), 0
+    for line in output.splitlines(keepends=True):
+        if line[:1] in "{[":  # a document starts a line; forwarded logs start with "\x1b[" or "("
+            try:
+                return decoder.raw_decode(output, offset)[0]
+            except json.JSONDecodeError:
+                pass
+        offset += len(line)
+    raise AssertionError(f"no JSON document in the output: {output!r}")
 
 
 def wait_for(

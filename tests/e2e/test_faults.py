@@ -1,13 +1,16 @@
-"""Fault injection on a real local Ray (issue 9 part 4, first pieces; the driver kill is in
-test_crash_resume.py, the controller kill and a node removed mid-stage in
-test_scheduler_cluster.py, a training worker kill in test_train_stage.py, a Serve replica
-crash under load in test_serving.py):
+"""Fault injection on a real local Ray (issue 9 part 4).  The other faults are where their
+cluster is: the driver kill in test_crash_resume.py; the controller kill, a node removed
+mid-stage, during a data stage and during training in test_scheduler_cluster.py (the
+multi-node Cluster); a training worker kill in test_train_stage.py; a Serve replica crash
+under load in test_serving.py.  Every one records itself through the ``reliability``
+fixture, and the session prints the counts (faults injected and survived, generated
+inputs, records lost).  Here:
 
-- the artifact store's disk fills up while a stage stores its output: the stage fails with
-  a clear error naming it, nothing half-written is left or registered, and the next run
-  stores the output normally;
-- two pipelines write one metadata store at once: every run, stage run and artifact of
-  both is recorded.
+- the disk fills up while a worker stores a stage's output, and the artifact root stops
+  being writable during a run: the stage fails with a clear error naming it, nothing
+  half-written is left or registered, and the next run stores the output normally;
+- three pipelines write one metadata store at once: every run, stage run and artifact of
+  each is recorded.
 
 After each fault every CPU of the cluster is free again and the scheduler holds no job.
 """
@@ -17,7 +20,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import pytest
 
 import raypipe
 from raypipe.store.metadata import MetadataStore
+from tests.conftest import assert_cluster_free
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
@@ -36,69 +39,62 @@ def stage(name: str, fn: str, **kw: Any) -> raypipe.StageConfig:
     return raypipe.StageConfig(name=name, kind="python", params={"function": f"{F}:{fn}", "args": args}, **kw)
 
 
-def assert_cluster_free(timeout_s: float = 60.0) -> None:
-    """Every CPU available again and no job held by raypipe's scheduler, within ``timeout_s``."""
-    import ray
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        total = ray.cluster_resources().get("CPU", 0.0)
-        free = ray.available_resources().get("CPU", 0.0)
-        jobs = [j for j in raypipe.api.scheduler_queue()["jobs"] if j["state"] in ("queued", "running", "preempting")]
-        if free == total and not jobs:
-            return
-        assert time.monotonic() < deadline, f"after {timeout_s:g} s: {free}/{total} CPUs free, jobs {jobs}"
-        time.sleep(0.5)
-
-
 def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
 
 
-def test_full_disk_while_storing_an_output(tmp_path: Path) -> None:
+#: fault -> (the stage's function in tests/integration/funcs.py, what its error says)
+STORAGE_FAULTS = {
+    # numpy says "N requested and M written"
+    "disk full while a worker stores a stage's output": ("fill_disk", ["cannot serialize a ndarray to store it"]),
+    "artifact root unwritable during a run": ("lose_write_access", ["cannot write artifact", "Permission denied"]),
+}
+
+
+@pytest.mark.parametrize("fault", list(STORAGE_FAULTS))
+def test_storage_fault_while_storing_an_output(tmp_path: Path, reliability: Any, fault: str) -> None:
+    reliability.fault(fault)
+    fn, errors = STORAGE_FAULTS[fault]
     store = tmp_path / "store"
     pid_file = tmp_path / "worker.pid"
-    full = raypipe.PipelineConfig(
-        name="full",
+    args = {"pid_file": str(pid_file)} | ({"limit_bytes": 65536} if fn == "fill_disk" else {"store": str(store)})
+    cfg = raypipe.PipelineConfig(
+        name="storage-fault",
         storage=str(store),
         stages=[
             stage("make", "make", args={"n": 5}),
-            stage(
-                "big",
-                "fill_disk",
-                args={"limit_bytes": 65536, "pid_file": str(pid_file)},
-                depends_on=["make"],
-                retries={"max": 0},
-            ),
+            stage("out", fn, args=args, depends_on=["make"], retries={"max": 0}),
         ],
     )
-    objects_before = files_under(store / "objects")
-    res = raypipe.run(full)
+    res = raypipe.run(cfg)
     try:
-        assert not res.ok and res.stages["big"] == "failed" and res.stages["make"] == "succeeded"
-        assert "cannot serialize a ndarray to store it" in res.errors["big"]  # numpy: "N requested and M written"
+        assert not res.ok and res.stages == {"make": "succeeded", "out": "failed"}
+        assert all(e in res.errors["out"] for e in errors), res.errors["out"]
         meta = MetadataStore(str(store / "raypipe.db"))
         try:
-            [big] = [sr for sr in meta.stage_runs(res.run_id) if sr.stage == "big"]
-            assert big.status == "failed" and meta.io_of(big.id, "out") == {}
+            [out] = [sr for sr in meta.stage_runs(res.run_id) if sr.stage == "out"]
+            assert out.status == "failed" and meta.io_of(out.id, "out") == {}
             assert meta.get_run(res.run_id).status == "failed"
-            # every artifact the store knows is complete; nothing half-written in the root
+            # the store knows make's output only, and it is whole
             refs = meta._conn.execute("SELECT uri, size FROM artifacts").fetchall()
-            assert refs and all(os.path.getsize(r["uri"]) == r["size"] for r in refs if os.path.exists(r["uri"]))
+            assert len(refs) == 1 and os.path.getsize(refs[0]["uri"]) == refs[0]["size"]
         finally:
             meta.close()
-        assert files_under(store / "tmp") == []
-        assert len(files_under(store / "objects")) == len(objects_before) + 1  # only make's output
     finally:
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)  # retire the worker with the file size limit
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)  # retire the poisoned worker
+        for sub in ("tmp", "objects"):
+            os.chmod(store / sub, 0o755)
+    assert files_under(store / "tmp") == []  # nothing half-written in the root
+    assert len(files_under(store / "objects")) == 1
     assert_cluster_free()
-    # the disk has room again: the same pipeline finishes, make's output from the cache
-    again = raypipe.run(full.model_copy(update={"stages": [full.stages[0], stage("big", "make", args={"n": 50})]}))
-    assert again.ok and again.stages == {"make": "cached", "big": "succeeded"}
+    # the root has room and access again: the same pipeline finishes, make's output from the cache
+    again = raypipe.run(cfg.model_copy(update={"stages": [cfg.stages[0], stage("out", "make", args={"n": 50})]}))
+    assert again.ok and again.stages == {"make": "cached", "out": "succeeded"}
     assert_cluster_free()
 
 
-def test_two_pipelines_write_one_metadata_store_at_once(tmp_path: Path) -> None:
+def test_two_pipelines_write_one_metadata_store_at_once(tmp_path: Path, reliability: Any) -> None:
+    reliability.fault("three pipelines write one metadata store at once")
     store = tmp_path / "store"
 
     def pipeline(name: str, n: int) -> raypipe.PipelineConfig:
@@ -132,6 +128,9 @@ def test_two_pipelines_write_one_metadata_store_at_once(tmp_path: Path) -> None:
     meta = MetadataStore(str(store / "raypipe.db"))
     try:
         runs = {r.pipeline: r for r in meta.list_runs()}
+        reliability.records("runs", 3, len(runs))
+        recorded_ok = [sr for r in results.values() for sr in meta.stage_runs(r.run_id) if sr.status == "succeeded"]
+        reliability.records("stage runs", 12, len(recorded_ok))
         assert set(runs) == {"p0", "p1", "p2"} and all(r.status == "succeeded" for r in runs.values())
         for name, res in results.items():
             recorded = {sr.stage: sr.status for sr in meta.stage_runs(res.run_id)}

@@ -169,6 +169,25 @@ def linear_loop(config: dict) -> None:
                 ray.train.report(metrics)
 
 
+def lose_write_access(store: str, pid_file: str, n: int = 1000) -> dict:
+    """Fault injection: the artifact root stops being writable for this worker (as when a
+    volume is remounted read-only or its credentials lose write access), then the stage
+    returns an array to store.  As root, whom permission bits do not stop, the worker drops
+    to ``nobody``; otherwise the root's ``tmp/`` and ``objects/`` become read-only (the test
+    restores them).  The pid goes to ``pid_file`` so the test can retire the process."""
+    import numpy as np
+
+    Path(pid_file).write_text(str(os.getpid()))
+    if os.geteuid() == 0:
+        os.setgid(65534)
+        os.setuid(65534)
+    else:
+        for sub in ("tmp", "objects"):
+            Path(store, sub).mkdir(exist_ok=True)
+            os.chmod(Path(store, sub), 0o555)
+    return {"out": np.arange(n, dtype="float64")}
+
+
 def fill_disk(limit_bytes: int, pid_file: str, n: int = 200_000) -> dict:
     """Fault injection: this worker process may write files of at most ``limit_bytes`` (as if
     the disk were full), then the stage returns a ``n``-float array (~8n bytes) to store.

@@ -408,10 +408,11 @@ def test_fuzz_http_regressions(app: dict[str, Any], path: str, body: str, status
     check_client_error(r, "regression", (status,))
 
 
-def test_zz_report_counts(app: dict[str, Any]) -> None:
+def test_zz_report_counts(app: dict[str, Any], reliability: Any) -> None:
     """The requests sent, by class and status (``pytest -s``); none got a 5xx."""
     total = sum(SENT.values())
     print(f"\nHTTP fuzz: {total} requests")
+    reliability.generated("HTTP requests (schema fuzz)", total)
     for (cls, status), n in sorted(SENT.items()):
         print(f"  {cls:22s} {status} {n}")
     assert all(status < 500 for _, status in SENT)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 import raypipe
 from raypipe.cli import app
 from raypipe.runner.executor import StageEvent
+from tests.conftest import cli_json
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -81,7 +81,7 @@ def test_register_records_versions_with_the_full_lineage(tmp_path: Path) -> None
     assert out.exit_code == 0, out.output
     for text in ("model means v1 @candidate", "<- fit", "data: dataset v", "<- read", f"raw file {csv}"):
         assert text in out.output, (text, out.output)
-    as_json = json.loads(runner.invoke(app, ["model", "show", "means:1", "--db", db, "--json"]).output)
+    as_json = cli_json(runner.invoke(app, ["model", "show", "means:1", "--db", db, "--json"]).output)
     src_json = as_json["lineage"]["produced_by"]["inputs"][0]["produced_by"]["inputs"][0]
     assert src_json["path"] == str(csv) and src_json["format"] == "source"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 import raypipe
 from raypipe.store.metadata import MetadataStore
-from tests.conftest import reset_scheduler, wait_for
+from tests.conftest import assert_cluster_free, reset_scheduler, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -137,7 +138,7 @@ def test_team_quota_holds_under_50_concurrent_submissions(tmp_path: Path) -> Non
     wait_for(no_raypipe_groups, what="grants to be released")
 
 
-def test_controller_killed_mid_run_restarts_and_every_stage_runs_once(tmp_path: Path) -> None:
+def test_controller_killed_mid_run_restarts_and_every_stage_runs_once(tmp_path: Path, reliability: Any) -> None:
     import ray
 
     from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
@@ -149,14 +150,17 @@ def test_controller_killed_mid_run_restarts_and_every_stage_runs_once(tmp_path: 
     t = threading.Thread(target=lambda: out.update(res=raypipe.run(cfg, use_cache=False)))
     t.start()
     handle = wait_for(lambda: _controller_with_running_jobs(), what="jobs to be running")
+    reliability.fault("scheduler controller killed with jobs running")
     ray.kill(handle, no_restart=False)  # Ray restarts it; it reloads its queue and grants
     t.join(timeout=180)
     res = out["res"]
     assert res.ok, res.errors
-    assert history(tmp_path, res.run_id) == {s.name: ["succeeded"] for s in [*stages]}
+    ran = history(tmp_path, res.run_id)
+    reliability.records("stage runs", len(stages), sum(v == ["succeeded"] for v in ran.values()))
+    assert ran == {s.name: ["succeeded"] for s in [*stages]}
     restarted = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
     assert ray.get(restarted.stats.remote())["jobs"]["running"] == 0
-    wait_for(no_raypipe_groups, what="no leaked placement group")
+    assert_cluster_free()  # and no leaked placement group
 
 
 def _controller_with_running_jobs() -> Any:
@@ -171,7 +175,7 @@ def _controller_with_running_jobs() -> Any:
     return handle if ray.get(handle.stats.remote())["jobs"]["running"] >= 2 else None
 
 
-def test_node_removed_mid_stage_requeues_it(tmp_path: Path, gpu_cluster: Any) -> None:
+def test_node_removed_mid_stage_requeues_it(tmp_path: Path, gpu_cluster: Any, reliability: Any) -> None:
     import ray
 
     from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
@@ -185,6 +189,7 @@ def test_node_removed_mid_stage_requeues_it(tmp_path: Path, gpu_cluster: Any) ->
     handle = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
     (job,) = [j for j in ray.get(handle.queue.remote()) if j["state"] == "running"]
     node = next(n for n in gpu_cluster.worker_nodes if n.node_id == job["nodes"][0])
+    reliability.fault("node removed while a stage runs on it")
     gpu_cluster.remove_node(node)
     t.join(timeout=180)
     gpu_cluster.add_node(num_cpus=4, num_gpus=4, labels={"gpu_type": "A100"})
@@ -192,6 +197,7 @@ def test_node_removed_mid_stage_requeues_it(tmp_path: Path, gpu_cluster: Any) ->
     assert res.ok, res.errors
     victim = history(tmp_path, res.run_id)["victim"]
     assert victim[-1] == "succeeded" and "lost" in victim and "failed" not in victim, victim
+    assert_cluster_free()
 
 
 def test_ledger_grant_pins_a_library_group_and_outside_work_is_respected() -> None:
@@ -373,7 +379,9 @@ def test_data_stage_next_to_a_training_gang_stays_inside_its_own_grant(tmp_path:
     wait_for(no_raypipe_groups, what="grants to be released")
 
 
-def test_node_killed_during_a_data_stage_retries_it_with_the_same_output(tmp_path: Path, gpu_cluster: Any) -> None:
+def test_node_killed_during_a_data_stage_retries_it_with_the_same_output(
+    tmp_path: Path, gpu_cluster: Any, reliability: Any
+) -> None:
     """Fault injection: the worker node running a data.transform's Ray Data tasks is removed
     mid-stage; the stage is requeued, runs again elsewhere, and its dataset (a content
     version of the rows) equals a clean run's.  Then the cluster's resources are free again."""
@@ -413,6 +421,7 @@ def test_node_killed_during_a_data_stage_retries_it_with_the_same_output(tmp_pat
     handle = get_controller_handle()
     (job,) = [j for j in ray.get(handle.queue.remote()) if j["state"] == "running"]
     node = next(n for n in gpu_cluster.worker_nodes if n.node_id in job["nodes"])
+    reliability.fault("worker node removed during a data stage")
     gpu_cluster.remove_node(node)
     t.join(timeout=180)
     gpu_cluster.add_node(num_cpus=4, num_gpus=4, labels={"gpu_type": "A100"})
@@ -421,8 +430,71 @@ def test_node_killed_during_a_data_stage_retries_it_with_the_same_output(tmp_pat
     feat = history(tmp_path, res.run_id)["feat"]
     assert feat[-1] == "succeeded" and len(feat) >= 2 and "failed" not in feat, feat
     assert res.outputs["feat"]["data"].sha256 == clean.outputs["feat"]["data"].sha256
-    wait_for(lambda: not [j for j in ray.get(handle.queue.remote()) if j["state"] != "done"], timeout_s=60, what="free")
-    wait_for(no_raypipe_groups, timeout_s=60, what="no placement group left")
+    assert_cluster_free()
+
+
+def test_node_removed_during_training_resumes_from_its_checkpoint(
+    tmp_path: Path, gpu_cluster: Any, reliability: Any
+) -> None:
+    """Fault injection: a node holding one of two DDP workers is removed once an epoch's
+    checkpoint is saved.  The training resumes from that checkpoint on the nodes left
+    (the epochs continue, none runs from zero) and finishes; then every grant is free."""
+    import numpy as np
+    import pandas as pd
+    import ray
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12000, 6))  # over a second an epoch: the node goes while epochs remain
+    src = tmp_path / "src"
+    src.mkdir()
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(6)]).assign(label=(x[:, 0] + x[:, 1] > 0).astype(int))
+    frame.to_parquet(src / "part.parquet")
+    store = tmp_path / "store"
+    cfg = raypipe.PipelineConfig(
+        name="train-node-fault",
+        storage=str(store),
+        stages=[
+            raypipe.StageConfig(name="read", kind="data.read", params={"path": str(src)}),
+            raypipe.StageConfig(
+                name="fit",
+                kind="train",
+                inputs={"train": "read.data"},
+                resources={"cpu": 3},  # one worker per 4-CPU worker node (the head has 2)
+                gang_size=2,
+                params={"model": {"type": "mlp", "hidden": [16]}, "epochs": 6, "batch_size": 32, "max_failures": 1},
+            ),
+        ],
+    )
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(res=raypipe.run(cfg, use_cache=False)))
+    t.start()
+
+    def reported_epochs() -> list[int]:
+        rows = [line for h in store.glob("checkpoints/fit/*/history.jsonl") for line in h.read_text().splitlines()]
+        return [json.loads(line)["epoch"] for line in rows if line.strip()]
+
+    wait_for(lambda: max(reported_epochs(), default=-1) >= 1, timeout_s=180, what="two epochs checkpointed")
+    handle = get_controller_handle()
+    (job,) = [j for j in ray.get(handle.queue.remote()) if j["state"] == "running" and ":fit:" in j["job_id"]]
+    removed = next(n for n in gpu_cluster.worker_nodes if n.node_id in job["nodes"])
+    epochs_before = max(reported_epochs())
+    reliability.fault("node removed during distributed training")
+    gpu_cluster.remove_node(removed)
+    t.join(timeout=240)
+    gpu_cluster.add_node(num_cpus=4, num_gpus=4, labels={"gpu_type": "A100"})
+    res = out["res"]
+    assert res.ok, res.errors
+    assert epochs_before < 5, "the node was removed before the training ended"
+    db = str(store / "raypipe.db")
+    hist = raypipe.read_artifact(res.outputs["fit"]["history"].sha256, db=db)
+    starts = [h["start_epoch"] for h in hist]
+    assert starts[0] == 0 and starts[-1] > 0, f"the restarted training resumed from a checkpoint: {hist}"
+    resumed = hist[starts.index(starts[-1]) :]
+    assert [h["epoch"] for h in resumed] == list(range(starts[-1], 6)), "it continued after its checkpoint"
+    attempts = history(tmp_path, res.run_id)["fit"]
+    print(f"\nnode removed after epoch {epochs_before}: stage runs {attempts}, resumed at epoch {starts[-1]}")
+    assert "failed" not in attempts
+    assert_cluster_free()
 
 
 def get_controller_handle() -> Any:

@@ -25,7 +25,7 @@ from raypipe.cli import app as cli_app
 from raypipe.serve import app as serving
 from raypipe.serve.metrics import get_collector
 from raypipe.serve.routing import choose, unit_hash
-from tests.conftest import free_port, wait_for
+from tests.conftest import cli_json, free_port, wait_for
 from tests.integration.serve_funcs import register_digits, sample_rows
 
 APP = "ab"
@@ -149,13 +149,16 @@ def test_deployed_by_the_stage_with_a_reservation(served: dict[str, Any]) -> Non
     assert session().get(f"{served['url']}/health").json()["status"] == "ok"
 
 
-def test_split_accuracy_stickiness_and_a_replica_killed_under_load(served: dict[str, Any]) -> None:
+def test_split_accuracy_stickiness_and_a_replica_killed_under_load(served: dict[str, Any], reliability: Any) -> None:
+    import ray
+
     url = served["url"]
     # 2,000 keys: the v2 share's standard error is 0.67 points, so the 2-point bound is 3 sigma
     # (the split is a hash of the key: these keys get exactly 10.0%).
     keys = [f"user-{i}" for i in range(2000)]
     rows = sample_rows(200)
     before = replicas("v1")
+    cpus_free = ray.available_resources().get("CPU", 0.0)
     answered = threading.Semaphore(0)
     killed: list[str] = []
 
@@ -163,6 +166,7 @@ def test_split_accuracy_stickiness_and_a_replica_killed_under_load(served: dict[
         # a v1 replica dies once a quarter of the requests are answered: the rest are in flight
         for _ in range(len(keys) // 4):
             answered.acquire()
+        reliability.fault("Serve replica killed under load")
         killed.append(kill_replica("v1"))
 
     killer = threading.Thread(target=kill_after_a_quarter, daemon=True)
@@ -171,6 +175,7 @@ def test_split_accuracy_stickiness_and_a_replica_killed_under_load(served: dict[
     killer.join(timeout=60)
     assert killed, "a v1 replica was killed while requests were in flight"
     failed = [r for r in results if r[1] != 200]
+    reliability.records("requests answered", len(keys), len(results) - len(failed))
     print(f"\n2,000 requests, a v1 replica killed under load: {len(failed)} failed")
     assert not failed, failed[:3]
     counts = Counter(r[2]["variant"] for r in results)
@@ -185,12 +190,16 @@ def test_split_accuracy_stickiness_and_a_replica_killed_under_load(served: dict[
         timeout_s=120,
         what="Serve to replace the killed v1 replica",
     )
+    # the dead replica's resources are given back (its replacement takes the same again)
+    wait_for(
+        lambda: abs(ray.available_resources().get("CPU", 0.0) - cpus_free) < 1e-6,
+        timeout_s=60,
+        what="the CPUs free before the kill to be free again",
+    )
     first = {k: body["variant"] for k, _, body in results}
     again = predict_many(url, keys[:400], rows)
     assert all(s == 200 and body["variant"] == first[k] for k, s, body in again)
     # Every answered request reached the metrics collector, per variant.
-    import ray
-
     def counted() -> dict[str, int]:
         snap = ray.get(get_collector(APP).snapshot.remote())
         return {v: s["requests"] for v, s in snap.items() if s["requests"]}
@@ -327,7 +336,7 @@ def test_cli_split_errors_status_and_redeploy(served: dict[str, Any], tmp_path: 
     res = runner.invoke(cli_app, ["split", "nope", "v1=100"])
     assert res.exit_code == 2 and "no serving app 'nope'" in res.output
     res = runner.invoke(cli_app, ["serve", "status", APP, "--json"])
-    assert res.exit_code == 0 and json.loads(res.output)["weights"] == WEIGHTS
+    assert res.exit_code == 0 and cli_json(res.output)["weights"] == WEIGHTS
     res = runner.invoke(cli_app, ["serve", "status"])
     assert res.exit_code == 0 and "reservation serve:ab:" in res.output
     # `raypipe deploy` of the same app as a spec file: nothing changes, the reservation is kept.

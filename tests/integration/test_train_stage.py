@@ -8,12 +8,14 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
 import raypipe
+from tests.conftest import assert_cluster_free
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
@@ -91,7 +93,7 @@ def _kill_a_worker_after_epoch(store: Path, epoch: int, killed: list[int], stop:
         time.sleep(0.2)
 
 
-def test_builtin_mlp_two_workers_converge_and_resume_after_a_worker_is_killed(tmp_path: Path) -> None:
+def test_builtin_mlp_two_workers_converge_and_resume_after_a_worker_is_killed(tmp_path: Path, reliability: Any) -> None:
     """The digits dataset, 2 DDP workers (gloo): one is killed once the first epoch is reported (its
     checkpoint is saved by then); Ray Train restarts the group from the last checkpoint (the epochs
     continue; nothing restarts from zero) and it converges."""
@@ -143,6 +145,7 @@ def test_builtin_mlp_two_workers_converge_and_resume_after_a_worker_is_killed(tm
         killer.join()
     assert res.ok, res.errors
     assert killed, "a training worker was killed"
+    reliability.fault("a DDP training worker SIGKILLed after an epoch")
     db = str(store / "raypipe.db")
     history = raypipe.read_artifact(res.outputs["fit"]["history"].sha256, db=db)
     starts = [h["start_epoch"] for h in history]
@@ -155,3 +158,4 @@ def test_builtin_mlp_two_workers_converge_and_resume_after_a_worker_is_killed(tm
     model = raypipe.read_artifact(res.outputs["fit"]["model"].sha256, db=db)
     assert model.meta["spec"]["type"] == "mlp" and len(model.meta["features"]) == 64
     assert model.meta["classes"] == list(range(10))
+    assert_cluster_free()

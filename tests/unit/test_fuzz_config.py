@@ -494,10 +494,11 @@ def test_fuzz_regressions(tmp_path: Path, text: str, overrides: list[str], fragm
         assert r.exit_code == 2 and "Traceback" not in r.output, r.output
 
 
-def test_zz_report_counts() -> None:
+def test_zz_report_counts(reliability: Any) -> None:
     """Prints how many generated configs were tried, by class and outcome (``pytest -s``)."""
     total = sum(n for (cls, what), n in TRIED.items() if not what.startswith("cli"))
     print(f"\nconfig fuzz: {total} generated configs loaded")
+    reliability.generated("pipeline configs (hypothesis)", total)
     for (cls, what), n in sorted(TRIED.items()):
         print(f"  {cls:9s} {what:12s} {n}")
     if TRIED:  # the fuzz tests ran in this process (not deselected)

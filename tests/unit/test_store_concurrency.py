@@ -70,7 +70,7 @@ _WORKER = textwrap.dedent(
 )
 
 
-def test_processes_writing_at_once_lose_and_duplicate_nothing(tmp_path: Path, metadata_db: str) -> None:
+def test_processes_writing_at_once_lose_and_duplicate_nothing(tmp_path: Path, metadata_db: str, reliability: Any) -> None:
     go = tmp_path / "go"
     MetadataStore(metadata_db).close()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -87,6 +87,7 @@ def test_processes_writing_at_once_lose_and_duplicate_nothing(tmp_path: Path, me
         # model versions: every distinct artifact once, numbered 1..N with no gap or repeat
         n = (WORKERS - 1) * (MODELS - OVERLAP) + MODELS
         versions = reg.versions("shared")
+        reliability.records("model versions", n, len({v.version for v in versions}))
         assert [v.version for v in versions] == list(range(1, n + 1))
         assert sorted(v.metrics["i"] for v in versions) == list(range(n))
         # alias moves form one chain: each event starts where the one before ended
@@ -99,6 +100,9 @@ def test_processes_writing_at_once_lose_and_duplicate_nothing(tmp_path: Path, me
         assert sorted(r.run_id for r in runs) == sorted(f"run-{w}-{k}" for w in range(WORKERS) for k in range(RUNS))
         assert {r.status for r in runs} == {"succeeded"}
         count = {t: meta._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("stage_runs", "stage_io")}
+        reliability.records("runs", WORKERS * RUNS, len(runs))
+        reliability.records("stage runs", WORKERS * RUNS * STAGES, count["stage_runs"])
+        reliability.records("stage inputs and outputs", WORKERS * RUNS * STAGES * (STAGES + 2), count["stage_io"])
         assert count["stage_runs"] == WORKERS * RUNS * STAGES
         assert count["stage_io"] == WORKERS * RUNS * STAGES * (STAGES + 2)
         assert all(len(meta.io_of(sr.id, "out")) == STAGES + 1 for r in runs for sr in meta.stage_runs(r.run_id))
@@ -107,6 +111,7 @@ def test_processes_writing_at_once_lose_and_duplicate_nothing(tmp_path: Path, me
         # event logs: every event once, ids unique, each writer's events in its order
         for log in (RolloutStore(meta), LoopStore(meta)):
             events = log.all_events("app")
+            reliability.records("events", WORKERS * EVENTS, len({e.id for e in events}))
             assert len(events) == len({e.id for e in events}) == WORKERS * EVENTS
             for w in range(WORKERS):
                 assert [e.detail["n"] for e in events if e.series == f"w{w}"] == list(range(EVENTS))
@@ -114,7 +119,7 @@ def test_processes_writing_at_once_lose_and_duplicate_nothing(tmp_path: Path, me
         meta.close()
 
 
-def test_a_deadlocked_transaction_is_run_again(postgres: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_deadlocked_transaction_is_run_again(postgres: Any, monkeypatch: pytest.MonkeyPatch, reliability: Any) -> None:
     """PostgreSQL: two drivers record the same two outputs in opposite orders, each pausing after
     its first insert, so they deadlock; the server aborts one, and it is run again whole."""
     url = postgres.new_database()
@@ -137,6 +142,7 @@ def test_a_deadlocked_transaction_is_run_again(postgres: Any, monkeypatch: pytes
         return cur
 
     monkeypatch.setattr(Database, "execute", pausing)
+    reliability.fault("PostgreSQL deadlock between two drivers' transactions")
     threads = [
         threading.Thread(target=m.succeed_stage, args=(sids[m], {}, outs))
         for m, outs in ((a, {"o1": x, "o2": y}), (b, {"o1": y, "o2": x}))

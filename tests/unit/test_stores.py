@@ -117,8 +117,9 @@ def test_failed_transaction_rolls_back(tmp_path: Path, metadata_db: str) -> None
     assert con.execute("SELECT count(*) FROM artifacts").fetchone()[0] == 0, "partial inserts rolled back"
 
 
-def test_a_full_artifact_root_leaves_no_half_written_upload(tmp_path: Path) -> None:
+def test_a_full_artifact_root_leaves_no_half_written_upload(tmp_path: Path, reliability: Any) -> None:
     """ENOSPC while copying into the root: a StorageError naming the root, tmp/ empty, no object."""
+    reliability.fault("artifact root full (ENOSPC) mid-upload")
     import errno
 
     import pyarrow.fs as pafs
