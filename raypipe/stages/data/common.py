@@ -2,8 +2,9 @@
 and small per-block results gathered from a pass over a dataset.
 
 A data stage's task takes no resources itself (``runs_ray_work``); its grant is
-handed to Ray Data as ``resource_limits``, and Ray Data's tasks are kept on the
-granted nodes through a node label selector.  So a data stage next to a training
+handed to Ray Data as ``resource_limits`` and as a cap on each map's tasks at once
+(:func:`task_args`), and Ray Data's tasks are kept on the granted nodes through a
+node label selector.  So a data stage next to a training
 gang never takes the gang's CPUs or GPUs, and never waits for resources that its
 own grant does not hold (the hang of ray-project/ray #41603 / #24304).  Data
 stages always get ledger grants (``runs_ray_work``), also with ``gang_size`` > 1:
@@ -99,15 +100,14 @@ def slots(ctx: StageContext, cpu: float, gpu: float = 0.0) -> int | None:
     return max(1, math.floor(min(fits) + 1e-9)) if fits else None
 
 
-def task_args(ctx: StageContext, cpu: float | None = None, gpu: float = 0.0, size: int | None = None) -> dict[str, Any]:
-    """``map_batches`` arguments for Ray Data tasks inside the grant: their resources and
-    a hard cap on how many run at once.  ``resource_limits`` alone is a budget that Ray
-    Data's executor may overshoot (one task per operator is always allowed, and
-    launches race its usage accounting); the cap is checked per operator."""
+def task_args(ctx: StageContext) -> dict[str, Any]:
+    """``map_batches`` arguments for Ray Data tasks inside the grant: their CPUs and a
+    hard cap on how many run at once.  ``resource_limits`` alone does not bound them:
+    with a 2-CPU limit, a map ran 6 tasks at once on a 6-CPU node (Ray 2.60)."""
     from ray.data import TaskPoolStrategy
 
-    cpu = task_cpus(ctx) if cpu is None else cpu
-    return {"num_cpus": cpu, "compute": TaskPoolStrategy(size=size or slots(ctx, cpu, gpu))}
+    cpu = task_cpus(ctx)
+    return {"num_cpus": cpu, "compute": TaskPoolStrategy(size=slots(ctx, cpu))}
 
 
 def is_table(value: Any) -> bool:
