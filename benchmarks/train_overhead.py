@@ -234,6 +234,7 @@ class Plain:
         from ray.train.torch import TorchTrainer
 
         import raypipe
+        from raypipe.stages.train import ray_train_poll_interval
 
         started = time.perf_counter()
         train = raypipe.read_artifact(split["train"].sha256, db=split["db"])
@@ -258,7 +259,8 @@ class Plain:
             run_config=RunConfig(storage_path=self.storage(path)),
             datasets=datasets,
         )
-        result = trainer.fit()
+        with ray_train_poll_interval():  # the train stage's setting: compare raypipe, not Ray Train configs
+            result = trainer.fit()
         ended = time.perf_counter()
         if result.error is not None:
             raise RuntimeError(f"plain TorchTrainer failed: {result.error}")
