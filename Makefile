@@ -27,7 +27,7 @@ loop-demo: setup
 	$(VENV)/bin/raypipe loop demo --out bench-out/closed_loop
 
 test: lint
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 bench: setup
 	$(PY) -m benchmarks.overhead --out bench-out/overhead

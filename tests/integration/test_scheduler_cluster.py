@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -176,24 +177,11 @@ def _controller_with_running_jobs() -> Any:
 
 
 def test_node_removed_mid_stage_requeues_it(tmp_path: Path, gpu_cluster: Any, reliability: Any) -> None:
-    import ray
-
-    from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
-
     started = tmp_path / "started"
     cfg = pipe(tmp_path, stage("victim", "slow", args={"seconds": 4, "started": str(started)}, resources=gpu(4)))
-    out: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: out.update(res=raypipe.run(cfg, use_cache=False)))
-    t.start()
-    wait_for(started.exists, what="the stage to start")
-    handle = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-    (job,) = [j for j in ray.get(handle.queue.remote()) if j["state"] == "running"]
-    node = next(n for n in gpu_cluster.worker_nodes if n.node_id == job["nodes"][0])
-    reliability.fault("node removed while a stage runs on it")
-    gpu_cluster.remove_node(node)
-    t.join(timeout=180)
-    gpu_cluster.add_node(num_cpus=4, num_gpus=4, labels={"gpu_type": "A100"})
-    res = out["res"]
+    res, _ = remove_node_during(
+        gpu_cluster, cfg, "victim", started.exists, "node removed while a stage runs on it", reliability
+    )
     assert res.ok, res.errors
     victim = history(tmp_path, res.run_id)["victim"]
     assert victim[-1] == "succeeded" and "lost" in victim and "failed" not in victim, victim
@@ -386,7 +374,6 @@ def test_node_killed_during_a_data_stage_retries_it_with_the_same_output(
     mid-stage; the stage is requeued, runs again elsewhere, and its dataset (a content
     version of the rows) equals a clean run's.  Then the cluster's resources are free again."""
     import pandas as pd
-    import ray
 
     src = tmp_path / "src"
     src.mkdir()
@@ -414,18 +401,14 @@ def test_node_killed_during_a_data_stage_retries_it_with_the_same_output(
     assert clean.ok, clean.errors
     tasks = tmp_path / "tasks"
     cfg = pipeline(tmp_path / "store", tasks, 1.0)
-    out: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: out.update(res=raypipe.run(cfg, use_cache=False)))
-    t.start()
-    wait_for(lambda: tasks.exists() and any(tasks.iterdir()), what="the data stage's first task")
-    handle = get_controller_handle()
-    (job,) = [j for j in ray.get(handle.queue.remote()) if j["state"] == "running"]
-    node = next(n for n in gpu_cluster.worker_nodes if n.node_id in job["nodes"])
-    reliability.fault("worker node removed during a data stage")
-    gpu_cluster.remove_node(node)
-    t.join(timeout=180)
-    gpu_cluster.add_node(num_cpus=4, num_gpus=4, labels={"gpu_type": "A100"})
-    res = out["res"]
+    res, _ = remove_node_during(
+        gpu_cluster,
+        cfg,
+        "feat",
+        lambda: tasks.exists() and any(tasks.iterdir()),
+        "worker node removed during a data stage",
+        reliability,
+    )
     assert res.ok, res.errors
     feat = history(tmp_path, res.run_id)["feat"]
     assert feat[-1] == "succeeded" and len(feat) >= 2 and "failed" not in feat, feat
@@ -442,7 +425,6 @@ def test_node_removed_during_training_resumes_from_its_checkpoint(
     (the epochs continue, none runs from zero) and finishes; then every grant is free."""
     import numpy as np
     import pandas as pd
-    import ray
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12000, 6))  # over a second an epoch: the node goes while epochs remain
@@ -462,36 +444,34 @@ def test_node_removed_during_training_resumes_from_its_checkpoint(
                 inputs={"train": "read.data"},
                 resources={"cpu": 3},  # one worker per 4-CPU worker node (the head has 2)
                 gang_size=2,
-                params={"model": {"type": "mlp", "hidden": [16]}, "epochs": 6, "batch_size": 32, "max_failures": 1},
+                params={"model": {"type": "mlp", "hidden": [16]}, "epochs": 5, "batch_size": 32, "max_failures": 1},
             ),
         ],
     )
-    out: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: out.update(res=raypipe.run(cfg, use_cache=False)))
-    t.start()
 
     def reported_epochs() -> list[int]:
         rows = [line for h in store.glob("checkpoints/fit/*/history.jsonl") for line in h.read_text().splitlines()]
         return [json.loads(line)["epoch"] for line in rows if line.strip()]
 
-    wait_for(lambda: max(reported_epochs(), default=-1) >= 1, timeout_s=180, what="two epochs checkpointed")
-    handle = get_controller_handle()
-    (job,) = [j for j in ray.get(handle.queue.remote()) if j["state"] == "running" and ":fit:" in j["job_id"]]
-    removed = next(n for n in gpu_cluster.worker_nodes if n.node_id in job["nodes"])
-    epochs_before = max(reported_epochs())
-    reliability.fault("node removed during distributed training")
-    gpu_cluster.remove_node(removed)
-    t.join(timeout=240)
-    gpu_cluster.add_node(num_cpus=4, num_gpus=4, labels={"gpu_type": "A100"})
-    res = out["res"]
+    res, epochs_before = remove_node_during(
+        gpu_cluster,
+        cfg,
+        "fit",
+        lambda: max(reported_epochs(), default=-1) >= 0,  # the first epoch checkpointed
+        "node removed during distributed training",
+        reliability,
+        started_s=180,
+        join_s=240,
+        before=lambda: max(reported_epochs()),
+    )
     assert res.ok, res.errors
-    assert epochs_before < 5, "the node was removed before the training ended"
+    assert epochs_before < 4, "the node was removed before the training ended"
     db = str(store / "raypipe.db")
     hist = raypipe.read_artifact(res.outputs["fit"]["history"].sha256, db=db)
     starts = [h["start_epoch"] for h in hist]
     assert starts[0] == 0 and starts[-1] > epochs_before, f"it resumed after the last checkpoint seen: {hist}"
     resumed = hist[starts.index(starts[-1]) :]
-    assert [h["epoch"] for h in resumed] == list(range(starts[-1], 6)), "it continued after its checkpoint"
+    assert [h["epoch"] for h in resumed] == list(range(starts[-1], 5)), "it continued after its checkpoint"
     attempts = history(tmp_path, res.run_id)["fit"]
     print(f"\nnode removed after epoch {epochs_before}: stage runs {attempts}, resumed at epoch {starts[-1]}")
     assert "failed" not in attempts
@@ -504,3 +484,35 @@ def get_controller_handle() -> Any:
     from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
 
     return ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+
+
+def remove_node_during(
+    cluster: Any,
+    cfg: raypipe.PipelineConfig,
+    stage_name: str,
+    started: Callable[[], object],
+    fault: str,
+    reliability: Any,
+    started_s: float = 60.0,
+    join_s: float = 180.0,
+    before: Callable[[], Any] = lambda: None,
+) -> tuple[Any, Any]:
+    """Fault injection: runs ``cfg`` in a thread; once ``started()`` holds, removes a worker
+    node holding the running job of ``stage_name``, waits for the run's result and adds a
+    like node back.  Returns the result and what ``before()`` saw just before the removal."""
+    import ray
+
+    out: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: out.update(res=raypipe.run(cfg, use_cache=False)))
+    t.start()
+    wait_for(started, timeout_s=started_s, what=f"stage {stage_name} to start")
+    queue = ray.get(get_controller_handle().queue.remote())
+    (job,) = [j for j in queue if j["state"] == "running" and f":{stage_name}:" in j["job_id"]]
+    node = next(n for n in cluster.worker_nodes if n.node_id in job["nodes"])
+    seen = before()
+    reliability.fault(fault)
+    cluster.remove_node(node)
+    t.join(timeout=join_s)
+    cluster.add_node(num_cpus=4, num_gpus=4, labels={"gpu_type": "A100"})
+    assert "res" in out, f"the run did not end within {join_s:g} s of the node's removal"
+    return out["res"], seen
