@@ -67,9 +67,7 @@ class PostgresServer:
         if self.prefix:
             shutil.chown(self.root, "postgres", "postgres")
             shutil.chown(self.sockets, "postgres", "postgres")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self._run("initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync")
         opts = (
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.sockets} -c fsync=off"
@@ -127,9 +125,7 @@ def metadata_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for a test's Serve HTTP proxy)."""
-    import socket
-
+    """A TCP port free on 127.0.0.1 now (a test's Serve HTTP proxy, the PostgreSQL server)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

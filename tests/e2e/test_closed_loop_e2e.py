@@ -32,7 +32,7 @@ from raypipe.serve.monitor import get_monitor, read_config
 from raypipe.serve.spec import ServeSpec
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.registry import ModelRegistry
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -134,10 +134,12 @@ def wait_episode_end(key: str, timeout: float = 180.0) -> None:
     import ray
 
     monitor = get_monitor(APP)
-    deadline = time.monotonic() + timeout
-    while ray.get(monitor.status.remote())["debounce"]["episodes"].get(key, {}).get("active"):
-        assert time.monotonic() < deadline, f"the drift episode {key} did not end in {timeout:g} s"
-        time.sleep(0.5)
+    wait_for(
+        lambda: not ray.get(monitor.status.remote())["debounce"]["episodes"].get(key, {}).get("active"),
+        timeout_s=timeout,
+        every_s=0.5,
+        what=f"the drift episode {key} to end",
+    )
 
 
 def test_broken_retraining_is_rolled_back_and_production_untouched(loop_env: dict[str, Any]) -> None:

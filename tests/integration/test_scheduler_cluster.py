@@ -35,6 +35,12 @@ def pipe(tmp_path: Path, *stages: raypipe.StageConfig, scheduler: dict | None = 
     return raypipe.PipelineConfig(name="sched", storage=str(tmp_path / "store"), stages=list(stages), **extra)
 
 
+def read_then(name: str, store: Path, src: Path, stage: raypipe.StageConfig) -> raypipe.PipelineConfig:
+    """A pipeline: ``read`` (data.read of ``src``), then ``stage``."""
+    read = raypipe.StageConfig(name="read", kind="data.read", params={"path": str(src)})
+    return raypipe.PipelineConfig(name=name, storage=str(store), stages=[read, stage])
+
+
 def history(tmp_path: Path, run_id: str) -> dict[str, list[str]]:
     meta = MetadataStore(str(tmp_path / "store" / "raypipe.db"))
     out: dict[str, list[str]] = {}
@@ -382,19 +388,17 @@ def test_node_killed_during_a_data_stage_retries_it_with_the_same_output(
 
     def pipeline(store: Path, tasks: Path, hold_s: float) -> raypipe.PipelineConfig:
         tasks.mkdir(exist_ok=True)
-        return raypipe.PipelineConfig(
-            name="data-fault",
-            storage=str(store),
-            stages=[
-                raypipe.StageConfig(name="read", kind="data.read", params={"path": str(src)}),
-                raypipe.StageConfig(
-                    name="feat",
-                    kind="data.transform",
-                    inputs={"data": "read.data"},
-                    resources={"cpu": 3},  # more than the head's 2 CPUs: on a worker node
-                    params={"function": f"{F}:record_task", "args": {"log_dir": str(tasks), "hold_s": hold_s}},
-                ),
-            ],
+        return read_then(
+            "data-fault",
+            store,
+            src,
+            raypipe.StageConfig(
+                name="feat",
+                kind="data.transform",
+                inputs={"data": "read.data"},
+                resources={"cpu": 3},  # more than the head's 2 CPUs: on a worker node
+                params={"function": f"{F}:record_task", "args": {"log_dir": str(tasks), "hold_s": hold_s}},
+            ),
         )
 
     clean = raypipe.run(pipeline(tmp_path / "clean", tmp_path / "clean-tasks", 0.0))
@@ -433,20 +437,18 @@ def test_node_removed_during_training_resumes_from_its_checkpoint(
     frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(6)]).assign(label=(x[:, 0] + x[:, 1] > 0).astype(int))
     frame.to_parquet(src / "part.parquet")
     store = tmp_path / "store"
-    cfg = raypipe.PipelineConfig(
-        name="train-node-fault",
-        storage=str(store),
-        stages=[
-            raypipe.StageConfig(name="read", kind="data.read", params={"path": str(src)}),
-            raypipe.StageConfig(
-                name="fit",
-                kind="train",
-                inputs={"train": "read.data"},
-                resources={"cpu": 3},  # one worker per 4-CPU worker node (the head has 2)
-                gang_size=2,
-                params={"model": {"type": "mlp", "hidden": [16]}, "epochs": 5, "batch_size": 32, "max_failures": 1},
-            ),
-        ],
+    cfg = read_then(
+        "train-node-fault",
+        store,
+        src,
+        raypipe.StageConfig(
+            name="fit",
+            kind="train",
+            inputs={"train": "read.data"},
+            resources={"cpu": 3},  # one worker per 4-CPU worker node (the head has 2)
+            gang_size=2,
+            params={"model": {"type": "mlp", "hidden": [16]}, "epochs": 5, "batch_size": 32, "max_failures": 1},
+        ),
     )
 
     def reported_epochs() -> list[int]:
