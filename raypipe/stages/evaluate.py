@@ -3,7 +3,14 @@
 Inputs: ``model`` (a model artifact from ``train`` or ``tune``) and ``data`` (a
 held-out dataset with the label column).  The dataset streams through the model in
 batches (Ray Data bounded by the stage's grant, as in data stages); metrics are
-accumulated exactly (a confusion matrix for classification, sums for regression).
+accumulated by the streaming, mergeable accumulators of :mod:`raypipe.models.metrics`
+and equal scikit-learn's: confusion counts over the union of the labels in y_true and
+y_pred (accuracy, macro precision / recall / F1, per-class scores), log loss from the
+built-in model's probabilities, ROC AUC and average precision (``roc_auc``,
+``pr_auc``) for binary models (positive class ``classes[1]``), and numerically stable
+sums for regression (MSE, RMSE, MAE, R²).  A ``predict`` function gives predictions
+only, so its model has no log loss or AUCs.  An undefined metric is ``None`` and
+``notes`` says why.
 
 The gate: ``min: {accuracy: 0.9}`` and ``max: {log_loss: 0.4}`` thresholds, and
 ``beat: {model: NAME, alias: production, metric: accuracy, margin: 0.01}``: the
@@ -12,26 +19,33 @@ the stage is about to run, becomes the stage's ``baseline`` input (so it is in t
 cache key and in lineage) and is evaluated on the same data.  With no such version
 yet, ``beat`` passes and says so.  A missed gate raises :class:`GateFailed` naming
 each metric, its value, the threshold and the miss; it is not retried, and the
-stages that depend on this one are skipped.
+stages that depend on this one are skipped.  A gate on an undefined (``None``)
+metric fails, naming the metric and why it is undefined.
 
-Output: ``metrics`` (a JSON dict: the metrics, rows, per-class recall, the
-baseline's metrics and every gate check with its outcome).
+Outputs: ``metrics`` (a JSON dict: the metrics, rows, ``notes`` when there are any
+(why a metric is None, or a caveat), ``recall_per_class``, ``per_class`` [{label,
+precision, recall, f1, support}] and ``confusion_matrix`` {labels, matrix} (rows true,
+columns predicted) for classification, the baseline's metrics and every gate check with
+its outcome), ``confusion_matrix`` (the same dict; None for regression) and
+``per_class`` (a DataFrame: label (str), precision, recall, f1, support; None for
+regression).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from raypipe.exceptions import GateFailed, StageError
+from raypipe.models.metrics import ClassificationMetrics, RegressionMetrics
 from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
 from raypipe.stages.python import FUNC_RE, import_check, import_function
 
-CLASSIFICATION = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "log_loss")
+CLASSIFICATION = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "log_loss", "roc_auc", "pr_auc")
 REGRESSION = ("mse", "rmse", "mae", "r2")
 #: Metrics where lower is better (``beat`` flips its comparison for them).
 LOWER_IS_BETTER = frozenset({"log_loss", "mse", "rmse", "mae"})
@@ -67,7 +81,7 @@ class EvaluateStage(StageKind):
     params: EvaluateParams
 
     def outputs(self) -> list[str]:
-        return ["metrics"]
+        return ["metrics", "confusion_matrix", "per_class"]
 
     def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
         issues: list[tuple[tuple[str | int, ...], str]] = []
@@ -86,7 +100,11 @@ class EvaluateStage(StageKind):
         return issues
 
     def fingerprint(self) -> str:
-        return module_fingerprint(__name__) + module_fingerprint("raypipe.models.builtin")
+        return (
+            module_fingerprint(__name__)
+            + module_fingerprint("raypipe.models.builtin")
+            + module_fingerprint("raypipe.models.metrics")
+        )
 
     def session(self, ctx: StageContext) -> Any:
         from raypipe.stages.data.common import data_session
@@ -114,25 +132,44 @@ class EvaluateStage(StageKind):
         if not isinstance(model, ModelPackage):
             raise StageError(f"input 'model' must be a model artifact (from train or tune), got {type(model).__name__}")
         ds = as_dataset(inputs["data"], "input 'data'")
-        scores = [_Scores(model, self.params.predict)]
         baseline = inputs.get("baseline")
+        batches = ds.iter_batches(batch_size=self.params.batch_size, batch_format="pandas")
+        sha = ctx.input_refs["baseline"].sha256 if baseline is not None else None
+        return self.evaluate(model, batches, baseline, sha)
+
+    def evaluate(
+        self, model: Any, batches: Iterable[Any], baseline: Any = None, baseline_sha256: str | None = None
+    ) -> dict[str, Any]:
+        """The stage's outputs from pandas batches (no Ray: ``run`` passes Ray Data's batches)."""
+        import pandas as pd
+
+        scores = [_Scores(model, self.params.predict)]
         if baseline is not None:
             scores.append(_Scores(baseline, self.params.predict))
-        for batch in ds.iter_batches(batch_size=self.params.batch_size, batch_format="pandas"):
+        for batch in batches:
             for s in scores:
                 s.add(batch)
         metrics = scores[0].result(self.params.metrics)
         out: dict[str, Any] = dict(metrics)
         if baseline is not None:
-            out["baseline"] = {
-                "model_sha256": ctx.input_refs["baseline"].sha256,
-                **scores[1].result(self.params.metrics),
-            }
+            out["baseline"] = {"model_sha256": baseline_sha256, **scores[1].result(self.params.metrics)}
         checks, missed = self._gate(metrics, out.get("baseline"))
         out["gate"] = checks
         if missed:
             raise GateFailed("gate failed: " + "; ".join(missed))
-        return {"metrics": out}
+        per_class = None
+        if "per_class" in metrics:
+            per_class = pd.DataFrame(
+                {
+                    "label": [str(c["label"]) for c in metrics["per_class"]],
+                    "precision": [float(c["precision"]) for c in metrics["per_class"]],
+                    "recall": [float(c["recall"]) for c in metrics["per_class"]],
+                    "f1": [float(c["f1"]) for c in metrics["per_class"]],
+                    "support": [int(c["support"]) for c in metrics["per_class"]],
+                },
+                columns=["label", "precision", "recall", "f1", "support"],
+            )
+        return {"metrics": out, "confusion_matrix": metrics.get("confusion_matrix"), "per_class": per_class}
 
     def _gate(
         self, metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None
@@ -140,20 +177,32 @@ class EvaluateStage(StageKind):
         g = self.params.gate
         checks: list[dict[str, Any]] = []
         missed: list[str] = []
+        notes: Mapping[str, str] = metrics.get("notes") or {}
 
-        def value(name: str) -> float:
+        def value(name: str) -> float | None:
             if name not in metrics:
                 raise StageError(f"gate: metric {name!r} was not computed for this {metrics.get('task')} model")
-            return float(metrics[name])
+            v = metrics[name]
+            return None if v is None else float(v)
+
+        def undefined(name: str, rule: str, check: dict[str, Any], why: str) -> None:
+            checks.append({**check, "metric": name, "rule": rule, "value": None, "passed": False, "note": why})
+            missed.append(f"{name} is undefined, so the {rule} check cannot pass: {why}")
 
         for name, lo in g.min.items():
             v = value(name)
+            if v is None:
+                undefined(name, "min", {"threshold": lo}, notes.get(name, "no value"))
+                continue
             ok = v >= lo
             checks.append({"metric": name, "rule": "min", "threshold": lo, "value": v, "passed": ok})
             if not ok:
                 missed.append(f"{name} {v:.4f} < min {lo:g} (missed by {lo - v:.4f})")
         for name, hi in g.max.items():
             v = value(name)
+            if v is None:
+                undefined(name, "max", {"threshold": hi}, notes.get(name, "no value"))
+                continue
             ok = v <= hi
             checks.append({"metric": name, "rule": "max", "threshold": hi, "value": v, "passed": ok})
             if not ok:
@@ -161,7 +210,10 @@ class EvaluateStage(StageKind):
         if g.beat is not None:
             b = g.beat
             v = value(b.metric)
-            if baseline is None:
+            ref_raw = None if baseline is None else baseline.get(b.metric)
+            if v is None:
+                undefined(b.metric, "beat", {}, notes.get(b.metric, "no value"))
+            elif baseline is None:
                 checks.append(
                     {
                         "metric": b.metric,
@@ -171,8 +223,14 @@ class EvaluateStage(StageKind):
                         "note": f"no {b.model}@{b.alias} yet",
                     }
                 )
+            elif ref_raw is None:
+                why = (baseline.get("notes") or {}).get(b.metric, "not computed for it")
+                checks.append(
+                    {"metric": b.metric, "rule": "beat", "value": v, "baseline": None, "passed": False, "note": why}
+                )
+                missed.append(f"{b.metric} of {b.model}@{b.alias} is undefined, so the beat check cannot pass: {why}")
             else:
-                ref = float(baseline[b.metric])
+                ref = float(ref_raw)
                 lower = b.metric in LOWER_IS_BETTER
                 need = ref - b.margin if lower else ref + b.margin
                 ok = v <= need if lower else v >= need
@@ -197,7 +255,7 @@ class EvaluateStage(StageKind):
 
 
 class _Scores:
-    """Streaming metrics of one model over batches."""
+    """Streaming metrics of one model over batches (a :mod:`raypipe.models.metrics` accumulator)."""
 
     def __init__(self, package: Any, predict: str | None) -> None:
         from raypipe.models.builtin import predictor
@@ -206,9 +264,9 @@ class _Scores:
         self.task = self.meta.get("task")
         self.label = self.meta.get("label")
         fn = predict or self.meta.get("predict")
+        self.custom: Any = None
         if self.meta.get("spec"):
             self.model: Any = predictor(package)
-            self.custom = None
         elif fn:
             self.custom = import_function(fn)
             self.package = package
@@ -217,74 +275,69 @@ class _Scores:
                 "the model was trained by a user loop: set `predict` (evaluate) or `predict` (train) to a "
                 "function (model: ModelPackage, batch: DataFrame) -> predictions"
             )
-        self.n = 0
-        self.sums = np.zeros(4)  # regression: squared error, abs error, sum y, sum y^2
-        self.confusion: dict[tuple[Any, Any], int] = {}
-        self.log_loss = 0.0
+        self.unlabeled = 0
+        self.acc: ClassificationMetrics | RegressionMetrics
+        if self.task == "regression":
+            self.acc = RegressionMetrics()
+        else:
+            classes = self.meta.get("classes")
+            self.acc = ClassificationMetrics(classes if self.custom is None else None)
 
     def add(self, batch: Any) -> None:
         if self.label is None or self.label not in batch.columns:
             raise StageError(
                 f"the evaluation data has no label column {self.label!r}; columns: {', '.join(batch.columns)}"
             )
-        y = batch[self.label].to_numpy()
+        column = batch[self.label]
+        missing = column.isna()
+        if missing.any():  # no label, nothing to score: counted, not guessed
+            self.unlabeled += int(missing.sum())
+            batch = batch[~missing.to_numpy()]
+            column = batch[self.label]
+            if not len(batch):
+                return
+        y = column.to_numpy()
+        proba = None
         if self.custom is not None:
-            pred, proba = np.asarray(self.custom(self.package, batch)), None
-        elif self.task == "classification":
-            proba = self.model.outputs(batch)
-            pred = np.asarray(self.meta["classes"])[proba.argmax(1)]
+            pred = np.asarray(self.custom(self.package, batch))
+            if pred.ndim != 1 or len(pred) != len(y):
+                raise StageError(
+                    f"the `predict` function must return one prediction per row: got shape {pred.shape} "
+                    f"for {len(y)} rows"
+                )
+        elif self.task == "regression":
+            pred = np.asarray(self.model.predict(batch))
         else:
-            pred, proba = self.model.predict(batch), None
-        self.n += len(y)
-        if self.task == "regression":
-            err = pred.astype(float) - y.astype(float)
-            self.sums += [
-                float((err**2).sum()),
-                float(np.abs(err).sum()),
-                float(y.sum()),
-                float((y.astype(float) ** 2).sum()),
-            ]
-            return
-        for t, p in zip(y.tolist(), pred.tolist(), strict=True):
-            self.confusion[(t, p)] = self.confusion.get((t, p), 0) + 1
-        if proba is not None:
-            index = {c: i for i, c in enumerate(self.meta["classes"])}
-            cols = np.array([index.get(t, -1) for t in y.tolist()])
-            p = np.where(cols >= 0, proba[np.arange(len(y)), np.maximum(cols, 0)], 0.0)
-            self.log_loss += float(-np.log(np.clip(p, 1e-15, 1.0)).sum())
+            proba = np.asarray(self.model.outputs(batch))
+            pred = np.asarray(self.meta["classes"], dtype=object)[proba.argmax(1)]
+        if isinstance(self.acc, RegressionMetrics):
+            self.acc.update(y, pred)
+        else:
+            self.acc.update(y, pred, proba)
 
     def result(self, wanted: list[str] | None) -> dict[str, Any]:
-        if self.n == 0:
+        if self.acc.n == 0:
             raise StageError("the evaluation data has no rows")
-        out: dict[str, Any] = {"task": self.task, "rows": self.n}
-        if self.task == "regression":
-            mse = self.sums[0] / self.n
-            var = self.sums[3] / self.n - (self.sums[2] / self.n) ** 2
-            values = {
-                "mse": mse,
-                "rmse": math.sqrt(mse),
-                "mae": self.sums[1] / self.n,
-                "r2": 1 - mse / var if var > 0 else float("nan"),
-            }
-        else:
-            labels = sorted({t for t, _ in self.confusion} | {p for _, p in self.confusion})
-            tp = {c: self.confusion.get((c, c), 0) for c in labels}
-            true_n = {c: sum(v for (t, _), v in self.confusion.items() if t == c) for c in labels}
-            pred_n = {c: sum(v for (_, p), v in self.confusion.items() if p == c) for c in labels}
-            prec = {c: tp[c] / pred_n[c] if pred_n[c] else 0.0 for c in labels}
-            rec = {c: tp[c] / true_n[c] if true_n[c] else 0.0 for c in labels}
-            f1 = {c: 2 * prec[c] * rec[c] / (prec[c] + rec[c]) if prec[c] + rec[c] else 0.0 for c in labels}
-            present = [c for c in labels if true_n[c]]
-            values = {
-                "accuracy": sum(tp.values()) / self.n,
-                "f1_macro": float(np.mean([f1[c] for c in present])),
-                "precision_macro": float(np.mean([prec[c] for c in present])),
-                "recall_macro": float(np.mean([rec[c] for c in present])),
-            }
-            if self.custom is None:
-                values["log_loss"] = self.log_loss / self.n
-            out["recall_per_class"] = {str(c): round(rec[c], 6) for c in present}
-        for name, v in values.items():
+        r = self.acc.result()
+        out: dict[str, Any] = {"task": self.task, "rows": r["rows"]}
+        if self.unlabeled:
+            out["rows_unlabeled"] = self.unlabeled
+        names = REGRESSION if isinstance(self.acc, RegressionMetrics) else CLASSIFICATION
+        notes = dict(r["notes"])
+        if self.custom is not None and isinstance(self.acc, ClassificationMetrics):
+            for name in ("log_loss", "roc_auc", "pr_auc"):
+                notes[name] = "undefined: the `predict` function returns predictions only, no probabilities"
+        for name in names:
             if wanted is None or name in wanted:
-                out[name] = round(float(v), 6) if math.isfinite(v) else None
+                v = r[name]
+                out[name] = float(v) if v is not None and math.isfinite(v) else None
+        if isinstance(self.acc, ClassificationMetrics):
+            out["recall_per_class"] = {str(c["label"]): c["recall"] for c in r["per_class"]}
+            out["per_class"] = r["per_class"]
+            out["confusion_matrix"] = r["confusion_matrix"]
+        notes = {k: v for k, v in notes.items() if k in out}
+        if self.unlabeled:
+            notes["rows_unlabeled"] = f"{self.unlabeled} rows without a label were not scored"
+        if notes:  # why a metric is None, or a caveat about its value
+            out["notes"] = notes
         return out
