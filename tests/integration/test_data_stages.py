@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +265,124 @@ def test_parquet_is_versioned_in_place_and_a_changed_source_is_named(tmp_path: P
         raypipe.read_artifact(ref2.sha256, db=str(tmp_path / "store" / "raypipe.db"))
     again = run(tmp_path, read(other))
     assert again.stages["read"] == "succeeded" and again.outputs["read"]["data"].sha256 != ref2.sha256
+
+
+def _dated_csvs(folder: Path) -> None:
+    """Three CSV files (one block each) whose `day`, `score` and `at` columns Arrow reads as
+    text in every file: p0 and p1 have one malformed date and one "n.a." score each; in p2
+    every date is malformed.  `at` mixes aware and naive times, which Arrow's reader reads
+    as text."""
+    folder.mkdir()
+    files: dict[str, list[str]] = {"p0.csv": [], "p1.csv": [], "p2.csv": []}
+    for i in range(120):
+        name = f"p{i // 40}.csv"
+        day = f"2024-01-{1 + i % 28:02d}" if name != "p2.csv" else f"{1 + i % 28:02d}/01/2024"
+        score = f"{i / 8}"
+        at = f"2024-03-01T{i % 24:02d}:00:00Z" if i % 2 else f"2024-03-01 {i % 24:02d}:30"
+        if i == 3:
+            day = "2023-13-45"
+        if i in (7, 47, 87):
+            score = "n.a."
+        if i == 41:
+            day = "2024-02-30"
+        files[name].append(f"{i},{day},{score},{at},{'true' if i % 3 else 'false'}")
+    for name, lines in files.items():
+        (folder / name).write_text("id,day,score,at,ok\n" + "\n".join(lines) + "\n")
+
+
+def _typed_validate(on_error: str) -> dict[str, Any]:
+    return {
+        "name": "check",
+        "kind": "data.validate",
+        "inputs": {"data": "read.data"},
+        "params": {
+            "columns": {
+                "id": {"type": "int", "unique": True},
+                "day": {"type": "date", "min": "2024-01-01"},
+                "score": {"type": "float", "min": 0},
+                "at": {"type": "timestamp", "timezone": "Europe/Berlin", "max": "2024-03-02T00:00:00Z"},
+                "ok": {"type": "bool"},
+            },
+            "on_error": on_error,
+        },
+    }
+
+
+def test_validate_parses_text_columns_of_csvs_into_their_declared_types(tmp_path: Path) -> None:
+    _dated_csvs(tmp_path / "src")
+    failed = run(tmp_path, read(tmp_path / "src"), _typed_validate("fail"))
+    assert not failed.ok
+    assert "day: type (42 rows)" in failed.errors["check"] and "score: type (3 rows)" in failed.errors["check"]
+    detail = error_of(tmp_path, failed, "check")
+    assert "column 'day': rule type (an ISO date YYYY-MM-DD): 42 rows" in detail
+    assert re.search(r"'day': '(2023-13-45|2024-02-30|\d\d/01/2024)'", detail), detail  # examples: any blocks first
+
+    split = {
+        "name": "split",
+        "kind": "data.split",
+        "inputs": {"data": "check.data"},
+        "params": {"fractions": {"train": 0.8, "test": 0.2}, "key": "id"},
+    }
+    res = run(tmp_path, read(tmp_path / "src"), _typed_validate("quarantine"), split)
+    assert res.ok, res.errors
+    src = res.outputs["read"]["data"].schema["columns"]
+    assert src["day"] == src["score"] == src["at"] == "string" and src["id"] == "int64", src
+    data_ref, quarantine_ref = res.outputs["check"]["data"], res.outputs["check"]["quarantine"]
+    assert data_ref.schema["columns"] == {
+        "id": "int64",
+        "day": "date32[day]",
+        "score": "double",
+        "at": "timestamp[us, tz=UTC]",
+        "ok": "bool",
+    }
+    assert quarantine_ref.schema["columns"] == src, "quarantined rows keep the text as read"
+    report = value(tmp_path, res, "check", "report")
+    assert report["converted"] == ["day", "score", "at"]
+    assert report["rows_bad"] == report["rows_quarantined"] == 44  # 42 dates, 2 more scores
+    good = value(tmp_path, res, "check", "data").sort_values("id").reset_index(drop=True)
+    bad = value(tmp_path, res, "check", "quarantine").sort_values("id").reset_index(drop=True)
+    assert len(good) + len(bad) == 120
+    assert set(bad["id"]) == {3, 7, 41, 47} | set(range(80, 120))
+    assert bad.loc[bad["id"] == 3, "day"].tolist() == ["2023-13-45"] and bad.loc[bad["id"] == 7, "score"].tolist() == [
+        "n.a."
+    ]
+    row = good.loc[good["id"] == 42].iloc[0]
+    assert row["day"] == _dt.date(2024, 1, 15) and row["score"] == 42 / 8
+    # naive times are Berlin time (CET in March: 00:30 local is 23:30 UTC the day before)
+    assert pd.Timestamp(good.loc[good["id"] == 0, "at"].iloc[0]) == pd.Timestamp("2024-02-29T23:30:00Z")
+    assert pd.Timestamp(good.loc[good["id"] == 1, "at"].iloc[0]) == pd.Timestamp("2024-03-01T01:00:00Z")
+    parts = [value(tmp_path, res, "split", p) for p in ("train", "test")]
+    assert sum(len(p) for p in parts) == len(good), "the converted dataset feeds the next stage"
+
+    # nothing bad, but columns to convert (Arrow reads neither yes/no nor mixed offsets):
+    # a new dataset, not the input passed on
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "clean" / "rows.csv").write_text("id,at,ok\n1,2024-01-02T10:00:00Z,yes\n2,2024-01-02 11:00,NO\n3,,\n")
+    clean = run(
+        tmp_path,
+        read(tmp_path / "clean"),
+        {
+            "name": "check",
+            "kind": "data.validate",
+            "inputs": {"data": "read.data"},
+            "params": {"columns": {"id": {"type": "int"}, "at": {"type": "timestamp"}, "ok": {"type": "bool"}}},
+        },
+    )
+    assert clean.ok, clean.errors
+    assert clean.outputs["read"]["data"].schema["columns"] == {"id": "int64", "at": "string", "ok": "string"}
+    assert clean.outputs["check"]["data"].sha256 != clean.outputs["read"]["data"].sha256
+    assert clean.outputs["check"]["data"].schema["columns"] == {
+        "id": "int64",
+        "at": "timestamp[us, tz=UTC]",
+        "ok": "bool",
+    }
+    rows = value(tmp_path, clean, "check", "data").sort_values("id")
+    assert [pd.Timestamp(t) for t in rows["at"].iloc[:2]] == [
+        pd.Timestamp("2024-01-02T10:00:00Z"),
+        pd.Timestamp("2024-01-02T11:00:00Z"),
+    ]
+    assert (
+        rows["ok"].iloc[:2].tolist() == [True, False]
+        and rows["at"].isna().tolist()[2]
+        and rows["ok"].isna().tolist()[2]
+    )

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as _dt
+import io
 import json
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from raypipe.stages.data.rules import (
     NULL_HASH,
+    NULL_TEXTS,
+    PARSED_TYPES,
     ColumnRule,
     ValidateParams,
     ValidationReport,
@@ -20,10 +27,12 @@ from raypipe.stages.data.rules import (
     check_batch,
     check_row_count,
     check_schema,
+    convert_batch,
     duplicate_hashes,
     key_hashes,
     merge_reports,
     series_hashes,
+    text_columns,
     unique_violations,
 )
 
@@ -63,9 +72,18 @@ def test_params_defaults_and_types() -> None:
     ("raw", "message"),
     [
         ({"columns": {"a": {"min": 5, "max": 1}}}, "min (5) must be <= max (1)"),
-        ({"columns": {"a": {"type": "string", "min": 0}}}, "numeric column"),
-        ({"columns": {"a": {"type": "bool", "max": 1}}}, "numeric column"),
-        ({"columns": {"a": {"type": "category", "min": 1}}}, "numeric column"),
+        (
+            {"columns": {"a": {"type": "string", "min": 0}}},
+            "min/max need a numeric column (type int, float or number), a date or a timestamp column",
+        ),
+        (
+            {"columns": {"a": {"type": "bool", "max": 1}}},
+            "min/max need a numeric column (type int, float or number), a date or a timestamp column",
+        ),
+        (
+            {"columns": {"a": {"type": "category", "min": 1}}},
+            "min/max need a numeric column (type int, float or number), a date or a timestamp column",
+        ),
         ({"columns": {"a": {"nullabel": False}}}, "Extra inputs are not permitted"),
         ({"columns": {"a": {}}, "bogus": 1}, "Extra inputs are not permitted"),
         ({"columns": {}}, "at least one column"),
@@ -284,9 +302,11 @@ def test_check_schema_missing_type_extra() -> None:
     schema = pa.schema(
         [
             ("age", pa.int32()),
-            ("score", pa.string()),
+            ("score", pa.bool_()),
             ("country", pa.dictionary(pa.int8(), pa.string())),
             ("when", pa.date32()),
+            ("stamp", pa.date32()),
+            ("count", pa.string()),
             ("flag", pa.bool_()),
             ("empty", pa.null()),
             ("note", pa.large_string()),
@@ -299,7 +319,9 @@ def test_check_schema_missing_type_extra() -> None:
                 "age": {"type": "number"},
                 "score": {"type": "float"},
                 "country": {"type": "category"},
-                "when": {"type": "timestamp"},
+                "when": {"type": "date"},
+                "stamp": {"type": "timestamp"},
+                "count": {"type": "int"},
                 "flag": {"type": "bool"},
                 "empty": {"type": "int"},
                 "missing": {"type": "float"},
@@ -309,9 +331,18 @@ def test_check_schema_missing_type_extra() -> None:
         }
     )
     got = {(v.column, v.rule): v for v in check_schema(schema, p)}
-    assert set(got) == {("score", "type"), ("missing", "missing"), ("anything", "missing"), ("note", "extra")}
+    # "count" is a string column declared int: parsed row by row, not a schema problem
+    assert set(got) == {
+        ("score", "type"),
+        ("stamp", "type"),
+        ("missing", "missing"),
+        ("anything", "missing"),
+        ("note", "extra"),
+    }
     assert all(v.fatal for v in got.values())
-    assert got[("score", "type")].expected == "a float column, got string"
+    assert got[("score", "type")].expected == "a float column, got bool"
+    assert got[("stamp", "type")].expected == "a timestamp column, got date32[day] (a date column: declare type: date)"
+    assert text_columns(schema, p) == ["count"]
     assert got[("missing", "missing")].expected == "a float column"
     p.extra_columns = "allow"
     assert ("note", "extra") not in {(v.column, v.rule) for v in check_schema(schema, p)}
@@ -320,12 +351,21 @@ def test_check_schema_missing_type_extra() -> None:
 @pytest.mark.parametrize(
     ("declared", "ok", "bad"),
     [
-        ("int", [pa.int8(), pa.uint64()], [pa.float32(), pa.string(), pa.bool_()]),
-        ("float", [pa.float16(), pa.float64()], [pa.int64(), pa.decimal128(5, 2)]),
-        ("number", [pa.int64(), pa.float32()], [pa.string(), pa.bool_()]),
+        (
+            "int",
+            [pa.int8(), pa.uint64(), pa.string()],
+            [pa.float32(), pa.bool_(), pa.dictionary(pa.int8(), pa.string())],
+        ),
+        ("float", [pa.float16(), pa.float64(), pa.large_string()], [pa.int64(), pa.decimal128(5, 2)]),
+        ("number", [pa.int64(), pa.float32(), pa.string()], [pa.bool_(), pa.date32()]),
         ("string", [pa.string(), pa.large_string(), pa.string_view()], [pa.dictionary(pa.int8(), pa.string())]),
-        ("bool", [pa.bool_()], [pa.int8()]),
-        ("timestamp", [pa.timestamp("us"), pa.timestamp("ns", tz="UTC"), pa.date64()], [pa.string(), pa.int64()]),
+        ("bool", [pa.bool_(), pa.string()], [pa.int8()]),
+        ("date", [pa.date32(), pa.date64(), pa.string(), pa.string_view()], [pa.timestamp("s"), pa.int64()]),
+        (
+            "timestamp",
+            [pa.timestamp("us"), pa.timestamp("ns", tz="UTC"), pa.timestamp("s", tz="Europe/Berlin"), pa.string()],
+            [pa.date32(), pa.date64(), pa.int64()],
+        ),
         ("category", [pa.string(), pa.dictionary(pa.int32(), pa.large_string())], [pa.int64()]),
     ],
 )
@@ -333,6 +373,9 @@ def test_type_mapping(declared: str, ok: list[pa.DataType], bad: list[pa.DataTyp
     p = params(c={"type": declared})
     for t in ok:
         assert check_schema(pa.schema([("c", t)]), p) == [], t
+        # string columns are parsed into the types that can be parsed
+        parsed = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+        assert text_columns(pa.schema([("c", t)]), p) == (["c"] if parsed and declared in PARSED_TYPES else []), t
     for t in bad:
         assert [v.rule for v in check_schema(pa.schema([("c", t)]), p)] == ["type"], t
 
@@ -381,3 +424,529 @@ def test_format_truncates_wide_examples() -> None:
     line = text.splitlines()[1]
     assert line.startswith("  column 'x': rule min >= 0: 1 row, e.g. {'x': -1, 'col0': 0,") and line.endswith(", ...}")
     assert len(line) < 200
+
+
+# --------------------------------------------------------------------------- dates, timestamps and text columns
+
+
+def arrow_series(values: list, t: pa.DataType) -> pd.Series:
+    """A column as Ray Data's pandas batches hold it (Arrow-backed)."""
+    return pd.Series(pd.arrays.ArrowExtensionArray(pa.array([None if pd.isna(v) else v for v in values], t)))
+
+
+def counts(report: ValidationReport) -> dict[tuple[str | None, str], int]:
+    return {(v.column, v.rule): v.count for v in report.violations}
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            {"type": "date", "min": "2020-13-01"},
+            "expected an ISO date YYYY-MM-DD (the column's type is date), got '2020-13-01'",
+        ),
+        ({"type": "date", "max": "2023-02-29"}, "expected an ISO date YYYY-MM-DD"),
+        ({"type": "date", "min": "01.02.2020"}, "expected an ISO date YYYY-MM-DD"),
+        ({"type": "date", "min": 5}, "expected an ISO date YYYY-MM-DD (the column's type is date), got the number 5"),
+        ({"type": "date", "min": "2020-01-01T10:00:00"}, "expected an ISO date YYYY-MM-DD"),
+        (
+            {"type": "date", "max": _dt.datetime(2020, 1, 1, 10)},
+            "expected an ISO date YYYY-MM-DD (the column's type is date), got the timestamp 2020-01-01T10:00:00",
+        ),
+        ({"type": "timestamp", "min": "yesterday"}, "expected an ISO 8601 timestamp such as 2020-01-01T00:00:00Z"),
+        ({"type": "timestamp", "min": "2020-01-01T25:00"}, "expected an ISO 8601 timestamp"),
+        ({"type": "timestamp", "max": 1.5}, "expected an ISO 8601 timestamp"),
+        (
+            {"type": "int", "min": _dt.date(2020, 1, 1)},
+            "a date or time bound needs type: date or timestamp (the column's type is int), got the date 2020-01-01",
+        ),
+        (
+            {"min": "2020-01-01"},
+            "a date or time bound needs type: date or timestamp (the column's type is not declared)",
+        ),
+        ({"type": "float", "max": "abc"}, "expected a number (the column's type is float), got 'abc'"),
+        ({"type": "float", "max": float("nan")}, "expected a number"),
+        ({"type": "int", "min": True}, "expected a number"),
+        (
+            {"type": "timestamp", "timezone": "Mars/Olympus"},
+            "expected an IANA time zone name such as UTC or Europe/Berlin",
+        ),
+        ({"type": "timestamp", "timezone": "../etc/passwd"}, "expected an IANA time zone name"),
+        ({"type": "date", "timezone": "UTC"}, "timezone applies to timestamp columns only"),
+        ({"timezone": "UTC"}, "timezone applies to timestamp columns only"),
+        ({"type": "date", "allowed": ["2020-01-01"]}, "allowed is not supported for date columns: use min and max"),
+        ({"type": "datetime"}, "Input should be"),
+    ],
+)
+def test_date_and_timestamp_params_errors(rule: dict, message: str) -> None:
+    with pytest.raises(ValidationError) as e:
+        ValidateParams.model_validate({"columns": {"a": rule}})
+    assert message in str(e.value)
+
+
+def test_bound_errors_name_the_field() -> None:
+    with pytest.raises(ValidationError) as e:
+        ValidateParams.model_validate({"columns": {"day": {"type": "date", "min": "2020-01-01", "max": "2020-13-01"}}})
+    (err,) = e.value.errors()
+    assert err["loc"] == ("columns", "day", "max") and "ISO date" in err["msg"]
+    with pytest.raises(ValidationError) as e:
+        ValidateParams.model_validate({"columns": {"at": {"type": "timestamp", "timezone": "Nowhere"}}})
+    assert e.value.errors()[0]["loc"] == ("columns", "at", "timezone")
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"type": "date", "min": "2021-01-01", "max": "2020-12-31"}, "min (2021-01-01) must be <= max (2020-12-31)"),
+        (
+            # 01:00+02:00 is 23:00 UTC the day before: after 22:30 UTC
+            {"type": "timestamp", "min": "2020-01-01T01:00:00+02:00", "max": "2019-12-31T22:30:00Z"},
+            "min (2020-01-01T01:00:00+02:00) must be <= max (2019-12-31T22:30:00+00:00)",
+        ),
+        (
+            # a naive bound is taken in `timezone`: 00:30 in Berlin is 23:30 UTC the day before
+            {"type": "timestamp", "timezone": "Europe/Berlin", "min": "2020-01-01T00:30", "max": "2019-12-31T23:00Z"},
+            "must be <= max",
+        ),
+    ],
+)
+def test_min_above_max_is_refused_for_dates_and_timestamps(rule: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        ValidateParams.model_validate({"columns": {"a": rule}})
+
+
+def test_date_and_timestamp_bounds_from_yaml_and_iso_strings() -> None:
+    raw = yaml.safe_load(
+        """
+        columns:
+          day: {type: date, min: 2020-01-01, max: "2020-12-31"}
+          at: {type: timestamp, min: 2020-01-01, max: 2020-06-01T12:00:00Z}
+          naive: {type: timestamp, min: 2020-01-01T08:00:00, max: "2020-01-02 10:00:00.5+02:00"}
+          n: {type: int, min: "5", max: 10}
+        """
+    )
+    assert isinstance(raw["columns"]["day"]["min"], _dt.date) and isinstance(raw["columns"]["at"]["max"], _dt.datetime)
+    p = ValidateParams.model_validate(raw)
+    c = p.columns
+    assert c["day"].min == _dt.date(2020, 1, 1) and c["day"].max == _dt.date(2020, 12, 31)
+    assert type(c["day"].min) is _dt.date
+    assert c["at"].min == _dt.datetime(2020, 1, 1) and c["at"].min.tzinfo is None  # a date: midnight, naive
+    assert c["at"].max == _dt.datetime(2020, 6, 1, 12, tzinfo=_dt.timezone.utc)
+    assert c["naive"].min == _dt.datetime(2020, 1, 1, 8)
+    assert c["naive"].max == _dt.datetime(2020, 1, 2, 10, 0, 0, 500000, tzinfo=_dt.timezone(_dt.timedelta(hours=2)))
+    assert c["n"].min == 5.0 and type(c["n"].min) is float
+    # what the cache key and the run record hold (JSON) validates to the same params
+    dumped = p.model_dump(mode="json")
+    assert dumped["columns"]["day"]["min"] == "2020-01-01"
+    again = ValidateParams.model_validate(json.loads(json.dumps(dumped)))
+    assert again == p and again.model_dump(mode="json") == dumped
+
+
+def test_native_date_columns_min_max() -> None:
+    days = [_dt.date(2019, 12, 31), _dt.date(2020, 1, 1), None, _dt.date(2021, 1, 1), _dt.date(2020, 7, 1)]
+    p = params(d={"type": "date", "min": "2020-01-01", "max": _dt.date(2020, 12, 31)})
+    frames = {
+        "arrow date32": pd.DataFrame({"d": arrow_series(days, pa.date32()), "k": range(5)}),
+        "arrow date64": pd.DataFrame({"d": arrow_series(days, pa.date64()), "k": range(5)}),
+        "object dates": pd.DataFrame({"d": pd.Series(days, dtype=object), "k": range(5)}),
+        "datetime64": pd.DataFrame({"d": pd.to_datetime(pd.Series(days)), "k": range(5)}),
+    }
+    for what, df in frames.items():
+        check = check_batch(df, p)
+        r = by_rule(check.report)
+        assert counts(check.report) == {("d", "min"): 1, ("d", "max"): 1}, what
+        assert r[("d", "min")].expected == ">= 2020-01-01" and r[("d", "max")].expected == "<= 2020-12-31"
+        assert r[("d", "min")].examples[0]["d"].startswith("2019-12-31"), what  # ISO text
+        assert r[("d", "max")].examples[0] == {"d": r[("d", "max")].examples[0]["d"], "k": 3}
+        assert check.bad.tolist() == [True, False, False, True, False]
+    text = check_batch(frames["arrow date32"], p).report.format()
+    assert "column 'd': rule min >= 2020-01-01: 1 row, e.g. {'d': '2019-12-31', 'k': 0}" in text
+    # a value that is no date breaks both bounds (as text does in a number column)
+    odd = pd.DataFrame({"d": pd.Series([_dt.date(2020, 5, 5), "soon", None], dtype=object)})
+    assert counts(check_batch(odd, p).report) == {("d", "min"): 1, ("d", "max"): 1}
+
+
+def test_native_timestamp_columns_and_time_zones() -> None:
+    utc = pd.Series(pd.to_datetime(["2019-12-31T23:30:00Z", "2020-01-01T00:30:00Z", None], utc=True))
+    berlin = utc.dt.tz_convert("Europe/Berlin")  # the same instants: 00:30 and 01:30 local
+    frames = {
+        "tz-aware numpy": pd.DataFrame({"t": berlin}),
+        "arrow ns UTC": pd.DataFrame({"t": arrow_series(list(utc), pa.timestamp("ns", tz="UTC"))}),
+        "arrow s Berlin": pd.DataFrame({"t": arrow_series(list(utc), pa.timestamp("s", tz="Europe/Berlin"))}),
+    }
+    naive_bound = params(t={"type": "timestamp", "min": "2020-01-01T00:00:00"})  # taken as UTC
+    berlin_bound = params(t={"type": "timestamp", "min": "2020-01-01T00:00:00", "timezone": "Europe/Berlin"})
+    aware_bound = params(t={"type": "timestamp", "min": "2020-01-01T01:00:00+01:00", "max": "2020-01-01T00:30:00Z"})
+    for what, df in frames.items():
+        r = by_rule(check_batch(df, naive_bound).report)
+        assert counts(check_batch(df, naive_bound).report) == {("t", "min"): 1}, what
+        assert r[("t", "min")].expected == ">= 2020-01-01T00:00:00"
+        ex = pd.Timestamp(r[("t", "min")].examples[0]["t"])
+        assert ex == pd.Timestamp("2019-12-31T23:30:00Z"), what  # ISO text with its offset
+        assert check_batch(df, berlin_bound).report.ok, what  # midnight Berlin = 23:00 UTC
+        # aware bounds compare as instants; the max is inclusive
+        assert counts(check_batch(df, aware_bound).report) == {("t", "min"): 1}, what
+    # a naive column against an aware bound: its wall times are taken in `timezone` (UTC when unset)
+    naive = pd.DataFrame({"t": pd.to_datetime(["2020-01-01T00:30", "2020-01-01T02:00", None])})
+    p = params(t={"type": "timestamp", "min": "2020-01-01T01:00:00Z"})
+    assert check_batch(naive, p).bad.tolist() == [True, False, False]
+    p = params(t={"type": "timestamp", "min": "2020-01-01T01:00:00Z", "timezone": "Asia/Tokyo"})  # 10:00 Tokyo
+    assert check_batch(naive, p).bad.tolist() == [True, True, False]
+    # nanosecond columns against bounds outside what nanoseconds can hold
+    wide = params(t={"type": "timestamp", "min": "0001-01-01", "max": "9999-12-31T23:59:59Z"})
+    assert check_batch(naive, wide).report.ok and check_batch(frames["arrow ns UTC"], wide).report.ok
+
+
+def test_int_text_column() -> None:
+    values = [" 7", "-3", "+12", "007", "1.0", "1e3", "x", "", "NA", None, "9223372036854775807"]
+    values += ["9223372036854775808", "-9223372036854775808", "99999999999999999999", "-0"]
+    df = pd.DataFrame({"n": values, "k": range(len(values))})
+    before = df.copy()
+    p = params(n={"type": "int"})
+    check = check_batch(df, p)
+    (v,) = check.report.violations
+    assert (v.rule, v.count, v.fatal) == ("type", 5, False)
+    assert v.expected == "an integer: optional sign and digits, within int64"
+    assert [e["n"] for e in v.examples] == ["1.0", "1e3", "x", "9223372036854775808", "99999999999999999999"]
+    assert v.examples[0] == {"n": "1.0", "k": 4}  # the text as it was read
+    out = convert_batch(df, p)
+    assert str(out["n"].dtype) == "int64[pyarrow]" and out["k"].dtype == df["k"].dtype
+    assert out["n"].tolist() == [
+        7,
+        -3,
+        12,
+        7,
+        pd.NA,
+        pd.NA,
+        pd.NA,
+        pd.NA,
+        pd.NA,
+        pd.NA,
+        2**63 - 1,
+        pd.NA,
+        -(2**63),
+        pd.NA,
+        0,
+    ]
+    pd.testing.assert_frame_equal(df, before)  # the input batch is not changed
+    line = check.report.format(max_examples=1).splitlines()[1]
+    assert line == (
+        "  column 'n': rule type (an integer: optional sign and digits, within int64): 5 rows, e.g. {'n': '1.0', 'k': 4}"
+    )
+
+
+def test_float_and_number_text_columns() -> None:
+    values = ["1.5", "-2", "1e-3", ".5", "5.", "inf", "-Infinity", "nan", "1,5", "1_000", "0x10", "abc", " 2.5 ", ""]
+    values.append("n.a.")
+    df = pd.DataFrame({"f": values, "g": values})
+    p = params(f={"type": "float"}, g={"type": "number", "min": 0})
+    r = by_rule(check_batch(df, p).report)
+    assert counts(check_batch(df, p).report) == {("f", "type"): 5, ("g", "type"): 5, ("g", "min"): 2}
+    assert [e["f"] for e in r[("f", "type")].examples] == ["1,5", "1_000", "0x10", "abc", "n.a."]
+    assert r[("f", "type")].expected == "a number such as 3, -1.5, 2e-3 or inf"
+    assert [e["g"] for e in r[("g", "min")].examples] == ["-2", "-Infinity"]  # min on the parsed numbers
+    out = convert_batch(df, p)
+    assert str(out["f"].dtype) == str(out["g"].dtype) == "double[pyarrow]"
+    got = out["f"].to_numpy(dtype="float64", na_value=np.nan)
+    want = [1.5, -2, 1e-3, 0.5, 5.0, np.inf, -np.inf, np.nan, np.nan, np.nan, np.nan, np.nan, 2.5, np.nan, np.nan]
+    np.testing.assert_array_equal(got, want)
+    assert out["f"].isna().sum() == 7  # "nan" is null, not NaN: it only breaks `nullable`
+
+
+def test_bool_text_column() -> None:
+    values = ["true", "FALSE", "Yes", "no", "1", "0", "y", "2", "", None, " True "]
+    df = pd.DataFrame({"b": values})
+    p = params(b={"type": "bool", "nullable": False, "allowed": [True]})
+    check = check_batch(df, p)
+    r = by_rule(check.report)
+    assert counts(check.report) == {("b", "type"): 2, ("b", "nullable"): 2, ("b", "allowed"): 3}
+    assert [e["b"] for e in r[("b", "type")].examples] == ["y", "2"]
+    assert r[("b", "type")].expected == "a bool: true/false, yes/no or 1/0, any case"
+    assert check.report.rows_bad == 7
+    out = convert_batch(df, p)
+    assert str(out["b"].dtype) == "bool[pyarrow]"
+    assert out["b"].tolist() == [True, False, True, False, True, False, pd.NA, pd.NA, pd.NA, pd.NA, True]
+
+
+def test_date_text_column() -> None:
+    values = ["2020-01-01", "2024-02-29", "2023-02-29", "2023-13-45", "2020-1-1", "20200101", "2020-01-01T00:00:00"]
+    values += ["n.a.", "0000-01-01", " 2021-05-06 ", "", "NA", "2019-12-31"]
+    df = pd.DataFrame({"d": values, "k": range(len(values))})
+    p = params(d={"type": "date", "min": "2020-01-01", "nullable": False})
+    check = check_batch(df, p)
+    r = by_rule(check.report)
+    assert counts(check.report) == {("d", "type"): 7, ("d", "nullable"): 2, ("d", "min"): 1}
+    assert r[("d", "type")].expected == "an ISO date YYYY-MM-DD"
+    assert [e["d"] for e in r[("d", "type")].examples] == ["2023-02-29", "2023-13-45", "2020-1-1", "20200101"] + [
+        "2020-01-01T00:00:00"
+    ]
+    assert r[("d", "min")].examples == [{"d": "2019-12-31", "k": 12}]
+    line = check.report.format().splitlines()[1]
+    assert line.startswith("  column 'd': rule type (an ISO date YYYY-MM-DD): 7 rows, e.g. {'d': '2023-02-29', 'k': 2}")
+    out = convert_batch(df, p)
+    assert str(out["d"].dtype) == "date32[day][pyarrow]"
+    d = _dt.date
+    assert out["d"].tolist() == [d(2020, 1, 1), d(2024, 2, 29)] + [pd.NA] * 7 + [d(2021, 5, 6), pd.NA, pd.NA] + [
+        d(2019, 12, 31)
+    ]
+
+
+TIMESTAMP_TEXTS = [
+    "2020-01-01T10:00:00Z",
+    "2020-01-01 10:00:00+02:00",
+    "2020-01-01T10:00",
+    "2020-01-01",
+    "2020-01-01T10:00:00.123456789+0530",
+    "2020-01-01t10:00:00,5-01",
+    "2020-01-01T24:00",
+    "2020-01-01T10:00:00+24:00",
+    "2020/01/01 10:00",
+    "10:00",
+    "2020-01-01T10:60",
+    "2020-01-01Z",
+    "2023-02-29T00:00:00",
+    None,
+]
+
+
+def test_timestamp_text_column_naive_times_in_utc() -> None:
+    df = pd.DataFrame({"t": TIMESTAMP_TEXTS})
+    p = params(t={"type": "timestamp", "max": "2020-01-01T09:00:00Z"})
+    check = check_batch(df, p)
+    r = by_rule(check.report)
+    assert counts(check.report) == {("t", "type"): 7, ("t", "max"): 3}
+    assert r[("t", "type")].expected == (
+        "an ISO 8601 timestamp YYYY-MM-DD[THH:MM[:SS[.ffffff]]][Z|±HH:MM], naive times in UTC"
+    )
+    assert [e["t"] for e in r[("t", "type")].examples] == TIMESTAMP_TEXTS[6:11]
+    assert r[("t", "max")].expected == "<= 2020-01-01T09:00:00+00:00"
+    out = convert_batch(df, p)
+    assert str(out["t"].dtype) == "timestamp[us, tz=UTC][pyarrow]"
+    ts = pd.Timestamp
+    assert out["t"].tolist()[:6] == [
+        ts("2020-01-01T10:00Z"),
+        ts("2020-01-01T08:00Z"),
+        ts("2020-01-01T10:00Z"),
+        ts("2020-01-01T00:00Z"),
+        ts("2020-01-01T04:30:00.123456Z"),  # digits past microseconds are dropped
+        ts("2020-01-01T11:00:00.5Z"),
+    ]
+    assert out["t"].isna().tolist()[6:] == [True] * 8
+
+
+def test_timestamp_text_column_with_a_time_zone() -> None:
+    texts = ["2023-06-01T12:00", "2023-06-01T12:00Z", "2023-10-29T02:30", "2023-03-26T02:30", "2023-06-01", None]
+    df = pd.DataFrame({"t": texts})
+    p = params(t={"type": "timestamp", "timezone": "Europe/Berlin", "min": "2023-06-01T11:00"})
+    check = check_batch(df, p)
+    r = by_rule(check.report)
+    # 02:30 on 2023-03-26 does not exist in Berlin (clocks went from 02:00 to 03:00)
+    assert counts(check.report) == {("t", "type"): 1, ("t", "min"): 1}
+    assert r[("t", "type")].examples == [{"t": "2023-03-26T02:30"}]
+    assert r[("t", "type")].expected.endswith(", naive times in Europe/Berlin (not skipped by a clock change)")
+    # the naive bound is Berlin time too: 09:00 UTC; midnight Berlin on 2023-06-01 is before it
+    assert r[("t", "min")].examples == [{"t": "2023-06-01"}]
+    got = convert_batch(df, p)["t"].tolist()
+    assert got[:3] == [
+        pd.Timestamp("2023-06-01T10:00Z"),  # CEST, +02:00
+        pd.Timestamp("2023-06-01T12:00Z"),  # an offset wins over the zone
+        pd.Timestamp("2023-10-29T00:30Z"),  # 02:30 happened twice: the earlier one (+02:00)
+    ]
+    assert got[3] is pd.NA and got[4] == pd.Timestamp("2023-05-31T22:00Z") and got[5] is pd.NA
+
+
+def test_text_grammar_of_bounds_and_values_agree() -> None:
+    from raypipe.stages.data.rules import _parse_date_text, _parse_text, _parse_timestamp_text
+
+    texts = [t for t in TIMESTAMP_TEXTS if t is not None] + ["2020-01-01T10:00:00+23:59", "2020-01-01T10:00+05:61"]
+    rule = ColumnRule(type="timestamp")
+    values, bad = _parse_text(pd.Series(texts), rule)
+    for text, value, b in zip(texts, values.tolist(), bad.tolist(), strict=True):
+        scalar = _parse_timestamp_text(text)
+        assert b == (scalar is None), text
+        if scalar is not None:
+            as_utc = scalar if scalar.tzinfo else scalar.replace(tzinfo=_dt.timezone.utc)
+            assert value == pd.Timestamp(as_utc), text
+    days = ["2020-01-01", "2024-02-29", "2023-02-29", "0000-01-01", "2020-1-01", "9999-12-31"]
+    values, bad = _parse_text(pd.Series(days), ColumnRule(type="date"))
+    assert [_parse_date_text(d) for d in days] == [None if b else v for v, b in zip(values.tolist(), bad, strict=True)]
+
+
+def test_null_texts_are_arrows_csv_nulls_and_break_only_nullable() -> None:
+    assert list(NULL_TEXTS) == pacsv.ConvertOptions().null_values
+    df = pd.DataFrame({c: ["", " ", "NA", "null", "N/A", "#N/A", "nan", None, "5"] for c in ("i", "d")})
+    df.loc[8, "d"] = "2020-01-01"
+    p = params(i={"type": "int", "min": 6, "unique": True}, d={"type": "date", "max": "2010-01-01"})
+    assert counts(check_batch(df, p).report) == {("i", "min"): 1, ("d", "max"): 1}
+    p2 = params(i={"type": "int", "nullable": False}, d={"type": "date", "nullable": False})
+    assert counts(check_batch(df, p2).report) == {("i", "nullable"): 8, ("d", "nullable"): 8}
+    out = convert_batch(df, p2)
+    assert out["i"].isna().sum() == 8 and out["d"].isna().sum() == 8
+
+
+def test_rules_apply_to_parsed_values_and_unique_across_batches() -> None:
+    b1 = pd.DataFrame({"id": ["7", "007", "8", "x"], "day": ["2020-01-01", " 2020-01-01 ", "2020-01-02", None]})
+    b2 = pd.DataFrame({"id": ["+8", "9", "", "x"], "day": ["2020-01-03", "2020-01-04", "bad", "2020-01-02"]})
+    p = params(id={"type": "int", "unique": True, "allowed": [7, 8]}, day={"type": "date", "unique": True})
+    dups = {c: duplicate_hashes([key_hashes(b, c, p) for b in (b1, b2)]) for c in ("id", "day")}
+    # "7" = "007" and "8" = "+8"; unparsable text is no duplicate (it is already bad)
+    c1, c2 = check_batch(b1, p, dup_hashes=dups), check_batch(b2, p, dup_hashes=dups)
+    assert counts(c1.report) == {("id", "type"): 1, ("id", "unique"): 3, ("day", "unique"): 3}
+    assert counts(c2.report) == {
+        ("id", "type"): 1,
+        ("id", "unique"): 1,
+        ("id", "allowed"): 1,
+        ("day", "type"): 1,
+        ("day", "unique"): 1,
+    }
+    assert c1.bad.tolist() == [True, True, True, True] and c2.bad.tolist() == [True, True, True, True]
+    mask, report = unique_violations(b1, "id", dups["id"], params=p)
+    assert mask.tolist() == [True, True, True, False] and report.violations[0].count == 3
+    # without params, key_hashes and unique_violations see the text as it is: only "x" repeats
+    raw = duplicate_hashes([key_hashes(b, "id") for b in (b1, b2)])
+    assert unique_violations(b1, "id", raw)[0].tolist() == [False, False, False, True]
+    # parsed values and native ones of the same type hash alike
+    native = arrow_series([_dt.date(2020, 1, 1), None], pa.date32())
+    assert series_hashes(native)[0] == key_hashes(b1, "day", p)[0]
+
+
+def test_conversion_output_schema_is_the_same_for_every_batch() -> None:
+    schema = pa.schema(
+        [
+            ("i", pa.string()),
+            ("f", pa.large_string()),
+            ("n", pa.string()),
+            ("b", pa.string()),
+            ("d", pa.string()),
+            ("t", pa.string()),
+            ("s", pa.string()),
+            ("x", pa.float64()),
+        ]
+    )
+    p = params(
+        i={"type": "int"},
+        f={"type": "float"},
+        n={"type": "number"},
+        b={"type": "bool"},
+        d={"type": "date"},
+        t={"type": "timestamp", "timezone": "America/New_York"},
+        s={"type": "string"},
+        x={"type": "float"},
+    )
+    text = text_columns(schema, p)
+    assert text == ["i", "f", "n", "b", "d", "t"]
+    good = {"i": "1", "f": "1.5", "n": "2", "b": "yes", "d": "2020-01-01", "t": "2020-01-01T10:00", "s": "a", "x": 1.0}
+    tables = {
+        "good": pa.Table.from_pylist([good, good], schema=schema),
+        "all null": pa.Table.from_pylist([dict.fromkeys(good)] * 3, schema=schema),
+        "all bad": pa.Table.from_pylist([{**dict.fromkeys(good, "?"), "x": None}] * 2, schema=schema),
+        "empty": schema.empty_table(),
+    }
+    want = pa.schema([(c, PARSED_TYPES[p.columns[c].type]) for c in text] + [("s", pa.string()), ("x", pa.float64())])
+    for what, table in tables.items():
+        # as Ray Data's batches hold them (Arrow-backed), and as plain pandas
+        for arrow_backed in (True, False):
+            df = table.to_pandas(types_mapper=pd.ArrowDtype if arrow_backed else None)
+            check = check_batch(df, p, text=text)
+            for part in (convert_batch(df, p, text=text), convert_batch(df[~check.bad], p, text=text)):
+                got = pa.Table.from_pandas(part, preserve_index=False).schema.remove_metadata()
+                # all columns when Arrow-backed; the parsed ones when not (pandas types the others)
+                n = len(want) if arrow_backed else len(text)
+                assert got.names == want.names and got.types[:n] == want.types[:n], (what, got)
+                # Arrow-backed: Ray Data's pandas -> Arrow keeps the type even when every value is null
+                assert all(isinstance(part[c].dtype, pd.ArrowDtype) for c in text), what
+    assert counts(check_batch(tables["all bad"].to_pandas(), p, text=text).report) == {(c, "type"): 2 for c in text}
+    # nothing to parse: the batch itself comes back
+    plain = tables["good"].to_pandas()
+    assert convert_batch(plain, p, text=[]) is plain
+
+
+def test_explicit_text_columns_and_inference() -> None:
+    df = pd.DataFrame(
+        {
+            "str": pd.Series(["1", None], dtype="str"),
+            "obj": pd.Series(["1", None], dtype=object),
+            "arrow": arrow_series(["1", None], pa.large_string()),
+            "nulls": pd.Series([None, None], dtype=object),
+            "native": [1, 2],
+        }
+    )
+    p = params(**{c: {"type": "int"} for c in df.columns})
+    inferred = convert_batch(df, p)
+    assert {c: str(t) for c, t in inferred.dtypes.items()} == {
+        "str": "int64[pyarrow]",
+        "obj": "int64[pyarrow]",
+        "arrow": "int64[pyarrow]",
+        "nulls": "object",  # no strings in this batch: not inferred as text
+        "native": "int64",
+    }
+    # the stage names the text columns from the dataset's schema: an all-null batch converts too
+    explicit = convert_batch(df, p, text=["nulls"])
+    assert str(explicit["nulls"].dtype) == "int64[pyarrow]" and explicit["str"].dtype == df["str"].dtype
+
+
+def test_quarantine_keeps_the_text_and_data_gets_converted_values() -> None:
+    from raypipe.stages.data.validate import _convert, _keep
+
+    df = pd.DataFrame({"d": ["2020-01-01", "2023-13-45", "2020-02-01"], "n": ["1", "2", "n.a."], "k": [1, 2, 3]})
+    p = params(d={"type": "date"}, n={"type": "int"})
+    text = text_columns(pa.Schema.from_pandas(df, preserve_index=False), p)
+    quarantine = _keep(df, p, {}, text, bad=True)
+    data = _keep(df, p, {}, text, bad=False)
+    assert quarantine.to_dict("list") == {"d": ["2023-13-45", "2020-02-01"], "n": ["2", "n.a."], "k": [2, 3]}
+    assert data.to_dict("list") == {"d": [_dt.date(2020, 1, 1)], "n": [1], "k": [1]}
+    assert str(data["d"].dtype) == "date32[day][pyarrow]" and str(data["n"].dtype) == "int64[pyarrow]"
+    passed = _convert(df.iloc[:1], p, text)
+    assert passed.to_dict("list") == data.to_dict("list")
+
+
+def test_csv_with_one_malformed_date_end_to_end_without_ray() -> None:
+    raw = b"id,day,score,ok\n1,2024-01-02,0.5,true\n2,2023-13-45,n.a.,false\n3,2024-01-04,1.25,\n4,,2,TRUE\n"
+    table = pacsv.read_csv(io.BytesIO(raw))
+    assert table.schema.field("day").type == pa.string() and table.schema.field("score").type == pa.string()
+    p = params(
+        id={"type": "int", "unique": True},
+        day={"type": "date", "min": "2024-01-01"},
+        score={"type": "float", "min": 0},
+        ok={"type": "bool"},
+    )
+    assert check_schema(table.schema, p) == []
+    text = text_columns(table.schema, p)
+    assert text == ["day", "score"]  # id and ok were read as int64 and bool
+    df = table.to_pandas(types_mapper=pd.ArrowDtype)
+    check = check_batch(df, p, text=text)
+    assert counts(check.report) == {("day", "type"): 1, ("score", "type"): 1}
+    assert check.bad.tolist() == [False, True, False, False] and check.report.rows_bad == 1
+    data = convert_batch(df[~check.bad], p, text=text)
+    back = pa.Table.from_pandas(data, preserve_index=False)
+    assert back.schema.field("day").type == pa.date32() and back.schema.field("score").type == pa.float64()
+    assert back.column("day").to_pylist() == [_dt.date(2024, 1, 2), _dt.date(2024, 1, 4), None]
+
+
+def test_arrow_backed_columns_nan_dates_and_mixed_allowed() -> None:
+    df = pd.DataFrame(
+        {
+            "f": arrow_series([float("nan"), None, 5.0, -1.0], pa.float64()),
+            "i": arrow_series([1, 2, None, 3], pa.int64()),
+            "t": arrow_series([1, 1, None, 2], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    p = params(f={"min": 0}, i={"allowed": [1, 2.5, "x"]}, t={"type": "timestamp", "unique": True})
+    dups = {"t": duplicate_hashes([key_hashes(df, "t", p)])}
+    # NaN is null: it breaks neither min nor unique; an int column takes a mixed allowed list
+    assert counts(check_batch(df, p, dup_hashes=dups).report) == {
+        ("f", "min"): 1,
+        ("i", "allowed"): 2,
+        ("t", "unique"): 2,
+    }
+    # Arrow-backed dates and timestamps hash like their numpy forms
+    naive = pd.Series(pd.to_datetime(["2024-01-01T00:00", "2024-06-01T10:00"]))
+    assert series_hashes(arrow_series(list(naive), pa.timestamp("ms"))).tolist() == series_hashes(naive).tolist()
+    aware = naive.dt.tz_localize("Europe/Berlin")
+    assert (
+        series_hashes(arrow_series(list(aware), pa.timestamp("us", tz="UTC"))).tolist() == series_hashes(aware).tolist()
+    )
+    days = [_dt.date(2024, 1, 1), None]
+    assert (
+        series_hashes(arrow_series(days, pa.date32())).tolist() == series_hashes(pd.Series(days, dtype=object)).tolist()
+    )
