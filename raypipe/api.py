@@ -17,11 +17,16 @@ from raypipe.runner.executor import Executor, RunResult, StageEvent
 from raypipe.runner.plan import Plan, build_plan
 from raypipe.scheduler.client import SchedulerClient, get_controller
 from raypipe.serve.app import AppStatus
-from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root, root_of
-from raypipe.store.metadata import MetadataStore, RunRecord, StageRunRecord, pid_alive
+from raypipe.store.artifacts import ArtifactStore, resolve_root, root_of
+from raypipe.store.metadata import (
+    MetadataStore,
+    RunRecord,
+    StageRunRecord,
+    open_existing,
+    pid_alive,
+    resolve_db,
+)
 from raypipe.store.registry import AliasEvent, LineageNode, ModelRegistry, ModelSummary, ModelVersion, parse_ref
-
-DEFAULT_DB = os.path.join(".raypipe", "raypipe.db")
 
 ConfigLike = str | os.PathLike[str] | PipelineConfig
 EventHook = Callable[[StageEvent], None]
@@ -78,21 +83,17 @@ def validate(paths: Sequence[str | os.PathLike[str]]) -> list[Any]:
     return plans
 
 
-def metadata_url(cfg: PipelineConfig) -> str:
-    """The configured database, else ``raypipe.db`` in a local storage root, else ``./.raypipe``."""
-    if cfg.metadata:
-        return cfg.metadata
-    root = resolve_root(cfg.storage)
-    return os.path.join(root, "raypipe.db") if is_local(root) else DEFAULT_DB
+def metadata_url(cfg: PipelineConfig, db: str | None = None) -> str:
+    """The metadata store of a pipeline: ``db`` (``--db``), ``$RAYPIPE_DB``, its ``metadata:``,
+    ``raypipe.db`` in its local storage root, ``./.raypipe/raypipe.db``
+    (:func:`raypipe.store.metadata.resolve_db`)."""
+    return resolve_db(db, metadata=cfg.metadata, storage=resolve_root(cfg.storage))
 
 
 def open_metadata(db: str | None = None) -> MetadataStore:
     """The metadata store at ``db`` (a path, a sqlite:/// or a postgresql:// URL), ``$RAYPIPE_DB`` or
     ``./.raypipe/raypipe.db``."""
-    url = db or os.environ.get("RAYPIPE_DB") or DEFAULT_DB
-    if not url.startswith("sqlite:") and "://" not in url and not Path(url).exists():
-        raise RaypipeError(f"no metadata store at {url!r}; run a pipeline first or pass --db")
-    return MetadataStore(url)
+    return open_existing(db)
 
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
@@ -113,10 +114,11 @@ def run(
     on_event: EventHook | None = None,
     on_start: Callable[[str, Plan], None] | None = None,
     run_id: str | None = None,
+    db: str | None = None,
 ) -> RunResult:
     """Run a pipeline to the end on Ray; every stage and artifact is recorded.  ``run_id``
     (default: ``NAME-DATE-TIME-RANDOM``) lets an orchestrator know the id before the run
-    starts; it must be new."""
+    starts; it must be new.  ``db``: the metadata store (:func:`metadata_url`)."""
     if run_id is not None and not _RUN_ID.match(run_id):
         raise RaypipeError(f"run id {run_id!r}: use letters, digits, '_', '.' and '-' (at most 200)")
     plan = load(config, overrides)
@@ -124,7 +126,7 @@ def run(
     root = resolve_root(cfg.storage)
     artifacts = ArtifactStore(root)
     artifacts.check_writable()
-    meta = MetadataStore(metadata_url(cfg))
+    meta = MetadataStore(metadata_url(cfg, db))
     try:
         if run_id is None:
             run_id = _new_run_id(cfg.name)
@@ -545,7 +547,7 @@ def deploy(source: str | os.PathLike[str], *, db: str | None = None, address: st
                 f"{source}: pipeline {plan.config.name!r} has no `deploy` stage; add one or give an app spec "
                 "(app, model, variants)"
             )
-        db = db or metadata_url(plan.config)
+        db = metadata_url(plan.config, db)
         address = address or plan.config.ray.address
         pipeline: dict[str, Any] | None = {
             **plan.config.model_dump(mode="json"),

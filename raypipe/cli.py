@@ -175,6 +175,14 @@ def run_cmd(
     run_id: Annotated[
         str | None, typer.Option("--run-id", help="The new run's id (default: NAME-DATE-TIME-RANDOM).")
     ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="Metadata store (path, sqlite:/// or postgresql:// URL); default $RAYPIPE_DB, then the "
+            "pipeline's `metadata:`, then <storage>/raypipe.db.",
+        ),
+    ] = None,
 ) -> None:
     """Run a pipeline: every stage, its artifacts and lineage are recorded."""
     _cwd_importable()
@@ -190,6 +198,7 @@ def run_cmd(
                 on_event=rep.on_event,
                 on_start=rep.on_start,
                 run_id=run_id,
+                db=db,
             )
 
     _finish(_guard(go, lambda: rep.run_id), rep.plan)

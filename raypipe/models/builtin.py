@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,6 +26,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from raypipe.exceptions import DataError, StageError
+from raypipe.models.preprocess import (
+    Encoded,
+    PreprocessingSpec,
+    Preprocessor,
+    feature_kind,
+    fit_feature,
+    looks_like_id,
+)
 from raypipe.store.models import ModelPackage
 
 WEIGHTS = "model.pt"
@@ -80,11 +88,14 @@ class BuiltinTraining(_Spec):
 
     model: ModelSpec
     label: str = "label"
-    #: Input columns, in order; default: every numeric column except the label.
+    #: Input columns, in order; default: every column but the label and columns that look
+    #: like ids or free text (numeric, bool, text, dictionary, date and timestamp columns).
     features: list[str] | None = None
     task: Literal["classification", "regression"] = "classification"
-    #: Standardize features with the training split's mean and standard deviation.
+    #: Standardize numeric and date features with the training split's mean and standard deviation.
     standardize: bool = True
+    #: How categories, dates and missing values are encoded (:mod:`raypipe.models.preprocess`).
+    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     epochs: Annotated[int, Field(ge=1)] = 10
@@ -105,100 +116,125 @@ class BuiltinTraining(_Spec):
 
 
 # ---------------------------------------------------------------- the data contract
-def describe_data(params: BuiltinTraining, ds: Any, schema: Any) -> dict[str, Any]:
-    """What the model expects, computed from the training dataset in one pass: features,
-    input schema, the label's classes and the standardization statistics."""
+def _not_a_feature(name: str, arrow_type: str, col: Mapping[str, Any] | None, forced: bool) -> str | None:
+    """Why a column is left out when ``features`` is not given (None: it is a feature)."""
+    kind = feature_kind(arrow_type, forced)
+    if kind is None:
+        return f"type {arrow_type} is not a feature type"
+    if col is None or not col.get("count"):
+        return "no values in the training data"
+    count, distinct = int(col["count"]), col.get("distinct")
+    if kind == "category" and not forced and col.get("kind") == "categorical" and arrow_type not in ("bool",):
+        if distinct is None:
+            return "too many distinct values (an id or free text?); name it in `features` to embed it"
+        if count >= 20 and distinct > 0.5 * count:
+            return f"{distinct:,} distinct values in {count:,} rows (an id or free text?)"
+    if kind == "numeric" and looks_like_id(name) and arrow_type.startswith(("int", "uint")):
+        if distinct is None or distinct >= 0.9 * count:
+            return "looks like an id (its name, and nearly every value distinct)"
+    return None
 
-    names = list(schema.names)
-    if params.label not in names:
+
+def describe_data(
+    params: BuiltinTraining,
+    profile: Mapping[str, Any],
+    label_values: Sequence[Any],
+    types: Mapping[str, str],
+) -> dict[str, Any]:
+    """What the model expects, from the training split's profile (``data.profile``'s
+    shape, of every column), the label's distinct values and the columns' Arrow types:
+    the features, their preprocessing, the input schema and the classes.  Columns left
+    out of an automatic feature list are in ``excluded``, with the reason."""
+    names = list(types)
+    if params.label not in types:
         raise DataError(f"label column {params.label!r} is not in the training data; columns: {', '.join(names)}")
-    types = dict(zip(schema.names, [str(t) for t in schema.types], strict=True))
+    spec = params.preprocessing
+    unknown = [c for c in spec.categorical if c not in types]
+    if unknown:
+        raise DataError(f"preprocessing.categorical: not in the training data: {', '.join(unknown)}")
+    cols = profile.get("columns") or {}
+    forced = set(spec.categorical)
+    excluded: dict[str, str] = {}
     if params.features is None:
-        features = [n for n in names if n != params.label and _numeric(types[n])]
+        features = []
+        for n in names:
+            if n == params.label:
+                continue
+            why = _not_a_feature(n, types[n], cols.get(n), n in forced)
+            if why is None:
+                features.append(n)
+            else:
+                excluded[n] = why
     else:
         missing = [f for f in params.features if f not in types]
         if missing:
             raise DataError(f"feature columns not in the training data: {', '.join(missing)}")
+        if params.label in params.features:
+            raise DataError(f"feature columns include the label {params.label!r}")
         features = list(params.features)
-    bad = [f for f in features if not _numeric(types[f])]
-    if bad:
-        raise DataError(f"feature columns must be numeric: {', '.join(f'{f} ({types[f]})' for f in bad)}")
+        bad = [f for f in features if feature_kind(types[f], f in forced) is None]
+        if bad:
+            raise DataError(
+                "feature columns must be numeric, bool, text, dictionary, date or timestamp: "
+                + ", ".join(f"{f} ({types[f]})" for f in bad)
+            )
     if not features:
-        raise DataError("no numeric feature columns in the training data")
+        raise DataError(
+            "no usable feature columns in the training data"
+            + (": " + "; ".join(f"{k}: {v}" for k, v in excluded.items()) if excluded else "")
+        )
+    fitted = []
+    for f in features:
+        kind = feature_kind(types[f], f in forced)
+        col = cols.get(f) or {}
+        fitted.append(fit_feature(f, types[f], col, kind or "numeric", spec, params.standardize))
+    pre = Preprocessor(fitted)
     if isinstance(params.model, CNNSpec):
         c, h, w = params.model.input_shape
-        if c * h * w != len(features):
+        if pre.embedded or pre.width != c * h * w:
             raise DataError(
-                f"model.input_shape {params.model.input_shape} needs {c * h * w} features, the data has {len(features)}"
+                f"model.input_shape {params.model.input_shape} needs {c * h * w} numeric inputs, the features "
+                f"encode to {pre.width}" + (" plus embeddings" if pre.embedded else "")
+                + " (a CNN takes numeric features without missing values)"
             )
-    stats = _block_stats_total(ds, features, params.label, params.standardize, params.task == "classification")
     out: dict[str, Any] = {
         "features": features,
         "label": params.label,
         "task": params.task,
         "input_schema": {f: types[f] for f in features},
         "spec": params.model.model_dump(),
-        "preprocessing": None,
+        "preprocessing": pre.to_meta(),
         "classes": None,
+        "excluded": excluded,
     }
-    if params.standardize:
-        out["preprocessing"] = {
-            "standardize": {"mean": stats["mean"], "std": [s if s > 0 else 1.0 for s in stats["std"]]}
-        }
     if params.task == "classification":
-        classes = stats["classes"]
+        classes = sorted({_plain_label(v) for v in label_values if v is not None}, key=_label_order)
         if len(classes) < 2:
             raise DataError(
                 f"label {params.label!r} has {len(classes)} distinct value(s); classification needs 2 or more"
             )
         out["classes"] = classes
+    else:
+        t = types[params.label]
+        if feature_kind(t) != "numeric":
+            raise DataError(f"regression needs a numeric label; {params.label!r} is {t}")
     return out
 
 
-def _block_stats(batch: Any, features: list[str], label: str, classes: bool) -> dict[str, Any]:
-    """Per block: row count, feature means and sums of squared deviations, label values."""
-    x = np.stack([batch[f].to_numpy(zero_copy_only=False).astype(np.float64) for f in features], axis=1)
-    mean = x.mean(axis=0) if len(x) else np.zeros(len(features))
-    m2 = ((x - mean) ** 2).sum(axis=0)
-    labels = sorted(set(batch[label].drop_null().to_pylist())) if classes else []
-    return {"n": [len(x)], "mean": [mean.tolist()], "m2": [m2.tolist()], "labels": [json.dumps(labels)]}
+def _plain_label(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
 
 
-def _block_stats_total(ds: Any, features: list[str], label: str, standardize: bool, classes: bool) -> dict[str, Any]:
-    """One map pass (no shuffle) and a merge on the caller (Chan et al.'s parallel variance)."""
-    if not (standardize or classes):
-        return {}
-    parts = ds.map_batches(
-        _block_stats, fn_args=(features, label, classes), batch_format="pyarrow", batch_size=None
-    ).take_all()
-    n, mean, m2, labels = 0, np.zeros(len(features)), np.zeros(len(features)), set()
-    for p in parts:
-        k = p["n"]
-        if k == 0:
-            continue
-        pm, pm2 = np.asarray(p["mean"]), np.asarray(p["m2"])
-        delta = pm - mean
-        total = n + k
-        mean = mean + delta * k / total
-        m2 = m2 + pm2 + delta**2 * n * k / total
-        n = total
-        labels.update(json.loads(p["labels"]))
-    if n == 0:
-        raise DataError("the training data has no rows")
-    std = np.sqrt(m2 / n)
-    return {
-        "mean": mean.tolist(),
-        "std": [float(s) if math.isfinite(s) else 0.0 for s in std],
-        "classes": sorted(labels),
-    }
-
-
-def _numeric(arrow_type: str) -> bool:
-    return arrow_type.startswith(("int", "uint", "float", "double", "halffloat", "bool", "decimal"))
+def _label_order(v: Any) -> tuple[int, Any]:
+    return (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
 
 
 def prepare(
-    params: BuiltinTraining, datasets: Mapping[str, Any], meta: Mapping[str, Any] | None = None
+    params: BuiltinTraining, datasets: Mapping[str, Any], data: Mapping[str, Any], meta: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The loop's config for ``params`` and the Ray Dataset inputs (``train`` required,
     ``validation`` optional): the params, ``_data`` (:func:`describe_data` of ``train``),
@@ -209,8 +245,12 @@ def prepare(
             "built-in models take dataset inputs `train` and optionally `validation`; got "
             + (", ".join(sorted(datasets)) or "none")
         )
-    data = describe_data(params, datasets["train"], datasets["train"].schema())
-    return {**params.model_dump(), "_data": data, "_inputs": sorted(datasets), "_meta": dict(meta or {})}
+    return {**params.model_dump(), "_data": dict(data), "_inputs": sorted(datasets), "_meta": dict(meta or {})}
+
+
+def model_columns(data: Mapping[str, Any]) -> list[str]:
+    """The columns the model reads: its features and the label."""
+    return [*data["features"], data["label"]]
 
 
 # ---------------------------------------------------------------- networks
@@ -245,7 +285,60 @@ def _n_out(meta: Mapping[str, Any]) -> int:
     return len(meta["classes"]) if meta["task"] == "classification" else 1
 
 
+_NET: Any = None
+
+
+def _net_class() -> Any:
+    """:class:`TabularNet` (defined on first use: torch is imported lazily)."""
+    global _NET
+    if _NET is None:
+        import torch
+        import torch.nn as nn
+
+        class TabularNet(nn.Module):
+            """Embeddings of the embedded categories, concatenated with the dense inputs,
+            into the body (the MLP or CNN of the spec)."""
+
+            def __init__(self, body: Any, embeddings: Sequence[tuple[int, int]]) -> None:
+                super().__init__()
+                self.body = body
+                self.embeddings = nn.ModuleList([nn.Embedding(n, d) for n, d in embeddings])
+
+            def forward(self, dense: Any, embedded: Any = None) -> Any:
+                if len(self.embeddings) == 0:
+                    return self.body(dense)
+                parts = [dense] + [e(embedded[:, i]) for i, e in enumerate(self.embeddings)]
+                return self.body(torch.cat(parts, dim=1))
+
+        _NET = TabularNet
+    return _NET
+
+
+def build_net(meta: Mapping[str, Any], pre: Preprocessor | None = None) -> Any:
+    """The network of a model's metadata: ``net(dense, embedded)``."""
+    pre = pre or Preprocessor.from_meta(meta)
+    emb = pre.embeddings()
+    body = build_module(meta["spec"], pre.width + sum(d for _, d in emb), _n_out(meta))
+    return _net_class()(body, emb)
+
+
+def load_weights(net: Any, state: Mapping[str, Any]) -> None:
+    """Load a state dict into :func:`build_net`'s network (packages written before
+    embeddings existed hold the body's weights without the ``body.`` prefix)."""
+    if state and not any(k.startswith(("body.", "embeddings.")) for k in state):
+        state = {f"body.{k}": v for k, v in state.items()}
+    net.load_state_dict(state)
+
+
 # ---------------------------------------------------------------- the loop
+#: Rows encoded at once in a training worker (rounded up to a multiple of the batch size).
+ENCODE_ROWS = 4096
+#: The class index of rows whose label is missing or unknown (ignored by the loss).
+IGNORE = -100
+
+Tensors = tuple[Any, Any, Any]
+
+
 class _IO:
     """How the loop gets data and reports: Ray Train workers or a Tune trial."""
 
@@ -254,7 +347,10 @@ class _IO:
     def prepare(self, model: Any) -> Any:
         return model
 
-    def batches(self, name: str, batch_size: int, epoch: int) -> Iterator[dict[str, Any]]:
+    def batches(
+        self, name: str, batch_size: int, epoch: int, encode: Callable[[Mapping[str, Any]], Tensors]
+    ) -> Iterator[Tensors]:
+        """Minibatches of encoded ``(dense, embedded, y)`` tensors, in stream order."""
         raise NotImplementedError
 
     def has(self, name: str) -> bool:
@@ -270,13 +366,20 @@ class _IO:
         return values
 
 
+def _split(t: Tensors, batch_size: int) -> Iterator[Tensors]:
+    n = len(t[2])
+    for i in range(0, n, batch_size):
+        yield t[0][i : i + batch_size], t[1][i : i + batch_size], t[2][i : i + batch_size]
+
+
 class _TrainIO(_IO):
-    def __init__(self, inputs: list[str]) -> None:
+    def __init__(self, inputs: list[str], columns: list[str]) -> None:
         import ray.train
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.inputs = inputs
+        self.columns = columns
 
     def prepare(self, model: Any) -> Any:
         import ray.train.torch
@@ -286,11 +389,15 @@ class _TrainIO(_IO):
     def has(self, name: str) -> bool:
         return name in self.inputs
 
-    def batches(self, name: str, batch_size: int, epoch: int) -> Iterator[dict[str, Any]]:
+    def batches(
+        self, name: str, batch_size: int, epoch: int, encode: Callable[[Mapping[str, Any]], Tensors]
+    ) -> Iterator[Tensors]:
         import ray.train
 
         shard = ray.train.get_dataset_shard(name)
-        yield from shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=None)
+        rows = batch_size * max(1, math.ceil(ENCODE_ROWS / batch_size))
+        for table in shard.iter_batches(batch_size=rows, batch_format="pyarrow"):
+            yield from _split(encode({c: table.column(c) for c in self.columns}), batch_size)
 
     def checkpoint(self) -> Any:
         import ray.train
@@ -317,19 +424,25 @@ class _TrainIO(_IO):
 class _TuneIO(_IO):
     def __init__(self, frames: Mapping[str, Any], seed: int) -> None:
         self.frames, self.seed = frames, seed
+        self.encoded: dict[str, Tensors] = {}
 
     def has(self, name: str) -> bool:
         return name in self.frames
 
-    def batches(self, name: str, batch_size: int, epoch: int) -> Iterator[dict[str, Any]]:
+    def batches(
+        self, name: str, batch_size: int, epoch: int, encode: Callable[[Mapping[str, Any]], Tensors]
+    ) -> Iterator[Tensors]:
         import torch
 
-        df = self.frames[name]
-        order = np.random.default_rng(self.seed + epoch).permutation(len(df)) if name == "train" else np.arange(len(df))
-        cols = {c: torch.as_tensor(np.array(df[c].to_numpy(), copy=True)) for c in df.columns}
-        for i in range(0, len(df), batch_size):
-            idx = torch.as_tensor(order[i : i + batch_size])
-            yield {c: v[idx] for c, v in cols.items()}
+        if name not in self.encoded:  # a trial's frames are encoded once
+            df = self.frames[name]
+            self.encoded[name] = encode({c: df[c] for c in df.columns})
+        t = self.encoded[name]
+        n = len(t[2])
+        if name == "train":
+            order = torch.as_tensor(np.random.default_rng(self.seed + epoch).permutation(n))
+            t = (t[0][order], t[1][order], t[2][order])
+        yield from _split(t, batch_size)
 
     def checkpoint(self) -> Any:
         import ray.tune
@@ -343,27 +456,47 @@ class _TuneIO(_IO):
         ray.tune.report(metrics, checkpoint=ckpt)
 
 
+def label_codes(meta: Mapping[str, Any], values: Any) -> np.ndarray:
+    """Classification: the class index of each label (:data:`IGNORE` for missing or
+    unknown labels); regression: float64 values (NaN for missing)."""
+    from raypipe.models.preprocess import to_floats
+
+    if meta["task"] != "classification":
+        return to_floats(values)
+    import pandas as pd
+    import pyarrow as pa
+
+    if isinstance(values, pa.ChunkedArray | pa.Array):
+        values = values.to_numpy(zero_copy_only=False)
+    index = pd.Index(list(meta["classes"]))
+    codes = index.get_indexer(pd.Index(np.asarray(values)).map(_plain_label) if index.dtype == object else values)
+    return np.where(codes < 0, IGNORE, codes).astype(np.int64)
+
+
 class _Loop:
     def __init__(self, config: Mapping[str, Any], io: _IO) -> None:
         self.params = BuiltinTraining.model_validate({k: v for k, v in config.items() if not k.startswith("_")})
         self.meta: dict[str, Any] = dict(config["_data"])
         self.meta["spec"] = self.params.model.model_dump()
+        self.pre = Preprocessor.from_meta(self.meta)
         self.io = io
         self.extra_meta: dict[str, Any] = dict(config.get("_meta", {}))
 
-    def _xy(self, batch: Mapping[str, Any]) -> tuple[Any, Any]:
+    def _encode(self, columns: Mapping[str, Any]) -> Tensors:
+        """Encoded features and label codes of a chunk of rows; rows without a usable label
+        (missing, or a class training never saw) are dropped."""
         import torch
 
-        x = torch.stack([batch[f].to(torch.float32) for f in self.meta["features"]], dim=1)
-        pre = self.meta.get("preprocessing") or {}
-        if "standardize" in pre:
-            x = (x - self._mean) / self._std
-        y = batch[self.meta["label"]]
-        if self.meta["task"] == "classification":
-            y = torch.searchsorted(self._classes, y.to(self._classes.dtype).contiguous())
-        else:
-            y = y.to(torch.float32).unsqueeze(1)
-        return x, y
+        enc = self.pre.encode(columns)
+        y = label_codes(self.meta, columns[self.meta["label"]])
+        keep = (y != IGNORE) if self.meta["task"] == "classification" else ~np.isnan(y)
+        dense, emb = enc.dense, enc.embedded
+        if not keep.all():
+            dense, emb, y = dense[keep], emb[keep], y[keep]
+        yt = torch.from_numpy(y) if self.meta["task"] == "classification" else torch.from_numpy(y.astype(np.float32))
+        if self.meta["task"] != "classification":
+            yt = yt.unsqueeze(1)
+        return torch.from_numpy(np.ascontiguousarray(dense)), torch.from_numpy(np.ascontiguousarray(emb)), yt
 
     def _schedule(self, opt: Any) -> Any:
         import torch
@@ -391,13 +524,7 @@ class _Loop:
 
         p = self.params
         torch.manual_seed(p.seed)
-        pre = (self.meta.get("preprocessing") or {}).get("standardize")
-        if pre:
-            self._mean = torch.tensor(pre["mean"], dtype=torch.float32)
-            self._std = torch.tensor(pre["std"], dtype=torch.float32)
-        if self.meta["task"] == "classification":
-            self._classes = torch.tensor(self.meta["classes"])
-        net = build_module(self.meta["spec"], len(self.meta["features"]), _n_out(self.meta))
+        net = build_net(self.meta, self.pre)
         o = p.optimizer
         if o.name == "sgd":
             opt: Any = torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
@@ -409,7 +536,7 @@ class _Loop:
         ckpt = self.io.checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
-                net.load_state_dict(torch.load(Path(d) / WEIGHTS, weights_only=True))
+                load_weights(net, torch.load(Path(d) / WEIGHTS, weights_only=True))
                 state = torch.load(Path(d) / TRAIN_STATE, weights_only=False)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["schedule"])
@@ -422,12 +549,11 @@ class _Loop:
         while epoch < p.epochs:
             model.train()
             sums = [0.0, 0.0, 0.0]  # loss * n, correct, n
-            for i, batch in enumerate(self.io.batches("train", p.batch_size, epoch)):
+            for i, (xd, xc, y) in enumerate(self.io.batches("train", p.batch_size, epoch, self._encode)):
                 if i < skip:
                     continue
-                x, y = self._xy(batch)
                 opt.zero_grad()
-                out = model(x)
+                out = model(xd, xc)
                 loss = loss_fn(out, y)
                 loss.backward()
                 opt.step()
@@ -462,9 +588,8 @@ class _Loop:
         model.eval()
         sums = [0.0, 0.0, 0.0]
         with torch.no_grad():
-            for batch in self.io.batches("validation", 1024, 0):
-                x, y = self._xy(batch)
-                out = model(x)
+            for xd, xc, y in self.io.batches("validation", 1024, 0, self._encode):
+                out = model(xd, xc)
                 sums[0] += float(loss_fn(out, y)) * len(y)
                 sums[1] += float((out.argmax(1) == y).sum()) if self.meta["task"] == "classification" else 0.0
                 sums[2] += len(y)
@@ -500,7 +625,7 @@ class _Loop:
 
 def train_loop(config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker`` for built-in models."""
-    _Loop(config, _TrainIO(list(config["_inputs"]))).run()
+    _Loop(config, _TrainIO(list(config["_inputs"]), model_columns(config["_data"]))).run()
 
 
 def merge_trial_config(base: Mapping[str, Any], trial: Mapping[str, Any]) -> dict[str, Any]:
@@ -531,7 +656,7 @@ def tune_trainable(base: Mapping[str, Any], datasets: Mapping[str, Any]) -> Call
 
 # ---------------------------------------------------------------- inference
 class Predictor:
-    """A stored built-in model, ready to predict on DataFrames (CPU, eval mode)."""
+    """A stored built-in model, ready to predict on DataFrames or rows (CPU, eval mode)."""
 
     def __init__(self, package: ModelPackage) -> None:
         import torch
@@ -541,39 +666,35 @@ class Predictor:
             raise StageError("model package has no built-in spec; give a `predict` function for user-trained models")
         self.meta = meta
         self.features: list[str] = meta["features"]
-        self.net = build_module(meta["spec"], len(self.features), _n_out(meta))
-        self.net.load_state_dict(torch.load(package.file(WEIGHTS), weights_only=True))
+        self.pre = Preprocessor.from_meta(meta)
+        self.net = build_net(meta, self.pre)
+        load_weights(self.net, torch.load(package.file(WEIGHTS), weights_only=True))
         self.net.eval()
-        pre = (meta.get("preprocessing") or {}).get("standardize")
-        self.mean = np.asarray(pre["mean"], dtype=np.float32) if pre else None
-        self.std = np.asarray(pre["std"], dtype=np.float32) if pre else None
+        self.classes = np.asarray(meta.get("classes") or [])
 
-    def _x(self, df: Any) -> Any:
-        import torch
-
-        missing = [f for f in self.features if f not in df.columns]
-        if missing:
-            raise DataError(f"input is missing feature columns: {', '.join(missing[:10])}")
-        x = df[self.features].to_numpy(dtype=np.float32)
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
-        return torch.from_numpy(np.ascontiguousarray(x))
-
-    def outputs(self, df: Any) -> np.ndarray:
-        """Class probabilities (classification) or predicted values (regression)."""
+    def forward(self, enc: Encoded) -> np.ndarray:
+        """Class probabilities (classification) or predicted values (regression) of encoded inputs."""
         import torch
 
         with torch.no_grad():
-            out = self.net(self._x(df))
+            out = self.net(torch.from_numpy(np.ascontiguousarray(enc.dense)), torch.from_numpy(enc.embedded))
             if self.meta["task"] == "classification":
                 out = torch.softmax(out, dim=1)
             return out.numpy()
 
-    def predict(self, df: Any) -> np.ndarray:
-        out = self.outputs(df)
+    def outputs(self, df: Any) -> np.ndarray:
+        """Class probabilities (classification) or predicted values (regression) of a DataFrame
+        (or any mapping of column -> values) holding the feature columns."""
+        return self.forward(self.pre.encode({f: df[f] for f in self.features if f in df}))
+
+    def labels(self, out: np.ndarray) -> np.ndarray:
+        """Predictions from :meth:`forward`'s outputs: classes, or values."""
         if self.meta["task"] == "classification":
-            return np.asarray(self.meta["classes"])[out.argmax(1)]
+            return self.classes[out.argmax(1)]
         return out[:, 0]
+
+    def predict(self, df: Any) -> np.ndarray:
+        return self.labels(self.outputs(df))
 
 
 def predictor(package: ModelPackage) -> Predictor:

@@ -38,10 +38,10 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from raypipe.exceptions import RaypipeError
+from raypipe.models.preprocess import describe_inputs
 from raypipe.serve import reservation
 from raypipe.serve.metrics import collector_name, get_collector
 from raypipe.serve.routing import WeightsError, parse_weights
@@ -55,7 +55,7 @@ from raypipe.serve.spec import (
     resolve,
     shadow_label,
 )
-from raypipe.store.metadata import MetadataStore
+from raypipe.store.metadata import MetadataStore, open_existing
 from raypipe.store.registry import ModelRegistry, ModelVersion
 
 __all__ = [
@@ -78,7 +78,6 @@ KV_NAMESPACE = "raypipe"
 _STATE_PREFIX = b"raypipe-serve/app/"
 _LOCK_KEY = b"raypipe-serve/lock"
 _LOCK_STALE_S = 60.0
-DEFAULT_DB = os.path.join(".raypipe", "raypipe.db")
 
 
 @dataclass(frozen=True)
@@ -350,10 +349,7 @@ def _last_lines(text: str, n: int = 3) -> str:
 
 
 def _open_meta(db: str | None) -> MetadataStore:
-    url = db or os.environ.get("RAYPIPE_DB") or DEFAULT_DB
-    if not url.startswith("sqlite:") and "://" not in url and not Path(url).exists():
-        raise RaypipeError(f"no metadata store at {url!r}; run a pipeline that registers the model first, or pass --db")
-    return MetadataStore(url)
+    return open_existing(db, "run a pipeline that registers the model first, or pass --db")
 
 
 def _check_loadable(r: ResolvedVariant, model: str) -> None:
@@ -438,6 +434,7 @@ def deploy_resolved(
                     "sha256": r.sha256,
                     "features": list(r.meta.get("features") or []),
                     "input_schema": dict(r.meta.get("input_schema") or {}),
+                    "inputs": describe_inputs(r.meta),
                     "replicas": r.spec.max_replicas,
                 }
                 for r in resolved

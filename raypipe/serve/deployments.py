@@ -89,7 +89,6 @@ class ModelVariant:
     """Replicas of one model version: load the package from the artifact store, predict rows."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        import numpy as np
         import torch
 
         from raypipe.store.artifacts import ArtifactRef, ArtifactStore, root_of
@@ -108,7 +107,6 @@ class ModelVariant:
             from raypipe.models.builtin import predictor
 
             self.fast = predictor(self.package)
-            self.classes = np.asarray(meta.get("classes") or [])
         elif meta.get("predict"):
             self.custom = _import(str(meta["predict"]))
         else:
@@ -117,25 +115,21 @@ class ModelVariant:
                 "set `predict` in its train stage"
             )
 
-    def _forward(self, rows: list[list[Any]]) -> list[Any]:
+    def _forward(self, rows: list[list[Any]]) -> tuple[list[Any], list[int]]:
+        """Predictions of rows (in feature order), and per row the values of categories the
+        model never saw (encoded as "other")."""
         import numpy as np
 
         if self.fast is not None:
-            import torch
-
             p = self.fast
-            x = np.asarray(rows, dtype=np.float32)
-            if p.mean is not None:
-                x = (x - p.mean) / p.std
-            with torch.no_grad():
-                out = p.net(torch.from_numpy(np.ascontiguousarray(x)))
-            if self.task == "classification":
-                return self.classes[out.argmax(1).numpy()].tolist()
-            return out[:, 0].numpy().tolist()
+            enc = p.pre.encode_rows(rows)
+            preds = p.labels(p.forward(enc)).tolist()
+            unseen = enc.unseen_rows.tolist() if enc.unseen_rows is not None else [0] * len(rows)
+            return preds, unseen
         import pandas as pd
 
         df = pd.DataFrame(rows, columns=self.features)
-        return np.asarray(self.custom(self.package, df)).tolist()  # type: ignore[misc]
+        return np.asarray(self.custom(self.package, df)).tolist(), [0] * len(rows)  # type: ignore[misc]
 
     def _injected(self, request_id: str) -> bool:
         return bool(self.fail_rate) and unit_hash("fail", request_id) < self.fail_rate
@@ -144,7 +138,7 @@ class ModelVariant:
         """Predictions for one request's rows."""
         if self._injected(request_id):
             raise InjectedFailure(f"variant {self.label}: injected failure (fail_rate {self.fail_rate:g})")
-        return self._forward(rows)
+        return self._forward(rows)[0]
 
     async def predict_many(self, request_ids: list[str], batches: list[list[list[Any]]]) -> list[dict[str, Any]]:
         """Several requests in one forward pass: ``{"ok": True, "p": [...]}`` or
@@ -160,9 +154,9 @@ class ModelVariant:
         if rows:
             try:
                 if self.custom is not None or len(rows) > INLINE_ROWS:
-                    preds = await asyncio.to_thread(self._forward, rows)
+                    preds, unseen = await asyncio.to_thread(self._forward, rows)
                 else:
-                    preds = self._forward(rows)
+                    preds, unseen = self._forward(rows)
             except Exception as e:  # noqa: BLE001 - the model's error goes to each request
                 for i in take:
                     out[i]["error"] = f"{type(e).__name__}: {_short(e)}"
@@ -170,7 +164,7 @@ class ModelVariant:
             at = 0
             for i in take:
                 n = len(batches[i])
-                out[i] = {"ok": True, "p": preds[at : at + n]}
+                out[i] = {"ok": True, "p": preds[at : at + n], "unseen": sum(unseen[at : at + n])}
                 at += n
         return out
 
@@ -244,7 +238,12 @@ class Router:
         self.key_field = key.get("field")
         self.force_header = str(config.get("force_header") or "X-Raypipe-Variant").lower()
         self.info: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config["variants"].items()}
-        self.schemas = {k: InputSchema.of(v["features"], v.get("input_schema")) for k, v in self.info.items()}
+        self.schemas = {
+            k: InputSchema.of(
+                v["features"], v.get("input_schema"), [f["name"] for f in v.get("inputs") or [] if f.get("optional")]
+            )
+            for k, v in self.info.items()
+        }
         self.handles = dict(variants)
         self.batchers = {
             k: _Batcher(h, INFLIGHT_PER_REPLICA * int(self.info[k].get("replicas") or 1))
@@ -345,11 +344,13 @@ class Router:
             self.dropped_events += len(batch)
 
     # ------------------------------------------------------------------ calls
-    async def _call(self, variant: str, request_id: str, rows: list[list[Any]]) -> list[Any]:
+    async def _call(self, variant: str, request_id: str, rows: list[list[Any]]) -> tuple[list[Any], int]:
+        """The variant's predictions of ``rows`` and how many of their values were categories
+        it never saw."""
         res = await self.batchers[variant].submit(request_id, rows)
         if not res.get("ok"):
             raise VariantError(res.get("error") or "failed")
-        return res["p"]
+        return res["p"], int(res.get("unseen") or 0)
 
     async def _shadow_call(self, variant: str, request_id: str, rows: list[list[Any]], key: str | None) -> None:
         t0 = time.perf_counter()
@@ -404,6 +405,10 @@ class Router:
                     "sha256": v["sha256"],
                     "weight": self.weights.get(k, 0.0),
                     "features": len(v["features"]),
+                    "inputs": v.get("inputs")
+                    or [
+                        {"name": f, "dtype": (v.get("input_schema") or {}).get(f)} for f in v["features"]
+                    ],
                     "shadow": k == self.shadow,
                 }
                 for k, v in self.info.items()
@@ -455,9 +460,9 @@ class Router:
         rid = str(rid)[:128]
         if self.shadow is not None and self.shadow != variant:
             self._spawn(self._shadow_call(self.shadow, rid, rows, key))
-        status, doc = 200, None
+        status, doc, unseen = 200, None, 0
         try:
-            preds = await self._call(variant, rid, rows)
+            preds, unseen = await self._call(variant, rid, rows)
             if self._monitor is not None:
                 self._log_drift(variant, rid, rows, preds)
             doc = {"request_id": rid, "variant": variant, "version": self.info[variant]["version"]}
@@ -482,6 +487,7 @@ class Router:
                 "shadow": False,
                 "key": key,
                 "forced": bool(forced),
+                "unseen": unseen,
             }
         )
         return _response(status, doc)

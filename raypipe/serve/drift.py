@@ -88,6 +88,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from raypipe.models.preprocess import to_day
 from raypipe.serve.abstats import chi2_sf
 
 __all__ = [
@@ -608,6 +609,9 @@ class FeatureReference:
     psi_shares: np.ndarray | None = None
     #: Why the feature cannot be tested (None: it can).
     problem: str | None = None
+    #: How live values become numbers: ``days`` for dates and timestamps (days since
+    #: 1970-01-01, :func:`raypipe.models.preprocess.to_days`), None for numbers.
+    encoding: str | None = None
 
 
 def _numeric_reference(name: str, col: Mapping[str, Any], bins: int) -> FeatureReference:
@@ -782,7 +786,9 @@ class DriftDetector:
             if model_features:
                 wanted = [f for f in model_features if f in cols]
             else:
-                wanted = [c for c in cols if c != label and cols[c].get("kind") in ("numeric", "categorical")]
+                wanted = [
+                    c for c in cols if c != label and cols[c].get("kind") in ("numeric", "datetime", "categorical")
+                ]
         missing = [f for f in wanted if f not in cols]
         if missing:
             raise ValueError(f"features not in the reference profile: {', '.join(missing)}")
@@ -795,18 +801,22 @@ class DriftDetector:
             col = cols[f]
             kind = col.get("kind")
             o = self.spec.overrides.get(f, FeatureOverride())
-            if kind == "numeric":
+            if kind in ("numeric", "datetime"):
                 method = o.method or self.spec.numeric_method
                 if method == "chi2":
-                    raise ValueError(f"overrides.{f}.method: chi2 is for categorical features; {f} is numeric")
+                    raise ValueError(f"overrides.{f}.method: chi2 is for categorical features; {f} is {kind}")
                 self.refs[f] = _numeric_reference(f, col, o.bins or self.spec.psi_bins)
+                if kind == "datetime":
+                    self.refs[f].encoding = "days"
             elif kind == "categorical":
                 method = o.method or self.spec.categorical_method
                 if method == "ks":
                     raise ValueError(f"overrides.{f}.method: ks is for numeric features; {f} is categorical")
                 self.refs[f] = _categorical_reference(f, col)
             else:
-                raise ValueError(f"feature {f!r} is of kind {kind!r} in the profile; only numeric and categorical")
+                raise ValueError(
+                    f"feature {f!r} is of kind {kind!r} in the profile; only numeric, datetime and categorical"
+                )
             if method in ("ks", "chi2") and o.threshold is not None and o.threshold >= 1:
                 raise ValueError(
                     f"overrides.{f}.threshold: {method} takes a level alpha in (0, 1), got {o.threshold:g}"
@@ -1149,8 +1159,17 @@ class WindowBuffer:
     Vitter's Algorithm R, once more rows arrive), stored column by column in arrays
     allocated once; ``seen`` counts every row offered."""
 
-    def __init__(self, numeric: Sequence[str], categorical: Sequence[str], capacity: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        numeric: Sequence[str],
+        categorical: Sequence[str],
+        capacity: int,
+        seed: int = 0,
+        days: Sequence[str] = (),
+    ) -> None:
         self.numeric = list(numeric)
+        #: Numeric features whose live values are dates or timestamps (compared as days).
+        self.days = set(days)
         self.categorical = list(categorical)
         self.capacity = int(capacity)
         self.num = np.full((self.capacity, len(self.numeric)), np.nan, dtype=np.float64)
@@ -1176,7 +1195,7 @@ class WindowBuffer:
             if slot >= self.capacity:
                 return
         for j, f in enumerate(self.numeric):
-            self.num[slot, j] = to_float(row.get(f))
+            self.num[slot, j] = to_day(row.get(f)) if f in self.days else to_float(row.get(f))
         for j, f in enumerate(self.categorical):
             self.cat[slot, j] = category_key(row.get(f))
         self.pred[slot] = prediction

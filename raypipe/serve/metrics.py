@@ -18,7 +18,8 @@ Contract (the A/B report and the canary controller read it):
       {"requests", "errors", "shadow_requests", "shadow_errors",
        "latency_ms": {"buckets": [upper bounds, last inf], "counts": [...],
                       "p50", "p95", "p99"},
-       "outcomes": {"n", "sum", "sumsq", "positives"}}
+       "outcomes": {"n", "sum", "sumsq", "positives"},
+       "unseen_categories": values of categories the model never saw (served as "other")}
 
   counting only what happened at ``ts >= since`` (whole seconds: buckets are per
   second).  ``requests``/``errors`` are routed (served) requests; a shadow copy counts in
@@ -57,8 +58,9 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = tuple(float(f"{0.25 * 1.25**i:.3g}") for
 PROMETHEUS_BUCKETS_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0]
 LEASE_POLL_S = 5.0
 
-# Per-bucket counters: requests, errors, shadow requests, shadow errors, outcome n, sum, sumsq, positives.
-_REQ, _ERR, _SREQ, _SERR, _ON, _OSUM, _OSQ, _OPOS = range(8)
+# Per-bucket counters: requests, errors, shadow requests, shadow errors, outcome n, sum, sumsq, positives,
+# values of categories the model never saw (encoded as "other").
+_REQ, _ERR, _SREQ, _SERR, _ON, _OSUM, _OSQ, _OPOS, _UNSEEN = range(9)
 
 
 def collector_name(app: str) -> str:
@@ -88,7 +90,7 @@ class _Bucket:
     __slots__ = ("c", "h")
 
     def __init__(self, nbins: int) -> None:
-        self.c = [0, 0, 0, 0, 0, 0.0, 0.0, 0]
+        self.c = [0, 0, 0, 0, 0, 0.0, 0.0, 0, 0]
         self.h = [0] * nbins
 
     def add(self, other: _Bucket) -> None:
@@ -143,6 +145,11 @@ class MetricsCollector:
             "feedback": metrics.Counter(
                 "raypipe_serve_feedback", "Outcomes reported by POST /feedback.", tag_keys=tags
             ),
+            "unseen": metrics.Counter(
+                "raypipe_serve_unseen_categories",
+                "Feature values of categories the model never saw (served as 'other').",
+                tag_keys=tags,
+            ),
             "positives": metrics.Counter(
                 "raypipe_serve_feedback_positive", "Outcomes > 0 reported by POST /feedback.", tag_keys=tags
             ),
@@ -154,18 +161,21 @@ class MetricsCollector:
         counts: dict[tuple[str, str], list[int]] = {}
         for e in events:
             tags_key = (str(e["variant"]), "true" if e.get("shadow") else "false")
-            c = counts.setdefault(tags_key, [0, 0])
+            c = counts.setdefault(tags_key, [0, 0, 0])
             c[0] += 1
             c[1] += 0 if e.get("ok") else 1
+            c[2] += int(e.get("unseen") or 0)
             self._prom["latency"].observe(
                 float(e.get("latency_ms") or 0.0),
                 tags={"app": self.app, "variant": tags_key[0], "shadow": tags_key[1]},
             )
-        for (variant, shadow), (n, errs) in counts.items():
+        for (variant, shadow), (n, errs, unseen) in counts.items():
             tags = {"app": self.app, "variant": variant, "shadow": shadow}
             self._prom["requests"].inc(n, tags=tags)
             if errs:
                 self._prom["errors"].inc(errs, tags=tags)
+            if unseen:
+                self._prom["unseen"].inc(unseen, tags=tags)
 
     # ------------------------------------------------------------------ recording
     def _bucket(self, variant: str, sec: int) -> _Bucket:
@@ -196,6 +206,7 @@ class MetricsCollector:
             else:
                 b.c[_REQ] += 1
                 b.c[_ERR] += 0 if ok else 1
+                b.c[_UNSEEN] += int(e.get("unseen") or 0)
                 rid = e.get("request_id")
                 if rid:
                     self._remember(str(rid), variant)
@@ -282,6 +293,7 @@ class MetricsCollector:
                     "p99": quantile(self.bounds, h, 0.99),
                 },
                 "outcomes": {"n": c[_ON], "sum": c[_OSUM], "sumsq": c[_OSQ], "positives": c[_OPOS]},
+                "unseen_categories": c[_UNSEEN],
             }
         return out
 

@@ -279,7 +279,10 @@ class MonitorCore:
         s = self.spec
         cap = min(s.window_rows, s.reservoir_size) if s.window_rows is not None else s.reservoir_size
         seed = [s.seed & 0xFFFFFFFF, len(self.variants), self.next_window_id]
-        return WindowBuffer(numeric, categorical, cap, seed=int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        days = [f for f in numeric if det.refs[f].encoding == "days"]
+        return WindowBuffer(
+            numeric, categorical, cap, seed=int(np.random.SeedSequence(seed).generate_state(1)[0]), days=days
+        )
 
     # ------------------------------------------------------------------ logging
     def log(

@@ -7,10 +7,14 @@
 
 plus, at the top level, the sticky key field when ``key: {field: ...}`` is used and an
 optional ``request_id``.  Every feature of the model (its ``features`` list, in any
-order) must be present; nothing else may be.  Types come from the model's
-``input_schema`` (Arrow types): numbers for int/float/decimal columns (integers for
-int columns; booleans are not numbers), true/false for bool, strings for string
-columns; numbers must be finite (JSON's NaN/Infinity are refused).
+order) must be present, except *optional* ones (the model was trained with missing
+values there: they may be left out or null); nothing else may be.  Types come from the
+model's ``input_schema`` (Arrow types): numbers for int/float/decimal columns (integers
+for int columns; booleans are not numbers), true/false for bool, strings for text and
+dictionary (category) columns, ISO 8601 strings for dates (``"2024-03-01"``) and
+timestamps (``"2024-03-01T12:00:00+01:00"``; naive times are UTC); numbers must be
+finite (JSON's NaN/Infinity are refused).  A category the model never saw is accepted
+(it is encoded as the "other" level and counted in the variant's metrics).
 
 A bad body raises :class:`RequestError`: 400 for malformed JSON, 422 for the rest,
 with one ``{"field", "reason"}`` per problem (up to 20), e.g.
@@ -23,11 +27,14 @@ count as 1/0).
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from raypipe.models.preprocess import parse_iso
 
 MAX_ERRORS = 20
 MAX_INSTANCES = 1024
@@ -54,29 +61,49 @@ def _kind(arrow_type: str | None) -> str:
         return "float"
     if t in ("bool", "boolean"):
         return "bool"
-    if t in ("string", "large_string", "utf8", "large_utf8"):
+    if t in ("string", "large_string", "utf8", "large_utf8", "string_view") or t.startswith("dictionary<values=string"):
         return "string"
+    if t.startswith(("date32", "date64")):
+        return "date"
+    if t.startswith("timestamp"):
+        return "timestamp"
     return "any"
 
 
 @dataclass(frozen=True)
 class InputSchema:
-    """A model's inputs: feature names in the model's order and their Arrow types."""
+    """A model's inputs: feature names in the model's order, their Arrow types, and which
+    may be left out (the model was trained with missing values there)."""
 
     features: tuple[str, ...]
     types: tuple[str, ...]
     kinds: tuple[str, ...] = field(repr=False)
     index: dict[str, int] = field(repr=False, compare=False)
+    optional: tuple[bool, ...] = field(default=(), repr=False)
 
     @classmethod
-    def of(cls, features: Sequence[str], input_schema: Mapping[str, str] | None = None) -> InputSchema:
+    def of(
+        cls,
+        features: Sequence[str],
+        input_schema: Mapping[str, str] | None = None,
+        optional: Sequence[str] = (),
+    ) -> InputSchema:
         schema = dict(input_schema or {})
         types = tuple(str(schema.get(f, "double")) for f in features)
-        return cls(tuple(features), types, tuple(_kind(t) for t in types), {f: i for i, f in enumerate(features)})
+        opt = set(optional)
+        return cls(
+            tuple(features),
+            types,
+            tuple(_kind(t) for t in types),
+            {f: i for i, f in enumerate(features)},
+            tuple(f in opt for f in features),
+        )
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> InputSchema:
-        return cls.of(list(meta.get("features") or []), meta.get("input_schema"))
+        pre = (meta.get("preprocessing") or {}).get("features") or []
+        optional = [f["name"] for f in pre if isinstance(f, Mapping) and f.get("missing")]
+        return cls.of(list(meta.get("features") or []), meta.get("input_schema"), optional)
 
     @property
     def numeric(self) -> bool:
@@ -143,6 +170,12 @@ def _value(v: Any, kind: str, arrow_type: str) -> tuple[Any, str | None]:
         )
     if kind == "string":
         return (v, None) if isinstance(v, str) else (None, f"expected a string ({arrow_type}), got {_describe(v)}")
+    if kind in ("date", "timestamp"):
+        want = "an ISO date YYYY-MM-DD" if kind == "date" else "an ISO 8601 date-time (YYYY-MM-DDTHH:MM:SS[+HH:MM])"
+        parsed = parse_iso(v) if isinstance(v, str) else None
+        if parsed is None or (kind == "date" and isinstance(parsed, _dt.datetime)):
+            return None, f"expected {want} ({arrow_type}), got {_describe(v)}"
+        return parsed, None
     if isinstance(v, float) and not math.isfinite(v):
         return None, f"expected a finite number, got {v!r}"
     return v, None
@@ -154,8 +187,11 @@ def _row(obj: Any, schema: InputSchema, where: str, errors: list[dict[str, str]]
         return []
     out: list[Any] = [None] * len(schema.features)
     for name, i in schema.index.items():
-        if name not in obj:
-            errors.append({"field": f"{where}.{name}", "reason": "missing field"})
+        optional = bool(schema.optional) and schema.optional[i]
+        if name not in obj or obj[name] is None:
+            if not optional:
+                why = "missing field" if name not in obj else "got null; the model was trained without missing values here"
+                errors.append({"field": f"{where}.{name}", "reason": why})
             continue
         value, why = _value(obj[name], schema.kinds[i], schema.types[i])
         if why is not None:

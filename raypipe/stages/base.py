@@ -60,6 +60,27 @@ class StageContext:
         return logging.getLogger(f"raypipe.stage.{self.stage}")
 
     @property
+    def log_path(self) -> Path:
+        """The stage attempt's log file: ``<storage>/logs/<run>/<stage>.<attempt>.log`` on a
+        local storage root, else in the worker's temporary folder."""
+        from raypipe.store.artifacts import is_local
+
+        root = Path(self.storage) if is_local(self.storage) else Path(tempfile.gettempdir()) / "raypipe"
+        return root / "logs" / self.run_id / f"{self.stage}.{self.attempt}.log"
+
+    def detail(self, title: str, text: str) -> Path | None:
+        """Append ``text`` (a library's whole message, a traceback) to the stage's log file
+        instead of the console; the file, or None if it cannot be written."""
+        path = self.log_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {title}\n{text.rstrip()}\n\n")
+        except OSError:
+            return None
+        return path
+
+    @property
     def workdir(self) -> Path:
         """A scratch directory of this attempt, made on first use and removed after the stage.
         Return a ``Path`` inside it to store a file as an output."""

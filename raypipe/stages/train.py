@@ -150,14 +150,14 @@ class TrainStage(StageKind):
 
         from raypipe.models import builtin
         from raypipe.scheduler.backend import NODE_ID_LABEL
-        from raypipe.stages.data.common import as_dataset, data_session, is_table
+        from raypipe.stages.data.common import as_dataset, data_session, is_table, select_model_columns
+        from raypipe.stages.data.profile import describe_training_data
 
         with data_session(ctx):  # reading inputs and their statistics: bounded by the grant, quiet
             datasets, config = {}, dict(self.params.config)
             for name, value in inputs.items():
                 if is_table(value):
-                    ds = as_dataset(value, f"input {name!r}")
-                    datasets[name] = _in_memory_if_small(ds, ctx.input_refs.get(name))
+                    datasets[name] = as_dataset(value, f"input {name!r}")
                 else:
                     config[name] = value
             meta = {
@@ -173,7 +173,13 @@ class TrainStage(StageKind):
                 loop: Any = import_function(self.params.function)
             else:
                 loop = builtin.train_loop
-                config = builtin.prepare(self.params.builtin(), datasets, meta)
+                params = self.params.builtin()
+                if "train" not in datasets:
+                    raise StageError("built-in models take a dataset input `train`")
+                data = describe_training_data(params, datasets["train"], ctx)
+                datasets = select_model_columns(datasets, builtin.model_columns(data))
+                config = builtin.prepare(params, datasets, data, meta)
+            datasets = {n: _in_memory_if_small(ds, ctx.input_refs.get(n)) for n, ds in datasets.items()}
         gpu = use_gpu(self.params.use_gpu, ctx.resources.gpu)
         selectors = [{NODE_ID_LABEL: n} for n in ctx.grant_nodes] if ctx.grant_nodes else None
         scaling = ScalingConfig(

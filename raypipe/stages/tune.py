@@ -314,10 +314,15 @@ class TuneStage(StageKind):
             files = sweep.write_inputs(tables)
             return sweep.run(ts.function_trial(p.function, files), config, base=p.config)
         from raypipe.models import builtin
-        from raypipe.stages.data.common import as_dataset
+        from raypipe.stages.data.common import as_dataset, select_model_columns
+        from raypipe.stages.data.profile import describe_training_data
 
         datasets = {name: as_dataset(value, f"input {name!r}") for name, value in tables.items()}
-        base = builtin.prepare(p.builtin(), datasets, {"trained_by": sweep.trained_by, "code": sweep.code})
+        if "train" not in datasets:
+            raise StageError("built-in models take a dataset input `train`")
+        data = describe_training_data(p.builtin(), datasets["train"], ctx)
+        datasets = select_model_columns(datasets, builtin.model_columns(data))
+        base = builtin.prepare(p.builtin(), datasets, data, {"trained_by": sweep.trained_by, "code": sweep.code})
         files = sweep.write_inputs(datasets)
         return sweep.run(ts.builtin_trial(base, files), {}, base=p.builtin().model_dump(mode="json"), dotted=True)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raypipe.exceptions import RunNotFoundError, StorageError
-from raypipe.store.artifacts import ArtifactRef
+from raypipe.exceptions import RaypipeError, RunNotFoundError, StorageError
+from raypipe.store.artifacts import ArtifactRef, is_local
 from raypipe.store.sql import Database, Row, driver_error, is_postgres, redact, retrying
 
 SCHEMA_VERSION = 1
@@ -206,6 +206,36 @@ def sqlite_path(url: str) -> str:
             " or postgresql://USER:PASSWORD@HOST:PORT/DB"
         )
     return url
+
+
+#: Where a metadata store is when nothing says otherwise.
+DEFAULT_DB = os.path.join(".raypipe", "raypipe.db")
+
+
+def resolve_db(db: str | None = None, *, metadata: str | None = None, storage: str | None = None) -> str:
+    """The metadata store a command uses; the one place that decides, in this order:
+    ``db`` (``--db``), ``$RAYPIPE_DB``, the pipeline's ``metadata:``, ``raypipe.db`` in the
+    pipeline's storage root when it is local (``storage``, resolved), ``./.raypipe/raypipe.db``."""
+    if db:
+        return db
+    env = os.environ.get("RAYPIPE_DB")
+    if env:
+        return env
+    if metadata:
+        return metadata
+    if storage and is_local(storage):
+        return os.path.join(storage, "raypipe.db")
+    return DEFAULT_DB
+
+
+def open_existing(db: str | None = None, hint: str = "run a pipeline first or pass --db") -> MetadataStore:
+    """The store :func:`resolve_db` picks for commands that read one (no pipeline file):
+    an error saying where it looked when a SQLite file is not there."""
+    url = resolve_db(db)
+    if not url.startswith("sqlite:") and "://" not in url and not Path(url).exists():
+        where = "--db" if db else ("$RAYPIPE_DB" if os.environ.get("RAYPIPE_DB") else "the default location")
+        raise RaypipeError(f"no metadata store at {url!r} ({where}); {hint}")
+    return MetadataStore(url)
 
 
 class MetadataStore:

@@ -111,7 +111,8 @@ def test_categorical_matches_pandas(small: pd.DataFrame) -> None:
         assert col["distinct"] == s.nunique() and col["other"] == 0
     assert set(prof["columns"]["b"]["frequencies"]) == {"True", "False"}
     t = prof["columns"]["t"]
-    assert t["kind"] == "other" and t["min"] == "2024-01-01T00:00:00" and t["count"] == len(small)
+    assert t["kind"] == "datetime" and t["first"] == "2024-01-01T00:00:00" and t["count"] == len(small)
+    assert t["min"] == 19723.0 and t["unit"] == "days since 1970-01-01"  # 2024-01-01
 
 
 def test_std_is_stable_with_a_large_offset() -> None:
@@ -311,7 +312,7 @@ def test_output_is_plain_json_without_nan() -> None:
     assert cols["one"]["std"] is None and cols["one"]["mean"] == 1.5 and cols["one"]["quantiles"]["0.99"] == 1.5
     assert cols["inf"]["count"] == 2 and cols["inf"]["infinite"] == 2 and cols["inf"]["min"] is None
     assert cols["nullable"]["kind"] == "numeric" and cols["nullable"]["max"] == 1
-    assert cols["when"]["kind"] == "other" and cols["when"]["nulls"] == 1
+    assert cols["when"]["kind"] == "datetime" and cols["when"]["nulls"] == 1
     assert cols["empty"]["nulls"] == 2 and cols["empty"]["count"] == 0
 
     def walk(v: object) -> None:
@@ -329,3 +330,28 @@ def test_output_is_plain_json_without_nan() -> None:
     walk(prof)
     empty = profile([df.iloc[:0]])
     assert empty["rows"] == 0 and empty["columns"]["one"]["null_fraction"] is None
+
+
+def test_dates_and_timestamps_profile_as_days_in_any_batching() -> None:
+    """Dates (object columns of datetime.date, as Arrow's date32 arrives in pandas) and
+    zoned timestamps are profiled as days since 1970-01-01 UTC: the numbers models and
+    drift tests compare; the same in any batching and order."""
+    import datetime as dt
+
+    rng = np.random.default_rng(11)
+    n = 600
+    days = rng.integers(18000, 20000, n)
+    d = pd.Series([dt.date(1970, 1, 1) + dt.timedelta(days=int(x)) if i % 10 else None for i, x in enumerate(days)])
+    ts = pd.Series(pd.to_datetime(days * 86400 + 3600, unit="s")).dt.tz_localize("UTC").dt.tz_convert("Europe/Berlin")
+    df = pd.DataFrame({"d": d, "ts": ts})
+    whole = profile([df])
+    parts = profile(split(df, 4, rng), order=[3, 1, 0, 2])
+    assert whole == parts
+    col = whole["columns"]["d"]
+    expected = days[np.arange(n) % 10 != 0]
+    assert col["kind"] == "datetime" and col["nulls"] == n // 10 and col["dtype"] == "date"
+    assert col["mean"] == pytest.approx(expected.mean(), rel=1e-12)
+    assert col["first"] == str(np.datetime64(int(expected.min()), "D")) and col["min"] == float(expected.min())
+    t = whole["columns"]["ts"]
+    assert t["kind"] == "datetime" and t["mean"] == pytest.approx(days.mean() + 1 / 24, rel=1e-12)
+    assert t["first"] == str(np.datetime64(int(days.min()) * 86400 + 3600, "s"))

@@ -457,3 +457,51 @@ def test_status_shape(normal_profile: dict) -> None:
     assert st["reference"]["features"]["f0"]["threshold_kind"] == "p <"
     assert v["last_window"]["rows"] == 150
     assert [w["window_id"] for w in core.windows("v1", since_id=2)] == [3, 4]
+
+
+def test_dates_drift_by_ks_on_days_and_unseen_categories_are_evidence() -> None:
+    """A date feature is tested with KS on its days since 1970 (the encoding models use);
+    live values arrive as the server parsed them (date objects) or as ISO strings.  A
+    window made mostly of category levels the reference never saw drifts by chi-square."""
+    import datetime as dt
+
+    rng = np.random.default_rng(21)
+    n = 20_000
+    base = dt.date(2023, 1, 1)
+    ref_days = rng.integers(0, 365, n)
+    df = pd.DataFrame(
+        {
+            "applied": pd.Series([base + dt.timedelta(days=int(d)) for d in ref_days], dtype=object),
+            "region": rng.choice(["north", "south", "east", "west"], n),
+        }
+    )
+    prof = make_profile(df)
+    assert prof["columns"]["applied"]["kind"] == "datetime"
+    core = MonitorCore("app", prof, {"window_rows": 400, "consecutive": 1}, clock=lambda: 1000.0)
+    assert core._detector("v1").refs["applied"].encoding == "days"
+
+    def rows(days: np.ndarray, regions: np.ndarray, iso: bool) -> list[dict]:
+        out = []
+        for d, r in zip(days.tolist(), regions.tolist(), strict=True):
+            when = base + dt.timedelta(days=int(d))
+            out.append({"applied": when.isoformat() if iso else when, "region": r})
+        return out
+
+    same = rows(rng.integers(0, 365, 400), rng.choice(["north", "south", "east", "west"], 400), iso=True)
+    core.log("v1", same)
+    later = rows(rng.integers(200, 565, 400), rng.choice(["north", "south", "east", "west"], 400), iso=False)
+    core.log("v1", later)
+    first, second = core.variants["v1"].results
+    assert first.features["applied"].method == "ks" and not first.features["applied"].drifted
+    assert first.features["applied"].n == 400 and first.features["applied"].nulls == 0
+    assert second.features["applied"].drifted and not second.features["region"].drifted
+    x_ref = np.asarray(prof["columns"]["applied"]["sample"], dtype=float)  # days of the reference sample
+    assert x_ref.min() >= (base - dt.date(1970, 1, 1)).days
+    assert second.features["applied"].statistic == pytest.approx(
+        stats.ks_2samp(x_ref, np.array([drift.to_day(r["applied"]) for r in later])).statistic, rel=1e-12
+    )
+    unseen = rows(rng.integers(0, 365, 400), rng.choice(["north", "mars", "venus"], 400, p=[0.2, 0.4, 0.4]), iso=True)
+    core.log("v1", unseen)
+    third = core.variants["v1"].results[-1]
+    fr = third.features["region"]
+    assert fr.method == "chi2" and fr.drifted and fr.stats["unseen_share"] > 0.7

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -110,6 +111,27 @@ def task_args(ctx: StageContext) -> dict[str, Any]:
     return {"num_cpus": cpu, "compute": TaskPoolStrategy(size=slots(ctx, cpu))}
 
 
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Invalid|Failure)): (.+)$", re.MULTILINE)
+_WRAPPERS = ("RayTaskError", "UserCodeException", "RaySystemError", "RayError")
+
+
+def error_line(e: BaseException) -> str:
+    """The line that says what went wrong, out of an exception from Ray Data (Ray wraps a
+    task's error in its own types and retry advice): ``Type: message`` of the first error
+    in the text that is not one of Ray's wrappers."""
+    parts, todo = [], [e]
+    while todo and len(parts) < 20:
+        x = todo.pop()
+        parts.append(f"{type(x).__name__}: {x}")
+        todo += [c for c in (getattr(x, "cause", None), x.__cause__, x.__context__) if isinstance(c, BaseException)]
+    for m in _ERROR_LINE.finditer("\n".join(parts)):
+        name, msg = m.group(1), m.group(2).strip()
+        if not name.startswith(_WRAPPERS) and not msg.startswith(("To change retry", "Failed to apply UDF")):
+            return f"{name}: {msg}"
+    text = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
 def is_table(value: Any) -> bool:
     """A Ray Dataset, a pandas DataFrame or an Arrow table."""
     from raypipe.store.datasets import is_ray_dataset
@@ -153,6 +175,22 @@ def input_schema(ctx: StageContext, name: str, ds: Any) -> Any:
     if ref is not None and ref.format == DATASET_FORMAT:
         return dataset_schema(ArtifactStore(ctx.storage), ref)
     return arrow_schema_of(ds)
+
+
+def select_model_columns(datasets: Mapping[str, Any], columns: list[str]) -> dict[str, Any]:
+    """Each dataset with only ``columns`` (a model's features and label), in that order,
+    so nothing else reaches the training workers; a dataset without one of them is an
+    error naming it."""
+    from raypipe.store.datasets import arrow_schema_of
+
+    out = {}
+    for name, ds in datasets.items():
+        have = set(arrow_schema_of(ds).names)
+        missing = [c for c in columns if c not in have]
+        if missing:
+            raise DataError(f"input {name!r} has no column {', '.join(map(repr, missing))} (the model reads it)")
+        out[name] = ds.select_columns(columns)
+    return out
 
 
 def store_dataset(ctx: StageContext, ds: Any, what: str, *, allow_empty: bool = False) -> Any:

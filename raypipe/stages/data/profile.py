@@ -71,3 +71,55 @@ class ProfileStage(DataStage):
         edges = profiling.histogram_edges(partial, p.bins)
         counts = functools.reduce(profiling.add_counts, gather(ds, _hist, ctx, edges=edges)) if edges else {}
         return {"profile": profiling.finalize(partial, counts, edges)}
+
+
+# ----------------------------------------------------------------------------- training data
+#: Values kept per numeric column when learning a model's preprocessing (medians are exact
+#: below this many distinct values, else from a uniform sample of this size).
+FIT_SAMPLE = 10_000
+
+
+def _fit_partial(df: Any, label: str, categorical: list[str], max_levels: int, classes: bool) -> Any:
+    from raypipe.models.preprocess import category_keys
+
+    df = df.copy(deep=False)
+    for c in categorical:
+        df[c] = category_keys(df[c])
+    partial = profiling.partial_profile(
+        df.drop(columns=[label]), sample_size=FIT_SAMPLE, seed=0, max_categories=max_levels
+    )
+    labels: list[Any] = []
+    if classes:
+        labels = [v.item() if hasattr(v, "item") else v for v in df[label].dropna().unique().tolist()]
+    return partial, labels
+
+
+def describe_training_data(params: Any, ds: Any, ctx: StageContext) -> dict[str, Any]:
+    """What a built-in model trained on ``ds`` expects (features, preprocessing, classes):
+    one pass of Ray Data tasks inside the stage's grant profiles every column of the
+    training split, then :func:`raypipe.models.builtin.describe_data` decides.  The
+    columns left out of an automatic feature list are logged with the reason."""
+    from raypipe.models.builtin import describe_data
+    from raypipe.store.datasets import arrow_schema_of
+
+    schema = arrow_schema_of(ds)
+    types = {f.name: str(f.type) for f in schema}
+    if params.label not in types:
+        raise DataError(f"label column {params.label!r} is not in the training data; columns: {', '.join(types)}")
+    parts = gather(
+        ds,
+        _fit_partial,
+        ctx,
+        label=params.label,
+        categorical=[c for c in params.preprocessing.categorical if c in types],
+        max_levels=params.preprocessing.max_levels,
+        classes=params.task == "classification",
+    )
+    if not parts or not sum(p.rows for p, _ in parts):
+        raise DataError("the training data has no rows")
+    partial = functools.reduce(profiling.merge, [p for p, _ in parts])
+    labels = sorted({v for _, ls in parts for v in ls}, key=lambda v: (str(type(v)), v))
+    data = describe_data(params, profiling.finalize(partial, None, None), labels, types)
+    for column, why in data["excluded"].items():
+        ctx.log.info("column %r is not a feature: %s", column, why)
+    return data

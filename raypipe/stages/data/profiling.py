@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pandas.api import types as ptypes
 
+from raypipe.models.preprocess import to_days
 from raypipe.stages.data.rules import jsonable, series_hashes
 
 __all__ = [
@@ -104,6 +105,14 @@ class NumericPartial:
 
 
 @dataclass
+class DatetimePartial(NumericPartial):
+    """A date or timestamp column, as the numeric statistics of its days since 1970-01-01
+    (:func:`raypipe.models.preprocess.to_days`: the encoding models and drift use)."""
+
+    kind: ClassVar[str] = "datetime"
+
+
+@dataclass
 class CategoricalPartial:
     """Mergeable statistics of a string, bool, categorical or object column."""
 
@@ -130,7 +139,7 @@ class OtherPartial:
     max: Any = None
 
 
-ColumnPartial = Union[NumericPartial, CategoricalPartial, OtherPartial]
+ColumnPartial = Union[NumericPartial, DatetimePartial, CategoricalPartial, OtherPartial]
 
 
 @dataclass
@@ -162,10 +171,12 @@ def partial_profile(df: pd.DataFrame, *, sample_size: int, seed: int, max_catego
     for name in df.columns:
         s = df[name]
         kind = _kind(s)
-        if kind == "numeric":
+        if kind in ("numeric", "datetime"):
             if keys is None:
                 keys = _row_keys(df, seed)
-            col: ColumnPartial = _numeric_partial(s, keys, out)
+            col: ColumnPartial = (
+                _numeric_partial(s, keys, out) if kind == "numeric" else _datetime_partial(s, keys, out)
+            )
         elif kind == "categorical":
             col = _categorical_partial(s, out)
         else:
@@ -227,7 +238,7 @@ def histogram_counts(df: pd.DataFrame, edges: Mapping[str, np.ndarray], *, clip:
         nb = max(len(e) - 1, 0)
         counts = np.zeros(nb, dtype=np.int64)
         if nb and name in df.columns:
-            x = _float_values(df[name])
+            x = to_days(df[name]) if _kind(df[name]) == "datetime" else _float_values(df[name])
             x = x[np.isfinite(x)]
             idx = np.searchsorted(e, x, side="right") - 1
             idx[x == e[-1]] = nb - 1
@@ -283,6 +294,10 @@ def finalize(
         }
         if isinstance(col, NumericPartial):
             base.update(_finalize_numeric(col, partial, name, hist_counts, edges, quantiles))
+            if isinstance(col, DatetimePartial):
+                base["unit"] = "days since 1970-01-01"
+                date = col.dtype == "date"
+                base["first"], base["last"] = _iso_day(col.min, date), _iso_day(col.max, date)
         elif isinstance(col, CategoricalPartial):
             base.update(_finalize_categorical(col, partial.max_categories))
         else:
@@ -308,9 +323,13 @@ def _kind(s: pd.Series) -> str:
         return "categorical"
     if ptypes.is_numeric_dtype(dtype) and not ptypes.is_complex_dtype(dtype):
         return "numeric"
+    if ptypes.is_datetime64_any_dtype(dtype):
+        return "datetime"
     if isinstance(dtype, np.dtype) and dtype.kind == "O":
         inferred = ptypes.infer_dtype(s, skipna=True)
-        if inferred in ("datetime64", "datetime", "date", "timedelta64", "timedelta", "period", "interval"):
+        if inferred in ("datetime64", "datetime", "date"):
+            return "datetime"
+        if inferred in ("timedelta64", "timedelta", "period", "interval"):
             return "other"
         if inferred == "complex":
             return "other"
@@ -482,6 +501,25 @@ def _numeric_partial(s: pd.Series, keys: np.ndarray, p: Partial) -> NumericParti
     return col
 
 
+def _datetime_partial(s: pd.Series, keys: np.ndarray, p: Partial) -> DatetimePartial:
+    days = pd.Series(to_days(s), index=s.index)
+    col = _numeric_partial(days, keys, p)
+    dtype = str(s.dtype) if s.dtype.kind != "O" else ptypes.infer_dtype(s, skipna=True)
+    return DatetimePartial(**{**col.__dict__, "dtype": dtype})
+
+
+def _iso_day(days: float | int | None, date: bool) -> str | None:
+    """A day count (fractional for timestamps) as an ISO date, or date-time (UTC)."""
+    if days is None or not math.isfinite(float(days)):
+        return None
+    t = np.datetime64(round(float(days) * 86_400_000_000), "us")
+    return (
+        str(t.astype("datetime64[D]"))
+        if date
+        else str(t.astype("datetime64[s]" if t.astype(np.int64) % 1_000_000 == 0 else "datetime64[us]"))
+    )
+
+
 def _exact_cap(p: Partial) -> int:
     return max(p.sample_size, 10 * p.max_categories)
 
@@ -499,8 +537,8 @@ def _merge_numeric(a: NumericPartial, b: NumericPartial, p: Partial) -> NumericP
         np.add.at(counts, inverse.ravel(), np.concatenate([a.counts, b.counts]))
         if len(values) > _exact_cap(p):
             values = counts = None
-    return NumericPartial(
-        dtype=_promote(a.dtype, b.dtype, True),
+    return type(a)(
+        dtype=a.dtype if isinstance(a, DatetimePartial) else _promote(a.dtype, b.dtype, True),
         count=a.count + b.count,
         nulls=a.nulls + b.nulls,
         infinite=a.infinite + b.infinite,

@@ -18,6 +18,7 @@ import importlib.resources
 import io
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -25,7 +26,7 @@ from pydantic import Field, model_validator
 
 from raypipe.exceptions import DataError
 from raypipe.stages.base import StageContext, StageParams
-from raypipe.stages.data.common import DataStage, slots, task_args, task_cpus
+from raypipe.stages.data.common import DataStage, error_line, slots, task_args, task_cpus
 
 Format = Literal["auto", "parquet", "csv", "json", "numpy"]
 _EXT = {
@@ -41,11 +42,47 @@ _EXT = {
 _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
 
 
+#: Type names ``csv.column_types`` takes, and their Arrow types.
+CSV_TYPES: dict[str, str] = {
+    "int": "int64",
+    "int32": "int32",
+    "int64": "int64",
+    "uint64": "uint64",
+    "float": "float64",
+    "float32": "float32",
+    "float64": "float64",
+    "double": "float64",
+    "number": "float64",
+    "bool": "bool",
+    "string": "string",
+    "text": "string",
+    "category": "category",
+    "date": "date32",
+    "date32": "date32",
+    "timestamp": "timestamp[us]",
+    "timestamp[s]": "timestamp[s]",
+    "timestamp[ms]": "timestamp[ms]",
+    "timestamp[us]": "timestamp[us]",
+    "timestamp[ns]": "timestamp[ns]",
+    "timestamp_utc": "timestamp[us, tz=UTC]",
+}
+
+
 class CsvOptions(StageParams):
     delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
     #: False: the files have no header line; columns are named ``column_names`` or f0, f1, ...
     header: bool = True
     column_names: list[str] | None = None
+    #: Column types that inference must not choose (e.g. ``{zip: string, ref: uint64}``);
+    #: any of :data:`CSV_TYPES` (``category`` reads text dictionary-encoded).
+    column_types: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _types(self) -> CsvOptions:
+        for name, t in self.column_types.items():
+            if t not in CSV_TYPES:
+                raise ValueError(f"column_types.{name}: unknown type {t!r}; expected one of {', '.join(CSV_TYPES)}")
+        return self
 
 
 class ReadParams(StageParams):
@@ -189,7 +226,7 @@ class ReadStage(DataStage):
         import ray.data
 
         from raypipe.store.artifacts import ArtifactStore
-        from raypipe.store.datasets import parquet_v1, write_dataset
+        from raypipe.store.datasets import parquet_v1, storage_error_message, write_dataset
 
         fs, files, fmt = self.files()
         if fmt == "parquet":
@@ -197,12 +234,13 @@ class ReadStage(DataStage):
         elif fmt == "csv":
             _check_csv_headers(fs, files, self.params.csv)
         common = {"filesystem": fs, "num_cpus": task_cpus(ctx), "concurrency": slots(ctx, task_cpus(ctx))}
+        store = ArtifactStore(ctx.storage)
+        if fmt == "csv":
+            return {"data": self._read_csv(ctx, store, fs, files, common)}
         if fmt == "parquet":
             # One block per file: Ray's default of ~200 blocks makes tiny tasks and files.
             with parquet_v1():
                 ds = ray.data.read_parquet(files, columns=self.params.columns, override_num_blocks=len(files), **common)
-        elif fmt == "csv":
-            ds = ray.data.read_csv(files, **common, **_csv_args(self.params.csv))
         elif fmt == "json":  # Ray's read_json parses through pandas, which rounds floats
             ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
                 _read_json_lines,
@@ -222,15 +260,63 @@ class ReadStage(DataStage):
                 {"path": i.path, "size": i.size, "mtime_ns": i.mtime_ns, "fs": root} for i in fs.get_file_info(files)
             ]
         try:
-            ref = write_dataset(ArtifactStore(ctx.storage), ds, what=_where(files), sources=sources)
+            ref = write_dataset(store, ds, what=_where(files), sources=sources)
         except Exception as e:  # noqa: BLE001 - find the file (and line) to blame
-            culprit = _diagnose(fs, files, fmt, self.params.csv)
+            ctx.detail(f"reading {_where(files)} failed; Ray Data said", _chain_text(e))
+            culprit = _diagnose(fs, files, fmt, self.params.csv) or storage_error_message(e)
             if culprit:
                 raise DataError(culprit) from None
             raise DataError(f"reading {_where(files)}: {_first_line(e)}") from None
-        if not ref.schema or not ref.schema.get("num_rows"):
-            raise DataError(f"empty dataset: no rows in {_where(files)}")
-        return {"data": ref}
+        return {"data": _not_empty(ref, files)}
+
+    def _read_csv(self, ctx: StageContext, store: Any, fs: Any, files: list[str], common: dict[str, Any]) -> Any:
+        """CSV files with one set of column types for every file (inferred from the start of
+        the first file, ``csv.column_types`` first), so the dataset is the same however the
+        rows are spread over files.  A value that does not convert to its column's inferred
+        type makes that column text, and the read starts again (a warning in the stage's
+        log says which value where; declare the column's type in ``data.validate`` to check
+        and convert it); a value that breaks a type the user gave in ``csv.column_types`` is
+        an error naming the file, line, column and expected type.  Files are read by Ray
+        Data tasks with Arrow's streaming reader (no file is read whole into memory)."""
+        import ray.data
+
+        from raypipe.store.datasets import storage_error_message, write_dataset
+
+        opts = self.params.csv
+        types = infer_csv_types(fs, files[0], opts)
+        for attempt in range(MAX_TEXT_FALLBACKS + 1):
+            ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
+                _read_csv_files,
+                fn_kwargs={"fs": fs, "opts": opts, "types": types},
+                batch_size=1,
+                batch_format="numpy",
+                **task_args(ctx),
+            )
+            if self.params.columns is not None:
+                ds = ds.select_columns(self.params.columns)
+            try:
+                return _not_empty(write_dataset(store, ds, what=_where(files)), files)
+            except Exception as e:  # noqa: BLE001 - find the file, line and column to blame
+                text = _chain_text(e)
+                ctx.detail(f"reading {_where(files)} failed; Ray Data said", text)
+                bad = _conversion_in(text)
+                if bad is not None and bad[1] not in opts.column_types and attempt < MAX_TEXT_FALLBACKS:
+                    ctx.log.warning("%s; reading column %r as text", bad[0], bad[1])
+                    types[bad[1]] = _arrow_type("string")
+                    continue
+                culprit = bad[0] if bad is not None else _csv_error_in(text) or storage_error_message(e)
+                raise DataError(culprit or f"reading {_where(files)}: {_first_line(e)}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: Columns a CSV read turns into text after a value did not convert, before it gives up.
+MAX_TEXT_FALLBACKS = 8
+
+
+def _not_empty(ref: Any, files: list[str]) -> Any:
+    if not ref.schema or not ref.schema.get("num_rows"):
+        raise DataError(f"empty dataset: no rows in {_where(files)}")
+    return ref
 
 
 def _read_json_lines(batch: dict[str, Any], roots: list[str]) -> Any:
@@ -253,19 +339,197 @@ def _where(files: list[str]) -> str:
 
 
 def _first_line(e: BaseException) -> str:
-    cause = getattr(e, "cause", None) or e
-    text = [ln for ln in str(cause).splitlines() if ln.strip()]
-    return f"{type(cause).__name__}: {text[-1] if text else ''}"
+    return error_line(e)
 
 
-def _csv_args(opts: CsvOptions) -> dict[str, Any]:
+def _read_options(opts: CsvOptions, block_size: int | None = None) -> Any:
     import pyarrow.csv as pacsv
 
-    read = pacsv.ReadOptions(
+    kw: dict[str, Any] = {"use_threads": False} if block_size is None else {"block_size": block_size}
+    return pacsv.ReadOptions(
         column_names=opts.column_names,
         autogenerate_column_names=not opts.header and opts.column_names is None,
+        **kw,
     )
-    return {"parse_options": pacsv.ParseOptions(delimiter=opts.delimiter), "read_options": read}
+
+
+def _convert_options(types: Mapping[str, Any] | None) -> Any:
+    """Empty text is null in every column (as pandas reads it), with the given types."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ConvertOptions(column_types=dict(types or {}), strings_can_be_null=True)
+
+
+def _arrow_type(name: str) -> Any:
+    import pyarrow as pa
+
+    t = CSV_TYPES[name]
+    if t == "category":
+        return pa.dictionary(pa.int32(), pa.string())
+    if t.startswith("timestamp"):
+        unit = t[len("timestamp[") :].split(",")[0].rstrip("]")
+        return pa.timestamp(unit, tz="UTC" if "tz=UTC" in t else None)
+    return {"date32": pa.date32(), "bool": pa.bool_(), "string": pa.string()}.get(t) or pa.type_for_alias(t)
+
+
+#: Bytes of the first file that CSV type inference looks at (Arrow's streaming reader,
+#: which Ray Data uses, infers from its first block too).
+INFER_BYTES = 1 << 20
+_UINT_TEXT = re.compile(r"^\+?\d+$")
+
+
+def _open_binary(fs: Any, path: str) -> Any:
+    return fs.open_input_stream(path, compression="detect")
+
+
+def infer_csv_types(fs: Any, path: str, opts: CsvOptions) -> dict[str, Any]:
+    """Arrow types of every column, inferred from the first :data:`INFER_BYTES` of ``path``
+    as Arrow does, then corrected: a column with no value there is text; integers beyond
+    int64 (Arrow makes them float64, losing digits) are uint64 when they fit; the types in
+    ``csv.column_types`` win."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    def first_block(types: Mapping[str, Any] | None) -> tuple[Any, Any]:
+        with _open_binary(fs, path) as f:
+            reader = pacsv.open_csv(
+                f,
+                read_options=_read_options(opts, INFER_BYTES),
+                parse_options=pacsv.ParseOptions(delimiter=opts.delimiter),
+                convert_options=_convert_options(types),
+            )
+            try:
+                return reader.schema, reader.read_next_batch()
+            except StopIteration:
+                return reader.schema, None
+
+    try:
+        schema, _ = first_block(None)
+        types: dict[str, Any] = {f.name: f.type for f in schema}
+        floats = [n for n, t in types.items() if pa.types.is_floating(t) and n not in opts.column_types]
+        if floats:
+            _, text = first_block({n: pa.string() for n in floats})
+            for n in floats:
+                values = [v for v in (text.column(n).to_pylist() if text is not None else []) if v is not None]
+                if values and all(_UINT_TEXT.match(v) for v in values) and max(int(v) for v in values) >= 2**63:
+                    if max(int(v) for v in values) < 2**64:
+                        types[n] = pa.uint64()
+    except pa.ArrowInvalid as e:
+        culprit = _diagnose(fs, [path], "csv", opts)
+        raise DataError(culprit or f"{path}: not a readable CSV file: {_first_line(e)}") from None
+    for n, t in types.items():
+        if pa.types.is_null(t):
+            types[n] = pa.string()
+    unknown = [n for n in opts.column_types if n not in types]
+    if unknown:
+        raise DataError(
+            f"csv.column_types: {path} has no column {', '.join(map(repr, unknown))}; it has: {', '.join(types)}"
+        )
+    types.update({n: _arrow_type(t) for n, t in opts.column_types.items()})
+    return types
+
+
+_EXPECTED = {
+    "int": "an integer",
+    "uint": "a non-negative integer",
+    "double": "a number",
+    "float": "a number",
+    "bool": "true or false",
+    "date": "an ISO date (YYYY-MM-DD)",
+    "timestamp": "an ISO date-time",
+}
+_ARROW_CONVERSION = re.compile(r"In CSV column #(\d+):(?: Row #\d+:)? CSV conversion error to ([^:]+): invalid value '(.*)'")
+_CONVERSION_ERROR = re.compile(r"CsvConversionError: (.*?: column ('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"): expected .*)")
+_CSV_ERROR = re.compile(r"raypipe\.exceptions\.DataError: (.*)")
+#: Arrow tables a CSV read task yields at most (rows of one file are cut into blocks of this size).
+CSV_BLOCK_BYTES = 64 << 20
+
+
+class CsvConversionError(DataError):
+    """A CSV value that does not convert to its column's type; the message names the file,
+    line, column, expected type and value."""
+
+
+def _read_csv_files(batch: dict[str, Any], fs: Any, opts: CsvOptions, types: Mapping[str, Any]) -> Any:
+    """Ray Data ``map_batches`` generator: the rows of each CSV file in ``batch["path"]``
+    with the given column types, in blocks of up to :data:`CSV_BLOCK_BYTES`."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    for path in batch["path"]:
+        path = str(path)
+        with _open_binary(fs, path) as f:
+            reader = pacsv.open_csv(
+                f,
+                read_options=_read_options(opts, 4 << 20),
+                parse_options=pacsv.ParseOptions(delimiter=opts.delimiter),
+                convert_options=_convert_options(types),
+            )
+            pending, size = [], 0
+            while True:
+                try:
+                    b = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except pa.ArrowInvalid as e:
+                    raise _csv_error(e, fs, path, opts, list(reader.schema.names)) from None
+                pending.append(b)
+                size += b.nbytes
+                if size >= CSV_BLOCK_BYTES:
+                    yield pa.Table.from_batches(pending)
+                    pending, size = [], 0
+            if pending:
+                yield pa.Table.from_batches(pending)
+
+
+def _csv_error(e: BaseException, fs: Any, path: str, opts: CsvOptions, columns: list[str]) -> DataError:
+    """What went wrong in ``path``, by name: a value of the wrong type (file, line, column,
+    expected type) or a malformed line."""
+    text = str(e)
+    m = _ARROW_CONVERSION.search(text)
+    if m is not None:
+        index, type_name, value = int(m.group(1)), m.group(2).strip(), m.group(3)
+        column = columns[index] if index < len(columns) else f"#{index}"
+        line = _find_value(fs, path, opts, index, value)
+        where = f"{path}:{line}" if line else path
+        want = next((w for k, w in _EXPECTED.items() if type_name.startswith(k)), f"a {type_name} value")
+        return CsvConversionError(f"{where}: column {column!r}: expected {want} ({type_name}), got {value!r}")
+    return DataError(_diagnose(fs, [path], "csv", opts) or f"{path}: not a readable CSV file: {_first_line(e)}")
+
+
+def _conversion_in(text: str) -> tuple[str, str] | None:
+    """(message, column) of a :class:`CsvConversionError` in an exception's text."""
+    import ast
+
+    m = _CONVERSION_ERROR.search(text)
+    return None if m is None else (m.group(1), ast.literal_eval(m.group(2)))
+
+
+def _csv_error_in(text: str) -> str | None:
+    m = _CSV_ERROR.search(text)
+    return None if m is None else m.group(1)
+
+
+def _chain_text(e: BaseException) -> str:
+    parts, todo, seen = [], [e], 0
+    while todo and seen < 20:
+        x = todo.pop()
+        seen += 1
+        parts.append(str(x))
+        todo += [c for c in (getattr(x, "cause", None), x.__cause__, x.__context__) if isinstance(c, BaseException)]
+    return "\n".join(parts)
+
+
+def _find_value(fs: Any, path: str, opts: CsvOptions, index: int, value: str) -> int | None:
+    """The line number (1-based) of the first row of ``path`` whose field ``index`` is ``value``."""
+    with _open_text(fs, path) as fh:
+        reader = csv.reader(fh, delimiter=opts.delimiter)
+        if opts.header:
+            next(reader, None)
+        for row in reader:
+            if index < len(row) and row[index] == value:
+                return reader.line_num
+    return None
 
 
 def _check_parquet_schemas(fs: Any, files: list[str]) -> None:
