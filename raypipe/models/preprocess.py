@@ -63,7 +63,9 @@ MISSING = "__missing__"
 DATETIME_WIDTH = 5
 _DAY_US = 86_400_000_000
 _UNIT_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": _DAY_US, "ns": _DAY_US * 1000}
-_ID_NAME = re.compile(r"(^|_|\b)(id|uuid|guid|key|hash)$|^id_|Id$|ID$", re.IGNORECASE)
+_ID_NAME = re.compile(
+    r"(^|[_\W])(id|ids|uuid|guid|key|hash|ref|reference|number|nr|no|code)$|^id_|[a-z](Id|ID|Ref|No)$"
+)
 
 
 class PreprocessingSpec(BaseModel):
@@ -203,20 +205,50 @@ def _one_day(v: Any) -> float | None:
     return None
 
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+#: The ISO 8601 grammar of dates and timestamps, one for every parser of them: written for
+#: Python's ``re`` (:func:`parse_iso`) and for Arrow's RE2 (the vectorized parsing of text
+#: columns, :mod:`raypipe.stages.data.textparse`).  A date is ``YYYY-MM-DD``; a timestamp a
+#: date, then ``T``, ``t`` or a space and ``HH:MM[:SS[(.|,)fraction of 1 to 9 digits]]``,
+#: then optionally ``Z``, ``z``, ``±HH``, ``±HHMM`` or ``±HH:MM``.  Field ranges (month
+#: lengths, hours 0-23, no 24:00, offsets under 24 hours) are checked after the match.
+ISO_DATE_PATTERN = r"(?P<y>[0-9]{4})-(?P<mo>[0-9]{2})-(?P<d>[0-9]{2})"
+ISO_TIMESTAMP_PATTERN = (
+    ISO_DATE_PATTERN + r"(?:[Tt ](?P<h>[0-9]{2}):(?P<mi>[0-9]{2})(?::(?P<s>[0-9]{2})(?:[.,](?P<f>[0-9]{1,9}))?)?"
+    r"(?P<z>[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?)?"
+)
+_ISO = re.compile(ISO_TIMESTAMP_PATTERN)
 
 
 def parse_iso(text: str) -> _dt.date | _dt.datetime | None:
-    """An ISO 8601 date (``YYYY-MM-DD``) or date-time (``T`` or a space, optional fraction
-    and offset or ``Z``); None if ``text`` is not one."""
-    s = text.strip()
+    """An ISO 8601 date or timestamp (:data:`ISO_TIMESTAMP_PATTERN`; surrounding whitespace
+    ignored): a ``date`` for a date alone, else a ``datetime``, timezone-aware when an
+    offset is given (naive otherwise; digits past microseconds dropped); None if ``text``
+    is not one (2023-02-29, 24:00, an offset of 24 hours or more)."""
+    m = _ISO.fullmatch(text.strip())
+    if m is None:
+        return None
+    g = m.groupdict()
     try:
-        if _ISO_DATE.match(s):
-            return _dt.date.fromisoformat(s)
-        if len(s) < 11 or s[10] not in "T ":
-            return None
-        return _dt.datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
-    except ValueError:
+        if g["h"] is None:
+            return _dt.date(int(g["y"]), int(g["mo"]), int(g["d"]))
+        z = (g["z"] or "").replace(":", "")
+        tz: _dt.tzinfo | None = _dt.timezone.utc if z in ("Z", "z") else None
+        if len(z) > 1:
+            if int(z[3:5] or 0) > 59:
+                return None
+            offset = _dt.timedelta(hours=int(z[1:3]), minutes=int(z[3:5] or 0))
+            tz = _dt.timezone(-offset if z[0] == "-" else offset)
+        return _dt.datetime(
+            int(g["y"]),
+            int(g["mo"]),
+            int(g["d"]),
+            int(g["h"]),
+            int(g["mi"]),
+            int(g["s"] or 0),
+            int((g["f"] or "").ljust(9, "0")) // 1000,
+            tzinfo=tz,
+        )
+    except ValueError:  # out-of-range fields (2023-02-29, 24:00, year 0), an offset of 24 hours or more
         return None
 
 
@@ -294,7 +326,8 @@ def feature_kind(arrow_type: str, categorical: bool = False) -> Literal["numeric
 
 
 def looks_like_id(name: str) -> bool:
-    return bool(_ID_NAME.search(name))
+    """Whether a column's name says it identifies rows (``loan_id``, ``customerId``, ``order_no``, ``ref``)."""
+    return bool(_ID_NAME.search(name.lower()) or _ID_NAME.search(name))
 
 
 # ----------------------------------------------------------------------------- features

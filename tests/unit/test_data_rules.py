@@ -16,6 +16,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from raypipe.models.preprocess import parse_iso
 from raypipe.stages.data.rules import (
     NULL_HASH,
     NULL_TEXTS,
@@ -35,6 +36,7 @@ from raypipe.stages.data.rules import (
     text_columns,
     unique_violations,
 )
+from raypipe.stages.data.textparse import bound_value, parse_text
 
 
 def params(**columns: dict) -> ValidateParams:
@@ -755,21 +757,73 @@ def test_timestamp_text_column_with_a_time_zone() -> None:
     assert got[3] is pd.NA and got[4] == pd.Timestamp("2023-05-31T22:00Z") and got[5] is pd.NA
 
 
-def test_text_grammar_of_bounds_and_values_agree() -> None:
-    from raypipe.stages.data.rules import _parse_date_text, _parse_text, _parse_timestamp_text
+#: Texts for the agreement of the scalar and the vectorized ISO 8601 parsers.
+ISO_TEXTS = [t for t in TIMESTAMP_TEXTS if t is not None] + [
+    "2024-02-29",
+    "2023-02-29",
+    "2000-02-29",
+    "1900-02-29",
+    "2020-04-31",
+    "2020-13-01",
+    "2020-00-10",
+    "0000-01-01",
+    "0001-01-01",
+    "9999-12-31",
+    "2020-1-01",
+    "20200101",
+    "+2020-01-01",
+    "2020-W01-1",
+    "\uff12\uff10\uff12\uff10-01-01",  # full-width digits
+    " 2020-01-01 ",
+    "\u00a02020-01-01\u00a0",  # no-break spaces
+    "\t2020-01-01T10:00Z\n",
+    "2020-01-01t10:00z",
+    "2020-01-01T10",
+    "2020-01-01T10:00:00",
+    "2020-01-01T24:00:00",
+    "2020-01-01T23:59:60",
+    "2024-02-29T23:59:59.999999",
+    "2020-01-01T10:00:00.1",
+    "2020-01-01T10:00:00.123456789",
+    "2020-01-01T10:00:00.1234567891",
+    "2020-01-01T10:00:00.",
+    "2020-01-01T10:00.5",
+    "2020-01-01T10:00:00+23:59",
+    "2020-01-01T10:00+05:61",
+    "2020-01-01T10:00+05",
+    "2020-01-01T10:00-0800",
+    "2020-01-01T10:00:00+01:30:00",
+    "2020-01-01T10:00:00 Z",
+    "2020-01-01T10:00:00+5",
+    "2020-01-01T-1:00",
+    "2020-01-01  10:00",
+]
 
-    texts = [t for t in TIMESTAMP_TEXTS if t is not None] + ["2020-01-01T10:00:00+23:59", "2020-01-01T10:00+05:61"]
-    rule = ColumnRule(type="timestamp")
-    values, bad = _parse_text(pd.Series(texts), rule)
-    for text, value, b in zip(texts, values.tolist(), bad.tolist(), strict=True):
-        scalar = _parse_timestamp_text(text)
-        assert b == (scalar is None), text
+
+def test_scalar_and_vectorized_iso_parsers_agree() -> None:
+    """parse_iso (serving, to_days, min/max) and the vectorized parsing of text columns
+    accept the same texts and read the same instants."""
+    assert not set(ISO_TEXTS) & set(NULL_TEXTS)
+    stamps, stamps_bad = parse_text(pd.Series(ISO_TEXTS), ColumnRule(type="timestamp"))
+    dates, dates_bad = parse_text(pd.Series(ISO_TEXTS), ColumnRule(type="date"))
+    rows = zip(ISO_TEXTS, stamps.tolist(), stamps_bad.tolist(), dates.tolist(), dates_bad.tolist(), strict=True)
+    accepted = 0
+    for text, stamp, stamp_bad, date, date_bad in rows:
+        scalar = parse_iso(text)
+        # a date alone is a date, read as midnight in a timestamp column
+        is_date = isinstance(scalar, _dt.date) and not isinstance(scalar, _dt.datetime)
+        assert date_bad == (not is_date), text
+        assert stamp_bad == (scalar is None), text
+        if is_date:
+            assert date == scalar, text
+            assert bound_value(text, "date") == scalar, text
+            scalar = _dt.datetime.combine(scalar, _dt.time())
         if scalar is not None:
+            accepted += 1
+            assert bound_value(text, "timestamp") == scalar, text
             as_utc = scalar if scalar.tzinfo else scalar.replace(tzinfo=_dt.timezone.utc)
-            assert value == pd.Timestamp(as_utc), text
-    days = ["2020-01-01", "2024-02-29", "2023-02-29", "0000-01-01", "2020-1-01", "9999-12-31"]
-    values, bad = _parse_text(pd.Series(days), ColumnRule(type="date"))
-    assert [_parse_date_text(d) for d in days] == [None if b else v for v, b in zip(values.tolist(), bad, strict=True)]
+            assert stamp == pd.Timestamp(as_utc), text
+    assert 0 < accepted < len(ISO_TEXTS)
 
 
 def test_null_texts_are_arrows_csv_nulls_and_break_only_nullable() -> None:

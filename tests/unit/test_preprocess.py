@@ -13,7 +13,16 @@ import pytest
 
 from raypipe.exceptions import DataError
 from raypipe.models.builtin import BuiltinTraining, build_net, describe_data, label_codes, load_weights
-from raypipe.models.preprocess import MISSING, OTHER, Preprocessor, category_keys, describe_inputs, to_day, to_days
+from raypipe.models.preprocess import (
+    MISSING,
+    OTHER,
+    Preprocessor,
+    category_keys,
+    describe_inputs,
+    parse_iso,
+    to_day,
+    to_days,
+)
 from raypipe.serve.validation import InputSchema, RequestError, rows_of
 from raypipe.stages.data import profiling
 from raypipe.stages.data.profile import _fit_partial
@@ -114,6 +123,18 @@ def test_unseen_and_missing_categories_and_dates_from_strings() -> None:
     assert days[0] == days[4] == 18690.0 and days[1] == pytest.approx(18690 + 10 / 24)
     assert np.isnan(days[2]) and np.isnan(days[3])
     assert to_day(dt.datetime(1970, 1, 2, 6)) == 1.25
+    # parse_iso: the ISO 8601 grammar of validated text columns (data.validate) too
+    date = parse_iso(" 2024-02-29 ")
+    assert type(date) is dt.date and date == dt.date(2024, 2, 29)
+    aware = parse_iso("2021-03-04t12:00:00,5+0200")
+    assert aware == dt.datetime(2021, 3, 4, 10, 0, 0, 500_000, tzinfo=dt.timezone.utc)
+    assert isinstance(aware, dt.datetime) and aware.utcoffset() == dt.timedelta(hours=2)
+    assert parse_iso("2021-03-04T12:00z").tzinfo == dt.timezone.utc
+    naive = parse_iso("2021-03-04 12:00:00.123456789")
+    assert naive == dt.datetime(2021, 3, 4, 12, 0, 0, 123_456) and naive.tzinfo is None
+    refused = ["2023-02-29", "2021-03-04T24:00", "2021-03-04T12", "2021-03-04T12:00+24:00", "20210304", "2021-03-04Z"]
+    assert [parse_iso(t) for t in refused] == [None] * len(refused)
+    assert np.isnan(to_days(["2021-03-04T24:00"])[0])
 
 
 def test_month_and_weekday_columns() -> None:
@@ -234,3 +255,23 @@ def test_serving_accepts_original_fields_and_names_bad_ones() -> None:
     region = next(i for i in inputs if i["name"] == "region")
     assert region["kind"] == "category" and set(region["categories"]) >= {"north", "south"}
     assert region["dtype"] in ("string", "large_string")
+
+
+def test_the_tune_loop_trains_on_mixed_frames_without_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Tune trial's loop (pandas frames as the tune stage writes them) encodes categories,
+    dates and missing values with the package's preprocessing and reports finite losses."""
+    from raypipe.models import builtin
+
+    df = loans(600, 3)
+    data = fit(df)
+    params = BuiltinTraining(model={"type": "mlp", "hidden": [8]}, label="label", epochs=2, batch_size=50)
+    config = builtin.prepare(params, {"train": None, "validation": None}, data)
+    reports: list[dict] = []
+    monkeypatch.setattr(builtin._TuneIO, "checkpoint", lambda self: None)
+    monkeypatch.setattr(builtin._TuneIO, "report", lambda self, metrics, folder: reports.append(metrics))
+    cols = builtin.model_columns(data)
+    frames = {"train": df[cols].iloc[:500], "validation": df[cols].iloc[500:]}
+    builtin.tune_trainable(config, frames)({"optimizer.lr": 0.01})
+    assert [r["epoch"] for r in reports] == [0, 1]
+    assert all(np.isfinite(r["loss"]) and np.isfinite(r["val_loss"]) for r in reports)
+    assert reports[-1]["step"] == 2 * 10  # 500 rows in batches of 50, twice
