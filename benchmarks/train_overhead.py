@@ -250,7 +250,10 @@ class Plain:
 
             loop = builtin.train_loop
             datasets = {"train": train, "validation": test}
-            config = builtin.prepare(builtin.BuiltinTraining.model_validate(builtin_params(epochs)), datasets)
+            from raypipe.stages.data.profile import describe_training_data
+
+            params = builtin.BuiltinTraining.model_validate(builtin_params(epochs))
+            config = builtin.prepare(params, datasets, describe_training_data(params, train, None))
         prepared = time.perf_counter()
         trainer = TorchTrainer(
             loop,

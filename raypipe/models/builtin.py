@@ -129,9 +129,12 @@ def _not_a_feature(name: str, arrow_type: str, col: Mapping[str, Any] | None, fo
             return "too many distinct values (an id or free text?); name it in `features` to embed it"
         if count >= 20 and distinct > 0.5 * count:
             return f"{distinct:,} distinct values in {count:,} rows (an id or free text?)"
-    if kind == "numeric" and looks_like_id(name) and arrow_type.startswith(("int", "uint")):
-        if distinct is None or distinct >= 0.9 * count:
+    if kind == "numeric" and arrow_type.startswith(("int", "uint")):
+        if looks_like_id(name) and (distinct is None or distinct >= 0.9 * count):
             return "looks like an id (its name, and nearly every value distinct)"
+        big = max(abs(float(col.get("min") or 0)), abs(float(col.get("max") or 0)))
+        if big > 2**53:
+            return "integers beyond 2**53 (an id or a hash?); a float cannot tell them apart"
     return None
 
 

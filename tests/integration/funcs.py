@@ -201,3 +201,21 @@ def fill_disk(limit_bytes: int, pid_file: str, n: int = 200_000) -> dict:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a core dump
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, resource.RLIM_INFINITY))
     return {"out": np.arange(n, dtype="float64")}
+
+
+def use_column(batch, column: str = "nope"):  # noqa: ANN001, ANN201 - a pandas batch
+    """A transform that reads a column the data may not have."""
+    return batch.assign(out=batch[column] * 2)
+
+
+def divide(batch):  # noqa: ANN001, ANN201 - a pandas batch
+    """A transform that fails on every batch with the user's own error."""
+    raise ValueError("cannot divide the amounts: the rate column is empty")
+
+
+def intervals(batch):  # noqa: ANN001, ANN201 - a pyarrow batch
+    """A transform whose output has a type the store cannot version (an interval)."""
+    import pyarrow as pa
+
+    n = batch.num_rows
+    return batch.append_column("gap", pa.array([pa.MonthDayNano([1, 2, 3])] * n, pa.month_day_nano_interval()))

@@ -386,3 +386,44 @@ def test_validate_parses_text_columns_of_csvs_into_their_declared_types(tmp_path
         and rows["at"].isna().tolist()[2]
         and rows["ok"].isna().tolist()[2]
     )
+
+
+def test_read_and_transform_errors_name_the_file_line_column_and_expectation(tmp_path: Path) -> None:
+    """Nothing reaches the user as Ray Data's text alone: a value that breaks a pinned CSV
+    type names file, line, column and the expected type; a value that breaks an inferred
+    type turns the column to text (the read succeeds); a transform's missing column and
+    its own error are named in one line, Ray's text goes to the stage's log file; a type
+    the store cannot version names the column and the type."""
+    lines = ["id,amount,day"] + [f"{i},{i * 1.5},2024-01-{1 + i % 28:02d}" for i in range(30_000)]
+    lines.append("30000,12.5,2024-02-30")
+    lines.append("oops,3.0,2024-01-02")
+    csv = tmp_path / "sales.csv"
+    csv.write_text("\n".join(lines) + "\n")  # past the first megabyte: inference saw only good values
+    pinned = run(tmp_path, read(csv, csv={"column_types": {"id": "int"}}), use_cache=False)
+    assert not pinned.ok
+    assert pinned.errors["read"] == (
+        f"DataError: {csv}:30003: column 'id': expected an integer (int64), got 'oops'"
+    ), pinned.errors
+    relaxed = run(tmp_path, read(csv), use_cache=False)
+    assert relaxed.ok, relaxed.errors
+    assert relaxed.outputs["read"]["data"].schema["columns"] == {"id": "string", "amount": "double", "day": "string"}
+    logs = list((tmp_path / "store" / "logs" / pinned.run_id).glob("read.*.log"))
+    assert logs and "Ray Data said" in logs[0].read_text()
+
+    df = frame(50)
+    src = tmp_path / "rows.parquet"
+    df.to_parquet(src)
+    missing = run(tmp_path, read(src), transform({"function": f"{F}:use_column", "args": {"column": "price"}}))
+    assert missing.errors["features"] == (
+        f"DataError: {F}:use_column: the batch has no column 'price'; its columns: id, x, c"
+    ), missing.errors
+    own = run(tmp_path, read(src), transform({"function": f"{F}:divide"}))
+    msg = own.errors["features"]
+    assert msg.startswith(f"DataError: {F}:divide failed on a batch: ValueError: cannot divide the amounts"), msg
+    assert "To change retry" not in msg and "(the whole text: " in msg
+    odd = run(tmp_path, read(src), transform({"function": f"{F}:intervals", "batch_format": "pyarrow"}))
+    assert "column 'gap'" in odd.errors["features"] and "month_day_nano_interval" in odd.errors["features"]
+
+
+def transform(params: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "features", "kind": "data.transform", "inputs": {"data": "read.data"}, "params": params}

@@ -211,15 +211,16 @@ def _gather_batch(batch: Any, fn: Callable[..., Any], kwargs: dict[str, Any]) ->
 
 
 def gather(
-    ds: Any, fn: Callable[..., Any], ctx: StageContext, *, batch_format: str = "pandas", **kwargs: Any
+    ds: Any, fn: Callable[..., Any], ctx: StageContext | None, *, batch_format: str = "pandas", **kwargs: Any
 ) -> list[Any]:
-    """``fn(batch, **kwargs)`` on every block of ``ds`` (in Ray Data tasks); the results,
-    which must be small (counts, hashes, partial statistics), come back as a list."""
+    """``fn(batch, **kwargs)`` on every block of ``ds`` (in Ray Data tasks, inside the
+    stage's grant; ``ctx`` None: outside a stage, unbounded); the results, which must be
+    small (counts, hashes, partial statistics), come back as a list."""
     out = ds.map_batches(
         _gather_batch,
         fn_kwargs={"fn": fn, "kwargs": kwargs},
         batch_format=batch_format,
         batch_size=None,
-        **task_args(ctx),
+        **(task_args(ctx) if ctx is not None else {}),
     ).take_all()
     return [pickle.loads(row["blob"]) for row in out]

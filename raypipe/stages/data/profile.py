@@ -94,11 +94,12 @@ def _fit_partial(df: Any, label: str, categorical: list[str], max_levels: int, c
     return partial, labels
 
 
-def describe_training_data(params: Any, ds: Any, ctx: StageContext) -> dict[str, Any]:
+def describe_training_data(params: Any, ds: Any, ctx: StageContext | None) -> dict[str, Any]:
     """What a built-in model trained on ``ds`` expects (features, preprocessing, classes):
-    one pass of Ray Data tasks inside the stage's grant profiles every column of the
-    training split, then :func:`raypipe.models.builtin.describe_data` decides.  The
-    columns left out of an automatic feature list are logged with the reason."""
+    one pass of Ray Data tasks inside the stage's grant (``ctx``; None outside a stage)
+    profiles every column of the training split, then
+    :func:`raypipe.models.builtin.describe_data` decides.  The columns left out of an
+    automatic feature list are logged with the reason."""
     from raypipe.models.builtin import describe_data
     from raypipe.store.datasets import arrow_schema_of
 
@@ -120,6 +121,8 @@ def describe_training_data(params: Any, ds: Any, ctx: StageContext) -> dict[str,
     partial = functools.reduce(profiling.merge, [p for p, _ in parts])
     labels = sorted({v for _, ls in parts for v in ls}, key=lambda v: (str(type(v)), v))
     data = describe_data(params, profiling.finalize(partial, None, None), labels, types)
-    for column, why in data["excluded"].items():
-        ctx.log.info("column %r is not a feature: %s", column, why)
+    if ctx is not None:
+        for column, why in data["excluded"].items():
+            ctx.log.info("column %r is not a feature: %s", column, why)
+            ctx.detail("feature selection", f"column {column!r} is not a feature: {why}")
     return data

@@ -19,7 +19,8 @@ import io
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -295,7 +296,8 @@ class ReadStage(DataStage):
             if self.params.columns is not None:
                 ds = ds.select_columns(self.params.columns)
             try:
-                return _not_empty(write_dataset(store, ds, what=_where(files)), files)
+                with _quiet_ray_data():  # a failed attempt is explained below, not in Ray's words
+                    return _not_empty(write_dataset(store, ds, what=_where(files)), files)
             except Exception as e:  # noqa: BLE001 - find the file, line and column to blame
                 text = _chain_text(e)
                 ctx.detail(f"reading {_where(files)} failed; Ray Data said", text)
@@ -307,6 +309,20 @@ class ReadStage(DataStage):
                 culprit = bad[0] if bad is not None else _csv_error_in(text) or storage_error_message(e)
                 raise DataError(culprit or f"reading {_where(files)}: {_first_line(e)}") from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """Ray Data's own error log off while inside (its text goes to the stage's log instead)."""
+    import logging
+
+    log = logging.getLogger("ray.data")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 #: Columns a CSV read turns into text after a value did not convert, before it gives up.
@@ -456,15 +472,19 @@ def _read_csv_files(batch: dict[str, Any], fs: Any, opts: CsvOptions, types: Map
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    names = list(types)
     for path in batch["path"]:
         path = str(path)
         with _open_binary(fs, path) as f:
-            reader = pacsv.open_csv(
-                f,
-                read_options=_read_options(opts, 4 << 20),
-                parse_options=pacsv.ParseOptions(delimiter=opts.delimiter),
-                convert_options=_convert_options(types),
-            )
+            try:  # opening reads (and converts) the first block
+                reader = pacsv.open_csv(
+                    f,
+                    read_options=_read_options(opts, 4 << 20),
+                    parse_options=pacsv.ParseOptions(delimiter=opts.delimiter),
+                    convert_options=_convert_options(types),
+                )
+            except pa.ArrowInvalid as e:
+                raise _csv_error(e, fs, path, opts, names) from None
             pending, size = [], 0
             while True:
                 try:
@@ -472,7 +492,7 @@ def _read_csv_files(batch: dict[str, Any], fs: Any, opts: CsvOptions, types: Map
                 except StopIteration:
                     break
                 except pa.ArrowInvalid as e:
-                    raise _csv_error(e, fs, path, opts, list(reader.schema.names)) from None
+                    raise _csv_error(e, fs, path, opts, names) from None
                 pending.append(b)
                 size += b.nbytes
                 if size >= CSV_BLOCK_BYTES:

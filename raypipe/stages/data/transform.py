@@ -17,7 +17,7 @@ from pydantic import Field
 
 from raypipe.exceptions import DataError
 from raypipe.stages.base import StageContext, StageParams
-from raypipe.stages.data.common import DataStage, only_input, slots, store_dataset, task_cpus
+from raypipe.stages.data.common import DataStage, error_line, only_input, slots, store_dataset, task_cpus
 from raypipe.stages.python import FUNC_RE, function_fingerprint, import_check, import_function
 
 
@@ -86,5 +86,50 @@ class TransformStage(DataStage):
                 **common,
             )
         else:
-            out = ds.map_batches(fn, fn_kwargs=self.params.args, **common, compute=TaskPoolStrategy(size=size))
-        return {"data": store_dataset(ctx, out, f"the output of {self.params.function}")}
+            out = ds.map_batches(
+                _guarded,
+                fn_kwargs={"fn": fn, "args": self.params.args, "name": self.params.function},
+                **common,
+                compute=TaskPoolStrategy(size=size),
+            )
+        try:
+            return {"data": store_dataset(ctx, out, f"the output of {self.params.function}")}
+        except DataError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's error in one line; Ray's text to the log
+            path = ctx.detail(f"{self.params.function} failed; Ray Data said", str(e))
+            own = _own_error(e)
+            raise DataError(
+                own or f"{self.params.function} failed on a batch: {error_line(e)}"
+                + (f" (the whole text: {path})" if path else "")
+            ) from None
+
+
+def _guarded(batch: Any, fn: Any, args: dict[str, Any], name: str) -> Any:
+    """``fn(batch, **args)``; a KeyError for a column the batch does not have names the
+    column and the batch's columns."""
+    try:
+        return fn(batch, **args)
+    except KeyError as e:
+        key = e.args[0] if len(e.args) == 1 else None
+        cols = _columns(batch)
+        if isinstance(key, str) and cols is not None and key not in cols:
+            raise DataError(f"{name}: the batch has no column {key!r}; its columns: {', '.join(cols)}") from None
+        raise
+
+
+def _columns(batch: Any) -> list[str] | None:
+    if isinstance(batch, dict):
+        return [str(c) for c in batch]
+    names = getattr(batch, "column_names", None)
+    if names is None and hasattr(batch, "columns"):
+        names = batch.columns
+    return [str(c) for c in names] if names is not None else None
+
+
+def _own_error(e: BaseException) -> str | None:
+    """The message of a DataError raised in a task (a missing column), from Ray's text."""
+    import re
+
+    m = re.search(r"raypipe\.exceptions\.DataError: (.+)", str(e))
+    return m.group(1) if m else None
