@@ -88,7 +88,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from raypipe.models.preprocess import to_day
+from raypipe.models.preprocess import category_key, to_day
 from raypipe.serve.abstats import chi2_sf
 
 __all__ = [
@@ -404,46 +404,15 @@ def _pool(ref: Mapping[str, float], observed: Mapping[str, int], n: int) -> tupl
 # --------------------------------------------------------------------------- keys and sampling
 
 
-def category_key(value: Any) -> str | None:
-    """A live value as its key in a profile's ``frequencies`` (the profile's own
-    ``category_key``: strings as they are, bools ``"True"``, numbers ``str``); None for nulls."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        if math.isnan(f):
-            return None
-        return str(f) if math.isfinite(f) else ("inf" if f > 0 else "-inf")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "backslashreplace")
-    return str(value)
-
-
 _INT_TEXT = re.compile(r"^-?\d+$")
 
 
 def class_key(value: Any) -> str | None:
-    """A class label as a key that is the same for ``3``, ``3.0``, ``np.int64(3)`` and ``"3"``."""
-    if value is None:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        f = float(value)
-        if math.isnan(f):
-            return None
-        return str(int(f)) if f.is_integer() else repr(f)
+    """A class label as a key that is the same for ``3``, ``3.0``, ``np.int64(3)`` and ``"3"``
+    (:func:`category_key`, with integer text read as the integer)."""
     if isinstance(value, str):
         return str(int(value)) if _INT_TEXT.match(value) else value
-    return str(value)
+    return category_key(value)
 
 
 def prediction_value(pred: Any, classes: Sequence[Any] | None = None) -> Any:

@@ -178,19 +178,21 @@ def test_profile_matches_pandas(tmp_path: Path) -> None:
 
 
 def _validate(on_error: str) -> dict[str, Any]:
+    columns = {
+        "id": {"type": "int", "unique": True, "nullable": False},
+        "x": {"type": "float", "min": -2.0, "max": 2.0},
+        "c": {"type": "string", "allowed": ["a", "b"]},
+    }
+    return validate_stage(columns, on_error, rows={"min": 10})
+
+
+def validate_stage(columns: dict[str, Any], on_error: str, **params: Any) -> dict[str, Any]:
+    """A ``data.validate`` stage named ``check`` over ``read.data``."""
     return {
         "name": "check",
         "kind": "data.validate",
         "inputs": {"data": "read.data"},
-        "params": {
-            "columns": {
-                "id": {"type": "int", "unique": True, "nullable": False},
-                "x": {"type": "float", "min": -2.0, "max": 2.0},
-                "c": {"type": "string", "allowed": ["a", "b"]},
-            },
-            "rows": {"min": 10},
-            "on_error": on_error,
-        },
+        "params": {"columns": columns, **params, "on_error": on_error},
     }
 
 
@@ -291,21 +293,14 @@ def _dated_csvs(folder: Path) -> None:
 
 
 def _typed_validate(on_error: str) -> dict[str, Any]:
-    return {
-        "name": "check",
-        "kind": "data.validate",
-        "inputs": {"data": "read.data"},
-        "params": {
-            "columns": {
-                "id": {"type": "int", "unique": True},
-                "day": {"type": "date", "min": "2024-01-01"},
-                "score": {"type": "float", "min": 0},
-                "at": {"type": "timestamp", "timezone": "Europe/Berlin", "max": "2024-03-02T00:00:00Z"},
-                "ok": {"type": "bool"},
-            },
-            "on_error": on_error,
-        },
+    columns = {
+        "id": {"type": "int", "unique": True},
+        "day": {"type": "date", "min": "2024-01-01"},
+        "score": {"type": "float", "min": 0},
+        "at": {"type": "timestamp", "timezone": "Europe/Berlin", "max": "2024-03-02T00:00:00Z"},
+        "ok": {"type": "bool"},
     }
+    return validate_stage(columns, on_error)
 
 
 def test_validate_parses_text_columns_of_csvs_into_their_declared_types(tmp_path: Path) -> None:

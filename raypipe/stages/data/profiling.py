@@ -51,6 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pandas.api import types as ptypes
 
+from raypipe.models.preprocess import category_key as preprocess_key
 from raypipe.models.preprocess import to_days
 from raypipe.stages.data.rules import jsonable, series_hashes
 
@@ -307,11 +308,10 @@ def finalize(
 
 
 def category_key(value: Any) -> str:
-    """The key of a categorical value in ``frequencies`` (use it to compare live values)."""
-    if isinstance(value, str):
-        return value
-    v = jsonable(value)
-    return v if isinstance(v, str) else str(v)
+    """The key of a (non-null) categorical value in ``frequencies``: the one encoding of
+    :func:`raypipe.models.preprocess.category_key` (compare live values with it)."""
+    key = preprocess_key(value)
+    return key if key is not None else "None"
 
 
 # --------------------------------------------------------------------------- internals: kinds
