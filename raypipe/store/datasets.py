@@ -215,11 +215,20 @@ def _text_words(a: pa.Array) -> np.ndarray:
         a = a.cast(pa.large_string())
     elif pa.types.is_binary_view(a.type):
         a = a.cast(pa.large_binary())
+    if len(a) > 2 * _SAMPLE and pc.count_distinct(a.slice(0, _SAMPLE)).as_py() > _SAMPLE // 2:
+        # mostly distinct (ids, free text): encoding first would cost 4x the hashing itself
+        words = pd.util.hash_array(a.to_numpy(zero_copy_only=False), categorize=False).astype(_U64)
+        return np.where(np.asarray(a.is_valid()), words, _NULL) if a.null_count else words
     enc = a.dictionary_encode()
     if len(enc.dictionary) == 0:  # empty or all null
         return np.full(len(a), _NULL, dtype=_U64)
     words = pd.util.hash_array(enc.dictionary.to_numpy(zero_copy_only=False), categorize=False).astype(_U64)
     return words[enc.indices.fill_null(0).to_numpy(zero_copy_only=False)]
+
+
+#: Values looked at to tell a mostly-distinct text column (hashed value by value) from a
+#: repetitive one (hashed once per distinct value); the words are the same either way.
+_SAMPLE = 2048
 
 
 def _dictionary_words(a: pa.DictionaryArray) -> np.ndarray:
@@ -360,11 +369,11 @@ def filesystem_of(uri: str) -> Any:
     return pafs.LocalFileSystem() if "://" not in uri else pafs.FileSystem.from_uri(uri)[0]
 
 
-def _write_part(batch: pa.Table, root: str, staging: str | None) -> pa.Table:
-    """Ray Data ``map_batches`` function: write one block as one parquet file (unless
-    ``staging`` is None: the data stays where it is) and return its stats and digest.
-    A column that cannot be versioned is a StorageError naming it (the caller,
-    :func:`write_dataset`, adds what is being stored), raised before anything is written."""
+def part_stats(batch: pa.Table, root: str, staging: str | None) -> dict[str, Any]:
+    """Write one block as one parquet file in ``staging`` (unless None: the data stays where
+    it is) and return its stats and digest (``file``, ``rows``, ``bytes``, ``s1``, ``s2``,
+    ``schema``, ``arrow_schema``).  A column that cannot be versioned is a StorageError
+    naming it, raised before anything is written."""
     import pyarrow.parquet as pq
 
     table = batch.replace_schema_metadata(None)
@@ -375,55 +384,65 @@ def _write_part(batch: pa.Table, root: str, staging: str | None) -> pa.Table:
         name = f"part-{uuid.uuid4().hex}.parquet"
         path = store._path(f"{staging}/{name}")
         try:
-            # Dictionary-encoding floats (pyarrow's default) costs 2x the write time and
-            # makes files larger: measured values rarely repeat.
-            plain = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
-            pq.write_table(table, path, filesystem=store.fs, use_dictionary=plain)
+            pq.write_table(table, path, filesystem=store.fs, use_dictionary=_dictionary_columns(table))
         except OSError as e:
             raise StorageError(f"storage {root!r}: cannot write {path}: {e}") from None
         size = store.fs.get_file_info(path).size
-    return pa.table(
-        {
-            "file": [name],
-            "rows": pa.array([table.num_rows], pa.int64()),
-            "bytes": pa.array([size], pa.int64()),
-            "s1": pa.array([s1], pa.uint64()),
-            "s2": pa.array([s2], pa.uint64()),
-            "schema": [schema_text(table.schema)],
-            "arrow_schema": [table.schema.serialize().to_pybytes()],
-        }
-    )
+    return {
+        "file": name,
+        "rows": table.num_rows,
+        "bytes": size,
+        "s1": s1,
+        "s2": s2,
+        "schema": schema_text(table.schema),
+        "arrow_schema": table.schema.serialize().to_pybytes(),
+    }
 
 
-def write_dataset(
-    store: ArtifactStore, ds: Any, *, what: str = "dataset", sources: list[dict[str, Any]] | None = None
-) -> ArtifactRef:
-    """Stream ``ds`` (a Ray Dataset) into the store; return its reference (``sha256`` = version).
+def _dictionary_columns(table: pa.Table) -> list[str]:
+    """The columns parquet should dictionary-encode: not floats (measured values rarely
+    repeat: 2x the write time, larger files) and not columns whose first values are
+    mostly distinct (ids, free text: parquet would build a dictionary and drop it)."""
+    out = []
+    for f, col in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_floating(f.type):
+            continue
+        if len(col) > 2 * _SAMPLE and not pa.types.is_dictionary(f.type) and not pa.types.is_nested(f.type):
+            head = col.slice(0, _SAMPLE)
+            if pc.count_distinct(head).as_py() > _SAMPLE // 2:
+                continue
+        out.append(f.name)
+    return out
 
-    With ``sources`` (``[{"path", "size", "mtime_ns"}]``: the parquet files ``ds`` reads,
-    plus ``"fs"``: their root URI or path), nothing is copied: the rows are hashed and
-    the manifest points at the files, which must not change afterwards (reading checks
-    their sizes and modification times).  Blocks whose schemas differ are an error
-    naming both schemas.  A dataset with the same version is not stored twice (a
-    copy replaces an in-place one).
-    """
-    staging = None if sources is not None else f"tmp/ds-{uuid.uuid4().hex}"
-    if staging is not None:
-        store.fs.create_dir(store._path(staging), recursive=True)
-    try:
-        try:
-            stats = ds.map_batches(
-                _write_part,
-                fn_kwargs={"root": store.root, "staging": staging},
-                batch_format="pyarrow",
-                batch_size=None,
-                zero_copy_batch=True,
-            ).take_all()
-        except Exception as e:
-            message = storage_error_message(e)  # raised in a Ray Data task: wrapped
-            if message is None:
-                raise
-            raise StorageError(f"{what}: {message}") from None
+
+_STATS_TYPES = {"rows": pa.int64(), "bytes": pa.int64(), "s1": pa.uint64(), "s2": pa.uint64()}
+
+
+def stats_table(stats: Mapping[str, Any], prefix: str = "") -> dict[str, pa.Array]:
+    """:func:`part_stats` as one-row Arrow columns (names prefixed), for a task's result."""
+    return {f"{prefix}{k}": pa.array([v], _STATS_TYPES.get(k)) for k, v in stats.items()}
+
+
+def _write_part(batch: pa.Table, root: str, staging: str | None) -> pa.Table:
+    """Ray Data ``map_batches`` function of :func:`write_dataset`: :func:`part_stats` as a table."""
+    return pa.table(stats_table(part_stats(batch, root, staging)))
+
+
+class StagedDataset:
+    """A dataset being written by tasks: they put parts in ``staging`` (:func:`part_stats`);
+    :meth:`commit` turns their stats into the stored dataset (version, manifest written
+    last); :meth:`discard` (always call it, e.g. in ``finally``) removes what is left."""
+
+    def __init__(self, store: ArtifactStore, what: str = "dataset", sources: list[dict[str, Any]] | None = None):
+        self.store, self.what, self.sources = store, what, sources
+        self.staging = None if sources is not None else f"tmp/ds-{uuid.uuid4().hex}"
+        if self.staging is not None:
+            store.fs.create_dir(store._path(self.staging), recursive=True)
+
+    def commit(self, stats: list[Mapping[str, Any]], schema: pa.Schema) -> ArtifactRef:
+        """The dataset of the parts in ``stats`` (``schema``: the one to record when no part
+        has rows); blocks whose schemas differ are an error naming both."""
+        store, what, sources = self.store, self.what, self.sources
         parts = [s for s in stats if s["rows"] > 0]
         schemas = {s["schema"] for s in parts}
         if len(schemas) > 1:
@@ -432,7 +451,7 @@ def write_dataset(
         if parts:
             schema_json, arrow_schema = parts[0]["schema"], pa.ipc.read_schema(pa.py_buffer(parts[0]["arrow_schema"]))
         else:
-            arrow_schema = arrow_schema_of(ds)
+            arrow_schema = schema.remove_metadata()
             schema_json = schema_text(arrow_schema)
         rows = sum(int(s["rows"]) for s in parts)
         version = dataset_version(schema_json, rows, sum(int(s["s1"]) for s in parts), sum(int(s["s2"]) for s in parts))
@@ -453,24 +472,57 @@ def write_dataset(
                 manifest["sources"] = sources
                 store.fs.create_dir(store._path(final), recursive=True)
             else:
-                _move_into_place(store, staging or "", final, [f[0] for f in files])
+                _move_into_place(store, self.staging or "", final, [f[0] for f in files])
             with store.fs.open_output_stream(store._path(f"{final}/{MANIFEST}")) as f:
                 f.write(json.dumps(manifest, indent=1).encode())
+        return ArtifactRef(
+            uri=store.uri_of(final),
+            sha256=version,
+            size=size,
+            format=DATASET_FORMAT,
+            schema={
+                "columns": {f.name: str(f.type) for f in arrow_schema},
+                "num_rows": rows,
+                "files": len(files) if sources is None else len(sources),
+                **({"in_place": True} if sources is not None else {}),
+            },
+        )
+
+    def discard(self) -> None:
+        if self.staging is not None:
+            _delete_dir(self.store, self.staging)
+
+
+def write_dataset(
+    store: ArtifactStore, ds: Any, *, what: str = "dataset", sources: list[dict[str, Any]] | None = None
+) -> ArtifactRef:
+    """Stream ``ds`` (a Ray Dataset) into the store; return its reference (``sha256`` = version).
+
+    With ``sources`` (``[{"path", "size", "mtime_ns"}]``: the parquet files ``ds`` reads,
+    plus ``"fs"``: their root URI or path), nothing is copied: the rows are hashed and
+    the manifest points at the files, which must not change afterwards (reading checks
+    their sizes and modification times).  Blocks whose schemas differ are an error
+    naming both schemas.  A dataset with the same version is not stored twice (a
+    copy replaces an in-place one).
+    """
+    staged = StagedDataset(store, what, sources)
+    try:
+        try:
+            stats = ds.map_batches(
+                _write_part,
+                fn_kwargs={"root": store.root, "staging": staged.staging},
+                batch_format="pyarrow",
+                batch_size=None,
+                zero_copy_batch=True,
+            ).take_all()
+        except Exception as e:
+            message = storage_error_message(e)  # raised in a Ray Data task: wrapped
+            if message is None:
+                raise
+            raise StorageError(f"{what}: {message}") from None
+        return staged.commit(stats, arrow_schema_of(ds) if not any(s["rows"] for s in stats) else pa.schema([]))
     finally:
-        if staging is not None:
-            _delete_dir(store, staging)
-    return ArtifactRef(
-        uri=store.uri_of(final),
-        sha256=version,
-        size=size,
-        format=DATASET_FORMAT,
-        schema={
-            "columns": {f.name: str(f.type) for f in arrow_schema},
-            "num_rows": rows,
-            "files": len(files) if sources is None else len(sources),
-            **({"in_place": True} if sources is not None else {}),
-        },
-    )
+        staged.discard()
 
 
 _STORAGE_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?StorageError: (.*\S)", re.MULTILINE)
@@ -575,11 +627,11 @@ def dataset_schema(store: ArtifactStore, ref: ArtifactRef) -> pa.Schema:
     return _manifest_schema(read_manifest(store, ref))
 
 
-def _read_parts(batch: dict[str, Any], fs: str) -> pa.Table:
+def _read_parts(batch: dict[str, Any], fs: str, columns: list[str] | None = None) -> pa.Table:
     import pyarrow.parquet as pq
 
     filesystem = filesystem_of(fs)
-    return pa.concat_tables([pq.read_table(str(p), filesystem=filesystem) for p in batch["path"]])
+    return pa.concat_tables([pq.read_table(str(p), filesystem=filesystem, columns=columns) for p in batch["path"]])
 
 
 def changed_sources(manifest: Mapping[str, Any]) -> list[str]:
@@ -615,9 +667,10 @@ def parquet_v1() -> Iterator[None]:
             dctx.use_datasource_v2 = saved
 
 
-def read_dataset(store: ArtifactStore, ref: ArtifactRef) -> Any:
+def read_dataset(store: ArtifactStore, ref: ArtifactRef, columns: list[str] | None = None) -> Any:
     """The dataset as a lazy Ray Dataset (one block per file): nothing is read until it
-    is consumed, and then by Ray Data tasks, never by this process.
+    is consumed, and then by Ray Data tasks, never by this process.  ``columns``: read
+    only these (parquet reads nothing else).
 
     The files are listed by the manifest, so reading skips Ray's file listing and
     schema sampling (seconds per dataset for ``read_parquet``).  An in-place dataset
@@ -641,14 +694,15 @@ def read_dataset(store: ArtifactStore, ref: ArtifactRef) -> Any:
         files = [f["path"] for f in sources]
         with parquet_v1():
             return ray.data.read_parquet(
-                files, filesystem=filesystem_of(sources[0]["fs"]), override_num_blocks=len(files)
+                files, filesystem=filesystem_of(sources[0]["fs"]), override_num_blocks=len(files), columns=columns
             )
     base = store._path(store._rel_of(ref.uri))
     files = [f"{base}/{f['name']}" for f in manifest["files"]]
     if not files:
-        return ray.data.from_arrow(_manifest_schema(manifest).empty_table())
+        empty = _manifest_schema(manifest).empty_table()
+        return ray.data.from_arrow(empty.select(columns) if columns is not None else empty)
     return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
-        _read_parts, fn_kwargs={"fs": store.root}, batch_size=1, batch_format="numpy"
+        _read_parts, fn_kwargs={"fs": store.root, "columns": columns}, batch_size=1, batch_format="numpy"
     )
 
 

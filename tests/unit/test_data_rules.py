@@ -939,19 +939,41 @@ def test_explicit_text_columns_and_inference() -> None:
     assert str(explicit["nulls"].dtype) == "int64[pyarrow]" and explicit["str"].dtype == df["str"].dtype
 
 
-def test_quarantine_keeps_the_text_and_data_gets_converted_values() -> None:
-    from raypipe.stages.data.validate import _convert, _keep
+def test_quarantine_keeps_the_text_and_data_gets_converted_values(tmp_path) -> None:
+    """validate's one pass over a block: the rows that pass, converted, to `data`; the others
+    as read to `quarantine`; the types of every other column as they were (Arrow)."""
+    import pickle
 
-    df = pd.DataFrame({"d": ["2020-01-01", "2023-13-45", "2020-02-01"], "n": ["1", "2", "n.a."], "k": [1, 2, 3]})
+    import pyarrow.parquet as pq
+
+    from raypipe.stages.data.validate import _part, _split_block
+    from raypipe.store.artifacts import ArtifactStore
+    from raypipe.store.datasets import StagedDataset
+
+    table = pa.table(
+        {
+            "d": ["2020-01-01", "2023-13-45", "2020-02-01"],
+            "n": ["1", "2", "n.a."],
+            "k": [1, 2, 3],
+            "c": pa.array(["x", "y", "x"]).dictionary_encode(),
+        }
+    )
     p = params(d={"type": "date"}, n={"type": "int"})
-    text = text_columns(pa.Schema.from_pandas(df, preserve_index=False), p)
-    quarantine = _keep(df, p, {}, text, bad=True)
-    data = _keep(df, p, {}, text, bad=False)
-    assert quarantine.to_dict("list") == {"d": ["2023-13-45", "2020-02-01"], "n": ["2", "n.a."], "k": [2, 3]}
-    assert data.to_dict("list") == {"d": [_dt.date(2020, 1, 1)], "n": [1], "k": [1]}
-    assert str(data["d"].dtype) == "date32[day][pyarrow]" and str(data["n"].dtype) == "int64[pyarrow]"
-    passed = _convert(df.iloc[:1], p, text)
-    assert passed.to_dict("list") == data.to_dict("list")
+    text = text_columns(table.schema, p)
+    store = ArtifactStore(str(tmp_path))
+    data, quarantine = StagedDataset(store), StagedDataset(store)
+    row = _split_block(table, p, {}, text, store.root, data.staging, quarantine.staging).to_pylist()[0]
+    assert pickle.loads(row["report"]).rows_bad == 2
+    good = pq.read_table(tmp_path / data.staging / _part(row, "d_")["file"])
+    bad = pq.read_table(tmp_path / quarantine.staging / _part(row, "q_")["file"])
+    assert good.to_pydict() == {"d": [_dt.date(2020, 1, 1)], "n": [1], "k": [1], "c": ["x"]}
+    assert good.schema.field("d").type == pa.date32() and good.schema.field("n").type == pa.int64()
+    assert pa.types.is_dictionary(good.schema.field("c").type)  # untouched columns keep their type
+    assert bad.to_pydict() == {"d": ["2023-13-45", "2020-02-01"], "n": ["2", "n.a."], "k": [2, 3], "c": ["y", "x"]}
+    ref = data.commit([_part(row, "d_")], table.schema)
+    assert ref.schema["num_rows"] == 1 and ref.schema["columns"]["d"] == "date32[day]"
+    data.discard()
+    quarantine.discard()
 
 
 def test_csv_with_one_malformed_date_end_to_end_without_ray() -> None:
@@ -1004,3 +1026,45 @@ def test_arrow_backed_columns_nan_dates_and_mixed_allowed() -> None:
     assert (
         series_hashes(arrow_series(days, pa.date32())).tolist() == series_hashes(pd.Series(days, dtype=object)).tolist()
     )
+
+
+def test_rules_agree_on_ray_data_frames_and_arrow_backed_frames() -> None:
+    """validate checks blocks as Arrow-backed frames (no copy); Ray Data's pandas batches
+    (dictionary columns as Categoricals) give the same report and the same bad rows."""
+    import pandas as pd
+    from ray.data.block import BlockAccessor
+
+    rng = np.random.default_rng(5)
+    n = 500
+    days = [f"2024-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}" for _ in range(n)]
+    days[7], days[8], days[9] = "2023-02-30", None, "n.a."
+    table = pa.table(
+        {
+            "id": pa.array(np.where(np.arange(n) == 3, 4, np.arange(n))),
+            "amount": pa.array(np.where(rng.random(n) < 0.05, -1.0, rng.random(n) * 100)),
+            "segment": pa.array(rng.choice(["retail", "online", "TEST"], n)).dictionary_encode(),
+            "signup": pa.array(days, pa.string()),
+            "active": pa.array(rng.random(n) < 0.5),
+        }
+    )
+    p = params(
+        id={"type": "int", "unique": True},
+        amount={"type": "number", "min": 0},
+        segment={"type": "category", "allowed": ["retail", "online"]},
+        signup={"type": "date", "min": "2024-01-01"},
+        active={"type": "bool"},
+    )
+    text = text_columns(table.schema, p)
+    dup = {"id": np.unique(series_hashes(pd.Series([4])))}
+    ray_frame = BlockAccessor.for_block(table).to_pandas()
+    arrow_frame = table.to_pandas(types_mapper=pd.ArrowDtype)
+    a = check_batch(ray_frame, p, dup_hashes=dup, text=text)
+    b = check_batch(arrow_frame, p, dup_hashes=dup, text=text)
+    assert a.bad.tolist() == b.bad.tolist() and a.bad.sum() > 10
+    assert a.report.to_dict() == b.report.to_dict()
+    assert {(v.column, v.rule) for v in b.report.violations} >= {
+        ("id", "unique"),
+        ("amount", "min"),
+        ("segment", "allowed"),
+        ("signup", "type"),
+    }

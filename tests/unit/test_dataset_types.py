@@ -664,3 +664,15 @@ def test_hashing_a_million_mixed_rows_by_hand() -> None:
         took = best(lambda col=col, name=name: column_words(col, name))
         print(f"{name:9} {col.type!s:22} {took:7.1f} ms")
     print(f"row_hashes, 1M rows: {best(lambda: row_hashes(t)):7.1f} ms")
+
+
+def test_mostly_distinct_text_hashes_the_same_as_repetitive_text() -> None:
+    """Long, mostly distinct text columns skip the dictionary encoding: same words."""
+    from raypipe.store.datasets import _SAMPLE
+
+    n = 3 * _SAMPLE
+    distinct = pa.array([f"note {i} about fees" if i % 97 else None for i in range(n)])
+    small = distinct.slice(0, 2 * _SAMPLE)  # not long enough for the direct path
+    assert column_words(pa.chunked_array([distinct]))[: 2 * _SAMPLE].tolist() == column_words(
+        pa.chunked_array([small])
+    ).tolist()

@@ -323,6 +323,9 @@ class BatchCheck:
     #: One bool per row of the batch: the row breaks at least one row rule.
     bad: np.ndarray
     report: ValidationReport
+    #: The parsed values of the text columns that were parsed (name -> ``pd.ArrowDtype``
+    #: series, null where the text is null or did not parse): the converted column.
+    parsed: dict[str, pd.Series] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- schema checks
@@ -426,6 +429,7 @@ def check_batch(
     n = len(df)
     bad = np.zeros(n, dtype=bool)
     report = ValidationReport(rows_checked=n, max_examples=params.examples)
+    parsed: dict[str, pd.Series] = {}
     for name, rule in params.columns.items():
         if name not in df.columns:
             continue
@@ -434,6 +438,7 @@ def check_batch(
         missing = null_mask(s)  # null, or text that did not parse
         null = missing
         if unparsed is not None:
+            parsed[name] = s
             checks.append(("type", type_expected(rule), unparsed))
             null = missing & ~unparsed
         if not rule.nullable:
@@ -452,7 +457,7 @@ def check_batch(
                 examples = _examples(df, mask, name, params.examples)
                 report.violations.append(Violation(name, rule_name, expected, count, examples))
     report.rows_bad = int(bad.sum())
-    return BatchCheck(bad=bad, report=report)
+    return BatchCheck(bad=bad, report=report, parsed=parsed)
 
 
 def convert_batch(df: pd.DataFrame, params: ValidateParams, *, text: Collection[str] | None = None) -> pd.DataFrame:
