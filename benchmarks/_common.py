@@ -43,6 +43,20 @@ def ensure_repo_on_path() -> None:
         sys.path.insert(0, root)
 
 
+def start_local_ray(num_cpus: int) -> float:
+    """A new local Ray of the benchmark's own (``address="local"``: never one left running
+    on this machine), its workers' logs kept in Ray's files; seconds it took to start."""
+    import logging
+
+    import ray
+
+    started = time.perf_counter()
+    ray.init(
+        address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
+    )
+    return time.perf_counter() - started
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", required=True, type=Path, help="directory for results.json and plots")

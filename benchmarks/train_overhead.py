@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import shutil
 import sys
@@ -54,6 +53,7 @@ from benchmarks._common import (  # noqa: E402
     median,
     print_table,
     ratio,
+    start_local_ray,
     write_results,
 )
 
@@ -449,17 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     # Ray workers import `benchmarks._train_funcs` by name from the driver's cwd.
     os.chdir(REPO_ROOT)
     load = os.getloadavg()
-    started = time.perf_counter()
-    # address="local": always a new Ray of our own, never one left running on this machine.
-    # log_to_driver=False: Ray Train and Tune workers' logs would bury the progress lines.
-    ray.init(
-        address="local",
-        num_cpus=args.num_cpus,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-    )
-    _progress(f"Ray started in {time.perf_counter() - started:.1f}s; load average before: {load[0]:.2f}")
+    # Ray Train and Tune workers' logs would bury the progress lines: they stay in Ray's files.
+    _progress(f"Ray started in {start_local_ray(args.num_cpus):.1f}s; load average before: {load[0]:.2f}")
     try:
         plain = Plain(workdir)
         train = None if args.skip_train else measure_train(args, workdir, plain)
