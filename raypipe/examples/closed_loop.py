@@ -63,13 +63,16 @@ def generate(rows: int = 4000, shift: float = 0.0, seed: int = 0) -> dict[str, A
 
 
 class Traffic:
-    """Threads that POST single readings to ``/predict`` and feed the true label back to
-    ``/feedback`` for a share of them; the shift can change while they run."""
+    """Threads that POST single readings to ``/predict`` and, for a ``label_share`` of
+    them, the true label to ``/feedback`` as its ``label`` (ground truth, for the monitor's
+    performance drift).  The demo has no business result, so it sends no ``outcome``: that
+    field is for A/B tests and guardrails (a conversion, a reward), never correctness.  The
+    shift can change while they run."""
 
-    def __init__(self, url: str, threads: int = 4, feedback: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, url: str, threads: int = 4, label_share: float = 0.5, seed: int = 0) -> None:
         self.url = url.rstrip("/")
         self.shift = 0.0
-        self.feedback = feedback
+        self.label_share = label_share
         self.sent = 0
         self.errors = 0
         self.by_variant: dict[str, int] = {}
@@ -109,8 +112,8 @@ class Traffic:
                 features = {f: float(getattr(row, f)) for f in FEATURES}
                 try:
                     out = self._post("/predict", {"features": features})
-                    if rng.random() < self.feedback:
-                        self._post("/feedback", {"request_id": out["request_id"], "outcome": int(row.label)})
+                    if rng.random() < self.label_share:
+                        self._post("/feedback", {"request_id": out["request_id"], "label": int(row.label)})
                 except Exception:  # noqa: BLE001 - counted; the traffic goes on (e.g. a router restarting)
                     with self._lock:
                         self.errors += 1

@@ -16,12 +16,18 @@ HTTP API under the app's route prefix (bodies: :mod:`raypipe.serve.validation`):
   names the request, else a uuid4 is made.  400 malformed JSON or
   unknown forced variant, 422 invalid body, 500 the variant failed, 503 no replica of
   the variant could be reached.
-- ``POST /feedback``: ``{"request_id", "outcome"}`` -> 200, 404 (unknown id), 422.
+- ``POST /feedback``: ``{"request_id", "outcome", "label"}`` with ``outcome`` (a business
+  result: to the metrics collector, for A/B tests and guardrails), ``label`` (the true
+  value, checked against the model of the variant that served the request: to the drift
+  monitor, for performance drift) or both -> 200 ``{"request_id", "recorded", "received"}``
+  (plus ``warnings`` for a label outside the model's classes), 404 (unknown id), 422, 503
+  (collector unavailable).
 - ``GET /health``, ``GET /metadata`` (variants, versions, weights, aliases, shadow, key).
 
 If the app has a drift monitor (``raypipe-monitor-<app>``, :mod:`raypipe.serve.monitor`),
 the router sends it the served rows, predictions and request ids (sampled by request id
-at the monitor's ``sample_rate``) with its metrics, and ``/feedback`` outcomes as labels.
+at the monitor's ``sample_rate``) with its metrics, and the ``label`` of ``/feedback``
+(never its ``outcome``).
 
 The router calls a variant again (up to twice) when its replica died under the call
 (a Ray actor error: the prediction never ran or is lost); Serve routes the retry to a
@@ -40,7 +46,17 @@ from typing import Any
 from ray import serve
 
 from raypipe.serve.routing import choose, random_key, unit_hash
-from raypipe.serve.validation import InputSchema, RequestError, feedback_of, parse_json, rows_of
+from raypipe.serve.validation import (
+    Feedback,
+    InputSchema,
+    LabelSchema,
+    LabelValue,
+    RequestError,
+    check_label,
+    feedback_of,
+    parse_json,
+    rows_of,
+)
 
 ROUTER = "router"
 FLUSH_S = 0.1
@@ -130,6 +146,11 @@ class ModelVariant:
 
         df = pd.DataFrame(rows, columns=self.features)
         return np.asarray(self.custom(self.package, df)).tolist(), [0] * len(rows)  # type: ignore[misc]
+
+    def label_schema(self) -> dict[str, Any]:
+        """What a true label of this model's predictions is (``/feedback``'s ``label``):
+        ``{"task", "classes"}`` (:class:`~raypipe.serve.validation.LabelSchema`)."""
+        return LabelSchema.from_meta(self.package.meta).to_dict()
 
     def _injected(self, request_id: str) -> bool:
         return bool(self.fail_rate) and unit_hash("fail", request_id) < self.fail_rate
@@ -259,8 +280,10 @@ class Router:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.dropped_events = 0
         # The app's drift monitor (raypipe.serve.monitor), if one is running: served rows
-        # sampled by request id go to it with the events; /feedback outcomes as labels.
+        # sampled by request id go to it with the events; /feedback labels (never outcomes).
         self._monitor: Any = None
+        #: Per variant, what a true label of its model is (asked of the variant once).
+        self._label_schemas: dict[str, LabelSchema] = {}
         self._monitor_rate = 1.0
         self._monitor_checked = 0.0
         self._drift: dict[str, tuple[list[Any], list[Any], list[str]]] = {}
@@ -493,29 +516,80 @@ class Router:
         return _response(status, doc)
 
     async def _feedback(self, request: Any) -> Any:
+        """``outcome`` to the collector only (A/B statistics, guardrails); ``label`` to the
+        drift monitor only (performance windows), after checking it against the model of the
+        variant that served the request; both for a body with both."""
         try:
-            rid, outcome = feedback_of(parse_json(await request.body()))
+            fb = feedback_of(parse_json(await request.body()))
         except RequestError as e:
             return _response(e.status, e.body())
         await self._flush()  # this replica's pending events first
-        known = False
         for wait in (0.0, 3 * FLUSH_S, 10 * FLUSH_S):  # another replica may still hold the event
             if wait:
                 await asyncio.sleep(wait)
             try:
-                if self._collector is None:
-                    import ray
-
-                    self._collector = ray.get_actor(self.collector_name, namespace="raypipe")
-                known = await self._collector.feedback.remote(rid, outcome)
-                if known and self._monitor is not None:
-                    self._monitor.label.remote(rid, outcome)  # a label for its performance windows
+                collector = self._get_collector()
+                if fb.label is None:
+                    if await collector.feedback.remote(fb.request_id, fb.outcome):
+                        return _response(200, {"request_id": fb.request_id, "recorded": True, "received": fb.fields})
+                    continue
+                variant = await collector.variant_of.remote(fb.request_id)
             except Exception as e:  # noqa: BLE001
                 self._collector = None
                 return _response(503, {"error": f"metrics collector unavailable: {_short(e)}"})
-            if known:
-                return _response(200, {"request_id": rid, "recorded": True})
-        return _response(404, {"error": f"unknown request id {rid!r} (never served by this app, or forgotten)"})
+            if variant is not None:
+                return await self._feedback_with_label(fb, fb.label, str(variant))
+        return _response(
+            404, {"error": f"unknown request id {fb.request_id!r} (never served by this app, or forgotten)"}
+        )
+
+    def _get_collector(self) -> Any:
+        if self._collector is None:
+            import ray
+
+            self._collector = ray.get_actor(self.collector_name, namespace="raypipe")
+        return self._collector
+
+    async def _feedback_with_label(self, fb: Feedback, value: LabelValue, variant: str) -> Any:
+        try:
+            label, warning = check_label(value, await self._label_schema(variant))
+        except RequestError as e:
+            return _response(e.status, e.body())
+        try:
+            known = await self._get_collector().feedback.remote(fb.request_id, fb.outcome, True)
+        except Exception as e:  # noqa: BLE001
+            self._collector = None
+            return _response(503, {"error": f"metrics collector unavailable: {_short(e)}"})
+        if not known:  # forgotten in between
+            return _response(
+                404, {"error": f"unknown request id {fb.request_id!r} (never served by this app, or forgotten)"}
+            )
+        if self._monitor is not None:
+            try:
+                self._monitor.label.remote(fb.request_id, label)  # for its performance windows
+            except Exception:  # noqa: BLE001 - fire and forget, as the rows are
+                self._monitor = None
+        doc: dict[str, Any] = {"request_id": fb.request_id, "recorded": True, "received": fb.fields}
+        if warning:
+            doc["warnings"] = [warning]
+        return _response(200, doc)
+
+    async def _label_schema(self, variant: str) -> LabelSchema:
+        """The label schema of ``variant``'s model, asked of one of its replicas once.  A
+        variant this router does not serve (any more), or cannot reach now: unknown (the
+        label is taken as it is; the monitor counts one it cannot score)."""
+        schema = self._label_schemas.get(variant)
+        if schema is not None:
+            return schema
+        handle = self.handles.get(variant)
+        if handle is None:
+            return LabelSchema()
+        try:
+            schema = LabelSchema.from_meta(await handle.label_schema.remote())
+        except Exception:  # noqa: BLE001 - never fail feedback on it; try again next time
+            return LabelSchema()
+        self._label_schemas[variant] = schema
+        return schema
 
 
 def _short(e: BaseException) -> str:

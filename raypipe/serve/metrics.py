@@ -9,16 +9,21 @@ Contract (the A/B report and the canary controller read it):
   "status", "latency_ms", "ts", "shadow": bool, "key"}`` (``key``: the sticky key, or None
   when the request had none; the ingress also adds ``"forced": bool``).  Served events
   remember request id -> variant for feedback (the last ``max_ids``, default 1M).
-- ``feedback(request_id: str, outcome: float) -> bool``: False for an unknown (or
-  forgotten) id.  The outcome counts for the variant that served the request, in the
-  time bucket of the feedback's arrival; feedback again for the same id replaces the
-  earlier outcome.
+- ``feedback(request_id: str, outcome: float | None, label: bool = False) -> bool``:
+  False for an unknown (or forgotten) id.  ``outcome`` is the request's business result
+  (``/feedback``'s ``outcome``; None: none given): it counts for the variant that served
+  the request, in the time bucket of the feedback's arrival; an outcome again for the same
+  id replaces the earlier one.  ``label``: the body also carried a true label (which the
+  ingress sends to the drift monitor, not here): counted in ``labels``, once per request
+  id.  A label is never an outcome: a label-only feedback leaves ``outcomes`` alone.
+- ``variant_of(request_id: str) -> str | None``: the variant that served the request.
 - ``snapshot(since: float | None = None) -> dict[str, dict]``: per variant::
 
       {"requests", "errors", "shadow_requests", "shadow_errors",
        "latency_ms": {"buckets": [upper bounds, last inf], "counts": [...],
                       "p50", "p95", "p99"},
        "outcomes": {"n", "sum", "sumsq", "positives"},
+       "labels": true labels fed back (for performance drift; not outcomes),
        "unseen_categories": values of categories the model never saw (served as "other")}
 
   counting only what happened at ``ts >= since`` (whole seconds: buckets are per
@@ -33,7 +38,8 @@ Contract (the A/B report and the canary controller read it):
 The same counts are exported through ``ray.util.metrics`` (Prometheus, scraped from
 Ray's metrics endpoint): ``raypipe_serve_requests`` and ``raypipe_serve_errors``
 (counters), ``raypipe_serve_latency_ms`` (histogram), ``raypipe_serve_feedback`` and
-``raypipe_serve_feedback_positive`` (counters), tagged ``app``, ``variant`` and ``shadow``
+``raypipe_serve_feedback_positive`` (counters of outcomes), ``raypipe_serve_labels``
+(counter of true labels), tagged ``app``, ``variant`` and ``shadow``
 (Ray prefixes the exported names with ``ray_``).
 
 The collector also keeps the app's scheduler reservation alive: it polls the
@@ -59,8 +65,8 @@ PROMETHEUS_BUCKETS_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1
 LEASE_POLL_S = 5.0
 
 # Per-bucket counters: requests, errors, shadow requests, shadow errors, outcome n, sum, sumsq, positives,
-# values of categories the model never saw (encoded as "other").
-_REQ, _ERR, _SREQ, _SERR, _ON, _OSUM, _OSQ, _OPOS, _UNSEEN = range(9)
+# values of categories the model never saw (encoded as "other"), true labels fed back.
+_REQ, _ERR, _SREQ, _SERR, _ON, _OSUM, _OSQ, _OPOS, _UNSEEN, _LN = range(10)
 
 
 def collector_name(app: str) -> str:
@@ -90,7 +96,7 @@ class _Bucket:
     __slots__ = ("c", "h")
 
     def __init__(self, nbins: int) -> None:
-        self.c = [0, 0, 0, 0, 0, 0.0, 0.0, 0, 0]
+        self.c = [0, 0, 0, 0, 0, 0.0, 0.0, 0, 0, 0]
         self.h = [0] * nbins
 
     def add(self, other: _Bucket) -> None:
@@ -118,7 +124,7 @@ class MetricsCollector:
         self.bounds = LATENCY_BUCKETS_MS
         self._buckets: dict[str, dict[int, _Bucket]] = {}
         self._old: dict[str, _Bucket] = {}
-        #: request id -> [variant, outcome or None, second the outcome was counted in]
+        #: request id -> [variant, outcome or None, second the outcome was counted in, labelled]
         self._ids: dict[str, list[Any]] = {}
         self._pruned_at = 0.0
         self.reservation = reservation
@@ -152,6 +158,9 @@ class MetricsCollector:
             ),
             "positives": metrics.Counter(
                 "raypipe_serve_feedback_positive", "Outcomes > 0 reported by POST /feedback.", tag_keys=tags
+            ),
+            "labels": metrics.Counter(
+                "raypipe_serve_labels", "True labels reported by POST /feedback (performance drift).", tag_keys=tags
             ),
         }
 
@@ -221,17 +230,33 @@ class MetricsCollector:
         if rid not in ids:
             while len(ids) >= self.max_ids:
                 del ids[next(iter(ids))]
-        ids[rid] = [variant, None, None]
+        ids[rid] = [variant, None, None, False]
 
-    def feedback(self, request_id: str, outcome: float) -> bool:
-        """Attribute a business outcome to the variant that served ``request_id``."""
+    def variant_of(self, request_id: str) -> str | None:
+        """The variant that served ``request_id`` (None: unknown or forgotten)."""
+        entry = self._ids.get(request_id)
+        return None if entry is None else str(entry[0])
+
+    def feedback(self, request_id: str, outcome: float | None = None, label: bool = False) -> bool:
+        """Attribute a business ``outcome`` (None: none) to the variant that served
+        ``request_id``, and count a true ``label`` fed back for it (once per id)."""
         entry = self._ids.get(request_id)
         if entry is None:
             return False
-        outcome = float(outcome)
-        if not math.isfinite(outcome):
-            return False
-        variant, old, old_sec = entry
+        if outcome is not None:
+            outcome = float(outcome)
+            if not math.isfinite(outcome):
+                return False
+        variant = entry[0]
+        tags = {"app": self.app, "variant": variant, "shadow": "false"}
+        if label and not entry[3]:
+            entry[3] = True
+            self._bucket(variant, int(time.time())).c[_LN] += 1
+            if self._prom is not None:
+                self._prom["labels"].inc(1, tags=tags)
+        if outcome is None:
+            return True
+        old, old_sec = entry[1], entry[2]
         if old is not None:
             prev = self._buckets.get(variant, {}).get(old_sec) or self._old.get(variant)
             if prev is not None:
@@ -247,7 +272,6 @@ class MetricsCollector:
         b.c[_OPOS] += 1 if outcome > 0 else 0
         entry[1], entry[2] = outcome, sec
         if self._prom is not None:
-            tags = {"app": self.app, "variant": variant, "shadow": "false"}
             self._prom["feedback"].inc(1, tags=tags)
             if outcome > 0:
                 self._prom["positives"].inc(1, tags=tags)
@@ -293,6 +317,7 @@ class MetricsCollector:
                     "p99": quantile(self.bounds, h, 0.99),
                 },
                 "outcomes": {"n": c[_ON], "sum": c[_OSUM], "sumsq": c[_OSQ], "positives": c[_OPOS]},
+                "labels": c[_LN],
                 "unseen_categories": c[_UNSEEN],
             }
         return out
@@ -311,8 +336,13 @@ class MetricsCollectorActor(MetricsCollector):
         self._ensure_lease()
         return MetricsCollector.record(self, events)
 
-    async def feedback(self, request_id: str, outcome: float) -> bool:  # type: ignore[override]
-        return MetricsCollector.feedback(self, request_id, outcome)
+    async def feedback(  # type: ignore[override]
+        self, request_id: str, outcome: float | None = None, label: bool = False
+    ) -> bool:
+        return MetricsCollector.feedback(self, request_id, outcome, label)
+
+    async def variant_of(self, request_id: str) -> str | None:  # type: ignore[override]
+        return MetricsCollector.variant_of(self, request_id)
 
     async def snapshot(self, since: float | None = None) -> dict[str, dict[str, Any]]:  # type: ignore[override]
         self._ensure_lease()

@@ -6,7 +6,7 @@ training data's profile (the statistics are in :mod:`raypipe.serve.drift`).
 * :class:`MonitorCore` is the whole monitor without Ray (unit-testable, clock injected):
   per-variant window buffers (fixed-size arrays, a reservoir past ``reservoir_size``),
   windows closed by row count and/or age, the last ``history_windows`` results per
-  variant, a bounded request-id map for labels arriving later (``/feedback``),
+  variant, a bounded request-id map for true labels arriving later (the ``label`` of ``/feedback``),
   performance windows as running sums, the debouncer, and a bounded event history
   with increasing ids (``events(since_id)`` is the poll API for retraining).
 * :class:`DriftMonitor` is the actor: the core plus metrics through
@@ -47,6 +47,7 @@ from raypipe.serve.drift import (
     keep_request,
     prediction_value,
 )
+from raypipe.serve.validation import match_class
 
 NAMESPACE = "raypipe"
 MONITOR_PREFIX = "raypipe-monitor-"
@@ -172,6 +173,8 @@ class _Variant:
     sampled: int = 0
     windows: int = 0
     perf_windows: int = 0
+    #: Labels matched to this variant's logged predictions (every performance window).
+    labels: int = 0
     last_seen: float = 0.0
 
 
@@ -224,6 +227,7 @@ class MonitorCore:
             "labels_not_sampled": 0,
             "labels_unknown": 0,
             "labels_unscorable": 0,
+            "labels_outside_classes": 0,
             "pending_evicted": 0,
         }
         self.last_error: str | None = None
@@ -448,8 +452,12 @@ class MonitorCore:
 
     # ------------------------------------------------------------------ labels
     def label(self, request_id: str, label: Any) -> bool:
-        """The true label of a logged request (``/feedback``); False when the request was not
-        sampled, is unknown or was evicted from the pending map, or cannot be scored."""
+        """The true label of a logged request (the ``label`` of ``/feedback``, never its
+        ``outcome``); False when the request was not sampled, is unknown or was evicted from
+        the pending map, or cannot be scored.  A classification label is matched to the
+        model's classes as the ingress does (:func:`~raypipe.serve.validation.match_class`:
+        ``"3"`` and ``3.0`` are class 3, true/false classes 1/0); one that names none of
+        them is scored as a wrong prediction and counted in ``labels_outside_classes``."""
         rid = str(request_id)
         entry = self.pending.pop(rid, None)
         if entry is None:
@@ -462,10 +470,16 @@ class MonitorCore:
             self.counters["labels_unknown"] += 1
             return False
         det = self._detector(entry.variant)
+        outside = False
+        if det.task == "classification" and det.classes and label is not None:
+            found, label = match_class(label, det.classes)
+            outside = not found
         if not v.perf.add(entry.prediction, label, det.task, now):
             self.counters["labels_unscorable"] += 1
             return False
         self.counters["labels_matched"] += 1
+        self.counters["labels_outside_classes"] += int(outside)
+        v.labels += 1
         if v.perf.n >= self.spec.performance.window_labels:
             self._close_performance(v, now)
         return True
@@ -610,6 +624,7 @@ class MonitorCore:
                 "performance": {
                     "metric": det.performance_metric,
                     "reference": det.performance_reference,
+                    "labels": v.labels,
                     "labels_in_window": v.perf.n,
                     "windows": v.perf_windows,
                     "last": v.perf_results[-1].to_dict() if v.perf_results else None,

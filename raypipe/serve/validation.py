@@ -20,9 +20,26 @@ A bad body raises :class:`RequestError`: 400 for malformed JSON, 422 for the res
 with one ``{"field", "reason"}`` per problem (up to 20), e.g.
 ``{"field": "features.px3", "reason": "missing field"}`` or
 ``{"field": "instances[2].px0", "reason": "expected a number (double), got string '3'"}``.
+The body is ``{"error": "invalid request", "errors": [...]}``; when a /predict body has
+more than 20 problems (every row is checked), the first 20 are listed and
+``"more_errors": N`` counts the rest (``"error": "invalid request: 20 errors listed ...
+and N more"``).
 
-``POST /feedback`` takes ``{"request_id": "...", "outcome": 1.0}`` (a number; true/false
-count as 1/0).
+``POST /feedback`` takes ``{"request_id": "...", "outcome": 1.0, "label": 3}`` with
+``outcome``, ``label`` or both (:func:`feedback_of`).  They are two different things, and
+neither is ever taken for the other:
+
+- ``outcome``: a business result of the request (a conversion 0/1, a reward, revenue): a
+  finite number, true/false counting as 1/0.  It feeds the A/B statistics and the canary
+  guardrails (the metrics collector), nothing else.
+- ``label``: the true value the model should have predicted (ground truth), for the drift
+  monitor's performance windows, nothing else: a string, a finite number or true/false,
+  checked against the model that served the request by :func:`check_label`.  For
+  regression it must be a finite number (422 otherwise).  For classification a label that
+  names one of the model's ``classes`` (``3``, ``3.0`` and ``"3"`` name class 3;
+  true/false name classes 1/0, and 1/0 name classes true/false) is given on as that class;
+  any other value is accepted with a warning and scored as a wrong prediction (ground
+  truth outside the classes the model knows: the model is wrong on it).
 """
 
 from __future__ import annotations
@@ -35,22 +52,54 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raypipe.models.preprocess import parse_iso
+from raypipe.serve.drift import class_key
 
 MAX_ERRORS = 20
 MAX_INSTANCES = 1024
 
 
 class RequestError(Exception):
-    """A request the ingress refuses: an HTTP status and ``{"field", "reason"}`` problems."""
+    """A request the ingress refuses: an HTTP status and ``{"field", "reason"}`` problems
+    (the first ``MAX_ERRORS``; ``more``: how many more there were)."""
 
-    def __init__(self, status: int, errors: list[dict[str, str]], message: str = "invalid request") -> None:
-        super().__init__(f"{message}: " + "; ".join(f"{e['field']}: {e['reason']}" for e in errors))
+    def __init__(
+        self, status: int, errors: list[dict[str, str]], message: str = "invalid request", more: int = 0
+    ) -> None:
+        listed = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+        super().__init__(f"{message}: {listed}" + (f" ... and {more} more" if more else ""))
         self.status = status
         self.errors = errors
         self.message = message
+        self.more = more
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.message, "errors": self.errors}
+        """``{"error", "errors"}``, plus ``"more_errors": N`` when the list stops at ``MAX_ERRORS``."""
+        if not self.more:
+            return {"error": self.message, "errors": self.errors}
+        n = len(self.errors)
+        return {
+            "error": f"{self.message}: {n} errors listed ... and {self.more} more",
+            "errors": self.errors,
+            "more_errors": self.more,
+        }
+
+
+class _Problems:
+    """The problems of a body as they are found: the first ``MAX_ERRORS`` kept, all counted."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, str]] = []
+        self.total = 0
+
+    def append(self, problem: dict[str, str]) -> None:
+        self.total += 1
+        if len(self.items) < MAX_ERRORS:
+            self.items.append(problem)
+
+    def check(self, status: int = 422) -> None:
+        """Raise the :class:`RequestError` of the problems found, if any."""
+        if self.total:
+            raise RequestError(status, self.items, more=self.total - len(self.items))
 
 
 def _kind(arrow_type: str | None) -> str:
@@ -181,7 +230,7 @@ def _value(v: Any, kind: str, arrow_type: str) -> tuple[Any, str | None]:
     return v, None
 
 
-def _row(obj: Any, schema: InputSchema, where: str, errors: list[dict[str, str]]) -> list[Any]:
+def _row(obj: Any, schema: InputSchema, where: str, errors: _Problems) -> list[Any]:
     if not isinstance(obj, dict):
         errors.append({"field": where, "reason": f"expected an object of feature values, got {_describe(obj)}"})
         return []
@@ -218,7 +267,7 @@ def rows_of(payload: Any, schema: InputSchema, key_field: str | None = None) -> 
                 }
             ],
         )
-    errors: list[dict[str, str]] = []
+    errors = _Problems()
     allowed = {"features", "instances", "request_id"} | ({key_field} if key_field else set())
     for name in payload:
         if name not in allowed:
@@ -243,26 +292,50 @@ def rows_of(payload: Any, schema: InputSchema, key_field: str | None = None) -> 
         elif len(items) > MAX_INSTANCES:
             errors.append({"field": "instances", "reason": f"{len(items)} rows; at most {MAX_INSTANCES} per request"})
         else:
-            for i, item in enumerate(items):
+            for i, item in enumerate(items):  # every row: the 422 says how many problems there are
                 rows.append(_row(item, schema, f"instances[{i}]", errors))
-                if len(errors) >= MAX_ERRORS:
-                    break
     else:
         errors.append({"field": "features", "reason": "missing field (or `instances`: an array of rows)"})
-    if errors:
-        raise RequestError(422, errors[:MAX_ERRORS])
+    errors.check()
     return rows, single
 
 
-def feedback_of(payload: Any) -> tuple[str, float]:
-    """``(request_id, outcome)`` of a /feedback body; 422 on any problem."""
+#: Longest string label accepted by /feedback.
+MAX_LABEL_CHARS = 1024
+#: Classes named in a warning about a label outside them.
+_SHOW_CLASSES = 10
+
+FEEDBACK_FIELDS = ("label", "outcome", "request_id")
+
+#: A label as JSON gives it.
+LabelValue = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A /feedback body: a served request's business ``outcome`` and/or true ``label``
+    (None: not given)."""
+
+    request_id: str
+    outcome: float | None = None
+    label: LabelValue | None = None
+
+    @property
+    def fields(self) -> list[str]:
+        """What the body carried, of ``outcome`` and ``label``."""
+        return [n for n, v in (("outcome", self.outcome), ("label", self.label)) if v is not None]
+
+
+def feedback_of(payload: Any) -> Feedback:
+    """The :class:`Feedback` of a /feedback body; 422 on any problem (the label is checked
+    against the served model later, by :func:`check_label`)."""
     if not isinstance(payload, dict):
         raise RequestError(
             422,
             [
                 {
                     "field": "(body)",
-                    "reason": f"expected an object with request_id and outcome, got {_describe(payload)}",
+                    "reason": f"expected an object with request_id and outcome and/or label, got {_describe(payload)}",
                 }
             ],
         )
@@ -274,16 +347,119 @@ def feedback_of(payload: Any) -> tuple[str, float]:
         errors.append(
             {"field": "request_id", "reason": f"expected a string of 1 to 128 characters, got {_describe(rid)}"}
         )
-    out = payload.get("outcome")
-    if "outcome" not in payload:
-        errors.append({"field": "outcome", "reason": "missing field"})
-    elif isinstance(out, bool):
-        out = float(out)
-    elif not isinstance(out, (int, float)) or not _finite(out):
-        errors.append({"field": "outcome", "reason": f"expected a finite number (or true/false), got {_describe(out)}"})
+    outcome: float | None = None
+    if "outcome" in payload:
+        out = payload["outcome"]
+        if isinstance(out, bool):
+            outcome = float(out)
+        elif isinstance(out, (int, float)) and _finite(out):
+            outcome = float(out)
+        else:
+            errors.append(
+                {"field": "outcome", "reason": f"expected a finite number (or true/false), got {_describe(out)}"}
+            )
+    label: LabelValue | None = None
+    if "label" in payload:
+        y = payload["label"]
+        if isinstance(y, bool) or (isinstance(y, (int, float)) and _finite(y)):
+            label = y
+        elif isinstance(y, str) and 0 < len(y) <= MAX_LABEL_CHARS:
+            label = y
+        else:
+            errors.append(
+                {
+                    "field": "label",
+                    "reason": "expected the true value: a string of 1 to "
+                    f"{MAX_LABEL_CHARS} characters, a finite number or true/false, got {_describe(y)}",
+                }
+            )
+    if "outcome" not in payload and "label" not in payload:
+        errors.append(
+            {
+                "field": "outcome",
+                "reason": "missing field: give `outcome` (a business result, for A/B tests and guardrails), "
+                "`label` (the true value, for performance drift) or both",
+            }
+        )
     for name in payload:
-        if name not in ("request_id", "outcome"):
-            errors.append({"field": name, "reason": "unknown field; expected: outcome, request_id"})
+        if name not in FEEDBACK_FIELDS:
+            errors.append({"field": name, "reason": f"unknown field; expected: {', '.join(FEEDBACK_FIELDS)}"})
     if errors:
         raise RequestError(422, errors)
-    return str(rid), float(out)  # type: ignore[arg-type]
+    return Feedback(str(rid), outcome, label)
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    """What a true label of a model's predictions is: its task and (classification) classes.
+    ``task`` None: unknown (a user-loop model without one): any label is taken as it is."""
+
+    task: str | None = None
+    classes: tuple[Any, ...] | None = None
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any] | None) -> LabelSchema:
+        meta = meta or {}
+        classes = meta.get("classes")
+        classes = tuple(classes) if isinstance(classes, (list, tuple)) and classes else None
+        task = meta.get("task")
+        if task not in ("classification", "regression"):
+            task = "classification" if classes else None
+        return cls(task, classes if task == "classification" else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "classes": list(self.classes) if self.classes is not None else None}
+
+
+def match_class(value: Any, classes: Sequence[Any]) -> tuple[bool, Any]:
+    """``(True, the class)`` when ``value`` names one of ``classes``, else ``(False, value)``.
+    A class is named by any value of the same key (``3``, ``3.0``, ``"3"``; see
+    :func:`raypipe.serve.drift.class_key`); true/false also name classes 1/0 of numeric
+    classes, and 1/0 (or "true"/"false") classes true/false."""
+    keys = {class_key(c): c for c in classes}
+    key = class_key(value)
+    if key in keys:
+        return True, keys[key]
+    bool_classes = all(isinstance(c, bool) for c in classes)
+    if isinstance(value, bool) and not bool_classes:
+        alias = class_key(int(value))
+    elif bool_classes and key is not None:
+        alias = {"1": "True", "0": "False", "true": "True", "false": "False"}.get(key.lower())
+    else:
+        alias = None
+    if alias is not None and alias in keys:
+        return True, keys[alias]
+    return False, value
+
+
+def check_label(value: LabelValue, schema: LabelSchema) -> tuple[Any, str | None]:
+    """The label to score against the model's prediction, and a warning for the client (or
+    None).  Regression: a finite number (else 422).  Classification: the class it names
+    (:func:`match_class`); a value naming none of the classes is kept as it is with a
+    warning (performance drift counts it as a wrong prediction).  Unknown task: as it is."""
+    if schema.task == "regression":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+            raise RequestError(
+                422,
+                [
+                    {
+                        "field": "label",
+                        "reason": "expected a finite number (the true value of a regression model), "
+                        f"got {_describe(value)}",
+                    }
+                ],
+            )
+        return float(value), None
+    if schema.task == "classification" and schema.classes:
+        found, cls = match_class(value, schema.classes)
+        if found:
+            return cls, None
+        shown = ", ".join(repr(c) for c in schema.classes[:_SHOW_CLASSES])
+        more = f", ... ({len(schema.classes)} in all)" if len(schema.classes) > _SHOW_CLASSES else ""
+        text = json.dumps(value)
+        text = text if len(text) <= 40 else text[:37] + "..."
+        return value, (
+            f"label {text} is not one of the model's classes ({shown}{more}); "
+            "recorded, and counted as a wrong prediction in performance drift"
+        )
+    return value, None

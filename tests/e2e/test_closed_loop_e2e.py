@@ -80,7 +80,7 @@ def loop_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     res = api.run(PipelineConfig.model_validate(doc))
     assert res.ok, res.errors
     meta = MetadataStore(str(root / "store" / "raypipe.db"))
-    traffic = Traffic(serve_app.url(APP), threads=3, feedback=0.3).start()
+    traffic = Traffic(serve_app.url(APP), threads=3, label_share=0.3).start()
     yield {"doc": doc, "meta": meta, "traffic": traffic, "root": root}
     traffic.stop()
     serve_app.shutdown(APP)  # also stops the app's loop and monitor

@@ -219,11 +219,20 @@ def invalid_predict(draw: st.DrawFn, features: list[str], key_field: str) -> tup
 def bad_feedback(draw: st.DrawFn) -> tuple[str, str]:
     """(what, JSON text) of a /feedback body, nearly always with a client mistake."""
     body: dict[str, Any] = {"request_id": "r-1", "outcome": 1.0}
-    what = draw(st.sampled_from(["no id", "no outcome", "bad id", "bad outcome", "extra", "not an object", "token"]))
+    what = draw(
+        st.sampled_from(
+            ["no id", "neither", "bad id", "bad outcome", "bad label", "extra", "not an object", "token", "label token"]
+        )
+    )
+    if draw(st.booleans()):  # a label too (or instead of the outcome)
+        body["label"] = draw(st.one_of(st.integers(0, 9), st.sampled_from(["3", "cat", True])))
+        if draw(st.booleans()):
+            body.pop("outcome")
     if what == "no id":
         body.pop("request_id")
-    elif what == "no outcome":
-        body.pop("outcome")
+    elif what == "neither":
+        body.pop("outcome", None)
+        body.pop("label", None)
     elif what == "bad id":
         body["request_id"] = draw(
             st.one_of(st.just(""), st.text(min_size=129, max_size=150), st.integers(), junk).filter(
@@ -232,14 +241,22 @@ def bad_feedback(draw: st.DrawFn) -> tuple[str, str]:
         )
     elif what == "bad outcome":
         body["outcome"] = draw(junk.filter(lambda v: not isinstance(v, (int, float))))
+    elif what == "bad label":
+        body["label"] = draw(junk.filter(lambda v: not _label(v)))
     elif what == "extra":
-        body[draw(st.text(min_size=1, max_size=6).filter(lambda k: k not in ("request_id", "outcome")))] = draw(junk)
+        body[draw(st.text(min_size=1, max_size=6).filter(lambda k: k not in FEEDBACK_FIELDS))] = draw(junk)
     elif what == "not an object":
         return what, json.dumps(draw(junk.filter(lambda v: not isinstance(v, dict))))
-    else:  # a token where the number goes (`true` and `false` are fine outcomes)
+    elif what == "token":  # a token where the number goes (`true` and `false` are fine outcomes)
         body["outcome"] = "__BAD__"
         return what, json.dumps(body).replace('"__BAD__"', draw(BAD_VALUES), 1)
+    else:  # a token where the label goes: only a few are fine labels (true, false, a text)
+        body["label"] = "__BAD__"
+        return what, json.dumps(body).replace('"__BAD__"', draw(BAD_VALUES), 1)
     return what, json.dumps(body)
+
+
+FEEDBACK_FIELDS = ("request_id", "outcome", "label")
 
 
 def _finite(v: Any) -> bool:
@@ -247,6 +264,23 @@ def _finite(v: Any) -> bool:
         return isinstance(v, (int, float)) and math.isfinite(v)
     except OverflowError:
         return False
+
+
+def _label(v: Any) -> bool:
+    """Whether ``v`` is a well-formed /feedback label (before the served model checks it)."""
+    return isinstance(v, bool) or _finite(v) or (isinstance(v, str) and 0 < len(v) <= 1024)
+
+
+def _valid_feedback(doc: Any) -> bool:
+    return (
+        isinstance(doc, dict)
+        and set(doc) <= set(FEEDBACK_FIELDS)
+        and ("outcome" in doc or "label" in doc)
+        and isinstance(doc.get("request_id"), str)
+        and 0 < len(doc["request_id"]) <= 128
+        and ("outcome" not in doc or _finite(doc["outcome"]))
+        and ("label" not in doc or _label(doc["label"]))
+    )
 
 
 # ------------------------------------------------------------------ sending
@@ -360,28 +394,68 @@ def test_forced_variant_header(app: dict[str, Any], value: str) -> None:
 def test_bad_feedback(app: dict[str, Any], case: tuple[str, str]) -> None:
     what, text = case
     r = send(app, "bad feedback", "POST", "/feedback", text.encode())
-    doc = json.loads(text) if text.strip() else None
-    valid = (
-        isinstance(doc, dict)
-        and set(doc) == {"request_id", "outcome"}
-        and isinstance(doc["request_id"], str)
-        and 0 < len(doc["request_id"]) <= 128
-        and _finite(doc["outcome"])
-    )
-    if valid:  # a random body that is a well-formed feedback after all: an unknown id
+    try:
+        doc = json.loads(text) if text.strip() else None
+    except ValueError:  # a token no JSON parser takes (an integer of > 4300 digits): a 400
+        doc = None
+    if _valid_feedback(doc):  # a random body that is a well-formed feedback after all: an unknown id
         assert r.status_code == 404, r.text
     else:
         check_client_error(r, what)
 
 
 def test_feedback_of_served_requests(app: dict[str, Any]) -> None:
-    ids = app["served_ids"][:20] or ["none"]
-    for i, rid in enumerate(ids):
+    """``outcome`` (a business result) and ``label`` (the true class, checked against the
+    digits model's classes 0..9), alone or together; the collector counts each apart."""
+    import ray
+
+    from raypipe.serve.metrics import get_collector
+
+    row = sample_rows(1)[0]
+    ids = [f"feedback-{i}" for i in range(30)]
+    for rid in ids:
+        r = send(app, "predict", "POST", "/predict", json.dumps({"features": row, "request_id": rid}).encode())
+        assert r.status_code == 200 and r.json()["variant"] == "v1", r.text
+
+    none = {"outcomes": {"n": 0}, "labels": 0}
+    before = ray.get(get_collector(APP).snapshot.remote()).get("v1", none)
+    for i, rid in enumerate(ids[:10]):
         outcome: Any = [1, 0.5, True, False, -3][i % 5]
         r = send(app, "feedback", "POST", "/feedback", json.dumps({"request_id": rid, "outcome": outcome}).encode())
-        assert r.status_code == 200 and r.json() == {"request_id": rid, "recorded": True}, r.text
+        assert r.status_code == 200, r.text
+        assert r.json() == {"request_id": rid, "recorded": True, "received": ["outcome"]}, r.text
+    for i, rid in enumerate(ids[10:20]):
+        label: Any = [3, "7", 2.0, True, 0][i % 5]
+        r = send(app, "feedback", "POST", "/feedback", json.dumps({"request_id": rid, "label": label}).encode())
+        assert r.status_code == 200 and r.json() == {"request_id": rid, "recorded": True, "received": ["label"]}
+    for rid in ids[20:25]:
+        r = send(
+            app, "feedback", "POST", "/feedback", json.dumps({"request_id": rid, "outcome": 1, "label": 4}).encode()
+        )
+        assert r.status_code == 200 and r.json()["received"] == ["outcome", "label"], r.text
+    # a label the model has no class for: recorded, with a warning naming the classes
+    for rid, label in zip(ids[25:27], [11, "cat"], strict=True):
+        r = send(app, "feedback", "POST", "/feedback", json.dumps({"request_id": rid, "label": label}).encode())
+        assert r.status_code == 200, r.text
+        (warning,) = r.json()["warnings"]
+        assert "not one of the model's classes (0, 1, 2" in warning and "wrong prediction" in warning
+    # a label that is no value at all: 422, and its outcome is not recorded either
+    r = send(
+        app, "feedback", "POST", "/feedback", json.dumps({"request_id": ids[27], "outcome": 1, "label": None}).encode()
+    )
+    check_client_error(r, "feedback", (422,))
+    assert r.json()["errors"][0]["field"] == "label"
+    r = send(app, "feedback", "POST", "/feedback", json.dumps({"request_id": ids[27]}).encode())
+    check_client_error(r, "feedback", (422,))
+    assert "`label`" in r.json()["errors"][0]["reason"]
     r = send(app, "feedback", "POST", "/feedback", b'{"request_id": "never-served", "outcome": 1}')
     assert r.status_code == 404, r.text
+    r = send(app, "feedback", "POST", "/feedback", b'{"request_id": "never-served", "label": 1}')
+    assert r.status_code == 404, r.text
+
+    after = ray.get(get_collector(APP).snapshot.remote())["v1"]
+    assert after["outcomes"]["n"] - before["outcomes"]["n"] == 15  # 10 outcome-only + 5 with a label
+    assert after["labels"] - before["labels"] == 17  # labels are never outcomes, nor outcomes labels
 
 
 # ------------------------------------------------------------------ regressions found by fuzzing

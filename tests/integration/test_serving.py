@@ -322,8 +322,20 @@ def test_bad_requests_get_4xx_naming_the_field(served: dict[str, Any]) -> None:
     # Feedback: 200 for a served request id, 404 unknown, 422 malformed.
     rid = post(f"{url}/predict", {"features": row}, "u1").json()["request_id"]
     assert post(f"{url}/feedback", {"request_id": rid, "outcome": 1}).status_code == 200
+    assert post(f"{url}/feedback", {"request_id": rid, "label": 3}).status_code == 200
     assert post(f"{url}/feedback", {"request_id": "never-served", "outcome": 1}).status_code == 404
-    assert post(f"{url}/feedback", {"request_id": rid}).status_code == 422
+    assert post(f"{url}/feedback", {"request_id": "never-served", "label": 3}).status_code == 404
+    r = post(f"{url}/feedback", {"request_id": rid})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "outcome"
+    assert "`label`" in r.json()["errors"][0]["reason"]
+    r = post(f"{url}/feedback", {"request_id": rid, "label": [3]})
+    assert r.status_code == 422 and r.json()["errors"] == [
+        {
+            "field": "label",
+            "reason": "expected the true value: a string of 1 to 1024 characters, a finite number or true/false, "
+            "got array",
+        }
+    ]
     assert post(f"{url}/feedback", b"{oops").status_code == 400
 
 
@@ -418,5 +430,60 @@ def test_served_rows_reach_the_drift_monitor(served: dict[str, Any]) -> None:
             return int(monitor_status(APP)["variants"].get("v1", {}).get("rows_logged", 0))
 
         assert wait_for(logged, timeout_s=60, every_s=0.5, what="served rows in the drift monitor")
+        _feedback_reaches_the_right_consumer(served, rows)
     finally:
         stop_monitor(APP)
+
+
+def _feedback_reaches_the_right_consumer(served: dict[str, Any], rows: list[dict[str, float]]) -> None:
+    """``/feedback``'s ``outcome`` goes to the collector only (A/B, guardrails), its ``label``
+    to the drift monitor only (performance windows); a body with both does both."""
+    import ray
+
+    from raypipe.serve.monitor import monitor_status
+
+    def logged_total() -> int:
+        return sum(int(v.get("rows_logged", 0)) for v in monitor_status(APP)["variants"].values())
+
+    def label_counters() -> dict[str, int]:
+        c = monitor_status(APP)["counters"]
+        return {k: int(v) for k, v in c.items() if k.startswith("labels_")}
+
+    def collector_totals() -> tuple[int, int]:
+        snap = ray.get(get_collector(APP).snapshot.remote())
+        return sum(v["outcomes"]["n"] for v in snap.values()), sum(v["labels"] for v in snap.values())
+
+    url = served["url"]
+    start = logged_total()
+    out = predict_many(url, [f"fb-{i}" for i in range(20)], rows, workers=4)
+    assert all(status == 200 for _, status, _ in out), out
+    docs = [doc for _, _, doc in out]
+    # the monitor holds their predictions (pending labels) before any label is sent
+    assert wait_for(lambda: logged_total() - start >= 20, timeout_s=30, every_s=0.2, what="the rows logged")
+    labels0, (outcomes0, collected0) = label_counters(), collector_totals()
+
+    for d in docs[:8]:  # outcome only (an old client): A/B numbers, never a label
+        r = post(f"{url}/feedback", {"request_id": d["request_id"], "outcome": 1})
+        assert r.status_code == 200 and r.json()["received"] == ["outcome"], r.text
+    assert label_counters() == labels0
+    assert collector_totals() == (outcomes0 + 8, collected0)
+
+    for d in docs[8:16]:  # label only, as text ("3" names class 3): performance drift, no outcome
+        r = post(f"{url}/feedback", {"request_id": d["request_id"], "label": str(d["prediction"])})
+        assert r.status_code == 200 and r.json()["received"] == ["label"], r.text
+    for d in docs[16:19]:  # both
+        r = post(f"{url}/feedback", {"request_id": d["request_id"], "outcome": 0, "label": d["prediction"]})
+        assert r.status_code == 200 and r.json()["received"] == ["outcome", "label"], r.text
+    r = post(f"{url}/feedback", {"request_id": docs[19]["request_id"], "label": 42})
+    assert r.status_code == 200 and "not one of the model's classes" in r.json()["warnings"][0], r.text
+
+    def matched() -> int:
+        return label_counters()["labels_matched"] - labels0["labels_matched"]
+
+    assert wait_for(lambda: matched() >= 12, timeout_s=30, every_s=0.2, what="labels in the monitor")
+    now = label_counters()
+    assert matched() == 12 and now["labels_outside_classes"] - labels0["labels_outside_classes"] == 1
+    assert now["labels_unscorable"] == labels0["labels_unscorable"]
+    assert collector_totals() == (outcomes0 + 11, collected0 + 12)
+    perf = monitor_status(APP)["variants"]
+    assert sum(v["performance"]["labels"] for v in perf.values()) == 12

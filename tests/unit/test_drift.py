@@ -341,6 +341,27 @@ def test_performance_drift_through_labels(normal_profile: dict) -> None:
     assert "multi" not in core.pending and core.label("multi", 1) is False
 
 
+def test_labels_are_matched_to_the_models_classes(normal_profile: dict) -> None:
+    """``/feedback``'s ``label`` (never its ``outcome``) scores the logged prediction: a label
+    naming a class ("1", 1.0, true for class 1) is that class; one naming no class is a
+    wrong prediction, counted in ``labels_outside_classes``; per variant, ``labels``."""
+    meta = {"task": "classification", "features": FEATURES, "classes": [0, 1], "metrics": {"val_accuracy": 0.9}}
+    core = MonitorCore("app", normal_profile, {"performance": {"window_labels": 10}}, meta, clock=lambda: 1.0)
+    rng = np.random.default_rng(3)
+    ids = [f"q{i}" for i in range(10)]
+    core.log("v1", rows_of(rng.normal(size=(10, 5))), [1, 1, 1, 0, 0, 1, 1, 1, 1, 1], ids)
+    labels = ["1", 1.0, True, False, "0", np.int64(1), 1, 1, 1]
+    assert [core.label(rid, y) for rid, y in zip(ids, labels, strict=False)] == [True] * 9
+    assert core.status()["variants"]["v1"]["performance"]["labels"] == 9
+    assert core.counters["labels_outside_classes"] == 0
+    assert core.label("q9", "yes") is True  # no class of the model: scored, as a wrong prediction
+    assert core.counters["labels_outside_classes"] == 1 and core.counters["labels_matched"] == 10
+    (perf,) = core.variants["v1"].perf_results
+    assert perf.value == pytest.approx(0.9)
+    st = core.status()["variants"]["v1"]["performance"]
+    assert st["labels"] == 10 and st["labels_in_window"] == 0 and st["windows"] == 1
+
+
 # --------------------------------------------------------------------------- debouncing
 
 
