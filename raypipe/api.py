@@ -13,11 +13,12 @@ from typing import Any
 
 from raypipe.config import ConfigSource, PipelineConfig, parse_config, read_config
 from raypipe.exceptions import ConfigError, RaypipeError
+from raypipe.failures import Failure, stage_failures
 from raypipe.runner.executor import Executor, RunResult, StageEvent
 from raypipe.runner.plan import Plan, build_plan
 from raypipe.scheduler.client import SchedulerClient, get_controller
 from raypipe.serve.app import AppStatus
-from raypipe.store.artifacts import ArtifactStore, resolve_root, root_of
+from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root, root_of
 from raypipe.store.metadata import (
     MetadataStore,
     RunRecord,
@@ -85,9 +86,9 @@ def validate(paths: Sequence[str | os.PathLike[str]]) -> list[Any]:
 
 def metadata_url(cfg: PipelineConfig, db: str | None = None) -> str:
     """The metadata store of a pipeline: ``db`` (``--db``), ``$RAYPIPE_DB``, its ``metadata:``,
-    ``raypipe.db`` in its local storage root, ``./.raypipe/raypipe.db``
+    ``raypipe.db`` in an absolute local storage root, else the project's store
     (:func:`raypipe.store.metadata.resolve_db`)."""
-    return resolve_db(db, metadata=cfg.metadata, storage=resolve_root(cfg.storage))
+    return resolve_db(db, metadata=cfg.metadata, storage=cfg.storage)
 
 
 def open_metadata(db: str | None = None) -> MetadataStore:
@@ -123,6 +124,7 @@ def run(
         raise RaypipeError(f"run id {run_id!r}: use letters, digits, '_', '.' and '-' (at most 200)")
     plan = load(config, overrides)
     cfg = plan.config
+    _check_job_paths(cfg, db)
     root = resolve_root(cfg.storage)
     artifacts = ArtifactStore(root)
     artifacts.check_writable()
@@ -146,9 +148,17 @@ def run(
             on_event=on_event,
             connect=lambda: _connect_or_fail(meta, run_id, cfg, address),
         )
-        return ex.execute()
+        return _with_failures(ex.execute(), meta)
     finally:
         meta.close()
+
+
+def _with_failures(result: RunResult, meta: MetadataStore) -> RunResult:
+    """``result`` with the whole failure (message, category) of each failed stage, from its record."""
+    if result.errors:
+        found = stage_failures(meta.stage_runs(result.run_id))
+        result.failures = {stage: found[stage] for stage in result.errors if stage in found}
+    return result
 
 
 def _connect_or_fail(
@@ -167,6 +177,33 @@ def _connect_or_fail(
     except BaseException as e:
         meta.finish_run(run_id, "failed", f"cannot start Ray or the scheduler: {e}")
         raise
+
+
+def in_ray_job() -> bool:
+    """Whether this process is the entrypoint of a Ray job (``ray job submit``)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def _check_job_paths(cfg: PipelineConfig, db: str | None) -> None:
+    """Inside a Ray job the working directory is Ray's temporary copy of ``--working-dir``,
+    deleted with the session: a relative local storage root or database would put the
+    run's artifacts and records there, invisible to ``raypipe runs`` and then lost."""
+    if not in_ray_job():
+        return
+    bad = []
+    if is_local(cfg.storage) and not os.path.isabs(os.path.expanduser(cfg.storage)):
+        bad.append(f"storage {cfg.storage!r}")
+    url = metadata_url(cfg, db)
+    if not url.startswith(("sqlite:", "postgresql")) and "://" not in url and not os.path.isabs(url):
+        bad.append(f"metadata store {url!r}")
+    if bad:
+        raise RaypipeError(
+            f"this run is a Ray job, whose working directory ({os.getcwd()}) is Ray's temporary copy of "
+            f"--working-dir, deleted with the session: {' and '.join(bad)} would be lost there. Give an "
+            "absolute path every node shares or an object store: --set storage=/shared/raypipe (or "
+            "s3://bucket/raypipe) and RAYPIPE_DB=/shared/raypipe/raypipe.db (or a postgresql:// URL) in "
+            "the job's runtime_env env_vars"
+        )
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -211,7 +248,36 @@ def resume(
             on_event=on_event,
             connect=lambda: _connect_or_fail(meta, rec.run_id, cfg, address),
         )
-        return ex.execute()
+        return _with_failures(ex.execute(), meta)
+    finally:
+        meta.close()
+
+
+@dataclass(frozen=True)
+class RunFailures:
+    """Why a run's unfinished stages failed last (see :mod:`raypipe.failures`)."""
+
+    run_id: str
+    status: str
+    config_path: str | None
+    failures: dict[str, Failure]
+
+    @property
+    def deterministic(self) -> bool:
+        """The run ended (not killed mid-way: then resuming runs what it left) and every
+        failure would happen again on a resume (a missed gate, a failed validation...)."""
+        ended = self.status == "failed"
+        return ended and bool(self.failures) and all(f.deterministic for f in self.failures.values())
+
+
+def run_failures(run_id: str, db: str | None = None) -> RunFailures:
+    """The last failure of each stage of a run that did not finish (for ``resume``'s warning)."""
+    meta = open_metadata(db)
+    try:
+        rec = meta.get_run(run_id)
+        done = set(meta.done_stages(rec.run_id))
+        found = stage_failures(meta.stage_runs(rec.run_id))
+        return RunFailures(rec.run_id, rec.status, rec.config_path, {k: f for k, f in found.items() if k not in done})
     finally:
         meta.close()
 
@@ -222,16 +288,33 @@ class RunDetail:
     stages: list[StageRunRecord]
     outputs: dict[int, dict[str, Any]]
 
+    def failure_of(self, stage_run: StageRunRecord) -> Failure | None:
+        """A stage run's failure: its clean message (no Ray traceback, no colour codes), category
+        and traceback."""
+        return stage_failures([stage_run]).get(stage_run.stage)
+
+    @property
+    def failures(self) -> dict[str, Failure]:
+        """Stage -> the failure of its latest run, for the stages the run did not finish."""
+        return stage_failures(self.stages)
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "run": self.run.to_dict(),
-            "stages": [{**s.to_dict(), "outputs": self.outputs.get(s.id, {})} for s in self.stages],
-        }
+        """Each stage run's ``error`` is the clean message; ``error_category`` and ``traceback``
+        (when one was recorded) beside it."""
+        stages = []
+        for s in self.stages:
+            f = self.failure_of(s)
+            err = f.to_dict() if f is not None else {"error_category": None, "traceback": None}
+            stages.append({**s.to_dict(), **err, "outputs": self.outputs.get(s.id, {})})
+        return {"run": self.run.to_dict(), "stages": stages}
 
 
 def list_runs(db: str | None = None, limit: int = 50) -> list[RunRecord]:
+    """Recent runs; runs a driver on this machine left ``running`` when it died are marked
+    ``interrupted`` first (:meth:`MetadataStore.reap_dead_drivers`)."""
     meta = open_metadata(db)
     try:
+        meta.reap_dead_drivers()
         return meta.list_runs(limit)
     finally:
         meta.close()
@@ -240,6 +323,7 @@ def list_runs(db: str | None = None, limit: int = 50) -> list[RunRecord]:
 def show_run(run_id: str, db: str | None = None) -> RunDetail:
     meta = open_metadata(db)
     try:
+        meta.reap_dead_drivers()
         rec = meta.get_run(run_id)
         stages = meta.stage_runs(rec.run_id)
         outputs = {s.id: {k: v.to_dict() for k, v in meta.io_of(s.id, "out").items()} for s in stages}
@@ -477,15 +561,28 @@ def rollout_abort(app: str, *, reason: str = "", db: str | None = None, address:
 # --------------------------------------------------------------------------- drift monitoring
 
 
-def monitor_status(app: str, *, address: str | None = None) -> dict[str, Any]:
+def monitor_status(app: str, *, db: str | None = None, address: str | None = None) -> dict[str, Any]:
     """The drift monitor of a served app (``raypipe-monitor-<app>``): per-feature statistics and
     thresholds, the last windows per variant, events, the debouncer and memory; an app without a
     monitor is a RaypipeError."""
     from raypipe.runner.ray_session import connect_existing
+    from raypipe.serve.loop import loop_status as read_loop
     from raypipe.serve.monitor import monitor_status as read_status
 
     connect_existing(address)
-    return read_status(app)
+    st = read_status(app)
+    try:
+        meta = open_metadata(db)
+    except RaypipeError:
+        return st  # no store: the monitor's own view
+    try:
+        loop = read_loop(app, meta)
+        st["loop"] = {"state": loop.get("state"), "cycles": len(loop.get("cycles") or [])}
+    except RaypipeError:
+        st["loop"] = None  # no closed loop recorded for the app
+    finally:
+        meta.close()
+    return st
 
 
 def loop_status(app: str, *, db: str | None = None, address: str | None = None) -> dict[str, Any]:
@@ -504,14 +601,24 @@ def loop_status(app: str, *, db: str | None = None, address: str | None = None) 
         meta.close()
 
 
-def loop_stop(app: str, *, address: str | None = None) -> bool:
-    """Disarm the app's closed loop (a retraining run in flight finishes on its own)."""
+def loop_stop(app: str, *, db: str | None = None, address: str | None = None) -> bool:
+    """Disarm the app's closed loop and stop a retraining run in flight (its driver records it
+    ``stopped``); the stop is recorded in the loop's timeline in the metadata store."""
     from raypipe.runner.ray_session import connect_existing
-    from raypipe.serve.loop import stop_loop
+    from raypipe.serve.loop import LOOP_SERIES, stop_loop
+    from raypipe.store.rollouts import LoopStore
 
     connect_existing(address)
     if not stop_loop(app):
         raise RaypipeError(f"app {app!r} has no closed loop running")
+    try:
+        meta = open_metadata(db)
+    except RaypipeError:
+        return True  # no store to record it in: the loop is stopped all the same
+    try:
+        LoopStore(meta).record(app, LOOP_SERIES, "stopped", {"by": "raypipe loop stop"})
+    finally:
+        meta.close()
     return True
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -23,7 +24,8 @@ from rich.table import Column, Table
 from rich.tree import Tree
 
 from raypipe import api
-from raypipe.exceptions import RaypipeError
+from raypipe.exceptions import RaypipeError, RunStopped
+from raypipe.failures import Failure, next_step, strip_ansi
 from raypipe.runner.executor import RunResult, StageEvent
 from raypipe.runner.plan import Plan
 
@@ -42,13 +44,18 @@ DbOpt = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="Metadata store (path, sqlite:/// or postgresql:// URL); default $RAYPIPE_DB or ./.raypipe/raypipe.db.",
+        help="Metadata store (path, sqlite:/// or postgresql:// URL); default $RAYPIPE_DB, else the project's "
+        "(.raypipe/raypipe.db here or in a folder above, or under $RAYPIPE_HOME).",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 AddressOpt = Annotated[
     str | None,
-    typer.Option("--address", help="Ray address to connect to (default: config, $RAY_ADDRESS, or a new local Ray)."),
+    typer.Option(
+        "--address",
+        help="Ray address to connect to (default: the pipeline's, $RAY_ADDRESS, the cluster `ray start` left on "
+        "this machine, else a new local Ray).",
+    ),
 ]
 
 
@@ -59,12 +66,36 @@ def _guard(fn: Callable[[], T], run_hint: Callable[[], str | None] = lambda: Non
     except RaypipeError as e:
         err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunStopped) as e:
         _shutdown_ray()
         run_id = run_hint()
         hint = f"; continue with: raypipe resume {run_id}" if run_id else ""
-        err_console.print(f"[yellow]interrupted[/]{hint}")
-        raise typer.Exit(130) from None
+        err_console.print(f"[yellow]{'stopped' if isinstance(e, RunStopped) else 'interrupted'}[/]{hint}")
+        raise typer.Exit(143 if isinstance(e, RunStopped) else 130) from None
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """While inside, SIGTERM (``loop stop``, a supervisor) stops the run cleanly: its stages
+    are cancelled and it is recorded ``stopped`` (not left ``running``)."""
+    import signal
+
+    from raypipe.runner.executor import request_stop
+
+    def handler(signum: int, frame: Any) -> None:
+        request_stop("SIGTERM")  # the run loop stops at its next turn (never inside a Ray call)
+
+    handler.raypipe_stop = True  # type: ignore[attr-defined] # kept when Ray connects (ray_session.ensure_ray)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _shutdown_ray() -> None:
@@ -88,6 +119,7 @@ _ICONS = {
     "queued": "[dim]…[/]",
     "waiting": "[dim]…[/]",
     "requeued": "[yellow]⟲[/]",
+    "stale": "[yellow]⟳[/]",
     "preempting": "[yellow]⏸[/]",
 }
 
@@ -95,7 +127,8 @@ _ICONS = {
 class _Reporter:
     """Shows a progress bar over the stages and one line per stage event."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str | None = None) -> None:
+        self.address = address
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -112,19 +145,22 @@ class _Reporter:
     def on_start(self, run_id: str, plan: Plan) -> None:
         self.plan = plan
         self.run_id = run_id
-        console.print(f"run [bold]{run_id}[/] · pipeline {plan.config.name} · {len(plan.order)} stages")
+        from raypipe.runner.ray_session import ray_target
+
+        where = ray_target(plan.config.ray, self.address)[1]
+        console.print(f"run [bold]{run_id}[/] · pipeline {plan.config.name} · {len(plan.order)} stages · {escape(where)}")
         self.task = self.progress.add_task(plan.config.name, total=len(plan.order))
 
     def on_event(self, e: StageEvent) -> None:
         dur = f" ({e.duration_s:.1f}s)" if e.duration_s is not None else ""
         attempt = f" attempt {e.attempt}" if e.attempt > 1 else ""
-        shown = ("failed", "retrying", "skipped", "waiting", "requeued", "queued", "preempting")
-        msg = f": {e.message}" if e.message and e.status in shown else ""
+        shown = ("failed", "retrying", "skipped", "waiting", "requeued", "queued", "preempting", "stale")
+        msg = f": {escape(e.message)}" if e.message and e.status in shown else ""
         if e.message and e.status in ("succeeded", "cached", "reused"):
             # A kind's after_success note (e.g. "registered digits v3 @candidate"); for cache
             # hits and reuse it follows "from stage run N; ".
             note = e.message if e.status == "succeeded" else e.message.partition("; ")[2]
-            msg = f": {note}" if note else ""
+            msg = f": {escape(note)}" if note else ""
         label = e.status if e.status != "cached" else "cache hit"
         self.progress.console.print(
             f"  {_ICONS.get(e.status, '·')} {e.stage} {label}{attempt}{dur}{msg}", soft_wrap=True
@@ -138,7 +174,29 @@ class _Reporter:
             yield
 
 
-def _finish(result: RunResult, plan: Plan | None) -> None:
+def _print_failures(errors: Mapping[str, str], failures: Mapping[str, Failure]) -> None:
+    """Each failed stage's whole message (a validation's report too; never a traceback), and for a
+    failure that would happen again, what to change."""
+    for stage, short in errors.items():
+        failure = failures.get(stage)
+        lines = (failure.message if failure is not None else strip_ansi(short)).splitlines() or [""]
+        console.print(f"  {escape(stage)}: {escape(lines[0])}", soft_wrap=True)
+        for line in lines[1:]:
+            console.print(f"    {escape(line)}", soft_wrap=True)
+        advice = failure.advice(stage) if failure is not None else None
+        if advice:
+            console.print(f"    [yellow]→ {escape(advice)}[/]", soft_wrap=True)
+
+
+def _rerun_text(file: str, overrides: list[str] | None, db: str | None) -> str:
+    """The command that runs a pipeline again as it was run."""
+    args = ["raypipe", "run", file]
+    for o in overrides or ():
+        args += ["--set", o]
+    return shlex.join(args + (["--db", db] if db else []))
+
+
+def _finish(result: RunResult, plan: Plan | None, rerun: str | None = None) -> None:
     if result.ok:
         if plan is not None:
             for stage, outs in api.final_outputs(plan, result).items():
@@ -148,10 +206,25 @@ def _finish(result: RunResult, plan: Plan | None) -> None:
         console.print(f"[green]run {result.run_id} succeeded[/] in {result.wall_s:.1f}s")
         return
     console.print(f"[red]run {result.run_id} {result.status}[/] in {result.wall_s:.1f}s")
-    for stage, err in result.errors.items():
-        console.print(f"  {stage}: {err}", soft_wrap=True)
-    console.print(f"continue it with: raypipe resume {result.run_id}")
+    _print_failures(result.errors, result.failures)
+    console.print(escape(next_step(result.failures, result.run_id, rerun)), soft_wrap=True)
     raise typer.Exit(1)
+
+
+LocalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--local",
+        help="Start a new local Ray for this run, even where `ray start` left a cluster on this machine "
+        "(which a run joins by default, as Ray's own commands do).",
+    ),
+]
+
+
+def _local_or(address: str | None, local: bool) -> str | None:
+    if local and address and address != "local":
+        raise typer.BadParameter("give --address or --local, not both")
+    return "local" if local else address
 
 
 def _cwd_importable() -> None:
@@ -180,16 +253,18 @@ def run_cmd(
         typer.Option(
             "--db",
             help="Metadata store (path, sqlite:/// or postgresql:// URL); default $RAYPIPE_DB, then the "
-            "pipeline's `metadata:`, then <storage>/raypipe.db.",
+            "pipeline's `metadata:`, then <storage>/raypipe.db for an absolute storage path, else the project's.",
         ),
     ] = None,
+    local: LocalOpt = False,
 ) -> None:
     """Run a pipeline: every stage, its artifacts and lineage are recorded."""
     _cwd_importable()
-    rep = _Reporter()
+    address = _local_or(address, local)
+    rep = _Reporter(address)
 
     def go() -> RunResult:
-        with rep.running():
+        with rep.running(), _stop_on_sigterm():
             return api.run(
                 file,
                 overrides=set_ or (),
@@ -201,7 +276,7 @@ def run_cmd(
                 db=db,
             )
 
-    _finish(_guard(go, lambda: rep.run_id), rep.plan)
+    _finish(_guard(go, lambda: rep.run_id), rep.plan, _rerun_text(file, set_, db))
 
 
 @app.command("resume")
@@ -209,16 +284,28 @@ def resume_cmd(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
     db: DbOpt = None,
     address: AddressOpt = None,
+    local: LocalOpt = False,
 ) -> None:
     """Continue a failed, crashed or killed run without redoing finished stages."""
     _cwd_importable()
-    rep = _Reporter()
+    address = _local_or(address, local)
+    rep = _Reporter(address)
+    before = _guard(lambda: api.run_failures(run_id, db))
+    rerun = f"raypipe run {shlex.quote(before.config_path)}" if before.config_path else None
+    if before.deterministic:
+        err_console.print(
+            "[yellow]warning:[/] these failures happen again on the same inputs and config: "
+            "resuming will fail the same way unless something the stages read changed",
+            soft_wrap=True,
+        )
+        for stage, f in before.failures.items():
+            err_console.print(f"  {escape(stage)}: {escape(f.summary)}", soft_wrap=True)
 
     def go() -> RunResult:
-        with rep.running():
+        with rep.running(), _stop_on_sigterm():
             return api.resume(run_id, db=db, address=address, on_event=rep.on_event, on_start=rep.on_start)
 
-    _finish(_guard(go, lambda: rep.run_id), rep.plan)
+    _finish(_guard(go, lambda: rep.run_id), rep.plan, rerun)
 
 
 @app.command("validate")
@@ -281,17 +368,26 @@ def show_cmd(
     console.print(
         f"run [bold]{r.run_id}[/] · pipeline {r.pipeline} · {_status(r.status)} · started {_ts(r.created_at)}"
     )
-    if r.error:
-        console.print(f"error: {r.error}", soft_wrap=True)
+    failures = detail.failures
+    if r.error and not failures:
+        console.print(f"error: {escape(strip_ansi(r.error))}", soft_wrap=True)
     table = Table("stage", "attempt", "status", "duration", "outputs", "error")
     for s in detail.stages:
         outs = detail.outputs.get(s.id, {})
         out_text = "\n".join(f"{k}: {v['format']} {v['size']:,} B {v['sha256'][:10]}" for k, v in outs.items())
-        err = (s.error or "").strip().splitlines()
+        f = detail.failure_of(s)
+        err = f.summary if f is not None else strip_ansi(s.error or "").strip()
         dur = f"{s.duration_s:.2f}s" if s.duration_s is not None else "-"
         status = s.status + (f" (from #{s.cached_from})" if s.cached_from else "")
-        table.add_row(s.stage, str(s.attempt), _status(status), dur, out_text, err[-1][:80] if err else "")
+        err = err if len(err) <= 80 else err[:79] + "…"
+        table.add_row(escape(s.stage), str(s.attempt), _status(status), dur, out_text, escape(err))
     console.print(table)
+    if failures:
+        console.print("failed:")
+        _print_failures({k: f.summary for k, f in failures.items()}, failures)
+        if r.status != "running":
+            rerun = f"raypipe run {shlex.quote(r.config_path)}" if r.config_path else None
+            console.print(escape(next_step(failures, r.run_id, rerun)), soft_wrap=True)
 
 
 def _metrics_text(metrics: dict[str, Any], limit: int = 4) -> str:
@@ -840,25 +936,29 @@ def rollout_status_cmd(
     if as_json:
         print(json.dumps(st, indent=2, default=str))
         return
+    from raypipe.serve.rollout import ACTIVE, PROMOTE, ROLLBACK, progress_text, status_from_events
+
     live = st["live"]
+    # no controller to ask (the cluster restarted, or the driver aborted it): what the events say
+    view = live or status_from_events(st["events"])
     out = _wide()
+    state = view["state"] if view else st["state"]
+    if view and view.get("stopping"):
+        state = f"{state}, {'aborting' if view['stopping'] == 'aborted' else 'rolling back'}"
     style = _EVENT_STYLE.get(st["state"], "cyan")
-    out.print(f"rollout [bold]{st['rollout_id']}[/] of app {escape(name)} · [{style}]{st['state']}[/]")
-    if live:
-        steps = live["steps"]
-        if live["state"] in ("running", "paused"):
-            elapsed = live.get("step_elapsed_s") or 0.0
-            out.print(
-                f"  step {live['step']} of {len(steps) - 1} ({_steps_text(steps)}): {live['candidate']} at "
-                f"{live['percent']:g}% for {elapsed:.0f} s of {live['interval_s']:g} s"
-            )
-        w = ", ".join(f"{k} {v:g}%" for k, v in live["weights"].items())
-        out.print(f"  weights: {w}")
-        d = live.get("last_decision")
-        if d:
+    out.print(f"rollout [bold]{st['rollout_id']}[/] of app {escape(name)} · [{style}]{escape(state)}[/]")
+    if view:
+        out.print(f"  {escape(progress_text(view))}", soft_wrap=True)
+        w = ", ".join(f"{k} {v:g}%" for k, v in (view.get("weights") or {}).items())
+        out.print(f"  weights: {escape(w or '-')}")
+        d = view.get("last_decision")
+        # a decision made before the rollout ended ("step 1 in progress") no longer holds
+        if d and (view["state"] in ACTIVE or d.get("action") in (ROLLBACK, PROMOTE)):
             out.print(f"  last decision: {d['action']} · {escape(d['reason'])}", soft_wrap=True)
-        if live.get("last_error"):
-            out.print(f"  [red]last error:[/] {escape(live['last_error'])}", soft_wrap=True)
+        elif view["state"] not in ACTIVE and view.get("end_reason"):
+            out.print(f"  {view['state'].replace('_', ' ')}: {escape(view['end_reason'])}", soft_wrap=True)
+        if view.get("last_error"):
+            out.print(f"  [red]last error:[/] {escape(view['last_error'])}", soft_wrap=True)
     if st.get("note"):
         out.print(f"  [yellow]note:[/] {escape(st['note'])}", soft_wrap=True)
     table = Table("time", "event", "detail", title="events")
@@ -951,10 +1051,12 @@ def loop_status_cmd(
 @loop_app.command("stop")
 def loop_stop_cmd(
     name: Annotated[str, typer.Argument(metavar="APP", help="The deployed app.")],
+    db: DbOpt = None,
     address: AddressOpt = None,
 ) -> None:
-    """Disarm the loop (serving and monitoring go on; a retraining run in flight finishes)."""
-    _guard(lambda: api.loop_stop(name, address=address))
+    """Disarm the loop and stop a retraining run in flight (recorded `stopped`); serving and
+    monitoring go on."""
+    _guard(lambda: api.loop_stop(name, db=db, address=address))
     console.print(f"the closed loop of app {escape(name)} is stopped")
 
 
@@ -1083,12 +1185,13 @@ def _drifted_text(d: bool | None) -> str:
 @monitor_app.command("status")
 def monitor_status_cmd(
     name: Annotated[str, typer.Argument(metavar="APP", help="The deployed app.")],
+    db: DbOpt = None,
     address: AddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Per variant and feature: method, statistic, p-value or PSI against its threshold, whether
     it drifted in the last window and how often over the kept windows; then the drift events."""
-    st = _guard(lambda: api.monitor_status(name, address=address))
+    st = _guard(lambda: api.monitor_status(name, db=db, address=address))
     if as_json:
         print(json.dumps(st, indent=2, allow_nan=False))
         return

@@ -75,6 +75,9 @@ class StageConfig(_Strict):
     preempt_grace_s: Annotated[float, Field(ge=0, le=3600)] | None = None
     retries: RetryConfig = Field(default_factory=RetryConfig)
     timeout_s: Annotated[float, Field(gt=0)] | None = None
+    #: Give up (status ``timeout``, not retried) when the stage waited this long for its
+    #: grant; default: the pipeline's ``wait_timeout_s``, else wait (saying why every minute).
+    wait_timeout_s: Annotated[float, Field(gt=0)] | None = None
     cache: bool = True
     priority: int = 0
     team: str = "default"
@@ -257,6 +260,8 @@ class PipelineConfig(_Strict):
     description: str = ""
     storage: str = ".raypipe"
     metadata: str | None = None
+    #: The default ``wait_timeout_s`` of every stage (None: wait as long as it takes).
+    wait_timeout_s: Annotated[float, Field(gt=0)] | None = None
     ray: RayConfig = Field(default_factory=RayConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     stages: Annotated[list[StageConfig], Field(min_length=1)]

@@ -29,6 +29,20 @@ class DataError(RaypipeError):
     line) or the column and rule."""
 
 
+class ValidationFailed(DataError):
+    """``data.validate`` found columns or rows that break the declared rules: a one-line
+    summary (column, rule, count), then the report with example rows."""
+
+    #: The name a message shows (``DataError: input 'data' failed validation: ...``).
+    shown_as = "DataError"
+
+
+class InputNotFound(DataError):
+    """A path a stage reads does not exist (or holds no files)."""
+
+    shown_as = "DataError"
+
+
 class StorageError(RaypipeError):
     """The artifact root or metadata store cannot be used."""
 
@@ -45,3 +59,9 @@ class StagePreempted(RaypipeError):
 class GateFailed(StageError):
     """An evaluation gate was not met: the message names each metric, its value, the
     threshold and by how much it missed.  Not retried; the stages after it are skipped."""
+
+
+class RunStopped(BaseException):
+    """The driver was asked to stop (SIGTERM: ``loop stop``, a supervisor): the run ends as
+    ``stopped``.  A BaseException, like KeyboardInterrupt, so no ``except Exception`` in
+    a stage or library swallows it."""

@@ -8,15 +8,16 @@ a record that ``resume`` can continue from.
 
 from __future__ import annotations
 
+import os
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from raypipe.exceptions import GateFailed, StagePreempted
-from raypipe.resources import Resources
+from raypipe import failures
+from raypipe.exceptions import RunStopped, StagePreempted
+from raypipe.failures import Failure
 from raypipe.runner.cache import cache_key
 from raypipe.runner.plan import Plan, PlannedStage
 from raypipe.runner.task import execute_stage
@@ -34,7 +35,7 @@ class StageEvent:
     """One thing that happened to a stage, for progress displays."""
 
     stage: str
-    status: str  # queued | waiting | started | preempting | succeeded | cached | reused | retrying | requeued | failed | skipped
+    status: str  # queued | waiting | started | preempting | succeeded | cached | stale | reused | retrying | requeued | failed | skipped
     attempt: int = 0
     duration_s: float | None = None
     message: str = ""
@@ -48,10 +49,28 @@ class RunResult:
     errors: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
     outputs: dict[str, dict[str, ArtifactRef]] = field(default_factory=dict)
+    #: Stage -> its failure as the user reads it (the whole message, its category); filled by the api.
+    failures: dict[str, Failure] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.status == "succeeded"
+
+
+_STOP: list[str] = []
+
+
+def request_stop(why: str) -> None:
+    """Ask the running executor(s) of this process to stop: the run loop raises
+    :class:`RunStopped` at its next turn (within ``poll_s``), cancels its stages and records
+    the run ``stopped``.  Safe to call from a signal handler (it only records the request:
+    raising inside Ray's own calls would corrupt them)."""
+    _STOP.append(why)
+
+
+#: How often a stage that waits for its grant says so again, and why (seconds;
+#: ``$RAYPIPE_WAIT_NOTICE_S`` overrides).
+WAIT_NOTICE_S = 60.0
 
 
 @dataclass
@@ -66,15 +85,12 @@ class _Attempt:
     job_id: str | None = None  # the scheduler's job, when the attempt needs resources
     reason: str = ""
     stop_by: float | None = None  # preempted: cancelled at this time unless it stopped itself
+    noticed: float = 0.0  # when the waiting line was last shown
 
 
 def short_error(exc: BaseException) -> str:
     """The user's exception as one line: ``ValueError: bad value``."""
-    cause = getattr(exc, "cause", None)
-    err = cause if isinstance(cause, BaseException) else exc
-    text = str(err).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return failures.short(exc)
 
 
 class Executor:
@@ -116,6 +132,8 @@ class Executor:
         self.versions: dict[str, int] = {}  # job id -> last seen version, for watching
         self.scheduler: SchedulerClient | None = None
         self._watch: Any = None
+        #: A stage that waits for its grant says so again this often (seconds).
+        self.notice_s = float(os.environ.get("RAYPIPE_WAIT_NOTICE_S", WAIT_NOTICE_S))
 
     # ------------------------------------------------------------------ helpers
     def _emit(self, stage: str, status: str, **kw: Any) -> None:
@@ -140,14 +158,25 @@ class Executor:
         hit = self.meta.find_cached(key)
         if hit is None:
             return False
-        outs = self.meta.io_of(hit.id, "out")
-        if not all(self.artifacts.exists(ref) for ref in outs.values()):
+        recorded = self.meta.io_of(hit.id, "out")
+        outs = {name: self.artifacts.rebased(ref) for name, ref in recorded.items()}
+        missing = [name for name, ref in outs.items() if not self.artifacts.exists(ref)]
+        if missing:
+            gone = ", ".join(f"{n} ({recorded[n].uri})" for n in missing[:3])
+            self._emit(
+                ps.spec.name,
+                "stale",
+                message=f"cached by stage run {hit.id}, but its outputs are gone from storage: {gone}; running it again",
+            )
             return False
+        moved = {n: r for n, r in outs.items() if r.uri != recorded[n].uri}
+        if moved:  # the project moved: its records follow
+            self.meta.relocate(moved)
         source = hit.cached_from or hit.id
         sid = self.meta.record_cached(self.run_id, ps.spec.name, key, source, self._recorded_inputs(ps, inputs), outs)
         self.outputs[ps.spec.name] = outs
         self.state[ps.spec.name] = "cached"
-        note = self._after_success(ps.spec.name, sid, inputs, outs)
+        note = self._after_success(ps.spec.name, sid, inputs, outs, cached=True)
         self._emit(ps.spec.name, "cached", message=f"from stage run {source}" + (f"; {note}" if note else ""))
         return True
 
@@ -156,9 +185,17 @@ class Executor:
         return {**inputs, **source_refs(ps.kind.source_files() or [])}
 
     def _after_success(
-        self, stage: str, stage_run_id: int, inputs: Mapping[str, ArtifactRef], outs: Mapping[str, ArtifactRef]
+        self,
+        stage: str,
+        stage_run_id: int,
+        inputs: Mapping[str, ArtifactRef],
+        outs: Mapping[str, ArtifactRef],
+        *,
+        cached: bool,
     ) -> str | None:
-        commit = CommitContext(self.meta, self.artifacts, self.run_id, stage, stage_run_id, dict(inputs), dict(outs))
+        commit = CommitContext(
+            self.meta, self.artifacts, self.run_id, stage, stage_run_id, dict(inputs), dict(outs), cached=cached
+        )
         return self.plan.stages[stage].kind.after_success(commit)
 
     def _request(self, ps: PlannedStage, key: str, inputs: dict[str, ArtifactRef]) -> None:
@@ -231,7 +268,7 @@ class Executor:
             self.meta.mark_running(att.stage_run_id)
         # Kinds that launch their own Ray work leave the grant to it (else a data stage's
         # tasks would wait for the CPUs its own driver task holds).
-        own = Resources() if ps.kind.runs_ray_work else res
+        own = ps.kind.task_resources(res, ps.spec.gang_size)
         ref = _remote_execute().options(**opts, **own.to_ray_options()).remote(payload)
         now = time.time()
         att.started = now
@@ -259,6 +296,7 @@ class Executor:
                     self._on_view(job_id, requeued)
             elif state == "queued" and view.get("reason") and view["reason"] != att.reason:
                 att.reason = view["reason"]
+                att.noticed = time.time()
                 self._emit(att.stage, "waiting", attempt=att.attempt, message=att.reason)
             elif state in ("done", "rejected"):
                 del self.pending[job_id]
@@ -320,7 +358,7 @@ class Executor:
         self._release(att)
         self.outputs[att.stage] = outs
         self.state[att.stage] = "succeeded"
-        note = self._after_success(att.stage, att.stage_run_id, att.inputs, outs)
+        note = self._after_success(att.stage, att.stage_run_id, att.inputs, outs, cached=False)
         self._emit(
             att.stage, "succeeded", attempt=att.attempt, duration_s=time.time() - att.started, message=note or ""
         )
@@ -340,7 +378,7 @@ class Executor:
             self._emit(att.stage, "failed", attempt=att.attempt, duration_s=time.time() - att.started, message=short)
 
     def _fail_unstarted(self, name: str, message: str) -> None:
-        self.meta.skip_stage(self.run_id, name, message)
+        self.meta.skip_stage(self.run_id, name, failures.encode(message, failures.CONFIG))
         self.state[name] = "failed"
         self.errors[name] = message
         self._emit(name, "failed", message=message)
@@ -381,9 +419,34 @@ class Executor:
             changed = True
         return changed
 
+    def _wait_limit(self, stage: str) -> float | None:
+        spec = self.plan.stages[stage].spec
+        return spec.wait_timeout_s if spec.wait_timeout_s is not None else self.plan.config.wait_timeout_s
+
+    def _check_waits(self) -> None:
+        """Stages still waiting for their grant: say so again every ``notice_s`` (how long,
+        and why: the scheduler names what holds the capacity), and give up on one that has
+        waited its ``wait_timeout_s`` (not retried: waiting again would not help)."""
+        now = time.time()
+        for job_id, att in list(self.pending.items()):
+            waited = now - att.started
+            limit = self._wait_limit(att.stage)
+            if limit is not None and waited >= limit:
+                del self.pending[job_id]
+                why = att.reason or "no grant yet"
+                msg = f"waited {waited:.0f}s for resources (wait_timeout_s: {limit:g}): {why}"
+                self._fail(att, "timeout", msg, msg, retry=False)
+            elif now - max(att.noticed, att.started) >= self.notice_s:
+                att.noticed = now
+                self._emit(
+                    att.stage, "waiting", attempt=att.attempt, message=f"still waiting after {_ago(waited)}: {att.reason}"
+                )
+
     def _wait_timeout(self) -> float:
         now = time.time()
         deadlines = [a.deadline for a in self.running.values() if a.deadline is not None]
+        deadlines += [max(a.noticed, a.started) + self.notice_s for a in self.pending.values()]
+        deadlines += [a.started + w for a in self.pending.values() if (w := self._wait_limit(a.stage)) is not None]
         deadlines += [a.stop_by for a in self.running.values() if a.stop_by is not None]
         deadlines += [t for s, t in self.retry_at.items() if self.state[s] == "waiting"]
         nearest = min(deadlines, default=now + self.poll_s)
@@ -414,8 +477,8 @@ class Executor:
                 if att.stop_by is not None or isinstance(getattr(e, "cause", None), StagePreempted):
                     if self._requeue_if_preempted(ref, att, e):
                         continue
-                gate = isinstance(getattr(e, "cause", None), GateFailed)
-                self._fail(att, "failed", short_error(e), _detail(e), retry=not gate)
+                # a deterministic failure (a missed gate, a failed validation...) fails again
+                self._fail(att, "failed", short_error(e), _detail(e), retry=failures.retryable(e))
             except Exception as e:  # noqa: BLE001 - a system error: maybe the node died
                 if not self._requeue_if_lost(ref, att):
                     self._fail(att, "failed", short_error(e), _detail(e))
@@ -487,22 +550,27 @@ class Executor:
                 self.keys[name] = rec.cache_key
             self.state[name] = "reused"
             inputs = {k: r for k, r in self.meta.io_of(rec.id, "in").items() if r.format != "source"}
-            note = self._after_success(name, rec.id, inputs, self.outputs[name])
+            note = self._after_success(name, rec.id, inputs, self.outputs[name], cached=rec.status == "cached")
             msg = f"finished earlier in this run (stage run {rec.id})" + (f"; {note}" if note else "")
             self._emit(name, "reused", message=msg)
         try:
             while True:
+                if _STOP:
+                    raise RunStopped(_STOP.pop())
                 while self._schedule_ready():
                     pass
                 if self.running or self.pending:
                     self._collect()
+                    self._check_waits()
                 elif any(s == "waiting" for s in self.state.values()):
                     time.sleep(self._wait_timeout() or 0.01)
                 else:
                     break
-        except BaseException:
-            self._cancel_running("driver interrupted")
-            self.meta.finish_run(self.run_id, "interrupted", "driver interrupted")
+        except BaseException as e:
+            stopped = isinstance(e, (KeyboardInterrupt, RunStopped))
+            why = ("stopped: " + (str(e) or "Ctrl-C")) if stopped else f"driver interrupted: {type(e).__name__}"
+            self._cancel_running(why)
+            self.meta.finish_run(self.run_id, "stopped" if stopped else "interrupted", why)
             raise
         ok = all(s in DONE_STATES for s in self.state.values())
         status = "succeeded" if ok else "failed"
@@ -513,9 +581,15 @@ class Executor:
         )
 
 
+def _ago(seconds: float) -> str:
+    """``95`` -> ``1m35s``."""
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 def _detail(exc: BaseException) -> str:
-    text = str(exc) or "".join(traceback.format_exception(exc))
-    return text[-20000:]
+    """What ``stage_runs.error`` records: the clean message, the failure's category, the traceback."""
+    return failures.record(exc)
 
 
 @lru_cache(maxsize=1)

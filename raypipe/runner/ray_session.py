@@ -4,40 +4,88 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from raypipe.config import RayConfig
 from raypipe.exceptions import RaypipeError
 
 
+def local_cluster_address() -> str | None:
+    """The cluster ``ray start`` left on this machine (Ray's ``ray_current_cluster`` file), if
+    its GCS still answers; found without importing Ray (a cached run never does)."""
+    import socket
+
+    temp = os.environ.get("RAY_TMPDIR") or "/tmp/ray"
+    try:
+        with open(os.path.join(temp, "ray_current_cluster"), encoding="utf-8") as f:
+            addr = f.read().strip()
+    except OSError:
+        return None
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return addr
+    except OSError:  # a cluster that is gone left its file behind
+        return None
+
+
+def ray_target(cfg: RayConfig, address: str | None = None) -> tuple[str, str]:
+    """Where a run's Ray is, as Ray's own convention has it, and a line saying so:
+    ``address`` (``--address``; ``local``: a new embedded Ray, ``--local``), the pipeline's
+    ``ray.address``, ``$RAY_ADDRESS``, the cluster ``ray start`` left on this machine, else a
+    new embedded Ray.  Returns ``(address for ray.init, description)``."""
+    cpus = f" ({cfg.num_cpus} CPUs)" if cfg.num_cpus else ""
+    for addr, source in (
+        (address, "--address"),
+        (cfg.address, "the pipeline's ray.address"),
+        (os.environ.get("RAY_ADDRESS"), "$RAY_ADDRESS"),
+    ):
+        if addr == "local":
+            return "local", f"a new local Ray{cpus}"
+        if addr:
+            return addr, f"Ray at {addr} ({source})"
+    found = local_cluster_address()
+    if found:
+        return found, f"joins the Ray cluster at {found} that `ray start` left (--local: a new one)"
+    return "local", f"a new local Ray{cpus}"
+
+
 def ensure_ray(cfg: RayConfig, address: str | None = None) -> None:
-    """Reuse a connected Ray, else connect to ``address`` (flag, config, RAY_ADDRESS) or start one."""
+    """Reuse a connected Ray, else connect where :func:`ray_target` says (starting an
+    embedded Ray when it says ``local``)."""
     import ray
 
     if ray.is_initialized():
         return
-    addr = address or cfg.address or os.environ.get("RAY_ADDRESS")
+    addr, _ = ray_target(cfg, address)
     kwargs: dict[str, Any] = {
         "logging_level": logging.WARNING,
         "configure_logging": True,
         "log_to_driver": True,
+        "address": addr,
     }
     if cfg.runtime_env:
         kwargs["runtime_env"] = cfg.runtime_env
-    if addr:
-        kwargs["address"] = addr
-    else:
-        # Always a fresh embedded Ray: never silently join a cluster left running on this machine.
-        kwargs["address"] = "local"
+    if addr == "local":
         kwargs["include_dashboard"] = False
         if cfg.num_cpus is not None:
             kwargs["num_cpus"] = cfg.num_cpus
         if cfg.num_gpus is not None:
             kwargs["num_gpus"] = cfg.num_gpus
+    import signal
+
+    ours = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         ray.init(**kwargs)
     except ConnectionError as e:
         raise RaypipeError(f"cannot connect to Ray at {addr!r}: {e}") from None
+    if callable(ours) and getattr(ours, "raypipe_stop", False):
+        # ray.init replaces the SIGTERM handler with one that exits at once; a run that
+        # asked to stop cleanly on SIGTERM (the CLI's) keeps its own.
+        signal.signal(signal.SIGTERM, ours)
 
 
 def connect_existing(address: str | None) -> None:

@@ -36,6 +36,9 @@ class NodeInfo:
     head: bool = False
     #: The node type it was launched as (``ray.io/node-group``), when Ray knows.
     node_type: str | None = None
+    #: Its IP address (Ray's ``NodeManagerAddress``) and name (``NodeName``), for people.
+    address: str | None = None
+    name: str | None = None
 
 
 class Backend(Protocol):
@@ -93,6 +96,8 @@ class RayBackend:
                     available=Resources.from_ray(avail[n["NodeID"]]) if n["NodeID"] in avail else None,
                     head="node:__internal_head__" in resources,
                     node_type=all_labels.get(NODE_GROUP_LABEL) or None,
+                    address=n.get("NodeManagerAddress") or None,
+                    name=n.get("NodeName") or None,
                 )
             )
         return out

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -185,6 +186,22 @@ class Job:
         }
 
 
+_RUN_ID = re.compile(r"^(?P<pipeline>.+?)-\d{8}-\d{6}-[0-9a-f]+$")
+
+
+def job_label(job: Job) -> str:
+    """A job for people: ``serving app NAME`` for a serving reservation, ``PIPELINE/STAGE``
+    for a stage attempt (job ids ``RUN_ID:STAGE:ATTEMPT:HEX``), else its id."""
+    if job.owner.startswith("serve:"):
+        return f"serving app {job.owner[len('serve:') :]}"
+    parts = job.job_id.split(":")
+    if len(parts) >= 4:
+        run, stage = ":".join(parts[:-3]), parts[-3]
+        m = _RUN_ID.match(run)
+        return f"{m.group('pipeline') if m else run}/{stage}"
+    return job.job_id
+
+
 @dataclass
 class SchedulerSettings:
     policy: str = "fifo"
@@ -322,6 +339,50 @@ class ControllerCore:
             free = _clip(free)
             nodes.append(NodeView(n.node_id, n.total, free, tuple(sorted(n.labels.items())), n.alive))
         return ClusterView(tuple(nodes))
+
+    # ---------------------------------------------------------------- why jobs wait
+    def node_label(self, node_id: str) -> str:
+        """A node for people: its IP (and name when it differs), ``head`` for the head node."""
+        n = next((n for n in self._nodes if n.node_id == node_id), None)
+        if n is None:
+            return f"node {node_id[:12]}"
+        label = n.address or n.name or node_id[:12]
+        if n.name and n.name != label:
+            label += f" {n.name}"
+        return f"node {label}" + (" (head)" if n.head else "")
+
+    def holders(self, node_id: str) -> list[tuple[str, Resources]]:
+        """Who holds capacity on ``node_id``: each job's name (a pipeline's stage, a serving
+        app) with what it holds there, and ``work raypipe did not admit`` (what Ray sees taken
+        beyond raypipe's grants), largest first."""
+        held: dict[str, Resources] = {}
+        for job in self.jobs.values():
+            if job.state in HOLDING and job.placement:
+                mine = [b for b, nid in zip(job.request.bundles, job.placement, strict=True) if nid == node_id]
+                if mine:
+                    name = job_label(job)
+                    held[name] = held.get(name, Resources()) + sum(mine, Resources())
+        ext = self._external.get(node_id)
+        if ext is not None and not ext.is_zero():
+            held["work raypipe did not admit"] = ext
+        return sorted(held.items(), key=lambda kv: (-kv[1].gpu, -kv[1].cpu, kv[0]))
+
+    def name_blockers(self, why: str) -> str:
+        """A policy's reason with nodes by IP or name instead of ids, and what holds the
+        capacity of the node it names (of every node when it names none)."""
+        named = [n.node_id for n in self._nodes if n.node_id in why]
+        for nid in named:
+            why = why.replace(f"({nid})", f"({self.node_label(nid)})").replace(nid, self.node_label(nid))
+        nodes = named or [n.node_id for n in self._nodes if n.alive]
+        parts = []
+        for nid in nodes:
+            for name, res in self.holders(nid):
+                where = f" on {self.node_label(nid)}" if len(nodes) > 1 else ""
+                parts.append(f"{name} {res}{where}")
+        if parts:
+            shown = parts[:6] + ([f"{len(parts) - 6} more"] if len(parts) > 6 else [])
+            why += "; held by " + ", ".join(shown)
+        return why
 
     # ---------------------------------------------------------------- API
     def submit(self, request: Mapping[str, Any], owner: str) -> dict[str, Any]:
@@ -515,8 +576,10 @@ class ControllerCore:
             n += 1
         for jid, why in decision.reasons.items():
             job = self.jobs.get(jid)
-            if job is not None and job.state == "queued" and job.reason != why:
-                job.reason = why
+            if job is not None and job.state == "queued":
+                why = self.name_blockers(why)
+                if job.reason != why:
+                    job.reason = why
         self.autoscale()
         self._persist()
         return n

@@ -54,6 +54,8 @@ from typing import Any
 
 from raypipe.config import ConfigSource, apply_overrides, parse_config
 from raypipe.exceptions import ConfigError, RaypipeError
+from raypipe.failures import GATE
+from raypipe.failures import parse as parse_failure
 from raypipe.serve.actors import singleton_options
 from raypipe.serve.spec import RetrainSpec, ServeSpec, ref_text
 
@@ -583,8 +585,9 @@ class LoopController:
             alive = pid_alive(rec.driver_pid)
         gate = None
         for sr in self.meta.stage_runs(run_id):
-            if sr.status == "failed" and sr.error and "gate failed" in sr.error:
-                gate = f"stage {sr.stage}: {sr.error}"
+            failure = parse_failure(sr.status, sr.error)
+            if failure is not None and failure.category == GATE:
+                gate = f"stage {sr.stage}: {failure.message}"
         return {"status": rec.status, "error": rec.error, "driver_alive": alive, "gate": gate}
 
     def _registered(self, run_id: str) -> dict[str, Any] | None:
@@ -683,8 +686,19 @@ class LoopController:
             if locked:
                 self.lock.release()
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Disarm, and stop a retraining run in flight: its driver gets SIGTERM (it cancels
+        its stages and records the run ``stopped``), SIGKILL after ``grace_s``."""
         self._stop.set()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + grace_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -859,14 +873,14 @@ def find_loop(app: str) -> Any | None:
 
 
 def stop_loop(app: str, *, forget: bool = True) -> bool:
-    """Stop the app's loop controller (a retraining run in flight finishes on its own);
-    ``forget``: also drop its configuration.  False if it had none."""
+    """Stop the app's loop controller and a retraining run in flight (its driver records it
+    ``stopped``); ``forget``: also drop its configuration.  False if it had none."""
     import ray
 
     handle = find_loop(app)
     if handle is not None:
         try:
-            ray.get(handle.stop.remote(), timeout=10)
+            ray.get(handle.stop.remote(), timeout=30)
         except Exception:  # noqa: BLE001 - it is killed next anyway
             pass
         ray.kill(handle, no_restart=True)

@@ -27,6 +27,7 @@ from raypipe.serve.rollout import (
     metrics_actor_name,
     new_rollout_id,
     start_controller,
+    status_from_events,
 )
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.registry import ModelRegistry, parse_ref
@@ -258,10 +259,8 @@ def _wait_gone(app: str, timeout_s: float = 30.0) -> None:
 
 
 def _state_from_events(events: list[Any]) -> str:
-    last = events[-1].event
-    if last in TERMINAL:
-        return last
-    return "paused" if last == "paused" else "running"
+    st = status_from_events([e.to_dict() for e in events])
+    return st["state"] if st else "unknown"
 
 
 def rollout_status(app: str, meta: MetadataStore, *, live_ok: bool = True) -> dict[str, Any]:

@@ -602,6 +602,9 @@ class RolloutRun:
         )
 
     def status(self) -> dict[str, Any]:
+        """The rollout as it is.  ``step`` counts the steps as listed (1 to ``len(steps)``; the
+        last, 100%, is the promotion); after a stop it is the step the rollout stopped at.
+        ``stopping``: a rollback or abort whose weights are not set yet (retried every tick)."""
         now = self.clock()
         return _finite(
             {
@@ -611,9 +614,10 @@ class RolloutRun:
                 "baseline": self.plan.baseline,
                 "candidate": self.plan.candidate,
                 "state": self.state,
+                "stopping": self._pending_stop[0] if self._pending_stop is not None else None,
                 "steps": self.plan.steps,
                 "step_index": self.step_index,
-                "step": self.step_index + 1,
+                "step": len(self.plan.steps) if self.state == "promoted" else self.step_index + 1,
                 "percent": self.plan.steps[self.step_index]
                 if self.state in ACTIVE
                 else self.weights.get(self.plan.candidate),
@@ -629,6 +633,88 @@ class RolloutRun:
                 "guardrails": self.plan.guardrails.model_dump(mode="json"),
             }
         )
+
+
+# --------------------------------------------------------------------------- what `rollout status` says
+
+
+def status_from_events(events: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """A rollout's status as its recorded events tell it (no controller to ask): state, steps,
+    the step it is at or stopped at, weights, the reason it ended; the keys of
+    :meth:`RolloutRun.status` that the events hold (``events``: ``StoredEvent.to_dict()``)."""
+    if not events or events[0]["event"] != "started":
+        return None
+    first = events[0]["detail"]
+    plan = first.get("plan") or {}
+    steps = [float(x) for x in first.get("steps") or plan.get("steps") or []]
+    st: dict[str, Any] = {
+        "rollout_id": plan.get("rollout_id"),
+        "app": events[0].get("app"),
+        "baseline": first.get("baseline"),
+        "candidate": first.get("candidate"),
+        "state": "pending",
+        "stopping": None,
+        "steps": steps,
+        "step_index": 0,
+        "step": 1,
+        "percent": None,
+        "weights": {},
+        "interval_s": plan.get("interval_s"),
+        "step_elapsed_s": None,
+        "started_at": events[0].get("at"),
+        "ended_at": None,
+        "end_reason": None,
+        "last_decision": None,
+    }
+    for e in events[1:]:
+        kind, d = e["event"], e.get("detail") or {}
+        if kind == "step":
+            st.update(state="running", step_index=int(d.get("step_index", 0)), percent=d.get("percent"))
+            st["weights"] = dict(d.get("weights") or {})
+        elif kind == "paused":
+            st["state"] = "paused"
+        elif kind in ("promoted", "rolled_back", "aborted", "failed"):
+            st.update(state=kind, ended_at=e.get("at"), end_reason=d.get("reason"))
+            if "step_index" in d:
+                st["step_index"] = int(d["step_index"])
+            if d.get("weights"):
+                st["weights"] = dict(d["weights"])
+            st["percent"] = st["weights"].get(st["candidate"])
+    st["step"] = len(steps) if st["state"] == "promoted" else st["step_index"] + 1
+    return st
+
+
+def progress_text(st: Mapping[str, Any]) -> str:
+    """Where a rollout is, in one line, counting the steps as listed (the last, 100%, is the
+    promotion): ``step 2 of 4 (5% -> 25% -> 50% -> 100%): v4 at 25% for 12 s of 60 s``, or
+    the step it stopped at: ``aborted at step 1 of 4 (...): v4 was at 5%, now 0%``."""
+    steps = list(st.get("steps") or [])
+    n = len(steps)
+    i = int(st.get("step_index") or 0)
+    plan = " -> ".join(f"{x:g}%" for x in steps)
+    cand = st.get("candidate")
+    state = st.get("state")
+    at = steps[i] if 0 <= i < n else None
+    now = st.get("percent")
+    now_text = "-" if now is None else f"{now:g}%"
+    if state == "promoted":
+        return f"promoted: step {n} of {n} ({plan}): {cand} at {now_text}"
+    was = f"{cand} was at {at:g}%, now {now_text}" if at is not None else f"{cand} now at {now_text}"
+    if st.get("stopping"):
+        verb = "aborting" if st["stopping"] == "aborted" else "rolling back"
+        return f"{verb} at step {i + 1} of {n} ({plan}): {cand} at {now_text} until its weight is set to 0 (retried)"
+    if state in ("aborted", "rolled_back"):
+        return f"{state.replace('_', ' ')} at step {i + 1} of {n} ({plan}): {was}"
+    if state == "failed":
+        return f"failed before its first step ({plan})"
+    if state in ACTIVE:
+        elapsed = st.get("step_elapsed_s")
+        interval = st.get("interval_s")
+        text = f"step {i + 1} of {n} ({plan}): {cand} at {now_text}"
+        if elapsed is not None and interval:
+            text += f" for {elapsed:.0f} s of {interval:g} s"
+        return text + (" (paused: too little traffic to judge the step)" if state == "paused" else "")
+    return f"{state} ({plan})"
 
 
 def _brief(v: VariantStats) -> dict[str, Any]:

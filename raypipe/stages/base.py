@@ -119,6 +119,9 @@ class CommitContext:
     stage_run_id: int
     inputs: dict[str, Any]  # name -> ArtifactRef
     outputs: dict[str, Any]  # name -> ArtifactRef
+    #: True when the stage run is a cache hit (its outputs are an earlier run's; for a
+    #: ``resume``: it was one when first recorded), False when the stage ran in this run.
+    cached: bool = False
 
 
 class StageKind(ABC):
@@ -159,6 +162,12 @@ class StageKind(ABC):
         outputs (e.g. to bound Ray Data by the stage's grant).  Default: nothing."""
         return nullcontext()
 
+    def task_resources(self, resources: Resources, gang_size: int) -> Resources:
+        """What the stage's own Ray task takes of its grant (a ``Resources``); the rest is
+        left to the Ray work the stage starts.  Default: everything, or nothing for kinds
+        that run their work as Ray tasks (:attr:`runs_ray_work`)."""
+        return Resources() if self.runs_ray_work else resources
+
     def source_files(self) -> list[dict[str, Any]] | None:
         """For kinds that read files outside the artifact store: those files as
         ``{"path", "size", "mtime_ns"}`` (computed on the driver).  They are recorded as the
@@ -176,7 +185,9 @@ class StageKind(ABC):
         """Runs on the driver after a stage run is recorded as done (succeeded, cached, or
         reused by ``resume``), in its own transaction(s): e.g. registering a model.  Must
         be idempotent: a crash between the two leaves it to run again on ``resume``.
-        Returns a short message for the run's progress output, or None."""
+        ``commit.cached`` tells a cache hit from a stage that ran (a ``resume`` gets the
+        flag of the stage run it reuses).  Returns a short message for the run's progress
+        output, or None."""
         return None
 
     def handles_preemption(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from raypipe.resources import Resources
 from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
 
 FUNC_RE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
@@ -99,6 +100,24 @@ class PythonStage(StageKind):
 
     def fingerprint(self) -> str:
         return function_fingerprint(self.params.function)
+
+    def session(self, ctx: StageContext) -> Any:
+        """Ray Data work the function starts (a dataset it makes or returns, and the
+        writing of a returned dataset) is bounded by the stage's grant and kept on its
+        nodes, as in data stages."""
+        from raypipe.stages.data.common import data_session
+
+        return data_session(ctx)
+
+    def task_resources(self, resources: Resources, gang_size: int) -> Resources:
+        """A one-bundle python stage's task keeps its GPUs and custom resources (so the
+        function sees its devices) and leaves the CPUs and memory of its grant to the Ray
+        Data work it starts: the task is pinned to the granted node and the grant stays
+        booked in the scheduler's ledger.  A gang's tasks run in its placement group with
+        every resource, their child tasks captured in it."""
+        if gang_size > 1:
+            return resources
+        return Resources.of(gpu=resources.gpu, custom=resources.custom_dict)
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> Mapping[str, Any] | None:
         fn = import_function(self.params.function)

@@ -15,6 +15,13 @@ the driver by :meth:`RegisterStage.after_success`, after the stage run is record
 the registry lives in the metadata store, which only the driver writes, and a
 cache hit or a ``resume`` runs it again harmlessly (the same artifact under the
 same name is the same version).
+
+Aliases move only when the stage ran in this run: a cache hit reports the version
+(registering it if it is missing) and leaves every alias where it is, so re-running
+an old config from the cache never moves ``candidate`` back to an old version.  A
+``resume`` of a run whose register stage ran completes that stage run's moves if they
+were not committed yet (they are recorded with the stage run, see
+:class:`~raypipe.store.registry.RegisteredBy`), and moves nothing if they were.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from pydantic import Field
 from raypipe.exceptions import StageError
 from raypipe.stages.base import CommitContext, StageContext, StageKind, StageParams
 from raypipe.store.models import is_model_package
-from raypipe.store.registry import NAME_RE, ModelRegistry
+from raypipe.store.registry import NAME_RE, ModelRegistry, RegisteredBy
 
 INPUTS = ("model", "metrics", "profile")
 
@@ -90,7 +97,9 @@ class RegisterStage(StageKind):
         }
 
     def after_success(self, commit: CommitContext) -> str | None:
-        """Register the model (driver side).  Idempotent: a second call finds the version."""
+        """Register the model (driver side) and, if the stage ran (not a cache hit), move its
+        aliases, once per stage run.  Idempotent: a second call finds the version and moves
+        nothing."""
         model_ref = commit.inputs["model"]
         metrics = None
         if "metrics" in commit.inputs:
@@ -107,13 +116,25 @@ class RegisterStage(StageKind):
             metrics=metrics,
             aliases=self.params.aliases,
             description=self.params.description,
-            reason=f"stage {commit.stage} of run {commit.run_id}",
+            reason=f"stage {commit.stage} of run {commit.run_id} (stage run #{commit.stage_run_id})",
             aliases_if_unset=self.params.aliases_if_unset,
+            move_aliases=not commit.cached,
+            by=RegisteredBy(commit.run_id, commit.stage, commit.stage_run_id),
         )
         profile = commit.inputs.get("profile")
         if profile is not None:
             reg.link(mv.name, mv.version, "reference_profile", {"sha256": profile.sha256, "uri": profile.uri})
-        now = reg.get(mv.ref).aliases
-        applied = list(self.params.aliases) + [a for a in self.params.aliases_if_unset if a in now]
-        at = "".join(f" @{a}" for a in dict.fromkeys(applied))
-        return f"{'registered' if mv.is_new else 'already registered:'} {mv.name} v{mv.version}{at}"
+        return registration_note(mv.name, mv.version, mv.is_new, self._wanted(), reg.aliases(mv.name))
+
+    def _wanted(self) -> list[str]:
+        """The aliases this stage points at its version (when it runs), in order."""
+        return list(dict.fromkeys([*self.params.aliases, *self.params.aliases_if_unset]))
+
+
+def registration_note(name: str, version: int, is_new: bool, wanted: list[str], now: Mapping[str, int]) -> str:
+    """``registered digits v2 @candidate``; the aliases of ``wanted`` that point elsewhere
+    are listed as unchanged: ``already registered: digits v1 (aliases unchanged: candidate -> v2)``."""
+    at = "".join(f" @{a}" for a in wanted if now.get(a) == version)
+    other = [f"{a} -> v{now[a]}" if a in now else f"{a} -> none" for a in wanted if now.get(a) != version]
+    rest = f" (aliases unchanged: {', '.join(other)})" if other else ""
+    return f"{'registered' if is_new else 'already registered:'} {name} v{version}{at}{rest}"

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -363,6 +363,20 @@ class ArtifactStore:
         except (OSError, StorageError):
             return False
         return info.type == pafs.FileType.File and info.size == ref.size
+
+    def rebased(self, ref: ArtifactRef) -> ArtifactRef:
+        """``ref`` as found in this store: as recorded, or, when it was recorded under another
+        root that no longer holds it (a project moved or copied to another folder), the same
+        object at the same place under this root (objects and datasets are named by their
+        content, so the place is the same).  ``ref`` itself when neither exists."""
+        if self.exists(ref):
+            return ref
+        try:
+            rel = ref.uri[len(root_of(ref.uri)) + 1 :]
+        except StorageError:
+            return ref
+        moved = replace(ref, uri=self.uri_of(rel))
+        return moved if moved.uri != ref.uri and self.exists(moved) else ref
 
     def local_path(self, ref: ArtifactRef) -> str:
         """A local file holding the object (the object itself for local roots)."""

@@ -118,6 +118,16 @@ CREATE TABLE IF NOT EXISTS alias_events (
     reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS alias_events_name ON alias_events(name, alias, id);
+-- The register stage runs whose alias moves are committed (in the transaction that made
+-- them): a resumed run completes a registration's moves at most once.
+CREATE TABLE IF NOT EXISTS model_registrations (
+    stage_run_id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    at REAL NOT NULL
+);
 -- Links of a model version to what it came from besides its lineage: the reference
 -- profile for drift monitoring, the drift event and the loop cycle that retrained it.
 CREATE TABLE IF NOT EXISTS model_links (
@@ -212,10 +222,27 @@ def sqlite_path(url: str) -> str:
 DEFAULT_DB = os.path.join(".raypipe", "raypipe.db")
 
 
+def project_db() -> str:
+    """The project's metadata store: ``$RAYPIPE_HOME/.raypipe/raypipe.db``, else the nearest
+    ``.raypipe/raypipe.db`` in the current directory or one above it (as git finds its
+    repository), else ``./.raypipe/raypipe.db``."""
+    home = os.environ.get("RAYPIPE_HOME")
+    if home:
+        return os.path.join(os.path.expanduser(home), DEFAULT_DB)
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / DEFAULT_DB).is_file():
+            return str(folder / DEFAULT_DB)
+    return DEFAULT_DB
+
+
 def resolve_db(db: str | None = None, *, metadata: str | None = None, storage: str | None = None) -> str:
     """The metadata store a command uses; the one place that decides, in this order:
-    ``db`` (``--db``), ``$RAYPIPE_DB``, the pipeline's ``metadata:``, ``raypipe.db`` in the
-    pipeline's storage root when it is local (``storage``, resolved), ``./.raypipe/raypipe.db``."""
+    ``db`` (``--db``), ``$RAYPIPE_DB``, the pipeline's ``metadata:``, ``raypipe.db`` inside
+    the pipeline's ``storage`` when that is an absolute local path (a store of its own, which
+    several projects may share), else the project's store (:func:`project_db`): pipelines
+    with a relative (or object-store) ``storage`` share it, whatever the folder they write
+    their artifacts to, so every command finds their runs without ``--db``."""
     if db:
         return db
     env = os.environ.get("RAYPIPE_DB")
@@ -223,9 +250,9 @@ def resolve_db(db: str | None = None, *, metadata: str | None = None, storage: s
         return env
     if metadata:
         return metadata
-    if storage and is_local(storage):
-        return os.path.join(storage, "raypipe.db")
-    return DEFAULT_DB
+    if storage and is_local(storage) and os.path.isabs(os.path.expanduser(storage)):
+        return os.path.join(os.path.expanduser(storage), "raypipe.db")
+    return project_db()
 
 
 def open_existing(db: str | None = None, hint: str = "run a pipeline first or pass --db") -> MetadataStore:
@@ -233,7 +260,7 @@ def open_existing(db: str | None = None, hint: str = "run a pipeline first or pa
     an error saying where it looked when a SQLite file is not there."""
     url = resolve_db(db)
     if not url.startswith("sqlite:") and "://" not in url and not Path(url).exists():
-        where = "--db" if db else ("$RAYPIPE_DB" if os.environ.get("RAYPIPE_DB") else "the default location")
+        where = "--db" if db else ("$RAYPIPE_DB" if os.environ.get("RAYPIPE_DB") else "the project's store")
         raise RaypipeError(f"no metadata store at {url!r} ({where}); {hint}")
     return MetadataStore(url)
 
@@ -310,6 +337,33 @@ class MetadataStore:
                 (os.getpid(), os.uname().nodename, run_id),
             )
         return ids
+
+    @retrying
+    def reap_dead_drivers(self) -> list[str]:
+        """Runs left ``running`` by a driver on this host that is gone (killed, crashed, a
+        ``loop stop``): marked ``interrupted`` with the reason, their running or queued
+        stage runs too, so no run shows ``running`` forever.  Returns their ids."""
+        host = os.uname().nodename
+        rows = self._conn.execute(
+            "SELECT run_id, driver_pid FROM runs WHERE status = 'running' AND driver_host = ?", (host,)
+        ).fetchall()
+        dead = [(r["run_id"], r["driver_pid"]) for r in rows if r["driver_pid"] != os.getpid()]
+        dead = [(rid, pid) for rid, pid in dead if not pid_alive(pid)]
+        now = time.time()
+        for run_id, pid in dead:
+            why = f"its driver (pid {pid} on {host}) exited without finishing the run"
+            with self._tx(f"run:{run_id}") as c:
+                c.execute(
+                    "UPDATE stage_runs SET status = 'interrupted', ended_at = ?, error = ? "
+                    "WHERE run_id = ? AND status IN ('running', 'queued')",
+                    (now, "driver stopped", run_id),
+                )
+                c.execute(
+                    "UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? WHERE run_id = ? "
+                    "AND status = 'running'",
+                    (now, why, run_id),
+                )
+        return [rid for rid, _ in dead]
 
     @retrying
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
@@ -465,6 +519,14 @@ class MetadataStore:
             if sr.status in DONE:
                 out[sr.stage] = sr
         return out
+
+    @retrying
+    def relocate(self, refs: Mapping[str, ArtifactRef]) -> None:
+        """Record where artifacts are now (``ArtifactStore.rebased``: a project that moved):
+        their rows point at the new URIs, so every reader finds them."""
+        with self._tx() as c:
+            for ref in refs.values():
+                c.execute("UPDATE artifacts SET uri = ? WHERE sha256 = ?", (ref.uri, ref.sha256))
 
     def find_cached(self, cache_key: str) -> StageRunRecord | None:
         """The newest finished stage run with this cache key (candidates newest first)."""

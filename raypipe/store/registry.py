@@ -11,7 +11,10 @@ registering at once never get the same number; registering the same
 artifact under the same name again returns the existing version.
 
 Aliases (``candidate``, ``production``, any name) point at one version each and
-are moved, not copied; every move is kept in ``alias_events`` with its reason.
+are moved, not copied; every move is kept in ``alias_events`` with its reason (who,
+e.g. ``stage register of run R (stage run #N)``, and why).  A register stage run's
+moves are committed with a row in ``model_registrations`` in the same transaction, so
+a resumed run completes them at most once (:class:`RegisteredBy`).
 
 A reference is ``NAME`` (the latest version), ``NAME:VERSION`` or ``NAME@ALIAS``.
 """
@@ -78,6 +81,17 @@ class ModelVersion:
         d["aliases"] = list(self.aliases)
         d.pop("is_new")
         return d
+
+
+@dataclass(frozen=True)
+class RegisteredBy:
+    """The register stage run registering a version: its alias moves are made once, in the
+    transaction that records them (table ``model_registrations``); registering again for the
+    same stage run (a ``resume`` after that transaction) moves nothing."""
+
+    run_id: str
+    stage: str
+    stage_run_id: int
 
 
 @dataclass(frozen=True)
@@ -294,6 +308,9 @@ class ModelRegistry:
         description: str = "",
         reason: str = "",
         aliases_if_unset: Iterable[str] = (),
+        *,
+        move_aliases: bool = True,
+        by: RegisteredBy | None = None,
     ) -> ModelVersion:
         """Register ``model_ref`` as the next version of ``name`` (creating the model), then
         point ``aliases`` at it.  The same artifact under the same name again returns the
@@ -301,7 +318,13 @@ class ModelRegistry:
         default to the model's own (its metadata's ``metrics``); ``reason`` goes into the
         alias history (default: the run and stage).  ``aliases_if_unset`` are pointed at it
         only where they point at no version yet (``production`` for the first version),
-        checked in the same transaction."""
+        checked in the same transaction.
+
+        ``run_id``, ``stage`` and ``stage_run_id`` name the producer of the model; ``by`` the
+        register stage run registering it: its moves are recorded as done with them, and a
+        second call with the same ``by`` (a resume) moves no alias.  ``move_aliases=False``
+        (a cache hit of a register stage) registers the version if it is missing and moves
+        no alias."""
         check_name(name)
         aliases = [check_name(a, "alias") for a in aliases]
         if_unset = [check_name(a, "alias") for a in aliases_if_unset if a not in aliases]
@@ -362,9 +385,20 @@ class ModelRegistry:
                 )
             else:
                 version = int(row["version"])
-            for alias in aliases:
+            if by is not None and move_aliases:
+                done = c.execute(
+                    "SELECT 1 FROM model_registrations WHERE stage_run_id = ?", (by.stage_run_id,)
+                ).fetchone()
+                move_aliases = done is None
+                if move_aliases:
+                    c.execute(
+                        "INSERT INTO model_registrations(stage_run_id, run_id, stage, name, version, at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (by.stage_run_id, by.run_id, by.stage, name, version, now),
+                    )
+            for alias in aliases if move_aliases else ():
                 self._move_alias(c, name, alias, version, reason, now)
-            for alias in if_unset:
+            for alias in if_unset if move_aliases else ():
                 taken = c.execute("SELECT 1 FROM model_aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
                 if taken is None:
                     self._move_alias(c, name, alias, version, f"{reason} (first version with @{alias})", now)
@@ -564,6 +598,20 @@ class ModelRegistry:
         """Every model with at least one version, by name."""
         names = self._conn.execute("SELECT DISTINCT name FROM model_versions ORDER BY name").fetchall()
         return [self.summary(r[0]) for r in names]
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """Where the aliases of ``name`` point: alias -> version (empty for an unknown model)."""
+        rows = self._conn.execute(
+            "SELECT alias, version FROM model_aliases WHERE name = ? ORDER BY alias", (name,)
+        ).fetchall()
+        return {r[0]: int(r[1]) for r in rows}
+
+    def registered_by(self, stage_run_id: int) -> Row | None:
+        """The committed registration of a register stage run (``run_id``, ``stage``, ``name``,
+        ``version``, ``at``), or None if it has none (a cache hit, or its moves not committed)."""
+        return self._conn.execute(
+            "SELECT * FROM model_registrations WHERE stage_run_id = ?", (stage_run_id,)
+        ).fetchone()
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
         """Alias changes of ``name`` (of one alias if given), oldest first."""

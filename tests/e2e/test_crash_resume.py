@@ -85,6 +85,10 @@ def test_sigkill_driver_then_resume(tmp_path: Path, ray_local: str, reliability:
             outs = meta.io_of(s.id, "out")
             assert outs and all(artifacts.exists(r) for r in outs.values()), f"{s.stage} done without artifacts"
 
+    listed = json.loads(cli("runs", "--db", str(db), "--json").stdout)
+    assert listed[0]["status"] == "interrupted", "a dead driver's run is not shown running forever"
+    assert "exited without finishing the run" in listed[0]["error"]
+
     gate.unlink()
     res = cli("resume", run.run_id[:18], "--db", str(db), "--address", ray_local)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -102,4 +106,38 @@ def test_sigkill_driver_then_resume(tmp_path: Path, ray_local: str, reliability:
     assert {s["stage"] for s in shown["stages"]} == {"a", "b", "hold", "c"}
 
     # Everything the killed driver held is given back.
+    assert_cluster_free()
+
+
+def test_sigterm_stops_the_run_and_records_it_stopped(tmp_path: Path, ray_local: str) -> None:
+    """SIGTERM (what `loop stop` and supervisors send) cancels the running stage and ends the
+    run `stopped`, never leaving it `running`."""
+    store = tmp_path / "store"
+    started = tmp_path / "started"
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        textwrap.dedent(
+            f"""\
+            name: stoppable
+            storage: {store}
+            stages:
+              - name: hold
+                kind: python
+                params:
+                  function: "tests.integration.funcs:slow"
+                  args: {{seconds: 120, started: "{started}"}}
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [*RAYPIPE, "run", str(cfg), "--address", ray_local], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    wait_for(started.exists, timeout_s=90, what="the hold stage to start")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    meta = MetadataStore(str(store / "raypipe.db"))
+    run = meta.list_runs()[0]
+    assert run.status == "stopped" and run.error == "stopped: SIGTERM"
+    assert [s.status for s in meta.stage_runs(run.run_id)] == ["interrupted"]
     assert_cluster_free()

@@ -219,3 +219,10 @@ def intervals(batch):  # noqa: ANN001, ANN201 - a pyarrow batch
 
     n = batch.num_rows
     return batch.append_column("gap", pa.array([pa.MonthDayNano([1, 2, 3])] * n, pa.month_day_nano_interval()))
+
+
+def make_dataset(rows: int = 2000):  # noqa: ANN201 - returns a Ray Dataset
+    """A python stage that returns a Ray Dataset (its write runs as Ray Data tasks)."""
+    import ray.data
+
+    return {"data": ray.data.range(rows, override_num_blocks=4).map_batches(lambda b: {"x": b["id"] * 2})}

@@ -208,6 +208,12 @@ def test_validate_fails_with_a_report_or_quarantines_every_bad_row(tmp_path: Pat
     detail = error_of(tmp_path, failed, "check")
     n_c = int((~df["c"].isin(["a", "b"])).sum())
     assert f"column 'c': rule allowed in ['a', 'b']: {n_c} rows" in detail and "'c': 'c'" in detail
+    # the whole message, clean (what the console prints after the run), and its category
+    f = failed.failures["check"]
+    assert f.category == "validation" and f.deterministic and f.summary == short
+    assert f"column 'c': rule allowed in ['a', 'b']: {n_c} rows" in f.message
+    assert "\x1b" not in f.message and 'File "' not in f.message and "ray::" not in f.message
+    assert f.traceback is not None and 'File "' in f.traceback
 
     res = run(tmp_path, read(tmp_path / "rows.parquet"), _validate("quarantine"))
     assert res.ok, res.errors

@@ -68,6 +68,7 @@ def test_a_missed_min_gate_blocks_its_dependents_with_its_message(tmp_path: Path
     db = str(tmp_path / "store" / "raypipe.db")
     attempts = [s for s in raypipe.show_run(res.run_id, db=db).stages if s.stage == "evaluate"]
     assert len(attempts) == 1, "a missed gate is not retried"
+    assert res.failures["evaluate"].category == "gate" and res.failures["evaluate"].message == msg
     with pytest.raises(raypipe.ModelNotFoundError):
         raypipe.show_model("gated", db=db)
 

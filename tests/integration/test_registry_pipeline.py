@@ -114,3 +114,30 @@ def test_register_refuses_an_input_that_is_not_a_model(tmp_path: Path) -> None:
     cfg = pipeline(tmp_path, csv, model_input="read.data")
     res = raypipe.run(cfg)
     assert not res.ok and "is a dataset artifact, not a model" in res.errors["register"]
+
+
+def test_a_cached_rerun_of_an_old_config_does_not_move_candidate_back(tmp_path: Path) -> None:
+    """Issue 17: config A registers v1 @candidate, config B v2 @candidate; A again, all from the
+    cache, reports v1 and leaves candidate on v2 (a rollout of digits@candidate stays on v2)."""
+    csv = tmp_path / "rows.csv"
+    pd.DataFrame({"x": range(20), "y": [float(i % 5) for i in range(20)]}).to_csv(csv, index=False)
+    db = str(tmp_path / "store" / "raypipe.db")
+    config_a = pipeline(tmp_path, csv)
+    config_b = pipeline(tmp_path, csv)
+    fit_b = next(s for s in config_b.stages if s.name == "fit")
+    fit_b.params["args"] = {"lr": 0.2}  # another model: another version
+
+    _, events = run(config_a)
+    assert events["register"].message == "registered means v1 @candidate"
+    _, events = run(config_b)
+    assert events["register"].message == "registered means v2 @candidate"
+    again, events = run(config_a)
+    assert set(again.stages.values()) == {"cached"}
+    assert events["register"].message.endswith("already registered: means v1 (aliases unchanged: candidate -> v2)"), (
+        events["register"].message
+    )
+    [summary] = raypipe.list_models(db=db)
+    assert (summary.versions, summary.aliases) == (2, {"candidate": 2})
+    history = raypipe.show_model("means", db=db).alias_history
+    assert [(e.alias, e.old_version, e.new_version) for e in history] == [("candidate", None, 1), ("candidate", 1, 2)]
+    assert all("(stage run #" in e.reason for e in history)

@@ -7,3 +7,8 @@ def make() -> dict:
 
 def use(x: int, k: int = 1) -> dict:
     return {"y": x * k}
+
+
+def fit(tag: str = "a") -> dict:
+    """Stands for a training stage (the registry executor tests produce its model themselves)."""
+    return {"model": tag}

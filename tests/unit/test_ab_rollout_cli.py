@@ -78,45 +78,79 @@ def test_errors_are_one_line_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.exit_code == 2 and "min_samples must be at least 2" in r.output
 
 
-def test_rollout_status_prints_the_timeline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    meta = MetadataStore(str(tmp_path / "m.db"))
-    store = RolloutStore(meta)
+def rollout(
+    tmp_path: Path, steps: list[float], guardrails: Guardrails, snaps: dict[str, Any], t: list[float]
+) -> tuple[RolloutStore, RolloutRun]:
+    """A rollout of v4 against v3 on fake ports (``snaps`` every window, clock ``t[0]``),
+    recording its events in a SQLite store."""
+    store = RolloutStore(MetadataStore(str(tmp_path / "m.db")))
     p = RolloutPlan(
         rollout_id="digits-1",
         app="digits",
         model="digits",
         baseline="v3",
         candidate="v4",
-        steps=[5.0, 50.0, 100.0],
-        interval_s=10.0,
-        guardrails=Guardrails.model_validate({"min_requests": 5, "p99_latency_ms": {"min_samples": 5}}),
+        steps=steps,
+        interval_s=60.0,
+        guardrails=guardrails,
     )
-    t = [1000.0]
-    snaps = {"v3": {"requests": 100, "errors": 0}, "v4": {"requests": 20, "errors": 9}}
-    run = RolloutRun(
-        p,
-        Ports(
-            lambda w: None, lambda since: snaps, lambda v, r: 3, lambda e, d: store.record("digits", "digits-1", e, d)
-        ),
-        clock=lambda: t[0],
+    ports = Ports(
+        lambda w: None, lambda since: snaps, lambda v, r: 3, lambda e, d: store.record("digits", "digits-1", e, d)
     )
-    run.begin()
-    run.tick()
-    assert run.state == "rolled_back"
-    live = run.status()
-    status = {
+    return store, RolloutRun(p, ports, clock=lambda: t[0])
+
+
+def rollout_status_doc(store: RolloutStore, run: RolloutRun, live: bool = True) -> dict[str, Any]:
+    """What ``api.rollout_status`` returns: the controller's status (or none) and the events."""
+    st = run.status()
+    return {
         "app": "digits",
         "rollout_id": "digits-1",
-        "state": live["state"],
-        "live": live,
+        "state": st["state"],
+        "live": st if live else None,
         "events": [e.to_dict() for e in store.events("digits")],
         "rollouts": store.rollouts("digits"),
         "note": None,
     }
+
+
+def test_rollout_status_prints_the_timeline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    snaps = {"v3": {"requests": 100, "errors": 0}, "v4": {"requests": 20, "errors": 9}}
+    guards = Guardrails.model_validate({"min_requests": 5, "p99_latency_ms": {"min_samples": 5}})
+    store, run = rollout(tmp_path, [5.0, 50.0, 100.0], guards, snaps, [1000.0])
+    run.begin()
+    run.tick()
+    assert run.state == "rolled_back"
+    status = rollout_status_doc(store, run)
     monkeypatch.setattr(api, "rollout_status", lambda *a, **k: status)
     r = runner.invoke(app, ["rollout", "status", "digits"], terminal_width=250)
     assert r.exit_code == 0, r.output
     assert "rolled_back" in r.output and "started" in r.output and "step 1: v3 95%, v4 5%" in r.output
+    assert "rolled back at step 1 of 3 (5% -> 50% -> 100%): v4 was at 5%, now 0%" in r.output
     assert "error_rate: error rate 45.00% (9/20)" in r.output
     r = runner.invoke(app, ["rollout", "status", "digits", "--json"])
     assert [e["event"] for e in json.loads(r.output)["events"]] == ["started", "step", "rolled_back"]
+
+
+def test_rollout_status_counts_steps_as_listed_and_shows_an_abort(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    t = [1000.0]
+    store, run = rollout(tmp_path, [5.0, 25.0, 50.0, 100.0], Guardrails(), {}, t)
+    run.begin()
+    t[0] += 12
+    run.tick()  # wait: step 1 (5%) in progress
+    monkeypatch.setattr(api, "rollout_status", lambda *a, **k: rollout_status_doc(store, run))
+    r = runner.invoke(app, ["rollout", "status", "digits"], terminal_width=250)
+    assert r.exit_code == 0, r.output
+    assert "step 1 of 4 (5% -> 25% -> 50% -> 100%): v4 at 5% for 12 s of 60 s" in r.output
+    assert "last decision: wait · step 1 (5%) in progress" in r.output
+    run.abort("changed my mind")
+    for live in (True, False):  # the controller's status, or only the recorded events
+        monkeypatch.setattr(api, "rollout_status", lambda *a, live=live, **k: rollout_status_doc(store, run, live))
+        r = runner.invoke(app, ["rollout", "status", "digits"], terminal_width=250)
+        assert r.exit_code == 0, r.output
+        assert "rollout digits-1 of app digits · aborted" in r.output
+        assert "aborted at step 1 of 4 (5% -> 25% -> 50% -> 100%): v4 was at 5%, now 0%" in r.output
+        assert "aborted: changed my mind" in r.output and "weights: v3 100%, v4 0%" in r.output
+        assert "in progress" not in r.output and "of 3" not in r.output

@@ -20,7 +20,7 @@ from raypipe.cli import app
 from raypipe.exceptions import ConfigError, ModelNotFoundError, RaypipeError
 from raypipe.store.artifacts import ArtifactRef, source_refs
 from raypipe.store.metadata import MetadataStore
-from raypipe.store.registry import ModelRegistry, parse_ref
+from raypipe.store.registry import ModelRegistry, RegisteredBy, parse_ref
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -274,7 +274,7 @@ def test_an_existing_database_gets_the_registry_tables(tmp_path: Path) -> None:
     db = str(tmp_path / "old.db")
     MetadataStore(db).close()
     con = sqlite3.connect(db)
-    for table in ("alias_events", "model_aliases", "model_versions", "models"):
+    for table in ("alias_events", "model_aliases", "model_registrations", "model_versions", "models"):
         con.execute(f"DROP TABLE {table}")
     con.commit()
     con.close()
@@ -282,6 +282,8 @@ def test_an_existing_database_gets_the_registry_tables(tmp_path: Path) -> None:
     try:
         assert ModelRegistry(meta).list_models() == []
         ModelRegistry(meta).register("m", model_ref("a"), None, None, None)
+        ModelRegistry(meta).register("m", model_ref("a"), None, None, None, by=RegisteredBy("r", "reg", 1))
+        assert ModelRegistry(meta).registered_by(1) is not None
     finally:
         meta.close()
 
@@ -369,7 +371,7 @@ def test_cli_models_show_and_alias(store: MetadataStore, tmp_path: Path) -> None
 
 
 def test_after_success_registers_once_however_often_it_runs(store: MetadataStore, tmp_path: Path) -> None:
-    """A cache hit or a resume runs the hook again: the same version, aliases re-applied."""
+    """A resume runs the hook again for the same stage run: the same version, no alias moved twice."""
     from raypipe.stages.base import CommitContext
     from raypipe.stages.register import RegisterParams, RegisterStage
     from raypipe.store.artifacts import ArtifactStore
@@ -385,7 +387,8 @@ def test_after_success_registers_once_however_often_it_runs(store: MetadataStore
     [v] = ModelRegistry(store).versions("digits")
     assert (v.metrics, v.stage, v.stage_run_id) == ({"accuracy": 0.97}, "fit", g["sids"]["fit"])
     assert v.aliases == ("candidate", "latest-run", "production")
-    assert len(ModelRegistry(store).alias_history("digits")) == 3
+    history = ModelRegistry(store).alias_history("digits")
+    assert len(history) == 3 and history[0].reason == "stage reg of run run-1 (stage run #99)"
 
 
 def test_aliases_if_unset_and_links(store: MetadataStore) -> None:
@@ -419,3 +422,190 @@ def test_aliases_if_unset_and_links(store: MetadataStore) -> None:
     assert reg.links("sensors", 2, "drift_event")[0]["value"]["statistics"]["f0"]["p_value"] == 1e-9
     with pytest.raises(ModelNotFoundError, match="no version 9"):
         reg.link("sensors", 9, "drift_event", event)
+
+
+# ---------------------------------------------------------------------------------------------- who moves aliases
+def test_a_register_stage_run_moves_its_aliases_once_and_a_cache_hit_never(store: MetadataStore) -> None:
+    reg = ModelRegistry(store)
+    ran = RegisteredBy("run-1", "register", 11)
+    v1 = reg.register("m", model_ref("a"), "run-1", "train", 10, aliases=["candidate"], by=ran, reason="r1")
+    assert (v1.version, v1.aliases) == (1, ("candidate",))
+    row = reg.registered_by(11)
+    assert row is not None and (row["run_id"], row["stage"], row["name"], row["version"]) == (
+        "run-1",
+        "register",
+        "m",
+        1,
+    )
+    reg.register("m", model_ref("b"), "run-2", "train", 20, aliases=["candidate"], by=RegisteredBy("run-2", "r", 21))
+    assert reg.aliases("m") == {"candidate": 2}
+    # a resume of run-1 (its moves committed): nothing moves back
+    again = reg.register("m", model_ref("a"), "run-1", "train", 10, aliases=["candidate"], by=ran, reason="r1")
+    assert (again.version, again.is_new, reg.aliases("m")) == (1, False, {"candidate": 2})
+    # a cache hit of the old config: the version, no alias moved (nor set where unset)
+    hit = reg.register(
+        "m",
+        model_ref("a"),
+        "run-3",
+        "train",
+        10,
+        aliases=["candidate"],
+        aliases_if_unset=["production"],
+        move_aliases=False,
+        by=RegisteredBy("run-3", "register", 31),
+    )
+    assert (hit.version, hit.is_new, reg.aliases("m")) == (1, False, {"candidate": 2})
+    assert reg.registered_by(31) is None
+    # a cache hit whose version is missing (the first commit never happened): registered, no alias
+    new = reg.register("m", model_ref("c"), "run-4", "train", 40, aliases=["candidate"], move_aliases=False)
+    assert (new.version, new.is_new, new.aliases, reg.aliases("m")) == (3, True, (), {"candidate": 2})
+    # a register stage that ran (cache: false, say) re-registering v1: asked for candidate, gets it
+    rerun = reg.register(
+        "m", model_ref("a"), "run-5", "train", 10, aliases=["candidate"], by=RegisteredBy("run-5", "register", 51)
+    )
+    assert (rerun.version, rerun.is_new, reg.aliases("m")) == (1, False, {"candidate": 1})
+    assert [(e.old_version, e.new_version) for e in reg.alias_history("m", "candidate")] == [(None, 1), (1, 2), (2, 1)]
+
+
+def test_a_cache_hit_of_register_reports_the_version_and_leaves_the_aliases(
+    store: MetadataStore, tmp_path: Path
+) -> None:
+    from raypipe.stages.base import CommitContext
+    from raypipe.stages.register import RegisterParams, RegisterStage
+    from raypipe.store.artifacts import ArtifactStore
+
+    artifacts = ArtifactStore(str(tmp_path / "objects"))
+    kind = RegisterStage(RegisterParams(name="digits", aliases=["candidate"], aliases_if_unset=["production"]))
+
+    def commit(ref: ArtifactRef, run_id: str, sid: int, cached: bool) -> str | None:
+        return kind.after_success(
+            CommitContext(store, artifacts, run_id, "reg", sid, {"model": ref}, {}, cached=cached)
+        )
+
+    assert commit(model_ref("a"), "run-1", 1, False) == "registered digits v1 @candidate @production"
+    assert commit(model_ref("b"), "run-2", 2, False) == (
+        "registered digits v2 @candidate (aliases unchanged: production -> v1)"
+    )
+    assert commit(model_ref("a"), "run-3", 3, True) == (
+        "already registered: digits v1 @production (aliases unchanged: candidate -> v2)"
+    )
+    ModelRegistry(store).remove_alias("digits", "production")
+    assert commit(model_ref("a"), "run-4", 4, True) == (
+        "already registered: digits v1 (aliases unchanged: candidate -> v2, production -> none)"
+    )
+    assert ModelRegistry(store).aliases("digits") == {"candidate": 2}
+
+
+class _Crash(BaseException):
+    """The driver dying between a stage's success record and its registration."""
+
+
+def _in_process_executor(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, crash_registering: list[bool] | None = None
+) -> list[tuple[str, str, str]]:
+    """Executor stages "run" in this process instead of Ray: ``fit`` stores a model package
+    tagged with its ``tag`` arg, ``reg`` its registration; each goes through the executor's
+    real success path (``_succeed`` -> ``after_success(cached=False)``).  Cache hits and
+    ``resume`` are the executor's own.  Returns the (stage, status, message) events seen."""
+    from raypipe.runner.executor import Executor, _Attempt
+    from raypipe.stages.register import RegisterStage
+    from raypipe.store.models import ModelPackage
+
+    def request(self: Executor, ps: Any, key: str, inputs: dict[str, ArtifactRef]) -> None:
+        name = ps.spec.name
+        sid = self.meta.start_stage(self.run_id, name, 1, key)
+        if ps.spec.kind == "register":
+            outs = {"registration": self.artifacts.put_value({"name": ps.kind.params.name})}
+        else:
+            tag = ps.kind.params.args["tag"]
+            folder = tmp_path / f"pkg-{tag}"
+            (folder / "w.txt").parent.mkdir(exist_ok=True)
+            (folder / "w.txt").write_text(tag)
+            outs = {"model": self.artifacts.put_value(ModelPackage.create(folder, {"params": {"tag": tag}}))}
+        att = _Attempt(name, sid, 1, 0.0, None, inputs, key)
+        self._succeed(att, {"outputs": {k: v.to_dict() for k, v in outs.items()}})
+
+    monkeypatch.setattr(Executor, "_request", request)
+    if crash_registering is not None:
+        real = RegisterStage.after_success
+
+        def after_success(self: RegisterStage, commit: Any) -> str | None:
+            if crash_registering and crash_registering.pop():
+                raise _Crash("driver killed")
+            return real(self, commit)
+
+        monkeypatch.setattr(RegisterStage, "after_success", after_success)
+    return []
+
+
+def _registry_run(
+    store: MetadataStore, tmp_path: Path, tag: str, events: list[tuple[str, str, str]], run_id: str, **kw: Any
+) -> Any:
+    from raypipe.runner.executor import Executor
+    from raypipe.store.artifacts import ArtifactStore
+
+    cfg = raypipe.PipelineConfig(
+        name="reg",
+        stages=[
+            {"name": "fit", "kind": "python", "params": {"function": "tests.unit.funcs:fit", "args": {"tag": tag}}},
+            {"name": "reg", "kind": "register", "inputs": {"model": "fit.model"}, "params": {"name": "digits"}},
+        ],
+    )
+    plan = raypipe.load(cfg)
+    root = str(tmp_path / "store")
+    if "reuse" not in kw:
+        store.create_run(run_id, "reg", "{}", None, root)
+    ex = Executor(
+        plan, run_id, store, ArtifactStore(root), on_event=lambda e: events.append((e.stage, e.status, e.message)), **kw
+    )
+    return ex.execute()
+
+
+def test_a_cached_rerun_of_an_old_config_leaves_candidate_on_the_newer_version(
+    store: MetadataStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: config A (v1 @candidate), config B (v2 @candidate), then A from the cache."""
+    events = _in_process_executor(monkeypatch, tmp_path)
+    reg = ModelRegistry(store)
+    assert _registry_run(store, tmp_path, "a", events, "run-a").ok
+    assert events[-1] == ("reg", "succeeded", "registered digits v1 @candidate")
+    assert _registry_run(store, tmp_path, "b", events, "run-b").ok
+    assert events[-1] == ("reg", "succeeded", "registered digits v2 @candidate")
+    again = _registry_run(store, tmp_path, "a", events, "run-a2")
+    assert again.ok and again.stages == {"fit": "cached", "reg": "cached"}
+    stage, status, message = events[-1]
+    assert (stage, status) == ("reg", "cached")
+    assert message.endswith("; already registered: digits v1 (aliases unchanged: candidate -> v2)"), message
+    assert reg.aliases("digits") == {"candidate": 2}
+    assert [(e.old_version, e.new_version) for e in reg.alias_history("digits")] == [(None, 1), (1, 2)]
+    reasons = [e.reason for e in reg.alias_history("digits")]
+    sids = {r: reg.registered_by(sr.id) for r in ("run-a", "run-b") for sr in store.stage_runs(r) if sr.stage == "reg"}
+    assert reasons == [
+        f"stage reg of run run-a (stage run #{sids['run-a']['stage_run_id']})",
+        f"stage reg of run run-b (stage run #{sids['run-b']['stage_run_id']})",
+    ]
+
+
+def test_resume_completes_the_alias_moves_of_its_own_register_stage_once(
+    store: MetadataStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash = [True, False]  # run-b's registration dies after its stage run is recorded as succeeded
+    events = _in_process_executor(monkeypatch, tmp_path, crash_registering=crash)
+    reg = ModelRegistry(store)
+    assert _registry_run(store, tmp_path, "a", events, "run-a").ok
+    with pytest.raises(_Crash):
+        _registry_run(store, tmp_path, "b", events, "run-b")
+    assert store.get_run("run-b").status == "interrupted" and reg.aliases("digits") == {"candidate": 1}
+    assert [v.version for v in reg.versions("digits")] == [1]
+    # resume: the register stage ran in run-b, so its moves are completed
+    resumed = _registry_run(store, tmp_path, "b", events, "run-b", reuse=store.done_stages("run-b"))
+    assert resumed.ok and resumed.stages == {"fit": "reused", "reg": "reused"}
+    assert events[-1][:2] == ("reg", "reused") and events[-1][2].endswith("; registered digits v2 @candidate")
+    assert reg.aliases("digits") == {"candidate": 2}
+    # a person moves candidate back; resuming run-b again moves nothing (its moves are done)
+    reg.set_alias("digits", 1, "candidate", reason="v2 looks off")
+    store.finish_run("run-b", "failed")
+    _registry_run(store, tmp_path, "b", events, "run-b", reuse=store.done_stages("run-b"))
+    assert events[-1][2].endswith("; already registered: digits v2 (aliases unchanged: candidate -> v1)")
+    assert reg.aliases("digits") == {"candidate": 1}
+    assert [e.reason for e in reg.alias_history("digits")][-1] == "v2 looks off"

@@ -32,6 +32,8 @@ from raypipe.serve.rollout import (
     decide,
     load_rollout_file,
     parse_steps,
+    progress_text,
+    status_from_events,
     tick_seconds,
 )
 from raypipe.store.metadata import MetadataStore
@@ -363,6 +365,71 @@ def test_resume_enters_the_recorded_step() -> None:
     run.resume(2, 900.0, "controller restarted")
     assert run.step_index == 2 and app.weights == {"v3": 50.0, "v4": 50.0}
     assert [e for e, _ in app.events] == ["resumed", "step"]
+
+
+def events_of(app: FakeApp) -> list[dict[str, Any]]:
+    """The fake app's events as ``rollout status`` gets them from the store."""
+    return [{"app": "digits", "event": e, "detail": d, "at": 1000.0 + i} for i, (e, d) in enumerate(app.events)]
+
+
+def test_progress_counts_the_steps_as_listed() -> None:
+    """Four steps listed (the last, 100%, is the promotion): step 1 of 4 ... step 4 of 4."""
+    app = FakeApp({"v3": 0.01, "v4": 0.01}, rps=100)
+    run = RolloutRun(plan(), app.ports(), clock=app.clock)
+    run.begin()
+    app.advance(2.0)
+    st = run.status()
+    assert (st["step"], st["steps"]) == (1, STEPS)
+    assert progress_text(st) == "step 1 of 4 (5% -> 25% -> 50% -> 100%): v4 at 5% for 2 s of 8 s"
+    drive(app, run, 9)
+    assert progress_text(run.status()).startswith("step 2 of 4 (5% -> 25% -> 50% -> 100%): v4 at 25%")
+    drive(app, run, 120)
+    st = run.status()
+    assert st["state"] == "promoted" and st["step"] == 4
+    assert progress_text(st) == "promoted: step 4 of 4 (5% -> 25% -> 50% -> 100%): v4 at 100%"
+    assert progress_text(status_from_events(events_of(app)) or {}) == progress_text(st)
+
+
+def test_an_aborted_rollout_says_so_and_where_it_stopped() -> None:
+    app = FakeApp({})
+    run = RolloutRun(plan(), app.ports(), clock=app.clock)
+    run.begin()
+    run.tick()  # a "wait: step 1 (5%) in progress" decision
+    assert run.last_decision is not None and "in progress" in run.last_decision["reason"]
+    app.fail_weights = 1
+    with pytest.raises(RuntimeError, match="busy"):
+        run.abort("operator said so")
+    st = run.status()
+    assert st["state"] == "running" and st["stopping"] == "aborted"
+    assert progress_text(st).startswith("aborting at step 1 of 4 (5% -> 25% -> 50% -> 100%): v4 at 5%")
+    run.tick()
+    st = run.status()
+    assert st["state"] == "aborted" and st["stopping"] is None and (st["step"], st["percent"]) == (1, 0.0)
+    text = "aborted at step 1 of 4 (5% -> 25% -> 50% -> 100%): v4 was at 5%, now 0%"
+    assert progress_text(st) == text
+    from_events = status_from_events(events_of(app))
+    assert from_events is not None and from_events["state"] == "aborted"
+    assert from_events["end_reason"] == "operator said so" and progress_text(from_events) == text
+
+
+def test_status_from_the_events_of_a_rollback_and_of_a_pause() -> None:
+    app = FakeApp({"v3": 0.0, "v4": 0.3}, rps=100)
+    run = RolloutRun(plan(steps=[20.0, 50.0, 100.0]), app.ports(), clock=app.clock)
+    run.begin()
+    drive(app, run, 60)
+    st = status_from_events(events_of(app))
+    assert st is not None and st["state"] == "rolled_back" and st["weights"] == {"v3": 100.0, "v4": 0.0}
+    assert progress_text(st) == "rolled back at step 1 of 3 (20% -> 50% -> 100%): v4 was at 20%, now 0%"
+    slow = FakeApp({}, rps=2)
+    paused = RolloutRun(plan(), slow.ports(), clock=slow.clock)
+    paused.begin()
+    drive(slow, paused, 30)
+    st = status_from_events(events_of(slow))
+    assert st is not None and st["state"] == "paused" and st["step"] == 1
+    assert progress_text(st) == (
+        "step 1 of 4 (5% -> 25% -> 50% -> 100%): v4 at 5% (paused: too little traffic to judge the step)"
+    )
+    assert status_from_events([]) is None
 
 
 # --------------------------------------------------------------------------- the event table

@@ -25,7 +25,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from raypipe.exceptions import DataError
+from raypipe.exceptions import DataError, InputNotFound
+from raypipe.failures import is_system_failure
 from raypipe.stages.base import StageContext, StageParams
 from raypipe.stages.data.common import DataStage, error_line, slots, task_args, task_cpus
 
@@ -152,12 +153,12 @@ class ReadStage(DataStage):
                 elif info.type == pafs.FileType.File:
                     found.append(base)
                 else:
-                    raise DataError(f"path not found: {root}")
+                    raise InputNotFound(f"path not found: {root}")
                 continue
             if any(c in root for c in "*?["):
                 matches = sorted(glob.glob(root, recursive=True))
                 if not matches:
-                    raise DataError(f"path not found: no file matches {root}")
+                    raise InputNotFound(f"path not found: no file matches {root}")
                 found += [m for m in matches if os.path.isfile(m)]
             elif os.path.isdir(root):
                 for dirpath, dirs, names in os.walk(root):
@@ -166,7 +167,7 @@ class ReadStage(DataStage):
             elif os.path.isfile(root):
                 found.append(root)
             else:
-                raise DataError(f"path not found: {root}")
+                raise InputNotFound(f"path not found: {root}")
         if self.params.format != "auto":
             fmt = self.params.format
             files = found
@@ -186,7 +187,7 @@ class ReadStage(DataStage):
                 )
             fmt = formats[0]
         if not files:
-            raise DataError(f"no files in {', '.join(self._roots())}")
+            raise InputNotFound(f"no files in {', '.join(self._roots())}")
         return fs, sorted(set(files)), fmt
 
     def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
@@ -264,6 +265,8 @@ class ReadStage(DataStage):
             ref = write_dataset(store, ds, what=_where(files), sources=sources)
         except Exception as e:  # noqa: BLE001 - find the file (and line) to blame
             ctx.detail(f"reading {_where(files)} failed; Ray Data said", _chain_text(e))
+            if is_system_failure(e):  # a lost worker or node: another attempt may pass
+                raise
             culprit = _diagnose(fs, files, fmt, self.params.csv) or storage_error_message(e)
             if culprit:
                 raise DataError(culprit) from None
@@ -301,6 +304,8 @@ class ReadStage(DataStage):
             except Exception as e:  # noqa: BLE001 - find the file, line and column to blame
                 text = _chain_text(e)
                 ctx.detail(f"reading {_where(files)} failed; Ray Data said", text)
+                if is_system_failure(e):
+                    raise
                 bad = _conversion_in(text)
                 if bad is not None and bad[1] not in opts.column_types and attempt < MAX_TEXT_FALLBACKS:
                     ctx.log.warning("%s; reading column %r as text", bad[0], bad[1])

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from raypipe.exceptions import DataError
+from raypipe.failures import is_system_failure
 from raypipe.stages.base import StageContext, StageParams
 from raypipe.stages.data.common import DataStage, error_line, only_input, slots, store_dataset, task_cpus
 from raypipe.stages.python import FUNC_RE, function_fingerprint, import_check, import_function
@@ -98,6 +99,8 @@ class TransformStage(DataStage):
             raise
         except Exception as e:  # noqa: BLE001 - the user's error in one line; Ray's text to the log
             path = ctx.detail(f"{self.params.function} failed; Ray Data said", str(e))
+            if is_system_failure(e):  # a lost worker or node: another attempt may pass
+                raise
             own = _own_error(e)
             raise DataError(
                 own or f"{self.params.function} failed on a batch: {error_line(e)}"

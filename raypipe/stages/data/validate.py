@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from raypipe.exceptions import DataError
+from raypipe.exceptions import DataError, ValidationFailed
 from raypipe.stages.base import StageContext
 from raypipe.stages.data.common import DataStage, gather, input_schema, only_input, task_args
 from raypipe.stages.data.rules import (
@@ -95,14 +95,14 @@ def _part(row: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)}
 
 
-def failure(report: ValidationReport, what: str) -> DataError:
+def failure(report: ValidationReport, what: str) -> ValidationFailed:
     """The error a failed validation raises: a one-line summary naming each column and
     rule (what a run's summary shows), then the full report with example rows."""
     brief = "; ".join(
         f"{v.column or 'rows'}: {v.rule} ({v.count:,} {'rows' if v.column else ''})".replace(" )", ")")
         for v in report.violations
     )
-    return DataError(f"{what} failed validation: {brief}\n{report.format()}")
+    return ValidationFailed(f"{what} failed validation: {brief}\n{report.format()}")
 
 
 class ValidateStage(DataStage):
