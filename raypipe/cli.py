@@ -1422,6 +1422,9 @@ def serve_shutdown_cmd(app_name: AppArg, address: AddressOpt = None) -> None:
 
 
 def main() -> None:
+    from raypipe.runner.ray_session import use_token_auth
+
+    use_token_auth()  # before anything imports Ray: commands that join a `ray start` cluster need it
     app()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from typing import Any
 
@@ -53,14 +54,29 @@ def ray_target(cfg: RayConfig, address: str | None = None) -> tuple[str, str]:
     return "local", f"a new local Ray{cpus}"
 
 
+def use_token_auth() -> None:
+    """Before joining a running cluster: Ray 2.60's ``ray start`` (and ``ray up``) turn token
+    authentication on and keep the token in ``~/.ray/auth_token``, but a client sends it
+    only with ``RAY_AUTH_MODE=token``.  Set that when a token is at hand and the user chose
+    no mode.  Ray reads the mode when it is imported: in a process that imported Ray
+    already, set ``RAY_AUTH_MODE=token`` yourself."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def ensure_ray(cfg: RayConfig, address: str | None = None) -> None:
     """Reuse a connected Ray, else connect where :func:`ray_target` says (starting an
     embedded Ray when it says ``local``)."""
-    import ray
-
-    if ray.is_initialized():
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         return
     addr, _ = ray_target(cfg, address)
+    if addr != "local":
+        use_token_auth()  # before Ray is imported: it reads the mode once
+    import ray
+
     kwargs: dict[str, Any] = {
         "logging_level": logging.WARNING,
         "configure_logging": True,
@@ -90,10 +106,11 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> None:
 
 def connect_existing(address: str | None) -> None:
     """Join a running cluster (flag, $RAY_ADDRESS, or the one `ray start` left on this machine)."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return
+    use_token_auth()  # before Ray is imported: it reads the mode once
     import ray
 
-    if ray.is_initialized():
-        return
     addr = address or os.environ.get("RAY_ADDRESS") or "auto"
     try:
         ray.init(address=addr, logging_level=logging.WARNING, log_to_driver=False)
