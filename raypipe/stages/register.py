@@ -97,9 +97,9 @@ class RegisterStage(StageKind):
         }
 
     def after_success(self, commit: CommitContext) -> str | None:
-        """Register the model (driver side) and, if the stage ran (not a cache hit), move its
-        aliases, once per stage run.  Idempotent: a second call finds the version and moves
-        nothing."""
+        """Register the model (driver side) and, if this run produced the version (a new version,
+        or a model this run trained: not cache hits), move its aliases, once per stage run.
+        Idempotent: a second call finds the version and moves nothing."""
         model_ref = commit.inputs["model"]
         metrics = None
         if "metrics" in commit.inputs:
@@ -107,6 +107,12 @@ class RegisterStage(StageKind):
             metrics = dict(value) if isinstance(value, Mapping) else None
         reg = ModelRegistry(commit.meta)
         producer = reg.producer_of(model_ref.sha256, commit.run_id)
+        # The model was made by this run (its training stage ran here, not a cache hit), or it is
+        # registered for the first time: then this run produced the version and moves its
+        # aliases.  A re-run of an old config whose register stage runs again only because
+        # something downstream of training changed (e.g. `beat`'s production model) moves none.
+        made_here = producer is not None and producer["run_id"] == commit.run_id and producer["status"] == "succeeded"
+        known = reg.version_of(self.params.name, model_ref.sha256) is not None
         mv = reg.register(
             self.params.name,
             model_ref,
@@ -118,7 +124,7 @@ class RegisterStage(StageKind):
             description=self.params.description,
             reason=f"stage {commit.stage} of run {commit.run_id} (stage run #{commit.stage_run_id})",
             aliases_if_unset=self.params.aliases_if_unset,
-            move_aliases=not commit.cached,
+            move_aliases=not commit.cached and (made_here or not known),
             by=RegisteredBy(commit.run_id, commit.stage, commit.stage_run_id),
         )
         profile = commit.inputs.get("profile")

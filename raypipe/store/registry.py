@@ -484,6 +484,10 @@ class ModelRegistry:
         return self.meta.artifact(found[-1]["value"]["sha256"]) if found else None
 
     # ------------------------------------------------------------------ reads
+    def version_of(self, name: str, sha256: str) -> int | None:
+        """The version of model ``name`` registered for the artifact ``sha256``, if any."""
+        return self._find(name, sha256)
+
     def _find(self, name: str, sha256: str) -> int | None:
         row = self._conn.execute(
             "SELECT version FROM model_versions WHERE name = ? AND sha256 = ?", (name, sha256)

@@ -50,7 +50,7 @@ def pipeline(root: Path, src: Path, port: int) -> dict[str, Any]:
     data["ray"] = {}
     stages = {s["name"]: s for s in data["stages"]}
     stages["read"]["params"] = {"path": str(src)}
-    stages["train"]["params"]["epochs"] = 6
+    stages["train"]["params"].update(epochs=4, batch_size=128)
     stages["evaluate"]["params"]["gate"] = {"min": {"roc_auc": 0.62}}
     opts = {"num_cpus": 0.2}
     data["stages"].append(
