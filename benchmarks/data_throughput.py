@@ -513,7 +513,8 @@ def run_baseline(
 # ----------------------------------------------------------------------------- raypipe
 
 
-def pipeline(name: str, input_dir: Path, storage: Path, batch_format: str, num_cpus: int) -> Any:
+def _read_then(name: str, storage: Path, num_cpus: int, read: dict[str, Any], kind: str, params: dict[str, Any]) -> Any:
+    """``data.read`` (``read``: its params) then one stage of ``kind`` on its data; both ``cpu: N``."""
     import raypipe
 
     return raypipe.PipelineConfig(
@@ -521,21 +522,21 @@ def pipeline(name: str, input_dir: Path, storage: Path, batch_format: str, num_c
         storage=str(storage),
         ray={"num_cpus": num_cpus},
         stages=[
+            raypipe.StageConfig(name="read", kind="data.read", resources={"cpu": num_cpus}, params=read),
             raypipe.StageConfig(
-                name="read",
-                kind="data.read",
-                resources={"cpu": num_cpus},
-                params={"path": str(input_dir), "format": "parquet"},
-            ),
-            raypipe.StageConfig(
-                name="features",
-                kind="data.transform",
+                name="features" if kind == "data.transform" else "validate",
+                kind=kind,
                 inputs={"data": "read.data"},
                 resources={"cpu": num_cpus},
-                params={"function": FUNCTION, "batch_format": batch_format},
+                params=params,
             ),
         ],
     )
+
+
+def pipeline(name: str, input_dir: Path, storage: Path, batch_format: str, num_cpus: int) -> Any:
+    read = {"path": str(input_dir), "format": "parquet"}
+    return _read_then(name, storage, num_cpus, read, "data.transform", {"function": FUNCTION, "batch_format": batch_format})
 
 
 def _timed_run(cfg: Any) -> tuple[float, dict[str, float], Any, TreeSampler]:
@@ -586,28 +587,8 @@ def run_raypipe(cfg: Any) -> dict[str, Any]:
 
 def mixed_pipeline(name: str, input_dir: Path, storage: Path, num_cpus: int) -> Any:
     """read (CSV, the two categories dictionary-encoded) -> validate (quarantine), both ``cpu: N``."""
-    import raypipe
-
-    return raypipe.PipelineConfig(
-        name=name,
-        storage=str(storage),
-        ray={"num_cpus": num_cpus},
-        stages=[
-            raypipe.StageConfig(
-                name="read",
-                kind="data.read",
-                resources={"cpu": num_cpus},
-                params={"path": str(input_dir), "format": "csv", "csv": mixed.csv_options()},
-            ),
-            raypipe.StageConfig(
-                name="validate",
-                kind="data.validate",
-                inputs={"data": "read.data"},
-                resources={"cpu": num_cpus},
-                params=mixed.validate_params(),
-            ),
-        ],
-    )
+    read = {"path": str(input_dir), "format": "csv", "csv": mixed.csv_options()}
+    return _read_then(name, storage, num_cpus, read, "data.validate", mixed.validate_params())
 
 
 def run_raypipe_mixed(cfg: Any) -> dict[str, Any]:

@@ -168,6 +168,23 @@ def retrying(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def _sqlite_pragma(conn: sqlite3.Connection, sql: str, wait_s: float = 60.0) -> None:
+    """Run ``sql`` again while SQLite answers "database is locked" without waiting on its busy
+    timeout: switching a new file to WAL needs a moment when no other connection opens it,
+    so drivers that open one store at the same instant would otherwise fail."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.005
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, 0.5)
+
+
 class Database:
     """One connection to a SQLite file or a PostgreSQL database (see the module docstring)."""
 
@@ -179,7 +196,7 @@ class Database:
         if self.backend == "sqlite":
             self._raw = sqlite3.connect(url, timeout=60.0, isolation_level=None, check_same_thread=False)
             self._raw.row_factory = sqlite3.Row
-            self._raw.execute("PRAGMA journal_mode=WAL")
+            _sqlite_pragma(self._raw, "PRAGMA journal_mode=WAL")
             self._raw.execute("PRAGMA synchronous=NORMAL")
             self._raw.execute("PRAGMA foreign_keys=ON")
             self._raw.execute("PRAGMA busy_timeout=60000")

@@ -154,3 +154,31 @@ def test_a_deadlocked_transaction_is_run_again(postgres: Any, monkeypatch: pytes
     assert deadlocks == ["40P01"]
     assert [sr.status for sr in a.stage_runs("r")] == ["succeeded", "succeeded"]
     assert {m: set(m.io_of(sids[m]).values()) for m in (a, b)} == {a: {x, y}, b: {x, y}}
+
+
+def _open_after(path: str, barrier: Any, out: Any) -> None:
+    barrier.wait()
+    try:
+        MetadataStore(path).list_runs()
+        out.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported by the test
+        out.put(repr(e))
+
+
+def test_drivers_opening_a_new_store_at_the_same_instant_all_open_it(tmp_path: Path) -> None:
+    """SQLite answers "database is locked" at once (not after its busy timeout) to a second
+    connection while the first switches a new file to WAL; every opener must still get in."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    results: list[str] = []
+    for trial in range(8):
+        path = str(tmp_path / f"store{trial}" / "raypipe.db")
+        barrier, out = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_open_after, args=(path, barrier, out)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        results += [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join()
+    assert [r for r in results if r != "ok"] == []
