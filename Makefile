@@ -19,9 +19,11 @@ quickstart: setup
 	$(VENV)/bin/raypipe run configs/quickstart.yaml
 
 lint: setup
-	$(VENV)/bin/ruff check raypipe tests benchmarks
+	$(VENV)/bin/ruff check raypipe tests benchmarks docs/hooks tools
 	$(VENV)/bin/lint-imports
+	$(PY) tools/mypy_ratchet.py
 	$(VENV)/bin/raypipe validate configs/*.yaml
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 loop-demo: setup
 	$(VENV)/bin/raypipe loop demo --out bench-out/closed_loop

@@ -23,7 +23,8 @@ def mlp_package(folder: Path, seed: int, epochs: int = 30, hidden: int = 128) ->
     """A built-in MLP package in the quickstart's format (px0..px63, standardized)."""
     import torch
 
-    from raypipe.models.builtin import WEIGHTS, build_module
+    from raypipe.models.builtin import WEIGHTS
+    from raypipe.models.networks import build_module
     from raypipe.store.models import ModelPackage
 
     x, y = digits()
@@ -60,7 +61,7 @@ class PlainModel:
     model code as raypipe's variant replicas (no validation, no routing, no metrics)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        from raypipe.serve.deployments import ModelVariant
+        from raypipe.serving.model_variant import ModelVariant
 
         self.model = ModelVariant(config)
 

@@ -50,9 +50,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable (here and in Ray workers)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import _data_features as feats  # noqa: E402
-from benchmarks import _data_mixed as mixed  # noqa: E402
-from benchmarks._common import (  # noqa: E402
+from benchmarks import _data_features as feats
+from benchmarks import _data_mixed as mixed
+from benchmarks._common import (
     REPO_ROOT,
     bar_chart,
     base_parser,

@@ -41,7 +41,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable (here and in Ray workers)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (  # noqa: E402
+from benchmarks._common import (
     REPO_ROOT,
     bar_chart,
     base_parser,
@@ -52,7 +52,7 @@ from benchmarks._common import (  # noqa: E402
     timed,
     write_results,
 )
-from benchmarks._trivial import inc  # noqa: E402
+from benchmarks._trivial import inc
 
 FUNCTION = "benchmarks._trivial:inc"
 QUICKSTART = REPO_ROOT / "configs" / "quickstart.yaml"

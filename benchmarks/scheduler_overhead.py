@@ -23,8 +23,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import bar_chart, base_parser, goal, print_table, ratio, write_results  # noqa: E402
-from benchmarks._sched_workload import build_view  # noqa: E402
+from benchmarks._common import bar_chart, base_parser, goal, print_table, ratio, write_results
+from benchmarks._sched_workload import build_view
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -76,8 +76,8 @@ def admissions(n: int) -> dict[str, float]:
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from raypipe.scheduler.backend import pg_from_id
     from raypipe.scheduler.client import SchedulerClient, get_controller
+    from raypipe.scheduler.ray_backend import pg_from_id
 
     client = SchedulerClient(get_controller({"policy": "fifo"}), owner="bench")
     ids = [f"adm-{i}" for i in range(n)]

@@ -27,7 +27,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import REPO_ROOT, base_parser, goal, print_table, ratio, write_results  # noqa: E402
+from benchmarks._common import REPO_ROOT, base_parser, goal, print_table, ratio, write_results
+from raypipe.scheduler.policies import policy_names
 
 SHOWN = (
     "avg_jct_s",
@@ -130,7 +131,7 @@ def big_fifo(jobs: int, gpus: int, seed: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--policies", default="fifo,priority,backfill,fair_share,las", help="comma-separated policies")
+    p.add_argument("--policies", default=",".join(policy_names()), help="comma-separated policies")
     p.add_argument("--synthetic-jobs", type=int, default=3000, help="jobs of each synthetic trace (default 3000)")
     p.add_argument("--synthetic-gpus", default="16,32,64", help="cluster sizes for the synthetic trace (8 GPUs/node)")
     p.add_argument("--load", type=float, default=0.85, help="offered load of the synthetic traces (default 0.85)")

@@ -2,7 +2,7 @@
 
 On one local Ray (``--num-cpus``, default 2) the benchmark registers two versions of a
 digits MLP (two hidden layers of 128, the quickstart's input format: 64 named pixels),
-deploys them with raypipe (``raypipe.serve.app.deploy``: router + ``v1``/``v2`` at 90/10,
+deploys them with raypipe (``raypipe.serving.app.deploy``: router + ``v1``/``v2`` at 90/10,
 sticky on an ``X-User-Id`` header, scheduler reservation, per-variant metrics) and, beside
 it on the same Serve instance, a plain deployment (``benchmarks._serve_plain:PlainModel``:
 one replica that parses the body and predicts with the same model code, no validation,
@@ -40,7 +40,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import bar_chart, base_parser, goal, median, print_table, ratio, write_results  # noqa: E402
+from benchmarks._common import bar_chart, base_parser, goal, median, print_table, ratio, write_results
 
 GOAL_ADDED_P50_MS = 2.0
 GOAL_THROUGHPUT_RATIO = 0.7
@@ -168,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from benchmarks._serve_plain import FEATURES, PlainModel, digits, mlp_package
-    from raypipe.serve import app as serving
-    from raypipe.serve.metrics import get_collector
-    from raypipe.serve.spec import ServeSpec
+    from raypipe.serving import app as serving
+    from raypipe.serving.metrics import get_collector
+    from raypipe.serving.spec import ServeSpec
     from raypipe.store.artifacts import ArtifactStore
     from raypipe.store.metadata import MetadataStore
     from raypipe.store.registry import ModelRegistry

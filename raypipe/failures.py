@@ -272,9 +272,12 @@ def parse(status: str, stored: str | None) -> Failure | None:
 
 
 class _StageRun(Protocol):
-    stage: str
-    status: str
-    error: str | None
+    @property
+    def stage(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def error(self) -> str | None: ...
 
 
 def stage_failures(stage_runs: Iterable[_StageRun]) -> dict[str, Failure]:

@@ -43,7 +43,7 @@ class Resources:
         object.__setattr__(self, "gpu", float(self.gpu))
         object.__setattr__(self, "memory_mb", float(self.memory_mb))
         if not isinstance(self.custom, tuple) or any(not isinstance(p, tuple) for p in self.custom):
-            object.__setattr__(self, "custom", _freeze(self.custom))  # type: ignore[arg-type]
+            object.__setattr__(self, "custom", _freeze(self.custom))
 
     @classmethod
     def of(
@@ -71,6 +71,16 @@ class Resources:
             memory_mb=d.get("memory", 0.0) / (1024 * 1024),
             custom=custom,
         )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Resources:
+        """From :meth:`to_dict`'s form (missing keys are zero, ``custom`` may be None)."""
+        return cls.of(d.get("cpu", 0.0), d.get("gpu", 0.0), d.get("memory_mb", 0.0), d.get("custom") or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"cpu", "gpu", "memory_mb", "custom": {name: amount}}``: JSON, and what
+        :meth:`from_dict` reads back."""
+        return {"cpu": self.cpu, "gpu": self.gpu, "memory_mb": self.memory_mb, "custom": self.custom_dict}
 
     @property
     def custom_dict(self) -> dict[str, float]:

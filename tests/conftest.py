@@ -164,8 +164,9 @@ def reset_scheduler() -> None:
     import ray
     from ray.util.placement_group import placement_group_table
 
-    from raypipe.scheduler.backend import PG_PREFIX, RayBackend, clear_state, pg_from_id
+    from raypipe.scheduler.backend import PG_PREFIX
     from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
+    from raypipe.scheduler.ray_backend import RayBackend, clear_state, pg_from_id
 
     try:
         ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), no_restart=True)
@@ -191,7 +192,7 @@ def assert_cluster_free(timeout_s: float = 60.0, cpus: float | None = None) -> N
     import ray
 
     import raypipe
-    from raypipe.scheduler.backend import RayBackend
+    from raypipe.scheduler.ray_backend import RayBackend
 
     deadline = time.monotonic() + timeout_s
     while True:

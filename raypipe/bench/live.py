@@ -23,18 +23,22 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from raypipe.exceptions import RaypipeError
+from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE, SchedulerClient, get_controller
 from raypipe.scheduler.cluster_spec import ClusterSpec
+from raypipe.scheduler.jobs import JobState, JobView, request_to_dict
 from raypipe.scheduler.metrics import JobRecord, ReplayResult
+from raypipe.scheduler.placement import feasible_ever
 from raypipe.scheduler.policies.registry import get_policy
 from raypipe.scheduler.simulator import SimOptions, job_request
 from raypipe.scheduler.traces import Trace
-from raypipe.scheduler.types import TeamConfig
+from raypipe.scheduler.types import ClusterView, TeamConfig
 
 #: More Ray nodes than this on one machine is refused (each is a raylet process).
 MAX_LIVE_NODES = 12
@@ -102,7 +106,7 @@ def _teams_settings(teams: Mapping[str, TeamConfig] | None) -> dict[str, dict[st
     for name, t in (teams or {}).items():
         d: dict[str, Any] = {"priority": t.priority, "weight": t.weight}
         if t.quota is not None:
-            d.update(cpu=t.quota.cpu, gpu=t.quota.gpu, memory_mb=t.quota.memory_mb, custom=t.quota.custom_dict)
+            d.update(t.quota.to_dict())
         out[name] = d
     return out
 
@@ -123,9 +127,9 @@ def _start_cluster(cluster: ClusterSpec, trace: Trace) -> tuple[Any, dict[str, A
             memory=int(max(node.total.memory_mb, 1024) * 1024 * 1024),
             labels=labels,
         )
-    ray.init(address=rc.address, include_dashboard=False, logging_level="ERROR")
+    ray.init(address=rc.address, include_dashboard=False, logging_level=logging.ERROR)
     holder_cls = ray.remote(_Holder)
-    holders = {}
+    holders: dict[str, Any] = {}
     for n in ray.nodes():
         if n.get("Alive") and n["NodeID"] != ray.get_runtime_context().get_node_id():
             holders[n["NodeID"]] = holder_cls.options(
@@ -139,8 +143,6 @@ def _start_cluster(cluster: ClusterSpec, trace: Trace) -> tuple[Any, dict[str, A
 
 def _stop_cluster(rc: Any) -> None:
     import ray
-
-    from raypipe.scheduler.client import CONTROLLER_NAME, NAMESPACE
 
     try:
         ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), no_restart=True)
@@ -169,9 +171,6 @@ def replay_live(
     ``options.spread_slowdown`` times slower, as in the simulator.
     """
     import ray
-
-    from raypipe.scheduler.client import SchedulerClient, get_controller
-    from raypipe.scheduler.controller import request_to_dict
 
     _check(cluster, time_scale)
     opts = options or SimOptions()
@@ -202,11 +201,11 @@ def replay_live(
                 d["duration_estimate_s"] = r.duration_estimate_s / time_scale
             return {**d, "grant": "ledger"}
 
-        def start(lj: _Live, view: Mapping[str, Any]) -> None:
+        def start(lj: _Live, view: JobView) -> None:
             now = time.time()
             lj.run_start = now
             lj.first_start = lj.first_start if lj.first_start is not None else now
-            nodes = sorted(set(view["nodes"]))
+            nodes = sorted(set(view.nodes))
             lj.slow = opts.spread_slowdown if len(nodes) > 1 else 1.0
             cost = opts.restart_cost_s if lj.restarts else 0.0
             seconds = (lj.remaining_s * lj.slow + cost) / time_scale
@@ -236,12 +235,13 @@ def replay_live(
                 next_i += 1
             if due:
                 views = ray.get(handle.submit.remote([request(i) for i in due], client.owner))
-                for i, view in zip(due, views, strict=True):
+                for i, raw in zip(due, views, strict=True):
+                    view = JobView.from_dict(raw)
                     lj = _Live(i, jobs[i].duration_s)
                     live[jobs[i].job_id] = lj
-                    if view["state"] == "rejected":
+                    if view.state is JobState.REJECTED:
                         lj.state = "rejected"
-                        rejected.append((jobs[i].job_id, view["reason"]))
+                        rejected.append((jobs[i].job_id, view.reason))
                 watch = None
             active = {jid: lj.version for jid, lj in live.items() if lj.state not in ("done", "rejected")}
             running_refs = {ref: jid for jid, lj in live.items() if lj.state == "running" for ref in lj.refs}
@@ -257,13 +257,13 @@ def replay_live(
             for ref in ready:
                 if watch is not None and ref == watch:
                     watch = None
-                    for jid, view in ray.get(ref).items():
+                    for jid, view in client.views(ray.get(ref)).items():
                         lj = live[jid]
-                        lj.version = view["version"]
-                        if view["state"] == "running" and lj.state != "running":
+                        lj.version = view.version
+                        if view.state is JobState.RUNNING and lj.state != "running":
                             lj.state = "running"
                             start(lj, view)
-                        elif view["state"] == "preempting" and lj.state != "done":
+                        elif view.state is JobState.PREEMPTING and lj.state != "done":
                             # Granted and preempted between two watches: its work never
                             # started, but the controller still waits for the requeue.
                             if lj.state == "running":
@@ -271,20 +271,20 @@ def replay_live(
                             lj.preemptions += 1
                             lj.state = "queued"
                             v = client.requeue(jid)
-                            lj.version = v["version"] if v else lj.version
-                        elif view["state"] in ("done", "rejected") and lj.state != "done":
+                            lj.version = v.version if v else lj.version
+                        elif view.state.finished and lj.state != "done":
                             lj.state = "done"  # reaped or ended by the controller: count as unfinished
                     continue
-                jid = running_refs.get(ref)
-                if jid is None:
+                ended = running_refs.get(ref)
+                if ended is None:
                     continue
-                lj = live[jid]
+                lj = live[ended]
                 # `ready` holds every finished ref of a running job (the wait with timeout 0 above).
                 if lj.state == "running" and all(r in ready for r in lj.refs):
                     stop(lj, done=True)
                     lj.end = time.time()
                     lj.state = "done"
-                    release.append(jid)
+                    release.append(ended)
                     finished += 1
                     if on_progress is not None:
                         on_progress(finished, len(jobs))
@@ -344,9 +344,6 @@ def replay_plain_ray(
     Ray admits groups in no particular order, with no queue, priorities or quotas."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
-
-    from raypipe.scheduler.placement import feasible_ever
-    from raypipe.scheduler.types import ClusterView
 
     _check(cluster, time_scale)
     any_of = sorted({j.gpu_types for j in trace.jobs if len(j.gpu_types) > 1})

@@ -24,8 +24,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from raypipe._json import json_safe
+from raypipe.bench.live import replay_live, replay_plain_ray
+from raypipe.bench.plots import plot_all
+from raypipe.config import StrictModel
 from raypipe.exceptions import RaypipeError
 from raypipe.scheduler.cluster_spec import ClusterSpec
 from raypipe.scheduler.metrics import METRIC_KEYS, ReplayResult, relative_error, summarize
@@ -69,10 +73,8 @@ class BenchError(RaypipeError):
     """A benchmark was asked for something invalid (bad flags, missing files...)."""
 
 
-class SchedulingBenchConfig(BaseModel):
+class SchedulingBenchConfig(StrictModel):
     """Everything ``raypipe bench scheduling`` takes (validated; unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     trace: str | None = Field(default=None, description="trace file (philly), file or directory (alibaba)")
     format: Literal["philly", "alibaba", "synthetic"]
@@ -212,8 +214,6 @@ def build_trace(cfg: SchedulingBenchConfig, cluster: ClusterSpec) -> Trace:
 def _run_live(
     trace: Trace, cluster: ClusterSpec, policy: str, cfg: SchedulingBenchConfig, on_progress: ProgressFn | None
 ) -> ReplayResult:
-    from raypipe.bench.live import replay_live
-
     return replay_live(
         trace,
         cluster,
@@ -294,8 +294,6 @@ def run_scheduling_benchmark(
     }
     doc.update(_best(policies))
     if cfg.mode in ("ray", "both"):
-        from raypipe.bench.live import replay_plain_ray
-
         plain = summarize(
             replay_plain_ray(
                 trace,
@@ -431,29 +429,16 @@ def write_outputs(
     written = []
     path = out / "results.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
     os.replace(tmp, path)
     written.append(path)
     md = out / "summary.md"
     md.write_text(summary_markdown(doc))
     written.append(md)
     if plots:
-        from raypipe.bench.plots import plot_all
-
         source = os.path.basename(str(doc["trace"]["source"]).rstrip("/")) or str(doc["trace"]["source"])
         written += plot_all(out, primary, live, title=f"{source} on {doc['cluster']['total_gpus']:g} GPUs")
     return written
-
-
-def jsonable(v: Any) -> Any:
-    """``v`` with non-finite floats as None (JSON has no inf/nan), mappings and sequences copied."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, Mapping):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    return v
 
 
 def metric_keys() -> Sequence[str]:
@@ -467,7 +452,6 @@ __all__ = [
     "SchedulingBenchConfig",
     "build_cluster",
     "build_trace",
-    "jsonable",
     "metric_keys",
     "run_scheduling_benchmark",
     "summary_markdown",

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from raypipe.loop.status import loop_status
+
 FEATURES = ["f0", "f1", "f2", "f3", "f4"]
 #: The readings a calibration fault shifts.
 SHIFTED = ("f0", "f1", "f2")
@@ -222,8 +224,6 @@ def wait_windows(monitor: Any, n: int, console: Any, traffic: Traffic, timeout: 
 
 def wait_cycle(app: str, meta: Any, console: Any, traffic: Traffic, timeout: float) -> str:
     from rich.live import Live
-
-    from raypipe.serve.loop import loop_status
 
     final = ("promoted", "rolled_back", "gate_failed", "retrain_failed", "no_new_model", "failed")
     deadline = time.time() + timeout

@@ -1,5 +1,7 @@
-"""Models described in YAML and the one training loop that trains them.
+"""The one training loop of built-in models, and their predictor.
 
+What a built-in model is (its YAML spec, the features it takes) is
+:mod:`raypipe.models.builtin_spec`; its network is :mod:`raypipe.models.networks`.
 ``train`` (as Ray Train workers) and ``tune`` (as one Tune trial each) run the same
 loop, :class:`_Loop`; only how it gets batches and reports differs (:class:`_TrainIO`,
 :class:`_TuneIO`).  The loop trains an MLP or a small CNN on the feature columns of
@@ -18,229 +20,28 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from raypipe.exceptions import DataError, StageError
-from raypipe.models.preprocess import (
-    Encoded,
-    PreprocessingSpec,
-    Preprocessor,
-    feature_kind,
-    fit_feature,
-    looks_like_id,
-)
+from raypipe.exceptions import StageError
+from raypipe.models.builtin_spec import BuiltinTraining, plain_label
+from raypipe.models.networks import build_net, load_weights
+from raypipe.models.preprocess import Encoded, Preprocessor, to_floats
 from raypipe.store.models import ModelPackage
 
 WEIGHTS = "model.pt"
 TRAIN_STATE = "train_state.pt"
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MLPSpec(_Spec):
-    type: Literal["mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [128, 128])
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    activation: Literal["relu", "gelu", "tanh"] = "relu"
-
-
-class CNNSpec(_Spec):
-    """A small CNN over features laid out as an image (``input_shape: [C, H, W]``, row-major)."""
-
-    type: Literal["cnn"] = "cnn"
-    input_shape: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=3, max_length=3)]
-    channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [16, 32])
-    kernel: Annotated[int, Field(ge=1)] = 3
-    hidden: Annotated[int, Field(ge=1)] = 64
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    activation: Literal["relu", "gelu", "tanh"] = "relu"
-
-
-ModelSpec = Annotated[MLPSpec | CNNSpec, Field(discriminator="type")]
-
-
-class OptimizerSpec(_Spec):
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9  # sgd only
-
-
-class ScheduleSpec(_Spec):
-    """Learning-rate schedule, stepped once per epoch (``warmup_epochs`` ramp linearly first)."""
-
-    name: Literal["constant", "cosine", "step", "exponential"] = "constant"
-    step_size: Annotated[int, Field(ge=1)] = 10  # step
-    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1  # step, exponential
-    warmup_epochs: Annotated[int, Field(ge=0)] = 0
-    min_lr: Annotated[float, Field(ge=0)] = 0.0  # cosine
-
-
-class BuiltinTraining(_Spec):
-    """What the built-in loop trains: ``params.model`` and the training settings of ``train``/``tune``."""
-
-    model: ModelSpec
-    label: str = "label"
-    #: Input columns, in order; default: every column but the label and columns that look
-    #: like ids or free text (numeric, bool, text, dictionary, date and timestamp columns).
-    features: list[str] | None = None
-    task: Literal["classification", "regression"] = "classification"
-    #: Standardize numeric and date features with the training split's mean and standard deviation.
-    standardize: bool = True
-    #: How categories, dates and missing values are encoded (:mod:`raypipe.models.preprocess`).
-    preprocessing: PreprocessingSpec = Field(default_factory=PreprocessingSpec)
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
-    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    epochs: Annotated[int, Field(ge=1)] = 10
-    batch_size: Annotated[int, Field(ge=1)] = 64
-    seed: int = 0
-    #: Also checkpoint every N optimizer steps inside an epoch (default: once per epoch).
-    checkpoint_every_steps: Annotated[int | None, Field(ge=1)] = None
-
-    @model_validator(mode="after")
-    def _cnn_size(self) -> BuiltinTraining:
-        if isinstance(self.model, CNNSpec) and self.features is not None:
-            c, h, w = self.model.input_shape
-            if c * h * w != len(self.features):
-                raise ValueError(
-                    f"model.input_shape {self.model.input_shape} needs {c * h * w} features, got {len(self.features)}"
-                )
-        return self
-
-
-# ---------------------------------------------------------------- the data contract
-def _not_a_feature(name: str, arrow_type: str, col: Mapping[str, Any] | None, forced: bool) -> str | None:
-    """Why a column is left out when ``features`` is not given (None: it is a feature)."""
-    kind = feature_kind(arrow_type, forced)
-    if kind is None:
-        return f"type {arrow_type} is not a feature type"
-    if col is None or not col.get("count"):
-        return "no values in the training data"
-    count, distinct = int(col["count"]), col.get("distinct")
-    if kind == "category" and not forced and col.get("kind") == "categorical" and arrow_type not in ("bool",):
-        if distinct is None:
-            return "too many distinct values (an id or free text?); name it in `features` to embed it"
-        if count >= 20 and distinct > 0.5 * count:
-            return f"{distinct:,} distinct values in {count:,} rows (an id or free text?)"
-    if kind == "numeric" and arrow_type.startswith(("int", "uint")):
-        if looks_like_id(name) and (distinct is None or distinct >= 0.9 * count):
-            return "looks like an id (its name, and nearly every value distinct)"
-        big = max(abs(float(col.get("min") or 0)), abs(float(col.get("max") or 0)))
-        if big > 2**53:
-            return "integers beyond 2**53 (an id or a hash?); a float cannot tell them apart"
-    return None
-
-
-def describe_data(
-    params: BuiltinTraining,
-    profile: Mapping[str, Any],
-    label_values: Sequence[Any],
-    types: Mapping[str, str],
-) -> dict[str, Any]:
-    """What the model expects, from the training split's profile (``data.profile``'s
-    shape, of every column), the label's distinct values and the columns' Arrow types:
-    the features, their preprocessing, the input schema and the classes.  Columns left
-    out of an automatic feature list are in ``excluded``, with the reason."""
-    names = list(types)
-    if params.label not in types:
-        raise DataError(f"label column {params.label!r} is not in the training data; columns: {', '.join(names)}")
-    spec = params.preprocessing
-    unknown = [c for c in spec.categorical if c not in types]
-    if unknown:
-        raise DataError(f"preprocessing.categorical: not in the training data: {', '.join(unknown)}")
-    cols = profile.get("columns") or {}
-    forced = set(spec.categorical)
-    excluded: dict[str, str] = {}
-    if params.features is None:
-        features = []
-        for n in names:
-            if n == params.label:
-                continue
-            why = _not_a_feature(n, types[n], cols.get(n), n in forced)
-            if why is None:
-                features.append(n)
-            else:
-                excluded[n] = why
-    else:
-        missing = [f for f in params.features if f not in types]
-        if missing:
-            raise DataError(f"feature columns not in the training data: {', '.join(missing)}")
-        if params.label in params.features:
-            raise DataError(f"feature columns include the label {params.label!r}")
-        features = list(params.features)
-        bad = [f for f in features if feature_kind(types[f], f in forced) is None]
-        if bad:
-            raise DataError(
-                "feature columns must be numeric, bool, text, dictionary, date or timestamp: "
-                + ", ".join(f"{f} ({types[f]})" for f in bad)
-            )
-    if not features:
-        raise DataError(
-            "no usable feature columns in the training data"
-            + (": " + "; ".join(f"{k}: {v}" for k, v in excluded.items()) if excluded else "")
-        )
-    fitted = []
-    for f in features:
-        kind = feature_kind(types[f], f in forced)
-        col = cols.get(f) or {}
-        fitted.append(fit_feature(f, types[f], col, kind or "numeric", spec, params.standardize))
-    pre = Preprocessor(fitted)
-    if isinstance(params.model, CNNSpec):
-        c, h, w = params.model.input_shape
-        if pre.embedded or pre.width != c * h * w:
-            raise DataError(
-                f"model.input_shape {params.model.input_shape} needs {c * h * w} numeric inputs, the features "
-                f"encode to {pre.width}" + (" plus embeddings" if pre.embedded else "")
-                + " (a CNN takes numeric features without missing values)"
-            )
-    out: dict[str, Any] = {
-        "features": features,
-        "label": params.label,
-        "task": params.task,
-        "input_schema": {f: types[f] for f in features},
-        "spec": params.model.model_dump(),
-        "preprocessing": pre.to_meta(),
-        "classes": None,
-        "excluded": excluded,
-    }
-    if params.task == "classification":
-        classes = sorted({_plain_label(v) for v in label_values if v is not None}, key=_label_order)
-        if len(classes) < 2:
-            raise DataError(
-                f"label {params.label!r} has {len(classes)} distinct value(s); classification needs 2 or more"
-            )
-        out["classes"] = classes
-    else:
-        t = types[params.label]
-        if feature_kind(t) != "numeric":
-            raise DataError(f"regression needs a numeric label; {params.label!r} is {t}")
-    return out
-
-
-def _plain_label(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
-def _label_order(v: Any) -> tuple[int, Any]:
-    return (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
-
-
 def prepare(
     params: BuiltinTraining, datasets: Mapping[str, Any], data: Mapping[str, Any], meta: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The loop's config for ``params`` and the Ray Dataset inputs (``train`` required,
-    ``validation`` optional): the params, ``_data`` (:func:`describe_data` of ``train``),
+    ``validation`` optional): the params, ``_data`` (:func:`~raypipe.models.builtin_spec.describe_data`
+    of ``train``),
     ``_inputs`` and ``_meta`` (extra model metadata, e.g. ``trained_by`` and ``code``)."""
     unknown = sorted(set(datasets) - {"train", "validation"})
     if "train" not in datasets or unknown:
@@ -254,83 +55,6 @@ def prepare(
 def model_columns(data: Mapping[str, Any]) -> list[str]:
     """The columns the model reads: its features and the label."""
     return [*data["features"], data["label"]]
-
-
-# ---------------------------------------------------------------- networks
-def build_module(spec: Mapping[str, Any], n_in: int, n_out: int) -> Any:
-    import torch.nn as nn
-
-    act = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}[spec.get("activation", "relu")]
-    layers: list[Any] = []
-    if spec["type"] == "mlp":
-        width = n_in
-        for h in spec["hidden"]:
-            layers += [nn.Linear(width, h), act()]
-            if spec.get("dropout"):
-                layers.append(nn.Dropout(spec["dropout"]))
-            width = h
-        layers.append(nn.Linear(width, n_out))
-        return nn.Sequential(*layers)
-    c, h, w = spec["input_shape"]
-    layers.append(nn.Unflatten(1, (c, h, w)))
-    for ch in spec["channels"]:
-        layers += [nn.Conv2d(c, ch, spec["kernel"], padding="same"), act()]
-        c = ch
-    ph, pw = min(h, 4), min(w, 4)  # small images keep their layout; larger ones are pooled to 4x4
-    layers += [nn.AdaptiveAvgPool2d((ph, pw)), nn.Flatten(), nn.Linear(c * ph * pw, spec["hidden"]), act()]
-    if spec.get("dropout"):
-        layers.append(nn.Dropout(spec["dropout"]))
-    layers.append(nn.Linear(spec["hidden"], n_out))
-    return nn.Sequential(*layers)
-
-
-def _n_out(meta: Mapping[str, Any]) -> int:
-    return len(meta["classes"]) if meta["task"] == "classification" else 1
-
-
-_NET: Any = None
-
-
-def _net_class() -> Any:
-    """:class:`TabularNet` (defined on first use: torch is imported lazily)."""
-    global _NET
-    if _NET is None:
-        import torch
-        import torch.nn as nn
-
-        class TabularNet(nn.Module):
-            """Embeddings of the embedded categories, concatenated with the dense inputs,
-            into the body (the MLP or CNN of the spec)."""
-
-            def __init__(self, body: Any, embeddings: Sequence[tuple[int, int]]) -> None:
-                super().__init__()
-                self.body = body
-                self.embeddings = nn.ModuleList([nn.Embedding(n, d) for n, d in embeddings])
-
-            def forward(self, dense: Any, embedded: Any = None) -> Any:
-                if len(self.embeddings) == 0:
-                    return self.body(dense)
-                parts = [dense] + [e(embedded[:, i]) for i, e in enumerate(self.embeddings)]
-                return self.body(torch.cat(parts, dim=1))
-
-        _NET = TabularNet
-    return _NET
-
-
-def build_net(meta: Mapping[str, Any], pre: Preprocessor | None = None) -> Any:
-    """The network of a model's metadata: ``net(dense, embedded)``."""
-    pre = pre or Preprocessor.from_meta(meta)
-    emb = pre.embeddings()
-    body = build_module(meta["spec"], pre.width + sum(d for _, d in emb), _n_out(meta))
-    return _net_class()(body, emb)
-
-
-def load_weights(net: Any, state: Mapping[str, Any]) -> None:
-    """Load a state dict into :func:`build_net`'s network (packages written before
-    embeddings existed hold the body's weights without the ``body.`` prefix)."""
-    if state and not any(k.startswith(("body.", "embeddings.")) for k in state):
-        state = {f"body.{k}": v for k, v in state.items()}
-    net.load_state_dict(state)
 
 
 # ---------------------------------------------------------------- the loop
@@ -462,7 +186,6 @@ class _TuneIO(_IO):
 def label_codes(meta: Mapping[str, Any], values: Any) -> np.ndarray:
     """Classification: the class index of each label (:data:`IGNORE` for missing or
     unknown labels); regression: float64 values (NaN for missing)."""
-    from raypipe.models.preprocess import to_floats
 
     if meta["task"] != "classification":
         return to_floats(values)
@@ -472,7 +195,7 @@ def label_codes(meta: Mapping[str, Any], values: Any) -> np.ndarray:
     if isinstance(values, pa.ChunkedArray | pa.Array):
         values = values.to_numpy(zero_copy_only=False)
     index = pd.Index(list(meta["classes"]))
-    codes = index.get_indexer(pd.Index(np.asarray(values)).map(_plain_label) if index.dtype == object else values)
+    codes = index.get_indexer(pd.Index(np.asarray(values)).map(plain_label) if index.dtype == object else values)
     return np.where(codes < 0, IGNORE, codes).astype(np.int64)
 
 
@@ -647,8 +370,9 @@ def merge_trial_config(base: Mapping[str, Any], trial: Mapping[str, Any]) -> dic
 
 def tune_trainable(base: Mapping[str, Any], datasets: Mapping[str, Any]) -> Callable[[dict[str, Any]], None]:
     """A Tune function trainable for built-in models: ``base`` is the built-in training
-    config (with ``_data`` from :func:`describe_data`), ``datasets`` pandas frames by
-    input name (``train``, optional ``validation``).  A trial's config overrides ``base``."""
+    config (with ``_data`` from :func:`~raypipe.models.builtin_spec.describe_data`),
+    ``datasets`` pandas frames by input name (``train``, optional ``validation``).  A
+    trial's config overrides ``base``."""
 
     def trainable(config: dict[str, Any]) -> None:
         merged = merge_trial_config(base, config)

@@ -37,8 +37,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from raypipe.config import StrictModel
 from raypipe.exceptions import DataError
 
 __all__ = [
@@ -68,10 +69,8 @@ _ID_NAME = re.compile(
 )
 
 
-class PreprocessingSpec(BaseModel):
+class PreprocessingSpec(StrictModel):
     """How the built-in models encode features (``params.preprocessing``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     #: A category with at most this many levels is one-hot encoded; more get an embedding.
     onehot_max: Annotated[int, Field(ge=1)] = 16

@@ -1,7 +1,8 @@
-"""The run loop: cache lookups, Ray tasks for ready stages, retries, timeouts, records.
+"""The run loop: cache lookups, tasks for ready stages, retries, timeouts, records.
 
 Runs on the driver.  Stages whose upstream stages are done run concurrently as
-Ray tasks with their declared resources; every state change is written to the
+tasks of the executor's backend (:class:`~raypipe.runner.ray_backend.RayExecutorBackend`:
+Ray tasks with their declared resources); every state change is written to the
 metadata store before the loop moves on, so a driver killed at any moment leaves
 a record that ``resume`` can continue from.
 """
@@ -9,63 +10,30 @@ a record that ``resume`` can continue from.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any
 
 from raypipe import failures
 from raypipe.exceptions import RunStopped, StagePreempted
-from raypipe.failures import Failure
+from raypipe.runner.backend import ExecutorBackend, GrantScheduler, Handle, StageTask, TaskFailed
 from raypipe.runner.cache import cache_key
+from raypipe.runner.events import RunResult, StageEvent, request_stop, short_error, take_stop_request
 from raypipe.runner.plan import Plan, PlannedStage
-from raypipe.runner.task import execute_stage
-from raypipe.scheduler.client import SchedulerClient, grant_strategy
-from raypipe.stages.base import CommitContext
+from raypipe.runner.states import BLOCKING_STATES, DONE_STATES, RunStatus, StageEventKind, StageStatus
+from raypipe.stages.base import CommitContext, StageKind
 from raypipe.store.artifacts import ArtifactRef, ArtifactStore, source_refs
 from raypipe.store.metadata import MetadataStore, StageRunRecord
 
-#: Terminal states of a stage within one run.
-DONE_STATES = ("succeeded", "cached", "reused")
-
-
-@dataclass(frozen=True)
-class StageEvent:
-    """One thing that happened to a stage, for progress displays."""
-
-    stage: str
-    status: str  # queued | waiting | started | preempting | succeeded | cached | stale | reused | retrying | requeued | failed | skipped
-    attempt: int = 0
-    duration_s: float | None = None
-    message: str = ""
-
-
-@dataclass
-class RunResult:
-    run_id: str
-    status: str
-    stages: dict[str, str] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    wall_s: float = 0.0
-    outputs: dict[str, dict[str, ArtifactRef]] = field(default_factory=dict)
-    #: Stage -> its failure as the user reads it (the whole message, its category); filled by the api.
-    failures: dict[str, Failure] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "succeeded"
-
-
-_STOP: list[str] = []
-
-
-def request_stop(why: str) -> None:
-    """Ask the running executor(s) of this process to stop: the run loop raises
-    :class:`RunStopped` at its next turn (within ``poll_s``), cancels its stages and records
-    the run ``stopped``.  Safe to call from a signal handler (it only records the request:
-    raising inside Ray's own calls would corrupt them)."""
-    _STOP.append(why)
+__all__ = [
+    "DONE_STATES",
+    "WAIT_NOTICE_S",
+    "Executor",
+    "RunResult",
+    "StageEvent",
+    "request_stop",
+    "short_error",
+]
 
 
 #: How often a stage that waits for its grant says so again, and why (seconds;
@@ -88,13 +56,12 @@ class _Attempt:
     noticed: float = 0.0  # when the waiting line was last shown
 
 
-def short_error(exc: BaseException) -> str:
-    """The user's exception as one line: ``ValueError: bad value``."""
-    return failures.short(exc)
+#: A hook run on the driver after a stage of one kind succeeded: (the kind, its commit) -> a note.
+AfterSuccess = Callable[[StageKind, CommitContext], str | None]
 
 
 class Executor:
-    """Drives one run of a plan to completion (or failure) on a connected Ray."""
+    """Drives one run of a plan to completion (or failure) through its backend."""
 
     def __init__(
         self,
@@ -106,12 +73,23 @@ class Executor:
         use_cache: bool = True,
         reuse: Mapping[str, StageRunRecord] | None = None,
         on_event: Callable[[StageEvent], None] | None = None,
-        connect: Callable[[], SchedulerClient | None] | None = None,
+        connect: Callable[[], GrantScheduler | None] | None = None,
         poll_s: float = 0.5,
+        backend: ExecutorBackend | None = None,
+        after_success: Mapping[str, AfterSuccess] | None = None,
     ) -> None:
         """``connect`` is called once, before the first stage that must run (a run that
         is all cache hits never starts or joins Ray); it returns the scheduler client
-        every stage with resources is admitted through, or None to use Ray's own."""
+        every stage with resources is admitted through, or None to use Ray's own.
+        ``backend`` runs the stage tasks and keeps time (default: Ray tasks, the wall clock).
+        ``after_success``: per stage kind, what the layers above the runner do on the driver
+        after a stage of that kind succeeded (after the kind's own ``after_success``); each
+        returns a note for the stage's event, or None."""
+        if backend is None:
+            from raypipe.runner.ray_backend import RayExecutorBackend
+
+            backend = RayExecutorBackend()
+        self.backend: ExecutorBackend = backend
         self.plan = plan
         self.run_id = run_id
         self.meta = meta
@@ -121,22 +99,23 @@ class Executor:
         self.on_event = on_event or (lambda e: None)
         self.poll_s = poll_s
         self._connect = connect
-        self.state: dict[str, str] = {name: "waiting" for name in plan.order}
+        self._hooks = dict(after_success or {})
+        self.state: dict[str, StageStatus] = {name: StageStatus.WAITING for name in plan.order}
         self.outputs: dict[str, dict[str, ArtifactRef]] = {}
         self.keys: dict[str, str] = {}
         self.attempts: dict[str, int] = {}
         self.retry_at: dict[str, float] = {}
         self.errors: dict[str, str] = {}
-        self.running: dict[Any, _Attempt] = {}
+        self.running: dict[Handle, _Attempt] = {}
         self.pending: dict[str, _Attempt] = {}  # job id -> attempt waiting for its grant
         self.versions: dict[str, int] = {}  # job id -> last seen version, for watching
-        self.scheduler: SchedulerClient | None = None
-        self._watch: Any = None
+        self.scheduler: GrantScheduler | None = None
+        self._watch: Handle = None
         #: A stage that waits for its grant says so again this often (seconds).
         self.notice_s = float(os.environ.get("RAYPIPE_WAIT_NOTICE_S", WAIT_NOTICE_S))
 
     # ------------------------------------------------------------------ helpers
-    def _emit(self, stage: str, status: str, **kw: Any) -> None:
+    def _emit(self, stage: str, status: StageEventKind, **kw: Any) -> None:
         self.on_event(StageEvent(stage=stage, status=status, **kw))
 
     def _inputs_of(self, ps: PlannedStage) -> dict[str, ArtifactRef] | str:
@@ -165,7 +144,7 @@ class Executor:
             gone = ", ".join(f"{n} ({recorded[n].uri})" for n in missing[:3])
             self._emit(
                 ps.spec.name,
-                "stale",
+                StageEventKind.STALE,
                 message=f"cached by stage run {hit.id}, but its outputs are gone from storage: {gone}; running it again",
             )
             return False
@@ -175,9 +154,11 @@ class Executor:
         source = hit.cached_from or hit.id
         sid = self.meta.record_cached(self.run_id, ps.spec.name, key, source, self._recorded_inputs(ps, inputs), outs)
         self.outputs[ps.spec.name] = outs
-        self.state[ps.spec.name] = "cached"
+        self.state[ps.spec.name] = StageStatus.CACHED
         note = self._after_success(ps.spec.name, sid, inputs, outs, cached=True)
-        self._emit(ps.spec.name, "cached", message=f"from stage run {source}" + (f"; {note}" if note else ""))
+        self._emit(
+            ps.spec.name, StageEventKind.CACHED, message=f"from stage run {source}" + (f"; {note}" if note else "")
+        )
         return True
 
     def _recorded_inputs(self, ps: PlannedStage, inputs: Mapping[str, ArtifactRef]) -> dict[str, ArtifactRef]:
@@ -196,7 +177,12 @@ class Executor:
         commit = CommitContext(
             self.meta, self.artifacts, self.run_id, stage, stage_run_id, dict(inputs), dict(outs), cached=cached
         )
-        return self.plan.stages[stage].kind.after_success(commit)
+        ps = self.plan.stages[stage]
+        notes = [ps.kind.after_success(commit)]
+        hook = self._hooks.get(ps.spec.kind)
+        if hook is not None:
+            notes.append(hook(ps.kind, commit))
+        return "; ".join(n for n in notes if n) or None
 
     def _request(self, ps: PlannedStage, key: str, inputs: dict[str, ArtifactRef]) -> None:
         """A new attempt: ask the scheduler for its resources (or launch at once if it needs none)."""
@@ -208,12 +194,12 @@ class Executor:
         self.attempts[name] = attempt
         res = ps.spec.resources.to_resources()
         if self.scheduler is None or res.is_zero():
-            sid = self.meta.start_stage(self.run_id, name, attempt, key)
-            self._launch(_Attempt(name, sid, attempt, time.time(), None, inputs, key), None)
+            sid = self.meta.start_stage(self.run_id, name, attempt, key, status=StageStatus.RUNNING)
+            self._launch(_Attempt(name, sid, attempt, self.backend.now(), None, inputs, key), None)
             return
-        sid = self.meta.start_stage(self.run_id, name, attempt, key, status="queued")
-        job_id = SchedulerClient.new_job_id(f"{self.run_id}:{name}:{attempt}")
-        att = _Attempt(name, sid, attempt, time.time(), None, inputs, key, job_id)
+        sid = self.meta.start_stage(self.run_id, name, attempt, key, status=StageStatus.QUEUED)
+        job_id = self.scheduler.new_job_id(f"{self.run_id}:{name}:{attempt}")
+        att = _Attempt(name, sid, attempt, self.backend.now(), None, inputs, key, job_id)
         spec = ps.spec
         view = self.scheduler.submit(
             job_id,
@@ -232,15 +218,14 @@ class Executor:
         )
         if view["state"] == "rejected":
             msg = f"cannot be scheduled: {view['reason']}"
-            self._fail(att, "rejected", msg, msg, retry=False)
+            self._fail(att, StageStatus.REJECTED, msg, msg, retry=False)
             return
         self.pending[job_id] = att
-        self.state[name] = "queued"
-        self._emit(name, "queued", attempt=attempt, message=view.get("reason", ""))
+        self.state[name] = StageStatus.QUEUED
+        self._emit(name, StageEventKind.QUEUED, attempt=attempt, message=view.get("reason", ""))
         self._on_view(job_id, view)
 
     def _launch(self, att: _Attempt, grant: Mapping[str, Any] | None) -> None:
-
         ps = self.plan.stages[att.stage]
         res = ps.spec.resources.to_resources()
         payload = {
@@ -252,30 +237,25 @@ class Executor:
             "outputs": None if ps.outputs is None else list(ps.outputs),
             "storage": self.artifacts.root,
             "inputs": {k: v.to_dict() for k, v in att.inputs.items()},
-            "resources": {"cpu": res.cpu, "gpu": res.gpu, "memory_mb": res.memory_mb, "custom": res.custom_dict},
+            "resources": res.to_dict(),
             "job_id": att.job_id,
             "checkpoint_dir": self.artifacts.uri_of(f"checkpoints/{att.stage}/{att.key[:24]}"),
             "gang_size": ps.spec.gang_size,
             "grant_nodes": list(grant["nodes"]) if grant is not None and grant.get("grant") == "ledger" else None,
         }
-        opts: dict[str, Any] = {
-            "name": f"raypipe:{self.plan.config.name}:{att.stage}",
-            "max_retries": 0,
-            "retry_exceptions": False,
-        }
         if grant is not None:
-            opts["scheduling_strategy"] = grant_strategy(grant)
             self.meta.mark_running(att.stage_run_id)
         # Kinds that launch their own Ray work leave the grant to it (else a data stage's
         # tasks would wait for the CPUs its own driver task holds).
         own = ps.kind.task_resources(res, ps.spec.gang_size)
-        ref = _remote_execute().options(**opts, **own.to_ray_options()).remote(payload)
-        now = time.time()
+        name = f"raypipe:{self.plan.config.name}:{att.stage}"
+        handle = self.backend.launch(StageTask(name, payload, own, grant))
+        now = self.backend.now()
         att.started = now
         att.deadline = now + ps.spec.timeout_s if ps.spec.timeout_s else None
-        self.running[ref] = att
-        self.state[att.stage] = "running"
-        self._emit(att.stage, "started", attempt=att.attempt)
+        self.running[handle] = att
+        self.state[att.stage] = StageStatus.RUNNING
+        self._emit(att.stage, StageEventKind.STARTED, attempt=att.attempt)
 
     def _on_view(self, job_id: str, view: Mapping[str, Any]) -> None:
         """React to the scheduler's view of one of our jobs."""
@@ -296,29 +276,33 @@ class Executor:
                     self._on_view(job_id, requeued)
             elif state == "queued" and view.get("reason") and view["reason"] != att.reason:
                 att.reason = view["reason"]
-                att.noticed = time.time()
-                self._emit(att.stage, "waiting", attempt=att.attempt, message=att.reason)
+                att.noticed = self.backend.now()
+                self._emit(att.stage, StageEventKind.WAITING, attempt=att.attempt, message=att.reason)
             elif state in ("done", "rejected"):
                 del self.pending[job_id]
                 self.versions.pop(job_id, None)
                 msg = f"the scheduler ended the job: {view.get('reason') or state}"
-                self._fail(att, "failed", msg, msg)
+                self._fail(att, StageStatus.FAILED, msg, msg)
             return
         if state in ("preempting", "lost"):
-            ref = next((r for r, a in self.running.items() if a.job_id == job_id), None)
-            if ref is None:
+            handle = next((h for h, a in self.running.items() if a.job_id == job_id), None)
+            if handle is None:
                 return
-            att = self.running[ref]
+            att = self.running[handle]
             grace = self._grace_s(att.stage)
             if state == "preempting" and grace > 0:
                 if att.stop_by is None:  # let it checkpoint and stop; cancelled at stop_by
-                    att.stop_by = time.time() + grace
+                    att.stop_by = self.backend.now() + grace
                     att.reason = view.get("reason", "")
                     self._emit(
-                        att.stage, "preempting", attempt=att.attempt, message=f"{grace:g}s to checkpoint and stop"
+                        att.stage,
+                        StageEventKind.PREEMPTING,
+                        attempt=att.attempt,
+                        message=f"{grace:g}s to checkpoint and stop",
                     )
                 return
-            self._requeue(ref, att, "preempted" if state == "preempting" else "lost", view.get("reason", ""))
+            status = StageStatus.PREEMPTED if state == "preempting" else StageStatus.LOST
+            self._requeue(handle, att, status, view.get("reason", ""))
 
     def _grace_s(self, stage: str) -> float:
         ps = self.plan.stages[stage]
@@ -326,21 +310,21 @@ class Executor:
             return ps.spec.preempt_grace_s
         return 30.0 if ps.kind.handles_preemption() else 0.0
 
-    def _requeue(self, ref: Any, att: _Attempt, status: str, reason: str) -> None:
+    def _requeue(self, handle: Handle, att: _Attempt, status: StageStatus, reason: str) -> None:
         """Stop work the scheduler took back; the same attempt waits for a new grant."""
-        import ray
-
-        if self.running.pop(ref, None) is not None:
-            ray.cancel(ref, force=True)
+        if self.running.pop(handle, None) is not None:
+            self.backend.cancel(handle)
         self.meta.fail_stage(att.stage_run_id, status, reason or status)
         if self.scheduler is None or att.job_id is None:
             raise RuntimeError(f"stage {att.stage!r}: only admitted attempts can be requeued")
-        att.stage_run_id = self.meta.start_stage(self.run_id, att.stage, att.attempt, att.key, status="queued")
+        att.stage_run_id = self.meta.start_stage(
+            self.run_id, att.stage, att.attempt, att.key, status=StageStatus.QUEUED
+        )
         att.deadline = att.stop_by = None
         view = self.scheduler.requeue(att.job_id)
         self.pending[att.job_id] = att
-        self.state[att.stage] = "queued"
-        self._emit(att.stage, "requeued", attempt=att.attempt, message=f"{status}: {reason}")
+        self.state[att.stage] = StageStatus.QUEUED
+        self._emit(att.stage, StageEventKind.REQUEUED, attempt=att.attempt, message=f"{status}: {reason}")
         if view is not None:
             self._on_view(att.job_id, view)
 
@@ -357,48 +341,53 @@ class Executor:
         )
         self._release(att)
         self.outputs[att.stage] = outs
-        self.state[att.stage] = "succeeded"
+        self.state[att.stage] = StageStatus.SUCCEEDED
         note = self._after_success(att.stage, att.stage_run_id, att.inputs, outs, cached=False)
         self._emit(
-            att.stage, "succeeded", attempt=att.attempt, duration_s=time.time() - att.started, message=note or ""
+            att.stage,
+            StageEventKind.SUCCEEDED,
+            attempt=att.attempt,
+            duration_s=self.backend.now() - att.started,
+            message=note or "",
         )
 
-    def _fail(self, att: _Attempt, status: str, short: str, detail: str, retry: bool = True) -> None:
+    def _fail(self, att: _Attempt, status: StageStatus, short: str, detail: str, retry: bool = True) -> None:
         self.meta.fail_stage(att.stage_run_id, status, detail)
         self._release(att)
         spec = self.plan.stages[att.stage].spec
         if retry and att.attempt <= spec.retries.max:
             delay = spec.retries.backoff_s * (2 ** (att.attempt - 1))
-            self.retry_at[att.stage] = time.time() + delay
-            self.state[att.stage] = "waiting"
-            self._emit(att.stage, "retrying", attempt=att.attempt, message=f"{short}; retry in {delay:g}s")
+            self.retry_at[att.stage] = self.backend.now() + delay
+            self.state[att.stage] = StageStatus.WAITING
+            self._emit(att.stage, StageEventKind.RETRYING, attempt=att.attempt, message=f"{short}; retry in {delay:g}s")
         else:
-            self.state[att.stage] = "failed"
+            self.state[att.stage] = StageStatus.FAILED
             self.errors[att.stage] = short
-            self._emit(att.stage, "failed", attempt=att.attempt, duration_s=time.time() - att.started, message=short)
+            duration = self.backend.now() - att.started
+            self._emit(att.stage, StageEventKind.FAILED, attempt=att.attempt, duration_s=duration, message=short)
 
     def _fail_unstarted(self, name: str, message: str) -> None:
         self.meta.skip_stage(self.run_id, name, failures.encode(message, failures.CONFIG))
-        self.state[name] = "failed"
+        self.state[name] = StageStatus.FAILED
         self.errors[name] = message
-        self._emit(name, "failed", message=message)
+        self._emit(name, StageEventKind.FAILED, message=message)
 
     # ------------------------------------------------------------------ the loop
     def _schedule_ready(self) -> bool:
         """Start (or reuse from cache) every stage whose upstream is done.  True if anything changed."""
         changed = False
-        now = time.time()
+        now = self.backend.now()
         for name in self.plan.order:
-            if self.state[name] != "waiting":
+            if self.state[name] != StageStatus.WAITING:
                 continue
             ps = self.plan.stages[name]
             ups = [self.state[u] for u in ps.upstream]
-            if any(s in ("failed", "skipped") for s in ups):
-                bad = next(u for u in ps.upstream if self.state[u] in ("failed", "skipped"))
+            if any(s in BLOCKING_STATES for s in ups):
+                bad = next(u for u in ps.upstream if self.state[u] in BLOCKING_STATES)
                 reason = f"upstream stage {bad!r} {self.state[bad]}"
                 self.meta.skip_stage(self.run_id, name, reason)
-                self.state[name] = "skipped"
-                self._emit(name, "skipped", message=reason)
+                self.state[name] = StageStatus.SKIPPED
+                self._emit(name, StageEventKind.SKIPPED, message=reason)
                 changed = True
                 continue
             if not all(s in DONE_STATES for s in ups) or self.retry_at.get(name, 0.0) > now:
@@ -427,7 +416,7 @@ class Executor:
         """Stages still waiting for their grant: say so again every ``notice_s`` (how long,
         and why: the scheduler names what holds the capacity), and give up on one that has
         waited its ``wait_timeout_s`` (not retried: waiting again would not help)."""
-        now = time.time()
+        now = self.backend.now()
         for job_id, att in list(self.pending.items()):
             waited = now - att.started
             limit = self._wait_limit(att.stage)
@@ -435,150 +424,159 @@ class Executor:
                 del self.pending[job_id]
                 why = att.reason or "no grant yet"
                 msg = f"waited {waited:.0f}s for resources (wait_timeout_s: {limit:g}): {why}"
-                self._fail(att, "timeout", msg, msg, retry=False)
+                self._fail(att, StageStatus.TIMEOUT, msg, msg, retry=False)
             elif now - max(att.noticed, att.started) >= self.notice_s:
                 att.noticed = now
-                self._emit(
-                    att.stage, "waiting", attempt=att.attempt, message=f"still waiting after {_ago(waited)}: {att.reason}"
-                )
+                message = f"still waiting after {_ago(waited)}: {att.reason}"
+                self._emit(att.stage, StageEventKind.WAITING, attempt=att.attempt, message=message)
 
     def _wait_timeout(self) -> float:
-        now = time.time()
+        now = self.backend.now()
         deadlines = [a.deadline for a in self.running.values() if a.deadline is not None]
         deadlines += [max(a.noticed, a.started) + self.notice_s for a in self.pending.values()]
         deadlines += [a.started + w for a in self.pending.values() if (w := self._wait_limit(a.stage)) is not None]
         deadlines += [a.stop_by for a in self.running.values() if a.stop_by is not None]
-        deadlines += [t for s, t in self.retry_at.items() if self.state[s] == "waiting"]
+        deadlines += [t for s, t in self.retry_at.items() if self.state[s] == StageStatus.WAITING]
         nearest = min(deadlines, default=now + self.poll_s)
         return max(0.0, min(self.poll_s, nearest - now))
 
     def _collect(self) -> None:
-        import ray
-
+        """Wait (at most until the nearest deadline) for a stage task or the scheduler's
+        watch to finish, handle what finished, then cancel what overran its time."""
         if self._watch is None and self.versions and self.scheduler is not None:
             self._watch = self.scheduler.watch(self.versions)
-        refs = list(self.running) + ([self._watch] if self._watch is not None else [])
-        ready, rest = ray.wait(refs, num_returns=1, timeout=self._wait_timeout())
-        if ready and rest:
-            more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
-            ready += more
-        for ref in ready:
-            if ref is self._watch or ref == self._watch:
+        handles = list(self.running) + ([self._watch] if self._watch is not None else [])
+        for handle in self.backend.wait(handles, self._wait_timeout()):
+            if handle is self._watch or handle == self._watch:
                 self._watch = None
-                for job_id, view in ray.get(ref).items():
+                try:
+                    views = self.backend.result(handle)
+                except TaskFailed as e:  # the controller's own error, as it was raised
+                    raise e.error from None
+                for job_id, view in views.items():
                     self._on_view(job_id, view)
                 continue
-            att = self.running.pop(ref, None)
-            if att is None:  # cancelled by a requeue in this same pass
-                continue
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayTaskError as e:
-                if att.stop_by is not None or isinstance(getattr(e, "cause", None), StagePreempted):
-                    if self._requeue_if_preempted(ref, att, e):
-                        continue
-                # a deterministic failure (a missed gate, a failed validation...) fails again
-                self._fail(att, "failed", short_error(e), _detail(e), retry=failures.retryable(e))
-            except Exception as e:  # noqa: BLE001 - a system error: maybe the node died
-                if not self._requeue_if_lost(ref, att):
-                    self._fail(att, "failed", short_error(e), _detail(e))
-            else:
-                try:
-                    self._succeed(att, result)
-                except Exception as e:  # noqa: BLE001
-                    self._fail(att, "failed", short_error(e), _detail(e))
-        now = time.time()
-        for ref, att in list(self.running.items()):
+            att = self.running.pop(handle, None)
+            if att is not None:  # else cancelled by a requeue in this same pass
+                self._finished(handle, att)
+        now = self.backend.now()
+        for handle, att in list(self.running.items()):
             if att.stop_by is not None and now >= att.stop_by:
-                self._requeue(ref, att, "preempted", f"{att.reason} (did not stop within its grace period)")
+                self._requeue(
+                    handle, att, StageStatus.PREEMPTED, f"{att.reason} (did not stop within its grace period)"
+                )
             elif att.deadline is not None and now >= att.deadline:
-                ray.cancel(ref, force=True)
-                del self.running[ref]
+                self.backend.cancel(handle)
+                del self.running[handle]
                 timeout = self.plan.stages[att.stage].spec.timeout_s
                 msg = f"timed out after {timeout:g}s"
-                self._fail(att, "timeout", msg, msg)
+                self._fail(att, StageStatus.TIMEOUT, msg, msg)
 
-    def _requeue_if_preempted(self, ref: Any, att: _Attempt, exc: BaseException) -> bool:
+    def _finished(self, handle: Handle, att: _Attempt) -> None:
+        """A stage task finished: record its success, or requeue, retry or fail it."""
+        try:
+            result = self.backend.result(handle)
+        except TaskFailed as failed:
+            e = failed.error
+            if att.stop_by is not None or isinstance(failures.user_exception(e), StagePreempted):
+                if self._requeue_if_preempted(handle, att, e):
+                    return
+            # a deterministic failure (a missed gate, a failed validation...) fails again
+            self._fail(att, StageStatus.FAILED, short_error(e), _detail(e), retry=failures.retryable(e))
+        except Exception as e:  # noqa: BLE001 - a system error: maybe the node died
+            if not self._requeue_if_lost(handle, att):
+                self._fail(att, StageStatus.FAILED, short_error(e), _detail(e))
+        else:
+            try:
+                self._succeed(att, result)
+            except Exception as e:  # noqa: BLE001
+                self._fail(att, StageStatus.FAILED, short_error(e), _detail(e))
+
+    def _requeue_if_preempted(self, handle: Handle, att: _Attempt, exc: BaseException) -> bool:
         """A stage that stopped itself (or failed while stopping) after a preemption is requeued."""
         if att.job_id is None or self.scheduler is None:
             return False
         view = self.scheduler.poll([att.job_id]).get(att.job_id)
         if view is None or view["state"] != "preempting":
             return False  # raised StagePreempted without being preempted: a failure
-        self._requeue(ref, att, "preempted", f"{att.reason or view.get('reason', '')}; stopped: {short_error(exc)}")
+        reason = f"{att.reason or view.get('reason', '')}; stopped: {short_error(exc)}"
+        self._requeue(handle, att, StageStatus.PREEMPTED, reason)
         return True
 
-    def _requeue_if_lost(self, ref: Any, att: _Attempt) -> bool:
+    def _requeue_if_lost(self, handle: Handle, att: _Attempt) -> bool:
         """After a system error, ask the scheduler whether the grant's node died."""
         if att.job_id is None or self.scheduler is None:
             return False
         view = self.scheduler.refresh([att.job_id], wait_s=10.0).get(att.job_id)
         if view is None or view["state"] != "lost":
             return False
-        self.running[ref] = att
-        self._requeue(ref, att, "lost", view.get("reason", ""))
+        self.running[handle] = att
+        self._requeue(handle, att, StageStatus.LOST, view.get("reason", ""))
         return True
 
     def _cancel_running(self, reason: str) -> None:
-        import ray
-
-        for ref, att in list(self.running.items()):
+        for handle, att in list(self.running.items()):
             try:
-                ray.cancel(ref, force=True)
+                self.backend.cancel(handle)
             except Exception:  # noqa: BLE001 - best effort while stopping
                 pass
-            self.meta.fail_stage(att.stage_run_id, "interrupted", reason)
+            self.meta.fail_stage(att.stage_run_id, StageStatus.INTERRUPTED, reason)
         for att in self.pending.values():
-            self.meta.fail_stage(att.stage_run_id, "interrupted", reason)
+            self.meta.fail_stage(att.stage_run_id, StageStatus.INTERRUPTED, reason)
         if self.scheduler is not None:
             jobs = [a.job_id for a in [*self.running.values(), *self.pending.values()] if a.job_id]
             if jobs:
                 try:
-                    ray.get(self.scheduler.release(jobs), timeout=5)
+                    self.backend.result(self.scheduler.release(jobs), timeout_s=5.0)
                 except Exception:  # noqa: BLE001 - the lease reaper frees them otherwise
                     pass
         self.running.clear()
         self.pending.clear()
 
-    def execute(self) -> RunResult:
-        started = time.time()
+    def _reuse_finished(self) -> None:
+        """On resume: the stages that finished earlier in this run are done, with their outputs."""
         for name, rec in self.reuse.items():
             if name not in self.state:
                 continue
             self.outputs[name] = self.meta.io_of(rec.id, "out")
             if rec.cache_key:
                 self.keys[name] = rec.cache_key
-            self.state[name] = "reused"
+            self.state[name] = StageStatus.REUSED
             inputs = {k: r for k, r in self.meta.io_of(rec.id, "in").items() if r.format != "source"}
-            note = self._after_success(name, rec.id, inputs, self.outputs[name], cached=rec.status == "cached")
+            cached = rec.status == StageStatus.CACHED
+            note = self._after_success(name, rec.id, inputs, self.outputs[name], cached=cached)
             msg = f"finished earlier in this run (stage run {rec.id})" + (f"; {note}" if note else "")
-            self._emit(name, "reused", message=msg)
+            self._emit(name, StageEventKind.REUSED, message=msg)
+
+    def execute(self) -> RunResult:
+        started = self.backend.now()
+        self._reuse_finished()
         try:
             while True:
-                if _STOP:
-                    raise RunStopped(_STOP.pop())
+                why = take_stop_request()
+                if why is not None:
+                    raise RunStopped(why)
                 while self._schedule_ready():
                     pass
                 if self.running or self.pending:
                     self._collect()
                     self._check_waits()
-                elif any(s == "waiting" for s in self.state.values()):
-                    time.sleep(self._wait_timeout() or 0.01)
+                elif any(s == StageStatus.WAITING for s in self.state.values()):
+                    self.backend.sleep(self._wait_timeout() or 0.01)
                 else:
                     break
         except BaseException as e:
             stopped = isinstance(e, (KeyboardInterrupt, RunStopped))
             why = ("stopped: " + (str(e) or "Ctrl-C")) if stopped else f"driver interrupted: {type(e).__name__}"
             self._cancel_running(why)
-            self.meta.finish_run(self.run_id, "stopped" if stopped else "interrupted", why)
+            self.meta.finish_run(self.run_id, RunStatus.STOPPED if stopped else RunStatus.INTERRUPTED, why)
             raise
         ok = all(s in DONE_STATES for s in self.state.values())
-        status = "succeeded" if ok else "failed"
+        status = RunStatus.SUCCEEDED if ok else RunStatus.FAILED
         summary = "; ".join(f"{s}: {m}" for s, m in self.errors.items()) or None
         self.meta.finish_run(self.run_id, status, summary)
-        return RunResult(
-            self.run_id, status, dict(self.state), dict(self.errors), time.time() - started, dict(self.outputs)
-        )
+        wall_s = self.backend.now() - started
+        return RunResult(self.run_id, status, dict(self.state), dict(self.errors), wall_s, dict(self.outputs))
 
 
 def _ago(seconds: float) -> str:
@@ -590,11 +588,3 @@ def _ago(seconds: float) -> str:
 def _detail(exc: BaseException) -> str:
     """What ``stage_runs.error`` records: the clean message, the failure's category, the traceback."""
     return failures.record(exc)
-
-
-@lru_cache(maxsize=1)
-def _remote_execute() -> Any:
-    """``execute_stage`` as a Ray remote function, made once per process."""
-    import ray
-
-    return ray.remote(execute_stage)

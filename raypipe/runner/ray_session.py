@@ -10,6 +10,7 @@ from typing import Any
 
 from raypipe.config import RayConfig
 from raypipe.exceptions import RaypipeError
+from raypipe.store.artifacts import is_local
 
 
 def local_cluster_address() -> str | None:
@@ -142,8 +143,6 @@ def check_storage_shared(root: str, timeout_s: float = 60.0) -> None:
 
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from raypipe.store.artifacts import is_local
 
     if not is_local(root):
         return

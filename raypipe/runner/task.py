@@ -27,7 +27,7 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
         run_id=payload["run_id"],
         stage=payload["stage"],
         attempt=payload["attempt"],
-        resources=Resources.of(**payload["resources"]),
+        resources=Resources.from_dict(payload["resources"]),
         storage=payload["storage"],
         job_id=payload.get("job_id"),
         checkpoint_dir=payload.get("checkpoint_dir"),

@@ -1,4 +1,10 @@
-"""How work reaches the scheduler: find or start the controller actor, submit, watch, release."""
+"""How work reaches the scheduler: find or start the controller actor, submit, watch, release.
+
+Job views come back as :class:`~raypipe.scheduler.jobs.JobView` (typed
+attributes; also a read-only mapping with the keys of the actor's dict form).
+``watch`` returns an ``ObjectRef`` of the dict form: :meth:`SchedulerClient.views`
+turns its result into views.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from raypipe._ray.actors import NAMESPACE, get_or_create
 from raypipe.exceptions import RaypipeError
 from raypipe.resources import Resources
-from raypipe.scheduler.backend import NODE_ID_LABEL, pg_from_id
-from raypipe.scheduler.controller import ControllerActor
+from raypipe.scheduler.actor import ControllerActor
+from raypipe.scheduler.backend import NODE_ID_LABEL
+from raypipe.scheduler.jobs import Grant, JobState, JobView
+from raypipe.scheduler.ray_backend import pg_from_id
 
 CONTROLLER_NAME = "raypipe-scheduler"
-NAMESPACE = "raypipe"
 
 
 def get_controller(
@@ -28,27 +36,19 @@ def get_controller(
     """
     import ray
 
-    try:
-        handle = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-    except ValueError:
-        if not create:
-            raise RaypipeError("no raypipe scheduler is running on this Ray cluster") from None
-        handle = (
-            ray.remote(ControllerActor)
-            .options(
-                name=CONTROLLER_NAME,
-                namespace=NAMESPACE,
-                lifetime="detached",
-                get_if_exists=True,
-                max_restarts=-1,
-                max_task_retries=-1,
-                num_cpus=0,
-                # On the head node, like Serve's controller: worker nodes come and go.
-                resources={"node:__internal_head__": 0.001},
-                max_concurrency=10_000,
-            )
-            .remote(dict(settings) if settings else None, tick_s, backend)
-        )
+    def missing() -> None:
+        raise RaypipeError("no raypipe scheduler is running on this Ray cluster")
+
+    # On the head node, like Serve's controller: worker nodes come and go.
+    handle = get_or_create(
+        CONTROLLER_NAME,
+        ControllerActor,
+        (dict(settings) if settings else None, tick_s, backend),
+        on_missing=None if create else missing,
+        head=True,
+        max_task_retries=-1,
+        max_concurrency=10_000,
+    )
     if settings:
         ray.get(handle.configure.remote(dict(settings)))
     else:
@@ -84,7 +84,7 @@ class SchedulerClient:
         duration_estimate_s: float | None = None,
         label_selector: Mapping[str, str] | None = None,
         grant: str = "pg",
-    ) -> dict[str, Any]:
+    ) -> JobView:
         """Queue one job.  ``grant="pg"``: run inside the placement group of the grant
         (:func:`scheduling_strategy`).  ``grant="ledger"``: for a library that makes its
         own groups (Ray Train, Tune); pin its workers with :func:`ledger_label_selectors`."""
@@ -92,9 +92,7 @@ class SchedulerClient:
 
         req = {
             "job_id": job_id,
-            "bundles": [
-                {"cpu": b.cpu, "gpu": b.gpu, "memory_mb": b.memory_mb, "custom": b.custom_dict} for b in bundles
-            ],
+            "bundles": [b.to_dict() for b in bundles],
             "priority": priority,
             "team": team,
             "preemptible": preemptible,
@@ -103,45 +101,52 @@ class SchedulerClient:
             "label_selector": dict(label_selector or {}),
             "grant": grant,
         }
-        return ray.get(self.handle.submit.remote([req], self.owner))[0]
+        return JobView.from_dict(ray.get(self.handle.submit.remote([req], self.owner))[0])
 
     def watch(self, versions: Mapping[str, int], timeout_s: float = 10.0) -> Any:
-        """An ObjectRef that resolves to job views once one of them changes."""
+        """An ObjectRef that resolves to job views (dict form, see :meth:`views`) once one of them changes."""
         return self.handle.watch.remote(dict(versions), timeout_s)
 
-    def refresh(self, job_ids: Sequence[str], wait_s: float = 0.0) -> dict[str, dict[str, Any]]:
+    @staticmethod
+    def views(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, JobView]:
+        """Job views from the actor's dict form (e.g. ``ray.get`` of :meth:`watch`)."""
+        return {jid: JobView.from_dict(v) for jid, v in raw.items()}
+
+    def refresh(self, job_ids: Sequence[str], wait_s: float = 0.0) -> dict[str, JobView]:
         import ray
 
-        return ray.get(self.handle.refresh.remote(list(job_ids), wait_s))
+        return self.views(ray.get(self.handle.refresh.remote(list(job_ids), wait_s)))
 
     def release(self, job_ids: Sequence[str]) -> Any:
         return self.handle.release.remote(list(job_ids))
 
-    def poll(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def poll(self, job_ids: Sequence[str]) -> dict[str, JobView]:
         import ray
 
-        return ray.get(self.handle.poll.remote(list(job_ids)))
+        return self.views(ray.get(self.handle.poll.remote(list(job_ids))))
 
-    def requeue(self, job_id: str) -> dict[str, Any] | None:
+    def requeue(self, job_id: str) -> JobView | None:
         import ray
 
-        return ray.get(self.handle.requeue.remote(job_id))
+        raw = ray.get(self.handle.requeue.remote(job_id))
+        return None if raw is None else JobView.from_dict(raw)
 
-    def queue(self) -> list[dict[str, Any]]:
+    def queue(self) -> list[JobView]:
         import ray
 
-        return ray.get(self.handle.queue.remote())
+        return [JobView.from_dict(v) for v in ray.get(self.handle.queue.remote())]
 
 
 def grant_strategy(view: Mapping[str, Any]) -> Any:
     """Where the work of a granted job runs: inside its placement group (``pg`` grant),
     or pinned to the node of its single bundle (``ledger`` grant), whose capacity the
-    controller keeps free for it."""
-    if view.get("pg_id"):
-        return scheduling_strategy(view["pg_id"])
+    controller keeps free for it.  ``view``: a :class:`JobView` or its dict form."""
+    job = JobView.from_dict(view)
+    if job.pg_id:
+        return scheduling_strategy(job.pg_id)
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    (node,) = set(ledger_label_selectors(view)[0].values())
+    (node,) = set(ledger_label_selectors(job)[0].values())
     return NodeAffinitySchedulingStrategy(node, soft=False)
 
 
@@ -156,16 +161,19 @@ def scheduling_strategy(pg_id: str) -> Any:
 
 def ledger_label_selectors(view: Mapping[str, Any]) -> list[dict[str, str]]:
     """One label selector per bundle of a ledger grant, pinning it to its granted node
-    (e.g. ``ScalingConfig(label_selector=...)`` for Ray Train's workers)."""
-    if view.get("grant") != "ledger" or view.get("state") not in ("running", "preempting"):
-        raise RaypipeError(f"job {view.get('job_id')!r} holds no ledger grant (state {view.get('state')!r})")
-    return [{NODE_ID_LABEL: nid} for nid in view["nodes"]]
+    (e.g. ``ScalingConfig(label_selector=...)`` for Ray Train's workers).  ``view``: a
+    :class:`JobView` or its dict form."""
+    job = JobView.from_dict(view)
+    if job.grant is not Grant.LEDGER or not job.state.holds_grant:
+        raise RaypipeError(f"job {job.job_id!r} holds no ledger grant (state {job.state.value!r})")
+    return [{NODE_ID_LABEL: nid} for nid in job.nodes]
 
 
-def job_state(job_id: str) -> str | None:
+def job_state(job_id: str) -> JobState | None:
     """The state of one job (from inside its work, e.g. to notice preemption)."""
     import ray
 
-    handle = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
-    view = ray.get(handle.poll.remote([job_id])).get(job_id)
-    return None if view is None else str(view["state"])
+    handle: Any = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+    views: dict[str, dict[str, Any]] = ray.get(handle.poll.remote([job_id]))
+    view = views.get(job_id)
+    return None if view is None else JobState(view["state"])

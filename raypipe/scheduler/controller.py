@@ -2,19 +2,15 @@
 
 :class:`ControllerCore` holds all the logic and talks to Ray only through a
 :class:`~raypipe.scheduler.backend.Backend` and an injected clock, so unit tests
-drive it without Ray.  :class:`ControllerActor` is the thin asyncio Ray actor
-around it (named, detached, restarted by Ray after a crash).
+drive it without Ray; :class:`~raypipe.scheduler.actor.ControllerActor` is the
+thin asyncio Ray actor around it.  The jobs it keeps, their states and the
+views owners see are in :mod:`raypipe.scheduler.jobs`.
 
-Lifecycle of a job (one stage attempt, or one gang):
-
-``submit`` -> queued (or rejected with the reason it can never fit) -> the policy
-starts it: a detached placement group pinned to the chosen nodes is created and
-the job is ``running`` (its owner launches work inside the group) -> ``release``
-removes the group.  The policy may preempt: the job becomes ``preempting``
-(resources still held) until its owner stops the work and calls ``requeue``;
-a job on a node that died becomes ``lost`` (group removed) and its owner
-requeues it.  Owners poll; a job whose owner stops polling for ``lease_s`` is
-released, so a killed driver leaks nothing.
+The policy starts a queued job: a detached placement group pinned to the
+chosen nodes is created (or, for a ``ledger`` grant, the capacity is booked)
+and the job is ``running``; its owner launches work inside the group and
+calls ``release`` at the end.  Owners poll; a job whose owner stops polling
+for ``lease_s`` is released, so a killed driver leaks nothing.
 
 With an autoscaler in the settings (the cluster's maximum shape), a job that
 does not fit the cluster as it is but fits its maximum size is queued instead
@@ -29,181 +25,84 @@ knows and removes the ones it does not.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 from raypipe.resources import Resources
+from raypipe.scheduler import vec
 from raypipe.scheduler.autoscale import MaxShape, count_workers, format_bundles, scale_up_bundles
 from raypipe.scheduler.backend import PG_PREFIX, Backend, NodeInfo
+from raypipe.scheduler.jobs import (
+    QUEUE_ORDER,
+    Grant,
+    Job,
+    JobState,
+    JobView,
+    job_label,
+    request_from_dict,
+    request_to_dict,
+)
 from raypipe.scheduler.lifecycle import borrowing_allowed, requeued_request
-from raypipe.scheduler.placement import FreeLedger, exceeds_quota, feasible_ever
+from raypipe.scheduler.placement import FreeLedger, admission_block
 from raypipe.scheduler.policies.registry import get_policy
 from raypipe.scheduler.policy import Policy
-from raypipe.scheduler.types import ClusterView, JobRequest, NodeView, Placement, RunningJob, Snapshot, TeamConfig
+from raypipe.scheduler.types import (
+    BlockKind,
+    ClusterView,
+    JobRequest,
+    NodeView,
+    Placement,
+    RunningJob,
+    Snapshot,
+    TeamConfig,
+)
 
-STATES = ("queued", "running", "preempting", "lost", "done", "rejected")
-ACTIVE = ("queued", "running", "preempting", "lost")
-HOLDING = ("running", "preempting")
+__all__ = [
+    "AutoscalerStats",
+    "ControllerCore",
+    "ControllerStats",
+    "SchedulerSettings",
+    "request_from_dict",
+    "request_to_dict",
+]
 
-
-def _res_to_dict(r: Resources) -> dict[str, Any]:
-    return {"cpu": r.cpu, "gpu": r.gpu, "memory_mb": r.memory_mb, "custom": r.custom_dict}
-
-
-def _res_from_dict(d: Mapping[str, Any]) -> Resources:
-    return Resources.of(d.get("cpu", 0.0), d.get("gpu", 0.0), d.get("memory_mb", 0.0), d.get("custom") or {})
+_QUEUE_RANK = {state: i for i, state in enumerate(QUEUE_ORDER)}
 
 
 def _clip(r: Resources) -> Resources:
     """Negative parts to zero."""
-    return Resources._from_vec({k: max(0.0, v) for k, v in r._vec().items()})
+    return vec.to_resources(vec.clip(vec.of(r)))
 
 
-def request_to_dict(r: JobRequest) -> dict[str, Any]:
-    return {
-        "job_id": r.job_id,
-        "bundles": [_res_to_dict(b) for b in r.bundles],
-        "submit_time": r.submit_time,
-        "strategy": r.strategy,
-        "priority": r.priority,
-        "team": r.team,
-        "duration_estimate_s": r.duration_estimate_s,
-        "preemptible": r.preemptible,
-        "label_selector": dict(r.label_selector),
-        "attained_service": r.attained_service,
-        "enqueue_time": r.enqueue_time,
-        "last_run_s": r.last_run_s,
-    }
+class AutoscalerStats(TypedDict):
+    """The autoscaler part of :class:`ControllerStats`."""
+
+    max_shape: str
+    requested: str
+    error: str
 
 
-def request_from_dict(d: Mapping[str, Any]) -> JobRequest:
-    return JobRequest(
-        job_id=d["job_id"],
-        bundles=tuple(_res_from_dict(b) for b in d["bundles"]),
-        submit_time=float(d.get("submit_time", 0.0)),
-        strategy=d.get("strategy", "PACK"),
-        priority=int(d.get("priority", 0)),
-        team=d.get("team", "default"),
-        duration_estimate_s=d.get("duration_estimate_s"),
-        preemptible=bool(d.get("preemptible", True)),
-        label_selector=d.get("label_selector") or {},
-        attained_service=float(d.get("attained_service", 0.0)),
-        enqueue_time=d.get("enqueue_time"),
-        last_run_s=float(d.get("last_run_s", 0.0)),
-    )
+class ControllerStats(TypedDict):
+    """``ControllerCore.stats()``: what ``raypipe queue`` prints above the jobs."""
 
-
-@dataclass
-class Job:
-    request: JobRequest
-    owner: str
-    state: str = "queued"
-    placement: tuple[str, ...] | None = None
-    pg_id: str | None = None
-    start_time: float | None = None
-    end_time: float | None = None
-    borrowed: bool = False
-    preemptions: int = 0
-    last_seen: float = 0.0
-    reason: str = ""
-    version: int = 0
-    #: ``pg``: the grant is a placement group the owner runs inside.  ``ledger``:
-    #: no group; the capacity on ``placement``'s nodes is reserved in the
-    #: controller's books for a library (Ray Train, Tune) that makes its own
-    #: groups, which the owner pins to those nodes.
-    grant: str = "pg"
-    #: Waits for nodes the autoscaler can add: its bundles are in the controller's
-    #: ``request_resources`` until it starts (or leaves the queue).
-    scale_up: bool = False
-
-    @property
-    def job_id(self) -> str:
-        return self.request.job_id
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "request": request_to_dict(self.request),
-            "owner": self.owner,
-            "state": self.state,
-            "placement": list(self.placement) if self.placement else None,
-            "pg_id": self.pg_id,
-            "start_time": self.start_time,
-            "end_time": self.end_time,
-            "borrowed": self.borrowed,
-            "preemptions": self.preemptions,
-            "last_seen": self.last_seen,
-            "reason": self.reason,
-            "version": self.version,
-            "grant": self.grant,
-            "scale_up": self.scale_up,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Job:
-        return cls(
-            request=request_from_dict(d["request"]),
-            owner=d["owner"],
-            state=d["state"],
-            placement=tuple(d["placement"]) if d.get("placement") else None,
-            pg_id=d.get("pg_id"),
-            start_time=d.get("start_time"),
-            end_time=d.get("end_time"),
-            borrowed=bool(d.get("borrowed")),
-            preemptions=int(d.get("preemptions", 0)),
-            last_seen=float(d.get("last_seen", 0.0)),
-            reason=d.get("reason", ""),
-            version=int(d.get("version", 0)),
-            grant=d.get("grant", "pg"),
-            scale_up=bool(d.get("scale_up", False)),
-        )
-
-    def view(self) -> dict[str, Any]:
-        """What owners and `raypipe queue` see of a job."""
-        r = self.request
-        return {
-            "job_id": self.job_id,
-            "state": self.state,
-            "owner": self.owner,
-            "team": r.team,
-            "priority": r.priority,
-            "demand": str(r.demand),
-            "bundles": len(r.bundles),
-            "pg_id": self.pg_id,
-            "nodes": list(self.placement) if self.placement else [],
-            "submit_time": r.submit_time,
-            "start_time": self.start_time,
-            "preemptions": self.preemptions,
-            "reason": self.reason,
-            "version": self.version,
-            "grant": self.grant,
-            "scale_up": self.scale_up,
-        }
-
-
-_RUN_ID = re.compile(r"^(?P<pipeline>.+?)-\d{8}-\d{6}-[0-9a-f]+$")
-
-
-def job_label(job: Job) -> str:
-    """A job for people: ``serving app NAME`` for a serving reservation, ``PIPELINE/STAGE``
-    for a stage attempt (job ids ``RUN_ID:STAGE:ATTEMPT:HEX``), else its id."""
-    if job.owner.startswith("serve:"):
-        return f"serving app {job.owner[len('serve:') :]}"
-    parts = job.job_id.split(":")
-    if len(parts) >= 4:
-        run, stage = ":".join(parts[:-3]), parts[-3]
-        m = _RUN_ID.match(run)
-        return f"{m.group('pipeline') if m else run}/{stage}"
-    return job.job_id
+    policy: str
+    decisions: int
+    decision_p50_ms: float | None
+    decision_p99_ms: float | None
+    jobs: dict[str, int]
+    nodes: int
+    free: dict[str, Any]
+    autoscaler: AutoscalerStats | None
 
 
 @dataclass
 class SchedulerSettings:
+    """The controller's settings (from the ``scheduler:`` section of a pipeline file)."""
+
     policy: str = "fifo"
     policy_args: dict[str, Any] = field(default_factory=dict)
     teams: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -214,6 +113,7 @@ class SchedulerSettings:
     autoscaler: dict[str, Any] | None = None
 
     def team_configs(self) -> dict[str, TeamConfig]:
+        """The teams as the policies see them (quota from ``cpu``, ``gpu``, ``memory_mb``, ``custom``)."""
         out = {}
         for name, t in self.teams.items():
             quota = {k: v for k, v in t.items() if k in ("cpu", "gpu", "memory_mb")}
@@ -260,7 +160,7 @@ class ControllerCore:
         known = set()
         for job in self.jobs.values():
             job.last_seen = max(job.last_seen, now)  # owners get a full lease to reconnect
-            if job.state in HOLDING and job.pg_id:
+            if job.state.holds_grant and job.pg_id:
                 if job.pg_id in live:
                     known.add(job.pg_id)
                 else:
@@ -282,7 +182,7 @@ class ControllerCore:
         out: dict[str, bytes | None] = {}
         for jid in self._dirty:
             job = self.jobs.get(jid)
-            out[jid] = json.dumps(job.to_dict()).encode() if job is not None and job.state in ACTIVE else None
+            out[jid] = json.dumps(job.to_dict()).encode() if job is not None and job.state.active else None
         self.backend.save_jobs(out)
         self._dirty.clear()
 
@@ -308,7 +208,7 @@ class ControllerCore:
         self.backend.save_settings(json.dumps(settings.__dict__).encode())
 
     # ---------------------------------------------------------------- helpers
-    def _bump(self, job: Job, state: str, reason: str = "") -> None:
+    def _bump(self, job: Job, state: JobState, reason: str = "") -> None:
         self._dirty.add(job.job_id)
         job.state = state
         job.reason = reason
@@ -320,13 +220,13 @@ class ControllerCore:
             self.backend.remove_pg(job.pg_id)
         job.request = requeued_request(job.request, now, job.start_time or None)
         job.pg_id, job.placement, job.start_time, job.borrowed = None, None, None, False
-        self._bump(job, "queued", reason)
+        self._bump(job, JobState.QUEUED, reason)
 
     def _held(self) -> dict[str, Resources]:
         """What raypipe's grants hold, per node."""
         used: dict[str, Resources] = {}
         for job in self.jobs.values():
-            if job.state in HOLDING and job.placement:
+            if job.state.holds_grant and job.placement:
                 for b, nid in zip(job.request.bundles, job.placement, strict=True):
                     used[nid] = used.get(nid, Resources()) + b
         return used
@@ -357,7 +257,7 @@ class ControllerCore:
         beyond raypipe's grants), largest first."""
         held: dict[str, Resources] = {}
         for job in self.jobs.values():
-            if job.state in HOLDING and job.placement:
+            if job.state.holds_grant and job.placement:
                 mine = [b for b, nid in zip(job.request.bundles, job.placement, strict=True) if nid == node_id]
                 if mine:
                     name = job_label(job)
@@ -385,7 +285,7 @@ class ControllerCore:
         return why
 
     # ---------------------------------------------------------------- API
-    def submit(self, request: Mapping[str, Any], owner: str) -> dict[str, Any]:
+    def submit(self, request: Mapping[str, Any], owner: str) -> JobView:
         """Queue a job; idempotent on ``job_id``.  Infeasible requests are rejected at once."""
         job_id = request["job_id"]
         if job_id in self.jobs:
@@ -394,24 +294,23 @@ class ControllerCore:
             return job.view()
         now = self.clock()
         req = request_from_dict({**request, "submit_time": now, "enqueue_time": now})
-        grant = request.get("grant", "pg")
-        if grant not in ("pg", "ledger"):
+        grant = request.get("grant", Grant.PG)
+        if grant not in tuple(Grant):
             raise ValueError(f"job {job_id!r}: grant must be 'pg' or 'ledger', got {grant!r}")
-        job = Job(request=req, owner=owner, last_seen=now, grant=grant)
+        job = Job(request=req, owner=owner, last_seen=now, grant=Grant(grant))
         if not self._nodes:
             self.refresh_nodes()
         teams = self.settings.team_configs()
-        borrow = borrowing_allowed(self.settings.policy)
-        reason = feasible_ever(req, self._cluster(), teams, allow_borrowing=borrow)
-        quota = teams[req.team].quota if req.team in teams else None
-        if reason and self._shape is not None and (borrow or exceeds_quota(req.demand, quota) is None):
+        blocked = admission_block(req, self._cluster(), teams, allow_borrowing=borrowing_allowed(self._policy))
+        reason = None if blocked is None else blocked.text
+        if blocked is not None and blocked.kind is BlockKind.NEVER_FITS and self._shape is not None:
             # Too big for the cluster as it is, within quota: does it fit the largest cluster?
             reason = self._never_at_max(req)
             if reason is None:
                 job.scale_up = True
                 job.reason = self._waiting_reason(req)
         if reason:
-            job.state, job.reason, job.end_time = "rejected", reason, now
+            job.state, job.reason, job.end_time = JobState.REJECTED, reason, now
         self.jobs[job_id] = job
         self._dirty.add(job_id)
         self._persist()
@@ -420,27 +319,28 @@ class ControllerCore:
     def release(self, job_id: str) -> None:
         """The job is over (or cancelled while queued): give back what it holds."""
         job = self.jobs.get(job_id)
-        if job is None or job.state in ("done", "rejected"):
+        if job is None or job.state.finished:
             return
         if job.pg_id:
             self.backend.remove_pg(job.pg_id)
         job.pg_id = None
         job.end_time = self.clock()
-        self._bump(job, "done")
+        self._bump(job, JobState.DONE)
         self._persist()
 
-    def requeue(self, job_id: str) -> dict[str, Any] | None:
+    def requeue(self, job_id: str) -> JobView | None:
         """The owner stopped a preempted or lost job: put it back in the queue (counted)."""
         job = self.jobs.get(job_id)
         if job is None:
             return None
-        if job.state in ("preempting", "lost", "running"):
-            job.preemptions += 1 if job.state == "preempting" else 0
-            self._to_queue(job, "requeued after " + ("preemption" if job.state == "preempting" else "node loss"))
+        if job.state in (JobState.PREEMPTING, JobState.LOST, JobState.RUNNING):
+            preempted = job.state is JobState.PREEMPTING
+            job.preemptions += 1 if preempted else 0
+            self._to_queue(job, "requeued after " + ("preemption" if preempted else "node loss"))
             self._persist()
         return job.view()
 
-    def poll(self, job_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    def poll(self, job_ids: Iterable[str]) -> dict[str, JobView]:
         """Views of the owner's jobs; polling keeps their lease alive."""
         now = self.clock()
         out = {}
@@ -451,13 +351,13 @@ class ControllerCore:
                 out[jid] = job.view()
         return out
 
-    def queue(self) -> list[dict[str, Any]]:
+    def queue(self) -> list[JobView]:
         """Every active job (and recently finished ones), running first."""
-        order = {"running": 0, "preempting": 1, "lost": 2, "queued": 3, "rejected": 4, "done": 5}
-        jobs = sorted(self.jobs.values(), key=lambda j: (order[j.state], j.request.submit_time))
+        jobs = sorted(self.jobs.values(), key=lambda j: (_QUEUE_RANK[j.state], j.request.submit_time))
         return [j.view() for j in jobs]
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ControllerStats:
+        """The policy, decision latencies, jobs per state, alive nodes, free capacity, autoscaler."""
         lat = sorted(self.decision_s)
         pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3 if lat else None  # noqa: E731
         return {
@@ -465,9 +365,9 @@ class ControllerCore:
             "decisions": self.decisions,
             "decision_p50_ms": pick(0.5),
             "decision_p99_ms": pick(0.99),
-            "jobs": {s: sum(1 for j in self.jobs.values() if j.state == s) for s in STATES},
+            "jobs": {s.value: sum(1 for j in self.jobs.values() if j.state is s) for s in JobState},
             "nodes": len([n for n in self._nodes if n.alive]),
-            "free": _res_to_dict(self._cluster().free()),
+            "free": self._cluster().free().to_dict(),
             "autoscaler": None
             if self._shape is None
             else {
@@ -496,11 +396,11 @@ class ControllerCore:
         alive = {n.node_id for n in nodes if n.alive}
         lost = False
         for job in self.jobs.values():
-            if job.state in HOLDING and job.placement and not set(job.placement) <= alive:
+            if job.state.holds_grant and job.placement and not set(job.placement) <= alive:
                 if job.pg_id:
                     self.backend.remove_pg(job.pg_id)
                 job.pg_id = None
-                self._bump(job, "lost", "a node of its grant died")
+                self._bump(job, JobState.LOST, "a node of its grant died")
                 lost = True
         if lost:
             self._persist()
@@ -510,22 +410,22 @@ class ControllerCore:
         """Release jobs whose owner's driver exited or stopped polling; forget old finished jobs."""
         now = self.clock()
         changed = False
-        owners = {j.owner for j in self.jobs.values() if j.state in ACTIVE}
+        owners = {j.owner for j in self.jobs.values() if j.state.active}
         dead = self.backend.dead_drivers() if owners else set()
         for job in list(self.jobs.values()):
             driver = job.owner.rsplit("@", 1)[-1] if "@" in job.owner else None
             why = ""
-            if job.state in ACTIVE and driver is not None and driver in dead:
+            if job.state.active and driver is not None and driver in dead:
                 why = f"owner {job.owner} exited"
-            elif job.state in ACTIVE and now - job.last_seen > self.settings.lease_s:
+            elif job.state.active and now - job.last_seen > self.settings.lease_s:
                 why = f"owner {job.owner} stopped polling for {self.settings.lease_s:g}s"
             if why:
                 if job.pg_id:
                     self.backend.remove_pg(job.pg_id)
                 job.pg_id, job.end_time = None, now
-                self._bump(job, "done", why)
+                self._bump(job, JobState.DONE, why)
                 changed = True
-            elif job.state in ("done", "rejected") and job.end_time and now - job.end_time > self.settings.keep_done_s:
+            elif job.state.finished and job.end_time and now - job.end_time > self.settings.keep_done_s:
                 del self.jobs[job.job_id]
         if changed:
             self._persist()
@@ -534,7 +434,9 @@ class ControllerCore:
     def schedule(self) -> int:
         """Run the policy once and apply its decision; returns how many jobs changed state."""
         queued = tuple(
-            j.request for j in sorted(self.jobs.values(), key=lambda j: j.request.submit_time) if j.state == "queued"
+            j.request
+            for j in sorted(self.jobs.values(), key=lambda j: j.request.submit_time)
+            if j.state is JobState.QUEUED
         )
         if not queued:
             self.autoscale()
@@ -544,15 +446,15 @@ class ControllerCore:
         # A job already stopping still holds its grant, but is not a victim twice.
         running = tuple(
             RunningJob(
-                j.request if j.state == "running" else replace(j.request, preemptible=False),
+                j.request if j.state is JobState.RUNNING else replace(j.request, preemptible=False),
                 Placement(j.placement),
                 j.start_time or now,
                 borrowed=j.borrowed,
             )
             for j in self.jobs.values()
-            if j.state in HOLDING and j.placement
+            if j.state.holds_grant and j.placement
         )
-        preempting = {j.job_id for j in self.jobs.values() if j.state == "preempting"}
+        preempting = {j.job_id for j in self.jobs.values() if j.state is JobState.PREEMPTING}
         snap = Snapshot(now, queued, running, self._cluster(), self.settings.team_configs())
         t0 = time.perf_counter()
         decision = self._policy.decide(snap)
@@ -563,23 +465,23 @@ class ControllerCore:
         for jid in decision.preemptions:
             job = self.jobs[jid]
             if jid not in preempting:
-                self._bump(job, "preempting", f"preempted by the {self.settings.policy} policy")
+                self._bump(job, JobState.PREEMPTING, f"preempted by the {self.settings.policy} policy")
                 n += 1
         borrowed = set(decision.borrowed)
         for jid, placement in decision.starts:
             job = self.jobs[jid]
-            if job.grant == "pg":
+            if job.grant is Grant.PG:
                 name = f"{PG_PREFIX}{jid}-{job.version + 1}"
                 job.pg_id = self.backend.create_pg(name, job.request.bundles, placement.bundle_nodes)
             job.placement, job.start_time, job.borrowed = placement.bundle_nodes, now, jid in borrowed
-            self._bump(job, "running")
+            self._bump(job, JobState.RUNNING)
             n += 1
         for jid, why in decision.reasons.items():
-            job = self.jobs.get(jid)
-            if job is not None and job.state == "queued":
+            waiting = self.jobs.get(jid)
+            if waiting is not None and waiting.state is JobState.QUEUED:
                 why = self.name_blockers(why)
-                if job.reason != why:
-                    job.reason = why
+                if waiting.reason != why:
+                    waiting.reason = why
         self.autoscale()
         self._persist()
         return n
@@ -629,7 +531,7 @@ class ControllerCore:
         selectors: list[dict[str, str]] = []
         waiting: list[Job] = []
         for job in sorted(self.jobs.values(), key=lambda j: j.request.submit_time):
-            if job.state != "queued":
+            if job.state is not JobState.QUEUED:
                 if job.scale_up:
                     job.scale_up = False
                     self._dirty.add(job.job_id)
@@ -671,134 +573,3 @@ class ControllerCore:
             self.refresh_nodes()
             self.reap()
             return self.schedule()
-
-
-class ControllerActor:
-    """The named, detached Ray actor around :class:`ControllerCore` (asyncio).
-
-    Owners call ``submit``/``poll``/``release``/``requeue``; ``watch`` returns as
-    soon as one of the given jobs changes state, so owners wait without polling.
-    A background task runs :meth:`ControllerCore.step` every ``tick_s``.
-    """
-
-    def __init__(self, settings: dict[str, Any] | None = None, tick_s: float = 0.5, backend: str | None = None) -> None:
-        """``backend``: ``"module:Class"`` of a :class:`Backend` to use instead of ``RayBackend``
-        (tests use one whose ``request_resources`` stands in for an autoscaler)."""
-        if backend:
-            import importlib
-
-            module, _, name = backend.partition(":")
-            be = getattr(importlib.import_module(module), name)()
-        else:
-            from raypipe.scheduler.backend import RayBackend
-
-            be = RayBackend()
-        self.core = ControllerCore(be, SchedulerSettings(**settings) if settings else None)
-        self.tick_s = tick_s
-        self._changed = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._loop_task: asyncio.Task[None] | None = None
-
-    def _ensure_loop(self) -> None:
-        if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                if self.core.step():
-                    self._notify()
-            except Exception as e:  # noqa: BLE001 - the loop must survive a bad tick
-                print(f"raypipe scheduler: tick failed: {type(e).__name__}: {e}")
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
-            except asyncio.TimeoutError:
-                pass
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    def _kick(self) -> None:
-        """Schedule now (an event: submit, release, requeue) and wake watchers."""
-        self.core.schedule()
-        self._notify()
-
-    async def ping(self) -> dict[str, Any]:
-        self._ensure_loop()
-        return self.core.stats()
-
-    async def configure(self, settings: dict[str, Any]) -> None:
-        self._ensure_loop()
-        self.core.configure(SchedulerSettings(**settings))
-        self._kick()
-
-    async def submit(self, requests: Sequence[dict[str, Any]], owner: str) -> list[dict[str, Any]]:
-        self._ensure_loop()
-        with self.core.batch():
-            views = [self.core.submit(r, owner) for r in requests]
-            self._kick()
-        return [self.core.jobs[v["job_id"]].view() for v in views]
-
-    async def release(self, job_ids: Sequence[str]) -> None:
-        self._ensure_loop()
-        with self.core.batch():
-            for jid in job_ids:
-                self.core.release(jid)
-            self._kick()
-
-    async def requeue(self, job_id: str) -> dict[str, Any] | None:
-        self._ensure_loop()
-        with self.core.batch():
-            self.core.requeue(job_id)
-            self._kick()
-        job = self.core.jobs.get(job_id)
-        return job.view() if job else None
-
-    async def poll(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        self._ensure_loop()
-        return self.core.poll(job_ids)
-
-    async def watch(self, versions: dict[str, int], timeout_s: float = 10.0) -> dict[str, dict[str, Any]]:
-        """Wait until a job's version differs from ``versions`` (or ``timeout_s``); return views."""
-        self._ensure_loop()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            views = self.core.poll(versions)
-            if any(jid not in views or views[jid]["version"] != v for jid, v in versions.items()):
-                return views
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return views
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout=min(left, 1.0))
-            except asyncio.TimeoutError:
-                pass
-
-    async def refresh(self, job_ids: Sequence[str], wait_s: float = 0.0) -> dict[str, dict[str, Any]]:
-        """Re-read the nodes now (up to ``wait_s`` until one of the jobs is ``lost``); return views.
-
-        Owners call this when their work died of a system error, to tell a lost
-        node (requeue, no retry spent) from a failure of the work itself."""
-        self._ensure_loop()
-        deadline = time.monotonic() + wait_s
-        while True:
-            if self.core.refresh_nodes():
-                self._notify()
-            views = self.core.poll(job_ids)
-            if any(v["state"] == "lost" for v in views.values()) or time.monotonic() >= deadline:
-                return views
-            await asyncio.sleep(0.25)
-
-    async def decision_latencies(self) -> dict[str, Any]:
-        """Wall seconds of the last (up to 2,000) ``Policy.decide`` calls, and the count of all."""
-        return {"latencies_s": list(self.core.decision_s), "decisions": self.core.decisions}
-
-    async def queue(self) -> list[dict[str, Any]]:
-        self._ensure_loop()
-        return self.core.queue()
-
-    async def stats(self) -> dict[str, Any]:
-        self._ensure_loop()
-        return self.core.stats()

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from raypipe.scheduler.policies.registry import get_policy_class, policy_names
+from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.types import JobRequest
 
-#: Policies that start jobs above their team's quota as *borrowed* capacity.
-BORROWING_POLICIES: tuple[str, ...] = ("fair_share",)
 
-
-def borrowing_allowed(policy: str) -> bool:
-    """True when ``policy`` may lend capacity above a team's quota.
+def borrowing_allowed(policy: str | Policy) -> bool:
+    """True when ``policy`` (a registry name or an instance) may lend capacity above a team's quota.
 
     Such a request is feasible if it fits the cluster, whatever its team's quota
     (the controller and the simulator reject a request up front only when it can
-    never run).
+    never run).  The policy class says so with ``Policy.borrows_idle_quota``; an
+    unknown name does not borrow.
     """
-    return policy in BORROWING_POLICIES
+    if isinstance(policy, Policy):
+        return type(policy).borrows_idle_quota
+    return policy in policy_names() and get_policy_class(policy).borrows_idle_quota
 
 
 def requeued_request(request: JobRequest, now: float, start_time: float | None) -> JobRequest:

@@ -3,7 +3,8 @@
 Public entry points:
 
 * :func:`place` -- a :class:`Placement` for a request on a cluster view, or ``None``.
-* :func:`feasible_ever` -- a reason when a request can NEVER run, else ``None``.
+* :func:`feasible_ever` -- a reason when a request can NEVER run, else ``None``
+  (:func:`admission_block`: the same as a :class:`~raypipe.scheduler.types.Blocked`).
 * :func:`explain_wait` -- why a request does not fit now ("largest free block is ...").
 * :class:`FreeLedger` -- the mutable, per-decision working copy policies use to
   place many requests in a row without re-reading the snapshot.
@@ -36,9 +37,9 @@ import operator
 from collections.abc import Iterable, Mapping
 
 from raypipe.resources import Resources
-from raypipe.scheduler import _vec
-from raypipe.scheduler._vec import Vec
-from raypipe.scheduler.types import ClusterView, JobRequest, Labels, NodeView, Placement, TeamConfig
+from raypipe.scheduler import vec
+from raypipe.scheduler.types import Blocked, BlockKind, ClusterView, JobRequest, Labels, NodeView, Placement, TeamConfig
+from raypipe.scheduler.vec import Vec
 
 _GroupKey = tuple[Vec, Labels]
 
@@ -118,7 +119,7 @@ class FreeLedger:
         (see :func:`derive_ledgers`): the ledger is a copy of it, which costs
         O(groups) instead of O(nodes).
         """
-        template = cluster._ledgers.get(use_total)
+        template = _template(cluster, use_total)
         if template is not None:
             return template.copy()
         return cls(cluster.nodes, use_total=use_total)
@@ -134,7 +135,7 @@ class FreeLedger:
         fv = self._free.get(node_id)
         return (
             fv is not None
-            and _vec.fits(request._dvec, fv)
+            and vec.fits(request.demand_vec, fv)
             and self._match(self._labels[node_id], request.label_selector)
         )
 
@@ -143,11 +144,11 @@ class FreeLedger:
         return self._match(self._labels[node_id], selector)
 
     def free_vec(self, node_id: str) -> Vec:
-        """Free capacity of an alive node as a private vector."""
+        """Free capacity of an alive node."""
         return self._free[node_id]
 
     def total_vec(self, node_id: str) -> Vec:
-        """Total capacity of an alive node as a private vector."""
+        """Total capacity of an alive node."""
         return self._total[node_id]
 
     def slots(self, bundle: Vec, selector: Labels, cap: int) -> int:
@@ -162,8 +163,8 @@ class FreeLedger:
                 continue
             n = 0
             f = fv
-            while n < cap and _vec.fits(bundle, f):
-                f = _vec.sub(f, bundle)
+            while n < cap and vec.fits(bundle, f):
+                f = vec.sub(f, bundle)
                 n += 1
             total += n * len(ids)
             if total >= cap:
@@ -172,7 +173,7 @@ class FreeLedger:
 
     def free_of(self, node_id: str) -> Resources:
         """What is free on a node now (within this decision)."""
-        return _vec.to_resources(self._free[node_id])
+        return vec.to_resources(self._free[node_id])
 
     def _match(self, labels: Labels, selector: Labels) -> bool:
         if not selector:
@@ -186,10 +187,10 @@ class FreeLedger:
 
     def _best(self, need: Vec, selector: Labels, skip: Mapping[str, Vec]) -> str | None:
         """Best-fit untouched node for ``need`` (nodes in ``skip`` are ignored)."""
-        d = _vec.dominant_index(need)
-        no_gpu = need[1] <= _vec.EPS
+        d = vec.dominant_index(need)
+        no_gpu = need[1] <= vec.EPS
         best: tuple[float, float, str] | None = None
-        fits = _vec.fits
+        fits = vec.fits
         for (fv, labels), ids in self._groups.items():
             if not fits(need, fv) or not self._match(labels, selector):
                 continue
@@ -198,7 +199,7 @@ class FreeLedger:
                 nid = next((i for i in ids if i not in skip), "")
                 if not nid:
                     continue
-            key = (fv[1] if no_gpu else 0.0, fv[d] - need[d] if d < 3 else 0.0, nid)
+            key = (fv[1] if no_gpu else 0.0, fv[d] - need[d] if d < 3 else 0.0, nid)  # type: ignore[operator]
             if best is None or key < best:
                 best = key
         return None if best is None else best[2]
@@ -206,12 +207,12 @@ class FreeLedger:
     @staticmethod
     def _best_touched(need: Vec, touched: Mapping[str, Vec]) -> str | None:
         """Best-fit node among the nodes the gang already uses (with their reduced free)."""
-        d = _vec.dominant_index(need)
-        no_gpu = need[1] <= _vec.EPS
+        d = vec.dominant_index(need)
+        no_gpu = need[1] <= vec.EPS
         best: tuple[float, float, str] | None = None
         for nid, fv in touched.items():
-            if _vec.fits(need, fv):
-                key = (fv[1] if no_gpu else 0.0, fv[d] - need[d] if d < 3 else 0.0, nid)
+            if vec.fits(need, fv):
+                key = (fv[1] if no_gpu else 0.0, fv[d] - need[d] if d < 3 else 0.0, nid)  # type: ignore[operator]
                 if best is None or key < best:
                     best = key
         return None if best is None else best[2]
@@ -228,10 +229,10 @@ class FreeLedger:
 
     def _place(self, request: JobRequest) -> Placement | None:
         sel = request.label_selector
-        bvecs = request._bvecs
+        bvecs = request.bundle_vecs
         n = len(bvecs)
         if n == 1 or request.strategy != "SPREAD":
-            nid = self._best(request._dvec, sel, {})
+            nid = self._best(request.demand_vec, sel, {})
             if nid is not None:
                 return Placement((nid,) * n)
             if n == 1 or request.strategy == "STRICT_PACK":
@@ -248,7 +249,7 @@ class FreeLedger:
                 nid = self._best_touched(need, touched) or self._best(need, sel, touched)
             if nid is None:
                 return None
-            touched[nid] = _vec.sub(touched.get(nid, self._free[nid]), need)
+            touched[nid] = vec.sub(touched.get(nid, self._free[nid]), need)
             out[i] = nid
         return Placement(tuple(out))
 
@@ -268,7 +269,7 @@ class FreeLedger:
     def can_allocate(self, request: JobRequest, placement: Placement) -> bool:
         """True when ``placement`` of ``request`` fits this ledger's free capacity node by node."""
         for nid, need in self._per_node(request, placement).items():
-            if nid not in self._free or not _vec.fits(need, self._free[nid]):
+            if nid not in self._free or not vec.fits(need, self._free[nid]):
                 return False
         return True
 
@@ -289,11 +290,11 @@ class FreeLedger:
         self._free[nid] = new
 
     def _per_node(self, request: JobRequest, placement: Placement) -> dict[str, Vec]:
-        if len(placement.bundle_nodes) != len(request._bvecs):
+        if len(placement.bundle_nodes) != len(request.bundle_vecs):
             raise ValueError(f"placement of {request.job_id!r} has the wrong number of bundles")
         out: dict[str, Vec] = {}
-        for v, nid in zip(request._bvecs, placement.bundle_nodes, strict=True):
-            out[nid] = _vec.add(out[nid], v) if nid in out else v
+        for v, nid in zip(request.bundle_vecs, placement.bundle_nodes, strict=True):
+            out[nid] = vec.add(out[nid], v) if nid in out else v
         return out
 
     def allocate(self, request: JobRequest, placement: Placement) -> None:
@@ -303,10 +304,10 @@ class FreeLedger:
         """
         per = self._per_node(request, placement)
         for nid, need in per.items():
-            if nid not in self._free or not _vec.fits(need, self._free[nid]):
-                raise ValueError(f"cannot allocate {_vec.to_resources(need)} of {request.job_id!r} on {nid!r}")
+            if nid not in self._free or not vec.fits(need, self._free[nid]):
+                raise ValueError(f"cannot allocate {vec.to_resources(need)} of {request.job_id!r} on {nid!r}")
         for nid, need in per.items():
-            self._set(nid, _vec.sub(self._free[nid], need))
+            self._set(nid, vec.sub(self._free[nid], need))
 
     def allocate_many(self, jobs: Iterable[tuple[JobRequest, Placement]]) -> None:
         """``allocate`` each job in turn."""
@@ -317,7 +318,7 @@ class FreeLedger:
         """Give ``request``'s bundles back (clamped at node totals; dead/unknown nodes ignored)."""
         for nid, give in self._per_node(request, placement).items():
             if nid in self._free:
-                self._set(nid, _vec.vmin(_vec.add(self._free[nid], give), self._total[nid]))
+                self._set(nid, vec.clamp(vec.add(self._free[nid], give), self._total[nid]))
         self._failed.clear()
 
     def release_many(self, jobs: Iterable[tuple[JobRequest, Placement]]) -> set[str]:
@@ -329,12 +330,12 @@ class FreeLedger:
         gains: dict[str, Vec] = {}
         free = self._free
         for request, placement in jobs:
-            for v, nid in zip(request._bvecs, placement.bundle_nodes, strict=True):
+            for v, nid in zip(request.bundle_vecs, placement.bundle_nodes, strict=True):
                 if nid in free:
                     g = gains.get(nid)
-                    gains[nid] = v if g is None else _vec.add(g, v)
+                    gains[nid] = v if g is None else vec.add(g, v)
         for nid, give in gains.items():
-            new = _vec.vmin(_vec.add(free[nid], give), self._total[nid])
+            new = vec.clamp(vec.add(free[nid], give), self._total[nid])
             if new != free[nid]:
                 self._set(nid, new)
         self._failed.clear()
@@ -347,7 +348,7 @@ class FreeLedger:
         for (fv, labels), ids in self._groups.items():
             if not self._match(labels, selector):
                 continue
-            v = fv[i] if i < 3 else dict(fv[3]).get(custom_key, 0.0)
+            v = vec.component(fv, i, custom_key)
             if v > best_v or (v == best_v and ids[0] < best_n):
                 best_v, best_n = v, ids[0]
         return best_v, best_n
@@ -360,34 +361,34 @@ class FreeLedger:
         if not any(self._match(labels, sel) for (_, labels) in self._groups):
             return f"no alive node has labels {request.describe_selector()}" if sel else "no alive node"
         strict = request.strategy == "STRICT_PACK" and len(request.bundles) > 1
-        needs = [request._dvec] if strict else sorted(request._bvecs, key=lambda v: (-v[1], -v[0], -v[2]))
+        needs = [request.demand_vec] if strict else sorted(request.bundle_vecs, key=lambda v: (-v[1], -v[0], -v[2]))
         for need in needs:
             if self._best(need, sel, {}) is not None:
                 continue
-            what = "all bundles" if strict else _vec.to_resources(need)
+            what = "all bundles" if strict else vec.to_resources(need)
             suffix = " (STRICT_PACK)" if strict else ""
             for i, dim_name, key in _dims(need):
                 value, nid = self._largest(i, sel, key)
-                if value + _vec.EPS < (need[i] if i < 3 else dict(need[3])[key]):
+                if value + vec.EPS < vec.component(need, i, key):
                     name = dim_name
                     break
             else:
-                i = _vec.dominant_index(need)
+                i = vec.dominant_index(need)
                 key = need[3][0][0] if i == 3 and need[3] else ""
-                name = _vec.component_name(i, need)
+                name = vec.component_name(i, need)
                 value, nid = self._largest(i, sel, key)
             if strict:
                 return (
-                    f"needs {_vec.to_resources(need)} on one node{suffix}{where}; "
+                    f"needs {vec.to_resources(need)} on one node{suffix}{where}; "
                     f"largest {capacity_word} {verb} {max(value, 0.0):g} {name} ({nid})"
                 )
             return f"needs {what} on one node{where}; largest {capacity_word} {verb} {max(value, 0.0):g} {name} ({nid})"
-        d = _vec.dominant_index(request._dvec)
-        name = _vec.component_name(d, request._dvec)
+        d = vec.dominant_index(request.demand_vec)
+        name = vec.component_name(d, request.demand_vec)
         total = 0.0
         for (fv, labels), ids in self._groups.items():
             if self._match(labels, sel):
-                total += _vec.component(fv, d) * len(ids)
+                total += vec.component(fv, d) * len(ids)
         avail = "free" if capacity_word == "free block" else "in total"
         return (
             f"gang of {len(request.bundles)} bundles ({request.strategy}) needs {request.demand}{where}; "
@@ -401,7 +402,7 @@ _node_id = operator.attrgetter("node_id")
 def derive_ledgers(parent: ClusterView, changed: Mapping[str, NodeView]) -> dict[bool, FreeLedger]:
     """Ledger templates (by ``use_total``) of ``parent`` with the ``changed`` nodes replaced.
 
-    Used by :meth:`ClusterView.replace_nodes`.  The free template is a copy of
+    For views made by :meth:`ClusterView.replace_nodes`.  The free template is a copy of
     the parent's (indexed from scratch the first time) with only the changed
     nodes moved between groups; the total template is shared, as only ``free``
     changed.  Templates are never mutated after this; ledgers are copies.
@@ -412,26 +413,39 @@ def derive_ledgers(parent: ClusterView, changed: Mapping[str, NodeView]) -> dict
         old = parent.node(nid)
         if node.alive != old.alive or node.labels != old.labels or node.total != old.total:
             return {}
-    free = parent._ledgers.get(False)
+    free = _template(parent, False)
     if free is None:
-        free = parent._ledgers[False] = FreeLedger(parent.nodes)
-    total = parent._ledgers.get(True)
+        free = FreeLedger(parent.nodes)
+        parent.keep_ledger_template(False, free)
+    total = _template(parent, True)
     if total is None:
-        total = parent._ledgers[True] = FreeLedger(parent.nodes, use_total=True)
+        total = FreeLedger(parent.nodes, use_total=True)
+        parent.keep_ledger_template(True, total)
     free = free.copy()
     for nid, node in changed.items():
         if node.alive:
             f = node.free
-            fv = (f.cpu, f.gpu, f.memory_mb, f.custom)
+            fv = vec.of(f)
             if free._free[nid] != fv:
                 free._set(nid, fv)
     return {False: free, True: total}
 
 
+def _template(view: ClusterView, use_total: bool) -> FreeLedger | None:
+    """``view``'s ledger template, derived first when ``view`` was made by ``replace_nodes``."""
+    template: FreeLedger | None = view.ledger_template(use_total)
+    if template is None:
+        source = view.replaced_from()
+        if source is not None:
+            view.keep_derived_templates(derive_ledgers(*source))
+            template = view.ledger_template(use_total)
+    return template
+
+
 def _dims(need: Vec) -> list[tuple[int, str, str]]:
     """The requested dimensions of ``need``: (index, display name, custom key)."""
-    out = [(i, _vec.DIM_NAMES[i], "") for i in (1, 0, 2) if need[i] > _vec.EPS]
-    out += [(3, k, k) for k, x in need[3] if x > _vec.EPS]
+    out = [(i, vec.DIM_NAMES[i], "") for i in (vec.GPU, vec.CPU, vec.MEMORY) if vec.component(need, i) > vec.EPS]
+    out += [(3, k, k) for k, x in need[3] if x > vec.EPS]
     return out
 
 
@@ -439,13 +453,14 @@ def exceeds_quota(demand: Resources, quota: Resources | None) -> str | None:
     """The first quota-limited kind ``demand`` exceeds, as ``"16 GPU > 8 GPU"``; ``None`` when within."""
     if quota is None:
         return None
-    d, q = _vec.vec(demand), _vec.vec(quota)
-    for i in (1, 0, 2):
-        if q[i] > _vec.EPS and d[i] > q[i] + _vec.EPS:
-            return f"{d[i]:g} {_vec.DIM_NAMES[i]} > {q[i]:g} {_vec.DIM_NAMES[i]}"
+    d, q = vec.of(demand), vec.of(quota)
+    for i in (vec.GPU, vec.CPU, vec.MEMORY):
+        di, qi = vec.component(d, i), vec.component(q, i)
+        if qi > vec.EPS and di > qi + vec.EPS:
+            return f"{di:g} {vec.DIM_NAMES[i]} > {qi:g} {vec.DIM_NAMES[i]}"
     qc = dict(q[3])
     for k, x in d[3]:
-        if qc.get(k, 0.0) > _vec.EPS and x > qc[k] + _vec.EPS:
+        if qc.get(k, 0.0) > vec.EPS and x > qc[k] + vec.EPS:
             return f"{x:g} {k} > {qc[k]:g} {k}"
     return None
 
@@ -467,17 +482,59 @@ def explain_wait(request: JobRequest, cluster: ClusterView) -> str:
     return ledger.explain(request)
 
 
+def quota_never_block(request: JobRequest, quota: Resources | None) -> Blocked | None:
+    """``EXCEEDS_QUOTA`` when ``request``'s demand alone exceeds ``quota``, else ``None``."""
+    over = exceeds_quota(request.demand, quota)
+    if over is None:
+        return None
+    return Blocked(BlockKind.EXCEEDS_QUOTA, f"never schedulable: demand exceeds team {request.team}'s quota ({over})")
+
+
+def never_block(
+    request: JobRequest, total_ledger: FreeLedger, quota: Resources | None, *, allow_borrowing: bool
+) -> Blocked | None:
+    """:func:`admission_block` against a prebuilt ``use_total=True`` ledger (policies cache it)."""
+    if not allow_borrowing:
+        over = quota_never_block(request, quota)
+        if over is not None:
+            return over
+    if total_ledger.place(request) is None:
+        return Blocked(
+            BlockKind.NEVER_FITS, "never schedulable: " + total_ledger.explain(request, capacity_word="node")
+        )
+    return None
+
+
 def never_reason(
     request: JobRequest, total_ledger: FreeLedger, quota: Resources | None, *, allow_borrowing: bool
 ) -> str | None:
-    """:func:`feasible_ever` against a prebuilt ``use_total=True`` ledger (policies cache it)."""
-    if not allow_borrowing:
-        over = exceeds_quota(request.demand, quota)
-        if over is not None:
-            return f"never schedulable: demand exceeds team {request.team}'s quota ({over})"
-    if total_ledger.place(request) is None:
-        return "never schedulable: " + total_ledger.explain(request, capacity_word="node")
-    return None
+    """The text of :func:`never_block`."""
+    blocked = never_block(request, total_ledger, quota, allow_borrowing=allow_borrowing)
+    return None if blocked is None else blocked.text
+
+
+def admission_block(
+    request: JobRequest,
+    cluster: ClusterView,
+    teams: Mapping[str, TeamConfig] | None = None,
+    *,
+    allow_borrowing: bool = False,
+) -> Blocked | None:
+    """Why ``request`` can NEVER run on ``cluster``, else ``None``.
+
+    ``EXCEEDS_QUOTA``: its demand exceeds its team's quota while borrowing is
+    not allowed (only a policy that lends idle quota allows it).
+    ``NEVER_FITS``: it cannot be placed even with every alive node empty (a
+    bundle larger than any matching node's total, a label no alive node
+    carries, a STRICT_PACK gang bigger than any node, a gang bigger than the
+    matching nodes together).  The check uses the same greedy placement as
+    :func:`place`, so a gang that only an exact bin-packing could fit is
+    reported as never fitting.
+    """
+    quota = (teams or {}).get(request.team, TeamConfig()).quota
+    return never_block(
+        request, FreeLedger.from_cluster(cluster, use_total=True), quota, allow_borrowing=allow_borrowing
+    )
 
 
 def feasible_ever(
@@ -487,17 +544,6 @@ def feasible_ever(
     *,
     allow_borrowing: bool = False,
 ) -> str | None:
-    """A reason when ``request`` can NEVER run on ``cluster``, else ``None``.
-
-    Never = it cannot be placed even with every alive node empty (a bundle
-    larger than any matching node's total, a label no alive node carries, a
-    STRICT_PACK gang bigger than any node, a gang bigger than the matching
-    nodes together), or its demand exceeds its team's quota while borrowing is
-    not allowed (only the fair-share policy lends capacity above quota).
-    The check uses the same greedy placement as :func:`place`, so a gang that
-    only an exact bin-packing could fit is reported as never fitting.
-    """
-    quota = (teams or {}).get(request.team, TeamConfig()).quota
-    return never_reason(
-        request, FreeLedger.from_cluster(cluster, use_total=True), quota, allow_borrowing=allow_borrowing
-    )
+    """A reason when ``request`` can NEVER run on ``cluster``, else ``None`` (the text of :func:`admission_block`)."""
+    blocked = admission_block(request, cluster, teams, allow_borrowing=allow_borrowing)
+    return None if blocked is None else blocked.text

@@ -24,10 +24,21 @@ class Policy(abc.ABC):
       quota except with starts listed in ``Decision.borrowed``.
     * Every queued job that does not start gets a human-readable reason.
 
-    Subclasses set ``name`` (the registry key) and implement ``decide``.
+    Subclasses set ``name`` (the registry key) and implement ``decide``,
+    usually on a :class:`~raypipe.scheduler.context.DecisionContext`.  A
+    policy that starts jobs above their team's quota (listing them in
+    ``Decision.borrowed``) sets ``borrows_idle_quota = True``: the controller
+    and the simulator then admit a request whose demand exceeds its team's
+    quota, as long as it fits the cluster.
+
+    Adding a policy: a module in ``raypipe/scheduler/policies/`` with the
+    subclass, and one line in ``policies/registry.py``'s ``POLICIES``.
     """
 
+    #: The registry key.
     name: ClassVar[str] = ""
+    #: Starts jobs above their team's quota on idle capacity (marked borrowed).
+    borrows_idle_quota: ClassVar[bool] = False
 
     @abc.abstractmethod
     def decide(self, snapshot: Snapshot) -> Decision:

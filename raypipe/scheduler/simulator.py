@@ -54,8 +54,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raypipe.resources import Resources
-from raypipe.scheduler import _vec
-from raypipe.scheduler._vec import Vec
+from raypipe.scheduler import vec
 from raypipe.scheduler.cluster_spec import ClusterSpec, gpu_type_selector
 from raypipe.scheduler.errors import SimulationError
 from raypipe.scheduler.lifecycle import borrowing_allowed, requeued_request
@@ -75,6 +74,7 @@ from raypipe.scheduler.types import (
     TeamConfig,
     freeze_labels,
 )
+from raypipe.scheduler.vec import Vec
 
 __all__ = ["SimOptions", "Simulator", "job_request", "simulate"]
 
@@ -244,7 +244,7 @@ class _Run:
         sets = {j.gpu_types for j in self.jobs if len(j.gpu_types) > 1}
         nodes = sim.cluster.nodes(sorted(sets))
         self.node_ids = [nd.node_id for nd in nodes]
-        self.node_total: dict[str, Vec] = {nd.node_id: _vec.vec(nd.total) for nd in nodes}
+        self.node_total: dict[str, Vec] = {nd.node_id: vec.of(nd.total) for nd in nodes}
         self.node_view: dict[str, NodeView] = {nd.node_id: nd for nd in nodes}
         self.node_alloc: dict[str, dict[str, Vec]] = {nd.node_id: {} for nd in nodes}
         self.dirty: set[str] = set()
@@ -254,7 +254,7 @@ class _Run:
         self.total_gpus = sim.cluster.total_gpus
         self._total_ledger = FreeLedger(nodes, use_total=True)
         self._never: dict[tuple[str, str], str | None] = {}
-        self.allow_borrowing = borrowing_allowed(sim.policy_name)
+        self.allow_borrowing = borrowing_allowed(sim.policy)
         # outputs
         self.rejected: list[tuple[str, str]] = []
         self.latencies: list[float] = []
@@ -276,14 +276,8 @@ class _Run:
                 key = (nid, free)
                 view = cache.get(key)
                 if view is None:
-                    clipped = (
-                        max(0.0, free[0]),
-                        max(0.0, free[1]),
-                        max(0.0, free[2]),
-                        tuple((k, max(0.0, x)) for k, x in free[3]),
-                    )
                     old = self.node_view[nid]
-                    view = cache[key] = NodeView(nid, old.total, _vec.to_resources(clipped), old.labels, True)
+                    view = cache[key] = NodeView(nid, old.total, vec.to_resources(vec.clip(free)), old.labels, True)
                 self.node_view[nid] = view
                 changed.append(view)
             self.dirty.clear()
@@ -292,22 +286,22 @@ class _Run:
 
     def _free(self, nid: str) -> Vec:
         total = self.node_total[nid]
-        used = _vec.ZERO
+        used = vec.ZERO
         for v in self.node_alloc[nid].values():
-            used = _vec.add(used, v)
-        return _vec.sub(total, used)
+            used = vec.add(used, v)
+        return vec.sub(total, used)
 
     def _allocate(self, req: JobRequest, placement: Placement) -> None:
         per: dict[str, Vec] = {}
-        for b, nid in zip(req._bvecs, placement.bundle_nodes, strict=True):
-            per[nid] = _vec.add(per[nid], b) if nid in per else b
+        for b, nid in zip(req.bundle_vecs, placement.bundle_nodes, strict=True):
+            per[nid] = vec.add(per[nid], b) if nid in per else b
         for nid, need in per.items():
             if nid not in self.node_alloc:
                 raise SimulationError(f"policy {self.sim.policy_name} placed {req.job_id!r} on unknown node {nid!r}")
-            if not _vec.fits(need, self._free(nid)):
+            if not vec.fits(need, self._free(nid)):
                 raise SimulationError(
                     f"policy {self.sim.policy_name} over-committed node {nid!r} with {req.job_id!r} "
-                    f"({_vec.to_resources(need)}; free {_vec.to_resources(self._free(nid))})"
+                    f"({vec.to_resources(need)}; free {vec.to_resources(self._free(nid))})"
                 )
         for nid, need in per.items():
             self.node_alloc[nid][req.job_id] = need
@@ -347,20 +341,20 @@ class _Run:
     def _start(self, jid: str, placement: Placement, now: float, borrowed: bool) -> None:
         i = self.index.get(jid)
         req = self.request[i] if i is not None else None
-        if req is None or jid in self.running:
+        if i is None or req is None or jid in self.running:
             raise SimulationError(f"policy {self.sim.policy_name} started {jid!r}, which is not queued")
         self._allocate(req, placement)
-        cost = self.restart_cost if self.preemptions[i] else 0.0  # type: ignore[index]
+        cost = self.restart_cost if self.preemptions[i] else 0.0
         speed = 1.0 / self.slowdown if len(set(placement.bundle_nodes)) > 1 else 1.0
         rj = RunningJob(req, placement, now, borrowed=borrowed)
         self.running[jid] = (rj, now, cost, speed)
         self.running_jobs[jid] = rj
-        if self.first_start[i] is None:  # type: ignore[index]
-            self.first_start[i] = now  # type: ignore[index]
-        self.epoch[i] += 1  # type: ignore[index]
-        end = now + cost + self.remaining[i] / speed  # type: ignore[index]
+        if self.first_start[i] is None:
+            self.first_start[i] = now
+        self.epoch[i] += 1
+        end = now + cost + self.remaining[i] / speed
         self.seq += 1
-        heapq.heappush(self.finish_heap, (end, self.seq, i, self.epoch[i]))  # type: ignore[arg-type,index]
+        heapq.heappush(self.finish_heap, (end, self.seq, i, self.epoch[i]))
 
     def _stop(self, i: int, now: float, *, finished: bool) -> None:
         jid = self.jobs[i].job_id

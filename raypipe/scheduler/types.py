@@ -4,18 +4,35 @@ Everything here is a frozen, slotted dataclass.  Mappings given by callers
 (labels, label selectors, teams, reasons) are frozen on construction: labels and
 selectors become sorted tuples of pairs, ``teams`` and ``reasons`` become
 read-only ``MappingProxyType`` views of private copies.
+
+:class:`Blocked` is why a job may not start, as a kind (:class:`BlockKind`,
+for code to branch on) and a text (for people).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from types import MappingProxyType
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 from raypipe.resources import Resources
-from raypipe.scheduler import _vec
+from raypipe.scheduler import vec
 from raypipe.scheduler.errors import InvalidRequestError
+from raypipe.scheduler.vec import Vec
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10
+
+    class StrEnum(str, Enum):
+        """``enum.StrEnum`` of Python 3.11: members are strings, ``str()`` gives the value."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
 
 Strategy = Literal["PACK", "SPREAD", "STRICT_PACK"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
@@ -47,7 +64,7 @@ class NodeView:
 
     def __post_init__(self) -> None:
         if not isinstance(self.labels, tuple) or any(not isinstance(p, tuple) for p in self.labels):
-            object.__setattr__(self, "labels", freeze_labels(self.labels))  # type: ignore[arg-type]
+            object.__setattr__(self, "labels", freeze_labels(self.labels))
         if not self.total.nonnegative() or not self.free.nonnegative():
             raise InvalidRequestError(
                 f"node {self.node_id!r}: resources must be >= 0, got total={self.total}, free={self.free}"
@@ -98,9 +115,10 @@ class ClusterView:
 
     nodes: tuple[NodeView, ...]
     _by_id: Mapping[str, NodeView] = field(init=False, repr=False, compare=False)
-    # Placement-ledger templates keyed by ``use_total``, kept only on views made by
-    # ``replace_nodes`` (see there); private to ``placement.FreeLedger.from_cluster``.
+    # Placement-ledger templates keyed by ``use_total`` (see ``ledger_template``).
     _ledgers: dict[bool, Any] = field(init=False, repr=False, compare=False)
+    # (view, replaced nodes) of ``replace_nodes`` until the templates are derived (see ``replaced_from``).
+    _source: tuple[ClusterView, Mapping[str, NodeView]] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.nodes, tuple):
@@ -110,18 +128,17 @@ class ClusterView:
             raise InvalidRequestError("duplicate node ids in ClusterView")
         object.__setattr__(self, "_by_id", MappingProxyType(by_id))
         object.__setattr__(self, "_ledgers", {})
+        object.__setattr__(self, "_source", None)
 
     def replace_nodes(self, changed: Iterable[NodeView]) -> ClusterView:
         """A view with ``changed`` nodes (known ids) replacing this view's, other nodes shared.
 
-        For callers that update a view many times (the simulator): the result
-        carries the placement ledgers policies build from it, derived from this
-        view's by touching only the changed nodes, so a decision on it does not
-        pay O(nodes) to index the cluster.  Equal to
+        For callers that update a view many times (the simulator): the placement
+        ledgers policies build from the result are derived from this view's by
+        touching only the changed nodes (see :meth:`replaced_from`), so a
+        decision on it does not pay O(nodes) to index the cluster.  Equal to
         ``ClusterView(<nodes with replacements>)`` in every observable way.
         """
-        from raypipe.scheduler.placement import derive_ledgers  # placement imports this module
-
         repl = {n.node_id: n for n in changed}
         unknown = [nid for nid in repl if nid not in self._by_id]
         if unknown:
@@ -131,8 +148,32 @@ class ClusterView:
         new = object.__new__(ClusterView)
         object.__setattr__(new, "nodes", tuple(by_id.values()))
         object.__setattr__(new, "_by_id", MappingProxyType(by_id))
-        object.__setattr__(new, "_ledgers", derive_ledgers(self, repl))
+        object.__setattr__(new, "_ledgers", {})
+        object.__setattr__(new, "_source", (self, MappingProxyType(repl)))
         return new
+
+    def replaced_from(self) -> tuple[ClusterView, Mapping[str, NodeView]] | None:
+        """For a view made by :meth:`replace_nodes` whose ledger templates are not derived yet:
+        the view it was made from and the nodes replaced; else ``None``."""
+        return self._source
+
+    def ledger_template(self, use_total: bool) -> Any | None:
+        """The placement ledger kept on this view for ``use_total``; ``None`` when there is none.
+
+        Owned by :class:`~raypipe.scheduler.placement.FreeLedger`: ledgers are
+        copies of the template, which is never mutated.
+        """
+        return self._ledgers.get(use_total)
+
+    def keep_ledger_template(self, use_total: bool, ledger: Any) -> None:
+        """Keep ``ledger`` as this view's template for ``use_total`` (a cache: the view is unchanged)."""
+        self._ledgers[use_total] = ledger
+
+    def keep_derived_templates(self, templates: Mapping[bool, Any]) -> None:
+        """Keep the templates derived for a view made by :meth:`replace_nodes` (possibly none);
+        :meth:`replaced_from` is ``None`` from then on."""
+        self._ledgers.update(templates)
+        object.__setattr__(self, "_source", None)
 
     def node(self, node_id: str) -> NodeView:
         """The node with this id; raises ``InvalidRequestError`` when unknown."""
@@ -147,11 +188,11 @@ class ClusterView:
 
     def total(self) -> Resources:
         """Total capacity of alive nodes."""
-        return _sum_vec(_vec.vec(n.total) for n in self.nodes if n.alive)
+        return vec.to_resources(vec.total(vec.of(n.total) for n in self.nodes if n.alive))
 
     def free(self) -> Resources:
         """Free capacity of alive nodes."""
-        return _sum_vec(_vec.vec(n.free) for n in self.nodes if n.alive)
+        return vec.to_resources(vec.total(vec.of(n.free) for n in self.nodes if n.alive))
 
     def with_allocation(self, placement: Placement, bundles: Sequence[Resources]) -> ClusterView:
         """A new view with ``bundles`` subtracted from the nodes of ``placement``.
@@ -173,16 +214,9 @@ class ClusterView:
         changed: dict[str, NodeView] = {}
         for nid, give in per_node(bundles, placement).items():
             node = self.node(nid)
-            free = _vec.vmin(_vec.add(_vec.vec(node.free), _vec.vec(give)), _vec.vec(node.total))
-            changed[nid] = NodeView(nid, node.total, _vec.to_resources(free), node.labels, node.alive)
+            free = vec.clamp(vec.add(vec.of(node.free), vec.of(give)), vec.of(node.total))
+            changed[nid] = NodeView(nid, node.total, vec.to_resources(free), node.labels, node.alive)
         return ClusterView(tuple(changed.get(n.node_id, n) for n in self.nodes))
-
-
-def _sum_vec(vs: Iterable[_vec.Vec]) -> Resources:
-    acc = _vec.ZERO
-    for v in vs:
-        acc = _vec.add(acc, v)
-    return _vec.to_resources(acc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +229,11 @@ class JobRequest:
     ``enqueue_time`` is when it last (re)entered the queue (defaults to
     ``submit_time``) and ``last_run_s`` how long its last run lasted (both only
     used by LAS's starvation guard).
+
+    Derived on construction (read-only, for placement and policies):
+    ``bundle_vecs`` (each bundle as a :data:`~raypipe.scheduler.vec.Vec`),
+    ``demand_vec`` (their sum) and ``shape_key`` (equal for requests that place
+    identically: same bundles, strategy and selector).
     """
 
     job_id: str
@@ -209,10 +248,10 @@ class JobRequest:
     attained_service: float = 0.0
     enqueue_time: float | None = None
     last_run_s: float = 0.0
+    bundle_vecs: tuple[Vec, ...] = field(init=False, repr=False, compare=False)
+    demand_vec: Vec = field(init=False, repr=False, compare=False)
+    shape_key: str = field(init=False, repr=False, compare=False)
     _demand: Resources = field(init=False, repr=False, compare=False)
-    _bvecs: tuple[_vec.Vec, ...] = field(init=False, repr=False, compare=False)
-    _dvec: _vec.Vec = field(init=False, repr=False, compare=False)
-    _shape: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.bundles, tuple):
@@ -232,15 +271,13 @@ class JobRequest:
         if self.attained_service < 0:
             raise InvalidRequestError(f"job {self.job_id!r}: attained_service must be >= 0")
         if not isinstance(self.label_selector, tuple) or any(not isinstance(p, tuple) for p in self.label_selector):
-            object.__setattr__(self, "label_selector", freeze_labels(self.label_selector))  # type: ignore[arg-type]
-        bvecs = tuple(_vec.vec(b) for b in self.bundles)
-        dvec = _vec.ZERO
-        for v in bvecs:
-            dvec = _vec.add(dvec, v)
-        object.__setattr__(self, "_bvecs", bvecs)
-        object.__setattr__(self, "_dvec", dvec)
-        object.__setattr__(self, "_demand", _vec.to_resources(dvec))
-        object.__setattr__(self, "_shape", repr((bvecs, self.strategy, self.label_selector)))
+            object.__setattr__(self, "label_selector", freeze_labels(self.label_selector))
+        bvecs = tuple(vec.of(b) for b in self.bundles)
+        dvec = vec.total(bvecs)
+        object.__setattr__(self, "bundle_vecs", bvecs)
+        object.__setattr__(self, "demand_vec", dvec)
+        object.__setattr__(self, "_demand", vec.to_resources(dvec))
+        object.__setattr__(self, "shape_key", repr((bvecs, self.strategy, self.label_selector)))
 
     @property
     def demand(self) -> Resources:
@@ -250,12 +287,7 @@ class JobRequest:
     @property
     def gpus(self) -> float:
         """GPUs of the whole gang."""
-        return self._dvec[1]
-
-    @property
-    def shape_key(self) -> str:
-        """Identifies requests that place identically (bundles, strategy, selector)."""
-        return self._shape
+        return self.demand_vec[vec.GPU]
 
     @property
     def wait_start(self) -> float:
@@ -387,3 +419,36 @@ class Decision:
     def started_ids(self) -> tuple[str, ...]:
         """Ids of the started jobs, in start order."""
         return tuple(j for j, _ in self.starts)
+
+
+class BlockKind(StrEnum):
+    """Why a job may not start, for code to branch on (the text of a :class:`Blocked` is for people)."""
+
+    #: Its demand exceeds its team's quota: it never runs within the quota (only borrowing could help).
+    EXCEEDS_QUOTA = "exceeds_quota"
+    #: It cannot be placed even with every alive node empty (a bigger cluster could help).
+    NEVER_FITS = "never_fits"
+    #: Its team's usage plus its demand exceeds the quota now.
+    AT_QUOTA = "at_quota"
+    #: The free capacity does not hold it now (or holds it only by delaying a job ahead of it).
+    NO_CAPACITY = "no_capacity"
+
+    @property
+    def never(self) -> bool:
+        """True for the kinds that do not pass with time (``EXCEEDS_QUOTA``, ``NEVER_FITS``)."""
+        return self is BlockKind.EXCEEDS_QUOTA or self is BlockKind.NEVER_FITS
+
+
+class Blocked(NamedTuple):
+    """Why a job may not start, as ``(kind, text)``: ``kind`` for code, ``text`` for people (a decision's reason)."""
+
+    kind: BlockKind
+    text: str
+
+    @property
+    def never(self) -> bool:
+        """True when the job can never start as the cluster and its team's quota are."""
+        return self.kind.never
+
+    def __str__(self) -> str:
+        return self.text

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
@@ -20,15 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
+from raypipe.config import StrictModel
 from raypipe.resources import Resources
+from raypipe.scheduler.client import job_state
+from raypipe.store.artifacts import is_local
 
 
-class StageParams(BaseModel):
+class StageParams(StrictModel):
     """Base of every kind's ``params`` model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass
@@ -63,7 +63,6 @@ class StageContext:
     def log_path(self) -> Path:
         """The stage attempt's log file: ``<storage>/logs/<run>/<stage>.<attempt>.log`` on a
         local storage root, else in the worker's temporary folder."""
-        from raypipe.store.artifacts import is_local
 
         root = Path(self.storage) if is_local(self.storage) else Path(tempfile.gettempdir()) / "raypipe"
         return root / "logs" / self.run_id / f"{self.stage}.{self.attempt}.log"
@@ -96,7 +95,6 @@ class StageContext:
         last, answer = self._checked
         if self.job_id is None or answer or now - last < every_s:
             return answer
-        from raypipe.scheduler.client import job_state
 
         answer = job_state(self.job_id) == "preempting"
         self._checked = (now, answer)
@@ -212,8 +210,12 @@ class StageKind(ABC):
         """Do the work; return ``{output_name: value}`` (or ``None`` for no outputs)."""
 
 
-def module_fingerprint(module: str) -> str:
-    """SHA-256 of a module's source file, found without importing it."""
+def module_fingerprint(*modules: str) -> str:
+    """SHA-256 of each module's source file (found without importing it), concatenated."""
+    return "".join(_source_hash(m) for m in modules)
+
+
+def _source_hash(module: str) -> str:
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
@@ -222,3 +224,11 @@ def module_fingerprint(module: str) -> str:
     if not origin or not Path(origin).is_file():
         return f"unknown:{module}"
     return hashlib.sha256(Path(origin).read_bytes()).hexdigest()
+
+
+def progress(line: str) -> None:
+    """A stage's progress line from the process it runs in (a Ray worker, a Train or Tune
+    controller): its stdout, which Ray forwards to the driver's console with the process's
+    prefix.  Library code that runs on the driver logs instead."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

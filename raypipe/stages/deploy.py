@@ -1,6 +1,6 @@
 """``deploy``: serve registered versions of a model on Ray Serve with a traffic split.
 
-Params are the fields of :class:`raypipe.serve.spec.ServeSpec` (``app``, ``model``,
+Params are the fields of :class:`raypipe.serving.spec.ServeSpec` (``app``, ``model``,
 ``variants`` with ``version`` (N, vN or @ALIAS) and ``weight``, ``key``, ``shadow``,
 ``route_prefix``, ``port``...).  The stage takes no inputs: it serves versions of the
 registry's ``model``, so put it after the ``register`` stage (``depends_on:
@@ -12,7 +12,7 @@ How it runs:
 - On the driver, just before the stage runs (``resolve_inputs``), each variant's
   reference is resolved in the registry and its model artifact becomes an input named
   ``v<N>`` or ``v<N>@alias`` (so the versions served are in the stage's lineage).
-- The stage's task deploys (:func:`raypipe.serve.app.deploy_resolved`): it books the
+- The stage's task deploys (:func:`raypipe.serving.app.deploy_resolved`): it books the
   replicas' resources with the scheduler (a reservation that outlives the run), applies
   the Serve app and waits until it serves.  Output ``deployment``: the app's status.
 - A deploy stage is never a cache hit: deploying is a side effect, and deploying the
@@ -31,9 +31,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from raypipe.exceptions import StageError
-from raypipe.serve.spec import ResolvedVariant, ServeSpec, check_distinct, ref_text, resolve
+from raypipe.serving.app import deploy_resolved
+from raypipe.serving.resolve import ResolvedVariant, check_distinct, resolve
+from raypipe.serving.spec import ServeSpec, ref_text
 from raypipe.stages.base import CommitContext, StageContext, StageKind, StageParams
 from raypipe.store.models import is_model_package
+from raypipe.store.registry import ModelRegistry
 
 
 class DeployParams(StageParams, ServeSpec):
@@ -63,15 +66,11 @@ class DeployStage(StageKind):
         return f"deploy-always-runs:{uuid.uuid4().hex}"  # never a cache hit
 
     def resolve_inputs(self, meta: Any) -> dict[str, Any]:
-        from raypipe.store.registry import ModelRegistry
-
         resolved = resolve(self.params, ModelRegistry(meta))
         check_distinct(resolved, self.params.model)
         return {r.label + (r.ref if r.ref.startswith("@") else ""): meta.artifact(r.sha256) for r in resolved}
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from raypipe.serve.app import deploy_resolved
-
         for value in inputs.values():  # unpacked by the runner; the replicas load their own copy
             if is_model_package(value) and value.root.name.startswith("raypipe-model-"):
                 shutil.rmtree(value.root, ignore_errors=True)
@@ -106,23 +105,18 @@ class DeployStage(StageKind):
         return {"deployment": status.to_dict()}
 
     def after_success(self, commit: CommitContext) -> str | None:
-        """On the driver: the app's drift monitor and closed loop (``monitor``, ``retrain``);
-        the loop retrains with this run's pipeline unless ``retrain.pipeline`` names another."""
-        import json
-
-        from raypipe.serve.loop import after_deploy
-
+        """On the driver: where the app serves.  Its drift monitor and closed loop are
+        started by the loop layer's hook (:func:`raypipe.loop.arming.after_deploy_stage`)."""
         ref = commit.outputs.get("deployment")
         if ref is None:
             return None
         doc = commit.artifacts.get_value(ref)
         split = ", ".join(f"{k} {w:g}%" for k, w in (doc.get("weights") or {}).items())
-        notes = [f"serving {doc.get('app')} at {doc.get('url')} ({split})"]
-        if self.params.monitor is not None or self.params.retrain is not None:
-            rec = commit.meta.get_run(commit.run_id)
-            spec = ServeSpec.model_validate(self.params.model_dump(include=set(ServeSpec.model_fields)))
-            notes += after_deploy(spec, commit.meta, pipeline=json.loads(rec.config_json), storage=rec.storage)
-        return "; ".join(notes)
+        return f"serving {doc.get('app')} at {doc.get('url')} ({split})"
+
+    def serve_spec(self) -> ServeSpec:
+        """The app's spec as :mod:`raypipe.serving` takes it (the stage's params without its own fields)."""
+        return ServeSpec.model_validate(self.params.model_dump(include=set(ServeSpec.model_fields)))
 
 
 __all__ = ["DeployParams", "DeployStage"]

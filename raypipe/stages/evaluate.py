@@ -40,10 +40,14 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from raypipe.exceptions import GateFailed, StageError
+from raypipe.exceptions import GateFailed, ModelNotFoundError, StageError
+from raypipe.models import BUILTIN_MODULES, builtin
 from raypipe.models.metrics import ClassificationMetrics, RegressionMetrics
 from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
+from raypipe.stages.data.common import as_dataset, data_session
 from raypipe.stages.python import FUNC_RE, import_check, import_function
+from raypipe.store.models import ModelPackage
+from raypipe.store.registry import ModelRegistry
 
 CLASSIFICATION = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "log_loss", "roc_auc", "pr_auc")
 REGRESSION = ("mse", "rmse", "mae", "r2")
@@ -100,23 +104,15 @@ class EvaluateStage(StageKind):
         return issues
 
     def fingerprint(self) -> str:
-        return (
-            module_fingerprint(__name__)
-            + module_fingerprint("raypipe.models.builtin")
-            + module_fingerprint("raypipe.models.metrics")
-        )
+        return module_fingerprint(__name__, *BUILTIN_MODULES, "raypipe.models.metrics")
 
     def session(self, ctx: StageContext) -> Any:
-        from raypipe.stages.data.common import data_session
-
         return data_session(ctx)
 
     def resolve_inputs(self, meta: Any) -> dict[str, Any]:
         beat = self.params.gate.beat
         if beat is None:
             return {}
-        from raypipe.exceptions import ModelNotFoundError
-        from raypipe.store.registry import ModelRegistry
 
         try:
             found = ModelRegistry(meta).get(f"{beat.model}@{beat.alias}")
@@ -125,9 +121,6 @@ class EvaluateStage(StageKind):
         return {"baseline": meta.artifact(found.sha256)}
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from raypipe.stages.data.common import as_dataset
-        from raypipe.store.models import ModelPackage
-
         model = inputs["model"]
         if not isinstance(model, ModelPackage):
             raise StageError(f"input 'model' must be a model artifact (from train or tune), got {type(model).__name__}")
@@ -258,15 +251,13 @@ class _Scores:
     """Streaming metrics of one model over batches (a :mod:`raypipe.models.metrics` accumulator)."""
 
     def __init__(self, package: Any, predict: str | None) -> None:
-        from raypipe.models.builtin import predictor
-
         self.meta = package.meta
         self.task = self.meta.get("task")
         self.label = self.meta.get("label")
         fn = predict or self.meta.get("predict")
         self.custom: Any = None
         if self.meta.get("spec"):
-            self.model: Any = predictor(package)
+            self.model: Any = builtin.predictor(package)
         elif fn:
             self.custom = import_function(fn)
             self.package = package

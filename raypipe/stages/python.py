@@ -17,6 +17,7 @@ from pydantic import Field
 
 from raypipe.resources import Resources
 from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
+from raypipe.stages.data.common import data_session
 
 FUNC_RE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
 
@@ -105,7 +106,6 @@ class PythonStage(StageKind):
         """Ray Data work the function starts (a dataset it makes or returns, and the
         writing of a returned dataset) is bounded by the stage's grant and kept on its
         nodes, as in data stages."""
-        from raypipe.stages.data.common import data_session
 
         return data_session(ctx)
 

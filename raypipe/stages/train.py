@@ -41,16 +41,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from raypipe._json import json_scalars
 from raypipe.exceptions import StageError
-from raypipe.models.builtin import BuiltinTraining, ModelSpec
-from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
+from raypipe.models import BUILTIN_MODULES, builtin
+from raypipe.models.builtin_spec import BuiltinTraining, ModelSpec
+from raypipe.scheduler.backend import NODE_ID_LABEL
+from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint, progress
+from raypipe.stages.data.common import as_dataset, data_session, is_table, select_model_columns
+from raypipe.stages.data.profile import describe_training_data
 from raypipe.stages.python import FUNC_RE, function_fingerprint, import_check, import_function
 from raypipe.store.models import META_FILE, ModelPackage
 
 
 class TrainParams(BuiltinTraining, StageParams):
     """Either ``function`` (a user loop) or ``model`` (the built-in loop, with the
-    training fields of :class:`~raypipe.models.builtin.BuiltinTraining`)."""
+    training fields of :class:`~raypipe.models.builtin_spec.BuiltinTraining`)."""
 
     #: A user loop: Ray Train's ``train_loop_per_worker(config)``.
     function: Annotated[str | None, Field(pattern=FUNC_RE)] = None
@@ -142,16 +147,11 @@ class TrainStage(StageKind):
         code = module_fingerprint(__name__)
         if self.params.function is not None:
             return code + function_fingerprint(self.params.function)
-        return code + module_fingerprint("raypipe.models.builtin")
+        return code + module_fingerprint(*BUILTIN_MODULES)
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
-
-        from raypipe.models import builtin
-        from raypipe.scheduler.backend import NODE_ID_LABEL
-        from raypipe.stages.data.common import as_dataset, data_session, is_table, select_model_columns
-        from raypipe.stages.data.profile import describe_training_data
 
         with data_session(ctx):  # reading inputs and their statistics: bounded by the grant, quiet
             datasets, config = {}, dict(self.params.config)
@@ -182,14 +182,14 @@ class TrainStage(StageKind):
             datasets = {n: _in_memory_if_small(ds, ctx.input_refs.get(n)) for n, ds in datasets.items()}
         gpu = use_gpu(self.params.use_gpu, ctx.resources.gpu)
         selectors = [{NODE_ID_LABEL: n} for n in ctx.grant_nodes] if ctx.grant_nodes else None
-        scaling = ScalingConfig(
+        scaling = ScalingConfig(  # type: ignore[call-arg]  # Train v2's config at runtime; mypy sees ray.air's
             num_workers=ctx.gang_size,
             use_gpu=gpu,
             resources_per_worker=worker_resources(ctx, gpu),
             label_selector=selectors,
         )
         storage = ctx.checkpoint_dir or str(ctx.workdir / "ray-train")
-        run_config = RunConfig(
+        run_config = RunConfig(  # type: ignore[call-arg]  # Train v2's config at runtime; mypy sees ray.air's
             name="train",
             storage_path=storage,
             failure_config=FailureConfig(max_failures=self.params.max_failures),
@@ -206,7 +206,7 @@ class TrainStage(StageKind):
             raise result.error
         if result.checkpoint is None:
             raise StageError(f"{self.params.function} reported no checkpoint (call ray.train.report(..., checkpoint=))")
-        metrics = _plain(result.metrics or {})
+        metrics = json_scalars(result.metrics or {})
         folder = ctx.workdir / "model"
         with result.checkpoint.as_directory() as d:
             shutil.copytree(d, folder)
@@ -227,7 +227,7 @@ class TrainStage(StageKind):
                     "input_schema": schema,
                     "predict": self.params.predict,
                     **meta,
-                    "params": _plain(self.params.config),
+                    "params": json_scalars(self.params.config),
                     "metrics": metrics,
                     **own,
                 },
@@ -251,20 +251,6 @@ def _names_types(datasets: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
     return list(schema.names), list(schema.types)
 
 
-def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
-    import math
-
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isfinite(v):
-            v = None
-        elif hasattr(v, "item"):
-            v = v.item()
-        if v is None or isinstance(v, (bool, int, float, str)):
-            out[str(k)] = v
-    return out
-
-
 def _fs_path(uri: str) -> tuple[Any, str]:
     import pyarrow.fs as pafs
 
@@ -273,8 +259,8 @@ def _fs_path(uri: str) -> tuple[Any, str]:
 
 #: How often Ray Train's controller polls its workers (seconds), unless the user set
 #: ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``.  The start of training and the end of a run
-#: each wait for a poll: Ray's 2 s made a 1-worker fit on an idle 2-CPU machine take
-#: 14.5-15.9 s, 0.5 s 9.3-11.4 s.  A poll is one small actor call per worker; a poll
+#: each wait for a poll, so Ray's default of 2 s adds seconds to every short fit.  A
+#: poll is one small actor call per worker; a poll
 #: that does not answer in time is only waited for again (a worker is declared dead
 #: after ``RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S``, 10 minutes).
 POLL_INTERVAL_S = "0.5"
@@ -310,10 +296,12 @@ def _history_callback(path: str) -> Any:
             if fs.get_file_info(p).type.name == "File":
                 with fs.open_input_stream(p) as f:
                     old = f.read()
-            row = _plain(metrics[0])
+            row = json_scalars(metrics[0])
             with fs.open_output_stream(p) as f:  # object stores cannot append
                 f.write(old + (json.dumps(row) + "\n").encode())
-            print("report " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+            progress(
+                "report " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            )
 
     return History()
 

@@ -99,8 +99,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from raypipe.exceptions import StageError
-from raypipe.models.builtin import BuiltinTraining, ModelSpec
+from raypipe.models import BUILTIN_MODULES, builtin
+from raypipe.models.builtin import merge_trial_config
+from raypipe.models.builtin_spec import BuiltinTraining, ModelSpec
 from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
+from raypipe.stages.data.common import as_dataset, data_session, is_table, select_model_columns
 from raypipe.stages.python import FUNC_RE, function_fingerprint, import_check, import_function
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
@@ -174,7 +177,7 @@ class SchedulerParams(StageParams):
 
 class TuneParams(BuiltinTraining, StageParams):
     """Either ``function`` (a user trainable) or ``model`` (the built-in loop, with the
-    training fields of :class:`~raypipe.models.builtin.BuiltinTraining` as the base
+    training fields of :class:`~raypipe.models.builtin_spec.BuiltinTraining` as the base
     every trial's values override), plus the sweep's settings."""
 
     #: A Ray Tune function trainable ``fn(config, **datasets)``.
@@ -292,16 +295,13 @@ class TuneStage(StageKind):
         code = module_fingerprint(__name__) + module_fingerprint(f"{__name__}_support")
         if self.params.function is not None:
             return code + function_fingerprint(self.params.function)
-        return code + module_fingerprint("raypipe.models.builtin")
+        return code + module_fingerprint(*BUILTIN_MODULES)
 
     def session(self, ctx: StageContext) -> Any:
-        from raypipe.stages.data.common import data_session
-
         return data_session(ctx)  # reading dataset inputs stays inside the grant
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from raypipe.stages import tune_support as ts
-        from raypipe.stages.data.common import is_table
 
         p = self.params
         if p.search == "optuna" and optuna_missing():
@@ -313,8 +313,6 @@ class TuneStage(StageKind):
             _check_accepts(import_function(p.function), p.function, sorted(tables))
             files = sweep.write_inputs(tables)
             return sweep.run(ts.function_trial(p.function, files), config, base=p.config)
-        from raypipe.models import builtin
-        from raypipe.stages.data.common import as_dataset, select_model_columns
         from raypipe.stages.data.profile import describe_training_data
 
         datasets = {name: as_dataset(value, f"input {name!r}") for name, value in tables.items()}
@@ -332,8 +330,6 @@ def _check_builtin_space(p: TuneParams) -> list[tuple[tuple[str | int, ...], str
     ``optimizer.lr``, ``model.hidden``), and its values (each choice, both ends of a
     range) must be valid there."""
     from pydantic import ValidationError
-
-    from raypipe.models.builtin import merge_trial_config
 
     issues: list[tuple[tuple[str | int, ...], str]] = []
     try:

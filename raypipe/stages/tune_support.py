@@ -13,14 +13,20 @@ import math
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from ray.air.execution.resources.request import AcquiredResources, ResourceRequest
 from ray.air.execution.resources.resource_manager import ResourceManager
 from ray.tune import Callback
 
+from raypipe._json import json_safe, json_scalars
 from raypipe.exceptions import StageError
-from raypipe.stages.base import StageContext
+from raypipe.models.builtin import merge_trial_config, tune_trainable
+from raypipe.scheduler.backend import NODE_ID_LABEL
+from raypipe.stages.base import StageContext, progress
+from raypipe.stages.python import import_function
+from raypipe.store.datasets import is_ray_dataset
+from raypipe.store.models import META_FILE, ModelPackage
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +179,10 @@ def trials_on_grant(ctx: StageContext, bundle: Mapping[str, float]) -> Iterator[
             tc._ExperimentCheckpointManager = saved_state  # type: ignore[misc]
 
 
-def _save_on_trial_end(base: type) -> type:
+_T = TypeVar("_T")
+
+
+def _save_on_trial_end(base: type[_T]) -> type[_T]:
     """Tune's experiment-state saver, also saving (and syncing) as soon as a trial has
     ended: what a restore reads then never misses a finished trial.  (Tune calls it every
     step with the controller's ``save_to_dir``; its own rule saves on a timer.)"""
@@ -182,7 +191,7 @@ def _save_on_trial_end(base: type) -> type:
         _ended: int | None = None
 
         def sync_up_experiment_state(self, save_fn: Any, force: bool = False, wait: bool = False) -> Any:
-            controller = getattr(save_fn, "__self__", None)
+            controller: Any = getattr(save_fn, "__self__", None)  # Tune's TuneController, or None
             trials = controller.get_trials() if hasattr(controller, "get_trials") else None
             if trials is not None:
                 ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
@@ -196,8 +205,6 @@ def _save_on_trial_end(base: type) -> type:
 def fallback_resources(ctx: StageContext, bundle: Mapping[str, float]) -> Any:
     """One placement group per trial, kept on the granted nodes by a label selector."""
     from ray.tune import PlacementGroupFactory
-
-    from raypipe.scheduler.backend import NODE_ID_LABEL
 
     nodes = sorted(set(ctx.grant_nodes or []))
     if not nodes:
@@ -219,8 +226,6 @@ def write_tables(folder: str, tables: Mapping[str, Any]) -> dict[str, str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from ray.data import DataContext
-
-    from raypipe.store.datasets import is_ray_dataset
 
     fs, base = _fs(folder)
     fs.create_dir(base, recursive=True)
@@ -254,7 +259,6 @@ def read_tables(files: Mapping[str, str]) -> dict[str, Any]:
 def function_trial(target: str, files: Mapping[str, str]) -> Callable[[dict[str, Any]], Any]:
     """A Tune function trainable: the user's ``fn(config, **datasets)`` with the dataset
     inputs read from ``files`` when the trial starts."""
-    from raypipe.stages.python import import_function
 
     fn = import_function(target)
     files = dict(files)
@@ -274,8 +278,6 @@ def builtin_trial(base: Mapping[str, Any], files: Mapping[str, str]) -> Callable
     base, files = dict(base), dict(files)
 
     def builtin(config: dict[str, Any]) -> Any:
-        from raypipe.models.builtin import tune_trainable
-
         quiet_ray_logs()
         return tune_trainable(base, read_tables(files))(config)
 
@@ -313,8 +315,8 @@ def quiet_tune() -> Iterator[None]:
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-        for k, v in saved_env.items():
-            if v is None:
+        for k, old in saved_env.items():
+            if old is None:
                 os.environ.pop(k, None)
 
 
@@ -326,23 +328,22 @@ class SweepProgress(Callback):
     def __init__(self, stage: str, metric: str, max_t: int | None) -> None:
         self.stage, self.metric, self.max_t = stage, metric, max_t
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any):  # noqa: ANN201
+    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any):
         if self.max_t is not None and result.get("done") and result.get("training_iteration", 0) < self.max_t:
             result[STOPPED_EARLY] = True
 
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any):  # noqa: ANN201
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any):
         last = trial.last_result or {}
         value = last.get(self.metric)
         shown = f"{value:.4g}" if isinstance(value, float) else value
         how = ", stopped early by ASHA" if last.get(STOPPED_EARLY) else ""
-        print(
+        progress(
             f"[{self.stage}] trial {trial.trial_id} finished: "
-            f"{last.get('training_iteration', 0)} iterations, {self.metric}={shown}{how}",
-            flush=True,
+            f"{last.get('training_iteration', 0)} iterations, {self.metric}={shown}{how}"
         )
 
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any):  # noqa: ANN201
-        print(f"[{self.stage}] trial {trial.trial_id} failed (error in {trial.path})", flush=True)
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any):
+        progress(f"[{self.stage}] trial {trial.trial_id} failed (error in {trial.path})")
 
 
 # ----------------------------------------------------------------------- the sweep
@@ -398,7 +399,7 @@ class Sweep:
             resources = self.bundle if on_grant else fallback_resources(self.ctx, self.bundle)
             trainable = tune.with_resources(trainable, resources)
             if Tuner.can_restore(self.path):
-                print(f"[{self.ctx.stage}] continuing the sweep in {self.path}", flush=True)
+                progress(f"[{self.ctx.stage}] continuing the sweep in {self.path}")
                 # (Tune warns here about result files of trials the dead driver never synced.)
                 analysis_log = logging.getLogger("ray.tune.analysis")
                 level = analysis_log.level
@@ -435,7 +436,7 @@ class Sweep:
                     ),
                 )
             grid = tuner.fit()
-        return self.outputs(list(grid), base, dotted)
+        return self.outputs([grid[i] for i in range(len(grid))], base, dotted)
 
     # ------------------------------------------------------------------- outputs
     def outputs(self, results: list[Any], base: Mapping[str, Any], dotted: bool) -> dict[str, Any]:
@@ -484,19 +485,15 @@ class Sweep:
             )
         chosen = {k: (best.config or {}).get(k) for k in p.space}
         if dotted:
-            from raypipe.models.builtin import merge_trial_config
-
             best_config = _plain_config(merge_trial_config(base, chosen))
         else:
             best_config = _plain_config({**base, **chosen})
         metrics = _plain_metrics(ckpt_metrics)
         model = self._package(checkpoint, best_config, metrics)
-        print(f"[{self.ctx.stage}] best trial {best.metrics.get('trial_id')}: {p.metric}={best_value:.6g}", flush=True)
+        progress(f"[{self.ctx.stage}] best trial {best.metrics.get('trial_id')}: {p.metric}={best_value:.6g}")
         return {"best_config": best_config, "model": model, "trials": table, "metrics": metrics}
 
     def _package(self, checkpoint: Any, config: dict[str, Any], metrics: dict[str, Any]) -> Any:
-        from raypipe.store.models import META_FILE, ModelPackage
-
         folder = self.ctx.workdir / "model"
         with checkpoint.as_directory() as d:
             shutil.copytree(d, folder)
@@ -555,30 +552,12 @@ def _error_text(error: Any) -> str:
 
 
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(dict(config), default=_jsonable))
-
-
-def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item"):
-        return v.item()
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    return str(v)
+    return json.loads(json.dumps(dict(config), default=json_safe))
 
 
 def _plain_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The user's scalar metrics (and ``training_iteration``) as JSON values; NaN -> None."""
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        if k in TUNE_AUTO_METRICS or k == "config":
-            continue
-        if hasattr(v, "item"):
-            v = v.item()
-        if isinstance(v, float) and not math.isfinite(v):
-            v = None
-        if v is None or isinstance(v, (bool, int, float, str)):
-            out[str(k)] = v
-    return out
+    return json_scalars(metrics, skip=(*TUNE_AUTO_METRICS, "config"))
 
 
 def _uniform_column(col: Any) -> Any:
@@ -597,4 +576,4 @@ def _uniform_column(col: Any) -> Any:
             kinds.add("other")
     if len(kinds) <= 1 and "other" not in kinds:
         return col
-    return col.map(lambda v: None if v is None else json.dumps(v, default=_jsonable))
+    return col.map(lambda v: None if v is None else json.dumps(v, default=json_safe))

@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from raypipe.exceptions import StorageError
 
@@ -91,5 +91,5 @@ class ModelPackage:
         return cls.open(root)
 
 
-def is_model_package(value: Any) -> bool:
+def is_model_package(value: Any) -> TypeGuard[ModelPackage]:
     return isinstance(value, ModelPackage)

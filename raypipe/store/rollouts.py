@@ -4,7 +4,7 @@
   (``started``, ``step``, ``paused``, ``rolled_back``, ``promoted``, ``aborted``,
   ``error``...), keyed by the rollout's id.
 * ``loop_events`` (:class:`LoopStore`): the closed loop of an app
-  (:mod:`raypipe.serve.loop`): ``armed``, ``drift``, ``retrain_started``,
+  (:mod:`raypipe.loop`): ``armed``, ``drift``, ``retrain_started``,
   ``retrain_finished``, ``canary_started``, ``promoted``, ``rolled_back``... keyed
   by the cycle's id (one cycle per drift event acted on).
 

@@ -62,7 +62,7 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class Row(tuple):  # type: ignore[type-arg]
+class Row(tuple):
     """A PostgreSQL result row that reads like :class:`sqlite3.Row`: by index, by column name, ``dict(row)``."""
 
     _names: tuple[str, ...]
@@ -75,7 +75,7 @@ class Row(tuple):  # type: ignore[type-arg]
     def keys(self) -> list[str]:
         return list(self._names)
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             try:
                 return tuple.__getitem__(self, self._names.index(key))

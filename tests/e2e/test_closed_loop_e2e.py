@@ -26,10 +26,12 @@ import pytest
 from raypipe import api
 from raypipe.config import PipelineConfig, parse_yaml
 from raypipe.examples.closed_loop import Traffic
-from raypipe.serve import app as serve_app
-from raypipe.serve.loop import find_loop, loop_status, start_loop
-from raypipe.serve.monitor import get_monitor, read_config
-from raypipe.serve.spec import ServeSpec
+from raypipe.loop import arming
+from raypipe.loop.arming import start_loop
+from raypipe.loop.status import find_loop, loop_status
+from raypipe.monitoring.monitor import get_monitor, read_config
+from raypipe.serving import app as serve_app
+from raypipe.serving.spec import ServeSpec
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.registry import ModelRegistry
 from tests.conftest import REPO, free_port, wait_for
@@ -83,7 +85,7 @@ def loop_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     traffic = Traffic(serve_app.url(APP), threads=3, label_share=0.3).start()
     yield {"doc": doc, "meta": meta, "traffic": traffic, "root": root}
     traffic.stop()
-    serve_app.shutdown(APP)  # also stops the app's loop and monitor
+    arming.shutdown(APP)  # also stops the app's loop and monitor
     assert find_loop(APP) is None and get_monitor(APP) is None
     serve.shutdown()
     meta.close()

@@ -24,8 +24,8 @@ import requests
 from raypipe import api
 from raypipe.config import PipelineConfig, parse_yaml
 from raypipe.examples.tabular import broken_rows, make_loans, write_csv
-from raypipe.serve import app as serving
-from raypipe.serve.metrics import get_collector
+from raypipe.serving import app as serving
+from raypipe.serving.metrics import get_collector
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.registry import ModelRegistry
 from tests.conftest import REPO, free_port, wait_for

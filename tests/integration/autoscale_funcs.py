@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 from raypipe.resources import Resources
-from raypipe.scheduler.backend import RayBackend
+from raypipe.scheduler.ray_backend import RayBackend
 
 KEY = b"raypipe-test/autoscaler-requests"
 NAMESPACE = "raypipe-test"

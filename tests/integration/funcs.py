@@ -48,7 +48,7 @@ def sleep(seconds: float) -> dict:
     return {"slept": seconds}
 
 
-def checkpointed_steps(steps: int, step_s: float, log: str, ctx) -> dict:  # noqa: ANN001 - StageContext
+def checkpointed_steps(steps: int, step_s: float, log: str, ctx) -> dict:
     """Counts to ``steps``, checkpointing after each step; stops when preempted and resumes
     from its checkpoint on the next grant.  Appends ``attempt step`` lines to ``log``."""
     import json
@@ -73,7 +73,7 @@ def checkpointed_steps(steps: int, step_s: float, log: str, ctx) -> dict:  # noq
 
 
 # ----------------------------------------------------------------------------- data stages
-def add_feature(batch, factor: float = 2.0):  # noqa: ANN001, ANN201 - a pandas batch
+def add_feature(batch, factor: float = 2.0):
     batch["x2"] = batch["x"] * factor
     return batch
 
@@ -85,17 +85,17 @@ class Offset:
         self.offset = offset
         self.pid = os.getpid()
 
-    def __call__(self, batch):  # noqa: ANN001, ANN204
+    def __call__(self, batch):
         batch["x"] = batch["x"] + self.offset
         batch["pid"] = self.pid
         return batch
 
 
-def count_rows(data) -> dict:  # noqa: ANN001 - a Ray Dataset input of a python stage
+def count_rows(data) -> dict:
     return {"rows": data.count(), "columns": sorted(data.columns())}
 
 
-def record_task(batch, log_dir: str, hold_s: float = 0.3):  # noqa: ANN001, ANN201
+def record_task(batch, log_dir: str, hold_s: float = 0.3):
     """Notes where and when each Ray Data task ran (node, start, end) in ``log_dir``."""
     import ray
 
@@ -120,7 +120,7 @@ def hold_gang(seconds: float, log: str, gate: str = "") -> dict:
     return {"nodes": nodes}
 
 
-def remove_file(path: str, data) -> dict:  # noqa: ANN001 - any upstream output, for ordering
+def remove_file(path: str, data) -> dict:
     Path(path).unlink(missing_ok=True)
     return {}
 
@@ -203,17 +203,17 @@ def fill_disk(limit_bytes: int, pid_file: str, n: int = 200_000) -> dict:
     return {"out": np.arange(n, dtype="float64")}
 
 
-def use_column(batch, column: str = "nope"):  # noqa: ANN001, ANN201 - a pandas batch
+def use_column(batch, column: str = "nope"):
     """A transform that reads a column the data may not have."""
     return batch.assign(out=batch[column] * 2)
 
 
-def divide(batch):  # noqa: ANN001, ANN201 - a pandas batch
+def divide(batch):
     """A transform that fails on every batch with the user's own error."""
     raise ValueError("cannot divide the amounts: the rate column is empty")
 
 
-def intervals(batch):  # noqa: ANN001, ANN201 - a pyarrow batch
+def intervals(batch):
     """A transform whose output has a type the store cannot version (an interval)."""
     import pyarrow as pa
 
@@ -221,7 +221,7 @@ def intervals(batch):  # noqa: ANN001, ANN201 - a pyarrow batch
     return batch.append_column("gap", pa.array([pa.MonthDayNano([1, 2, 3])] * n, pa.month_day_nano_interval()))
 
 
-def make_dataset(rows: int = 2000):  # noqa: ANN201 - returns a Ray Dataset
+def make_dataset(rows: int = 2000):
     """A python stage that returns a Ray Dataset (its write runs as Ray Data tasks)."""
     import ray.data
 

@@ -37,7 +37,8 @@ def mlp_package(data: Any, ctx: Any, seed: int = 0, bias_to: int | None = None) 
     ``bias_to`` makes it always predict that class."""
     import torch
 
-    from raypipe.models.builtin import WEIGHTS, build_module
+    from raypipe.models.builtin import WEIGHTS
+    from raypipe.models.networks import build_module
 
     df = data.to_pandas()
     features = [c for c in df.columns if c != "label"]

@@ -27,7 +27,8 @@ def mlp_package(folder: Path, seed: int = 0, epochs: int = 30, hidden: int = 32)
     """A built-in MLP (the quickstart's format: px0..px63, standardized) trained full-batch."""
     import torch
 
-    from raypipe.models.builtin import WEIGHTS, build_module
+    from raypipe.models.builtin import WEIGHTS
+    from raypipe.models.networks import build_module
 
     x, y = digits()
     mean, std = x.mean(0), x.std(0)

@@ -26,8 +26,9 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raypipe.serve import app as serving
-from raypipe.serve.spec import ServeSpec, resolve
+from raypipe.serving import app as serving
+from raypipe.serving.resolve import resolve
+from raypipe.serving.spec import ServeSpec
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.registry import ModelRegistry
 from tests.conftest import free_port
@@ -409,7 +410,7 @@ def test_feedback_of_served_requests(app: dict[str, Any]) -> None:
     digits model's classes 0..9), alone or together; the collector counts each apart."""
     import ray
 
-    from raypipe.serve.metrics import get_collector
+    from raypipe.serving.metrics import get_collector
 
     row = sample_rows(1)[0]
     ids = [f"feedback-{i}" for i in range(30)]

@@ -10,7 +10,7 @@ import pytest
 
 import raypipe
 from raypipe.resources import Resources
-from raypipe.serve import reservation
+from raypipe.serving import reservation
 from tests.conftest import reset_scheduler
 
 pytestmark = pytest.mark.usefixtures("ray_local")

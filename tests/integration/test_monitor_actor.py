@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from raypipe import api
 from raypipe.cli import app as cli_app
 from raypipe.exceptions import RaypipeError
-from raypipe.serve.monitor import get_monitor, monitor_name, read_config, start_monitor, stop_monitor
+from raypipe.monitoring.monitor import get_monitor, monitor_name, read_config, start_monitor, stop_monitor
 from raypipe.stages.data.profiling import add_counts, finalize, histogram_counts, histogram_edges, partial_profile
 from tests.conftest import wait_for
 

@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from raypipe import api
-from raypipe.serve import app as serve_app
-from raypipe.serve.rollout import build_spec, controller_name, find_controller
-from raypipe.serve.spec import ServeSpec
+from raypipe.serving import app as serve_app
+from raypipe.serving.rollout.controller import find_controller
+from raypipe.serving.rollout.settings import build_spec
+from raypipe.serving.spec import ServeSpec
+from raypipe.serving.state import controller_name
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.registry import ModelRegistry
 from raypipe.store.rollouts import RolloutStore

@@ -50,7 +50,7 @@ def history(tmp_path: Path, run_id: str) -> dict[str, list[str]]:
 
 
 def no_raypipe_groups() -> bool:
-    from raypipe.scheduler.backend import RayBackend
+    from raypipe.scheduler.ray_backend import RayBackend
 
     return not RayBackend().live_pgs()
 

@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 import raypipe
 from raypipe import api
 from raypipe.cli import app as cli_app
-from raypipe.serve import app as serving
-from raypipe.serve.metrics import get_collector
-from raypipe.serve.routing import choose, unit_hash
+from raypipe.serving import app as serving
+from raypipe.serving.metrics import get_collector
+from raypipe.serving.routing import choose, unit_hash
 from tests.conftest import cli_json, free_port, wait_for
 from tests.integration.serve_funcs import register_digits, sample_rows
 
@@ -404,7 +404,7 @@ def test_served_rows_reach_the_drift_monitor(served: dict[str, Any]) -> None:
     their predictions) into it; nothing is configured on the app."""
     import pandas as pd
 
-    from raypipe.serve.monitor import monitor_status, start_monitor, stop_monitor
+    from raypipe.monitoring.monitor import monitor_status, start_monitor, stop_monitor
     from raypipe.stages.data.profiling import add_counts, finalize, histogram_counts, histogram_edges, partial_profile
     from raypipe.store.metadata import MetadataStore
     from raypipe.store.registry import ModelRegistry
@@ -440,7 +440,7 @@ def _feedback_reaches_the_right_consumer(served: dict[str, Any], rows: list[dict
     to the drift monitor only (performance windows); a body with both does both."""
     import ray
 
-    from raypipe.serve.monitor import monitor_status
+    from raypipe.monitoring.monitor import monitor_status
 
     def logged_total() -> int:
         return sum(int(v.get("rows_logged", 0)) for v in monitor_status(APP)["variants"].values())

@@ -29,7 +29,7 @@ def _report(metrics: dict, step: int) -> None:
         ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
 
 
-def quality_curve(config: dict, train=None) -> None:  # noqa: ANN001 - a pandas DataFrame
+def quality_curve(config: dict, train=None) -> None:
     """``loss`` falls with every iteration; configs with a higher ``quality`` fall faster,
     so bad configs are worse at every iteration.  Logs ``<log>/q<quality>-it<i>`` with the
     iteration's start and end times and the rows of the ``train`` input."""

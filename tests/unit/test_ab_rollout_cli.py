@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from raypipe import api
 from raypipe.cli import app
 from raypipe.exceptions import RaypipeError
-from raypipe.serve.abstats import ab_report
-from raypipe.serve.rollout import Guardrails, Ports, RolloutPlan, RolloutRun
+from raypipe.serving.abtest.stats import ab_report
+from raypipe.serving.rollout.run import Ports, RolloutRun
+from raypipe.serving.rollout.settings import Guardrails, RolloutPlan
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.rollouts import RolloutStore
 

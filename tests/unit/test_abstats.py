@@ -9,20 +9,17 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from raypipe.serve import abstats
-from raypipe.serve.abstats import (
+from raypipe.distributions import chi2_sf, fisher_greater, t_ppf, t_sf
+from raypipe.serving.abtest import stats as abstats
+from raypipe.serving.abtest.stats import (
     BETTER,
     INSUFFICIENT,
     NO_DIFFERENCE,
     WORSE,
     VariantStats,
     ab_report,
-    chi2_sf,
     compare,
-    fisher_greater,
     srm_check,
-    t_ppf,
-    t_sf,
     two_proportion_test,
     welch_test,
 )

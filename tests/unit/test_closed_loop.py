@@ -1,4 +1,4 @@
-"""The closed loop's core (raypipe.serve.loop.LoopCore) against the real drift monitor core,
+"""The closed loop's core (raypipe.loop.core.LoopCore) against the real drift monitor core,
 with the world (runs, registry, Serve, rollouts) played by a fake; and the retraining pipeline."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 
 from raypipe.exceptions import ConfigError
-from raypipe.serve.loop import LOOP_SERIES, LoopCore, Ports, register_stage, retraining_pipeline
-from raypipe.serve.monitor import MonitorCore
-from raypipe.serve.spec import RetrainSpec
+from raypipe.loop.core import LOOP_SERIES, LoopCore, Ports
+from raypipe.loop.cut import register_stage, retraining_pipeline
+from raypipe.monitoring.monitor_core import MonitorCore
+from raypipe.serving.spec import RetrainSpec
 from raypipe.stages.data.profiling import add_counts, finalize, histogram_counts, histogram_edges, partial_profile
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.rollouts import LOOP_FINAL, LoopStore
@@ -234,7 +235,7 @@ def test_restore_continues_a_canary_from_the_event_log(profiles: dict, metadata_
     world.rollouts["rollout-1"] = {"state": "promoted"}
     world.weights["v2"] = 0.0
     loop.restore(store.events("sensors", store.latest("sensors")), LOOP_FINAL)
-    assert loop.state == "canary" and loop.cycle is not None and loop.cycle["run_id"] == "run-9"
+    assert loop.state == "canary" and loop.cycle is not None and loop.cycle.run_id == "run-9"
     assert world.monitor.debouncer.state()["in_flight"]["event_id"] == 4
     loop.tick()
     assert world.events[-1][:2] == (cycle, "promoted") and world.production == 2
@@ -337,7 +338,7 @@ def test_a_new_controller_does_not_act_on_events_an_earlier_one_saw(profiles: di
 
 
 def test_model_show_prints_the_links() -> None:
-    from raypipe.cli import _link_text
+    from raypipe.cli.render import link_text
 
     drift = {
         "app": "sensors",
@@ -349,10 +350,10 @@ def test_model_show_prints_the_links() -> None:
         "statistics": {"f0": {"p_value": 1.7e-9}, "f2": {"p_value": None}},
         "cycle_id": "c1",
     }
-    text = _link_text("drift_event", drift)
+    text = link_text("drift_event", drift)
     assert "event 4 of app sensors on v1" in text and "f0 p=1.7e-09, f2" in text and "cycle c1" in text
-    assert _link_text("retraining", {"run_id": "r1", "cycle_id": "c1", "app": "sensors"}).startswith("run r1 (cycle c1")
-    assert _link_text("reference_profile", {"sha256": "ab" * 32}).startswith("profile abababababab")
+    assert link_text("retraining", {"run_id": "r1", "cycle_id": "c1", "app": "sensors"}).startswith("run r1 (cycle c1")
+    assert link_text("reference_profile", {"sha256": "ab" * 32}).startswith("profile abababababab")
 
 
 def test_a_failure_after_the_promotion_is_recorded_and_the_claim_ends(profiles: dict) -> None:

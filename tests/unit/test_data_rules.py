@@ -18,25 +18,22 @@ from pydantic import ValidationError
 
 from raypipe.models.preprocess import parse_iso
 from raypipe.stages.data.rules import (
-    NULL_HASH,
     NULL_TEXTS,
     PARSED_TYPES,
     ColumnRule,
     ValidateParams,
-    ValidationReport,
-    Violation,
     check_batch,
     check_row_count,
     check_schema,
     convert_batch,
     duplicate_hashes,
     key_hashes,
-    merge_reports,
-    series_hashes,
     text_columns,
     unique_violations,
 )
 from raypipe.stages.data.textparse import bound_value, parse_text
+from raypipe.stages.data.value_hashes import NULL_HASH, series_hashes
+from raypipe.stages.data.violations import ValidationReport, Violation, merge_reports
 
 
 def params(**columns: dict) -> ValidateParams:

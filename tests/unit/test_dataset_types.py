@@ -23,16 +23,8 @@ from hypothesis import strategies as st
 
 from raypipe.exceptions import StorageError
 from raypipe.store.artifacts import ArtifactStore
-from raypipe.store.datasets import (
-    _write_part,
-    column_words,
-    content_digest,
-    dataset_version,
-    row_hashes,
-    schema_text,
-    storage_error_message,
-    write_dataset,
-)
+from raypipe.store.dataset_hash import column_words, content_digest, dataset_version, row_hashes, schema_text
+from raypipe.store.datasets import _write_part, storage_error_message, write_dataset
 
 D = decimal.Decimal
 
@@ -668,7 +660,7 @@ def test_hashing_a_million_mixed_rows_by_hand() -> None:
 
 def test_mostly_distinct_text_hashes_the_same_as_repetitive_text() -> None:
     """Long, mostly distinct text columns skip the dictionary encoding: same words."""
-    from raypipe.store.datasets import _SAMPLE
+    from raypipe.store.dataset_hash import DISTINCT_SAMPLE as _SAMPLE
 
     n = 3 * _SAMPLE
     distinct = pa.array([f"note {i} about fees" if i % 97 else None for i in range(n)])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from raypipe.store.datasets import column_words, content_digest, dataset_version, row_hashes, schema_text
+from raypipe.store.dataset_hash import column_words, content_digest, dataset_version, row_hashes, schema_text
 
 
 def version(*tables: pa.Table) -> str:

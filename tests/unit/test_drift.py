@@ -11,23 +11,27 @@ import pytest
 from pydantic import ValidationError
 from scipy import stats
 
-from raypipe.serve import drift
-from raypipe.serve.drift import (
+from raypipe.models.preprocess import to_day
+from raypipe.monitoring.debounce import Debouncer
+from raypipe.monitoring.detector import DriftDetector
+from raypipe.monitoring.monitor_core import MonitorCore
+from raypipe.monitoring.sampling import keep_request
+from raypipe.monitoring.spec import MonitorSpec
+from raypipe.monitoring.statistics import (
+    OTHER,
     PSI_EPSILON,
-    Debouncer,
-    DriftDetector,
-    MonitorSpec,
-    PerformanceWindow,
-    WindowBuffer,
+    bonferroni,
     chisquare,
-    keep_request,
+    dataset_drifted,
+    kolmogorov_sf,
     ks_2samp,
     kstwo_sf,
     psi,
     psi_categorical,
     psi_numeric,
+    smirnov_sf,
 )
-from raypipe.serve.monitor import MonitorCore
+from raypipe.monitoring.windows import PerformanceWindow, WindowBuffer
 from raypipe.stages.data.profiling import add_counts, finalize, histogram_counts, histogram_edges, partial_profile
 
 FEATURES = [f"f{i}" for i in range(5)]
@@ -66,7 +70,7 @@ def test_kstwo_sf_matches_scipy(n: int) -> None:
 
 def test_kolmogorov_sf_is_the_limit() -> None:
     for z in np.linspace(0.05, 4, 80):
-        assert drift.kolmogorov_sf(float(z)) == pytest.approx(stats.kstwobign.sf(z), abs=1e-12)
+        assert kolmogorov_sf(float(z)) == pytest.approx(stats.kstwobign.sf(z), abs=1e-12)
 
 
 def test_smirnov_sf_matches_scipy() -> None:
@@ -74,7 +78,7 @@ def test_smirnov_sf_matches_scipy() -> None:
 
     for n in (3, 40, 476, 3000):
         for x in np.linspace(0.005, 0.995, 60):
-            assert drift.smirnov_sf(n, float(x)) == pytest.approx(smirnov(n, x), rel=1e-9, abs=1e-300)
+            assert smirnov_sf(n, float(x)) == pytest.approx(smirnov(n, x), rel=1e-9, abs=1e-300)
 
 
 def test_ks_2samp_matches_scipy_asymp() -> None:
@@ -122,16 +126,16 @@ def test_psi_by_hand() -> None:
     # the textbook example shape: shares 0.3/0.7 -> 0.4/0.6
     assert psi([0.3, 0.7], [0.4, 0.6]) == pytest.approx(0.1 * math.log(0.4 / 0.3) - 0.1 * math.log(0.6 / 0.7))
     # categories + one "other" bin; an unseen value lands in "other"
-    ref_counts = {"a": 60.0, "b": 30.0, drift.OTHER: 10.0}
+    ref_counts = {"a": 60.0, "b": 30.0, OTHER: 10.0}
     win_counts = {"a": 30.0, "b": 30.0, "new": 40.0}
     hand = (0.3 - 0.6) * math.log(0.3 / 0.6) + 0.0 + (0.4 - 0.1) * math.log(0.4 / 0.1)
     assert psi_categorical(ref_counts, win_counts) == pytest.approx(hand, rel=1e-12)
 
 
 def test_bonferroni_and_dataset_rule() -> None:
-    assert drift.bonferroni(0.05, 5) == pytest.approx(0.01)
-    assert drift.dataset_drifted(3, 5, 0.5) and not drift.dataset_drifted(2, 5, 0.5)
-    assert drift.dataset_drifted(2, 4, 0.5) and not drift.dataset_drifted(0, 0, 0.5)
+    assert bonferroni(0.05, 5) == pytest.approx(0.01)
+    assert dataset_drifted(3, 5, 0.5) and not dataset_drifted(2, 5, 0.5)
+    assert dataset_drifted(2, 4, 0.5) and not dataset_drifted(0, 0, 0.5)
 
 
 # --------------------------------------------------------------------------- the detector
@@ -519,7 +523,7 @@ def test_dates_drift_by_ks_on_days_and_unseen_categories_are_evidence() -> None:
     x_ref = np.asarray(prof["columns"]["applied"]["sample"], dtype=float)  # days of the reference sample
     assert x_ref.min() >= (base - dt.date(1970, 1, 1)).days
     assert second.features["applied"].statistic == pytest.approx(
-        stats.ks_2samp(x_ref, np.array([drift.to_day(r["applied"]) for r in later])).statistic, rel=1e-12
+        stats.ks_2samp(x_ref, np.array([to_day(r["applied"]) for r in later])).statistic, rel=1e-12
     )
     unseen = rows(rng.integers(0, 365, 400), rng.choice(["north", "mars", "venus"], 400, p=[0.2, 0.4, 0.4]), iso=True)
     core.log("v1", unseen)

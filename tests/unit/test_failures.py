@@ -27,8 +27,8 @@ from raypipe.exceptions import (
     ValidationFailed,
 )
 from raypipe.runner.executor import RunResult, short_error
-from raypipe.stages.data.rules import ValidationReport, Violation
 from raypipe.stages.data.validate import failure
+from raypipe.stages.data.violations import ValidationReport, Violation
 from raypipe.store.metadata import MetadataStore
 
 runner = CliRunner()

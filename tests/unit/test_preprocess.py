@@ -12,7 +12,9 @@ import pyarrow as pa
 import pytest
 
 from raypipe.exceptions import DataError
-from raypipe.models.builtin import BuiltinTraining, build_net, describe_data, label_codes, load_weights
+from raypipe.models.builtin import label_codes
+from raypipe.models.builtin_spec import BuiltinTraining, describe_data
+from raypipe.models.networks import build_net, load_weights
 from raypipe.models.preprocess import (
     MISSING,
     OTHER,
@@ -23,7 +25,7 @@ from raypipe.models.preprocess import (
     to_day,
     to_days,
 )
-from raypipe.serve.validation import InputSchema, RequestError, rows_of
+from raypipe.serving.validation import InputSchema, RequestError, rows_of
 from raypipe.stages.data import profiling
 from raypipe.stages.data.profile import _fit_partial
 
@@ -170,7 +172,7 @@ def test_packages_of_earlier_versions_still_load() -> None:
     network's weights without the ``body.`` prefix."""
     import torch
 
-    from raypipe.models.builtin import build_module
+    from raypipe.models.networks import build_module
 
     meta = {
         "features": ["a", "b"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raypipe.serve.validation import MAX_ERRORS, InputSchema, RequestError, rows_of
+from raypipe.serving.validation import MAX_ERRORS, InputSchema, RequestError, rows_of
 
 SCHEMA = InputSchema.of(["a", "b"], {"a": "double", "b": "int64"})
 

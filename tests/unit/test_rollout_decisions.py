@@ -12,29 +12,17 @@ import pytest
 import raypipe
 import raypipe.api
 from raypipe.exceptions import ConfigError, RaypipeError
-from raypipe.serve.abstats import VariantStats
-from raypipe.serve.rollout import (
-    ADVANCE,
-    HOLD,
-    OK,
-    PENDING,
-    PROMOTE,
-    ROLLBACK,
-    VIOLATED,
-    WAIT,
+from raypipe.serving.abtest.stats import VariantStats
+from raypipe.serving.rollout.controller import RolloutController
+from raypipe.serving.rollout.decisions import ADVANCE, HOLD, OK, PENDING, PROMOTE, ROLLBACK, VIOLATED, WAIT, decide
+from raypipe.serving.rollout.run import Ports, RolloutRun, progress_text, status_from_events, tick_seconds
+from raypipe.serving.rollout.settings import (
     Guardrails,
-    Ports,
-    RolloutController,
     RolloutPlan,
-    RolloutRun,
     RolloutSpec,
     build_spec,
-    decide,
     load_rollout_file,
     parse_steps,
-    progress_text,
-    status_from_events,
-    tick_seconds,
 )
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.rollouts import RolloutStore

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import pytest
 
 from raypipe.exceptions import RaypipeError
-from raypipe.serve.routing import WeightsError, choose, parse_weights, random_key, unit_hash
+from raypipe.serving.routing import WeightsError, choose, parse_weights, random_key, unit_hash
 
 KEYS = [f"user-{i}" for i in range(20_000)]
 

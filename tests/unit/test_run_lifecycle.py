@@ -61,16 +61,16 @@ def test_a_ray_job_refuses_relative_local_paths(tmp_path: Path, monkeypatch: pyt
     cfg = PipelineConfig.model_validate(
         {"name": "p", "storage": ".raypipe", "stages": [{"name": "a", "kind": "python", "params": {"function": "json:dumps"}}]}
     )
-    api._check_job_paths(cfg, None)  # not a Ray job: fine
+    api.check_job_paths(cfg, None)  # not a Ray job: fine
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
     monkeypatch.delenv("RAYPIPE_DB", raising=False)
     with pytest.raises(RaypipeError, match=r"Ray's temporary copy of --working-dir.*storage '.raypipe'.*--set storage="):
-        api._check_job_paths(cfg, None)
+        api.check_job_paths(cfg, None)
     ok = cfg.model_copy(update={"storage": str(tmp_path)})
-    api._check_job_paths(ok, None)
+    api.check_job_paths(ok, None)
     with pytest.raises(RaypipeError, match="metadata store 'rel.db'"):
-        api._check_job_paths(ok, "rel.db")
-    api._check_job_paths(cfg.model_copy(update={"storage": "s3://bucket/x"}), "postgresql://u@h/db")
+        api.check_job_paths(ok, "rel.db")
+    api.check_job_paths(cfg.model_copy(update={"storage": "s3://bucket/x"}), "postgresql://u@h/db")
 
 
 def test_a_moved_project_finds_its_artifacts_and_its_records_follow(tmp_path: Path) -> None:

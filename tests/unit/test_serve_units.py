@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from raypipe._ray import serve_client
 from raypipe.exceptions import ConfigError
-from raypipe.serve.metrics import LATENCY_BUCKETS_MS, MetricsCollector, quantile
-from raypipe.serve.spec import ServeSpec, load_spec, replica_resources
-from raypipe.serve.validation import (
+from raypipe.serving.metrics import LATENCY_BUCKETS_MS, MetricsCollector, quantile
+from raypipe.serving.spec import ServeSpec, load_spec, replica_resources
+from raypipe.serving.validation import (
     Feedback,
     InputSchema,
     LabelSchema,
@@ -329,15 +330,13 @@ def test_serve_client_of_another_cluster_is_forgotten(monkeypatch: pytest.Monkey
     client whose controller is gone; raypipe drops it when the cluster (GCS address) changed."""
     from ray.serve import context
 
-    from raypipe.serve import app as serve_app
-
     fake = object()
     monkeypatch.setattr(context, "_global_client", fake)
-    monkeypatch.setitem(serve_app._CLIENT_CLUSTER, "gcs", "10.0.0.1:6379")
-    assert not serve_app.forget_stale_serve_client("10.0.0.1:6379") and context._global_client is fake
-    assert serve_app.forget_stale_serve_client("10.0.0.1:6380")
-    assert context._global_client is None and serve_app._CLIENT_CLUSTER["gcs"] is None
-    assert not serve_app.forget_stale_serve_client("10.0.0.1:6380")  # nothing cached: nothing to drop
+    monkeypatch.setitem(serve_client._CLIENT_CLUSTER, "gcs", "10.0.0.1:6379")
+    assert not serve_client.forget_stale_client("10.0.0.1:6379") and context._global_client is fake
+    assert serve_client.forget_stale_client("10.0.0.1:6380")
+    assert context._global_client is None and serve_client._CLIENT_CLUSTER["gcs"] is None
+    assert not serve_client.forget_stale_client("10.0.0.1:6380")  # nothing cached: nothing to drop
 
 
 # --------------------------------------------------------------------------- /feedback routing
@@ -383,7 +382,7 @@ class _Request:
 def router(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[tuple], MetricsCollector]:
     """A Router (no Ray) whose collector is a real MetricsCollector and whose monitor and
     variant handles record their calls."""
-    from raypipe.serve import deployments
+    from raypipe.serving import deployments
 
     monkeypatch.setattr(deployments, "FLUSH_S", 0.0)  # no waiting for other replicas' events
     calls: list[tuple] = []

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from raypipe.scheduler._context import DecisionContext
+from raypipe.scheduler.context import DecisionContext
 from raypipe.scheduler.placement import FreeLedger
 from raypipe.scheduler.policy import Policy
-from raypipe.scheduler.types import Decision, JobRequest, Placement, Snapshot
+from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, Placement, Snapshot
 
 
 class BackfillPolicy(Policy):
@@ -47,37 +47,32 @@ class BackfillPolicy(Policy):
         shadow_time, shadow = self._reservation(ctx, head)
         when = f"t={shadow_time:g}" if math.isfinite(shadow_time) else "an unknown time"
         ctx.wait(head, f"{ctx.explain(head)}; next in line, reserved from {when} (backfill)")
-        reserved = f"reserved for {head.job_id} until {when} (backfill)"
+        reserved = Blocked(BlockKind.NO_CAPACITY, f"reserved for {head.job_id} until {when} (backfill)")
         b_failed: set[str] = set()
         finite = math.isfinite(shadow_time)
-        reasons = ctx.reasons
-        # team -> shape -> reason of a job that did not start, one memo per value of `ends_before`
+        # why a job of a team and shape did not start, one memo per value of `ends_before`
         memos = (ctx.memo(), ctx.memo())
+        recall = ctx.recall
         for job in queue[head_idx + 1 :]:
             dur = job.duration_estimate_s
             ends_before = finite and dur is not None and now + dur <= shadow_time
             memo = memos[ends_before]
-            seen = memo.get(job.team)
-            if seen is not None:
-                why = seen.get(job._shape)
-                if why is not None:
-                    reasons[job.job_id] = why  # type: ignore[assignment]
-                    continue
+            if recall(memo, job) is not None:
+                continue
             blocked = ctx.quota_block(job)
             if blocked is not None:
-                ctx.wait(job, blocked)
-                memo.setdefault(job.team, {})[job._shape] = blocked
+                ctx.wait(job, blocked.text)
+                memo.remember(job, blocked)
                 continue
             if not ends_before and job.shape_key in b_failed:
-                ctx.wait(job, reserved)
-                memo.setdefault(job.team, {})[job._shape] = reserved
+                ctx.wait(job, reserved.text)
+                memo.remember(job, reserved)
                 continue
             placement = ctx.ledger.place(job)
             if placement is None:
-                never = ctx.never_reason(job)
-                why = never if never is not None else ctx.explain(job)
-                ctx.wait(job, why)
-                memo.setdefault(job.team, {})[job._shape] = why
+                why = ctx.never_block(job) or Blocked(BlockKind.NO_CAPACITY, ctx.explain(job))
+                ctx.wait(job, why.text)
+                memo.remember(job, why)
                 continue
             if ends_before:
                 ctx.start(job, placement)
@@ -87,8 +82,8 @@ class BackfillPolicy(Policy):
                 ctx.start(job, placement)
                 continue
             b_failed.add(job.shape_key)
-            ctx.wait(job, reserved)
-            memo.setdefault(job.team, {})[job._shape] = reserved
+            ctx.wait(job, reserved.text)
+            memo.remember(job, reserved)
         return ctx.build()
 
     @staticmethod

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import heapq
 
-from raypipe.scheduler import _vec
-from raypipe.scheduler._context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
-from raypipe.scheduler._vec import Vec
+from raypipe.scheduler import vec
+from raypipe.scheduler.context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
 from raypipe.scheduler.policy import Policy
-from raypipe.scheduler.types import Decision, JobRequest, RunningJob, Snapshot
+from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, RunningJob, Snapshot
+from raypipe.scheduler.vec import Vec
 
 
 class FairSharePolicy(Policy):
@@ -36,6 +36,7 @@ class FairSharePolicy(Policy):
     """
 
     name = "fair_share"
+    borrows_idle_quota = True
 
     def __init__(self, max_preemptions: int | None = DEFAULT_MAX_PREEMPTIONS) -> None:
         self.max_preemptions = check_max_preemptions("fair_share", max_preemptions)
@@ -45,7 +46,9 @@ class FairSharePolicy(Policy):
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """Two DRF passes: owned capacity, then borrowing."""
-        ctx = DecisionContext(snapshot, borrowed_counts_to_quota=False, max_preemptions=self.max_preemptions)
+        ctx = DecisionContext(
+            snapshot, borrowed_counts_to_quota=not self.borrows_idle_quota, max_preemptions=self.max_preemptions
+        )
         by_team: dict[str, list[JobRequest]] = {}
         for job in snapshot.queue:
             lst = by_team.get(job.team)
@@ -55,7 +58,7 @@ class FairSharePolicy(Policy):
                 lst.append(job)
         if not by_team:
             return ctx.build()
-        total = _vec.vec(snapshot.cluster.total())
+        total = vec.of(snapshot.cluster.total())
         used = self._team_usage(snapshot)
         weights = {t: snapshot.team(t).weight for t in by_team}
 
@@ -64,8 +67,8 @@ class FairSharePolicy(Policy):
 
         if over_quota:
             if owner_waiting:
-                for lst in over_quota.values():
-                    for job, why in lst:
+                for waiting in over_quota.values():
+                    for job, why in waiting:
                         ctx.wait(job, f"{why}; cannot borrow while a team within quota waits (fair_share)")
             else:
                 self._borrow(ctx, over_quota, used, total, weights)
@@ -76,13 +79,16 @@ class FairSharePolicy(Policy):
     @staticmethod
     def _share(u: Vec, total: Vec, weight: float) -> float:
         s = 0.0
-        for i in range(3):
-            if total[i] > _vec.EPS:
-                s = max(s, u[i] / total[i])
-        if u[3]:
-            tc = dict(total[3])
-            for k, x in u[3]:
-                if tc.get(k, 0.0) > _vec.EPS:
+        if total[vec.CPU] > vec.EPS:
+            s = max(s, u[vec.CPU] / total[vec.CPU])
+        if total[vec.GPU] > vec.EPS:
+            s = max(s, u[vec.GPU] / total[vec.GPU])
+        if total[vec.MEMORY] > vec.EPS:
+            s = max(s, u[vec.MEMORY] / total[vec.MEMORY])
+        if u[vec.CUSTOM]:
+            tc = dict(total[vec.CUSTOM])
+            for k, x in u[vec.CUSTOM]:
+                if tc.get(k, 0.0) > vec.EPS:
                     s = max(s, x / tc[k])
         return s / weight
 
@@ -91,7 +97,7 @@ class FairSharePolicy(Policy):
         used: dict[str, Vec] = {}
         for r in snapshot.running:
             t = r.request.team
-            used[t] = _vec.add(used.get(t, _vec.ZERO), r.request._dvec)
+            used[t] = vec.add(used.get(t, vec.ZERO), r.request.demand_vec)
         return used
 
     def _phase(
@@ -105,14 +111,14 @@ class FairSharePolicy(Policy):
     ) -> bool:
         """Phase 1; returns True when a within-quota job is left waiting for capacity."""
         pos = dict.fromkeys(by_team, 0)
-        heap = [(self._share(used.get(t, _vec.ZERO), total, weights[t]), t) for t in by_team]
+        heap = [(self._share(used.get(t, vec.ZERO), total, weights[t]), t) for t in by_team]
         heapq.heapify(heap)
         owner_waiting = False
         victims: list[RunningJob] | None = None
         preempt_failed: set[str] = set()
-        reasons = ctx.reasons
-        # team -> shape -> (kind, reason) of a job that did not start: 0 never, 1 waits for capacity, 2 over quota
-        memo = ctx.memo()
+        memo = ctx.memo()  # why a job of a team and shape did not start
+        at_quota, no_capacity = BlockKind.AT_QUOTA, BlockKind.NO_CAPACITY  # locals: enum lookups are slow
+        recall = ctx.recall
         while heap:
             _, team = heapq.heappop(heap)
             jobs = by_team[team]
@@ -121,25 +127,21 @@ class FairSharePolicy(Policy):
             while i < len(jobs):
                 job = jobs[i]
                 i += 1
-                seen = memo.get(team)
-                if seen is not None:
-                    hit = seen.get(job._shape)
-                    if hit is not None:
-                        kind, why = hit  # type: ignore[misc]
-                        if kind == 2:
-                            over_quota.setdefault(team, []).append((job, why))
-                        else:
-                            reasons[job.job_id] = why
-                            owner_waiting = owner_waiting or kind == 1
-                        continue
+                hit = recall(memo, job)
+                if hit is not None:
+                    kind = hit.kind
+                    if kind is at_quota:  # its reason gets replaced when borrowing is decided
+                        over_quota.setdefault(team, []).append((job, hit.text))
+                    else:
+                        owner_waiting = owner_waiting or kind is no_capacity
+                    continue
                 blocked = ctx.quota_block(job)
                 if blocked is not None:
-                    if blocked.startswith("never"):
-                        ctx.wait(job, blocked)
-                        memo.setdefault(team, {})[job._shape] = (0, blocked)
+                    if blocked.never:
+                        ctx.wait(job, blocked.text)
                     else:
-                        over_quota.setdefault(team, []).append((job, blocked))
-                        memo.setdefault(team, {})[job._shape] = (2, blocked)
+                        over_quota.setdefault(team, []).append((job, blocked.text))
+                    memo.remember(job, blocked)
                     continue
                 placement = ctx.ledger.place(job)
                 if placement is None and job.shape_key not in preempt_failed:
@@ -148,29 +150,29 @@ class FairSharePolicy(Policy):
                             (r for r in ctx.snapshot.running if r.borrowed and r.request.preemptible),
                             key=lambda r: (-r.start_time, r.job_id),
                         )
-                    if victims and ctx.preempt_room() and ctx.never_reason(job) is None:
+                    if victims and ctx.preempt_room() and ctx.never_block(job) is None:
                         before = len(ctx.preempted)
                         placement = ctx.try_preempt_for(job, victims)
                         if placement is None:
                             preempt_failed.add(job.shape_key)
                         for v in list(ctx.preempted.values())[before:]:
                             vt = v.request.team
-                            used[vt] = _vec.sub(used.get(vt, _vec.ZERO), v.request._dvec)
+                            used[vt] = vec.sub(used.get(vt, vec.ZERO), v.request.demand_vec)
                 if placement is not None:
                     ctx.start(job, placement)
-                    used[team] = _vec.add(used.get(team, _vec.ZERO), job._dvec)
+                    used[team] = vec.add(used.get(team, vec.ZERO), job.demand_vec)
                     started = True
                     break
-                never = ctx.never_reason(job)
+                never = ctx.never_block(job)
                 if never is not None:
-                    ctx.wait(job, never)
-                    memo.setdefault(team, {})[job._shape] = (0, never)
+                    ctx.wait(job, never.text)
+                    memo.remember(job, never)
                     continue
                 owner_waiting = True
-                share = self._share(used.get(team, _vec.ZERO), total, weights[team])
-                why = f"{ctx.explain(job)} (team {team} share {share:.3f}, fair_share)"
-                ctx.wait(job, why)
-                memo.setdefault(team, {})[job._shape] = (1, why)
+                share = self._share(used.get(team, vec.ZERO), total, weights[team])
+                why = Blocked(BlockKind.NO_CAPACITY, f"{ctx.explain(job)} (team {team} share {share:.3f}, fair_share)")
+                ctx.wait(job, why.text)
+                memo.remember(job, why)
             pos[team] = i
             if started and i < len(jobs):
                 heapq.heappush(heap, (self._share(used[team], total, weights[team]), team))
@@ -186,7 +188,7 @@ class FairSharePolicy(Policy):
     ) -> None:
         """Phase 2: lend idle capacity to over-quota jobs, lowest share first."""
         pos = dict.fromkeys(over_quota, 0)
-        heap = [(self._share(used.get(t, _vec.ZERO), total, weights[t]), t) for t in over_quota]
+        heap = [(self._share(used.get(t, vec.ZERO), total, weights[t]), t) for t in over_quota]
         heapq.heapify(heap)
         while heap:
             _, team = heapq.heappop(heap)
@@ -202,7 +204,7 @@ class FairSharePolicy(Policy):
                 placement = ctx.ledger.place(job)
                 if placement is not None:
                     ctx.start(job, placement, borrowed=True)
-                    used[team] = _vec.add(used.get(team, _vec.ZERO), job._dvec)
+                    used[team] = vec.add(used.get(team, vec.ZERO), job.demand_vec)
                     started = True
                     break
                 never = ctx.never_reason(job, allow_borrowing=True)

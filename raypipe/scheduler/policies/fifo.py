@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raypipe.scheduler._context import DecisionContext
+from raypipe.scheduler.context import DecisionContext
 from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.types import Decision, Snapshot
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from raypipe.scheduler._context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
+from raypipe.scheduler.context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
 from raypipe.scheduler.errors import PolicyConfigError
 from raypipe.scheduler.policy import Policy
-from raypipe.scheduler.types import Decision, JobRequest, RunningJob, Snapshot
+from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, RunningJob, Snapshot
 
 
 class LasPolicy(Policy):
@@ -85,7 +85,7 @@ class LasPolicy(Policy):
             req = r.request
             if req.preemptible:
                 start = r.start_time
-                attained = req.attained_service + req._dvec[1] * (now - start if now > start else 0.0)
+                attained = req.attained_service + req.demand_vec[1] * (now - start if now > start else 0.0)
                 keyed.append((-queue_of(attained), -start, r.job_id, r))
         keyed.sort()  # job ids are unique: the RunningJob itself is never compared
         return [k[3] for k in keyed], [k[0] for k in keyed]
@@ -94,7 +94,6 @@ class LasPolicy(Policy):
         """Serve queues in order; preempt lower queues for a job that does not fit."""
         ctx = DecisionContext(snapshot, max_preemptions=self.max_preemptions)
         now = snapshot.now
-        reasons = ctx.reasons
         buckets: dict[int, list[JobRequest]] = {}
         for job in snapshot.queue:
             q = self._waiting_queue(job, now)
@@ -107,19 +106,16 @@ class LasPolicy(Policy):
         victims_all: list[RunningJob] = []
         neg_q: list[int] = []
         preempt_failed: set[tuple[str, int]] = set()
+        recall = ctx.recall
         for q in sorted(buckets):
-            memo = ctx.memo()  # team -> shape -> reason of a job of this queue that did not start
+            memo = ctx.memo()  # why a job of this queue, of a team and shape, did not start
             for job in buckets[q]:  # submit order within a queue (the snapshot's queue order)
-                seen = memo.get(job.team)
-                if seen is not None:
-                    why = seen.get(job._shape)
-                    if why is not None:
-                        reasons[job.job_id] = why  # type: ignore[assignment]
-                        continue
+                if recall(memo, job) is not None:
+                    continue
                 blocked = ctx.quota_block(job)
                 if blocked is not None:
-                    ctx.wait(job, blocked)
-                    memo.setdefault(job.team, {})[job._shape] = blocked
+                    ctx.wait(job, blocked.text)
+                    memo.remember(job, blocked)
                     continue
                 placement = ctx.ledger.place(job)
                 if placement is None and self.preempt and (job.shape_key, q) not in preempt_failed:
@@ -127,15 +123,14 @@ class LasPolicy(Policy):
                         victims, neg_q = self._victims(snapshot.running, now)
                         victims_all = victims
                     cut = bisect.bisect_left(neg_q, -q)  # victims in queues strictly below q
-                    if cut and ctx.preempt_room() and ctx.never_reason(job) is None:
+                    if cut and ctx.preempt_room() and ctx.never_block(job) is None:
                         placement = ctx.try_preempt_for(job, victims_all[:cut])
                     if placement is None:
                         preempt_failed.add((job.shape_key, q))
                 if placement is not None:
                     ctx.start(job, placement)
                     continue
-                never = ctx.never_reason(job)
-                why = never if never is not None else f"{ctx.explain(job)} (las queue {q})"
-                ctx.wait(job, why)
-                memo.setdefault(job.team, {})[job._shape] = why
+                why = ctx.never_block(job) or Blocked(BlockKind.NO_CAPACITY, f"{ctx.explain(job)} (las queue {q})")
+                ctx.wait(job, why.text)
+                memo.remember(job, why)
         return ctx.build()

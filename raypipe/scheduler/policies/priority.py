@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import heapq
 
-from raypipe.scheduler._context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
+from raypipe.scheduler.context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
 from raypipe.scheduler.errors import PolicyConfigError
 from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.types import Decision, JobRequest, RunningJob, Snapshot
@@ -73,7 +73,7 @@ class PriorityPolicy(Policy):
             job = queue[i]
             blocked = ctx.quota_block(job)
             if blocked is not None:
-                ctx.wait(job, blocked)
+                ctx.wait(job, blocked.text)
                 continue
             placement = ctx.ledger.place(job)
             if placement is None and self.preempt:
@@ -84,14 +84,14 @@ class PriorityPolicy(Policy):
                     )
                     bases = [self._base(r.request, team_prio) for r in victims]
                 cut = bisect.bisect_left(bases, self._base(job, team_prio))
-                if cut and ctx.preempt_room() and ctx.never_reason(job) is None:
+                if cut and ctx.preempt_room() and ctx.never_block(job) is None:
                     placement = ctx.try_preempt_for(job, victims[:cut])
             if placement is not None:
                 ctx.start(job, placement)
                 continue
-            never = ctx.never_reason(job)
+            never = ctx.never_block(job)
             if never is not None:
-                ctx.wait(job, never)
+                ctx.wait(job, never.text)
                 continue
             eff = self._base(job, team_prio) + (snapshot.now - job.submit_time) / aging
             ctx.wait(job, f"{ctx.explain(job)} (highest waiting priority {eff:.2f}, priority)")

@@ -22,7 +22,10 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from raypipe.exceptions import DataError
+from raypipe.scheduler.backend import NODE_ID_LABEL
 from raypipe.stages.base import StageContext, StageKind, module_fingerprint
+from raypipe.store.artifacts import ArtifactStore
+from raypipe.store.datasets import DATASET_FORMAT, arrow_schema_of, dataset_schema, is_ray_dataset
 
 
 class DataStage(StageKind):
@@ -32,6 +35,8 @@ class DataStage(StageKind):
     packages = ("ray", "pyarrow", "pandas", "numpy")
     #: How many dataset inputs the kind takes (``data.read`` takes none).
     n_inputs: ClassVar[int] = 1
+    #: Modules besides its own (and this one) whose code the kind runs: in its fingerprint.
+    code_modules: ClassVar[tuple[str, ...]] = ()
 
     def check(self, input_names: list[str]) -> list[tuple[tuple[str | int, ...], str]]:
         if len(input_names) != self.n_inputs:
@@ -40,7 +45,7 @@ class DataStage(StageKind):
         return []
 
     def fingerprint(self) -> str:
-        return module_fingerprint(type(self).__module__) + module_fingerprint(__name__)
+        return module_fingerprint(type(self).__module__, __name__, *self.code_modules)
 
     def session(self, ctx: StageContext) -> Any:
         return data_session(ctx)
@@ -50,8 +55,6 @@ class DataStage(StageKind):
 def data_session(ctx: StageContext) -> Iterator[None]:
     """Bound every Ray Data dataset made inside by the stage's grant (see the module doc)."""
     from ray.data import DataContext, ExecutionResources
-
-    from raypipe.scheduler.backend import NODE_ID_LABEL
 
     dctx = DataContext.get_current()
     saved_opts, saved_bars, saved_print = (
@@ -111,19 +114,29 @@ def task_args(ctx: StageContext) -> dict[str, Any]:
     return {"num_cpus": cpu, "compute": TaskPoolStrategy(size=slots(ctx, cpu))}
 
 
-_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Invalid|Failure)): (.+)$", re.MULTILINE)
+_ERROR_LINE = re.compile(
+    r"^(?:[A-Za-z_][\w.]*\.)?([A-Za-z_]\w*(?:Error|Exception|Invalid|Failure)): (.+)$", re.MULTILINE
+)
 _WRAPPERS = ("RayTaskError", "UserCodeException", "RaySystemError", "RayError")
+
+
+def exception_chain(e: BaseException, limit: int = 20) -> list[BaseException]:
+    """``e`` and the exceptions behind it (Ray's ``.cause``, ``__cause__``, ``__context__``),
+    depth first, at most ``limit``."""
+    out: list[BaseException] = []
+    todo = [e]
+    while todo and len(out) < limit:
+        x = todo.pop()
+        out.append(x)
+        todo += [c for c in (getattr(x, "cause", None), x.__cause__, x.__context__) if isinstance(c, BaseException)]
+    return out
 
 
 def error_line(e: BaseException) -> str:
     """The line that says what went wrong, out of an exception from Ray Data (Ray wraps a
     task's error in its own types and retry advice): ``Type: message`` of the first error
     in the text that is not one of Ray's wrappers."""
-    parts, todo = [], [e]
-    while todo and len(parts) < 20:
-        x = todo.pop()
-        parts.append(f"{type(x).__name__}: {x}")
-        todo += [c for c in (getattr(x, "cause", None), x.__cause__, x.__context__) if isinstance(c, BaseException)]
+    parts = [f"{type(x).__name__}: {x}" for x in exception_chain(e)]
     for m in _ERROR_LINE.finditer("\n".join(parts)):
         name, msg = m.group(1), m.group(2).strip()
         if not name.startswith(_WRAPPERS) and not msg.startswith(("To change retry", "Failed to apply UDF")):
@@ -134,7 +147,6 @@ def error_line(e: BaseException) -> str:
 
 def is_table(value: Any) -> bool:
     """A Ray Dataset, a pandas DataFrame or an Arrow table."""
-    from raypipe.store.datasets import is_ray_dataset
 
     t = type(value)
     return is_ray_dataset(value) or (
@@ -146,8 +158,6 @@ def as_dataset(value: Any, what: str) -> Any:
     """A Ray Dataset from a dataset input (or a stored DataFrame / Arrow table)."""
     import pyarrow as pa
     import ray.data
-
-    from raypipe.store.datasets import is_ray_dataset
 
     if is_ray_dataset(value):
         return value
@@ -168,8 +178,6 @@ def only_input(inputs: Mapping[str, Any]) -> tuple[str, Any]:
 def input_schema(ctx: StageContext, name: str, ds: Any) -> Any:
     """The Arrow schema of a dataset input: from its manifest when it is stored (no
     data read), else from Ray Data."""
-    from raypipe.store.artifacts import ArtifactStore
-    from raypipe.store.datasets import DATASET_FORMAT, arrow_schema_of, dataset_schema
 
     ref = ctx.input_refs.get(name)
     if ref is not None and ref.format == DATASET_FORMAT:
@@ -181,7 +189,6 @@ def select_model_columns(datasets: Mapping[str, Any], columns: list[str]) -> dic
     """Each dataset with only ``columns`` (a model's features and label), in that order,
     so nothing else reaches the training workers; a dataset without one of them is an
     error naming it."""
-    from raypipe.store.datasets import arrow_schema_of
 
     out = {}
     for name, ds in datasets.items():
@@ -196,7 +203,6 @@ def select_model_columns(datasets: Mapping[str, Any], columns: list[str]) -> dic
 def store_dataset(ctx: StageContext, ds: Any, what: str, *, allow_empty: bool = False) -> Any:
     """Write ``ds`` to the artifact store now (inside the stage's Ray Data bounds); its
     ``ArtifactRef``.  An empty dataset is an error naming ``what`` unless allowed."""
-    from raypipe.store.artifacts import ArtifactStore
 
     ref = ArtifactStore(ctx.storage).put_value(ds)
     if not allow_empty and not (ref.schema or {}).get("num_rows"):

@@ -16,9 +16,12 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from raypipe.exceptions import DataError
+from raypipe.models.builtin_spec import describe_data
+from raypipe.models.preprocess import category_keys
 from raypipe.stages.base import StageContext, StageParams
 from raypipe.stages.data import profiling
 from raypipe.stages.data.common import DataStage, gather, input_schema, only_input
+from raypipe.store.datasets import arrow_schema_of
 
 
 class ProfileParams(StageParams):
@@ -80,8 +83,6 @@ FIT_SAMPLE = 10_000
 
 
 def _fit_partial(df: Any, label: str, categorical: list[str], max_levels: int, classes: bool) -> Any:
-    from raypipe.models.preprocess import category_keys
-
     df = df.copy(deep=False)
     for c in categorical:
         df[c] = category_keys(df[c])
@@ -98,10 +99,8 @@ def describe_training_data(params: Any, ds: Any, ctx: StageContext | None) -> di
     """What a built-in model trained on ``ds`` expects (features, preprocessing, classes):
     one pass of Ray Data tasks inside the stage's grant (``ctx``; None outside a stage)
     profiles every column of the training split, then
-    :func:`raypipe.models.builtin.describe_data` decides.  The columns left out of an
+    :func:`raypipe.models.builtin_spec.describe_data` decides.  The columns left out of an
     automatic feature list are logged with the reason."""
-    from raypipe.models.builtin import describe_data
-    from raypipe.store.datasets import arrow_schema_of
 
     schema = arrow_schema_of(ds)
     types = {f.name: str(f.type) for f in schema}

@@ -9,7 +9,7 @@ works on one batch and returns something small, picklable and mergeable:
 - :func:`check_batch` checks the row rules (``nullable``, ``min``, ``max``,
   ``allowed`` and, in a second pass, ``unique``) and returns a mask of bad rows and a
   :class:`ValidationReport`; reports of batches are combined with
-  :meth:`ValidationReport.merge` (or :func:`merge_reports`);
+  :meth:`ValidationReport.merge` (or :func:`~raypipe.stages.data.violations.merge_reports`);
 - uniqueness needs every batch: pass 1 collects :func:`key_hashes` of each unique
   column, :func:`duplicate_hashes` finds the keys seen more than once, and pass 2
   flags their rows with ``check_batch(..., dup_hashes=...)`` (exact ``rows_bad``) or
@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
-import math
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -49,12 +48,11 @@ import pyarrow as pa
 from pandas.api import types as ptypes
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from raypipe._json import json_safe
 from raypipe.stages.base import StageParams
 from raypipe.stages.data.textparse import (
     NULL_TEXTS,
     PARSED_TYPES,
-    arrow_ints,
-    arrow_of,
     bound_key,
     bound_text,
     bound_value,
@@ -69,9 +67,10 @@ from raypipe.stages.data.textparse import (
     timestamp_ints,
     type_expected,
 )
+from raypipe.stages.data.value_hashes import series_hashes
+from raypipe.stages.data.violations import ValidationReport, Violation
 
 __all__ = [
-    "NULL_HASH",
     "NULL_TEXTS",
     "PARSED_TYPES",
     "BatchCheck",
@@ -79,30 +78,19 @@ __all__ = [
     "ColumnType",
     "RowBounds",
     "ValidateParams",
-    "ValidationReport",
-    "Violation",
     "check_batch",
     "check_row_count",
     "check_schema",
     "convert_batch",
     "duplicate_hashes",
-    "jsonable",
     "key_hashes",
-    "merge_reports",
-    "series_hashes",
     "text_columns",
     "unique_violations",
 ]
 
 ColumnType = Literal["int", "float", "number", "string", "bool", "date", "timestamp", "category"]
 
-#: The hash every null gets from :func:`series_hashes` (whatever the column's dtype).
-NULL_HASH = np.uint64(0x6E756C6C6E756C6C)
-
-#: Order of rules in :meth:`ValidationReport.format` (within a column).
-_RULE_ORDER = ("missing", "type", "extra", "nullable", "min", "max", "allowed", "unique", "rows_min", "rows_max")
 _PANDAS_INDEX = re.compile(r"^__index_level_\d+__$")
-_NS_PER = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
 
 
 # --------------------------------------------------------------------------- params
@@ -203,117 +191,6 @@ class ValidateParams(StageParams):
         if not self.columns:
             raise ValueError("columns: declare at least one column")
         return self
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass
-class Violation:
-    """One broken rule: of a column (``column``) or of the row count (``column=None``)."""
-
-    column: str | None
-    #: missing, type, extra, nullable, min, max, allowed, unique, rows_min or rows_max.
-    rule: str
-    #: What was expected, as text: ">= 0", "in ['DE', 'FR']", "a float column, got string".
-    expected: str
-    #: Rows breaking the rule (row rules), the row count (rows_min/rows_max), 0 for schema problems.
-    count: int
-    #: Example rows (JSON-able dicts, the checked column first).
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    #: A dataset-level problem that dropping rows cannot fix.
-    fatal: bool = False
-
-
-@dataclass
-class ValidationReport:
-    """Violations found in some rows; mergeable across batches."""
-
-    rows_checked: int = 0
-    violations: list[Violation] = field(default_factory=list)
-    #: Rows breaking at least one row rule (a row breaking two rules counts once).
-    rows_bad: int = 0
-    #: Examples kept per (column, rule).
-    max_examples: int = 5
-
-    @property
-    def ok(self) -> bool:
-        return not self.violations
-
-    @property
-    def fatal(self) -> bool:
-        """Whether a violation cannot be fixed by dropping rows (quarantine cannot help)."""
-        return any(v.fatal for v in self.violations)
-
-    def merge(self, other: ValidationReport) -> ValidationReport:
-        """Sum the counts per (column, rule) and keep the first examples, in merge order.
-        Fatal violations are not per row: the first one of a (column, rule) is kept."""
-        limit = max(self.max_examples, other.max_examples)
-        merged: dict[tuple[str | None, str], Violation] = {}
-        for v in [*self.violations, *other.violations]:
-            key = (v.column, v.rule)
-            cur = merged.get(key)
-            if cur is None:
-                merged[key] = replace(v, examples=list(v.examples[:limit]))
-            elif not (cur.fatal or v.fatal):
-                cur.count += v.count
-                cur.examples.extend(v.examples[: max(0, limit - len(cur.examples))])
-        return ValidationReport(
-            rows_checked=self.rows_checked + other.rows_checked,
-            violations=list(merged.values()),
-            rows_bad=self.rows_bad + other.rows_bad,
-            max_examples=limit,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (``allow_nan=False`` safe)."""
-        return {
-            "ok": self.ok,
-            "rows_checked": self.rows_checked,
-            "rows_bad": self.rows_bad,
-            "max_examples": self.max_examples,
-            "violations": [asdict(v) for v in self._sorted()],
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ValidationReport:
-        return cls(
-            rows_checked=int(d["rows_checked"]),
-            violations=[Violation(**v) for v in d.get("violations", [])],
-            rows_bad=int(d.get("rows_bad", 0)),
-            max_examples=int(d.get("max_examples", 5)),
-        )
-
-    def format(self, max_examples: int = 3) -> str:
-        """A human-readable report, one line per violation."""
-        if self.ok:
-            return f"validation passed: {_rows(self.rows_checked)} checked"
-        k = len(self.violations)
-        lines = [
-            f"validation failed: {k} rule{'' if k == 1 else 's'} broken in {_rows(self.rows_checked)}"
-            f" ({_rows(self.rows_bad)} bad)"
-        ]
-        for v in self._sorted():
-            lines.append("  " + _format_violation(v, max_examples))
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.format()
-
-    def _sorted(self) -> list[Violation]:
-        def key(v: Violation) -> tuple[int, str, int]:
-            rank = _RULE_ORDER.index(v.rule) if v.rule in _RULE_ORDER else len(_RULE_ORDER)
-            return (v.column is None, "" if v.column is None else str(v.column), rank)
-
-        return sorted(self.violations, key=key)
-
-
-def merge_reports(reports: Iterable[ValidationReport]) -> ValidationReport:
-    """Merge any number of reports, in order (an empty iterable gives an empty report)."""
-    out: ValidationReport | None = None
-    for r in reports:
-        out = r if out is None else out.merge(r)
-    return out if out is not None else ValidationReport()
 
 
 @dataclass
@@ -475,18 +352,6 @@ def convert_batch(df: pd.DataFrame, params: ValidateParams, *, text: Collection[
     return df if out is None else out
 
 
-def series_hashes(s: pd.Series) -> np.ndarray:
-    """A uint64 hash per value that depends on the value only, not on how pandas holds it:
-    1 (int64), 1.0 (float64, as ints with nulls become) and 1 (Int64) hash alike; True
-    (bool or object, as bools with nulls become) alike; strings alike whether str,
-    object, string[pyarrow] or categorical; datetimes alike in any unit.  Every null
-    hashes to :data:`NULL_HASH`."""
-    null = null_mask(s)
-    h = _value_hashes(s, null)
-    h[null] = NULL_HASH
-    return h
-
-
 def key_hashes(
     df: pd.DataFrame, column: str, params: ValidateParams | None = None, *, text: Collection[str] | None = None
 ) -> np.ndarray:
@@ -562,180 +427,22 @@ def _comparable(s: pd.Series, null: np.ndarray) -> np.ndarray:
     return out
 
 
-def _value_hashes(s: pd.Series, null: np.ndarray) -> np.ndarray:
-    dtype = s.dtype
-    n = len(s)
-    if n == 0:
-        return np.empty(0, dtype=np.uint64)
-    if isinstance(dtype, pd.CategoricalDtype):
-        return _value_hashes(s.astype(object), null)
-    if isinstance(dtype, pd.ArrowDtype) and (
-        pa.types.is_timestamp(dtype.pyarrow_dtype) or pa.types.is_date(dtype.pyarrow_dtype)
-    ):
-        return _hash_ints(_arrow_temporal_ns(s))
-    if ptypes.is_bool_dtype(dtype):
-        return _hash_ints(s.to_numpy(dtype="int64", na_value=0))
-    if ptypes.is_integer_dtype(dtype):
-        if ptypes.is_unsigned_integer_dtype(dtype):
-            return _hash_ints(s.to_numpy(dtype="uint64", na_value=0).view(np.int64))
-        return _hash_ints(s.to_numpy(dtype="int64", na_value=0))
-    if ptypes.is_float_dtype(dtype):
-        return _hash_floats(np.asarray(s.to_numpy(dtype="float64", na_value=np.nan), dtype=np.float64))
-    if ptypes.is_datetime64_any_dtype(dtype) or ptypes.is_timedelta64_dtype(dtype):
-        return _hash_ints(_datetime_ints(s))
-    if isinstance(dtype, np.dtype) and dtype.kind == "O":
-        inferred = ptypes.infer_dtype(s, skipna=True)
-        if inferred == "boolean":
-            return _hash_ints(
-                np.fromiter((0 if b else int(bool(v)) for v, b in zip(s, null, strict=True)), np.int64, n)
-            )
-        if inferred in ("integer", "floating", "mixed-integer-float", "decimal"):
-            return _value_hashes(pd.Series(pd.to_numeric(s, errors="coerce"), copy=False), null)
-        if inferred in ("datetime64", "datetime", "date"):
-            try:
-                return _value_hashes(pd.Series(pd.to_datetime(s, utc=inferred != "date"), copy=False), null)
-            except (ValueError, TypeError):
-                pass
-        values = s.to_numpy(dtype=object)
-    elif ptypes.is_string_dtype(dtype):
-        values = s.to_numpy(dtype=object, na_value=None)
-    else:
-        values = s.astype(str).to_numpy(dtype=object)
-    try:
-        return np.asarray(pd.util.hash_array(values, categorize=False), dtype=np.uint64)
-    except TypeError:  # unhashable objects (dicts, lists): hash their text
-        return np.asarray(pd.util.hash_array(np.array([str(v) for v in values], dtype=object)), dtype=np.uint64)
-
-
-def _hash_ints(a: np.ndarray) -> np.ndarray:
-    return np.asarray(pd.util.hash_array(np.ascontiguousarray(a, dtype=np.int64)), dtype=np.uint64)
-
-
-def _hash_floats(f: np.ndarray) -> np.ndarray:
-    """Integral floats hash as the int they equal; others by their float64 bits."""
-    with np.errstate(invalid="ignore"):
-        integral = np.isfinite(f) & (f == np.floor(f)) & (f >= -(2.0**63)) & (f < 2.0**63)
-    ints = np.where(integral, f, 0.0).astype(np.int64)
-    h = np.asarray(pd.util.hash_array(np.where(integral, 0.0, f) + 0.0), dtype=np.uint64)
-    return np.where(integral, _hash_ints(ints), h)
-
-
-def _arrow_temporal_ns(s: pd.Series) -> np.ndarray:
-    """Nanoseconds since the epoch (UTC for tz-aware values) of an Arrow-backed date or
-    timestamp series, as :func:`_datetime_ints` gives them for numpy datetimes."""
-    t = s.dtype.pyarrow_dtype
-    ints, _ = arrow_ints(arrow_of(s))
-    if pa.types.is_date32(t):
-        return ints * np.int64(86_400 * 10**9)
-    if pa.types.is_date64(t):
-        return ints * np.int64(10**6)
-    return ints * np.int64(_NS_PER[t.unit])
-
-
-def _datetime_ints(s: pd.Series) -> np.ndarray:
-    if isinstance(s.dtype, pd.DatetimeTZDtype):
-        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
-    try:
-        s = s.dt.as_unit("ns")
-    except (AttributeError, ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
-        pass
-    return np.asarray(s.to_numpy()).view(np.int64)
-
-
 def _examples(df: pd.DataFrame, mask: np.ndarray, column: str, k: int) -> list[dict[str, Any]]:
     if k <= 0:
         return []
     rows = df.iloc[np.flatnonzero(mask)[:k]]
     out = []
     for rec in rows.to_dict("records"):
-        ex = {str(column): jsonable(rec[column])}
-        ex.update((str(c), jsonable(v)) for c, v in rec.items() if c != column)
+        ex = {str(column): json_safe(rec[column], inf_text=True)}
+        ex.update((str(c), json_safe(v, inf_text=True)) for c, v in rec.items() if c != column)
         out.append(ex)
     return out
-
-
-def jsonable(v: Any) -> Any:
-    """A plain JSON-able Python value: numpy scalars unwrapped, nulls (None, NaN, NaT,
-    pd.NA) -> None, ±inf -> "inf"/"-inf", datetimes -> ISO strings, bytes decoded,
-    arrays -> lists; anything else unknown -> ``str``."""
-    if v is None or v is pd.NaT or v is pd.NA:
-        return None
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating, decimal.Decimal)):
-        f = float(v)
-        if math.isnan(f):
-            return None
-        return f if math.isfinite(f) else ("inf" if f > 0 else "-inf")
-    if isinstance(v, str):
-        return v
-    if isinstance(v, (_dt.datetime, _dt.date, _dt.time)):
-        return v.isoformat()
-    if isinstance(v, np.datetime64):
-        return None if np.isnat(v) else pd.Timestamp(v).isoformat()
-    if isinstance(v, (np.timedelta64, _dt.timedelta)):
-        td = pd.Timedelta(v)
-        return None if td is pd.NaT else str(td)
-    if isinstance(v, (bytes, bytearray)):
-        return bytes(v).decode("utf-8", "backslashreplace")
-    if isinstance(v, Mapping):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple, np.ndarray, set, frozenset)):
-        return [jsonable(x) for x in v]
-    try:
-        if pd.isna(v):
-            return None
-    except (TypeError, ValueError):
-        pass
-    return str(v)
 
 
 def _short_list(values: list[Any], limit: int = 10) -> str:
     if len(values) <= limit:
         return repr(list(values))
     return repr(list(values[:limit]))[:-1] + f", ... ({len(values)} values)]"
-
-
-def _rows(n: int) -> str:
-    return f"{n:,} row" + ("" if n == 1 else "s")
-
-
-def _format_example(ex: Mapping[str, Any], width: int = 100) -> str:
-    parts: list[str] = []
-    used = 0
-    for k, v in ex.items():
-        part = f"{k!r}: {v!r}"
-        if parts and used + len(part) > width:
-            parts.append("...")
-            break
-        parts.append(part)
-        used += len(part) + 2
-    return "{" + ", ".join(parts) + "}"
-
-
-def _format_violation(v: Violation, max_examples: int) -> str:
-    if v.column is None:
-        return f"rows: {_rows(v.count)}; expected {v.expected}"
-    col = f"column {v.column!r}"
-    if v.rule == "missing":
-        return f"{col}: missing (expected {v.expected})"
-    if v.rule == "type" and v.fatal:
-        return f"{col}: wrong type (expected {v.expected})"
-    if v.rule == "extra":
-        return f"{col}: extra column ({v.expected})"
-    if v.rule == "unique":
-        label = "rule unique"
-    elif v.rule in ("nullable", "type"):
-        label = f"rule {v.rule} ({v.expected})"
-    else:
-        label = f"rule {v.rule} {v.expected}".rstrip()
-    line = f"{col}: {label}: {_rows(v.count)}"
-    shown = v.examples[: max(0, max_examples)]
-    if shown:
-        line += ", e.g. " + ", ".join(_format_example(e) for e in shown)
-    return line
 
 
 # --------------------------------------------------------------------------- comparisons

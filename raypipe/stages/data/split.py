@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from raypipe.exceptions import DataError
 from raypipe.stages.base import StageContext, StageParams
 from raypipe.stages.data.common import DataStage, only_input, store_dataset, task_args
+from raypipe.store.dataset_hash import column_words, mix64, row_hashes
 
 _PART_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 
@@ -43,7 +44,6 @@ class SplitParams(StageParams):
 
 def assign_parts(table: Any, fractions: list[float], key: str | None, seed: int) -> np.ndarray:
     """The part index of every row of an Arrow table (see the module doc)."""
-    from raypipe.store.datasets import column_words, mix64, row_hashes
 
     if key is not None:
         if key not in table.column_names:

@@ -97,13 +97,14 @@ class TransformStage(DataStage):
             return {"data": store_dataset(ctx, out, f"the output of {self.params.function}")}
         except DataError:
             raise
-        except Exception as e:  # noqa: BLE001 - the user's error in one line; Ray's text to the log
+        except Exception as e:
             path = ctx.detail(f"{self.params.function} failed; Ray Data said", str(e))
             if is_system_failure(e):  # a lost worker or node: another attempt may pass
                 raise
             own = _own_error(e)
             raise DataError(
-                own or f"{self.params.function} failed on a batch: {error_line(e)}"
+                own
+                or f"{self.params.function} failed on a batch: {error_line(e)}"
                 + (f" (the whole text: {path})" if path else "")
             ) from None
 

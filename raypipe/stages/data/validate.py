@@ -31,21 +31,22 @@ from raypipe.stages.base import StageContext
 from raypipe.stages.data.common import DataStage, gather, input_schema, only_input, task_args
 from raypipe.stages.data.rules import (
     ValidateParams,
-    ValidationReport,
     check_batch,
     check_row_count,
     check_schema,
     duplicate_hashes,
     key_hashes,
-    merge_reports,
     text_columns,
 )
+from raypipe.stages.data.violations import ValidationReport, merge_reports
+from raypipe.store.artifacts import ArtifactStore
+from raypipe.store.datasets import DATASET_FORMAT, StagedDataset, part_stats, read_dataset, stats_table, write_dataset
 
 
 def _frame(table: Any) -> Any:
     """A block as a pandas frame of Arrow-backed columns (``pd.ArrowDtype``): no copy, where
-    Ray Data's pandas batches turn dictionary columns into Categoricals (1 s per million
-    rows of two category columns); the rules give the same results on both."""
+    Ray Data's pandas batches turn dictionary columns into Categoricals (a slow
+    conversion); the rules give the same results on both."""
     import pandas as pd
 
     return table.to_pandas(types_mapper=pd.ArrowDtype)
@@ -76,8 +77,6 @@ def _split_block(
     declared types) written to ``data_staging``, the others as they were read to
     ``quarantine_staging``; the block's report and both parts' stats as one row."""
     import pyarrow as pa
-
-    from raypipe.store.datasets import part_stats, stats_table
 
     check = check_batch(_frame(table), params, dup_hashes=dup, text=text)
     keep = ~check.bad
@@ -119,8 +118,6 @@ class ValidateStage(DataStage):
         with ``quarantine``, the ones that do not, in the same task.  A dataset that
         passes with nothing to convert is passed on unchanged (what was written is
         dropped)."""
-        from raypipe.store.artifacts import ArtifactStore
-        from raypipe.store.datasets import DATASET_FORMAT, StagedDataset, read_dataset
 
         name, ds = only_input(inputs)
         p = self.params
@@ -186,6 +183,4 @@ class ValidateStage(DataStage):
 
     @staticmethod
     def _stored(store: Any, ds: Any, what: str) -> Any:
-        from raypipe.store.datasets import write_dataset
-
         return write_dataset(store, ds, what=what)

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from sched_helpers import gpu, job, node, running, snapshot
 
 from raypipe.scheduler import PolicyConfigError, Snapshot, TeamConfig, get_policy
-from raypipe.scheduler._context import DEFAULT_MAX_PREEMPTIONS, DecisionContext
+from raypipe.scheduler.context import DEFAULT_MAX_PREEMPTIONS, DecisionContext
 from raypipe.scheduler.placement import FreeLedger
 from raypipe.scheduler.policies import FairSharePolicy, LasPolicy, PriorityPolicy
 from raypipe.scheduler.types import ClusterView, Placement

@@ -21,7 +21,7 @@ from raypipe.scheduler import (
     available_policies,
     get_policy,
 )
-from raypipe.scheduler._context import DecisionContext
+from raypipe.scheduler.context import DecisionContext
 from raypipe.scheduler.placement import FreeLedger, exceeds_quota
 from raypipe.scheduler.policies import BackfillPolicy
 

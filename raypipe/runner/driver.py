@@ -1,0 +1,206 @@
+"""A run's driver: start a planned pipeline run or resume a recorded one, on Ray, with every
+stage and artifact recorded.  The API (:func:`raypipe.run`, :func:`raypipe.resume`) and the
+runner's entry point (``python -m raypipe.runner``) both come here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from raypipe.config import ConfigSource, PipelineConfig, parse_config
+from raypipe.exceptions import RaypipeError
+from raypipe.failures import stage_failures
+from raypipe.runner.executor import AfterSuccess, Executor, RunResult, StageEvent, request_stop
+from raypipe.runner.plan import Plan, build_plan
+from raypipe.runner.ray_session import check_storage_shared, ensure_ray
+from raypipe.scheduler.client import SchedulerClient, get_controller
+from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root
+from raypipe.store.metadata import MetadataStore, open_existing, pid_alive, resolve_db
+
+EventHook = Callable[[StageEvent], None]
+StartHook = Callable[[str, Plan], None]
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+
+
+def metadata_url(cfg: PipelineConfig, db: str | None = None) -> str:
+    """The metadata store of a pipeline: ``db`` (``--db``), ``$RAYPIPE_DB``, its ``metadata:``,
+    ``raypipe.db`` in an absolute local storage root, else the project's store
+    (:func:`raypipe.store.metadata.resolve_db`)."""
+    return resolve_db(db, metadata=cfg.metadata, storage=cfg.storage)
+
+
+def new_run_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def in_ray_job() -> bool:
+    """Whether this process is the entrypoint of a Ray job (``ray job submit``)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def check_job_paths(cfg: PipelineConfig, db: str | None) -> None:
+    """Inside a Ray job the working directory is Ray's temporary copy of ``--working-dir``,
+    deleted with the session: a relative local storage root or database would put the
+    run's artifacts and records there, invisible to ``raypipe runs`` and then lost."""
+    if not in_ray_job():
+        return
+    bad = []
+    if is_local(cfg.storage) and not os.path.isabs(os.path.expanduser(cfg.storage)):
+        bad.append(f"storage {cfg.storage!r}")
+    url = metadata_url(cfg, db)
+    if not url.startswith(("sqlite:", "postgresql")) and "://" not in url and not os.path.isabs(url):
+        bad.append(f"metadata store {url!r}")
+    if bad:
+        raise RaypipeError(
+            f"this run is a Ray job, whose working directory ({os.getcwd()}) is Ray's temporary copy of "
+            f"--working-dir, deleted with the session: {' and '.join(bad)} would be lost there. Give an "
+            "absolute path every node shares or an object store: --set storage=/shared/raypipe (or "
+            "s3://bucket/raypipe) and RAYPIPE_DB=/shared/raypipe/raypipe.db (or a postgresql:// URL) in "
+            "the job's runtime_env env_vars"
+        )
+
+
+def _with_failures(result: RunResult, meta: MetadataStore) -> RunResult:
+    """``result`` with the whole failure (message, category) of each failed stage, from its record."""
+    if result.errors:
+        found = stage_failures(meta.stage_runs(result.run_id))
+        result.failures = {stage: found[stage] for stage in result.errors if stage in found}
+    return result
+
+
+def _connect_or_fail(
+    meta: MetadataStore, run_id: str, cfg: PipelineConfig, address: str | None
+) -> SchedulerClient | None:
+    """Connect to Ray and the scheduler; on failure the run is recorded as failed, not left running."""
+    try:
+        ensure_ray(cfg.ray, address)
+        check_storage_shared(resolve_root(cfg.storage))
+        if not cfg.scheduler.enabled:
+            return None
+        explicit = "scheduler" in cfg.model_fields_set
+        return SchedulerClient(get_controller(cfg.scheduler.settings() if explicit else None), owner=run_id)
+    except BaseException as e:
+        meta.finish_run(run_id, "failed", f"cannot start Ray or the scheduler: {e}")
+        raise
+
+
+def start_run(
+    plan: Plan,
+    *,
+    config_path: str | None = None,
+    address: str | None = None,
+    use_cache: bool = True,
+    on_event: EventHook | None = None,
+    on_start: StartHook | None = None,
+    run_id: str | None = None,
+    db: str | None = None,
+    after_success: Mapping[str, AfterSuccess] | None = None,
+) -> RunResult:
+    """Run a planned pipeline to the end (see :func:`raypipe.run`); ``after_success``: hooks
+    per stage kind (:class:`~raypipe.runner.executor.Executor`)."""
+    if run_id is not None and not _RUN_ID.match(run_id):
+        raise RaypipeError(f"run id {run_id!r}: use letters, digits, '_', '.' and '-' (at most 200)")
+    cfg = plan.config
+    check_job_paths(cfg, db)
+    root = resolve_root(cfg.storage)
+    artifacts = ArtifactStore(root)
+    artifacts.check_writable()
+    meta = MetadataStore(metadata_url(cfg, db))
+    try:
+        if run_id is None:
+            run_id = new_run_id(cfg.name)
+        elif meta.run_exists(run_id):
+            raise RaypipeError(f"run {run_id} already exists in {meta.location}; give a new run id")
+        stored = cfg.model_copy(update={"storage": root})
+        meta.create_run(run_id, cfg.name, stored.model_dump_json(), config_path, root)
+        if on_start:
+            on_start(run_id, plan)
+        the_run = run_id
+        ex = Executor(
+            plan,
+            run_id,
+            meta,
+            artifacts,
+            use_cache=use_cache,
+            on_event=on_event,
+            connect=lambda: _connect_or_fail(meta, the_run, cfg, address),
+            after_success=after_success,
+        )
+        return _with_failures(ex.execute(), meta)
+    finally:
+        meta.close()
+
+
+def resume_run(
+    run_id: str,
+    *,
+    db: str | None = None,
+    address: str | None = None,
+    on_event: EventHook | None = None,
+    on_start: StartHook | None = None,
+    after_success: Mapping[str, AfterSuccess] | None = None,
+) -> RunResult:
+    """Continue a failed, crashed or killed run; stages it finished are not run again."""
+    meta = open_existing(db)
+    try:
+        rec = meta.get_run(run_id)
+        if rec.status == "succeeded":
+            raise RaypipeError(f"run {rec.run_id} already succeeded; nothing to resume")
+        alive = rec.driver_pid != os.getpid() and pid_alive(rec.driver_pid)
+        if rec.status == "running" and rec.driver_host == os.uname().nodename and alive:
+            raise RaypipeError(f"run {rec.run_id} is still running (driver pid {rec.driver_pid}); stop it first")
+        source = ConfigSource(path=rec.config_path or f"<run {rec.run_id}>")
+        cfg = parse_config(json.loads(rec.config_json), source)
+        plan = build_plan(cfg, source)
+        artifacts = ArtifactStore(rec.storage)
+        artifacts.check_writable()
+        meta.claim_run(rec.run_id)
+        done = {
+            name: sr
+            for name, sr in meta.done_stages(rec.run_id).items()
+            if all(artifacts.exists(ref) for ref in meta.io_of(sr.id, "out").values())
+        }
+        if on_start:
+            on_start(rec.run_id, plan)
+        ex = Executor(
+            plan,
+            rec.run_id,
+            meta,
+            artifacts,
+            reuse=done,
+            on_event=on_event,
+            connect=lambda: _connect_or_fail(meta, rec.run_id, cfg, address),
+            after_success=after_success,
+        )
+        return _with_failures(ex.execute(), meta)
+    finally:
+        meta.close()
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """While inside, SIGTERM (``loop stop``, a supervisor) stops the run cleanly: its stages
+    are cancelled and it is recorded ``stopped`` (not left ``running``)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        request_stop("SIGTERM")  # the run loop stops at its next turn (never inside a Ray call)
+
+    handler.raypipe_stop = True  # type: ignore[attr-defined] # kept when Ray connects (ray_session.ensure_ray)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

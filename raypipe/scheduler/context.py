@@ -1,0 +1,595 @@
+"""``DecisionContext``: the working state of ONE policy decision, the toolkit policies build on.
+
+A policy creates a context inside ``decide``, asks it questions (does this job
+fit, is its team at quota, can it ever run), records what it does (start,
+preempt, wait with a reason) and returns :meth:`DecisionContext.build`.  The
+context keeps the bookkeeping every policy shares (free capacity, team usage,
+starts, preemptions, reasons), so a policy module holds only its ordering
+rules.  Nothing is shared between decisions, so policies stay pure.
+
+A policy that waits many jobs of the same class for the same reason keeps a
+:class:`WaitMemo` (from :meth:`DecisionContext.memo`); the context invalidates
+it whenever the reason could change.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from raypipe.scheduler import vec
+from raypipe.scheduler.errors import PolicyConfigError
+from raypipe.scheduler.placement import FreeLedger, never_block, quota_never_block
+from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, Placement, RunningJob, Snapshot
+from raypipe.scheduler.vec import Vec
+
+__all__ = [
+    "DEFAULT_MAX_PREEMPTIONS",
+    "DecisionContext",
+    "StartedJob",
+    "WaitMemo",
+    "check_max_preemptions",
+]
+
+_JOB_ID = operator.attrgetter("job_id")
+
+#: Default per-decision cap on preemptions of the preempting policies (las,
+#: priority with ``preempt=True``, fair_share): bounded rounds, as in Tiresias.
+DEFAULT_MAX_PREEMPTIONS = 32
+
+#: A job holding resources: (request, placement, end estimate or ``None`` when unknown).
+StartedJob = tuple[JobRequest, Placement, float | None]
+
+
+def check_max_preemptions(policy: str, value: int | None) -> int | None:
+    """Validate a ``max_preemptions`` policy argument (``None``: unlimited)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PolicyConfigError(f"{policy}: max_preemptions must be an int >= 0 or None, got {value!r}")
+    return value
+
+
+class WaitMemo:
+    """What a class of waiting jobs got, per team, valid until capacity or that team changes.
+
+    :meth:`remember` stores why a job did not start under its team and shape
+    (``JobRequest.shape_key``); :meth:`recall` returns it for any later job of
+    the same team and shape.  Within a decision free capacity only shrinks
+    between preemptions and a team's usage only changes when it starts or
+    loses a job, so the outcome holds until the context invalidates it:
+    starting a job forgets its team, a preemption forgets everything.  A
+    policy whose reasons depend on more than team and shape (a queue index, a
+    reservation) keeps one memo per value of that.
+
+    In a policy's loop, :meth:`DecisionContext.recall` looks a job up and
+    records the reason found for it in one step.
+    """
+
+    __slots__ = ("_teams",)
+
+    def __init__(self) -> None:
+        self._teams: dict[str, dict[str, Blocked]] = {}
+
+    def recall(self, job: JobRequest) -> Blocked | None:
+        """What an earlier job of ``job``'s team and shape got, or ``None``."""
+        seen = self._teams.get(job.team)
+        return None if seen is None else seen.get(job.shape_key)
+
+    def remember(self, job: JobRequest, blocked: Blocked) -> None:
+        """Record why ``job`` did not start, for later jobs of its team and shape."""
+        seen = self._teams.get(job.team)
+        if seen is None:
+            self._teams[job.team] = {job.shape_key: blocked}
+        else:
+            seen[job.shape_key] = blocked
+
+    def forget_team(self, team: str) -> None:
+        """Drop what was recorded for ``team`` (its usage changed)."""
+        self._teams.pop(team, None)
+
+    def clear(self) -> None:
+        """Drop everything (capacity grew)."""
+        self._teams.clear()
+
+
+class _Forgetful(dict[str, dict[str, Blocked]]):
+    """Teams of a memo that never hits: ``get`` finds nothing."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return default
+
+
+class _NoMemo(WaitMemo):
+    """A memo that never hits (tests compare decisions with and without memos)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self._teams = _Forgetful()
+
+
+def _slots(b: Vec, free: Vec, cap: int) -> int:
+    """How many copies of ``b`` fit in ``free`` (at most ``cap``), by repeated subtraction like placement."""
+    n = 0
+    while n < cap and vec.fits(b, free):
+        free = vec.sub(free, b)
+        n += 1
+    return n
+
+
+class DecisionContext:
+    """Free capacity, team usage and the decision being built.
+
+    Attributes policies read (never assign):
+
+    * ``snapshot`` and ``now`` (``snapshot.now``): what the decision is about.
+    * ``ledger``: a :class:`~raypipe.scheduler.placement.FreeLedger` of the
+      free capacity left by this decision so far; ``ledger.place(job)`` finds
+      a placement, :meth:`start` allocates it.
+    * ``preempted``: job id -> :class:`RunningJob` preempted by this decision,
+      in preemption order.
+    * ``max_preemptions``: the cap of this decision (``None``: unlimited).
+
+    ``borrowed_counts_to_quota``: whether running jobs marked ``borrowed``
+    count against their team's quota.  Policies that never lend keep the
+    default (``True``, the conservative reading); a policy that lends idle
+    quota passes ``False`` because borrowed capacity is, by definition,
+    outside the quota.
+
+    Results go through methods: :meth:`start`, :meth:`preempt` (or
+    :meth:`try_preempt_for`), :meth:`wait`; then :meth:`build`.
+    """
+
+    __slots__ = (
+        "snapshot",
+        "now",
+        "ledger",
+        "preempted",
+        "max_preemptions",
+        "_starts",
+        "_borrowed",
+        "_reasons",
+        "_total_ledger",
+        "_usage",
+        "_never",
+        "_explain",
+        "_borrowed_counts",
+        "_running",
+        "_quotas",
+        "_victim_index",
+        "_memos",
+    )
+
+    #: Tests switch memos off to check they never change a decision.
+    use_memos = True
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        borrowed_counts_to_quota: bool = True,
+        max_preemptions: int | None = None,
+    ) -> None:
+        self.snapshot = snapshot
+        self.now = snapshot.now
+        self.ledger = FreeLedger.from_cluster(snapshot.cluster)
+        self.max_preemptions = max_preemptions
+        self.preempted: dict[str, RunningJob] = {}
+        self._memos: list[WaitMemo] = []
+        self._starts: list[tuple[str, Placement]] = []
+        self._borrowed: list[str] = []
+        self._reasons: dict[str, str] = {}
+        self._total_ledger: FreeLedger | None = None
+        self._usage: dict[str, Vec] | None = None
+        self._never: dict[tuple[str, str], Blocked | None] = {}
+        self._explain: dict[str, str] = {}
+        self._borrowed_counts = borrowed_counts_to_quota
+        self._running: list[StartedJob] = []
+        self._quotas: dict[str, Vec] | None = None
+        self._victim_index: tuple[list[RunningJob], dict[str, list[tuple[int, RunningJob, Vec]]]] | None = None
+
+    # ------------------------------------------------------------------ quotas
+
+    def _counts(self, borrowed: bool) -> bool:
+        return self._borrowed_counts or not borrowed
+
+    def usage(self, team: str) -> Vec:
+        """What ``team`` holds against its quota now (running minus preempted plus started)."""
+        if self._usage is None:
+            acc: dict[str, list[float]] = {}
+            custom: dict[str, dict[str, float]] = {}
+            limited = {name for name, cfg in self.snapshot.teams.items() if cfg.quota is not None}
+            for r in self.snapshot.running:
+                if r.request.team not in limited or not self._counts(r.borrowed):
+                    continue
+                d = r.request.demand_vec
+                a = acc.get(r.request.team)
+                if a is None:
+                    a = acc[r.request.team] = [0.0, 0.0, 0.0]
+                a[0] += d[0]
+                a[1] += d[1]
+                a[2] += d[2]
+                if d[3]:
+                    c = custom.setdefault(r.request.team, {})
+                    for k, x in d[3]:
+                        c[k] = c.get(k, 0.0) + x
+            self._usage = {
+                t: vec.make(a[0], a[1], a[2], tuple(sorted(custom.get(t, {}).items()))) for t, a in acc.items()
+            }
+        return self._usage.get(team, vec.ZERO)
+
+    def _add_usage(self, team: str, d: Vec, sign: float) -> None:
+        if self._usage is None:
+            return  # computed lazily from snapshot + starts/preemptions below
+        cur = self._usage.get(team, vec.ZERO)
+        self._usage[team] = vec.add(cur, d) if sign > 0 else vec.sub(cur, d)
+
+    def quota_block(self, job: JobRequest) -> Blocked | None:
+        """Why ``job`` may not start within its team's quota now, else ``None``.
+
+        The kind is ``EXCEEDS_QUOTA`` when its demand alone is above the quota
+        (it never starts within it), ``AT_QUOTA`` when the team's usage leaves
+        too little now.
+        """
+        quotas = self._quotas
+        if quotas is None:
+            quotas = self._quotas = {
+                name: vec.of(cfg.quota) for name, cfg in self.snapshot.teams.items() if cfg.quota is not None
+            }
+        q = quotas.get(job.team)
+        if q is None:
+            return None
+        used = self.usage(job.team)
+        d = job.demand_vec
+        if (
+            (q[1] <= vec.EPS or used[1] + d[1] <= q[1] + vec.EPS)
+            and (q[0] <= vec.EPS or used[0] + d[0] <= q[0] + vec.EPS)
+            and (q[2] <= vec.EPS or used[2] + d[2] <= q[2] + vec.EPS)
+            and not q[3]
+        ):
+            return None
+        return self._quota_block(job, q, used)
+
+    def _quota_block(self, job: JobRequest, q: Vec, used: Vec) -> Blocked | None:
+        never = quota_never_block(job, self.snapshot.team(job.team).quota)
+        if never is not None:
+            return never
+        d = job.demand_vec
+        after = vec.add(used, d)
+        for i in (vec.GPU, vec.CPU, vec.MEMORY):
+            qi = vec.component(q, i)
+            if qi > vec.EPS and vec.component(after, i) > qi + vec.EPS:
+                name = vec.DIM_NAMES[i]
+                text = f"team {job.team} at quota {vec.component(used, i):g}/{qi:g} {name} (needs {vec.component(d, i):g} more)"
+                return Blocked(BlockKind.AT_QUOTA, text)
+        qc, uc, ac = dict(q[3]), dict(used[3]), dict(after[3])
+        for k, lim in qc.items():
+            if lim > vec.EPS and ac.get(k, 0.0) > lim + vec.EPS:
+                return Blocked(BlockKind.AT_QUOTA, f"team {job.team} at quota {uc.get(k, 0.0):g}/{lim:g} {k}")
+        return None
+
+    # ---------------------------------------------------------------- reasons
+
+    def never_block(self, job: JobRequest, *, allow_borrowing: bool = False) -> Blocked | None:
+        """Why ``job`` can never run (:func:`~raypipe.scheduler.placement.admission_block`), cached for this decision.
+
+        ``allow_borrowing``: a demand above the team's quota does not count
+        (the job could run on borrowed capacity).
+        """
+        key = (job.shape_key, job.team if not allow_borrowing else "")
+        never = self._never
+        if key not in never:
+            if self._total_ledger is None:
+                cluster = self.snapshot.cluster
+                if cluster.ledger_template(True) is not None:  # a view made by ClusterView.replace_nodes
+                    self._total_ledger = FreeLedger.from_cluster(cluster, use_total=True)
+                else:  # index the view once per decision: derive from the free ledger's tables
+                    self._total_ledger = self.ledger.totals()
+            quota = self.snapshot.team(job.team).quota
+            never[key] = never_block(job, self._total_ledger, quota, allow_borrowing=allow_borrowing)
+        return never[key]
+
+    def never_reason(self, job: JobRequest, *, allow_borrowing: bool = False) -> str | None:
+        """The text of :meth:`never_block`."""
+        blocked = self.never_block(job, allow_borrowing=allow_borrowing)
+        return None if blocked is None else blocked.text
+
+    def explain(self, job: JobRequest) -> str:
+        """Why ``job`` does not fit the free capacity (cached per shape for this decision)."""
+        key = job.shape_key
+        hit = self._explain.get(key)
+        if hit is None:
+            hit = self._explain[key] = self.ledger.explain(job)
+        return hit
+
+    def wait(self, job: JobRequest, reason: str) -> None:
+        """Record why ``job`` keeps waiting (the last reason recorded for a job wins)."""
+        self._reasons[job.job_id] = reason
+
+    def wait_many(self, jobs: Iterable[JobRequest], reason: str) -> None:
+        """Record the same reason for many jobs."""
+        if self._reasons:
+            self._reasons.update(dict.fromkeys(map(_JOB_ID, jobs), reason))
+        else:
+            self._reasons = dict.fromkeys(map(_JOB_ID, jobs), reason)
+
+    def start_in_order(self, queue: Sequence[JobRequest]) -> int:
+        """Start jobs in queue order until one blocks the line; return its index (``len(queue)``
+        if none does).  Jobs over quota or never feasible get their reason and do not block."""
+        for idx, job in enumerate(queue):
+            blocked = self.quota_block(job)
+            if blocked is not None:
+                self.wait(job, blocked.text)
+                continue
+            placement = self.ledger.place(job)
+            if placement is not None:
+                self.start(job, placement)
+                continue
+            never = self.never_block(job)
+            if never is not None:
+                self.wait(job, never.text)
+                continue
+            return idx
+        return len(queue)
+
+    def recall(self, memo: WaitMemo, job: JobRequest) -> Blocked | None:
+        """What an earlier job of ``job``'s team and shape got in ``memo``, recorded as ``job``'s reason too.
+
+        ``None`` when ``memo`` knows nothing for them (or memos are off).
+        """
+        seen = memo._teams.get(job.team)  # inlined WaitMemo.recall: this runs once per waiting job
+        if seen is None:
+            return None
+        hit = seen.get(job.shape_key)
+        if hit is not None:
+            self._reasons[job.job_id] = hit.text
+        return hit
+
+    def memo(self) -> WaitMemo:
+        """A new :class:`WaitMemo` this context invalidates on starts and preemptions."""
+        m = WaitMemo() if self.use_memos else _NoMemo()
+        self._memos.append(m)
+        return m
+
+    # ------------------------------------------------------------ preemption
+
+    def preempt_room(self) -> int:
+        """How many more jobs this decision may preempt (``max_preemptions`` minus done)."""
+        if self.max_preemptions is None:
+            return 1 << 62
+        return max(0, self.max_preemptions - len(self.preempted))
+
+    # ---------------------------------------------------------------- actions
+
+    def start(self, job: JobRequest, placement: Placement, *, borrowed: bool = False) -> None:
+        """Start ``job`` at ``placement`` (allocates it on the ledger); ``borrowed``: above its team's quota."""
+        self.ledger.allocate(job, placement)
+        self._starts.append((job.job_id, placement))
+        end = None if job.duration_estimate_s is None else self.now + job.duration_estimate_s
+        self._running.append((job, placement, end))
+        if borrowed:
+            self._borrowed.append(job.job_id)
+        if self._counts(borrowed):
+            self._add_usage(job.team, job.demand_vec, 1.0)
+        for m in self._memos:
+            m.forget_team(job.team)
+
+    def preempt(self, victim: RunningJob) -> None:
+        """Stop ``victim``; its resources are free for starts in this decision."""
+        self.ledger.release(victim.request, victim.placement)
+        self._mark_preempted(victim)
+
+    def _mark_preempted(self, victim: RunningJob) -> None:
+        self.preempted[victim.job_id] = victim
+        for m in self._memos:
+            m.clear()
+        if self._counts(victim.borrowed):
+            self._add_usage(victim.request.team, victim.request.demand_vec, -1.0)
+
+    def try_preempt_for(self, job: JobRequest, victims: Sequence[RunningJob]) -> Placement | None:
+        """Preempt a minimal prefix-pruned subset of ``victims`` (in order) so ``job`` fits.
+
+        Releases victims in order until ``job`` can be placed; then gives back
+        every victim that turns out not to be needed.  When even all victims do
+        not make room, or the job would need more victims than
+        :meth:`preempt_room` allows, nothing is preempted and ``None`` is
+        returned.  The victims taken are added to :attr:`preempted`.
+        """
+        room = self.preempt_room()
+        if room <= 0:
+            return None
+        if len(job.bundles) == 1 or job.strategy == "STRICT_PACK":
+            return self._preempt_one_node(job, victims, room)
+        ledger = self.ledger
+        live = [v for v in victims if v.job_id not in self.preempted]
+        released: list[RunningJob] | None = None
+        placement: Placement | None = None
+        bvecs = job.bundle_vecs
+        if all(b == bvecs[0] for b in bvecs):
+            released = self._release_for_identical(job, live)
+            if released is not None:
+                placement = ledger.place(job)
+                if placement is None:  # not expected (slot counting mirrors the greedy placement)
+                    ledger.allocate_many((v.request, v.placement) for v in released)
+                    released = None
+        if released is None:
+            released = []
+            step = 1
+            while len(released) < len(live):  # release in doubling chunks: O(log n) placement attempts
+                chunk = live[len(released) : len(released) + step]
+                ledger.release_many((v.request, v.placement) for v in chunk)
+                released.extend(chunk)
+                placement = ledger.place(job)
+                if placement is not None:
+                    break
+                step *= 2
+            if placement is None:
+                for v in reversed(released):
+                    ledger.allocate(v.request, v.placement)
+                return None
+        # Victims on nodes the placement does not use are not needed: give them back.
+        assert placement is not None
+        used = placement.nodes
+        needed: list[RunningJob] = []
+        for v in released:
+            if used.isdisjoint(v.placement.bundle_nodes) and ledger.can_allocate(v.request, v.placement):
+                ledger.allocate(v.request, v.placement)
+            else:
+                needed.append(v)
+        # Then try to keep each remaining victim, lowest-ranked (last released) first.
+        kept: set[str] = set()
+        for v in reversed(needed):
+            if ledger.can_allocate(v.request, v.placement):
+                ledger.allocate(v.request, v.placement)
+                again = ledger.place(job)
+                if again is not None:
+                    placement = again
+                    kept.add(v.job_id)
+                    continue
+                ledger.release(v.request, v.placement)
+        lost = [v for v in needed if v.job_id not in kept]
+        if len(lost) > room:  # over this decision's preemption budget: undo
+            for v in lost:
+                ledger.allocate(v.request, v.placement)
+            return None
+        for v in lost:
+            self._mark_preempted(v)  # the ledger already released it
+        return placement
+
+    def _release_for_identical(self, job: JobRequest, live: list[RunningJob]) -> list[RunningJob] | None:
+        """Release the victims a gang of identical bundles needs, found without trial placements.
+
+        Counts, node by node, how many copies of the bundle fit ("slots"); the
+        greedy placement of identical bundles succeeds exactly when the slots
+        of matching nodes add up to the gang size.  Walks ``live`` in order
+        until they do, then releases only the victims of that prefix on nodes
+        that gained a slot (the others cannot help).  ``None``: even all
+        victims are not enough.
+        """
+        ledger = self.ledger
+        b = job.bundle_vecs[0]
+        m = len(job.bundle_vecs)
+        sel = job.label_selector
+        have = ledger.slots(b, sel, m)
+        if have >= m:
+            return []
+        base: dict[str, int] = {}
+        cur: dict[str, Vec] = {}
+        gained: dict[str, int] = {}
+        prefix = 0
+        for v in live:
+            prefix += 1
+            for part, nid in zip(v.request.bundle_vecs, v.placement.bundle_nodes, strict=True):
+                f = cur.get(nid)
+                if f is None:
+                    if not ledger.has_node(nid) or not ledger.matches(nid, sel):
+                        continue
+                    f = ledger.free_vec(nid)
+                    base[nid] = gained[nid] = _slots(b, f, m)
+                before = gained[nid]
+                f = cur[nid] = vec.clamp(vec.add(f, part), ledger.total_vec(nid))
+                if before < m:
+                    after = gained[nid] = _slots(b, f, m)
+                    have += after - before
+            if have >= m:
+                break
+        else:
+            return None
+        helpful = {nid for nid, g in gained.items() if g > base[nid]}
+        out = [v for v in live[:prefix] if not helpful.isdisjoint(v.placement.bundle_nodes)]
+        self.ledger.release_many((v.request, v.placement) for v in out)
+        return out
+
+    def _preempt_one_node(self, job: JobRequest, victims: Sequence[RunningJob], room: int) -> Placement | None:
+        """One-node gangs: pick the node whose needed victims come earliest in ``victims``.
+
+        The key is (rank of the last victim needed, number of victims, node id),
+        so the caller's victim order (lowest priority first) is honoured.  A
+        node that would need more than ``room`` victims is not considered.
+        """
+        ledger = self.ledger
+        per_node = self._victims_by_node(victims)
+        limit = len(victims)
+        need = job.demand_vec
+        best: tuple[int, int, str] | None = None
+        chosen: list[RunningJob] = []
+        preempted = self.preempted
+        for nid, lst in per_node.items():
+            if not ledger.has_node(nid) or not ledger.matches(nid, job.label_selector):
+                continue
+            free = ledger.free_vec(nid)
+            picked: list[RunningJob] = []
+            for rank, v, part in lst:
+                if rank >= limit or (best is not None and rank > best[0]):
+                    break
+                if v.job_id in preempted:
+                    continue
+                if len(picked) >= room:
+                    break
+                picked.append(v)
+                free = vec.add(free, part)
+                if vec.fits(need, free):
+                    key = (rank, len(picked), nid)
+                    if best is None or key < best:
+                        best, chosen = key, picked
+                    break
+        if best is None:
+            return None
+        for v in chosen:
+            self.preempt(v)
+        return ledger.place(job)
+
+    def _victims_by_node(self, victims: Sequence[RunningJob]) -> dict[str, list[tuple[int, RunningJob, Vec]]]:
+        """Per node: (rank, victim, its bundles on that node), in rank order.
+
+        Cached for the base list a policy slices victims from: callers pass
+        prefixes of one sorted list, so an index over the longest list seen
+        serves every shorter prefix of it.
+        """
+        if not victims:
+            return {}
+        cached = self._victim_index
+        if cached is not None:
+            base, index = cached
+            if len(base) >= len(victims) and all(base[i] is victims[i] for i in (0, len(victims) - 1)):
+                return index
+        index = {}
+        for rank, v in enumerate(victims):
+            portions: dict[str, Vec] = {}
+            for b, nid in zip(v.request.bundle_vecs, v.placement.bundle_nodes, strict=True):
+                portions[nid] = vec.add(portions[nid], b) if nid in portions else b
+            for nid, part in portions.items():
+                index.setdefault(nid, []).append((rank, v, part))
+        self._victim_index = (list(victims), index)
+        return index
+
+    # ------------------------------------------------------------------ views
+
+    def running_now(self) -> list[StartedJob]:
+        """Jobs holding resources after this decision so far: (request, placement, end estimate).
+
+        Snapshot jobs not preempted, plus jobs started in this decision.
+        """
+        out = [
+            (r.request, r.placement, r.end_estimate) for r in self.snapshot.running if r.job_id not in self.preempted
+        ]
+        out.extend(self._running)
+        return out
+
+    def started_now(self) -> list[StartedJob]:
+        """Jobs started in this decision so far: (request, placement, end estimate)."""
+        return list(self._running)
+
+    def build(self) -> Decision:
+        """The immutable decision (a started job has no reason)."""
+        reasons = self._reasons
+        for jid, _ in self._starts:
+            reasons.pop(jid, None)
+        return Decision(
+            starts=tuple(self._starts),
+            preemptions=tuple(self.preempted),
+            reasons=reasons,
+            borrowed=tuple(self._borrowed),
+        )

@@ -1,0 +1,1 @@
+"""A/B tests: per-variant statistics and reports."""

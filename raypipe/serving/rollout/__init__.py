@@ -1,0 +1,1 @@
+"""Canary rollouts: settings, decisions, the run core and its controller actor."""
