@@ -280,7 +280,10 @@ def test_regression_accumulator_equals_sklearn(case: dict[str, Any]) -> None:
             assert r["r2"] is None and "fewer than 2 rows" in r["notes"]["r2"]
         elif np.ptp(y) == 0:  # force_finite: 1.0 when perfect, else 0.0
             assert r["r2"] == (1.0 if np.array_equal(y, pred) else 0.0)
-            assert r["r2"] == skm.r2_score(y, pred)  # the grid keeps sklearn's mean exact here
+            if float(np.sum((y - np.average(y)) ** 2)) == 0.0:
+                # sklearn agrees when its own mean of the constant is exact; with an offset off
+                # the grid (12345.678) its rounded mean leaves a tiny variance and a huge R²
+                assert r["r2"] == skm.r2_score(y, pred)
         else:
             assert _close(r["r2"], skm.r2_score(y, pred))
 
