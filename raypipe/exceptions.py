@@ -47,6 +47,13 @@ class StorageError(RaypipeError):
     """The artifact root or metadata store cannot be used."""
 
 
+class PickleRefused(StorageError):
+    """A value only pickle can store, or a pickle artifact to read, in a stage without
+    ``pickle: true`` (or a read without ``allow_pickle``): the message says how to opt in."""
+
+    shown_as = "StorageError"
+
+
 class StagePreempted(RaypipeError):
     """Raised by a stage that stopped because the scheduler preempted it.
 

@@ -73,6 +73,7 @@ _BY_TYPE: dict[str, str] = {
     "RunNotFoundError": CONFIG,
     "DataError": DATA,
     "StagePreempted": PREEMPTED,
+    "PickleRefused": CONFIG,  # the stage needs `pickle: true`: running again fails the same way
     "StorageError": IO,
     "StageError": STAGE,
     "RaypipeError": STAGE,

@@ -15,7 +15,9 @@ FIELD_DOCS: dict[str, str] = {
     "PipelineConfig.storage": "Artifact root: a local path (relative to the working directory) or a URI "
     "(`s3://bucket/prefix`, any `pyarrow.fs` filesystem). On a multi-node cluster every node must see it.",
     "PipelineConfig.metadata": "The metadata store: a SQLite path or `sqlite:///` URL, or a `postgresql://` URL. "
-    "`--db` and `$RAYPIPE_DB` win over it; default: the project's `.raypipe/raypipe.db`.",
+    "`--db` and `$RAYPIPE_DB` win over it; default: the project's `.raypipe/raypipe.db`. May hold secret "
+    "references (`postgresql://ml:${env:PG_PASSWORD}@host/db`, see Secrets); a password written as it is "
+    "is redacted in every stored copy.",
     "PipelineConfig.ray": "How to reach Ray.",
     "PipelineConfig.scheduler": "raypipe's scheduler: policy, team quotas, the autoscaler's maximum shape.",
     "PipelineConfig.stages": "The stages; the order they run in comes from `inputs` and `depends_on`.",
@@ -23,7 +25,8 @@ FIELD_DOCS: dict[str, str] = {
     "default: `$RAY_ADDRESS`, else the cluster `ray start` left on this machine, else a new local Ray.",
     "RayConfig.num_cpus": "CPUs of a new local Ray (not used when joining a cluster).",
     "RayConfig.num_gpus": "GPUs of a new local Ray (not used when joining a cluster).",
-    "RayConfig.runtime_env": "Ray's `runtime_env` for the job (`env_vars`, `pip`, `working_dir`...).",
+    "RayConfig.runtime_env": "Ray's `runtime_env` for the job (`env_vars`, `pip`, `working_dir`...). May hold "
+    "secret references (`${env:NAME}`, `${file:PATH}`), resolved when the driver starts Ray.",
     "ResourcesConfig.cpu": "CPUs of one bundle.",
     "ResourcesConfig.gpu": "GPUs of one bundle (fractions share a GPU).",
     "ResourcesConfig.memory_mb": "Memory of one bundle in MB (Ray's `memory` resource).",
@@ -45,7 +48,8 @@ FIELD_DOCS: dict[str, str] = {
     "StageConfig.cache": "Reuse the outputs of an earlier run with the same cache key.",
     "StageConfig.priority": "Scheduler priority: higher first (the team's priority is added).",
     "StageConfig.team": "The team whose quota and fair share the stage counts against (`scheduler.teams`).",
-    "StageConfig.params": "The kind's settings (see Stage kinds' params).",
+    "StageConfig.params": "The kind's settings (see Stage kinds' params). May hold secret references "
+    "(`${env:NAME}`, `${file:PATH}`), resolved in the stage's task (see Secrets).",
     "SchedulerConfig.enabled": "False: no admission by raypipe's scheduler; Ray places the stages alone.",
     "SchedulerConfig.policy": "`fifo`, `priority`, `backfill`, `fair_share` or `las`.",
     "SchedulerConfig.policy_args": "Keyword arguments of the policy.",

@@ -18,9 +18,11 @@ def singleton_options(
     head: bool = False,
     max_concurrency: int | None = None,
     max_task_retries: int = 0,
+    runtime_env: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Options of a named detached actor in namespace ``raypipe`` (get-or-create), restarted
-    forever, holding no CPU; ``head``: pinned to the head node."""
+    forever, holding no CPU; ``head``: pinned to the head node; ``runtime_env``: its own (a
+    restarted actor gets it again)."""
     opts: dict[str, Any] = {
         "name": name,
         "namespace": NAMESPACE,
@@ -34,6 +36,8 @@ def singleton_options(
         opts["resources"] = dict(HEAD_RESOURCE)
     if max_concurrency is not None:
         opts["max_concurrency"] = max_concurrency
+    if runtime_env:
+        opts["runtime_env"] = dict(runtime_env)
     return opts
 
 

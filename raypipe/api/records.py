@@ -1,4 +1,5 @@
-"""The record: runs, their failures and outputs, models, artifacts, the scheduler's queue, the scheduling benchmark."""
+"""The record: runs, their failures and outputs, models, artifacts, the metadata store's schema
+version, the scheduler's queue, the scheduling benchmark."""
 
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ from raypipe.runner.plan import Plan
 from raypipe.runner.ray_session import connect_existing
 from raypipe.scheduler.client import get_controller
 from raypipe.store.artifacts import ArtifactStore, root_of
-from raypipe.store.metadata import (
-    RunRecord,
-    StageRunRecord,
-)
+from raypipe.store.metadata import RunRecord, StageRunRecord, open_existing
+from raypipe.store.migrations import MIGRATIONS, code_version
 from raypipe.store.registry import AliasEvent, LineageNode, ModelRegistry, ModelSummary, ModelVersion, parse_ref
 
 
@@ -183,14 +182,53 @@ def scheduler_queue(address: str | None = None) -> dict[str, Any]:
     return {"jobs": ray.get(handle.queue.remote()), "stats": ray.get(handle.stats.remote())}
 
 
-def read_artifact(uri_or_sha: str, db: str | None = None) -> Any:
-    """Load a stored artifact (by sha256 or URI) as the value the stage returned."""
+def db_status(db: str | None = None) -> dict[str, Any]:
+    """The schema version of the metadata store and of this code, without changing the store:
+    ``{"db", "backend", "version" (None: an empty database), "code_version", "state"
+    ("current", "older": ``raypipe db upgrade`` applies ``pending``, "newer": upgrade raypipe,
+    "empty"), "pending": [{"version", "description"}]}``."""
+    meta = open_existing(db, upgrade=False)
+    try:
+        version = meta.schema_version
+    finally:
+        meta.close()
+    code = code_version()
+    if version is None:
+        state = "empty"
+    else:
+        state = "current" if version == code else ("older" if version < code else "newer")
+    pending = [m.to_dict() for m in MIGRATIONS if version is None or m.version > version]
+    return {
+        "db": meta.location,
+        "backend": meta.backend,
+        "version": version,
+        "code_version": code,
+        "state": state,
+        "pending": pending if state in ("older", "empty") else [],
+    }
+
+
+def db_upgrade(db: str | None = None) -> dict[str, Any]:
+    """Bring the metadata store to this code's schema version, one migration per transaction:
+    ``{"db", "from_version", "to_version", "code_version", "applied": [{"version", "description"}]}``.
+    A store newer than the code is refused (a ``StorageError``)."""
+    meta = open_existing(db, upgrade=False)
+    try:
+        return meta.upgrade_schema().to_dict()
+    finally:
+        meta.close()
+
+
+def read_artifact(uri_or_sha: str, db: str | None = None, *, allow_pickle: bool = False) -> Any:
+    """Load a stored artifact (by sha256 or URI) as the value the stage returned, its bytes
+    checked against its sha256.  A pickle (a stage's output with ``pickle: true``) is read
+    only with ``allow_pickle``: unpickling runs code from the file."""
     meta = open_metadata(db)
     try:
         ref = meta.artifact(uri_or_sha)
     finally:
         meta.close()
-    return ArtifactStore(root_of(ref.uri)).get_value(ref)
+    return ArtifactStore(root_of(ref.uri)).get_value(ref, allow_pickle=allow_pickle)
 
 
 def bench_scheduling(

@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from raypipe.config.errors import Loc, error_issues, format_loc
 from raypipe.resources import Resources
+from raypipe.secrets import first_reference, has_literal_secret, reference_errors
 
 _NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 NonNegative = Annotated[float, Field(ge=0)]
 
 
+#: Where a secret reference is resolved (see :mod:`raypipe.secrets`), for the error elsewhere.
+REFERENCE_FIELDS = "a pipeline's `metadata`, its stages' `params` (not a deploy stage's) and `ray.runtime_env`"
+
+
 class StrictModel(BaseModel):
-    """A pydantic model that refuses unknown keys and validates its defaults too."""
+    """A pydantic model that refuses unknown keys and validates its defaults too.
+
+    A secret reference (``${env:NAME}``, ``${file:PATH}``) is kept as written and resolved
+    where the value is used, so only the fields in ``reference_fields`` (``"*"``: all) may
+    hold one; in any other field it would never be resolved, and is an error."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+    reference_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _secret_references(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name in cls.reference_fields or "*" in cls.reference_fields:
+            errors = reference_errors(value)
+            if errors:
+                raise ValueError(errors[0])
+        else:
+            found = first_reference(value)
+            if found is not None:
+                raise ValueError(
+                    f"{found}: a secret reference is resolved only in {REFERENCE_FIELDS}; write this value as it is"
+                )
+        return value
 
 
 class ResourcesConfig(StrictModel):
@@ -45,7 +70,10 @@ class StageConfig(StrictModel):
 
     ``resources`` is one bundle; ``gang_size`` bundles are admitted all-or-nothing
     (placed by ``placement``).  The stage's function runs in bundle 0 and the Ray
-    tasks and actors it starts are kept inside the gang."""
+    tasks and actors it starts are kept inside the gang.  ``params`` may hold secret
+    references, resolved in the stage's task (see :mod:`raypipe.secrets`)."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"params"})
 
     name: Annotated[str, Field(pattern=_NAME_RE, max_length=128)]
     kind: str
@@ -70,6 +98,11 @@ class StageConfig(StrictModel):
     cache: bool = True
     priority: int = 0
     team: str = "default"
+    #: Store outputs of types raypipe has no format for with pickle, and read inputs that
+    #: are pickles (or torch files that need pickle).  Off: such an output or input is an
+    #: error.  Unpickling runs code from the file: only for artifacts you trust (their
+    #: SHA-256 is checked before they are read).  Not part of the cache key.
+    pickle: bool = False
     params: dict[str, Any] = Field(default_factory=dict)
 
     def upstream(self) -> list[str]:
@@ -234,7 +267,10 @@ class SchedulerConfig(StrictModel):
 
 
 class RayConfig(StrictModel):
-    """How to reach Ray.  No ``address`` starts an embedded local Ray."""
+    """How to reach Ray.  No ``address`` starts an embedded local Ray.  ``runtime_env`` may hold
+    secret references (``env_vars: {TOKEN: ${env:TOKEN}}``): resolved when Ray starts."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"runtime_env"})
 
     address: str | None = None
     num_cpus: Annotated[int, Field(ge=1)] | None = None
@@ -243,7 +279,11 @@ class RayConfig(StrictModel):
 
 
 class PipelineConfig(StrictModel):
-    """A whole pipeline, as written in YAML or built in Python."""
+    """A whole pipeline, as written in YAML or built in Python.  ``metadata`` may hold secret
+    references (``postgresql://ml:${env:PG_PASSWORD}@host/db``): resolved when the store
+    connects; a password written as it is is redacted in every stored copy of the config."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"metadata"})
 
     name: Annotated[str, Field(pattern=_NAME_RE, max_length=128)]
     description: str = ""
@@ -254,6 +294,17 @@ class PipelineConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     stages: Annotated[list[StageConfig], Field(min_length=1)]
+
+    @field_validator("storage")
+    @classmethod
+    def _no_credentials(cls, v: str) -> str:
+        if has_literal_secret(v):
+            raise ValueError(
+                "credentials in a storage URI would be written into every artifact's URI in the metadata store: "
+                "give them to the object store through its environment on every node (AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, ...)"
+            )
+        return v
 
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:

@@ -6,8 +6,9 @@ and a restarted controller continues the cycle it was in.
 
 Retraining runs are launched as driver processes of the runner's entry point
 (``python -m raypipe.runner``, like ``ray job submit`` would), joined to the same cluster,
-with a run id the loop chooses; their stages go through raypipe's scheduler like any other
-run's.  A driver that dies is resumed up to ``retrain.max_resumes`` times.  Relative paths
+with a run id the loop chooses and the metadata store in their environment (never on their
+command line, see :mod:`raypipe.loop.launch`); their stages go through raypipe's scheduler
+like any other run's.  A driver that dies is resumed up to ``retrain.max_resumes`` times.  Relative paths
 in the pipeline resolve against the directory the app was deployed from, which must exist
 on the head node."""
 
@@ -29,8 +30,10 @@ from raypipe.failures import GATE
 from raypipe.failures import parse as parse_failure
 from raypipe.loop.core import LOOP_SERIES, LoopCore, Ports
 from raypipe.loop.cut import register_stage, retraining_pipeline
+from raypipe.loop.launch import resume_args, retraining_yaml, run_args, runner_command, runner_env
 from raypipe.loop.reference import attach_monitor
 from raypipe.monitoring.monitor import get_monitor
+from raypipe.secrets import actor_url
 from raypipe.serving import app as serve_app
 from raypipe.serving.rollout.ops import rollout_start, rollout_status
 from raypipe.serving.rollout.settings import RolloutSpec
@@ -82,7 +85,7 @@ class LoopController:
         )
         self.workdir = config["workdir"]
         self.loopdir = Path(config["loopdir"])
-        self.meta = MetadataStore(config["db"])
+        self.meta = MetadataStore(actor_url(config["db"], os.environ))
         self.registry = ModelRegistry(self.meta)
         self.store = LoopStore(self.meta)
         self.lock = threading.RLock()
@@ -140,35 +143,27 @@ class LoopController:
         self.loopdir.mkdir(parents=True, exist_ok=True)
         address = ray.get_runtime_context().gcs_address
         log = open(self.loopdir / f"{key}.log", "ab")
-        env = {**os.environ, "RAY_ADDRESS": address, "RAYPIPE_DB": self.meta.url}
         self.procs[key] = subprocess.Popen(
-            [sys.executable, "-m", "raypipe.runner", *args, "--address", address],
+            runner_command(sys.executable, args, address),
             cwd=self.workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=runner_env(os.environ, address=address, db=self.meta.url),
             start_new_session=True,
         )
         log.close()
 
     def _start_run(self, cycle_id: str, drift: Mapping[str, Any]) -> str:
-        import yaml
-
         doc = retraining_pipeline(self.pipeline, self.retrain, self.app, self.spec.model)
         self.loopdir.mkdir(parents=True, exist_ok=True)
         path = self.loopdir / f"{cycle_id}.yaml"
-        header = (
-            f"# The retraining run of cycle {cycle_id} of app {self.app} (raypipe's closed loop),\n"
-            f"# triggered by drift event {drift.get('monitor_event_id')} on {drift.get('variant')}: "
-            f"{', '.join(drift.get('drifted_features') or []) or drift.get('kind')}\n"
-        )
-        path.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        path.write_text(retraining_yaml(doc, app=self.app, cycle_id=cycle_id, drift=drift), encoding="utf-8")
         run_id = f"{doc['name']}-retrain-{cycle_id}"[:200]
-        self._launch(run_id, ["run", str(path), "--run-id", run_id])
+        self._launch(run_id, run_args(str(path), run_id))
         return run_id
 
     def _resume_run(self, run_id: str) -> None:
-        self._launch(run_id, ["resume", run_id, "--db", self.meta.url])
+        self._launch(run_id, resume_args(run_id))
 
     def _run_state(self, run_id: str) -> dict[str, Any]:
         proc = self.procs.get(run_id)

@@ -15,8 +15,10 @@ from raypipe.exceptions import ConfigError, RaypipeError
 from raypipe.loop.actor import LoopController, loop_name, read_config, write_config
 from raypipe.loop.core import LOOP_SERIES
 from raypipe.loop.cut import retraining_pipeline
+from raypipe.loop.launch import loop_config
 from raypipe.loop.reference import attach_monitor
 from raypipe.loop.status import find_loop, stop_loop
+from raypipe.secrets import actor_env
 from raypipe.serving import app as serving
 from raypipe.serving.app import AppStatus
 from raypipe.serving.spec import ServeSpec
@@ -32,20 +34,15 @@ def start_loop(
     spec: ServeSpec, pipeline: Mapping[str, Any], *, db: str, storage: str, workdir: str | None = None
 ) -> Any:
     """Arm the closed loop of a deployed app (get or create its controller; a new spec or
-    pipeline replaces the old controller's configuration, its recorded cycles stay)."""
+    pipeline replaces the old controller's configuration, its recorded cycles stay).  Nothing
+    secret goes into Ray's KV (:mod:`raypipe.loop.launch`)."""
 
     if spec.retrain is None or spec.monitor is None:
         raise RaypipeError(f"app {spec.app!r}: the loop needs `monitor` and `retrain` in its spec")
     doc = retraining_pipeline(pipeline, spec.retrain, spec.app, spec.model)  # errors here, on the caller
-    config = {
-        "spec": spec.model_dump(mode="json"),
-        "pipeline": dict(pipeline),
-        "db": db,
-        "workdir": os.path.abspath(workdir or os.getcwd()),
-        "loopdir": os.path.join(storage, "loops", spec.app),
-    }
+    config = loop_config(spec, pipeline, db=db, storage=storage, workdir=workdir or os.getcwd())
     old = find_loop(spec.app)
-    if old is not None and read_config(spec.app) != json.loads(json.dumps(config, default=str)):
+    if old is not None and read_config(spec.app) != config:
         stop_loop(spec.app, forget=False)
         old = None
     write_config(spec.app, config)
@@ -61,7 +58,15 @@ def start_loop(
         )
     finally:
         meta.close()
-    return get_or_create(loop_name(spec.app), LoopController, (spec.app,), head=True, max_concurrency=4)
+    env = actor_env(db)  # a password written as it is: in the actor's environment, not in the KV
+    return get_or_create(
+        loop_name(spec.app),
+        LoopController,
+        (spec.app,),
+        head=True,
+        max_concurrency=4,
+        runtime_env={"env_vars": env} if env else None,
+    )
 
 
 def after_deploy(

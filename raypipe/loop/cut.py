@@ -1,7 +1,9 @@
 """The retraining pipeline of a closed loop (pure): the app's pipeline with ``retrain.set``
 applied (the fresh data source), cut to the retraining path (``retrain.stages`` and everything
 they depend on; default: what the deploy stage depends on), every stage at
-``retrain.priority``.  It must register the app's model with a training profile."""
+``retrain.priority``.  It must register the app's model with a training profile.  A password
+written as it is in its ``metadata`` URL is redacted (:func:`redacted_pipeline`): the
+retraining driver gets the store through ``$RAYPIPE_DB``."""
 
 from __future__ import annotations
 
@@ -11,7 +13,17 @@ from typing import Any
 
 from raypipe.config import ConfigSource, apply_overrides, parse_config
 from raypipe.exceptions import ConfigError
+from raypipe.secrets import redact
 from raypipe.serving.spec import RetrainSpec
+
+
+def redacted_pipeline(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A pipeline document as the loop keeps it (Ray's KV) and writes it (the retraining YAML):
+    a password written as it is in its ``metadata`` URL redacted, references kept."""
+    out = dict(doc)
+    if isinstance(out.get("metadata"), str):
+        out["metadata"] = redact(out["metadata"])
+    return out
 
 
 def _closure(stages: Sequence[Mapping[str, Any]], roots: Sequence[str]) -> list[str]:
@@ -79,7 +91,7 @@ def retraining_pipeline(doc: Mapping[str, Any], retrain: RetrainSpec, app: str, 
             "drift monitor compares traffic with the new model's training profile: add "
             "inputs: {profile: <data.profile stage>.profile}"
         )
-    out = {**data, "stages": out_stages}
+    out = {**redacted_pipeline(data), "stages": out_stages}
     parse_config(out, ConfigSource(path=f"<retraining pipeline of app {app}>"))  # schema errors now, not later
     return out
 

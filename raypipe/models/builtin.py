@@ -263,7 +263,8 @@ class _Loop:
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 load_weights(net, torch.load(Path(d) / WEIGHTS, weights_only=True))
-                state = torch.load(Path(d) / TRAIN_STATE, weights_only=False)
+                # the optimizer's and the schedule's states: tensors and plain data
+                state = torch.load(Path(d) / TRAIN_STATE, weights_only=True)
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["schedule"])
             epoch, step = state["epoch"], state["step"]

@@ -21,6 +21,7 @@ from raypipe.runner.executor import AfterSuccess, Executor, RunResult, StageEven
 from raypipe.runner.plan import Plan, build_plan
 from raypipe.runner.ray_session import check_storage_shared, ensure_ray
 from raypipe.scheduler.client import SchedulerClient, get_controller
+from raypipe.secrets import redact, resolve_secrets
 from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root
 from raypipe.store.metadata import MetadataStore, open_existing, pid_alive, resolve_db
 
@@ -35,6 +36,18 @@ def metadata_url(cfg: PipelineConfig, db: str | None = None) -> str:
     ``raypipe.db`` in an absolute local storage root, else the project's store
     (:func:`raypipe.store.metadata.resolve_db`)."""
     return resolve_db(db, metadata=cfg.metadata, storage=cfg.storage)
+
+
+def stored_config_json(cfg: PipelineConfig, storage: str) -> str:
+    """What ``runs.config_json`` keeps of a run's config: the config as validated (secret
+    references as written, ``${env:PG_PASSWORD}``) with its storage root resolved, and a
+    password written as it is in the ``metadata`` URL redacted (``postgresql://u:***@h/db``):
+    a resumed or retraining run reaches its store through ``--db`` or ``$RAYPIPE_DB``, never
+    through this copy."""
+    update: dict[str, Any] = {"storage": storage}
+    if cfg.metadata is not None:
+        update["metadata"] = redact(cfg.metadata)
+    return cfg.model_copy(update=update).model_dump_json()
 
 
 def new_run_id(name: str) -> str:
@@ -56,7 +69,8 @@ def check_job_paths(cfg: PipelineConfig, db: str | None) -> None:
     if is_local(cfg.storage) and not os.path.isabs(os.path.expanduser(cfg.storage)):
         bad.append(f"storage {cfg.storage!r}")
     url = metadata_url(cfg, db)
-    if not url.startswith(("sqlite:", "postgresql")) and "://" not in url and not os.path.isabs(url):
+    real = resolve_secrets(url, "metadata store URL")
+    if not real.startswith(("sqlite:", "postgresql")) and "://" not in real and not os.path.isabs(real):
         bad.append(f"metadata store {url!r}")
     if bad:
         raise RaypipeError(
@@ -119,8 +133,7 @@ def start_run(
             run_id = new_run_id(cfg.name)
         elif meta.run_exists(run_id):
             raise RaypipeError(f"run {run_id} already exists in {meta.location}; give a new run id")
-        stored = cfg.model_copy(update={"storage": root})
-        meta.create_run(run_id, cfg.name, stored.model_dump_json(), config_path, root)
+        meta.create_run(run_id, cfg.name, stored_config_json(cfg, root), config_path, root)
         if on_start:
             on_start(run_id, plan)
         the_run = run_id

@@ -235,6 +235,7 @@ class Executor:
             "kind": ps.spec.kind,
             "params": ps.kind.params.model_dump(mode="json"),
             "outputs": None if ps.outputs is None else list(ps.outputs),
+            "pickle": ps.spec.pickle,
             "storage": self.artifacts.root,
             "inputs": {k: v.to_dict() for k, v in att.inputs.items()},
             "resources": res.to_dict(),

@@ -10,6 +10,7 @@ from typing import Any
 
 from raypipe.config import RayConfig
 from raypipe.exceptions import RaypipeError
+from raypipe.secrets import resolve_secrets
 from raypipe.store.artifacts import is_local
 
 
@@ -85,7 +86,7 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> None:
         "address": addr,
     }
     if cfg.runtime_env:
-        kwargs["runtime_env"] = cfg.runtime_env
+        kwargs["runtime_env"] = resolve_secrets(cfg.runtime_env, "ray.runtime_env")  # references: resolved here
     if addr == "local":
         kwargs["include_dashboard"] = False
         if cfg.num_cpus is not None:

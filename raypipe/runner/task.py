@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from raypipe.exceptions import StageError
+from raypipe.exceptions import StageError, StorageError
 from raypipe.resources import Resources
+from raypipe.secrets import resolve_secrets
 from raypipe.stages.base import StageContext, StageKind
 from raypipe.stages.registry import get_stage_kind
 from raypipe.store.artifacts import ArtifactRef, ArtifactStore
+
+
+def stage_kind(payload: dict[str, Any]) -> StageKind:
+    """The payload's stage kind with its params.  Secret references (``${env:NAME}``...) are
+    resolved here, in the task, where the stage reads its params: the payload, the stored
+    config and the cache key keep them as written."""
+    cls = get_stage_kind(payload["kind"])
+    params = resolve_secrets(payload["params"], f"stages.{payload['stage']}.params")
+    return cls(cls.Params.model_validate(params))
 
 
 def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
@@ -20,8 +30,7 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
     import ray
 
     store = ArtifactStore(payload["storage"])
-    cls = get_stage_kind(payload["kind"])
-    kind = cls(cls.Params.model_validate(payload["params"]))
+    kind = stage_kind(payload)
     declared = payload.get("outputs")
     ctx = StageContext(
         run_id=payload["run_id"],
@@ -46,7 +55,13 @@ def _run(
     kind: StageKind, ctx: StageContext, store: ArtifactStore, payload: dict[str, Any], declared: list[str] | None
 ) -> dict[str, Any]:
     ctx.input_refs = {name: ArtifactRef.from_dict(d) for name, d in payload["inputs"].items()}
-    inputs = {name: store.get_value(ref) for name, ref in ctx.input_refs.items()}
+    allow_pickle = bool(payload.get("pickle"))  # the stage's `pickle: true`
+    inputs = {}
+    for name, ref in ctx.input_refs.items():
+        try:
+            inputs[name] = store.get_value(ref, allow_pickle=allow_pickle)
+        except StorageError as e:
+            raise type(e)(f"stage {payload['stage']!r}, input {name!r}: {e}") from None  # PickleRefused stays one
     values = kind.run(ctx, inputs) or {}
     if declared is not None and set(values) != set(declared):
         missing = sorted(set(declared) - set(values))
@@ -56,4 +71,10 @@ def _run(
             + (f"; missing {missing}" if missing else "")
             + (f"; undeclared {extra}" if extra else "")
         )
-    return {name: store.put_value(value).to_dict() for name, value in values.items()}
+    refs = {}
+    for name, value in values.items():
+        try:
+            refs[name] = store.put_value(value, allow_pickle=allow_pickle).to_dict()
+        except StorageError as e:
+            raise type(e)(f"stage {payload['stage']!r}, output {name!r}: {e}") from None
+    return refs

@@ -264,6 +264,7 @@ def deploy_resolved(
             "salt": spec.salt,
             "key": spec.key.model_dump(exclude_none=True) if spec.key else None,
             "force_header": spec.force_header,
+            "max_body_bytes": spec.max_body_bytes,
             "collector": collector_name(spec.app),
             "variants": {
                 r.label: {

@@ -14,14 +14,15 @@ HTTP API under the app's route prefix (bodies: :mod:`raypipe.serving.validation`
   ``X-Raypipe-Variant`` header (configurable) forces a variant; a body ``request_id`` (or
   else the ``X-Request-Id`` header, which Serve sets to its own id if the client does not)
   names the request, else a uuid4 is made.  400 malformed JSON or
-  unknown forced variant, 422 invalid body, 500 the variant failed, 503 no replica of
-  the variant could be reached.
+  unknown forced variant, 413 a body over the app's ``max_body_bytes`` (default 1 MiB:
+  refused before it is parsed), 422 invalid body, 500 the variant failed, 503 no replica
+  of the variant could be reached.
 - ``POST /feedback``: ``{"request_id", "outcome", "label"}`` with ``outcome`` (a business
   result: to the metrics collector, for A/B tests and guardrails), ``label`` (the true
   value, checked against the model of the variant that served the request: to the drift
   monitor, for performance drift) or both -> 200 ``{"request_id", "recorded", "received"}``
-  (plus ``warnings`` for a label outside the model's classes), 404 (unknown id), 422, 503
-  (collector unavailable).
+  (plus ``warnings`` for a label outside the model's classes), 404 (unknown id), 413, 422,
+  503 (collector unavailable).
 - ``GET /health``, ``GET /metadata`` (variants, versions, weights, aliases, shadow, key).
 
 If the app has a drift monitor (``raypipe-monitor-<app>``, :mod:`raypipe.monitoring.monitor`),
@@ -51,6 +52,7 @@ from raypipe.monitoring.sampling import keep_request
 from raypipe.serving.model_variant import VARIANT_ENV, ModelVariant, short_error
 from raypipe.serving.routing import choose, random_key
 from raypipe.serving.validation import (
+    MAX_BODY_BYTES,
     Feedback,
     InputSchema,
     LabelSchema,
@@ -59,6 +61,7 @@ from raypipe.serving.validation import (
     check_label,
     feedback_of,
     parse_json,
+    read_body,
     rows_of,
 )
 
@@ -155,6 +158,7 @@ class Router:
         self.key_header = (key.get("header") or "").lower() or None
         self.key_field = key.get("field")
         self.force_header = str(config.get("force_header") or "X-Raypipe-Variant").lower()
+        self.max_body_bytes = int(config.get("max_body_bytes") or MAX_BODY_BYTES)
         self.info: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config["variants"].items()}
         self.schemas = {
             k: InputSchema.of(
@@ -336,11 +340,15 @@ class Router:
             "force_header": self.force_header,
         }
 
+    async def _body(self, request: Any) -> bytes:
+        """The request's body, no more than ``max_body_bytes`` of it read (413 past that)."""
+        return await read_body(request.headers.get("content-length"), request.stream(), self.max_body_bytes)
+
     async def _predict(self, request: Any) -> Any:
         t0 = time.perf_counter()
         headers = request.headers
         try:
-            payload = parse_json(await request.body())
+            payload = parse_json(await self._body(request))
             key: str | None = None
             if self.key_header:
                 key = headers.get(self.key_header)
@@ -411,7 +419,7 @@ class Router:
         drift monitor only (performance windows), after checking it against the model of the
         variant that served the request; both for a body with both."""
         try:
-            fb = feedback_of(parse_json(await request.body()))
+            fb = feedback_of(parse_json(await self._body(request)))
         except RequestError as e:
             return _response(e.status, e.body())
         await self._flush()  # this replica's pending events first

@@ -41,6 +41,7 @@ from raypipe.monitoring.spec import MonitorSpec
 from raypipe.resources import Resources
 from raypipe.serving.rollout.settings import RolloutSettings
 from raypipe.serving.routing import TOLERANCE, TOTAL, WeightsError
+from raypipe.serving.validation import MAX_BODY_BYTES
 from raypipe.store.refs import NAME_RE, parse_ref
 
 #: ``ray_actor_options`` keys a variant may set (placement is raypipe's: see ``reserve``).
@@ -270,6 +271,11 @@ class ServeSpec(StrictModel):
     host: str = "127.0.0.1"
     #: Mixed into the routing hash: a new salt reshuffles which keys get which variant.
     salt: str = ""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = Field(
+        default=MAX_BODY_BYTES,
+        description="Largest request body (bytes) /predict and /feedback accept; larger ones (by their "
+        "Content-Length, or as soon as a chunked body passes it) get 413 before anything is parsed.",
+    )
     ingress: IngressSpec = Field(default_factory=IngressSpec)
     #: Book every replica's resources (autoscaling: max_replicas) with raypipe's scheduler.
     reserve: bool = True

@@ -16,6 +16,10 @@ timestamps (``"2024-03-01T12:00:00+01:00"``; naive times are UTC); numbers must 
 finite (JSON's NaN/Infinity are refused).  A category the model never saw is accepted
 (it is encoded as the "other" level and counted in the variant's metrics).
 
+A body larger than the app's ``max_body_bytes`` (default 1 MiB) is refused with 413 before
+it is parsed (:func:`read_body`): by its ``Content-Length``, or, for a chunked body, as
+soon as what was read passes the limit (the rest is never read).
+
 A bad body raises :class:`RequestError`: 400 for malformed JSON, 422 for the rest,
 with one ``{"field", "reason"}`` per problem (up to 20), e.g.
 ``{"field": "features.px3", "reason": "missing field"}`` or
@@ -47,7 +51,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +60,8 @@ from raypipe.models.preprocess import parse_iso
 
 MAX_ERRORS = 20
 MAX_INSTANCES = 1024
+#: Default limit of a request body (bytes): the serve spec's ``max_body_bytes``.
+MAX_BODY_BYTES = 1 << 20
 
 
 class RequestError(Exception):
@@ -157,6 +163,33 @@ class InputSchema:
     @property
     def numeric(self) -> bool:
         return all(k in ("int", "float") for k in self.kinds)
+
+
+def _too_large(limit: int, size: str) -> RequestError:
+    reason = f"the body ({size}) is larger than the limit of {limit:,} bytes (the app's max_body_bytes)"
+    return RequestError(413, [{"field": "(body)", "reason": reason}], "request body too large")
+
+
+async def read_body(content_length: str | None, chunks: AsyncIterable[bytes], limit: int = MAX_BODY_BYTES) -> bytes:
+    """A request's body, read from ``chunks`` (its ASGI stream) no further than ``limit``
+    bytes: 413 if its ``Content-Length`` header says more, or (a chunked body, or a length
+    that lied) as soon as the chunks read pass the limit; 400 for a malformed length."""
+    if content_length is not None:
+        try:
+            declared = int(content_length.strip())
+        except ValueError:
+            declared = -1
+        if declared < 0:
+            reason = f"malformed Content-Length header {content_length[:40]!r}"
+            raise RequestError(400, [{"field": "Content-Length", "reason": reason}], "malformed request")
+        if declared > limit:
+            raise _too_large(limit, f"{declared:,} bytes by its Content-Length")
+    body = bytearray()
+    async for chunk in chunks:
+        if len(body) + len(chunk) > limit:
+            raise _too_large(limit, f"more than {limit:,} bytes")
+        body += chunk
+    return bytes(body)
 
 
 def parse_json(body: bytes) -> Any:

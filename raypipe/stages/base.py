@@ -28,7 +28,11 @@ from raypipe.store.artifacts import is_local
 
 
 class StageParams(StrictModel):
-    """Base of every kind's ``params`` model: unknown keys are errors."""
+    """Base of every kind's ``params`` model: unknown keys are errors.  Any value may hold a
+    secret reference (``${env:NAME}``, ``${file:PATH}``): the task resolves them before the
+    kind reads its params (:mod:`raypipe.secrets`)."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"*"})
 
 
 @dataclass

@@ -28,7 +28,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from raypipe.exceptions import StageError
 from raypipe.serving.app import deploy_resolved
@@ -40,7 +40,10 @@ from raypipe.store.registry import ModelRegistry
 
 
 class DeployParams(StageParams, ServeSpec):
-    """The :class:`ServeSpec` of the app to deploy."""
+    """The :class:`ServeSpec` of the app to deploy.  No secret references: a serve spec is
+    also deployed as written (``raypipe deploy pipeline.yaml``), and nothing in it is secret."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset()
 
 
 class DeployStage(StageKind):

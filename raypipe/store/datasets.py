@@ -6,10 +6,16 @@ Layout under the artifact root::
     datasets/<version>/_manifest.json        written last: the dataset exists once it does
     tmp/ds-<uuid>/                           in-flight writes, moved into place when complete
 
+The manifest lists every file with its SHA-256 (hashed as the file is written), and
+reading checks each file's bytes against it in the task that reads the file (a
+StorageError naming the dataset and the file if they differ).  Manifests written
+before files had hashes still read, unverified.
+
 An *in-place* dataset (``data.read`` of parquet files) has only the manifest, which
 lists the source files with their sizes and modification times: the rows are
 hashed but not copied, and a changed source file makes the dataset unreadable
-(with an error naming the file) rather than silently different.
+(with an error naming the file) rather than silently different.  Their bytes are not
+hashed (they are the user's files, not the store's).
 
 Versions (row hashes of every Arrow type) are :mod:`raypipe.store.dataset_hash`'s.
 """
@@ -28,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from raypipe.exceptions import DataError, StorageError
+from raypipe.store import integrity
 from raypipe.store.dataset_hash import DISTINCT_SAMPLE, content_digest, dataset_version, schema_text
 from raypipe.store.objects import ArtifactRef, ObjectStore, is_local
 
@@ -48,27 +55,30 @@ def filesystem_of(uri: str) -> Any:
 
 def part_stats(batch: pa.Table, root: str, staging: str | None) -> dict[str, Any]:
     """Write one block as one parquet file in ``staging`` (unless None: the data stays where
-    it is) and return its stats and digest (``file``, ``rows``, ``bytes``, ``s1``, ``s2``,
-    ``schema``, ``arrow_schema``).  A column that cannot be versioned is a StorageError
-    naming it, raised before anything is written."""
+    it is) and return its stats and digest (``file``, ``rows``, ``bytes``, ``sha256`` of the
+    file, hashed as it is written, ``s1``, ``s2``, ``schema``, ``arrow_schema``).  A column
+    that cannot be versioned is a StorageError naming it, raised before anything is written."""
     import pyarrow.parquet as pq
 
     table = batch.replace_schema_metadata(None)
     s1, s2 = content_digest(table)  # first: a column that cannot be versioned writes no file
-    name, size = "", 0
+    name, size, sha = "", 0, ""
     if table.num_rows and staging is not None:
         store = ObjectStore(root)
         name = f"part-{uuid.uuid4().hex}.parquet"
         path = store._path(f"{staging}/{name}")
         try:
-            pq.write_table(table, path, filesystem=store.fs, use_dictionary=_dictionary_columns(table))
+            with store.fs.open_output_stream(path) as raw:
+                sink = integrity.HashingWriter(raw)
+                pq.write_table(table, sink, use_dictionary=_dictionary_columns(table))
         except OSError as e:
             raise StorageError(f"storage {root!r}: cannot write {path}: {e}") from None
-        size = store.fs.get_file_info(path).size
+        size, sha = sink.size, sink.hexdigest()
     return {
         "file": name,
         "rows": table.num_rows,
         "bytes": size,
+        "sha256": sha,
         "s1": s1,
         "s2": s2,
         "schema": schema_text(table.schema),
@@ -133,7 +143,7 @@ class StagedDataset:
         rows = sum(int(s["rows"]) for s in parts)
         version = dataset_version(schema_json, rows, sum(int(s["s1"]) for s in parts), sum(int(s["s2"]) for s in parts))
         final = f"datasets/{version}"
-        files = sorted((s["file"], int(s["rows"]), int(s["bytes"])) for s in parts if s["file"])
+        files = sorted((s["file"], int(s["rows"]), int(s["bytes"]), s.get("sha256") or "") for s in parts if s["file"])
         size = sum(f[2] for f in files) if sources is None else sum(int(f["size"]) for f in sources)
         existing = _stored_manifest(store, final)
         if existing is None or "sources" in existing:  # an in-place manifest is rewritten: latest sources
@@ -143,7 +153,7 @@ class StagedDataset:
                 "bytes": size,
                 "columns": {f.name: str(f.type) for f in arrow_schema},
                 "arrow_schema": arrow_schema.serialize().to_pybytes().hex(),
-                "files": [{"name": n, "rows": r, "bytes": b} for n, r, b in files],
+                "files": [{"name": n, "rows": r, "bytes": b, "sha256": h} for n, r, b, h in files],
             }
             if sources is not None:
                 manifest["sources"] = sources
@@ -304,11 +314,35 @@ def dataset_schema(store: ObjectStore, ref: ArtifactRef) -> pa.Schema:
     return _manifest_schema(read_manifest(store, ref))
 
 
-def _read_parts(batch: dict[str, Any], fs: str, columns: list[str] | None = None) -> pa.Table:
+def read_part(path: str, sha256: str, root: str, uri: str, columns: list[str] | None = None) -> pa.Table:
+    """One parquet file of the dataset at ``uri`` under the store ``root``, its bytes checked
+    against ``sha256`` (none: a manifest written before files had hashes, read unverified).
+
+    On a local root the file is hashed once per process while it is unchanged
+    (:func:`~raypipe.store.integrity.file_digest`), then read as usual (only ``columns``);
+    on an object store it is read whole into memory once, hashed, and parsed from there."""
     import pyarrow.parquet as pq
 
-    filesystem = filesystem_of(fs)
-    return pa.concat_tables([pq.read_table(str(p), filesystem=filesystem, columns=columns) for p in batch["path"]])
+    name = path.rsplit("/", 1)[-1]
+    if not sha256:
+        return pq.read_table(path, filesystem=filesystem_of(root), columns=columns)
+    try:
+        if is_local(root):
+            integrity.verify_file(path, sha256, uri, f"file {name}")
+            return pq.read_table(path, columns=columns)
+        with filesystem_of(root).open_input_file(path) as f:
+            data = f.read_buffer()
+    except FileNotFoundError:
+        raise StorageError(f"dataset {uri!r}: file {name} is missing") from None
+    integrity.verify_bytes(data, sha256, uri, f"file {name}")
+    return pq.read_table(pa.BufferReader(data), columns=columns)
+
+
+def _read_parts(batch: dict[str, Any], fs: str, uri: str = "", columns: list[str] | None = None) -> pa.Table:
+    shas = batch["sha256"] if "sha256" in batch else [""] * len(batch["path"])
+    return pa.concat_tables(
+        [read_part(str(p), str(h), fs, uri, columns) for p, h in zip(batch["path"], shas, strict=True)]
+    )
 
 
 def changed_sources(manifest: Mapping[str, Any]) -> list[str]:
@@ -350,8 +384,10 @@ def read_dataset(store: ObjectStore, ref: ArtifactRef, columns: list[str] | None
     only these (parquet reads nothing else).
 
     The files are listed by the manifest, so reading skips Ray's file listing and
-    schema sampling (slow in ``read_parquet``).  An in-place dataset
-    whose source files changed is an error naming them."""
+    schema sampling (slow in ``read_parquet``).  Each file's bytes are checked against
+    its SHA-256 in the manifest by the task that reads it (:func:`read_part`): a
+    tampered or corrupted file fails the read with a StorageError naming it.  An
+    in-place dataset whose source files changed is an error naming them."""
     import ray.data
 
     manifest = read_manifest(store, ref)
@@ -372,23 +408,32 @@ def read_dataset(store: ObjectStore, ref: ArtifactRef, columns: list[str] | None
                 files, filesystem=filesystem_of(sources[0]["fs"]), override_num_blocks=len(files), columns=columns
             )
     base = store._path(store._rel_of(ref.uri))
-    files = [f"{base}/{f['name']}" for f in manifest["files"]]
+    files = [{"path": f"{base}/{f['name']}", "sha256": f.get("sha256") or ""} for f in manifest["files"]]
     if not files:
         empty = _manifest_schema(manifest).empty_table()
         return ray.data.from_arrow(empty.select(columns) if columns is not None else empty)
-    return ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files)).map_batches(
+    return ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
         _read_parts,  # type: ignore[arg-type]  # Ray's stub wants a one-argument fn; fn_kwargs passes the rest
-        fn_kwargs={"fs": store.root, "columns": columns},
+        fn_kwargs={"fs": store.root, "uri": ref.uri, "columns": columns},
         batch_size=1,
         batch_format="numpy",
     )
 
 
 def dataset_exists(store: ObjectStore, ref: ArtifactRef) -> bool:
-    """Stored, and (for an in-place dataset) its source files unchanged."""
+    """Stored, with every file of the manifest present at its size (one listing of the
+    folder; the files' hashes are checked when they are read), and (for an in-place
+    dataset) its source files unchanged."""
     try:
-        manifest = _stored_manifest(store, store._rel_of(ref.uri))
-        return manifest is not None and not changed_sources(manifest)
+        rel = store._rel_of(ref.uri)
+        manifest = _stored_manifest(store, rel)
+        if manifest is None or changed_sources(manifest):
+            return False
+        if manifest.get("sources") or not manifest.get("files"):
+            return True
+        listed = store.fs.get_file_info(pafs.FileSelector(store._path(rel)))
+        sizes = {i.base_name: i.size for i in listed if i.type == pafs.FileType.File}
+        return all(sizes.get(f["name"]) == int(f["bytes"]) for f in manifest["files"])
     except (StorageError, OSError):
         return False
 

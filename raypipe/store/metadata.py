@@ -8,11 +8,13 @@ no stage recorded as done without its artifacts.
 The database is a SQLite file (a path or ``sqlite:///PATH``: one machine, WAL mode) or a
 PostgreSQL database (``postgresql://user:pass@host:port/db``: several users and drivers
 share runs, queue state, the registry, lineage and event logs).  The SQL differences are
-in :mod:`raypipe.store.sql`; this class is the same for both.
+in :mod:`raypipe.store.sql`; this class is the same for both.  The schema and its versions
+are in :mod:`raypipe.store.migrations`: opening a store made by an older raypipe upgrades it.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import time
@@ -23,127 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from raypipe.exceptions import RaypipeError, RunNotFoundError, StorageError
+from raypipe.secrets import resolve_secrets
+from raypipe.store import migrations
 from raypipe.store.artifacts import ArtifactRef, is_local
+from raypipe.store.migrations import Upgrade
 from raypipe.store.sql import Database, Row, driver_error, is_postgres, redact, retrying
 
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    pipeline TEXT NOT NULL,
-    status TEXT NOT NULL,
-    config_json TEXT NOT NULL,
-    config_path TEXT,
-    storage TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    ended_at REAL,
-    error TEXT,
-    driver_pid INTEGER,
-    driver_host TEXT
-);
-CREATE TABLE IF NOT EXISTS stage_runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT NOT NULL REFERENCES runs(run_id),
-    stage TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    cache_key TEXT,
-    cached_from INTEGER REFERENCES stage_runs(id),
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    error TEXT,
-    node_id TEXT
-);
-CREATE INDEX IF NOT EXISTS stage_runs_run ON stage_runs(run_id, stage);
-CREATE INDEX IF NOT EXISTS stage_runs_key ON stage_runs(cache_key, status);
-CREATE TABLE IF NOT EXISTS artifacts (
-    sha256 TEXT PRIMARY KEY,
-    uri TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    format TEXT NOT NULL,
-    schema_json TEXT,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS stage_io (
-    stage_run_id INTEGER NOT NULL REFERENCES stage_runs(id),
-    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
-    name TEXT NOT NULL,
-    sha256 TEXT NOT NULL REFERENCES artifacts(sha256),
-    PRIMARY KEY (stage_run_id, direction, name)
-);
-CREATE TABLE IF NOT EXISTS lineage (
-    src_sha256 TEXT NOT NULL REFERENCES artifacts(sha256),
-    dst_sha256 TEXT NOT NULL REFERENCES artifacts(sha256),
-    stage_run_id INTEGER NOT NULL REFERENCES stage_runs(id),
-    PRIMARY KEY (src_sha256, dst_sha256, stage_run_id)
-);
--- The model registry (raypipe/store/registry.py).
-CREATE TABLE IF NOT EXISTS models (
-    name TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    description TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS model_versions (
-    name TEXT NOT NULL REFERENCES models(name),
-    version INTEGER NOT NULL,
-    sha256 TEXT NOT NULL REFERENCES artifacts(sha256),
-    run_id TEXT,
-    stage TEXT,
-    stage_run_id INTEGER,
-    metrics_json TEXT NOT NULL DEFAULT '{}',
-    params_json TEXT NOT NULL DEFAULT '{}',
-    datasets_json TEXT NOT NULL DEFAULT '[]',
-    code TEXT,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (name, version),
-    UNIQUE (name, sha256)
-);
-CREATE TABLE IF NOT EXISTS model_aliases (
-    name TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (name, alias),
-    FOREIGN KEY (name, version) REFERENCES model_versions(name, version)
-);
-CREATE TABLE IF NOT EXISTS alias_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    alias TEXT NOT NULL,
-    old_version INTEGER,
-    new_version INTEGER,
-    at REAL NOT NULL,
-    reason TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS alias_events_name ON alias_events(name, alias, id);
--- The register stage runs whose alias moves are committed (in the transaction that made
--- them): a resumed run completes a registration's moves at most once.
-CREATE TABLE IF NOT EXISTS model_registrations (
-    stage_run_id INTEGER PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    stage TEXT NOT NULL,
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    at REAL NOT NULL
-);
--- Links of a model version to what it came from besides its lineage: the reference
--- profile for drift monitoring, the drift event and the loop cycle that retrained it.
-CREATE TABLE IF NOT EXISTS model_links (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    value_json TEXT NOT NULL,
-    at REAL NOT NULL,
-    FOREIGN KEY (name, version) REFERENCES model_versions(name, version)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS model_links_value ON model_links(name, version, kind, value_json);
-CREATE INDEX IF NOT EXISTS stage_io_sha ON stage_io(sha256, direction);
-"""
-
 DONE = ("succeeded", "cached")
+
+
+def current_actor() -> str | None:
+    """Who this process acts for, as recorded in ``runs.actor``: the OS user (None if unknown)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in the environment or the password database
+        return None
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -172,6 +68,8 @@ class RunRecord:
     error: str | None
     driver_pid: int | None
     driver_host: str | None
+    #: Who started the run (the OS user, unless the caller named someone); None before schema version 2.
+    actor: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -255,14 +153,18 @@ def resolve_db(db: str | None = None, *, metadata: str | None = None, storage: s
     return project_db()
 
 
-def open_existing(db: str | None = None, hint: str = "run a pipeline first or pass --db") -> MetadataStore:
+def open_existing(
+    db: str | None = None, hint: str = "run a pipeline first or pass --db", *, upgrade: bool | None = None
+) -> MetadataStore:
     """The store :func:`resolve_db` picks for commands that read one (no pipeline file):
-    an error saying where it looked when a SQLite file is not there."""
+    an error saying where it looked when a SQLite file is not there.  ``upgrade``: see
+    :class:`MetadataStore`."""
     url = resolve_db(db)
-    if not url.startswith("sqlite:") and "://" not in url and not Path(url).exists():
+    real = resolve_secrets(url, "metadata store URL")
+    if not real.startswith("sqlite:") and "://" not in real and not Path(real).exists():
         where = "--db" if db else ("$RAYPIPE_DB" if os.environ.get("RAYPIPE_DB") else "the project's store")
         raise RaypipeError(f"no metadata store at {url!r} ({where}); {hint}")
-    return MetadataStore(url)
+    return MetadataStore(url, upgrade=upgrade)
 
 
 class MetadataStore:
@@ -273,31 +175,44 @@ class MetadataStore:
     ``--db URL``, ``$RAYPIPE_DB``): the absolute file path, or the PostgreSQL URL as given.
     ``path`` is the same (kept for callers from before PostgreSQL); ``location`` is for
     messages (a PostgreSQL URL without its password); ``backend`` is ``"sqlite"`` or
-    ``"postgresql"``."""
+    ``"postgresql"``.
 
-    def __init__(self, url: str) -> None:
-        if is_postgres(url):
+    Opening checks the store's schema version (:mod:`raypipe.store.migrations`): an empty
+    database gets the current schema, a newer one is refused, an older one is upgraded
+    (``upgrade`` None: unless ``$RAYPIPE_DB_AUTO_UPGRADE`` is off, logging one line; True:
+    silently; False: not at all, the store opened as it is only to read its version).
+    ``schema_version`` is the version it is at (None: an empty database opened with
+    ``upgrade=False``)."""
+
+    def __init__(self, url: str, *, upgrade: bool | None = None) -> None:
+        real = resolve_secrets(url, "metadata store URL")  # ${env:...} references: to connect; url keeps them
+        if is_postgres(real):
             self.url = self.path = url
             self.location = redact(url)
         else:
-            path = Path(sqlite_path(url)).expanduser()
+            path = Path(sqlite_path(real)).expanduser()
             self.url = self.path = self.location = str(path.resolve())
         try:
-            if not is_postgres(url):
+            if not is_postgres(real):
                 path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = Database(self.url)
             self.backend = self._conn.backend
-            self._create_schema()
+            self.schema_version = self._open_schema(upgrade)
         except Exception as e:
             if isinstance(e, OSError) or driver_error(e):
                 raise StorageError(f"metadata store {self.location!r}: cannot open: {e}") from None
             raise
 
     @retrying
-    def _create_schema(self) -> None:
-        with self._tx("schema") as c:
-            c.create([stmt for stmt in _SCHEMA.split(";") if stmt.strip()])
-            c.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    def _open_schema(self, upgrade: bool | None) -> int | None:
+        return migrations.open_schema(self._conn, self.location, upgrade_older=upgrade)
+
+    @retrying
+    def upgrade_schema(self) -> Upgrade:
+        """Bring the store to this code's schema version (``raypipe db upgrade``): what was done."""
+        done = migrations.upgrade(self._conn, self.location)
+        self.schema_version = done.to_version
+        return done
 
     def close(self) -> None:
         self._conn.close()
@@ -309,12 +224,33 @@ class MetadataStore:
 
     # ------------------------------------------------------------------ runs
     @retrying
-    def create_run(self, run_id: str, pipeline: str, config_json: str, config_path: str | None, storage: str) -> None:
+    def create_run(
+        self,
+        run_id: str,
+        pipeline: str,
+        config_json: str,
+        config_path: str | None,
+        storage: str,
+        actor: str | None = None,
+    ) -> None:
+        """A new ``running`` run, driven by this process; ``actor``: who started it (default
+        :func:`current_actor`)."""
+        host = os.uname().nodename
         with self._tx() as c:
             c.execute(
                 "INSERT INTO runs(run_id, pipeline, status, config_json, config_path, storage, created_at,"
-                " driver_pid, driver_host) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
-                (run_id, pipeline, config_json, config_path, storage, time.time(), os.getpid(), os.uname().nodename),
+                " driver_pid, driver_host, actor) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    pipeline,
+                    config_json,
+                    config_path,
+                    storage,
+                    time.time(),
+                    os.getpid(),
+                    host,
+                    actor or current_actor(),
+                ),
             )
 
     @retrying
@@ -399,6 +335,29 @@ class MetadataStore:
             args = (pipeline,)
         q += " ORDER BY created_at DESC LIMIT ?"
         return [RunRecord(**dict(r)) for r in self._conn.execute(q, args + (limit,)).fetchall()]
+
+    # ------------------------------------------------------------------ audit
+    @retrying
+    def record_audit(
+        self, action: str, target: str, detail: Mapping[str, Any] | None = None, actor: str | None = None
+    ) -> int:
+        """Keep who (``actor``, default :func:`current_actor`) did ``action`` to ``target`` (a
+        model alias, an app, a loop...) in table ``audit``; the new row's id."""
+        doc = json.dumps(dict(detail or {}), default=str, allow_nan=False)
+        with self._tx() as c:
+            return c.insert_id(
+                "INSERT INTO audit(at, actor, action, target, detail_json) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), actor or current_actor(), action, target, doc),
+            )
+
+    def audit_log(self, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit rows (of ``target``), oldest first."""
+        where, args = ("WHERE target = ? ", (target,)) if target else ("", ())
+        rows = self._conn.execute(f"SELECT * FROM audit {where}ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        out = [{**dict(r), "detail": json.loads(r["detail_json"])} for r in reversed(rows)]
+        for d in out:
+            d.pop("detail_json")
+        return out
 
     # ------------------------------------------------------------------ stage runs
     @retrying

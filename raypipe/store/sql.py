@@ -38,9 +38,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from raypipe.exceptions import StorageError
+from raypipe.secrets import redact, resolve_secrets  # noqa: F401 - redact: the store's callers import it here
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
@@ -49,17 +49,6 @@ T = TypeVar("T")
 
 def is_postgres(url: str) -> bool:
     return url.startswith(POSTGRES_SCHEMES)
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for messages."""
-    if not is_postgres(url):
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Row(tuple):
@@ -126,7 +115,8 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(("raypipe:" + name).encode()).digest()[:8], "big", signed=True)
 
 
-def _retryable(exc: BaseException) -> bool:
+def retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` rolled a transaction back that running it again may complete."""
     # 40001 serialization_failure, 40P01 deadlock_detected (PostgreSQL only; SQLite waits on its busy timeout)
     return getattr(exc, "sqlstate", None) in ("40001", "40P01")
 
@@ -159,7 +149,7 @@ def retrying(fn: Callable[..., T]) -> Callable[..., T]:
                     return fn(*args, **kwargs)
                 except Exception as e:
                     attempt += 1
-                    if depth or attempt >= 8 or not _retryable(e):
+                    if depth or attempt >= 8 or not retryable(e):
                         raise
                     time.sleep(random.uniform(0.0, 0.02 * 2**attempt))
         finally:
@@ -189,7 +179,9 @@ class Database:
     """One connection to a SQLite file or a PostgreSQL database (see the module docstring)."""
 
     def __init__(self, url: str) -> None:
+        #: As given: references (``${env:PG_PASSWORD}``) are resolved only to connect.
         self.url = url
+        url = resolve_secrets(url, "metadata store URL")
         self.backend = "postgresql" if is_postgres(url) else "sqlite"
         self._lock = threading.RLock()
         self._raw: Any

@@ -99,6 +99,7 @@ def test_every_command_is_there() -> None:
         *("bench scheduling", "ab report", "rollout start", "rollout status", "rollout abort"),
         *("loop status", "loop stop", "loop demo", "monitor status"),
         *("serve deploy", "serve split", "serve status", "serve shutdown", "deploy", "split"),
+        *("db status", "db upgrade"),
     }
 
 

@@ -273,9 +273,12 @@ def test_lineage_prefers_the_stage_runs_of_the_given_run(store: MetadataStore, t
 def test_an_existing_database_gets_the_registry_tables(tmp_path: Path) -> None:
     db = str(tmp_path / "old.db")
     MetadataStore(db).close()
-    con = sqlite3.connect(db)
-    for table in ("alias_events", "model_aliases", "model_registrations", "model_versions", "models"):
+    con = sqlite3.connect(db)  # a store of raypipe before the registry: schema version 1 without its tables
+    for table in ("alias_events", "model_aliases", "model_registrations", "model_links", "model_versions", "models"):
         con.execute(f"DROP TABLE {table}")
+    con.execute("DROP TABLE audit")
+    con.execute("ALTER TABLE runs DROP COLUMN actor")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
     con.close()
     meta = MetadataStore(db)

@@ -373,9 +373,10 @@ class _Fake:
 class _Request:
     def __init__(self, doc: Any) -> None:
         self.data = json.dumps(doc).encode()
+        self.headers = {"content-length": str(len(self.data))}
 
-    async def body(self) -> bytes:
-        return self.data
+    async def stream(self) -> Any:
+        yield self.data
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ driver does not stop a rollout."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from typing import Any
 
 from raypipe._ray.actors import NAMESPACE, find_actor, get_or_create
 from raypipe.exceptions import RaypipeError
+from raypipe.secrets import actor_env, actor_url, redact
 from raypipe.serving import app as serve_app
 from raypipe.serving.rollout.run import ACTIVE, Ports, RolloutRun, tick_seconds
 from raypipe.serving.rollout.settings import RolloutPlan
@@ -36,7 +38,7 @@ class RolloutController:
 
     def __init__(self, app: str, db_path: str) -> None:
         self.app = app
-        self.meta = MetadataStore(db_path)
+        self.meta = MetadataStore(actor_url(db_path, os.environ))
         self.store = RolloutStore(self.meta)
         self.registry = ModelRegistry(self.meta)
         self.lock = threading.RLock()
@@ -177,5 +179,14 @@ def find_controller(app: str) -> Any | None:
 
 
 def start_controller(app: str, db_path: str) -> Any:
-    """The app's controller actor: detached, restartable, on the head node, no CPU."""
-    return get_or_create(controller_name(app), RolloutController, (app, db_path), head=True, max_concurrency=8)
+    """The app's controller actor: detached, restartable, on the head node, no CPU.  A password
+    written as it is in ``db_path`` goes to its environment, not into its arguments."""
+    env = actor_env(db_path)
+    return get_or_create(
+        controller_name(app),
+        RolloutController,
+        (app, redact(db_path)),
+        head=True,
+        max_concurrency=8,
+        runtime_env={"env_vars": env} if env else None,
+    )
