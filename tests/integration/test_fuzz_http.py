@@ -483,6 +483,26 @@ def test_fuzz_http_regressions(app: dict[str, Any], path: str, body: str, status
     check_client_error(r, "regression", (status,))
 
 
+def test_bodies_over_the_limit_are_refused_before_parsing(app: dict[str, Any]) -> None:
+    """2 MiB to an app with the default 1 MiB limit: 413 with the error format of a 422, for a
+    body with a Content-Length and for a chunked one (cut off at the limit); /feedback too."""
+    s, url = app["session"], app["url"]
+    big = b'{"instances": [' + b"{}," * (2 * 1024 * 1024 // 3) + b"{}]}"
+    for path in ("predict", "feedback"):
+        r = s.post(f"{url}/{path}", data=big, headers={"Content-Type": "application/json"}, timeout=60)
+        assert r.status_code == 413, (path, r.status_code, r.text[:300])
+        assert r.json()["error"] == "request body too large"
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(64):
+            yield b" " * 65536  # 4 MiB of whitespace, never a complete document
+
+    r = s.post(f"{url}/predict", data=chunks(), headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and "Content-Length" not in r.request.headers
+    small = s.post(f"{url}/predict", json={"features": {f: 0.0 for f in app["features"]}}, timeout=60)
+    assert small.status_code == 200, small.text[:300]
+
+
 def test_zz_report_counts(app: dict[str, Any], reliability: Any) -> None:
     """The requests sent, by class and status (``pytest -s``); none got a 5xx."""
     total = sum(SENT.values())
