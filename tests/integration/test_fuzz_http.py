@@ -331,7 +331,8 @@ def test_valid_predictions(app: dict[str, Any], data: st.DataObject, ctype: str)
 def test_invalid_predict_bodies(app: dict[str, Any], data: st.DataObject) -> None:
     what, text = data.draw(invalid_predict(app["features"], app["key_field"]))
     r = send(app, "invalid predict", "POST", "/predict", text.encode("utf-8"))
-    check_client_error(r, what)
+    # 1,025 rows of 64 features can pass the body limit (1 MiB) before the row limit: 413
+    check_client_error(r, what, (400, 413, 422) if what == "too many rows" else (400, 422))
 
 
 @settings(FUZZ, max_examples=40)
