@@ -3,14 +3,12 @@
 The marker line ``<!-- raypipe:cli -->`` in a page is replaced by every command of the
 ``raypipe`` CLI (usage, help, arguments and options), walked from the click command that
 typer builds, so the page follows the CLI as it changes.  The app is found by the
-candidates below (``raypipe/cli.py`` or the ``raypipe/cli/`` package); none importing
-fails the build.
+app ``raypipe.cli:app``; an import error fails the build.
 """
 
 from __future__ import annotations
 
 import enum
-import importlib
 import inspect
 import re
 import sys
@@ -19,10 +17,6 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from mkdocs.exceptions import PluginError
-
-#: Where the typer app may live ("module:attribute"); the first that imports wins.
-APP_CANDIDATES = ["raypipe.cli:app", "raypipe.cli.app:app", "raypipe.cli.main:app", "raypipe.cli.root:app"]
 PROG = "raypipe"
 MARKER = re.compile(r"^<!--\s*raypipe:cli\s*-->\s*$", re.M)
 
@@ -36,31 +30,12 @@ def on_config(config: Any) -> Any:
 
 
 def click_command() -> Any:
+    """The click command typer builds from ``raypipe.cli:app``."""
     import typer
 
-    tried = []
-    for target in APP_CANDIDATES:
-        module, _, attr = target.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as e:
-            if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
-                raise PluginError(f"docs/hooks/cli_reference.py: importing {target} failed: {e}") from e
-            tried.append(f"{target}: {e}")  # not (or no longer) there: try the next candidate
-            continue
-        except AttributeError:
-            tried.append(f"{target}: no attribute {attr}")
-            continue
-        except Exception as e:
-            raise PluginError(f"docs/hooks/cli_reference.py: importing {target} failed: {type(e).__name__}: {e}") from e
-        if isinstance(obj, typer.Typer):
-            return typer.main.get_command(obj)
-        if hasattr(obj, "get_params") and hasattr(obj, "context_class"):  # a click command already
-            return obj
-        tried.append(f"{target}: not a typer.Typer or click command ({type(obj).__name__})")
-    raise PluginError(
-        "docs/hooks/cli_reference.py: cannot find the raypipe CLI (update APP_CANDIDATES):\n  " + "\n  ".join(tried)
-    )
+    from raypipe.cli import app
+
+    return typer.main.get_command(app)
 
 
 # --------------------------------------------------------------------------- text

@@ -35,24 +35,28 @@ from mkdocs.exceptions import PluginError
 
 # --------------------------------------------------------------------------- what is documented
 
-#: (group, title, "module:Class" candidates, first that imports wins).  A page shows a group
+#: (group, title, "module:Class").  A page shows a group
 #: with ``<!-- raypipe:yaml GROUP -->``.
-MODELS: list[tuple[str, str, list[str]]] = [
-    ("pipeline", "Pipeline file", ["raypipe.config.schema:PipelineConfig"]),
-    ("pipeline", "Stage", ["raypipe.config.schema:StageConfig"]),
-    ("pipeline", "Scheduler section", ["raypipe.config.schema:SchedulerConfig"]),
-    ("serving", "Served app (`raypipe serve deploy FILE`, a deploy stage's params)", ["raypipe.serving.spec:ServeSpec"]),
-    ("serving", "Closed loop (`retrain:`)", ["raypipe.serving.spec:RetrainSpec"]),
-    ("rollout", "Rollout file (`rollout:`)", ["raypipe.serving.rollout.settings:RolloutSpec"]),
-    ("rollout", "Rollout settings (`retrain.rollout`)", ["raypipe.serving.rollout.settings:RolloutSettings"]),
-    ("monitor", "Drift monitor (`monitor:`)", ["raypipe.serving.spec:MonitorConfig"]),
-    ("monitor", "Monitor spec (`start_monitor`'s `spec`)", ["raypipe.monitoring.spec:MonitorSpec"]),
-    ("cluster", "Simulated cluster (`raypipe bench scheduling --cluster FILE`)", ["raypipe.scheduler.cluster_spec:ClusterSpec"]),
+MODELS: list[tuple[str, str, str]] = [
+    ("pipeline", "Pipeline file", "raypipe.config.schema:PipelineConfig"),
+    ("pipeline", "Stage", "raypipe.config.schema:StageConfig"),
+    ("pipeline", "Scheduler section", "raypipe.config.schema:SchedulerConfig"),
+    ("serving", "Served app (`raypipe serve deploy FILE`, a deploy stage's params)", "raypipe.serving.spec:ServeSpec"),
+    ("serving", "Closed loop (`retrain:`)", "raypipe.serving.spec:RetrainSpec"),
+    ("rollout", "Rollout file (`rollout:`)", "raypipe.serving.rollout.settings:RolloutSpec"),
+    ("rollout", "Rollout settings (`retrain.rollout`)", "raypipe.serving.rollout.settings:RolloutSettings"),
+    ("monitor", "Drift monitor (`monitor:`)", "raypipe.serving.spec:MonitorConfig"),
+    ("monitor", "Monitor spec (`start_monitor`'s `spec`)", "raypipe.monitoring.spec:MonitorSpec"),
+    (
+        "cluster",
+        "Simulated cluster (`raypipe bench scheduling --cluster FILE`)",
+        "raypipe.scheduler.cluster_spec:ClusterSpec",
+    ),
 ]
 
 #: Where the stage kinds are registered: ``(kind, "module:Class")`` rows, each class with a
 #: pydantic ``Params``.  The group ``stages`` documents every registered kind's params.
-STAGE_KINDS = ["raypipe.stages.registry:STAGE_KINDS"]
+STAGE_KINDS = "raypipe.stages.registry:STAGE_KINDS"
 
 #: Guide pages that explain a stage kind (a link under its heading; optional).
 KIND_GUIDES = {
@@ -86,28 +90,15 @@ def on_config(config: Any) -> Any:
     return config
 
 
-def resolve(candidates: list[str]) -> Any:
-    """The first ``module:attr`` of ``candidates`` that imports; PluginError naming every try."""
-    tried = []
-    for target in candidates:
-        module, _, attr = target.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as e:
-            if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
-                raise PluginError(f"docs/hooks/reference.py: importing {target} failed: {e}") from e
-            tried.append(f"{target}: {e}")  # not (or no longer) there: try the next candidate
-            continue
-        except AttributeError:
-            tried.append(f"{target}: module has no {attr}")
-            continue
-        except Exception as e:
-            raise PluginError(f"docs/hooks/reference.py: importing {target} failed: {type(e).__name__}: {e}") from e
-        return obj
-    raise PluginError(
-        "docs/hooks/reference.py: cannot import a documented model from any of its modules "
-        "(update MODELS in docs/hooks/reference.py):\n  " + "\n  ".join(tried)
-    )
+def resolve(target: str) -> Any:
+    """``module:attr`` imported; a PluginError naming it when it is not there."""
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise PluginError(
+            f"docs/hooks/reference.py: cannot import {target} ({type(e).__name__}: {e}); update MODELS"
+        ) from e
 
 
 # --------------------------------------------------------------------------- text
@@ -499,12 +490,12 @@ class Page:
 def render_group(group: str, src_uri: str = "") -> str:
     if group == "stages":
         return render_stage_kinds(src_uri)
-    entries = [(title, cands) for g, title, cands in MODELS if g == group]
+    entries = [(title, target) for g, title, target in MODELS if g == group]
     if not entries:
         known = sorted({g for g, _, _ in MODELS} | {"stages"})
         raise PluginError(f"docs/hooks/reference.py: unknown group {group!r}; known: {', '.join(known)}")
     page = Page(src_uri)
-    roots = [(resolve(cands), title) for title, cands in entries]
+    roots = [(resolve(target), title) for title, target in entries]
     for cls, _ in roots:  # anchors of the roots first: stable, short
         page.anchor(cls)
     out = []
@@ -517,7 +508,7 @@ def stage_params() -> list[tuple[str, str, type, type]]:
     """(kind, target, stage kind class, its Params model) of every registered kind."""
     out = []
     for kind, target in resolve(STAGE_KINDS):
-        cls = resolve([target])
+        cls = resolve(target)
         params = getattr(cls, "Params", None)
         if not _is_model(params):
             raise PluginError(f"docs/hooks/reference.py: stage kind {kind} ({target}) has no pydantic Params model")
@@ -558,9 +549,9 @@ def on_files(files: Any, config: Any) -> Any:
                 for *_, params in stage_params():
                     HOMES.setdefault(params, f.src_uri)
                 continue
-            for g, _, cands in MODELS:
+            for g, _, target in MODELS:
                 if g == group:
-                    HOMES.setdefault(resolve(cands), f.src_uri)
+                    HOMES.setdefault(resolve(target), f.src_uri)
     return files
 
 
