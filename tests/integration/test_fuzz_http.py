@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raypipe.serving import app as serving
@@ -32,18 +32,13 @@ from raypipe.serving.spec import ServeSpec
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.registry import ModelRegistry
 from tests.conftest import free_port
+from tests.fuzzing import FUZZ, examples
 from tests.integration.serve_funcs import register_digits, sample_rows
 
 pytestmark = pytest.mark.slow
 
 APP = "fuzz"
 SENT: Counter[tuple[str, int]] = Counter()
-FUZZ = settings(
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +303,7 @@ def test_schema_from_metadata(app: dict[str, Any]) -> None:
     assert app["key_field"] == "user" and app["force_header"] == "x-raypipe-variant"
 
 
-@settings(FUZZ, max_examples=80)
+@settings(FUZZ, max_examples=examples(80))
 @given(data=st.data(), ctype=st.sampled_from(["application/json", "text/plain", "", "application/x-www-form"]))
 def test_valid_predictions(app: dict[str, Any], data: st.DataObject, ctype: str) -> None:
     body = data.draw(valid_predict(app["features"], app["key_field"]))
@@ -326,7 +321,7 @@ def test_valid_predictions(app: dict[str, Any], data: st.DataObject, ctype: str)
     app["served_ids"].append(doc["request_id"])
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=examples(150))
 @given(data=st.data())
 def test_invalid_predict_bodies(app: dict[str, Any], data: st.DataObject) -> None:
     what, text = data.draw(invalid_predict(app["features"], app["key_field"]))
@@ -335,7 +330,7 @@ def test_invalid_predict_bodies(app: dict[str, Any], data: st.DataObject) -> Non
     check_client_error(r, what, (400, 413, 422) if what == "too many rows" else (400, 422))
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=examples(40))
 @given(data=st.one_of(st.binary(max_size=60), st.sampled_from([b"", b"   ", b"{", b'{"features": ', b"\xff\xfe{}"])))
 def test_non_json_bodies(app: dict[str, Any], data: bytes) -> None:
     r = send(app, "raw bytes", "POST", "/predict", data, **{"Content-Type": "application/octet-stream"})
@@ -347,7 +342,7 @@ def test_non_json_bodies(app: dict[str, Any], data: bytes) -> None:
     check_client_error(r, "raw bytes", (422,) if parses else (400,))
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=examples(40))
 @given(
     method=st.sampled_from(["GET", "PUT", "DELETE", "PATCH", "POST", "OPTIONS"]),
     path=st.one_of(
@@ -371,7 +366,7 @@ def test_methods_and_paths(app: dict[str, Any], method: str, path: str) -> None:
         assert r.status_code == 404, r.text
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=examples(40))
 @given(
     value=st.one_of(
         st.sampled_from(["v1", "v2", "v3", "V1", "1", "production", "@production", "v1,v2"]),
@@ -391,7 +386,7 @@ def test_forced_variant_header(app: dict[str, Any], value: str) -> None:
         check_client_error(r, "forced variant", (400,))
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=examples(60))
 @given(case=bad_feedback())
 def test_bad_feedback(app: dict[str, Any], case: tuple[str, str]) -> None:
     what, text = case

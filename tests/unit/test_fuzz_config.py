@@ -11,7 +11,8 @@ names, unknown dependencies, self-dependencies, cycles, dangling inputs), ``--se
 overrides of a good pipeline, field mutations (drop / replace / retype) of the shipped
 ``configs/*.yaml``, and text-level mutations of those files (raw YAML damage).
 
-Examples are derandomized (the same ones every run, no example database).  The count per
+Examples are derandomized (the same ones every run, no example database); the counts are
+CI's, `RAYPIPE_FUZZ_EXAMPLES=10000` runs a longer hunt (see tests/fuzzing.py).  The count per
 class and outcome is printed by the last test (``pytest -s``).
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 from typer.testing import CliRunner
@@ -39,6 +40,7 @@ from raypipe.config import PipelineConfig
 from raypipe.exceptions import RaypipeError
 from raypipe.runner.plan import Plan
 from raypipe.stages.registry import get_stage_kind, stage_kind_names
+from tests.fuzzing import FUZZ, examples
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(glob.glob(str(REPO / "configs" / "*.yaml")))
@@ -47,15 +49,6 @@ runner = CliRunner()
 #: One example in CLI_EVERY of each class also goes through ``raypipe validate`` (the CLI
 #: parses the file again: a third of the time of an example).
 CLI_EVERY = 3
-
-#: ``RAYPIPE_FUZZ_SCALE=10`` runs ten times as many examples (a longer hunt than CI's).
-SCALE = float(os.environ.get("RAYPIPE_FUZZ_SCALE", "1"))
-FUZZ = settings(
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-)
 
 
 # ------------------------------------------------------------------ field names of the schema
@@ -326,7 +319,7 @@ def _write(d: Path, text: str, name: str = "fuzz.yaml") -> Path:
 # ------------------------------------------------------------------ the fuzz tests
 
 
-@settings(FUZZ, max_examples=int(160 * SCALE))
+@settings(FUZZ, max_examples=examples(160))
 @given(doc=random_document())
 def test_random_documents(fuzz_dir: Path, doc: Any) -> None:
     try:
@@ -337,7 +330,7 @@ def test_random_documents(fuzz_dir: Path, doc: Any) -> None:
     check_cli("random", p, check_load("random", p))
 
 
-@settings(FUZZ, max_examples=int(150 * SCALE))
+@settings(FUZZ, max_examples=examples(150))
 @given(case=stage_graph())
 def test_stage_graphs(fuzz_dir: Path, case: tuple[dict[str, Any], int]) -> None:
     doc, faults = case
@@ -353,7 +346,7 @@ def test_stage_graphs(fuzz_dir: Path, case: tuple[dict[str, Any], int]) -> None:
             assert all(d in names_ and d != s["name"] for d in s.get("depends_on", []))
 
 
-@settings(FUZZ, max_examples=int(250 * SCALE))
+@settings(FUZZ, max_examples=examples(250))
 @given(
     overrides=st.one_of(
         st.lists(override(), min_size=1, max_size=3), st.lists(st.sampled_from(VALID_SETS), max_size=3)
@@ -409,7 +402,7 @@ def mutated_config(draw: st.DrawFn) -> tuple[str, str]:
     return os.path.basename(base), _dump(doc)
 
 
-@settings(FUZZ, max_examples=int(100 * SCALE))
+@settings(FUZZ, max_examples=examples(100))
 @given(case=mutated_config())
 def test_mutated_shipped_configs(fuzz_dir: Path, case: tuple[str, str]) -> None:
     name, text = case
@@ -448,7 +441,7 @@ def damaged_text(draw: st.DrawFn) -> str:
     return "\n".join(lines) + "\n"
 
 
-@settings(FUZZ, max_examples=int(100 * SCALE))
+@settings(FUZZ, max_examples=examples(100))
 @given(text=damaged_text())
 def test_damaged_yaml_text(fuzz_dir: Path, text: str) -> None:
     p = _write(fuzz_dir, text, "damaged.yaml")
