@@ -6,6 +6,7 @@ from typing import Any
 
 from raypipe.exceptions import StageError, StorageError
 from raypipe.resources import Resources
+from raypipe.runner.stage_log import capture
 from raypipe.secrets import resolve_secrets
 from raypipe.stages.base import StageContext, StageKind
 from raypipe.stages.registry import get_stage_kind
@@ -25,7 +26,8 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
     """Load inputs, run the stage kind, store outputs by content; return their references.
 
     ``payload`` holds only plain data (kind name, params, artifact refs), so the
-    task is the same whether it runs on this machine or on a remote node.
+    task is the same whether it runs on this machine or on a remote node.  What the stage
+    prints and logs is also kept in its attempt's log file (:mod:`raypipe.runner.stage_log`).
     """
     import ray
 
@@ -43,8 +45,9 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
         gang_size=payload.get("gang_size", 1),
         grant_nodes=payload.get("grant_nodes"),
     )
+    header = f"stage {ctx.stage} attempt {ctx.attempt} of run {ctx.run_id} ({payload['kind']})"
     try:
-        with kind.session(ctx):
+        with capture(ctx.log_path, header), kind.session(ctx):
             refs = _run(kind, ctx, store, payload, declared)
     finally:
         ctx.cleanup()

@@ -35,6 +35,14 @@ class StageParams(StrictModel):
     reference_fields: ClassVar[frozenset[str]] = frozenset({"*"})
 
 
+def stage_log_path(storage: str, run_id: str, stage: str, attempt: int) -> Path:
+    """Where a stage attempt's console output and log records are kept (the runner writes
+    them, ``raypipe ui`` reads them): ``<storage>/logs/<run>/<stage>.<attempt>.log`` on a
+    local storage root, else in the worker's temporary folder."""
+    root = Path(storage) if is_local(storage) else Path(tempfile.gettempdir()) / "raypipe"
+    return root / "logs" / run_id / f"{stage}.{attempt}.log"
+
+
 @dataclass
 class StageContext:
     """What a running stage can see of the run it belongs to."""
@@ -65,11 +73,8 @@ class StageContext:
 
     @property
     def log_path(self) -> Path:
-        """The stage attempt's log file: ``<storage>/logs/<run>/<stage>.<attempt>.log`` on a
-        local storage root, else in the worker's temporary folder."""
-
-        root = Path(self.storage) if is_local(self.storage) else Path(tempfile.gettempdir()) / "raypipe"
-        return root / "logs" / self.run_id / f"{self.stage}.{self.attempt}.log"
+        """The stage attempt's log file (:func:`stage_log_path`)."""
+        return stage_log_path(self.storage, self.run_id, self.stage, self.attempt)
 
     def detail(self, title: str, text: str) -> Path | None:
         """Append ``text`` (a library's whole message, a traceback) to the stage's log file

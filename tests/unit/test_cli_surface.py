@@ -99,13 +99,13 @@ def test_every_command_is_there() -> None:
         *("bench scheduling", "ab report", "rollout start", "rollout status", "rollout abort"),
         *("loop status", "loop stop", "loop demo", "monitor status"),
         *("serve deploy", "serve split", "serve status", "serve shutdown", "deploy", "split"),
-        *("db status", "db upgrade"),
+        *("db status", "db upgrade", "ui"),
     }
 
 
 def test_json_on_every_command_that_reports() -> None:
     without = {" ".join(path) for path, cmd in LEAVES if not any("--json" in p.opts for p in cmd.params)}
-    assert without == {"loop demo"}  # the demo prints its summary and writes timeline.json
+    assert without == {"loop demo", "ui"}  # the demo prints its summary and writes timeline.json; ui serves pages
     for path in ("run", "resume", "validate", "model alias", "serve shutdown", "rollout abort", "loop stop"):
         assert path not in without
 

@@ -1,0 +1,386 @@
+"""``raypipe ui`` under a full store: p50/p95 of each page and JSON endpoint.
+
+    python -m benchmarks.ui --out bench-out/ui [--runs 10000] [--stages 10] [--models 10]
+        [--versions 100] [--requests 40] [--skip-indexes]
+
+Fills a SQLite metadata store (no Ray) with ``--runs`` runs of ``--stages`` stage runs each
+(100,000 by default; with their artifacts, inputs, outputs and lineage rows) and
+``--models`` x ``--versions`` model versions (1,000) with alias history, written with bulk
+SQL matching the schema; a few artifacts are real files (a parquet table, a training
+history, metrics, a report) that the stage pages preview.  Serves the UI in this process
+(uvicorn on a thread, 127.0.0.1) and times ``--requests`` sequential HTTP requests per
+page and endpoint (after 3 warm-up ones), on one kept-alive connection.
+
+The baseline of each page is its main statement run bare on the same database (sqlite3,
+fetchall): what the page costs beyond the query.  Goal: every page <= 300 ms p95 (and, as
+the issue puts it, <= 3x the bare query).  Then, unless ``--skip-indexes``, the indexes
+the UI's queries want (:mod:`raypipe.ui.queries`) are created and the pages timed again
+(``with_indexes``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import base_parser, goal, print_table, ratio, write_results
+
+GOAL_P95_MS = 300.0
+GOAL_RATIO = 3.0
+PIPELINES = [f"pipeline-{i}" for i in range(10)]
+ACTORS = [f"user{i}" for i in range(8)]
+#: The indexes the UI's run queries want (not in the schema yet).
+INDEXES = (
+    "CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at)",
+    "CREATE INDEX IF NOT EXISTS runs_pipeline_created ON runs(pipeline, created_at)",
+    "CREATE INDEX IF NOT EXISTS runs_status_created ON runs(status, created_at)",
+    "CREATE INDEX IF NOT EXISTS runs_actor_created ON runs(actor, created_at)",
+)
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def stage_names(n: int) -> list[str]:
+    base = ["ingest", "prepare", "train", "evaluate", "register", "report"]
+    return (base + [f"extra{i}" for i in range(n)])[:n] if n > len(base) else base[:n]
+
+
+def config_json(storage: str, names: list[str]) -> str:
+    stages: list[dict[str, Any]] = []
+    for i, name in enumerate(names):
+        inputs = {"data": f"{names[i - 1]}.out"} if i else {}
+        if name == "evaluate":
+            inputs = {"model": "train.model", "data": "prepare.table"}
+        stages.append({"name": name, "kind": "python", "inputs": inputs, "resources": {"cpu": 1}})
+    return json.dumps({"name": "bench", "storage": storage, "stages": stages})
+
+
+def fill(db: str, root: str, runs: int, per_run: int, models: int, versions: int) -> dict[str, Any]:
+    """The store, written with bulk SQL in one transaction; what the pages will ask for."""
+    import pandas as pd
+
+    from raypipe.store.artifacts import ArtifactStore
+    from raypipe.store.metadata import MetadataStore
+
+    MetadataStore(db).close()  # the schema, as raypipe creates it
+    art = ArtifactStore(root)
+    rng = random.Random(0)
+    frame = pd.DataFrame({f"c{i}": [rng.random() for _ in range(1000)] for i in range(20)})
+    real = {
+        "table": art.put_value(frame),
+        "history": art.put_value([{"epoch": e, "loss": 1 / (e + 1), "val_loss": 1.1 / (e + 1)} for e in range(50)]),
+        "metrics": art.put_value({"accuracy": 0.93, "f1": 0.91}),
+        "report": art.put_value("# report\n\n- accuracy: 0.93\n"),
+    }
+    names = stage_names(per_run)
+    cfg = config_json(root, names)
+    now = time.time()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN")
+    arts = [(r.sha256, r.uri, r.size, r.format, json.dumps(r.schema) if r.schema else None, now) for r in real.values()]
+    src = ("f" * 64, "/data/raw.csv", 1_000_000, "source", json.dumps({"mtime_ns": 1}), now)
+    arts.append(src)
+    run_rows, sr_rows, io_rows, lin_rows = [], [], [], []
+    sid = 0
+    train_of: dict[int, tuple[str, int, str]] = {}
+    for i in range(runs):
+        run_id = f"{PIPELINES[i % len(PIPELINES)]}-{i:06d}"
+        created = now - (runs - i) * 60.0
+        status = "failed" if i % 17 == 0 else "succeeded"
+        run_rows.append(
+            (
+                run_id,
+                PIPELINES[i % len(PIPELINES)],
+                status,
+                cfg,
+                None,
+                root,
+                created,
+                created + 50,
+                None,
+                1,
+                "bench-host",
+            )
+            + (ACTORS[i % len(ACTORS)],)
+        )
+        prev_sha = src[0]
+        for k, name in enumerate(names):
+            sid += 1
+            cached = i % 3 == 0 and k < 3
+            sha = real["table"].sha256 if name == "prepare" else f"{i:08d}{k:04d}".ljust(64, "0")
+            if name == "evaluate":
+                sha = real["metrics"].sha256
+            if name == "report":
+                sha = real["report"].sha256
+            if sha not in {a[0] for a in arts[:5]}:
+                fmt = "model" if name == "train" else "json"
+                schema = (
+                    json.dumps({"task": "classification", "label": "y", "features": ["a", "b"]})
+                    if fmt == "model"
+                    else None
+                )
+                arts.append((sha, f"{root}/objects/{sha[:2]}/{sha}.json", 100 + k, fmt, schema, now))
+            st = "cached" if cached else ("failed" if status == "failed" and k == len(names) - 1 else "succeeded")
+            sr_rows.append(
+                (
+                    sid,
+                    run_id,
+                    name,
+                    0 if cached else 1,
+                    st,
+                    f"key-{i}-{k}",
+                    None,
+                    created + k,
+                    created + k + 3,
+                    None,
+                    "node-1",
+                )
+            )
+            if st != "failed":
+                io_rows.append((sid, "out", "model" if name == "train" else "out", sha))
+                io_rows.append((sid, "in", "source:0" if k == 0 else "data", prev_sha))
+                lin_rows.append((prev_sha, sha, sid))
+                if name == "train":
+                    io_rows.append((sid, "out", "history", real["history"].sha256))
+                    train_of[i] = (run_id, sid, sha)
+            prev_sha = sha
+    conn.executemany("INSERT OR IGNORE INTO artifacts VALUES (?, ?, ?, ?, ?, ?)", arts)
+    conn.executemany(
+        "INSERT INTO runs(run_id, pipeline, status, config_json, config_path, storage, created_at, ended_at, error,"
+        " driver_pid, driver_host, actor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        run_rows,
+    )
+    conn.executemany(
+        "INSERT INTO stage_runs(id, run_id, stage, attempt, status, cache_key, cached_from, started_at, ended_at,"
+        " error, node_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        sr_rows,
+    )
+    conn.executemany("INSERT OR IGNORE INTO stage_io VALUES (?, ?, ?, ?)", io_rows)
+    conn.executemany("INSERT OR IGNORE INTO lineage VALUES (?, ?, ?)", lin_rows)
+    trained = sorted(train_of)
+    mv_rows, alias_rows, event_rows = [], [], []
+    for m in range(models):
+        name = f"model-{m}"
+        conn.execute("INSERT INTO models(name, created_at, description) VALUES (?, ?, ?)", (name, now, "bench"))
+        for v in range(1, versions + 1):
+            run_id, train_sid, sha = train_of[trained[(m * versions + v - 1) % len(trained)]]
+            metrics = json.dumps(
+                {"accuracy": 0.8 + v / (10 * versions), "f1": 0.7 + v / (10 * versions), "loss": 1 / v}
+            )
+            mv_rows.append((name, v, sha, run_id, "train", train_sid, metrics, "{}", "[]", "code", now - versions + v))
+            event_rows.append(
+                (name, "candidate", v - 1 or None, v, now - versions + v, f"registered from run {run_id}")
+            )
+            if v % 10 == 0:
+                event_rows.append((name, "production", v - 10 or None, v, now - versions + v, "promoted"))
+        alias_rows += [(name, "candidate", versions, now), (name, "production", versions - versions % 10 or 1, now)]
+    conn.executemany("INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", mv_rows)
+    conn.executemany("INSERT INTO model_aliases VALUES (?, ?, ?, ?)", alias_rows)
+    conn.executemany(
+        "INSERT INTO alias_events(name, alias, old_version, new_version, at, reason) VALUES (?, ?, ?, ?, ?, ?)",
+        event_rows,
+    )
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+    some_run = train_of[trained[len(trained) // 2]][0]
+    return {
+        "run": some_run,
+        "stage_runs": len(sr_rows),
+        "model_versions": len(mv_rows),
+        "artifacts": len(arts),
+        "model": "model-0",
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(db: str) -> tuple[Any, int]:
+    import uvicorn
+
+    from raypipe.ui import UiSettings, create_app
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(UiSettings(db=db)), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the UI server did not start")
+        time.sleep(0.02)
+    return server, port
+
+
+def endpoints(info: dict[str, Any]) -> list[tuple[str, str, str | None, tuple[Any, ...]]]:
+    """(name, path, the bare statement, its arguments) of each page and endpoint measured."""
+    from raypipe.ui.queries import MODELS_SQL, RUNS_SQL, VERSIONS_SQL
+
+    run, model = info["run"], info["model"]
+    runs_sql = RUNS_SQL.format(where="")
+    filtered = RUNS_SQL.format(where=" WHERE pipeline = ? AND status = ?")
+    run_sql = "SELECT * FROM stage_runs WHERE run_id = ? ORDER BY id"
+    stage_sql = "SELECT * FROM stage_runs WHERE run_id = ? AND stage = ? ORDER BY id"
+    out: list[tuple[str, str, str | None, tuple[Any, ...]]] = []
+    for prefix in ("", "/api"):
+        kind = "api" if prefix else "page"
+        out += [
+            (f"{kind} runs", f"{prefix}/runs", runs_sql, (50, 0)),
+            (
+                f"{kind} runs filtered",
+                f"{prefix}/runs?pipeline=pipeline-3&status=succeeded",
+                filtered,
+                ("pipeline-3", "succeeded", 50, 0),
+            ),
+            (f"{kind} runs offset 5000", f"{prefix}/runs?offset=5000", runs_sql, (50, 5000)),
+            (f"{kind} run", f"{prefix}/runs/{run}", run_sql, (run,)),
+            (f"{kind} stage train", f"{prefix}/runs/{run}/stages/train", stage_sql, (run, "train")),
+            (f"{kind} stage prepare", f"{prefix}/runs/{run}/stages/prepare", stage_sql, (run, "prepare")),
+            (f"{kind} models", f"{prefix}/models", MODELS_SQL, (50, 0)),
+            (f"{kind} model", f"{prefix}/models/{model}", VERSIONS_SQL, (model, 50, 0)),
+        ]
+    out.append(("api stage log", f"/api/runs/{run}/stages/train/log", stage_sql, (run, "train")))
+    return out
+
+
+def time_pages(port: int, eps: list[tuple[str, str, str | None, tuple[Any, ...]]], n: int) -> dict[str, dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    out = {}
+    for name, path, _, _ in eps:
+        times = []
+        for i in range(n + 3):
+            t0 = time.perf_counter()
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+            dt = (time.perf_counter() - t0) * 1e3
+            if resp.status != 200:
+                raise RuntimeError(f"GET {path}: {resp.status} {body[:300]!r}")
+            if i >= 3:
+                times.append(dt)
+        out[name] = {
+            "p50_ms": statistics.median(times),
+            "p95_ms": pct(times, 0.95),
+            "bytes": len(body),
+            "samples": times,
+        }
+        print(f"  {name}: p95 {out[name]['p95_ms']:.1f} ms", file=sys.stderr)
+    conn.close()
+    return out
+
+
+def time_bare(db: str, eps: list[tuple[str, str, str | None, tuple[Any, ...]]], n: int) -> dict[str, dict[str, float]]:
+    conn = sqlite3.connect(db)
+    out = {}
+    for name, _, sql, args in eps:
+        if sql is None:
+            continue
+        times = []
+        for i in range(n + 3):
+            t0 = time.perf_counter()
+            conn.execute(sql, args).fetchall()
+            if i >= 3:
+                times.append((time.perf_counter() - t0) * 1e3)
+        out[name] = {"p50_ms": statistics.median(times), "p95_ms": pct(times, 0.95)}
+    conn.close()
+    return out
+
+
+def main() -> None:
+    p = base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=10_000)
+    p.add_argument("--stages", type=int, default=10, help="stage runs per run")
+    p.add_argument("--models", type=int, default=10)
+    p.add_argument("--versions", type=int, default=100, help="versions per model")
+    p.add_argument("--requests", type=int, default=40, help="timed requests per page")
+    p.add_argument("--skip-indexes", action="store_true", help="do not time again with the suggested indexes")
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="raypipe-bench-ui-"))
+    root, db = str(work / "store"), str(work / "store" / "raypipe.db")
+    os.makedirs(root, exist_ok=True)
+    t0 = time.perf_counter()
+    info = fill(db, root, args.runs, args.stages, args.models, args.versions)
+    fill_s = time.perf_counter() - t0
+    print(
+        f"filled {args.runs:,} runs, {info['stage_runs']:,} stage runs, {info['model_versions']:,} versions in {fill_s:.1f} s",
+        file=sys.stderr,
+    )
+    eps = endpoints(info)
+    server, port = serve(db)
+    pages = time_pages(port, eps, args.requests)
+    bare = time_bare(db, eps, args.requests)
+    indexed: dict[str, Any] = {}
+    if not args.skip_indexes:
+        conn = sqlite3.connect(db)
+        for stmt in INDEXES:
+            conn.execute(stmt)
+        conn.execute("ANALYZE")
+        conn.close()
+        server.should_exit = True
+        server, port = serve(db)  # new connections see the new indexes and statistics
+        indexed = {
+            k: {kk: v[kk] for kk in ("p50_ms", "p95_ms")} for k, v in time_pages(port, eps, args.requests).items()
+        }
+    server.should_exit = True
+
+    results = {k: {kk: v[kk] for kk in ("p50_ms", "p95_ms", "bytes")} for k, v in pages.items()}
+    ratios = {k: ratio(pages[k]["p95_ms"], bare[k]["p95_ms"]) for k in pages if k in bare}
+    goals = {f"{k} p95": goal(v["p95_ms"], GOAL_P95_MS, "ms") for k, v in pages.items()}
+    goals.update({f"{k} vs bare query": goal(r, GOAL_RATIO, "x") for k, r in ratios.items() if r is not None})
+    path = write_results(
+        args.out,
+        "ui",
+        params={
+            "runs": args.runs,
+            "stage_runs": info["stage_runs"],
+            "model_versions": info["model_versions"],
+            "artifacts": info["artifacts"],
+            "requests": args.requests,
+            "backend": "sqlite",
+            "fill_s": fill_s,
+        },
+        results=results,
+        baseline={**bare, "goal_p95_ms": GOAL_P95_MS},
+        ratios=ratios,
+        goals=goals,
+        with_indexes=indexed,
+        samples={k: v["samples"] for k, v in pages.items()},
+    )
+    rows = [
+        (k, v["p50_ms"], v["p95_ms"], bare.get(k, {}).get("p95_ms"), ratios.get(k), indexed.get(k, {}).get("p95_ms"))
+        for k, v in pages.items()
+    ]
+    print_table(
+        f"raypipe ui: {args.runs:,} runs, {info['stage_runs']:,} stage runs, {info['model_versions']:,} versions",
+        ["page", "p50 ms", "p95 ms", "bare query p95 ms", "x bare", "p95 ms, indexed"],
+        rows,
+        caption=f"goal: p95 <= {GOAL_P95_MS:g} ms; {path}",
+    )
+
+
+if __name__ == "__main__":
+    main()
