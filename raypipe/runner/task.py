@@ -9,6 +9,7 @@ from raypipe.resources import Resources
 from raypipe.secrets import resolve_secrets
 from raypipe.stages.base import StageContext, StageKind
 from raypipe.stages.registry import get_stage_kind
+from raypipe.store import claims
 from raypipe.store.artifacts import ArtifactRef, ArtifactStore
 
 
@@ -44,7 +45,7 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
         grant_nodes=payload.get("grant_nodes"),
     )
     try:
-        with kind.session(ctx):
+        with claims.owner(ctx.run_id, ctx.stage, ctx.attempt), kind.session(ctx):  # who claims what it writes
             refs = _run(kind, ctx, store, payload, declared)
     finally:
         ctx.cleanup()
