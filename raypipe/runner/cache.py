@@ -4,6 +4,10 @@ key = sha256(stage kind, validated params, declared outputs, code fingerprint,
 input artifact hashes, the keys of ``depends_on`` stages, versions of Python, raypipe and the kind's packages).
 Resources, retries, timeouts, names of other stages and the run id are left out:
 they change how a stage runs, not what it produces.
+
+A stage's checkpoints live under the storage root at :func:`checkpoint_dir`: scoped to the
+run, so two runs with the same key (one pipeline run twice at once) never share a
+folder, and keyed by the cache key, so a changed stage never continues a stale one.
 """
 
 from __future__ import annotations
@@ -50,3 +54,13 @@ def cache_key(stage: PlannedStage, input_hashes: Mapping[str, str], after: Mappi
     }
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def checkpoint_dir(run_id: str, stage: str, key: str) -> str:
+    """``checkpoints/<run_id>/<stage>/<key[:24]>`` (relative to the storage root): the same for
+    every attempt of the stage in the run (they run one after another, and a retry, a
+    requeue after preemption or ``raypipe resume`` of the run continues from the last
+    checkpoint), never shared with another run."""
+    if run_id in (".", "..") or "/" in run_id or "/" in stage:
+        raise ValueError(f"run {run_id!r}, stage {stage!r}: not usable as folder names")
+    return f"checkpoints/{run_id}/{stage}/{key[:24]}"

@@ -28,7 +28,7 @@ from raypipe.store.metadata import MetadataStore, open_existing, pid_alive, reso
 EventHook = Callable[[StageEvent], None]
 StartHook = Callable[[str, Plan], None]
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+_RUN_ID = re.compile(r"^(?!\.)[A-Za-z0-9_.-]{1,200}$")  # a folder name too (checkpoints/<run id>/)
 
 
 def metadata_url(cfg: PipelineConfig, db: str | None = None) -> str:
@@ -121,7 +121,7 @@ def start_run(
     """Run a planned pipeline to the end (see :func:`raypipe.run`); ``after_success``: hooks
     per stage kind (:class:`~raypipe.runner.executor.Executor`)."""
     if run_id is not None and not _RUN_ID.match(run_id):
-        raise RaypipeError(f"run id {run_id!r}: use letters, digits, '_', '.' and '-' (at most 200)")
+        raise RaypipeError(f"run id {run_id!r}: use letters, digits, '_', '.' and '-' (at most 200; not starting with '.')")
     cfg = plan.config
     check_job_paths(cfg, db)
     root = resolve_root(cfg.storage)

@@ -17,7 +17,7 @@ from typing import Any
 from raypipe import failures
 from raypipe.exceptions import RunStopped, StagePreempted
 from raypipe.runner.backend import ExecutorBackend, GrantScheduler, Handle, StageTask, TaskFailed
-from raypipe.runner.cache import cache_key
+from raypipe.runner.cache import cache_key, checkpoint_dir
 from raypipe.runner.events import RunResult, StageEvent, request_stop, short_error, take_stop_request
 from raypipe.runner.plan import Plan, PlannedStage
 from raypipe.runner.states import BLOCKING_STATES, DONE_STATES, RunStatus, StageEventKind, StageStatus
@@ -240,7 +240,7 @@ class Executor:
             "inputs": {k: v.to_dict() for k, v in att.inputs.items()},
             "resources": res.to_dict(),
             "job_id": att.job_id,
-            "checkpoint_dir": self.artifacts.uri_of(f"checkpoints/{att.stage}/{att.key[:24]}"),
+            "checkpoint_dir": self.artifacts.uri_of(checkpoint_dir(self.run_id, att.stage, att.key)),
             "gang_size": ps.spec.gang_size,
             "grant_nodes": list(grant["nodes"]) if grant is not None and grant.get("grant") == "ledger" else None,
         }

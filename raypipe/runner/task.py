@@ -10,6 +10,7 @@ from raypipe.runner.stage_log import capture
 from raypipe.secrets import resolve_secrets
 from raypipe.stages.base import StageContext, StageKind
 from raypipe.stages.registry import get_stage_kind
+from raypipe.store import claims
 from raypipe.store.artifacts import ArtifactRef, ArtifactStore
 
 
@@ -47,7 +48,8 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
     )
     header = f"stage {ctx.stage} attempt {ctx.attempt} of run {ctx.run_id} ({payload['kind']})"
     try:
-        with capture(ctx.log_path, header), kind.session(ctx):
+        # the stage's log file; who claims what it writes (raypipe.store.claims)
+        with capture(ctx.log_path, header), claims.owner(ctx.run_id, ctx.stage, ctx.attempt), kind.session(ctx):
             refs = _run(kind, ctx, store, payload, declared)
     finally:
         ctx.cleanup()

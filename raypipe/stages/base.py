@@ -55,8 +55,9 @@ class StageContext:
     extra: dict[str, Any] = field(default_factory=dict)
     #: The scheduler's job holding this attempt's grant (None without a scheduler).
     job_id: str | None = None
-    #: Where the stage keeps checkpoints: the same for every attempt of a stage with
-    #: the same cache key (also across ``resume``); a local path or a URI.
+    #: Where the stage keeps checkpoints (``checkpoints/<run>/<stage>/<key>``): the same for
+    #: every attempt of the stage in this run (also across ``resume``), never shared with
+    #: another run; a local path or a URI.
     checkpoint_dir: str | None = None
     #: The stored artifacts behind the inputs (name -> ``ArtifactRef``).
     input_refs: dict[str, Any] = field(default_factory=dict)

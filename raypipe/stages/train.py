@@ -19,9 +19,9 @@ scheduler admitted is where the workers run.  Datasets up to 256 MB are read int
 Ray's object store once, so epochs do not re-read files.  ``use_gpu: auto`` trains
 on GPUs when the grant has GPUs and CUDA is present, else on CPU with gloo, with the
 same code.  Checkpoints go to the stage's checkpoint folder (the same for every
-attempt and for ``resume``), so a restarted attempt, and each of Ray Train's
-``max_failures`` restarts after a worker or node dies, continues from the last
-checkpoint.
+attempt of the run and for its ``resume``; another run of the pipeline has its own),
+so a restarted attempt, and each of Ray Train's ``max_failures`` restarts after a
+worker or node dies, continues from the last checkpoint.
 
 Outputs: ``model`` (a model package, :mod:`raypipe.store.models`: the last
 checkpoint's files and what the model expects: features, input schema, classes,

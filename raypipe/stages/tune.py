@@ -60,9 +60,9 @@ then stay on the granted nodes and at most ``gang_size`` run at once, but their
 spread over those nodes is Ray's.)
 
 Resuming.  The sweep lives in the stage's checkpoint folder (the same for every
-attempt of the stage and for ``raypipe resume``), in a folder named by the grant's
-shape (bundles x resources; a sweep restored with another shape would run with the
-old concurrency).  A new attempt finds it (``Tuner.can_restore``) and continues it with
+attempt of the stage in a run and for ``raypipe resume`` of it; another run of the
+pipeline has its own), in a folder named by the grant's shape (bundles x resources;
+a sweep restored with another shape would run with the old concurrency).  A new attempt finds it (``Tuner.can_restore``) and continues it with
 ``Tuner.restore(resume_errored=True)``: finished trials are not run again, trials
 that were running continue from their last checkpoint, errored ones are retried.
 The sweep's state is saved (and synced to storage) as soon as a trial ends, so a

@@ -5,6 +5,14 @@ Layout under the artifact root::
     datasets/<version>/part-<uuid>.parquet   one file per block
     datasets/<version>/_manifest.json        written last: the dataset exists once it does
     tmp/ds-<uuid>/                           in-flight writes, moved into place when complete
+    claims/datasets-<version>.claim          the writer putting the version in place
+
+Writers are kept apart by a claim (:mod:`raypipe.store.claims`): the parts are written
+to the writer's own staging folder, the version computed, then, holding the version's
+claim, either a finished copy already there is reused (its manifest present and every
+file hashing to it) or the staging folder, manifest included, is renamed into place.  A
+second writer waits for the first and reuses its dataset; no writer deletes a folder
+while another holds its claim, and a crash leaves nothing that has a manifest.
 
 The manifest lists every file with its SHA-256 (hashed as the file is written), and
 reading checks each file's bytes against it in the task that reads the file (a
@@ -34,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from raypipe.exceptions import DataError, StorageError
-from raypipe.store import integrity
+from raypipe.store import claims, integrity
 from raypipe.store.dataset_hash import DISTINCT_SAMPLE, content_digest, dataset_version, schema_text
 from raypipe.store.objects import ArtifactRef, ObjectStore, is_local
 
@@ -145,35 +153,27 @@ class StagedDataset:
         final = f"datasets/{version}"
         files = sorted((s["file"], int(s["rows"]), int(s["bytes"]), s.get("sha256") or "") for s in parts if s["file"])
         size = sum(f[2] for f in files) if sources is None else sum(int(f["size"]) for f in sources)
-        existing = _stored_manifest(store, final)
-        if existing is None or "sources" in existing:  # an in-place manifest is rewritten: latest sources
-            manifest: dict[str, Any] = {
-                "version": version,
-                "rows": rows,
-                "bytes": size,
-                "columns": {f.name: str(f.type) for f in arrow_schema},
-                "arrow_schema": arrow_schema.serialize().to_pybytes().hex(),
-                "files": [{"name": n, "rows": r, "bytes": b, "sha256": h} for n, r, b, h in files],
-            }
-            if sources is not None:
-                manifest["sources"] = sources
-                store.fs.create_dir(store._path(final), recursive=True)
-            else:
-                _move_into_place(store, self.staging or "", final, [f[0] for f in files])
-            with store.fs.open_output_stream(store._path(f"{final}/{MANIFEST}")) as f:
-                f.write(json.dumps(manifest, indent=1).encode())
-        return ArtifactRef(
-            uri=store.uri_of(final),
-            sha256=version,
-            size=size,
-            format=DATASET_FORMAT,
-            schema={
-                "columns": {f.name: str(f.type) for f in arrow_schema},
-                "num_rows": rows,
-                "files": len(files) if sources is None else len(sources),
-                **({"in_place": True} if sources is not None else {}),
-            },
-        )
+        manifest: dict[str, Any] = {
+            "version": version,
+            "rows": rows,
+            "bytes": size,
+            "columns": {f.name: str(f.type) for f in arrow_schema},
+            "arrow_schema": arrow_schema.serialize().to_pybytes().hex(),
+            "files": [{"name": n, "rows": r, "bytes": b, "sha256": h} for n, r, b, h in files],
+            **({"sources": sources} if sources is not None else {}),
+        }
+        label = f"{what}: dataset {version[:12]}"
+        try:
+            stored = _finished(store, final, manifest)
+            if stored is None:  # claim-then-write (raypipe.store.claims)
+                with claims.claim(store.fs, store._base, f"datasets-{version}", label) as held:
+                    stored = _finished(store, final, manifest)  # another writer finished it meanwhile
+                    if stored is None:
+                        _publish(store, self.staging, final, manifest, held, label)
+                        stored = manifest
+        except (OSError, claims.ClaimError) as e:
+            raise StorageError(f"storage {store.root!r}: cannot store {label}: {e}") from None
+        return _ref_of(store, final, stored)
 
     def discard(self) -> None:
         if self.staging is not None:
@@ -272,22 +272,87 @@ def _stored_manifest(store: ObjectStore, rel_dir: str) -> dict[str, Any] | None:
         return None
 
 
-def _move_into_place(store: ObjectStore, staging: str, final: str, files: list[str]) -> None:
-    """Move the written files from ``staging`` to ``final`` (a rename on local disks)."""
-    src, dst = store._path(staging), store._path(final)
-    try:
-        if store.fs.get_file_info(dst).type == pafs.FileType.Directory:
-            store.fs.delete_dir(dst)  # a crashed earlier write: no manifest, not a dataset
-        store.fs.create_dir(store._path("datasets"), recursive=True)
+def _ref_of(store: ObjectStore, final: str, manifest: Mapping[str, Any]) -> ArtifactRef:
+    in_place = "sources" in manifest
+    return ArtifactRef(
+        uri=store.uri_of(final),
+        sha256=manifest["version"],
+        size=int(manifest["bytes"]),
+        format=DATASET_FORMAT,
+        schema={
+            "columns": dict(manifest["columns"]),
+            "num_rows": int(manifest["rows"]),
+            "files": len(manifest["sources"]) if in_place else len(manifest["files"]),
+            **({"in_place": True} if in_place else {}),
+        },
+    )
+
+
+def _finished(store: ObjectStore, final: str, ours: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The manifest of the finished dataset at ``final`` that a writer of ``ours`` (a manifest
+    of the same version) reuses instead of writing it again, or None: nothing finished there
+    (no manifest: being written, or a crashed write), a copy whose files are missing or do not
+    hash to the manifest's SHA-256s, or an in-place dataset that ``ours`` replaces (a copy,
+    or other source files)."""
+    existing = _stored_manifest(store, final)
+    if existing is None or existing.get("version") != ours["version"]:
+        return None
+    if "sources" in existing:
+        same = "sources" in ours and existing["sources"] == ours["sources"]
+        return existing if same and not changed_sources(existing) else None
+    return existing if _verified(store, final, existing) else None
+
+
+def _verified(store: ObjectStore, final: str, manifest: Mapping[str, Any]) -> bool:
+    """Every file of the manifest is there and hashes to its SHA-256 (local files: hashed
+    once per process while unchanged).  A manifest without hashes is not verified."""
+    for f in manifest.get("files") or []:
+        path = store._path(f"{final}/{f['name']}")
+        info = store.fs.get_file_info(path)
+        if not f.get("sha256") or info.type != pafs.FileType.File or info.size != int(f["bytes"]):
+            return False
         if is_local(store.root):
-            store.fs.move(src, dst)
-            store.fs.create_dir(src)  # so the caller's cleanup finds it
+            digest = integrity.file_digest(path)
         else:
-            store.fs.create_dir(dst, recursive=True)
-            for name in files:
-                store.fs.move(f"{src}/{name}", f"{dst}/{name}")
-    except OSError as e:
-        raise StorageError(f"storage {store.root!r}: cannot store dataset: {e}") from None
+            digest = integrity.remote_digest(store.fs, path, f"{store.root}|{path}", info.size, info.mtime_ns)
+        if digest != f["sha256"]:
+            return False
+    return True
+
+
+def _publish(
+    store: ObjectStore, staging: str | None, final: str, manifest: Mapping[str, Any], held: claims.Claim, label: str
+) -> None:
+    """Put the dataset of ``manifest`` (its files in ``staging``) at ``final``, holding its claim.
+
+    Local roots: the manifest goes into the staging folder, which is then renamed to
+    ``final`` in one step, so the folder appears finished or not at all.  What was at
+    ``final`` (unfinished, broken, or an in-place dataset a copy replaces: left by a writer
+    whose claim has ended) is renamed aside first and deleted after.  Object stores: the
+    files (unique names) are moved in, then the manifest, one object, is written last;
+    nothing there is deleted."""
+    body = json.dumps(manifest, indent=1).encode()
+    if claims.is_local_fs(store.fs):
+        folder = staging or f"tmp/ds-{held.token}"  # in place: a folder holding only the manifest
+        store.fs.create_dir(store._path(folder), recursive=True)
+        with store.fs.open_output_stream(store._path(f"{folder}/{MANIFEST}")) as f:
+            f.write(body)
+        store.fs.create_dir(store._path("datasets"), recursive=True)
+        held.check(label)
+        aside = None
+        if store.fs.get_file_info(store._path(final)).type != pafs.FileType.NotFound:
+            aside = f"tmp/replaced-{held.token}"
+            store.fs.move(store._path(final), store._path(aside))
+        store.fs.move(store._path(folder), store._path(final))
+        if aside is not None:
+            _delete_dir(store, aside)
+        return
+    store.fs.create_dir(store._path(final), recursive=True)
+    for f in manifest["files"]:
+        store.fs.move(store._path(f"{staging}/{f['name']}"), store._path(f"{final}/{f['name']}"))
+    held.check(label)
+    with store.fs.open_output_stream(store._path(f"{final}/{MANIFEST}")) as out:
+        out.write(body)
 
 
 def _delete_dir(store: ObjectStore, rel: str) -> None:
@@ -421,13 +486,14 @@ def read_dataset(store: ObjectStore, ref: ArtifactRef, columns: list[str] | None
 
 
 def dataset_exists(store: ObjectStore, ref: ArtifactRef) -> bool:
-    """Stored, with every file of the manifest present at its size (one listing of the
-    folder; the files' hashes are checked when they are read), and (for an in-place
-    dataset) its source files unchanged."""
+    """Stored and finished: its manifest present (a folder without one is being written, or
+    was left by a crash) and of this version, every file of the manifest present at its
+    size (one listing of the folder; the files' hashes are checked when they are read),
+    and (for an in-place dataset) its source files unchanged."""
     try:
         rel = store._rel_of(ref.uri)
         manifest = _stored_manifest(store, rel)
-        if manifest is None or changed_sources(manifest):
+        if manifest is None or manifest.get("version", ref.sha256) != ref.sha256 or changed_sources(manifest):
             return False
         if manifest.get("sources") or not manifest.get("files"):
             return True

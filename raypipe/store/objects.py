@@ -3,11 +3,13 @@
 Layout under the root::
 
     objects/<sha[:2]>/<sha>.<ext>    immutable, named by the SHA-256 of their bytes
-    tmp/<uuid>                       in-flight uploads, moved into place when complete
+    tmp/<token>                      in-flight uploads, moved into place when complete
+    claims/objects-<sha>.<ext>.claim the writer of an object (raypipe.store.claims)
 
 A value is serialized to a local temporary file, hashed, then uploaded and moved
 into ``objects/`` in one step, so a reader never sees a half-written object and a
-crash leaves at most an orphan in ``tmp/``.
+crash leaves at most an orphan in ``tmp/``.  The upload happens under the object's
+claim: a second writer of the same object waits for the first and reuses its object.
 
 Reads are verified: :meth:`ObjectStore.local_path` and :meth:`ObjectStore.get_value`
 hash the object's bytes (:mod:`raypipe.store.integrity`: once per process while the
@@ -35,7 +37,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from raypipe.exceptions import PickleRefused, StorageError
-from raypipe.store import integrity
+from raypipe.store import claims, integrity
 from raypipe.store.integrity import sha256_file
 from raypipe.store.models import ModelPackage
 
@@ -418,26 +420,40 @@ class ObjectStore:
         size = os.path.getsize(local)
         rel = f"objects/{digest[:2]}/{digest}.{ext}"
         final = self._path(rel)
-        tmp = None
+        ref = ArtifactRef(uri=self.uri_of(rel), sha256=digest, size=size, format=fmt, schema=schema)
         try:
-            if not self._holds(final, size, digest):
-                tmp = self._path(f"tmp/{uuid.uuid4().hex}")
-                self.fs.create_dir(self._path("tmp"), recursive=True)
-                self.fs.create_dir(self._path(f"objects/{digest[:2]}"), recursive=True)
-                with open(local, "rb") as src, self.fs.open_output_stream(tmp) as dst:
-                    while chunk := src.read(_CHUNK):
-                        dst.write(chunk)
-                self.fs.move(tmp, final)
-                if is_local(self.root):
-                    integrity.remember(final, digest)
-        except OSError as e:
-            if tmp is not None:  # a half-written upload never stays behind
+            if self._holds(final, size, digest):  # stored already, verified: reused
+                return ref
+            # Claim-then-write (raypipe.store.claims): a second writer of the object waits for
+            # the first, then finds it stored and reuses it.
+            with claims.claim(self.fs, self._base, f"objects-{digest}.{ext}", f"artifact {digest[:12]}") as held:
+                if not self._holds(final, size, digest):
+                    self._upload(local, final, held)
+                    if is_local(self.root):
+                        integrity.remember(final, digest)
+        except (OSError, claims.ClaimError) as e:
+            raise StorageError(f"storage {self.root!r}: cannot write artifact: {e}") from None
+        return ref
+
+    def _upload(self, local: str, final: str, held: claims.Claim) -> None:
+        """Copy ``local`` to ``tmp/<claim token>``, then move it to ``final`` (one rename on a
+        local root) while the claim is held; a half-written upload never stays behind."""
+        tmp: str | None = self._path(f"tmp/{held.token}")
+        try:
+            self.fs.create_dir(self._path("tmp"), recursive=True)
+            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            with open(local, "rb") as src, self.fs.open_output_stream(tmp) as dst:
+                while chunk := src.read(_CHUNK):
+                    dst.write(chunk)
+            held.check(f"artifact {os.path.basename(final)[:12]}")
+            self.fs.move(tmp, final)
+            tmp = None
+        finally:
+            if tmp is not None:
                 try:
                     self.fs.delete_file(tmp)
                 except OSError:
                     pass
-            raise StorageError(f"storage {self.root!r}: cannot write artifact: {e}") from None
-        return ArtifactRef(uri=self.uri_of(rel), sha256=digest, size=size, format=fmt, schema=schema)
 
     # -- read
     def _holds(self, path: str, size: int, digest: str) -> bool:

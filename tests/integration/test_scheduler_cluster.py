@@ -452,7 +452,7 @@ def test_node_removed_during_training_resumes_from_its_checkpoint(
     )
 
     def reported_epochs() -> list[int]:
-        rows = [line for h in store.glob("checkpoints/fit/*/history.jsonl") for line in h.read_text().splitlines()]
+        rows = [line for h in store.glob("checkpoints/*/fit/*/history.jsonl") for line in h.read_text().splitlines()]
         return [json.loads(line)["epoch"] for line in rows if line.strip()]
 
     res, epochs_before = remove_node_during(

@@ -81,7 +81,7 @@ def _train_worker_pids() -> list[int]:
 def _kill_a_worker_after_epoch(store: Path, epoch: int, killed: list[int], stop: threading.Event) -> None:
     """Once the history shows ``epoch`` reported, SIGKILL one Ray Train worker process."""
     while not stop.is_set():
-        for hist in store.glob("checkpoints/fit/*/history.jsonl"):
+        for hist in store.glob("checkpoints/*/fit/*/history.jsonl"):
             rows = [json.loads(line) for line in hist.read_text().splitlines() if line.strip()]
             if any(r["epoch"] >= epoch for r in rows):
                 workers = _train_worker_pids()
