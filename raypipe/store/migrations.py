@@ -199,6 +199,15 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX IF NOT EXISTS audit_target ON audit(target, id)",
         ),
     ),
+    Migration(
+        3,
+        "table platform_configs (the admins' platform config: users, teams, scheduler; versioned); audit by time",
+        (
+            "CREATE TABLE IF NOT EXISTS platform_configs (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL, "
+            "actor TEXT, config_json TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS audit_at ON audit(at, id)",
+        ),
+    ),
 ]
 
 #: Set to ``0`` (or ``false``, ``no``, ``off``) to refuse an older store until ``raypipe db upgrade``.
