@@ -41,6 +41,7 @@ MODELS: list[tuple[str, str, str]] = [
     ("pipeline", "Pipeline file", "raypipe.config.schema:PipelineConfig"),
     ("pipeline", "Stage", "raypipe.config.schema:StageConfig"),
     ("pipeline", "Scheduler section", "raypipe.config.schema:SchedulerConfig"),
+    ("platform", "Platform config (`raypipe admin apply FILE`)", "raypipe.config.platform:PlatformConfig"),
     ("serving", "Served app (`raypipe serve deploy FILE`, a deploy stage's params)", "raypipe.serving.spec:ServeSpec"),
     ("serving", "Closed loop (`retrain:`)", "raypipe.serving.spec:RetrainSpec"),
     ("rollout", "Rollout file (`rollout:`)", "raypipe.serving.rollout.settings:RolloutSpec"),

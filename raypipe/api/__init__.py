@@ -1,6 +1,16 @@
 """Public entry points: load, validate, run and resume pipelines; read the record of runs and
-the model registry; deploy and operate served apps (A/B reports, rollouts, monitors, loops)."""
+the model registry; deploy and operate served apps (A/B reports, rollouts, monitors, loops);
+the platform: identities, the admins' platform config, the audit log, people's operations on jobs."""
 
+from raypipe.api.admin import (
+    admin_apply,
+    admin_history,
+    admin_show,
+    audit,
+    mint_token,
+    queue_action,
+    whoami,
+)
 from raypipe.api.pipelines import ConfigLike, EventHook, load, metadata_url, open_metadata, resume, run, validate
 from raypipe.api.records import (
     ModelDetail,
@@ -42,6 +52,10 @@ __all__ = [
     "RunDetail",
     "RunFailures",
     "ab_report",
+    "admin_apply",
+    "admin_history",
+    "admin_show",
+    "audit",
     "bench_scheduling",
     "check_job_paths",
     "db_status",
@@ -55,8 +69,10 @@ __all__ = [
     "loop_status",
     "loop_stop",
     "metadata_url",
+    "mint_token",
     "monitor_status",
     "open_metadata",
+    "queue_action",
     "read_artifact",
     "resume",
     "rollout_abort",
@@ -73,4 +89,5 @@ __all__ = [
     "show_run",
     "split",
     "validate",
+    "whoami",
 ]

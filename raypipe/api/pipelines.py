@@ -7,7 +7,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from raypipe import identity
 from raypipe.config import ConfigSource, PipelineConfig, parse_config, read_config
+from raypipe.config.platform import is_platform_document
 from raypipe.exceptions import ConfigError, RaypipeError
 from raypipe.loop.arming import AFTER_SUCCESS
 from raypipe.loop.cut import retraining_pipeline
@@ -20,6 +24,7 @@ from raypipe.store.metadata import (
     MetadataStore,
     open_existing,
 )
+from raypipe.store.platform import PlatformStore
 
 ConfigLike = str | os.PathLike[str] | PipelineConfig
 EventHook = Callable[[StageEvent], None]
@@ -37,6 +42,10 @@ def load(config: ConfigLike, overrides: Sequence[str] = ()) -> Plan:
     if is_rollout_file(config):
         raise RaypipeError(
             f"{config}: a rollout spec, not a pipeline; start it with: raypipe rollout start APP --config {config}"
+        )
+    if is_platform_file(config):
+        raise RaypipeError(
+            f"{config}: a platform config, not a pipeline; an admin applies it: raypipe admin apply {config}"
         )
     cfg, source = read_config(config, overrides)
     plan = build_plan(cfg, source)
@@ -60,15 +69,52 @@ def _check_loops(plan: Plan, where: str) -> None:
             raise ConfigError(f"{where}: stage {ps.spec.name}: {e}") from None
 
 
-def validate(paths: Sequence[str | os.PathLike[str]]) -> list[Any]:
+def is_platform_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a YAML file holding a platform config (any problem reading it: False,
+    so the pipeline loader reports it)."""
+    try:
+        return is_platform_document(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError, RecursionError):
+        return False
+
+
+def check_platform(plan: Plan, db: str | None = None) -> int | None:
+    """Check a planned pipeline against the platform config of its metadata store as the caller
+    would run it (the checks a run makes before it starts: the scheduler settings a platform
+    owns, known teams, the caller's teams, priority ranges); the platform config version
+    checked against (None: the store has none, or there is no store yet)."""
+    url = driver.metadata_url(plan.config, db)
+    try:
+        meta = open_existing(url)
+    except RaypipeError:
+        return None  # no store yet: nothing to check against
+    try:
+        platform = PlatformStore(meta).latest()
+        identity.check_pipeline(plan.config, platform, identity.resolve(platform), plan.source)
+        return platform.version if platform is not None else None
+    finally:
+        meta.close()
+
+
+def validate(paths: Sequence[str | os.PathLike[str]], *, platform: bool = False, db: str | None = None) -> list[Any]:
     """Validate several files; raise one error listing every file's problems.  A pipeline
-    file gives its Plan, a rollout spec (``rollout:`` at the top) its RolloutSpec."""
+    file gives its Plan, a rollout spec (``rollout:`` at the top) its RolloutSpec, a platform
+    config (``kind: platform``) its PlatformConfig.  ``platform``: also check each pipeline
+    against its metadata store's platform config (``db``: that store), as the caller."""
 
     plans: list[Any] = []
     errors = []
     for p in paths:
         try:
-            plans.append(load_rollout_file(p) if is_rollout_file(p) else load(p))
+            if is_rollout_file(p):
+                plans.append(load_rollout_file(p))
+            elif is_platform_file(p):
+                plans.append(identity.load_platform(p))
+            else:
+                plan = load(p)
+                if platform:
+                    check_platform(plan, db)
+                plans.append(plan)
         except RaypipeError as e:
             errors.append(str(e))
     if errors:

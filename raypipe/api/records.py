@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from raypipe import identity
 from raypipe.api.pipelines import open_metadata
 from raypipe.bench.scheduling import run_scheduling_benchmark
 from raypipe.failures import Failure, stage_failures
@@ -155,9 +156,10 @@ def set_model_alias(
     meta = open_metadata(db)
     try:
         reg = ModelRegistry(meta)
-        if remove:
-            return reg.remove_alias(name, alias, reason=reason, version=version)
-        return reg.set_alias(name, version, alias, reason=reason)
+        with identity.acting_for(meta):  # the move is audited with the caller's name
+            if remove:
+                return reg.remove_alias(name, alias, reason=reason, version=version)
+            return reg.set_alias(name, version, alias, reason=reason)
     finally:
         meta.close()
 

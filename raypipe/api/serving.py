@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from raypipe import identity
+from raypipe.api.admin import _metadata_or_none, acting, acting_in
 from raypipe.api.pipelines import load, metadata_url, open_metadata
 from raypipe.exceptions import RaypipeError
 from raypipe.loop import arming
@@ -21,9 +23,7 @@ from raypipe.serving.rollout import ops as rollout_ops
 from raypipe.serving.rollout.settings import build_spec, load_rollout_file
 from raypipe.serving.spec import ServeSpec, load_spec, read_yaml
 from raypipe.store.artifacts import resolve_root
-from raypipe.store.metadata import (
-    MetadataStore,
-)
+from raypipe.store.metadata import MetadataStore, resolve_db
 from raypipe.store.rollouts import LoopStore
 
 # --------------------------------------------------------------------------- A/B reports and canary rollouts
@@ -33,15 +33,6 @@ def _serve_session(address: str | None) -> None:
     """Join the running cluster whose Serve apps are asked (flag, $RAY_ADDRESS, or ``ray start``'s)."""
 
     connect_existing(address)
-
-
-def _metadata_or_none(db: str | None) -> MetadataStore | None:
-    try:
-        return open_metadata(db)
-    except RaypipeError:
-        if db:
-            raise
-        return None
 
 
 def ab_report(
@@ -100,13 +91,11 @@ def rollout_spec(
 
 
 def rollout_start(spec: Any, *, db: str | None = None, address: str | None = None) -> dict[str, Any]:
-    """Start a canary rollout (a detached controller actor: it goes on without this driver)."""
-    meta = open_metadata(db)
-    try:
+    """Start a canary rollout (a detached controller actor: it goes on without this driver; it
+    acts for the caller)."""
+    with acting_in(db) as meta:
         _serve_session(address)
         return rollout_ops.rollout_start(spec, meta)
-    finally:
-        meta.close()
 
 
 def rollout_status(app: str, *, db: str | None = None, address: str | None = None) -> dict[str, Any]:
@@ -125,12 +114,9 @@ def rollout_status(app: str, *, db: str | None = None, address: str | None = Non
 
 def rollout_abort(app: str, *, reason: str = "", db: str | None = None, address: str | None = None) -> dict[str, Any]:
     """Stop the app's rollout: candidate weight 0, an ``aborted`` event."""
-    meta = open_metadata(db)
-    try:
+    with acting_in(db) as meta:
         _serve_session(address)
         return rollout_ops.rollout_abort(app, meta, reason)
-    finally:
-        meta.close()
 
 
 # --------------------------------------------------------------------------- drift monitoring
@@ -175,17 +161,14 @@ def loop_stop(app: str, *, db: str | None = None, address: str | None = None) ->
     """Disarm the app's closed loop and stop a retraining run in flight (its driver records it
     ``stopped``); the stop is recorded in the loop's timeline in the metadata store."""
 
-    connect_existing(address)
-    if not stop_loop(app):
-        raise RaypipeError(f"app {app!r} has no closed loop running")
-    try:
-        meta = open_metadata(db)
-    except RaypipeError:
-        return True  # no store to record it in: the loop is stopped all the same
-    try:
-        LoopStore(meta).record(app, LOOP_SERIES, "stopped", {"by": "raypipe loop stop"})
-    finally:
-        meta.close()
+    with acting(db) as (meta, who):
+        connect_existing(address)
+        if not stop_loop(app):
+            raise RaypipeError(f"app {app!r} has no closed loop running")
+        if meta is None:
+            return True  # no store to record it in: the loop is stopped all the same
+        LoopStore(meta).record(app, LOOP_SERIES, "stopped", {"by": "raypipe loop stop", "actor": who.name})
+        meta.record_audit("loop.stop", app)
     return True
 
 
@@ -226,15 +209,27 @@ def deploy(source: str | os.PathLike[str], *, db: str | None = None, address: st
     else:
         specs = [load_spec(source)]
         pipeline = None
-    _connect_serving(address)
-    return [arming.deploy(spec, db=db, pipeline=pipeline) for spec in specs]
+    meta = MetadataStore(resolve_db(db))
+    try:
+        with identity.acting_for(meta):  # who deploys (before Ray): the loop it arms acts for them
+            _connect_serving(address)
+            return [arming.deploy(spec, db=db, pipeline=pipeline) for spec in specs]
+    finally:
+        meta.close()
 
 
-def split(app: str, weights: Mapping[str, float] | Sequence[str], *, address: str | None = None) -> AppStatus:
-    """Change a served app's traffic split live (``["v3=50", "v4=50"]`` or ``{"v3": 50, ...}``)."""
+def split(
+    app: str, weights: Mapping[str, float] | Sequence[str], *, address: str | None = None, db: str | None = None
+) -> AppStatus:
+    """Change a served app's traffic split live (``["v3=50", "v4=50"]`` or ``{"v3": 50, ...}``);
+    audited ``serve.split`` in the metadata store (``db``), when there is one."""
 
-    _connect_serving(address)
-    return serving.set_weights(app, weights)
+    with acting(db) as (meta, _):
+        _connect_serving(address)
+        st = serving.set_weights(app, weights)
+        if meta is not None:
+            meta.record_audit("serve.split", app, {"weights": dict(st.weights)})
+        return st
 
 
 def serve_status(app: str | None = None, *, address: str | None = None) -> list[AppStatus]:

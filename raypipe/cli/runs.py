@@ -32,6 +32,7 @@ from raypipe.cli.render import (
     steps_text,
     ts,
 )
+from raypipe.config.platform import PlatformConfig
 from raypipe.exceptions import RaypipeError
 from raypipe.failures import next_step, strip_ansi
 from raypipe.runner.driver import stop_on_sigterm
@@ -177,12 +178,34 @@ def resume_cmd(
 def validated_doc(file: str, p: Any) -> dict[str, Any]:
     if isinstance(p, Plan):
         return {"file": file, "ok": True, "kind": "pipeline", "pipeline": p.config.name, "stages": list(p.order)}
+    if isinstance(p, PlatformConfig):
+        return {"file": file, "ok": True, "kind": "platform", "users": sorted(p.users), "teams": p.team_names()}
     return {"file": file, "ok": True, "kind": "rollout", "app": p.app, "candidate": p.candidate, "steps": p.steps}
+
+
+def validated_text(file: str, p: Any) -> str:
+    if isinstance(p, Plan):
+        return f"[green]ok[/] {escape(file)}: pipeline {p.config.name}, {len(p.order)} stages"
+    if isinstance(p, PlatformConfig):
+        return f"[green]ok[/] {escape(file)}: platform config, {len(p.users)} users, teams {', '.join(p.team_names())}"
+    return f"[green]ok[/] {escape(file)}: rollout of app {p.app}, candidate {p.candidate}, steps {steps_text(p.steps)}"
 
 
 @app.command("validate")
 def validate_cmd(
-    files: Annotated[list[str], typer.Argument(metavar="FILE", help="Pipeline (or rollout) YAML files.")],
+    files: Annotated[
+        list[str], typer.Argument(metavar="FILE", help="Pipeline (or rollout, or platform config) YAML files.")
+    ],
+    platform: Annotated[
+        bool,
+        typer.Option(
+            "--platform",
+            metavar="",
+            help="Also check each pipeline against its metadata store's platform config as you would run it "
+            "(scheduler settings, teams, priorities).",
+        ),
+    ] = False,
+    db: PipelineDbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check pipeline files (schema, graph, stage kinds, functions) without starting Ray."""
@@ -191,7 +214,7 @@ def validate_cmd(
         docs = []
         for f in files:  # each file on its own, so the document says which failed and why
             try:
-                docs.append(validated_doc(f, api.validate([f])[0]))
+                docs.append(validated_doc(f, api.validate([f], platform=platform, db=db)[0]))
             except RaypipeError as e:
                 docs.append({"file": f, "ok": False, "error": str(e)})
         ok = all(d["ok"] for d in docs)
@@ -199,15 +222,9 @@ def validate_cmd(
         if not ok:
             raise typer.Exit(EXIT_USER_ERROR)
         return
-    plans = guard(lambda: api.validate(files))
+    plans = guard(lambda: api.validate(files, platform=platform, db=db))
     for f, p in zip(files, plans, strict=True):
-        if not isinstance(p, Plan):  # a rollout spec
-            console.print(
-                f"[green]ok[/] {f}: rollout of app {p.app}, candidate {p.candidate}, steps {steps_text(p.steps)}",
-                soft_wrap=True,
-            )
-            continue
-        console.print(f"[green]ok[/] {f}: pipeline {p.config.name}, {len(p.order)} stages")
+        console.print(validated_text(f, p), soft_wrap=True)
 
 
 def find_runs(db: str | None, limit: int, pipeline: str | None, state: str | None) -> list[Any]:

@@ -55,10 +55,11 @@ def split_cmd(
     app_name: AppArg,
     weights: Annotated[list[str], typer.Argument(metavar="VARIANT=WEIGHT", help="e.g. v3=50 v4=50 (sum 100).")],
     address: AddressOpt = None,
+    db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change a served app's traffic split live (no request is dropped)."""
-    st = guard(lambda: api.split(app_name, weights, address=address))
+    """Change a served app's traffic split live (no request is dropped); recorded in the audit log."""
+    st = guard(lambda: api.split(app_name, weights, address=address, db=db))
     if as_json:
         emit_json(st.to_dict(), default=str)
         return

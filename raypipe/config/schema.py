@@ -243,11 +243,19 @@ class SchedulerConfig(StrictModel):
     """raypipe's scheduler: every stage with resources is admitted through it.
 
     ``enabled: false`` leaves placement to Ray alone (no queue, quotas or
-    preemption).  The controller is shared by every pipeline on a cluster; the
-    settings of the last pipeline that sets this section apply.
+    preemption).  ``team``: the team of the stages that name none (default: ``default``).
+
+    The controller is shared by every pipeline on a cluster.  Without a platform config in
+    the metadata store (a single user), the settings of the last pipeline that sets
+    ``policy``, ``policy_args``, ``teams``, ``lease_s`` or ``autoscaler`` apply.  With one
+    (``raypipe admin apply``), those belong to its admins: a pipeline setting any of them is
+    refused, and may choose only ``enabled``, ``team`` and its stages' ``team`` and ``priority``.
     """
 
     enabled: bool = True
+    #: The team of every stage that names none (default: `default`). With a platform config, a
+    #: team you belong to.
+    team: Annotated[str, Field(pattern=_NAME_RE, max_length=128)] | None = None
     policy: str = "fifo"
     policy_args: dict[str, Any] = Field(default_factory=dict)
     teams: dict[str, TeamConfig] = Field(default_factory=dict)
@@ -294,6 +302,16 @@ class PipelineConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     stages: Annotated[list[StageConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _default_team(self) -> PipelineConfig:
+        """``scheduler.team`` is the team of every stage that names none."""
+        if self.scheduler.team is not None:
+            for st in self.stages:
+                if "team" not in st.model_fields_set:
+                    st.team = self.scheduler.team
+                    st.model_fields_set.add("team")
+        return self
 
     @field_validator("storage")
     @classmethod

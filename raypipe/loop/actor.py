@@ -33,6 +33,7 @@ from raypipe.loop.cut import register_stage, retraining_pipeline
 from raypipe.loop.launch import resume_args, retraining_yaml, run_args, runner_command, runner_env
 from raypipe.loop.reference import attach_monitor
 from raypipe.monitoring.monitor import get_monitor
+from raypipe.principal import Principal, set_process_principal
 from raypipe.secrets import actor_url
 from raypipe.serving import app as serve_app
 from raypipe.serving.rollout.ops import rollout_start, rollout_status
@@ -85,6 +86,10 @@ class LoopController:
         )
         self.workdir = config["workdir"]
         self.loopdir = Path(config["loopdir"])
+        #: Who armed the loop: its retraining runs, rollouts and records act for them.
+        self.actor: str | None = config.get("actor")
+        if self.actor:
+            set_process_principal(Principal(self.actor, source="delegated"))
         self.meta = MetadataStore(actor_url(config["db"], os.environ))
         self.registry = ModelRegistry(self.meta)
         self.store = LoopStore(self.meta)
@@ -159,11 +164,11 @@ class LoopController:
         path = self.loopdir / f"{cycle_id}.yaml"
         path.write_text(retraining_yaml(doc, app=self.app, cycle_id=cycle_id, drift=drift), encoding="utf-8")
         run_id = f"{doc['name']}-retrain-{cycle_id}"[:200]
-        self._launch(run_id, run_args(str(path), run_id))
+        self._launch(run_id, run_args(str(path), run_id, self.actor))
         return run_id
 
     def _resume_run(self, run_id: str) -> None:
-        self._launch(run_id, resume_args(run_id))
+        self._launch(run_id, resume_args(run_id, self.actor))
 
     def _run_state(self, run_id: str) -> dict[str, Any]:
         proc = self.procs.get(run_id)

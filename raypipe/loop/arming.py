@@ -25,7 +25,7 @@ from raypipe.serving.spec import ServeSpec
 from raypipe.stages.base import CommitContext, StageKind
 from raypipe.stages.deploy import DeployStage
 from raypipe.store.artifacts import resolve_root
-from raypipe.store.metadata import MetadataStore, resolve_db
+from raypipe.store.metadata import MetadataStore, current_actor, resolve_db
 from raypipe.store.registry import ModelRegistry
 from raypipe.store.rollouts import LoopStore
 
@@ -40,7 +40,8 @@ def start_loop(
     if spec.retrain is None or spec.monitor is None:
         raise RaypipeError(f"app {spec.app!r}: the loop needs `monitor` and `retrain` in its spec")
     doc = retraining_pipeline(pipeline, spec.retrain, spec.app, spec.model)  # errors here, on the caller
-    config = loop_config(spec, pipeline, db=db, storage=storage, workdir=workdir or os.getcwd())
+    actor = current_actor()
+    config = loop_config(spec, pipeline, db=db, storage=storage, workdir=workdir or os.getcwd(), actor=actor)
     old = find_loop(spec.app)
     if old is not None and read_config(spec.app) != config:
         stop_loop(spec.app, forget=False)
@@ -50,12 +51,9 @@ def start_loop(
         return old
     meta = MetadataStore(db)
     try:
-        LoopStore(meta).record(
-            spec.app,
-            LOOP_SERIES,
-            "armed",
-            {"retraining_stages": [s["name"] for s in doc["stages"]], "priority": spec.retrain.priority},
-        )
+        detail = {"retraining_stages": [s["name"] for s in doc["stages"]], "priority": spec.retrain.priority}
+        LoopStore(meta).record(spec.app, LOOP_SERIES, "armed", detail)
+        meta.record_audit("loop.start", spec.app, detail, actor)
     finally:
         meta.close()
     env = actor_env(db)  # a password written as it is: in the actor's environment, not in the KV

@@ -24,29 +24,37 @@ from raypipe.secrets import DB_ENV, redact
 from raypipe.serving.spec import ServeSpec
 
 
-def loop_config(spec: ServeSpec, pipeline: Mapping[str, Any], *, db: str, storage: str, workdir: str) -> dict[str, Any]:
+def loop_config(
+    spec: ServeSpec, pipeline: Mapping[str, Any], *, db: str, storage: str, workdir: str, actor: str | None = None
+) -> dict[str, Any]:
     """The loop's configuration as Ray's KV keeps it (JSON values): the serve spec, the
-    pipeline it retrains with, the metadata store, the working directory and the loop's
-    folder; a password written as it is redacted out of the store's URL and the pipeline's."""
+    pipeline it retrains with, the metadata store, the working directory, the loop's folder
+    and who armed it (its retraining runs and rollouts act for them); a password written as it
+    is redacted out of the store's URL and the pipeline's."""
     config = {
         "spec": spec.model_dump(mode="json"),
         "pipeline": redacted_pipeline(pipeline),
         "db": redact(db),
         "workdir": os.path.abspath(workdir),
         "loopdir": os.path.join(storage, "loops", spec.app),
+        "actor": actor,
     }
     out: dict[str, Any] = json.loads(json.dumps(config, default=str))
     return out
 
 
-def run_args(pipeline_file: str, run_id: str) -> list[str]:
-    """The runner's arguments for a retraining run."""
-    return ["run", pipeline_file, "--run-id", run_id]
+def _for(actor: str | None) -> list[str]:
+    return ["--on-behalf-of", actor] if actor else []
 
 
-def resume_args(run_id: str) -> list[str]:
+def run_args(pipeline_file: str, run_id: str, actor: str | None = None) -> list[str]:
+    """The runner's arguments for a retraining run, acting for ``actor`` (who armed the loop)."""
+    return ["run", pipeline_file, "--run-id", run_id, *_for(actor)]
+
+
+def resume_args(run_id: str, actor: str | None = None) -> list[str]:
     """The runner's arguments to resume a run (its store: ``$RAYPIPE_DB``, :func:`runner_env`)."""
-    return ["resume", run_id]
+    return ["resume", run_id, *_for(actor)]
 
 
 def runner_command(python: str, args: Sequence[str], address: str) -> list[str]:

@@ -5,7 +5,12 @@ process, as the closed loop launches its retraining runs::
     python -m raypipe.runner resume RUN_ID [--db URL] [--address ADDR]
 
 It prints one line per stage event and the run's end; exit 0 when the run succeeded, 1 when
-it failed, 2 on a configuration error, 143 when SIGTERM stopped it (recorded ``stopped``)."""
+it failed, 2 on a configuration error, 143 when SIGTERM stopped it (recorded ``stopped``).
+
+The run acts as the caller's principal (:mod:`raypipe.identity`), or with ``--on-behalf-of
+USER`` as that user of the platform config: the closed loop's retraining runs act for whoever
+armed the loop.  That option trusts its caller, as the metadata store it writes does (see
+docs/security.md): it is for processes inside the platform's trust boundary."""
 
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     for q in (run, resume):
         q.add_argument("--db", metavar="URL")
         q.add_argument("--address", metavar="ADDR")
+        q.add_argument("--on-behalf-of", metavar="USER", dest="on_behalf_of")
     return p
 
 
@@ -63,9 +69,16 @@ def main(argv: list[str] | None = None) -> int:
                     on_start=lambda run_id, _: log.info("run %s started", run_id),
                     run_id=args.run_id,
                     db=args.db,
+                    on_behalf_of=args.on_behalf_of,
                 )
             else:
-                result = resume_run(args.run_id, db=args.db, address=args.address, on_event=_print_event)
+                result = resume_run(
+                    args.run_id,
+                    db=args.db,
+                    address=args.address,
+                    on_event=_print_event,
+                    on_behalf_of=args.on_behalf_of,
+                )
     except RunStopped as e:
         log.info("stopped: %s", e)
         return 143

@@ -14,16 +14,19 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from raypipe import identity
 from raypipe.config import ConfigSource, PipelineConfig, parse_config
 from raypipe.exceptions import RaypipeError
 from raypipe.failures import stage_failures
+from raypipe.principal import Principal, acting_as
 from raypipe.runner.executor import AfterSuccess, Executor, RunResult, StageEvent, request_stop
 from raypipe.runner.plan import Plan, build_plan
 from raypipe.runner.ray_session import check_storage_shared, ensure_ray
-from raypipe.scheduler.client import SchedulerClient, get_controller
+from raypipe.scheduler.client import SchedulerClient, configure_controller, get_controller, platform_version
 from raypipe.secrets import redact, resolve_secrets
 from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root
 from raypipe.store.metadata import MetadataStore, open_existing, pid_alive, resolve_db
+from raypipe.store.platform import PlatformStore, StoredPlatform
 
 EventHook = Callable[[StageEvent], None]
 StartHook = Callable[[str, Plan], None]
@@ -90,8 +93,50 @@ def _with_failures(result: RunResult, meta: MetadataStore) -> RunResult:
     return result
 
 
+def _principal(meta: MetadataStore, on_behalf_of: str | None) -> tuple[StoredPlatform | None, Principal]:
+    """The platform config in force in ``meta`` and the run's principal: the caller's
+    (:func:`raypipe.identity.resolve`), or ``on_behalf_of``'s (a closed loop's retraining run)."""
+    platform = PlatformStore(meta).latest()
+    if on_behalf_of:
+        return platform, identity.delegated(platform, on_behalf_of)
+    return platform, identity.resolve(platform)
+
+
+def scheduler_client(
+    cfg: PipelineConfig, platform: StoredPlatform | None, who: Principal, run_id: str
+) -> SchedulerClient:
+    """The run's view of the cluster's scheduler.  With a platform config, the controller gets
+    its settings (ignored if it follows that version or a newer one already); without one, the
+    pipeline's ``scheduler:`` section as before, unless the controller follows a platform
+    config: then this store is not the platform's, and the run is refused."""
+    handle = get_controller()
+    if platform is not None:
+        configure_controller(handle, platform.settings())
+    else:
+        current = platform_version(handle)
+        if current is not None:
+            raise RaypipeError(
+                f"the scheduler of this Ray cluster follows an admin's platform config (version {current}), and "
+                "this run's metadata store has none: run it with the platform's metadata store (--db or "
+                "$RAYPIPE_DB), so its teams and priorities are checked"
+            )
+        if "scheduler" in cfg.model_fields_set:
+            done = configure_controller(handle, cfg.scheduler.settings())
+            if not done["applied"]:
+                raise RaypipeError(
+                    f"the scheduler of this Ray cluster now follows platform config version {done['version']}; "
+                    "run this pipeline with the platform's metadata store (--db or $RAYPIPE_DB)"
+                )
+    return SchedulerClient(handle, owner=run_id, principal=who.name)
+
+
 def _connect_or_fail(
-    meta: MetadataStore, run_id: str, cfg: PipelineConfig, address: str | None
+    meta: MetadataStore,
+    run_id: str,
+    cfg: PipelineConfig,
+    address: str | None,
+    platform: StoredPlatform | None,
+    who: Principal,
 ) -> SchedulerClient | None:
     """Connect to Ray and the scheduler; on failure the run is recorded as failed, not left running."""
     try:
@@ -99,8 +144,7 @@ def _connect_or_fail(
         check_storage_shared(resolve_root(cfg.storage))
         if not cfg.scheduler.enabled:
             return None
-        explicit = "scheduler" in cfg.model_fields_set
-        return SchedulerClient(get_controller(cfg.scheduler.settings() if explicit else None), owner=run_id)
+        return scheduler_client(cfg, platform, who, run_id)
     except BaseException as e:
         meta.finish_run(run_id, "failed", f"cannot start Ray or the scheduler: {e}")
         raise
@@ -117,9 +161,12 @@ def start_run(
     run_id: str | None = None,
     db: str | None = None,
     after_success: Mapping[str, AfterSuccess] | None = None,
+    on_behalf_of: str | None = None,
 ) -> RunResult:
     """Run a planned pipeline to the end (see :func:`raypipe.run`); ``after_success``: hooks
-    per stage kind (:class:`~raypipe.runner.executor.Executor`)."""
+    per stage kind (:class:`~raypipe.runner.executor.Executor`).  The run acts as the caller's
+    principal (``on_behalf_of``: that user's, for a closed loop's retraining run), checked
+    against the store's platform config before anything is recorded."""
     if run_id is not None and not _RUN_ID.match(run_id):
         raise RaypipeError(f"run id {run_id!r}: use letters, digits, '_', '.' and '-' (at most 200; not starting with '.')")
     cfg = plan.config
@@ -129,25 +176,28 @@ def start_run(
     artifacts.check_writable()
     meta = MetadataStore(metadata_url(cfg, db))
     try:
+        platform, who = _principal(meta, on_behalf_of)
+        identity.check_pipeline(cfg, platform, who, plan.source)
         if run_id is None:
             run_id = new_run_id(cfg.name)
         elif meta.run_exists(run_id):
             raise RaypipeError(f"run {run_id} already exists in {meta.location}; give a new run id")
-        meta.create_run(run_id, cfg.name, stored_config_json(cfg, root), config_path, root)
-        if on_start:
-            on_start(run_id, plan)
-        the_run = run_id
-        ex = Executor(
-            plan,
-            run_id,
-            meta,
-            artifacts,
-            use_cache=use_cache,
-            on_event=on_event,
-            connect=lambda: _connect_or_fail(meta, the_run, cfg, address),
-            after_success=after_success,
-        )
-        return _with_failures(ex.execute(), meta)
+        with acting_as(who):
+            meta.create_run(run_id, cfg.name, stored_config_json(cfg, root), config_path, root, actor=who.name)
+            if on_start:
+                on_start(run_id, plan)
+            the_run = run_id
+            ex = Executor(
+                plan,
+                run_id,
+                meta,
+                artifacts,
+                use_cache=use_cache,
+                on_event=on_event,
+                connect=lambda: _connect_or_fail(meta, the_run, cfg, address, platform, who),
+                after_success=after_success,
+            )
+            return _with_failures(ex.execute(), meta)
     finally:
         meta.close()
 
@@ -160,10 +210,13 @@ def resume_run(
     on_event: EventHook | None = None,
     on_start: StartHook | None = None,
     after_success: Mapping[str, AfterSuccess] | None = None,
+    on_behalf_of: str | None = None,
 ) -> RunResult:
-    """Continue a failed, crashed or killed run; stages it finished are not run again."""
+    """Continue a failed, crashed or killed run; stages it finished are not run again.  The
+    resume acts as the caller (or ``on_behalf_of``), checked like a new run."""
     meta = open_existing(db)
     try:
+        platform, who = _principal(meta, on_behalf_of)
         rec = meta.get_run(run_id)
         if rec.status == "succeeded":
             raise RaypipeError(f"run {rec.run_id} already succeeded; nothing to resume")
@@ -173,27 +226,29 @@ def resume_run(
         source = ConfigSource(path=rec.config_path or f"<run {rec.run_id}>")
         cfg = parse_config(json.loads(rec.config_json), source)
         plan = build_plan(cfg, source)
+        identity.check_pipeline(cfg, platform, who, source)
         artifacts = ArtifactStore(rec.storage)
         artifacts.check_writable()
-        meta.claim_run(rec.run_id)
-        done = {
-            name: sr
-            for name, sr in meta.done_stages(rec.run_id).items()
-            if all(artifacts.exists(ref) for ref in meta.io_of(sr.id, "out").values())
-        }
-        if on_start:
-            on_start(rec.run_id, plan)
-        ex = Executor(
-            plan,
-            rec.run_id,
-            meta,
-            artifacts,
-            reuse=done,
-            on_event=on_event,
-            connect=lambda: _connect_or_fail(meta, rec.run_id, cfg, address),
-            after_success=after_success,
-        )
-        return _with_failures(ex.execute(), meta)
+        with acting_as(who):
+            meta.claim_run(rec.run_id)
+            done = {
+                name: sr
+                for name, sr in meta.done_stages(rec.run_id).items()
+                if all(artifacts.exists(ref) for ref in meta.io_of(sr.id, "out").values())
+            }
+            if on_start:
+                on_start(rec.run_id, plan)
+            ex = Executor(
+                plan,
+                rec.run_id,
+                meta,
+                artifacts,
+                reuse=done,
+                on_event=on_event,
+                connect=lambda: _connect_or_fail(meta, rec.run_id, cfg, address, platform, who),
+                after_success=after_success,
+            )
+            return _with_failures(ex.execute(), meta)
     finally:
         meta.close()
 

@@ -31,6 +31,8 @@ class Plan:
     config: PipelineConfig
     stages: dict[str, PlannedStage]
     order: tuple[str, ...]
+    #: Where the config came from (its errors name ``file:line``); None: built in Python.
+    source: ConfigSource | None = None
 
     def downstream(self, name: str) -> set[str]:
         """Every stage that depends, directly or not, on ``name``."""
@@ -190,4 +192,4 @@ def build_plan(config: PipelineConfig, source: ConfigSource | None = None) -> Pl
                 )
     if issues:
         raise source.error(issues)
-    return Plan(config=config, stages=planned, order=topo_order(edges, [s.name for s in config.stages]))
+    return Plan(config=config, stages=planned, order=topo_order(edges, [s.name for s in config.stages]), source=source)

@@ -15,7 +15,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from raypipe.scheduler.access import act
 from raypipe.scheduler.controller import ControllerCore, ControllerStats, SchedulerSettings
+from raypipe.scheduler.errors import SchedulingError
 from raypipe.scheduler.jobs import JobState, JobView
 from raypipe.scheduler.ray_backend import RayBackend
 
@@ -33,6 +35,8 @@ class ControllerActor:
 
     Owners call ``submit``/``poll``/``release``/``requeue``; ``watch`` returns as
     soon as one of the given jobs changes state, so owners wait without polling.
+    People's operations on a job (``raypipe queue release|requeue|cancel``) go through
+    ``act``, which checks who asks.
     A background task runs :meth:`ControllerCore.step` every ``tick_s``.
     """
 
@@ -80,10 +84,26 @@ class ControllerActor:
         self._ensure_loop()
         return self.core.stats()
 
-    async def configure(self, settings: dict[str, Any]) -> None:
+    async def configure(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``settings`` (see :meth:`ControllerCore.configure`): ``{"applied", "version"}``,
+        the platform config version in force after."""
         self._ensure_loop()
-        self.core.configure(SchedulerSettings(**settings))
-        self._kick()
+        applied = self.core.configure(SchedulerSettings(**settings))
+        if applied:
+            self._kick()
+        return {"applied": applied, "version": self.core.settings.version}
+
+    async def act(self, action: str, job_id: str, caller: dict[str, Any]) -> dict[str, Any]:
+        """A person's ``release``, ``requeue`` or ``cancel`` of a job, checked against its
+        principal (:mod:`raypipe.scheduler.access`): ``{"job": view}`` or ``{"error": why}``."""
+        self._ensure_loop()
+        try:
+            with self.core.batch():
+                view = act(self.core, action, job_id, caller)
+                self._kick()
+        except SchedulingError as e:
+            return {"error": str(e)}
+        return {"job": view.to_dict()}
 
     async def submit(self, requests: Sequence[dict[str, Any]], owner: str) -> list[dict[str, Any]]:
         self._ensure_loop()

@@ -50,21 +50,41 @@ def get_controller(
         max_concurrency=10_000,
     )
     if settings:
-        ray.get(handle.configure.remote(dict(settings)))
+        configure_controller(handle, settings)
     else:
         ray.get(handle.ping.remote())
     return handle
 
 
+def configure_controller(handle: Any, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Send ``settings`` to the controller: ``{"applied": bool, "version": the platform config
+    version in force}``.  A platform config's settings (with ``version``) replace older ones; once
+    one is in force a pipeline's (no ``version``) are not applied."""
+    import ray
+
+    out: dict[str, Any] = ray.get(handle.configure.remote(dict(settings)))
+    return out
+
+
+def platform_version(handle: Any) -> int | None:
+    """The platform config version the controller follows (None: none)."""
+    import ray
+
+    version = ray.get(handle.stats.remote()).get("platform_version")
+    return None if version is None else int(version)
+
+
 class SchedulerClient:
     """One owner's (a driver's) view of the controller."""
 
-    def __init__(self, handle: Any, owner: str | None = None) -> None:
+    def __init__(self, handle: Any, owner: str | None = None, principal: str | None = None) -> None:
         """``owner`` names the work (e.g. a run id); the driver's Ray job id is appended after
-        ``@`` so the controller frees this owner's grants as soon as the driver exits."""
+        ``@`` so the controller frees this owner's grants as soon as the driver exits.
+        ``principal``: the user the jobs are submitted for (who may release or requeue them)."""
         import ray
 
         self.handle = handle
+        self.principal = principal
         name = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.owner = f"{name}@{ray.get_runtime_context().get_job_id()}"
 
@@ -100,6 +120,7 @@ class SchedulerClient:
             "duration_estimate_s": duration_estimate_s,
             "label_selector": dict(label_selector or {}),
             "grant": grant,
+            "principal": self.principal,
         }
         return JobView.from_dict(ray.get(self.handle.submit.remote([req], self.owner))[0])
 

@@ -90,6 +90,8 @@ class ControllerStats(TypedDict):
     """``ControllerCore.stats()``: what ``raypipe queue`` prints above the jobs."""
 
     policy: str
+    #: The platform config version in force (None: a pipeline's settings, or the defaults).
+    platform_version: int | None
     decisions: int
     decision_p50_ms: float | None
     decision_p99_ms: float | None
@@ -101,7 +103,8 @@ class ControllerStats(TypedDict):
 
 @dataclass
 class SchedulerSettings:
-    """The controller's settings (from the ``scheduler:`` section of a pipeline file)."""
+    """The controller's settings: from a platform config (``version`` and ``admins`` set: see
+    :meth:`ControllerCore.configure`), else from a pipeline's ``scheduler:`` section."""
 
     policy: str = "fifo"
     policy_args: dict[str, Any] = field(default_factory=dict)
@@ -111,6 +114,10 @@ class SchedulerSettings:
     #: The cluster's maximum shape (see ``MaxShape.from_settings``); ``None``: no autoscaler,
     #: a request that does not fit the cluster as it is is rejected.
     autoscaler: dict[str, Any] | None = None
+    #: The platform config version these settings come from (None: a pipeline's).
+    version: int | None = None
+    #: That platform's admins (None: it has no users, every caller is one; see ``access``).
+    admins: list[str] | None = None
 
     def team_configs(self) -> dict[str, TeamConfig]:
         """The teams as the policies see them (quota from ``cpu``, ``gpu``, ``memory_mb``, ``custom``)."""
@@ -199,13 +206,19 @@ class ControllerCore:
     def _make_policy(self) -> Policy:
         return get_policy(self.settings.policy, **self.settings.policy_args)
 
-    def configure(self, settings: SchedulerSettings) -> None:
-        """Switch policy or teams (validated first; a bad name changes nothing)."""
+    def configure(self, settings: SchedulerSettings) -> bool:
+        """Switch policy or teams (validated first; a bad name changes nothing).  Once a platform
+        config's settings (``version``) are in force, only a newer version replaces them: a
+        pipeline's, or an older version, is ignored.  Whether ``settings`` were applied."""
+        have = self.settings.version
+        if have is not None and (settings.version is None or settings.version <= have):
+            return False
         policy = get_policy(settings.policy, **settings.policy_args)
         settings.team_configs()
         shape = MaxShape.from_settings(settings.autoscaler)
         self.settings, self._policy, self._shape = settings, policy, shape
         self.backend.save_settings(json.dumps(settings.__dict__).encode())
+        return True
 
     # ---------------------------------------------------------------- helpers
     def _bump(self, job: Job, state: JobState, reason: str = "") -> None:
@@ -297,7 +310,7 @@ class ControllerCore:
         grant = request.get("grant", Grant.PG)
         if grant not in tuple(Grant):
             raise ValueError(f"job {job_id!r}: grant must be 'pg' or 'ledger', got {grant!r}")
-        job = Job(request=req, owner=owner, last_seen=now, grant=Grant(grant))
+        job = Job(request=req, owner=owner, last_seen=now, grant=Grant(grant), principal=request.get("principal"))
         if not self._nodes:
             self.refresh_nodes()
         teams = self.settings.team_configs()
@@ -316,7 +329,7 @@ class ControllerCore:
         self._persist()
         return job.view()
 
-    def release(self, job_id: str) -> None:
+    def release(self, job_id: str, reason: str = "") -> None:
         """The job is over (or cancelled while queued): give back what it holds."""
         job = self.jobs.get(job_id)
         if job is None or job.state.finished:
@@ -325,10 +338,10 @@ class ControllerCore:
             self.backend.remove_pg(job.pg_id)
         job.pg_id = None
         job.end_time = self.clock()
-        self._bump(job, JobState.DONE)
+        self._bump(job, JobState.DONE, reason)
         self._persist()
 
-    def requeue(self, job_id: str) -> JobView | None:
+    def requeue(self, job_id: str, reason: str = "") -> JobView | None:
         """The owner stopped a preempted or lost job: put it back in the queue (counted)."""
         job = self.jobs.get(job_id)
         if job is None:
@@ -336,7 +349,7 @@ class ControllerCore:
         if job.state in (JobState.PREEMPTING, JobState.LOST, JobState.RUNNING):
             preempted = job.state is JobState.PREEMPTING
             job.preemptions += 1 if preempted else 0
-            self._to_queue(job, "requeued after " + ("preemption" if preempted else "node loss"))
+            self._to_queue(job, reason or "requeued after " + ("preemption" if preempted else "node loss"))
             self._persist()
         return job.view()
 
@@ -362,6 +375,7 @@ class ControllerCore:
         pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3 if lat else None  # noqa: E731
         return {
             "policy": self.settings.policy,
+            "platform_version": self.settings.version,
             "decisions": self.decisions,
             "decision_p50_ms": pick(0.5),
             "decision_p99_ms": pick(0.99),

@@ -127,6 +127,7 @@ VIEW_KEYS: tuple[str, ...] = (
     "version",
     "grant",
     "scale_up",
+    "principal",
 )
 
 
@@ -143,7 +144,7 @@ class JobView(Mapping[str, Any]):
     style), ``bundles`` the gang's size, ``nodes`` the node of each bundle
     once granted, ``version`` a counter bumped by every state change (owners
     watch it), ``scale_up`` whether the job waits for nodes the autoscaler can
-    add.
+    add, ``principal`` the user who submitted it (None: not said).
     """
 
     job_id: str
@@ -162,6 +163,7 @@ class JobView(Mapping[str, Any]):
     version: int
     grant: Grant
     scale_up: bool
+    principal: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (plain strings, lists): what the controller actor returns."""
@@ -182,6 +184,7 @@ class JobView(Mapping[str, Any]):
             "version": self.version,
             "grant": self.grant.value,
             "scale_up": self.scale_up,
+            "principal": self.principal,
         }
 
     @classmethod
@@ -206,6 +209,7 @@ class JobView(Mapping[str, Any]):
             version=int(d["version"]),
             grant=Grant(d.get("grant", Grant.PG)),
             scale_up=bool(d.get("scale_up", False)),
+            principal=d.get("principal"),
         )
 
     # The read-only mapping over the dict form.
@@ -241,6 +245,8 @@ class Job:
     #: Waits for nodes the autoscaler can add: its bundles are in the controller's
     #: ``request_resources`` until it starts (or leaves the queue).
     scale_up: bool = False
+    #: The user who submitted it (``release``, ``requeue`` and ``cancel`` by a person check it).
+    principal: str | None = None
 
     @property
     def job_id(self) -> str:
@@ -262,6 +268,7 @@ class Job:
             "version": self.version,
             "grant": self.grant.value,
             "scale_up": self.scale_up,
+            "principal": self.principal,
         }
 
     @classmethod
@@ -281,6 +288,7 @@ class Job:
             version=int(d.get("version", 0)),
             grant=Grant(d.get("grant", Grant.PG)),
             scale_up=bool(d.get("scale_up", False)),
+            principal=d.get("principal"),
         )
 
     def view(self) -> JobView:
@@ -303,6 +311,7 @@ class Job:
             version=self.version,
             grant=self.grant,
             scale_up=self.scale_up,
+            principal=self.principal,
         )
 
 

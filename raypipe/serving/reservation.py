@@ -27,6 +27,7 @@ from raypipe.exceptions import RaypipeError
 from raypipe.resources import Resources
 from raypipe.scheduler.backend import NODE_ID_LABEL
 from raypipe.scheduler.client import get_controller
+from raypipe.store.metadata import current_actor
 
 
 def owner(app: str) -> str:
@@ -53,6 +54,7 @@ def reserve(
         "duration_estimate_s": None,
         "label_selector": {},
         "grant": "ledger",
+        "principal": current_actor(),
     }
     view = ray.get(handle.submit.remote([req], owner(app)))[0]
     deadline = time.monotonic() + timeout_s

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from raypipe.exceptions import RaypipeError, RunNotFoundError, StorageError
+from raypipe.principal import acting
 from raypipe.secrets import resolve_secrets
 from raypipe.store import migrations
 from raypipe.store.artifacts import ArtifactRef, is_local
@@ -35,11 +36,28 @@ DONE = ("succeeded", "cached")
 
 
 def current_actor() -> str | None:
-    """Who this process acts for, as recorded in ``runs.actor``: the OS user (None if unknown)."""
+    """Who this thread acts for, as recorded in ``runs.actor`` and ``audit.actor``: the principal
+    it acts as (:func:`raypipe.principal.acting`, set by :mod:`raypipe.identity`), else the OS
+    user (None if unknown)."""
+    who = acting()
+    if who is not None:
+        return who.name
     try:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name in the environment or the password database
         return None
+
+
+def write_audit(
+    c: Database, action: str, target: str, detail: Mapping[str, Any] | None = None, actor: str | None = None
+) -> int:
+    """One ``audit`` row inside the open transaction ``c`` (the change it records commits with
+    it, or neither does); the row's id.  ``actor`` defaults to :func:`current_actor`."""
+    doc = json.dumps(dict(detail or {}), default=str, allow_nan=False)
+    return c.insert_id(
+        "INSERT INTO audit(at, actor, action, target, detail_json) VALUES (?, ?, ?, ?, ?)",
+        (time.time(), actor or current_actor(), action, target, doc),
+    )
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -234,8 +252,9 @@ class MetadataStore:
         actor: str | None = None,
     ) -> None:
         """A new ``running`` run, driven by this process; ``actor``: who started it (default
-        :func:`current_actor`)."""
+        :func:`current_actor`).  Audited ``run.start``."""
         host = os.uname().nodename
+        actor = actor or current_actor()
         with self._tx() as c:
             c.execute(
                 "INSERT INTO runs(run_id, pipeline, status, config_json, config_path, storage, created_at,"
@@ -249,14 +268,16 @@ class MetadataStore:
                     time.time(),
                     os.getpid(),
                     host,
-                    actor or current_actor(),
+                    actor,
                 ),
             )
+            write_audit(c, "run.start", run_id, {"pipeline": pipeline, "config_path": config_path}, actor)
 
     @retrying
     def claim_run(self, run_id: str) -> list[int]:
         """Take over a run for resuming: mark it running under this process and mark the
-        stage runs a dead driver left ``running`` as ``interrupted``.  Returns their ids."""
+        stage runs a dead driver left ``running`` as ``interrupted``.  Returns their ids.
+        Audited ``run.resume``."""
         with self._tx(f"run:{run_id}") as c:
             rows = c.execute(
                 "SELECT id FROM stage_runs WHERE run_id = ? AND status IN ('running', 'queued')", (run_id,)
@@ -272,6 +293,7 @@ class MetadataStore:
                 "WHERE run_id = ?",
                 (os.getpid(), os.uname().nodename, run_id),
             )
+            write_audit(c, "run.resume", run_id, {"interrupted_stage_runs": ids})
         return ids
 
     @retrying
@@ -303,11 +325,14 @@ class MetadataStore:
 
     @retrying
     def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        """The run ended ``status``; a ``stopped`` one (SIGTERM, Ctrl-C, ``loop stop``) is audited ``run.stop``."""
         with self._tx() as c:
             c.execute(
                 "UPDATE runs SET status = ?, ended_at = ?, error = ? WHERE run_id = ?",
                 (status, time.time(), error, run_id),
             )
+            if status == "stopped":
+                write_audit(c, "run.stop", run_id, {"why": error})
 
     def run_exists(self, run_id: str) -> bool:
         return self._conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
@@ -343,17 +368,31 @@ class MetadataStore:
     ) -> int:
         """Keep who (``actor``, default :func:`current_actor`) did ``action`` to ``target`` (a
         model alias, an app, a loop...) in table ``audit``; the new row's id."""
-        doc = json.dumps(dict(detail or {}), default=str, allow_nan=False)
         with self._tx() as c:
-            return c.insert_id(
-                "INSERT INTO audit(at, actor, action, target, detail_json) VALUES (?, ?, ?, ?, ?)",
-                (time.time(), actor or current_actor(), action, target, doc),
-            )
+            return write_audit(c, action, target, detail, actor)
 
-    def audit_log(self, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest ``limit`` audit rows (of ``target``), oldest first."""
-        where, args = ("WHERE target = ? ", (target,)) if target else ("", ())
-        rows = self._conn.execute(f"SELECT * FROM audit {where}ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+    def audit_log(
+        self,
+        target: str | None = None,
+        limit: int = 100,
+        *,
+        since: float | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit rows, oldest first: of ``target``, at or after ``since``
+        (a Unix time), by ``actor``, of ``action`` (``run`` matches ``run`` and ``run.*``)."""
+        where: list[str] = []
+        args: list[Any] = []
+        for clause, value in (("target = ?", target), ("at >= ?", since), ("actor = ?", actor)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        if action:
+            where.append("(action = ? OR substr(action, 1, ?) = ?)")
+            args += [action, len(action) + 1, action + "."]
+        sql = "SELECT * FROM audit " + (f"WHERE {' AND '.join(where)} " if where else "")
+        rows = self._conn.execute(sql + "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         out = [{**dict(r), "detail": json.loads(r["detail_json"])} for r in reversed(rows)]
         for d in out:
             d.pop("detail_json")

@@ -199,6 +199,25 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX IF NOT EXISTS audit_target ON audit(target, id)",
         ),
     ),
+    Migration(
+        3,
+        "table platform_configs (the admins' platform config: users, teams, scheduler; versioned); audit by time",
+        (
+            "CREATE TABLE IF NOT EXISTS platform_configs (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL, "
+            "actor TEXT, config_json TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS audit_at ON audit(at, id)",
+        ),
+    ),
+    Migration(
+        4,
+        "indexes on runs for the UI's newest-first lists, filtered by pipeline, status or actor",
+        (
+            "CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at)",
+            "CREATE INDEX IF NOT EXISTS runs_pipeline_created ON runs(pipeline, created_at)",
+            "CREATE INDEX IF NOT EXISTS runs_status_created ON runs(status, created_at)",
+            "CREATE INDEX IF NOT EXISTS runs_actor_created ON runs(actor, created_at)",
+        ),
+    ),
 ]
 
 #: Set to ``0`` (or ``false``, ``no``, ``off``) to refuse an older store until ``raypipe db upgrade``.

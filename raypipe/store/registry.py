@@ -31,7 +31,7 @@ from typing import Any
 from raypipe.exceptions import ModelNotFoundError, RaypipeError
 from raypipe.store.artifacts import ArtifactRef
 from raypipe.store.lineage import LineageNode, datasets_in, lineage_tree, producer_of
-from raypipe.store.metadata import MetadataStore
+from raypipe.store.metadata import MetadataStore, write_audit
 from raypipe.store.refs import NAME_RE, check_name, parse_ref
 from raypipe.store.sql import Database, Row, retrying
 
@@ -292,6 +292,7 @@ class ModelRegistry:
                 "INSERT INTO alias_events(name, alias, old_version, new_version, at, reason) VALUES (?, ?, ?, NULL, ?, ?)",
                 (name, alias, old, now, reason),
             )
+            write_audit(c, "alias.remove", f"{name}@{alias}", {"old_version": old, "reason": reason})
         return AliasEvent(name, alias, old, None, now, reason)
 
     def _move_alias(
@@ -310,6 +311,8 @@ class ModelRegistry:
             "INSERT INTO alias_events(name, alias, old_version, new_version, at, reason) VALUES (?, ?, ?, ?, ?, ?)",
             (name, alias, old, version, now, reason),
         )
+        detail = {"old_version": old, "new_version": version, "reason": reason}
+        write_audit(c, "alias.set", f"{name}@{alias}", detail)
         return AliasEvent(name, alias, old, version, now, reason)
 
     # ------------------------------------------------------------------ links

@@ -95,12 +95,17 @@ def test_serve_deploy_and_its_alias() -> None:
 
 def test_every_command_is_there() -> None:
     assert {" ".join(p) for p, _ in LEAVES} == {
-        *("run", "resume", "validate", "runs", "show", "models", "model show", "model alias", "queue"),
+        *("run", "resume", "validate", "runs", "show", "models", "model show", "model alias"),
+        *("queue release", "queue requeue", "queue cancel"),
         *("bench scheduling", "ab report", "rollout start", "rollout status", "rollout abort"),
         *("loop status", "loop stop", "loop demo", "monitor status"),
         *("serve deploy", "serve split", "serve status", "serve shutdown", "deploy", "split"),
         *("db status", "db upgrade", "ui"),
+        *("admin token", "admin apply", "admin show", "admin history", "whoami", "audit"),
     }
+    # `raypipe queue` lists the jobs itself (the group's own command)
+    queue = runner.invoke(app, ["queue", "--help"], terminal_width=200).stdout
+    assert "--json" in queue and "--address" in queue and all(c in queue for c in ("release", "requeue", "cancel"))
 
 
 def test_json_on_every_command_that_reports() -> None:

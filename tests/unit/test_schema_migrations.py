@@ -123,10 +123,11 @@ def test_the_fixture_and_the_baseline_are_schema_version_1(tmp_path: Path) -> No
 def test_a_v1_store_opens_upgraded_with_every_record(v1_db: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="raypipe.store"):
         meta = MetadataStore(v1_db)
-    assert meta.schema_version == code_version() == 2 and version_of(v1_db) == 2
+    assert meta.schema_version == code_version() >= 3 and version_of(v1_db) == code_version()
     (line,) = [r.getMessage() for r in caplog.records]
-    assert "from schema version 1 to 2" in line and meta.location in line
+    assert f"from schema version 1 to {code_version()}" in line and meta.location in line
     assert {"actor"} <= columns(v1_db, "runs") and {"id", "at", "actor", "action", "target"} <= columns(v1_db, "audit")
+    assert columns(v1_db, "platform_configs") == {"version", "applied_at", "actor", "config_json"}
 
     # runs and stage runs
     runs = {r.run_id: r for r in meta.list_runs()}
@@ -202,8 +203,10 @@ def test_a_v1_store_opens_upgraded_with_every_record(v1_db: str, caplog: pytest.
     assert v3.version == 3 and reg.aliases("digits")["candidate"] == 3
     assert rollouts.record("digits", "digits-2", "started").id > rollouts.events("digits", "digits-1")[-1].id
     meta.record_audit("alias.move", "digits@candidate", {"from": 2, "to": 3}, actor="alice")
-    (entry,) = meta.audit_log("digits@candidate")
+    moved, entry = meta.audit_log("digits@candidate")
+    assert (moved["action"], moved["actor"], moved["detail"]["new_version"]) == ("alias.set", current_actor(), 3)
     assert (entry["actor"], entry["action"], entry["detail"]) == ("alice", "alias.move", {"from": 2, "to": 3})
+    assert [e["target"] for e in meta.audit_log(action="run")] == ["quickstart-4", "quickstart-5"]
     meta.close()
 
     caplog.clear()
@@ -224,7 +227,7 @@ def test_a_v1_store_from_before_the_registry_gets_its_tables(v1_db: str) -> None
         db.execute(stmt)
     db.close()
     meta = MetadataStore(v1_db)
-    assert meta.schema_version == 2
+    assert meta.schema_version == code_version()
     assert {"stage_run_id", "run_id"} <= columns(v1_db, "model_registrations") and columns(v1_db, "model_links")
     index = (
         "SELECT 1 FROM sqlite_master WHERE name = 'stage_io_sha'"
@@ -269,41 +272,43 @@ def test_a_store_newer_than_the_code_is_refused(metadata_db: str) -> None:
 
 
 def test_a_failing_migration_leaves_the_version_it_reached(metadata_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    MetadataStore(metadata_db).close()  # at version 2
-    ok = Migration(3, "table t3", ("CREATE TABLE t3 (x INTEGER)",))
+    MetadataStore(metadata_db).close()  # at the code's version
+    n = code_version()
+    real = list(migrations.MIGRATIONS)
+    ok = Migration(n + 1, "table t3", ("CREATE TABLE t3 (x INTEGER)",))
     boom = Migration(
-        4,
+        n + 2,
         "runs.y, then a table that is not there",
         ("ALTER TABLE runs ADD COLUMN y TEXT", "ALTER TABLE nope ADD COLUMN z TEXT"),
     )
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, ok, boom])
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*real, ok, boom])
     with pytest.raises(StorageError) as err:
         MetadataStore(metadata_db)
-    assert "upgrading to schema version 4 (runs.y, then a table that is not there) failed" in str(err.value)
-    assert "it stays at version 3" in str(err.value)
-    assert version_of(metadata_db) == 3 and "x" in columns(metadata_db, "t3")
+    assert f"upgrading to schema version {n + 2} (runs.y, then a table that is not there) failed" in str(err.value)
+    assert f"it stays at version {n + 1}" in str(err.value)
+    assert version_of(metadata_db) == n + 1 and "x" in columns(metadata_db, "t3")
     assert "y" not in columns(metadata_db, "runs")  # the failed migration's first statement rolled back too
 
     def broken(db: Database) -> None:
         db.execute("ALTER TABLE runs ADD COLUMN y TEXT")
         raise RuntimeError("a bug in the migration")
 
-    fixed = Migration(4, "runs.y", apply=broken)
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS[:2], fixed])
-    with pytest.raises(StorageError, match="RuntimeError: a bug in the migration; it stays at version 3"):
+    fixed = Migration(n + 2, "runs.y", apply=broken)
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*real, ok, fixed])
+    with pytest.raises(StorageError, match=f"RuntimeError: a bug in the migration; it stays at version {n + 1}"):
         MetadataStore(metadata_db)
-    assert version_of(metadata_db) == 3 and "y" not in columns(metadata_db, "runs")
+    assert version_of(metadata_db) == n + 1 and "y" not in columns(metadata_db, "runs")
 
-    fixed = Migration(4, "runs.y", ("ALTER TABLE runs ADD COLUMN y TEXT",))
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS[:2], fixed])
+    fixed = Migration(n + 2, "runs.y", ("ALTER TABLE runs ADD COLUMN y TEXT",))
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*real, ok, fixed])
     meta = MetadataStore(metadata_db)
-    assert meta.schema_version == version_of(metadata_db) == 4 and "y" in columns(metadata_db, "runs")
+    assert meta.schema_version == version_of(metadata_db) == n + 2 and "y" in columns(metadata_db, "runs")
     meta.close()
 
 
 def test_a_v1_store_whose_migration_fails_stays_at_version_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = v1_copy(tmp_path)
-    (real,) = migrations.MIGRATIONS
+    real = migrations.MIGRATIONS[0]  # version 2
 
     def half(db: Database) -> None:
         raise RuntimeError("disk full")
@@ -332,7 +337,7 @@ def test_stores_opened_at_once_apply_each_migration_once(v1_db: str) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and version_of(v1_db) == 2
+    assert errors == [] and version_of(v1_db) == code_version()
 
 
 def test_auto_upgrade_off_refuses_an_older_store_until_db_upgrade(
@@ -340,13 +345,15 @@ def test_auto_upgrade_off_refuses_an_older_store_until_db_upgrade(
 ) -> None:
     path = v1_copy(tmp_path)
     monkeypatch.setenv("RAYPIPE_DB_AUTO_UPGRADE", "0")
-    with pytest.raises(StorageError, match=r"schema version 1, older than this raypipe's \(2\).*raypipe db upgrade"):
+    with pytest.raises(
+        StorageError, match=rf"schema version 1, older than this raypipe's \({code_version()}\).*raypipe db upgrade"
+    ):
         MetadataStore(path)
     assert version_of(path) == 1
     r = runner.invoke(app, ["db", "upgrade", "--db", path])
     assert r.exit_code == 0, r.output
-    assert "schema version 1 -> 2" in r.stdout
-    assert MetadataStore(path).schema_version == 2
+    assert f"schema version 1 -> {code_version()}" in r.stdout
+    assert MetadataStore(path).schema_version == code_version()
 
 
 def test_db_upgrade_and_status(tmp_path: Path) -> None:
@@ -354,17 +361,19 @@ def test_db_upgrade_and_status(tmp_path: Path) -> None:
     r = runner.invoke(app, ["db", "status", "--db", path, "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert (doc["version"], doc["code_version"], doc["state"], doc["backend"]) == (1, 2, "older", "sqlite")
-    assert [m["version"] for m in doc["pending"]] == [2]
+    cv = code_version()
+    assert (doc["version"], doc["code_version"], doc["state"], doc["backend"]) == (1, cv, "older", "sqlite")
+    assert [m["version"] for m in doc["pending"]] == list(range(2, cv + 1))
     assert version_of(path) == 1  # status changes nothing
     r = runner.invoke(app, ["db", "status", "--db", path], terminal_width=200)
-    assert r.exit_code == 0 and "schema version: 1 · this raypipe's: 2" in r.stdout and "2: runs.actor" in r.stdout
+    assert r.exit_code == 0 and f"schema version: 1 · this raypipe's: {cv}" in r.stdout
+    assert "2: runs.actor" in r.stdout and "3: table platform_configs" in r.stdout
 
     r = runner.invoke(app, ["db", "upgrade", "--db", path, "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert (doc["from_version"], doc["to_version"], doc["code_version"]) == (1, 2, 2)
-    assert [m["version"] for m in doc["applied"]] == [2] and doc["db"] == str(Path(path).resolve())
+    assert (doc["from_version"], doc["to_version"], doc["code_version"]) == (1, cv, cv)
+    assert [m["version"] for m in doc["applied"]] == list(range(2, cv + 1)) and doc["db"] == str(Path(path).resolve())
     assert r.stderr == ""  # the command reports the upgrade; no log line besides
 
     r = runner.invoke(app, ["db", "upgrade", "--db", path, "--json"])
@@ -384,7 +393,7 @@ def test_db_upgrade_of_a_v1_postgresql_store(postgres: Any, tmp_path: Path) -> N
     r = runner.invoke(app, ["db", "upgrade", "--db", url, "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
-    assert (doc["from_version"], doc["to_version"]) == (1, 2) and version_of(url) == 2
+    assert (doc["from_version"], doc["to_version"]) == (1, code_version()) and version_of(url) == code_version()
 
 
 def test_migrations_number_the_versions_one_by_one() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from raypipe._ray.actors import NAMESPACE, find_actor, get_or_create
 from raypipe.exceptions import RaypipeError
+from raypipe.principal import Principal, set_process_principal
 from raypipe.secrets import actor_env, actor_url, redact
 from raypipe.serving import app as serve_app
 from raypipe.serving.rollout.run import ACTIVE, Ports, RolloutRun, tick_seconds
@@ -26,6 +27,10 @@ from raypipe.store.registry import ModelRegistry
 from raypipe.store.rollouts import TERMINAL, RolloutStore
 
 # --------------------------------------------------------------------------- the actor
+
+#: Rollout events the controller decides on its own, and their audit actions.
+_AUDITED = {"promoted": "rollout.promote", "rolled_back": "rollout.rollback"}
+_AUDIT_KEYS = ("reason", "weights", "production", "previous_production", "guardrail", "observed", "allowed")
 
 
 class RolloutController:
@@ -88,8 +93,13 @@ class RolloutController:
             return ev.old_version
 
         def record(event: str, detail: dict[str, Any]) -> Any:
-            return self.store.record(plan.app, plan.rollout_id, event, detail)
+            out = self.store.record(plan.app, plan.rollout_id, event, detail)
+            if event in _AUDITED:  # the controller's own decisions; start and abort: by whoever asked
+                keep = {k: detail[k] for k in _AUDIT_KEYS if k in detail}
+                self.meta.record_audit(_AUDITED[event], plan.app, {"rollout_id": plan.rollout_id, **keep})
+            return out
 
+        set_process_principal(Principal(plan.started_by, source="delegated") if plan.started_by else None)
         return Ports(set_weights, snapshot, set_production, record)
 
     # ------------------------------------------------------------------ methods

@@ -16,7 +16,7 @@ from raypipe.serving.rollout.run import ACTIVE, status_from_events
 from raypipe.serving.rollout.settings import RolloutPlan, RolloutSpec, new_rollout_id
 from raypipe.serving.state import controller_name
 from raypipe.serving.variants import app_view, production_variant, ray_get, resolve_variant, set_weights
-from raypipe.store.metadata import MetadataStore
+from raypipe.store.metadata import MetadataStore, current_actor
 from raypipe.store.rollouts import TERMINAL, RolloutStore
 
 
@@ -68,9 +68,13 @@ def rollout_start(spec: RolloutSpec, meta: MetadataStore) -> dict[str, Any]:
         interval_s=spec.interval_s,
         guardrails=spec.guardrails,
         spec=spec.model_dump(mode="json"),
+        started_by=current_actor(),
     )
     handle = start_controller(spec.app, meta.url)
-    return ray_get(handle.start.remote(plan.model_dump(mode="json")), timeout=120)
+    st: dict[str, Any] = ray_get(handle.start.remote(plan.model_dump(mode="json")), timeout=120)
+    detail = {"rollout_id": plan.rollout_id, "baseline": baseline, "candidate": candidate, "steps": plan.steps}
+    meta.record_audit("rollout.start", spec.app, detail)
+    return st
 
 
 def _wait_gone(app: str, timeout_s: float = 30.0) -> None:
@@ -121,13 +125,21 @@ def rollout_status(app: str, meta: MetadataStore, *, live_ok: bool = True) -> di
 
 
 def rollout_abort(app: str, meta: MetadataStore, reason: str = "") -> dict[str, Any]:
-    """Candidate weight 0 and an ``aborted`` event, by the controller (or by the driver if it is gone)."""
+    """Candidate weight 0 and an ``aborted`` event, by the controller (or by the driver if it
+    is gone); audited ``rollout.abort``."""
     reason = reason or "aborted by the user"
+    st = _abort(app, meta, reason)
+    meta.record_audit("rollout.abort", app, {"rollout_id": st.get("rollout_id"), "reason": reason})
+    return st
+
+
+def _abort(app: str, meta: MetadataStore, reason: str) -> dict[str, Any]:
     handle = find_controller(app)
     if handle is not None:
         live = ray_get(handle.status.remote(), timeout=30)
         if live and (live.get("state") in ACTIVE):
-            return ray_get(handle.abort.remote(reason), timeout=120)
+            out: dict[str, Any] = ray_get(handle.abort.remote(reason), timeout=120)
+            return out
     store = RolloutStore(meta)
     rid = store.latest_rollout_id(app)
     events = store.events(app, rid) if rid else []

@@ -166,6 +166,8 @@ class RolloutPlan(StrictModel):
     interval_s: float
     guardrails: Guardrails
     spec: dict[str, Any] = Field(default_factory=dict)
+    #: Who started it: the controller acts for them (alias moves, the audit log).
+    started_by: str | None = None
 
     @property
     def candidate_version(self) -> int | None:

@@ -32,6 +32,7 @@ DICT_KEYS = [
     "version",
     "grant",
     "scale_up",
+    "principal",
 ]
 
 
