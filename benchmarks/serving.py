@@ -18,7 +18,14 @@ The throughput runs alternate (plain, raypipe, plain, raypipe...); ``--repeat`` 
 after a warm-up; medians are reported.  Goals: added p50 latency (raypipe - plain, 1 connection) <= 2 ms;
 throughput raypipe / plain >= 0.7.
 
-    .venv/bin/python -m benchmarks.serving --out bench-out/serving [--duration 10] [--repeat 2]
+**The cost of auth** (unless ``--skip-auth``): a second raypipe app, the same two versions
+and split, with a bearer token for ``/predict`` (and ``/feedback``) joins the 1-connection
+latency rounds (the three targets take turns): p50/p99 with auth on vs off, the added ms and
+the ratio.  Request ids are signed in both apps (always on), so their cost is measured
+in-process too: microseconds per token check, id issued, id verified, sampling decision.
+Goal: added p50 of auth <= 0.2 ms.
+
+    .venv/bin/python -m benchmarks.serving --out bench-out/serving [--duration 10] [--repeat 2] [--quick]
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ from benchmarks._common import bar_chart, base_parser, goal, median, print_table
 
 GOAL_ADDED_P50_MS = 2.0
 GOAL_THROUGHPUT_RATIO = 0.7
+GOAL_AUTH_ADDED_P50_MS = 0.2
+#: The benchmark's predict token (in the environment of this process, where the deploy resolves it).
+TOKEN_ENV = "RAYPIPE_BENCH_TOKEN"
+TOKEN = "bench-token-8d1f3a6c9e2b4f70a5c7"
 
 
 def _progress(msg: str) -> None:
@@ -113,9 +124,14 @@ async def _load(
     }
 
 
-async def _paired(targets: dict[str, str], bodies: list[bytes], seconds: float) -> dict[str, dict[str, Any]]:
-    """Latency at 1 connection per target, one request to each in turn (the order swapped
-    every round), so both see the same machine load at the same moments."""
+async def _paired(
+    targets: dict[str, str],
+    bodies: list[bytes],
+    seconds: float,
+    extra_headers: dict[str, dict[str, str]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Latency at 1 connection per target, one request to each in turn (the order reversed
+    every round), so all see the same machine load at the same moments."""
     import aiohttp
 
     lat: dict[str, list[float]] = {name: [] for name in targets}
@@ -129,6 +145,7 @@ async def _paired(targets: dict[str, str], bodies: list[bytes], seconds: float) 
         while time.perf_counter() < t_end:
             for name in names if k % 2 == 0 else names[::-1]:
                 headers = {"Content-Type": "application/json", "X-User-Id": f"user-{k % 10_000}"}
+                headers.update((extra_headers or {}).get(name) or {})
                 t0 = time.perf_counter()
                 try:
                     async with sessions[name].post(targets[name], data=bodies[k % len(bodies)], headers=headers) as r:
@@ -155,6 +172,31 @@ async def _paired(targets: dict[str, str], bodies: list[bytes], seconds: float) 
     }
 
 
+def _auth_cpu_us(repeat: int = 20_000) -> dict[str, float]:
+    """Microseconds per call of the router's auth work, in this process (no HTTP, no Ray)."""
+    from raypipe.serving.auth import RequestIds, TokenCheck, token_hash
+
+    check = TokenCheck([token_hash(TOKEN)])
+    ids = RequestIds("bench", os.urandom(32))
+    header = f"Bearer {TOKEN}"
+    issued = [ids.issue() for _ in range(1000)]
+
+    def per_call(fn: Any) -> float:
+        t0 = time.perf_counter()
+        for i in range(repeat):
+            fn(i)
+        return (time.perf_counter() - t0) / repeat * 1e6
+
+    out = {
+        "token_check_us": per_call(lambda i: check.bearer(header, "POST /predict")),
+        "id_issue_us": per_call(lambda i: ids.issue()),
+        "id_verify_us": per_call(lambda i: ids.verify(issued[i % 1000], window_s=86400.0)),
+        "id_sample_us": per_call(lambda i: ids.sample(issued[i % 1000], 0.2)),
+    }
+    out["predict_path_us"] = out["token_check_us"] + out["id_issue_us"] + out["id_sample_us"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=10.0, help="seconds of each throughput measurement")
@@ -162,7 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16, help="connections of the throughput measurement")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--skip-auth", action="store_true", help="no auth app beside the others")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short measurements: --duration 3 --latency-s 4 --repeat 1 (overrides them)",
+    )
     args = p.parse_args(argv)
+    if args.quick:
+        args.duration, args.latency_s, args.repeat = 3.0, 4.0, 1
 
     import ray
     from ray import serve
@@ -209,6 +259,28 @@ def main(argv: list[str] | None = None) -> int:
         st = serving.deploy(spec, db=str(tmp / "raypipe.db"))
         deploy_s = time.perf_counter() - t0
         _progress(f"raypipe app deployed in {deploy_s:.1f}s at {st.url}")
+        targets_auth: dict[str, str] = {}
+        if not args.skip_auth:
+            # the same app with a predict token (and a feedback token); logical CPUs kept small
+            # to fit beside the others, not booked with the scheduler
+            os.environ[TOKEN_ENV] = TOKEN
+            small = {"num_cpus": 0.05}
+            auth_spec = ServeSpec.model_validate(
+                {
+                    **spec.model_dump(include={"model", "port", "key"}),
+                    "app": "bench-auth",
+                    "variants": [
+                        {"version": "@production", "weight": 90, "ray_actor_options": small},
+                        {"version": "@candidate", "weight": 10, "ray_actor_options": small},
+                    ],
+                    "ingress": {"ray_actor_options": small},
+                    "reserve": False,
+                    "auth": {"predict_tokens": [f"${{env:{TOKEN_ENV}}}"], "feedback_tokens": [f"${{env:{TOKEN_ENV}}}"]},
+                }
+            )
+            auth_url = serving.deploy(auth_spec, db=str(tmp / "raypipe.db")).url
+            targets_auth = {"raypipe_auth": f"{auth_url}/predict"}
+            _progress(f"raypipe app with auth deployed at {auth_url}")
         ref = refs[0]
         plain_cfg = {"label": "v1", "uri": ref.uri, "sha256": ref.sha256, "size": ref.size, "fail_rate": 0.0}
         serve.run(
@@ -225,15 +297,21 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"features": dict(zip(FEATURES, map(float, row), strict=True))}).encode() for row in x[:500]
         ]
 
-        samples: dict[str, dict[str, list[dict[str, Any]]]] = {t: {"latency": [], "throughput": []} for t in targets}
+        latency_targets = {**targets, **targets_auth}
+        auth_headers = {"raypipe_auth": {"Authorization": f"Bearer {TOKEN}"}}
+        samples: dict[str, dict[str, list[dict[str, Any]]]] = {
+            t: {"latency": [], "throughput": []} for t in latency_targets
+        }
         _progress("warm-up")
         for name, u in targets.items():
             asyncio.run(_load(u, bodies, 4, 2.0, 0.5, name == "raypipe"))
+        if targets_auth:
+            asyncio.run(_paired(targets_auth, bodies, 2.0, auth_headers))
         for rnd in range(args.repeat):
             _progress(f"round {rnd + 1}/{args.repeat}: latency, 1 connection each, alternating, {args.latency_s:g}s")
             t_phase = time.time()
-            paired = asyncio.run(_paired(targets, bodies, args.latency_s))
-            for name in targets:
+            paired = asyncio.run(_paired(latency_targets, bodies, args.latency_s, auth_headers))
+            for name in latency_targets:
                 samples[name]["latency"].append(paired[name])
             time.sleep(0.3)  # the router sends its events every 0.1 s
             snap = ray.get(get_collector("bench").snapshot.remote(t_phase + 1))
@@ -274,7 +352,25 @@ def main(argv: list[str] | None = None) -> int:
             "added_p50_ms": goal(added, GOAL_ADDED_P50_MS, "ms"),
             "throughput_ratio": goal(thr_ratio or 0.0, GOAL_THROUGHPUT_RATIO, "x", lower_is_better=False),
         }
+        res.update({f"auth_cpu_{k}": v for k, v in _auth_cpu_us().items()})
+        if targets_auth:
+            lat = samples["raypipe_auth"]["latency"]
+            res["auth_p50_ms"] = median([s["p50_ms"] for s in lat])
+            res["auth_p99_ms"] = median([s["p99_ms"] for s in lat])
+            res["auth_failed"] = sum(s["failed"] for s in lat)
+            # per round, auth on minus off (the same round's alternating requests), then the median
+            res["auth_added_p50_ms"] = median(
+                [a["p50_ms"] - b["p50_ms"] for a, b in zip(lat, samples["raypipe"]["latency"], strict=True)]
+            )
+            res["auth_added_p99_ms"] = median(
+                [a["p99_ms"] - b["p99_ms"] for a, b in zip(lat, samples["raypipe"]["latency"], strict=True)]
+            )
+            ratios["auth_p50_ms"] = ratio(res["auth_p50_ms"], res["p50_ms"])
+            ratios["auth_p99_ms"] = ratio(res["auth_p99_ms"], res["p99_ms"])
+            goals["auth_added_p50_ms"] = goal(res["auth_added_p50_ms"], GOAL_AUTH_ADDED_P50_MS, "ms")
         params = {k: getattr(args, k) for k in ("duration", "latency_s", "concurrency", "repeat", "num_cpus")}
+        params["quick"] = bool(args.quick)
+        params["auth"] = bool(targets_auth)
         params["load_avg_1m_before"] = load_before
         params["load_avg_1m_after"] = os.getloadavg()[0]
         path = write_results(
@@ -343,6 +439,16 @@ def main(argv: list[str] | None = None) -> int:
             ],
             title="raypipe serving (router + variants) vs a plain Serve deployment",
         )
+        if targets_auth:
+            print(
+                f"auth on vs off (1 connection): p50 {res['auth_p50_ms']:.2f} vs {res['p50_ms']:.2f} ms, "
+                f"added p50 {res['auth_added_p50_ms']:+.2f} ms (goal <= {GOAL_AUTH_ADDED_P50_MS:g}: "
+                f"{'met' if goals['auth_added_p50_ms']['met'] else 'MISSED'}), added p99 "
+                f"{res['auth_added_p99_ms']:+.2f} ms; in-process: token check {res['auth_cpu_token_check_us']:.1f} us, "
+                f"id issued {res['auth_cpu_id_issue_us']:.1f} us, verified {res['auth_cpu_id_verify_us']:.1f} us, "
+                f"sampled {res['auth_cpu_id_sample_us']:.1f} us"
+            )
+            serving.shutdown("bench-auth")
         _progress(f"results: {path}")
         serving.shutdown("bench")
         serve.delete("plain")

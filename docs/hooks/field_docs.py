@@ -159,7 +159,6 @@ FIELD_DOCS: dict[str, str] = {
     "ServeSpec.model": "The registered model whose versions are served.",
     "ServeSpec.variants": "The versions served and their weights.",
     "ServeSpec.key": "Where the sticky routing key comes from (none: a random key per request).",
-    "ServeSpec.force_header": "A request with this header goes to the variant it names (for testing).",
     "ServeSpec.shadow": "A variant that gets a copy of every request routed elsewhere.",
     "ServeSpec.host": "Serve's HTTP host (one per cluster: set by the first app deployed).",
     "ServeSpec.ingress": "The router deployment.",

@@ -260,12 +260,25 @@ class Reporter:
 # --------------------------------------------------------------------------- serving
 
 
+def _auth_text(st: Any) -> str:
+    """`` · auth: predict (2 tokens), feedback (1 token), force-variant`` or `` · auth: none``."""
+    a = getattr(st, "auth", None) or {}
+    parts = [
+        f"{route} ({n} token{'s' if n != 1 else ''})"
+        for route, n in (("predict", a.get("predict_tokens", 0)), ("feedback", a.get("feedback_tokens", 0)))
+        if n
+    ]
+    if a.get("force_variant"):
+        parts.append(f"force-variant ({getattr(st, 'force_header', None)})")
+    return " · auth: " + (", ".join(parts) if parts else "none")
+
+
 def print_app(st: Any, verb: str = "app") -> None:
     """A served app: its variants, versions, aliases, weights, replicas and reservation."""
     key = ", ".join(f"{k} {v}" for k, v in (st.key or {}).items() if v) or "none (random per request)"
     console.print(
         f"{verb} [bold]{escape(st.app)}[/] · {status(st.status.lower())} · {escape(st.url)} · model {escape(st.model)}"
-        f" · sticky key: {escape(key)}" + (f" · shadow: {st.shadow}" if st.shadow else ""),
+        f" · sticky key: {escape(key)}" + (f" · shadow: {st.shadow}" if st.shadow else "") + _auth_text(st),
         soft_wrap=True,
         emoji=False,
     )

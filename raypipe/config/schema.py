@@ -17,7 +17,10 @@ NonNegative = Annotated[float, Field(ge=0)]
 
 
 #: Where a secret reference is resolved (see :mod:`raypipe.secrets`), for the error elsewhere.
-REFERENCE_FIELDS = "a pipeline's `metadata`, its stages' `params` (not a deploy stage's) and `ray.runtime_env`"
+REFERENCE_FIELDS = (
+    "a pipeline's `metadata`, its stages' `params` (a deploy stage's: only its `auth` tokens, "
+    "`force_variant.token` and `secret`) and `ray.runtime_env`"
+)
 
 
 class StrictModel(BaseModel):

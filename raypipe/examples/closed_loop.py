@@ -69,10 +69,14 @@ class Traffic:
     them, the true label to ``/feedback`` as its ``label`` (ground truth, for the monitor's
     performance drift).  The demo has no business result, so it sends no ``outcome``: that
     field is for A/B tests and guardrails (a conversion, a reward), never correctness.  The
-    shift can change while they run."""
+    shift can change while they run.  Labels feed performance drift only when they come with
+    one of the app's ``auth.feedback_tokens`` (``feedback_token``)."""
 
-    def __init__(self, url: str, threads: int = 4, label_share: float = 0.5, seed: int = 0) -> None:
+    def __init__(
+        self, url: str, threads: int = 4, label_share: float = 0.5, seed: int = 0, feedback_token: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
+        self.feedback_token = feedback_token
         self.shift = 0.0
         self.label_share = label_share
         self.sent = 0
@@ -95,10 +99,11 @@ class Traffic:
         for t in self._threads:
             t.join(timeout=10)
 
-    def _post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(
-            self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
+    def _post(self, path: str, body: Mapping[str, Any], token: str | None = None) -> dict[str, Any]:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), headers=headers)
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read() or b"{}")
 
@@ -115,7 +120,8 @@ class Traffic:
                 try:
                     out = self._post("/predict", {"features": features})
                     if rng.random() < self.label_share:
-                        self._post("/feedback", {"request_id": out["request_id"], "label": int(row.label)})
+                        body = {"request_id": out["request_id"], "label": int(row.label)}
+                        self._post("/feedback", body, self.feedback_token)
                 except Exception:  # noqa: BLE001 - counted; the traffic goes on (e.g. a router restarting)
                     with self._lock:
                         self.errors += 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +24,9 @@ from raypipe.loop.status import loop_status
 from raypipe.monitoring.monitor import get_monitor
 from raypipe.serving import app as serve_app
 from raypipe.store.metadata import MetadataStore, resolve_db
+
+#: The environment variable the demo's feedback token is passed in (``auth.feedback_tokens``).
+FEEDBACK_TOKEN_ENV = "RAYPIPE_DEMO_FEEDBACK_TOKEN"
 
 
 def run_demo(
@@ -43,7 +48,14 @@ def run_demo(
 
     # A store of its own, new each time: the demo starts from "no model yet" (v1 becomes production).
     store = out / "store"
-    overrides = [f"storage={store.resolve()}"]
+    # Labels feed performance drift only from authenticated feedback: a feedback token made for
+    # this run, in the environment of the Ray started below (the deploy stage's task resolves it).
+    token = secrets.token_urlsafe(24)
+    os.environ[FEEDBACK_TOKEN_ENV] = token
+    overrides = [
+        f"storage={store.resolve()}",
+        f'stages.deploy.params.auth={{"feedback_tokens": ["${{env:{FEEDBACK_TOKEN_ENV}}}"]}}',
+    ]
     cfg, _ = read_config(config, overrides)
     deploys = [s for s in cfg.stages if s.kind == "deploy" and (s.params.get("retrain") and s.params.get("monitor"))]
     if not deploys:
@@ -68,7 +80,7 @@ def run_demo(
         if monitor is None:
             raise RaypipeError(f"app {app_name!r} is served without its drift monitor; the demo needs one")
         t0 = time.time()
-        traffic = Traffic(url).start()
+        traffic = Traffic(url, feedback_token=token).start()
         console.rule(f"2. clean traffic to {url}/predict: no drift expected")
         wait_windows(monitor, 3, console, traffic)
         clean = ray.get(monitor.status.remote())

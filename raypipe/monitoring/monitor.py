@@ -168,17 +168,19 @@ class DriftMonitor:
         predictions: list[Any] | None = None,
         request_ids: list[str] | None = None,
         columns: list[str] | None = None,
+        sampled: bool = False,
     ) -> int:
-        """Fire-and-forget from the ingress: never raises; a bad batch is counted (-1)."""
+        """Fire-and-forget from the ingress: never raises; a bad batch is counted (-1).
+        ``sampled``: the ingress sampled the rows already (they are all kept)."""
         try:
-            return self.core.log(variant, rows, predictions, request_ids, columns)
+            return self.core.log(variant, rows, predictions, request_ids, columns, sampled)
         except Exception as e:  # noqa: BLE001
             self.core.counters["rejected_batches"] += 1
             self.core.last_error = f"log({variant!r}, {len(rows) if hasattr(rows, '__len__') else '?'} rows): {e}"
             return -1
 
-    def label(self, request_id: str, label: Any) -> bool:
-        return self.core.label(request_id, label)
+    def label(self, request_id: str, label: Any, sampled: bool | None = None) -> bool:
+        return self.core.label(request_id, label, sampled)
 
     def labels(self, items: list[tuple[str, Any]]) -> int:
         return self.core.labels(items)

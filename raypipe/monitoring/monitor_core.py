@@ -207,14 +207,16 @@ class MonitorCore:
         predictions: Sequence[Any] | None = None,
         request_ids: Sequence[str] | None = None,
         columns: Sequence[str] | None = None,
+        sampled: bool = False,
     ) -> int:
         """Offer served rows of ``variant`` with their predictions and request ids (both
         optional, aligned with ``rows``).  A row is a dict of feature values, or a list of
         values named by ``columns`` (the ingress's rows in the model's feature order).  Rows are sampled at
         ``sample_rate``: by :func:`~raypipe.monitoring.sampling.keep_request` of the request id when
-        given (so an ingress that already sampled with the same rate loses nothing more),
-        else at random.  Rows of one multi-row request share its id: kept or dropped
-        together, and not matched to labels later.  Returns the rows kept; raises ValueError for a malformed batch."""
+        given, else at random; ``sampled``: the caller sampled them already at ``sample_rate``
+        (the serving router, by a keyed hash of the ids it issued), so every row is kept.
+        Rows of one multi-row request share its id: kept or dropped together, and not matched
+        to labels later.  Returns the rows kept; raises ValueError for a malformed batch."""
         if not isinstance(variant, str) or not variant:
             raise ValueError("log: variant must be a non-empty string")
         if predictions is not None and len(predictions) != len(rows):
@@ -228,7 +230,7 @@ class MonitorCore:
         v = self._variant(variant, now)
         v.logged += len(rows)
         classes = self._detector(variant).classes
-        rate = self.spec.sample_rate
+        rate = 1.0 if sampled else self.spec.sample_rate
         kept = 0
         # A request of several rows has one id for all of them: sampled together, never
         # labelled (one label cannot be matched to several predictions).
@@ -362,17 +364,19 @@ class MonitorCore:
             self.debouncer.end_retraining(True, self.clock())
 
     # ------------------------------------------------------------------ labels
-    def label(self, request_id: str, label: Any) -> bool:
+    def label(self, request_id: str, label: Any, sampled: bool | None = None) -> bool:
         """The true label of a logged request (the ``label`` of ``/feedback``, never its
         ``outcome``); False when the request was not sampled, is unknown or was evicted from
-        the pending map, or cannot be scored.  A classification label is matched to the
+        the pending map, or cannot be scored.  ``sampled``: whether the caller's sampling kept
+        the request (None: this monitor's own, :func:`~raypipe.monitoring.sampling.keep_request`).  A classification label is matched to the
         model's classes as the ingress does (:func:`~raypipe.models.classes.match_class`:
         ``"3"`` and ``3.0`` are class 3, true/false classes 1/0); one that names none of
         them is scored as a wrong prediction and counted in ``labels_outside_classes``."""
         rid = str(request_id)
         entry = self.pending.pop(rid, None)
         if entry is None:
-            key = "labels_not_sampled" if not keep_request(rid, self.spec.sample_rate, self.app) else "labels_unknown"
+            kept = keep_request(rid, self.spec.sample_rate, self.app) if sampled is None else sampled
+            key = "labels_unknown" if kept else "labels_not_sampled"
             self.counters[key] += 1
             return False
         now = self.clock()

@@ -19,7 +19,9 @@ def stage_kind(payload: dict[str, Any]) -> StageKind:
     resolved here, in the task, where the stage reads its params: the payload, the stored
     config and the cache key keep them as written."""
     cls = get_stage_kind(payload["kind"])
-    params = resolve_secrets(payload["params"], f"stages.{payload['stage']}.params")
+    params = payload["params"]
+    if cls.Params.resolve_references:  # a deploy stage resolves its own (the app keeps the references)
+        params = resolve_secrets(params, f"stages.{payload['stage']}.params")
     return cls(cls.Params.model_validate(params))
 
 

@@ -26,11 +26,17 @@ Contract (shared with the A/B report and the canary controller)::
   Ray's internal KV (``raypipe-serve/app/<app>``, namespace ``raypipe``), so any
   process connected to the cluster can re-weight, inspect or stop it.
 - Metrics: the detached actor ``raypipe-serve-metrics-<app>`` (:mod:`raypipe.serving.metrics`).
+- Auth: the spec's secret references (``auth`` tokens, ``force_variant.token``, ``secret``)
+  are resolved by :func:`deploy` in the deploying process; the app's auth record (token
+  hashes, the request-id key: :func:`raypipe.serving.auth.auth_record`) goes to Ray's KV
+  under its own key, never into Serve's config or the app's record, which keep the
+  references.  :func:`change_variants` (the closed loop) keeps the record as it is.
 - Resources: one long-lived scheduler reservation per app (:mod:`raypipe.serving.reservation`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -41,6 +47,7 @@ from raypipe.exceptions import RaypipeError
 from raypipe.models.preprocess import describe_inputs
 from raypipe.monitoring.monitor import stop_monitor
 from raypipe.serving import reservation
+from raypipe.serving.auth import auth_record, describe
 from raypipe.serving.metrics import get_collector
 from raypipe.serving.resolve import ResolvedVariant, check_distinct, from_version, resolve, shadow_label
 from raypipe.serving.routing import WeightsError, parse_weights
@@ -54,9 +61,11 @@ from raypipe.serving.state import (
     collector_name,
     config_lock,
     controller_name,
+    load_auth,
     load_state,
     need_ray,
     require_state,
+    save_auth,
     save_state,
 )
 from raypipe.store.metadata import MetadataStore, open_existing
@@ -78,6 +87,7 @@ __all__ = [
 ]
 
 IMPORT_PATH = "raypipe.serving.deployments:build_app"
+log = logging.getLogger("raypipe.serving")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -220,18 +230,55 @@ def deploy(spec: ServeSpec, *, db: str | None = None) -> AppStatus:
         meta.close()
 
 
+def _auth(spec: ServeSpec, keep: bool) -> dict[str, Any]:
+    """The app's auth record: its references resolved in this process (``keep``: the
+    deployed record as it is, if any: the closed loop changing variants from its actor)."""
+    previous = load_auth(spec.app)
+    if keep and previous is not None:
+        return previous
+    auth = spec.auth
+    record = auth_record(
+        spec.app,
+        predict_tokens=auth.predict_tokens if auth else (),
+        feedback_tokens=auth.feedback_tokens if auth else (),
+        force_token=spec.force_variant.token if spec.force_variant else None,
+        secret=spec.secret,
+        has_auth=auth is not None,
+        previous=previous,
+    )
+    if spec.monitor is not None and not record["feedback"]:
+        log.warning(
+            "app %s: labels sent to /feedback will not feed performance drift: only authenticated feedback "
+            "does (give the app auth.feedback_tokens)",
+            spec.app,
+        )
+    return record
+
+
 def deploy_resolved(
-    spec: ServeSpec, resolved: Sequence[ResolvedVariant], *, aliases: Mapping[str, str] | None = None, hint: str = ""
+    spec: ServeSpec,
+    resolved: Sequence[ResolvedVariant],
+    *,
+    aliases: Mapping[str, str] | None = None,
+    hint: str = "",
+    keep_auth: bool = False,
 ) -> AppStatus:
     """Deploy variants already pinned to versions (the ``deploy`` stage resolves them on
-    the driver and calls this from its task)."""
+    the driver and calls this from its task).  ``keep_auth``: keep the app's deployed auth
+    record instead of resolving the spec's references again."""
     need_ray()
     check_distinct(resolved, spec.model)
     for r in resolved:
         _check_loadable(r, spec.model)
+    auth = _auth(spec, keep_auth)  # a reference that does not resolve fails here, before anything changes
     shadow = shadow_label(spec, resolved)
     weights = {r.label: float(r.spec.weight) for r in resolved}
-    user_config: UserConfig = {"weights": weights, "shadow": shadow, "aliases": dict(aliases or {})}
+    user_config: UserConfig = {
+        "weights": weights,
+        "shadow": shadow,
+        "aliases": dict(aliases or {}),
+        "auth": str(auth["rev"]),
+    }
     bundles = [replica_resources(spec.ingress.ray_actor_options)] * spec.ingress.replicas
     for r in resolved:
         bundles += [replica_resources(r.spec.ray_actor_options)] * r.spec.max_replicas
@@ -263,7 +310,8 @@ def deploy_resolved(
             "model": spec.model,
             "salt": spec.salt,
             "key": spec.key.model_dump(exclude_none=True) if spec.key else None,
-            "force_header": spec.force_header,
+            "force": spec.force_variant.model_dump(include={"header", "token_header"}) if spec.force_variant else None,
+            "feedback": spec.feedback.model_dump(mode="json"),
             "max_body_bytes": spec.max_body_bytes,
             "collector": collector_name(spec.app),
             "variants": {
@@ -315,8 +363,9 @@ def deploy_resolved(
         collector = get_collector(spec.app, create=True)
         import ray
 
-        ray.get(collector.set_reservation.remote(state["reservation"]))
+        ray.get(collector.configure.remote(state["reservation"], spec.feedback.window_s))
         with config_lock():
+            save_auth(spec.app, auth)  # before Serve's config: the routers load it when they get its rev
             before = _apply(client, spec.app, _app_config(state))
             save_state(spec.app, state)
         _wait(client, spec.app, timeout_s=spec.deploy_timeout_s, before=before, user_config=user_config)
@@ -411,7 +460,7 @@ def change_variants(
     resolved = [from_version(vs, registry.get(f"{spec.model}:{ref_text(vs.version)[1:]}")) for vs in spec.variants]
     served = {r.label for r in resolved}
     aliases = {a: f"v{n}" for a, n in registry.summary(spec.model).aliases.items() if f"v{n}" in served}
-    return deploy_resolved(spec, resolved, aliases=aliases)
+    return deploy_resolved(spec, resolved, aliases=aliases, keep_auth=True)
 
 
 def status(app: str) -> AppStatus:
@@ -463,7 +512,8 @@ def status(app: str) -> AppStatus:
         aliases=dict(uc.get("aliases") or {}),
         shadow=uc.get("shadow"),
         key=spec.get("key"),
-        force_header=spec.get("force_header", "X-Raypipe-Variant"),
+        force_header=(spec.get("force_variant") or {}).get("header"),
+        auth=describe(load_auth(app)),
         reservation=job,
         ingress={
             "target_replicas": int(router.get("target_num_replicas") or 0),
@@ -510,3 +560,4 @@ def _teardown(app: str, state: Mapping[str, Any]) -> None:
         reservation.release(state["reservation"])
     kill_actor(collector_name(app))
     save_state(app, None)
+    save_auth(app, None)

@@ -3,32 +3,32 @@ deployment per model version (``v<N>``), built by :func:`build_app` from plain a
 
 Serve deploys it from a config (``import_path: raypipe.serving.deployments:build_app``,
 ``args``: the resolved variants), so a later config that changes only the router's
-``user_config`` (weights, shadow, aliases) is applied by ``reconfigure`` on the running
-replicas: no replica restarts and no request is dropped.
+``user_config`` (weights, shadow, aliases, the auth record's revision) is applied by
+``reconfigure`` on the running replicas: no replica restarts and no request is dropped.
 
-HTTP API under the app's route prefix (bodies: :mod:`raypipe.serving.validation`):
+HTTP API under the app's route prefix (bodies: :mod:`raypipe.serving.validation`; auth and
+request ids: :mod:`raypipe.serving.auth`):
 
 - ``POST /predict``: ``{"features": {...}}`` or ``{"instances": [...]}`` ->
-  ``{"request_id", "variant", "version", "prediction" | "predictions"}``.  The sticky key
-  comes from the configured header or body field (absent: a random key); the
-  ``X-Raypipe-Variant`` header (configurable) forces a variant; a body ``request_id`` (or
-  else the ``X-Request-Id`` header, which Serve sets to its own id if the client does not)
-  names the request, else a uuid4 is made.  400 malformed JSON or
-  unknown forced variant, 413 a body over the app's ``max_body_bytes`` (default 1 MiB:
-  refused before it is parsed), 422 invalid body, 500 the variant failed, 503 no replica
-  of the variant could be reached.
-- ``POST /feedback``: ``{"request_id", "outcome", "label"}`` with ``outcome`` (a business
-  result: to the metrics collector, for A/B tests and guardrails), ``label`` (the true
-  value, checked against the model of the variant that served the request: to the drift
-  monitor, for performance drift) or both -> 200 ``{"request_id", "recorded", "received"}``
-  (plus ``warnings`` for a label outside the model's classes), 404 (unknown id), 413, 422,
-  503 (collector unavailable).
-- ``GET /health``, ``GET /metadata`` (variants, versions, weights, aliases, shadow, key).
+  ``{"request_id", "client_id", "variant", "version", "prediction" | "predictions"}``.
+  With ``auth.predict_tokens``: ``Authorization: Bearer <token>`` (401 without or
+  malformed, 403 wrong).  The sticky key comes from the configured header or body field
+  (absent: a random key).  ``request_id`` is made and signed by the router; a client's id
+  (the body's ``request_id``, else the ``X-Request-Id`` header, which Serve sets to its own
+  id if the client does not) is only echoed as ``client_id``.  The force-variant header is
+  refused (403) unless the app's ``force_variant`` enables it, and then needs its token
+  (401/403); forced requests are counted apart and never reach A/B statistics, guardrails
+  or the drift monitor.  400 malformed JSON or unknown forced variant, 413 a body over
+  the app's ``max_body_bytes`` (refused before it is parsed), 422 invalid body, 500 the
+  variant failed, 503 no replica of the variant could be reached.
+- ``POST /feedback``: :mod:`raypipe.serving.feedback_route` (401/403, 404, 409, 410, 422).
+- ``GET /health`` (always open), ``GET /metadata`` (variants, versions, weights, aliases,
+  shadow, key, force header).
 
 If the app has a drift monitor (``raypipe-monitor-<app>``, :mod:`raypipe.monitoring.monitor`),
-the router sends it the served rows, predictions and request ids (sampled by request id
-at the monitor's ``sample_rate``) with its metrics, and the ``label`` of ``/feedback``
-(never its ``outcome``).
+the router sends it the served rows, predictions and request ids of routed requests,
+sampled once, here, at the monitor's ``sample_rate`` by a keyed hash of the id
+(:meth:`raypipe.serving.auth.RequestIds.sample`): the monitor keeps every row it gets.
 
 The router calls a variant again (up to twice) when its replica died under the call
 (a Ray actor error: the prediction never ran or is lost); Serve routes the retry to a
@@ -38,9 +38,7 @@ live replica.  Model errors are not retried.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,107 +46,48 @@ from ray import serve
 
 from raypipe._ray.actors import NAMESPACE
 from raypipe.monitoring.monitor import get_monitor, read_config
-from raypipe.monitoring.sampling import keep_request
+from raypipe.serving.auth import AuthError, RouterAuth
+from raypipe.serving.batching import INFLIGHT_PER_REPLICA, Batcher
+from raypipe.serving.feedback_route import FLUSH_S, FeedbackRoutes, json_response
 from raypipe.serving.model_variant import VARIANT_ENV, ModelVariant, short_error
 from raypipe.serving.routing import choose, random_key
+from raypipe.serving.state import load_auth
 from raypipe.serving.validation import (
     MAX_BODY_BYTES,
-    Feedback,
     InputSchema,
     LabelSchema,
-    LabelValue,
     RequestError,
-    check_label,
-    feedback_of,
     parse_json,
     read_body,
     rows_of,
 )
 
 ROUTER = "router"
-FLUSH_S = 0.1
 FLUSH_MAX = 512
-#: Calls of a variant after its replica died under the first one.
-ACTOR_RETRIES = 2
 #: How often the router looks for the app's drift monitor (seconds).
 MONITOR_CHECK_S = 5.0
-#: Handle calls in flight per replica of a variant (more requests join the next call).
-INFLIGHT_PER_REPLICA = 2
 #: Serve's throughput-optimized settings for the router's replicas (its code is async and
 #: never blocks for long): user code and the handles' router on the replica's own event
 #: loop, saving two thread hand-offs per request.
 ROUTER_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+#: The force-variant header when forcing is off (a request carrying it is refused).
+DEFAULT_FORCE_HEADER = "X-Raypipe-Variant"
+#: The longest client id echoed back.
+CLIENT_ID_CHARS = 128
+
+__all__ = ["FLUSH_S", "ROUTER", "Router", "VariantError", "build_app"]
 
 
 class VariantError(RuntimeError):
     """A variant answered a request with an error (its model raised, or an injected failure)."""
 
 
-def _response(status: int, doc: Mapping[str, Any]) -> Any:
-    from starlette.responses import Response
-
-    return Response(json.dumps(doc, separators=(",", ":")).encode(), status_code=status, media_type="application/json")
+_response = json_response
 
 
-class _Batcher:
-    """Requests for one variant, sent as few handle calls as possible without waiting:
-    a request goes out at once while fewer than ``max_inflight`` calls are in flight;
-    otherwise it joins the next call, sent as soon as one returns.  One connection sees
-    no added delay; under load, one call carries many requests (one forward pass)."""
-
-    def __init__(self, handle: Any, max_inflight: int, max_batch: int = 64) -> None:
-        self.handle = handle
-        self.max_inflight = max(1, max_inflight)
-        self.max_batch = max_batch
-        self.queue: list[tuple[str, list[list[Any]], asyncio.Future[dict[str, Any]]]] = []
-        self.inflight = 0
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def submit(self, request_id: str, rows: list[list[Any]]) -> dict[str, Any]:
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.queue.append((request_id, rows, fut))
-        if self.inflight < self.max_inflight:
-            self._dispatch()
-        return await fut
-
-    def _dispatch(self) -> None:
-        batch, self.queue = self.queue[: self.max_batch], self.queue[self.max_batch :]
-        if not batch:
-            return
-        self.inflight += 1
-        task = asyncio.get_running_loop().create_task(self._run(batch))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _run(self, batch: list[tuple[str, list[list[Any]], asyncio.Future[dict[str, Any]]]]) -> None:
-        from ray.exceptions import RayActorError
-
-        try:
-            ids = [b[0] for b in batch]
-            rows = [b[1] for b in batch]
-            for attempt in range(ACTOR_RETRIES + 1):
-                try:
-                    results = await self.handle.predict_many.remote(ids, rows)
-                    break
-                except RayActorError:  # the replica died under the call: Serve picks a live one
-                    if attempt == ACTOR_RETRIES:
-                        raise
-                    await asyncio.sleep(0.05 * (attempt + 1))
-            for (_, _, fut), res in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(res)
-        except Exception as e:  # noqa: BLE001 - every request of the call gets the error
-            for _, _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-        finally:
-            self.inflight -= 1
-            while self.queue and self.inflight < self.max_inflight:
-                self._dispatch()
-
-
-class Router:
-    """The HTTP ingress: validate, pick a variant (sticky, weighted), call it, record metrics."""
+class Router(FeedbackRoutes):
+    """The HTTP ingress: authenticate, validate, pick a variant (sticky, weighted), call it,
+    record metrics; ``/feedback`` is :class:`~raypipe.serving.feedback_route.FeedbackRoutes`."""
 
     def __init__(self, config: Mapping[str, Any], **variants: Any) -> None:
         self.app = config["app"]
@@ -157,7 +96,17 @@ class Router:
         key = config.get("key") or {}
         self.key_header = (key.get("header") or "").lower() or None
         self.key_field = key.get("field")
-        self.force_header = str(config.get("force_header") or "X-Raypipe-Variant").lower()
+        force = config.get("force") or None
+        #: The force-variant header (checked also when forcing is off: such a request gets 403).
+        self.force_header = str((force or {}).get("header") or DEFAULT_FORCE_HEADER)
+        self.force_token_header: str | None = (force or {}).get("token_header")
+        self.force_enabled = force is not None
+        feedback = config.get("feedback") or {}
+        self.on_repeat_replace = feedback.get("on_repeat") == "replace"
+        self.feedback_window_s = float(feedback.get("window_s") or 86400.0)
+        # Tokens and the request-id key: the app's auth record in Ray's KV, loaded by
+        # reconfigure (its revision is in the user_config); until then a key of this replica only.
+        self.auth = RouterAuth.of(self.app, None)
         self.max_body_bytes = int(config.get("max_body_bytes") or MAX_BODY_BYTES)
         self.info: dict[str, dict[str, Any]] = {k: dict(v) for k, v in config["variants"].items()}
         self.schemas = {
@@ -168,7 +117,7 @@ class Router:
         }
         self.handles = dict(variants)
         self.batchers = {
-            k: _Batcher(h, INFLIGHT_PER_REPLICA * int(self.info[k].get("replicas") or 1))
+            k: Batcher(h, INFLIGHT_PER_REPLICA * int(self.info[k].get("replicas") or 1))
             for k, h in self.handles.items()
         }
         self.collector_name = config["collector"]
@@ -180,8 +129,8 @@ class Router:
         self._flusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.dropped_events = 0
-        # The app's drift monitor (raypipe.monitoring.monitor), if one is running: served rows
-        # sampled by request id go to it with the events; /feedback labels (never outcomes).
+        # The app's drift monitor (raypipe.monitoring.monitor), if one is running: routed rows
+        # sampled by request id go to it with the events; authenticated /feedback labels.
         self._monitor: Any = None
         #: Per variant, what a true label of its model is (asked of the variant once).
         self._label_schemas: dict[str, LabelSchema] = {}
@@ -190,7 +139,15 @@ class Router:
         self._drift: dict[str, tuple[list[Any], list[Any], list[str]]] = {}
 
     def reconfigure(self, user_config: Mapping[str, Any]) -> None:
-        """New weights / shadow / aliases, applied in place (Serve's user_config)."""
+        """New weights / shadow / aliases / auth, applied in place (Serve's user_config).  A new
+        auth revision loads the app's auth record from Ray's KV; none there: the replica fails
+        (closed), it never serves without the tokens the app was deployed with."""
+        rev = user_config.get("auth")
+        if rev and rev != self.auth.rev:
+            record = load_auth(self.app)
+            if record is None:
+                raise RuntimeError(f"app {self.app!r}: its auth record is missing from Ray's KV; deploy the app again")
+            self.auth = RouterAuth.of(self.app, record)
         weights = {k: float(v) for k, v in (user_config.get("weights") or {}).items() if k in self.info}
         self.weights = {k: weights.get(k, 0.0) for k in self.info}
         shadow = user_config.get("shadow")
@@ -229,7 +186,9 @@ class Router:
             self._monitor = None
 
     def _log_drift(self, variant: str, request_id: str, rows: list[list[Any]], preds: list[Any]) -> None:
-        if not keep_request(request_id, self._monitor_rate):
+        """Rows of a routed request for the drift monitor, if the id is in its sample: the one
+        sampling of the traffic (a keyed hash of the id; the monitor keeps all it gets)."""
+        if not self.auth.ids.sample(request_id, self._monitor_rate):
             return
         buf = self._drift.setdefault(variant, ([], [], []))
         buf[0].extend(rows)
@@ -243,7 +202,7 @@ class Router:
             return
         for variant, (rows, preds, ids) in batches.items():
             try:
-                monitor.log.remote(variant, rows, preds, ids, list(self.schemas[variant].features))
+                monitor.log.remote(variant, rows, preds, ids, list(self.schemas[variant].features), True)
             except Exception:  # noqa: BLE001 - fire and forget
                 self._monitor = None
 
@@ -272,7 +231,9 @@ class Router:
             raise VariantError(res.get("error") or "failed")
         return res["p"], int(res.get("unseen") or 0)
 
-    async def _shadow_call(self, variant: str, request_id: str, rows: list[list[Any]], key: str | None) -> None:
+    async def _shadow_call(
+        self, variant: str, request_id: str, client_id: str | None, rows: list[list[Any]], key: str | None
+    ) -> None:
         t0 = time.perf_counter()
         ok, status = True, 200
         try:
@@ -282,6 +243,7 @@ class Router:
         self._record(
             {
                 "request_id": request_id,
+                "client_id": client_id,
                 "variant": variant,
                 "ok": ok,
                 "status": status,
@@ -309,6 +271,11 @@ class Router:
         if path == "/health" and method == "GET":
             return _response(200, {"status": "ok", "app": self.app})
         if path == "/metadata" and method == "GET":
+            if len(self.auth.predict):  # what the app serves is for its clients only
+                try:
+                    self.auth.predict.bearer(request.headers.get("authorization"), "GET /metadata")
+                except AuthError as e:
+                    return _response(e.status, e.body(), e.headers())
             return _response(200, self.metadata())
         return _response(
             404,
@@ -337,17 +304,45 @@ class Router:
             "key": {"header": self.key_header}
             if self.key_header
             else ({"field": self.key_field} if self.key_field else None),
-            "force_header": self.force_header,
+            "force_header": self.force_header if self.force_enabled else None,
+            "auth": {"predict": len(self.auth.predict) > 0, "feedback": len(self.auth.feedback) > 0},
         }
 
     async def _body(self, request: Any) -> bytes:
         """The request's body, no more than ``max_body_bytes`` of it read (413 past that)."""
         return await read_body(request.headers.get("content-length"), request.stream(), self.max_body_bytes)
 
+    def _forced(self, headers: Any) -> str | None:
+        """The variant a request forces (None: not forced); raises AuthError when forcing is off
+        (403) or its token is missing (401) or wrong (403), RequestError for an unknown variant."""
+        forced = headers.get(self.force_header)
+        if not forced:
+            return None
+        if not self.force_enabled or not len(self.auth.force) or not self.force_token_header:
+            raise AuthError(
+                403, f"forcing a variant ({self.force_header}) is off for this app (`force_variant` in its spec)"
+            )
+        self.auth.force.header(headers.get(self.force_token_header), self.force_token_header, "forcing a variant")
+        if forced not in self.info:
+            raise RequestError(
+                400,
+                [
+                    {
+                        "field": self.force_header,
+                        "reason": f"unknown variant {forced!r}; variants: {', '.join(self.info)}",
+                    }
+                ],
+                "unknown variant",
+            )
+        return str(forced)
+
     async def _predict(self, request: Any) -> Any:
         t0 = time.perf_counter()
         headers = request.headers
         try:
+            if len(self.auth.predict):
+                self.auth.predict.bearer(headers.get("authorization"), "POST /predict")
+            forced = self._forced(headers)
             payload = parse_json(await self._body(request))
             key: str | None = None
             if self.key_header:
@@ -357,37 +352,31 @@ class Router:
                 if isinstance(raw, (dict, list)):
                     raise RequestError(422, [{"field": self.key_field, "reason": "expected a string or number key"}])
                 key = str(raw)
-            forced = headers.get(self.force_header)
-            if forced:
-                if forced not in self.info:
-                    raise RequestError(
-                        400,
-                        [
-                            {
-                                "field": self.force_header,
-                                "reason": f"unknown variant {forced!r}; variants: {', '.join(self.info)}",
-                            }
-                        ],
-                        "unknown variant",
-                    )
-                variant = forced
-            else:
-                variant = choose(key if key is not None else random_key(), self.weights, self.salt)
+            variant = forced or choose(key if key is not None else random_key(), self.weights, self.salt)
             rows, single = rows_of(payload, self.schemas[variant], self.key_field)
+        except AuthError as e:
+            return _response(e.status, e.body(), e.headers())
         except RequestError as e:
             return _response(e.status, e.body())
-        # The body's id first: Serve's proxy sets X-Request-Id on every request (its own id
-        # when the client sends none), so the header alone would always hide the body's.
-        rid = payload.get("request_id") or headers.get("x-request-id") or uuid.uuid4().hex
-        rid = str(rid)[:128]
+        # The id is the router's, signed (feedback names it); the client's own id, if any, is
+        # only a correlation field.  The body's first: Serve's proxy sets X-Request-Id on every
+        # request (its own id when the client sends none), so the header alone would hide it.
+        rid = self.auth.ids.issue()
+        cid = payload.get("request_id") or headers.get("x-request-id")
+        client_id = str(cid)[:CLIENT_ID_CHARS] if cid else None
         if self.shadow is not None and self.shadow != variant:
-            self._spawn(self._shadow_call(self.shadow, rid, rows, key))
+            self._spawn(self._shadow_call(self.shadow, rid, client_id, rows, key))
         status, doc, unseen = 200, None, 0
         try:
             preds, unseen = await self._call(variant, rid, rows)
-            if self._monitor is not None:
+            if self._monitor is not None and forced is None:  # forced requests never reach drift windows
                 self._log_drift(variant, rid, rows, preds)
-            doc = {"request_id": rid, "variant": variant, "version": self.info[variant]["version"]}
+            doc = {
+                "request_id": rid,
+                "client_id": client_id,
+                "variant": variant,
+                "version": self.info[variant]["version"],
+            }
             if single:
                 doc["prediction"] = preds[0]
             else:
@@ -397,10 +386,18 @@ class Router:
 
             status = 503 if isinstance(e, RayActorError) else 500
             reason = "no replica could be reached" if status == 503 else short_error(e)
-            doc = {"request_id": rid, "variant": variant, "error": f"variant {variant} failed: {reason}"}
+            doc = {
+                "request_id": rid,
+                "client_id": client_id,
+                "variant": variant,
+                "error": f"variant {variant} failed: {reason}",
+            }
+        if forced is not None:
+            doc["forced"] = True
         self._record(
             {
                 "request_id": rid,
+                "client_id": client_id,
                 "variant": variant,
                 "ok": status < 500,
                 "status": status,
@@ -408,87 +405,11 @@ class Router:
                 "ts": time.time(),
                 "shadow": False,
                 "key": key,
-                "forced": bool(forced),
+                "forced": forced is not None,
                 "unseen": unseen,
             }
         )
         return _response(status, doc)
-
-    async def _feedback(self, request: Any) -> Any:
-        """``outcome`` to the collector only (A/B statistics, guardrails); ``label`` to the
-        drift monitor only (performance windows), after checking it against the model of the
-        variant that served the request; both for a body with both."""
-        try:
-            fb = feedback_of(parse_json(await self._body(request)))
-        except RequestError as e:
-            return _response(e.status, e.body())
-        await self._flush()  # this replica's pending events first
-        for wait in (0.0, 3 * FLUSH_S, 10 * FLUSH_S):  # another replica may still hold the event
-            if wait:
-                await asyncio.sleep(wait)
-            try:
-                collector = self._get_collector()
-                if fb.label is None:
-                    if await collector.feedback.remote(fb.request_id, fb.outcome):
-                        return _response(200, {"request_id": fb.request_id, "recorded": True, "received": fb.fields})
-                    continue
-                variant = await collector.variant_of.remote(fb.request_id)
-            except Exception as e:  # noqa: BLE001
-                self._collector = None
-                return _response(503, {"error": f"metrics collector unavailable: {short_error(e)}"})
-            if variant is not None:
-                return await self._feedback_with_label(fb, fb.label, str(variant))
-        return _response(
-            404, {"error": f"unknown request id {fb.request_id!r} (never served by this app, or forgotten)"}
-        )
-
-    def _get_collector(self) -> Any:
-        if self._collector is None:
-            import ray
-
-            self._collector = ray.get_actor(self.collector_name, namespace=NAMESPACE)
-        return self._collector
-
-    async def _feedback_with_label(self, fb: Feedback, value: LabelValue, variant: str) -> Any:
-        try:
-            label, warning = check_label(value, await self._label_schema(variant))
-        except RequestError as e:
-            return _response(e.status, e.body())
-        try:
-            known = await self._get_collector().feedback.remote(fb.request_id, fb.outcome, True)
-        except Exception as e:  # noqa: BLE001
-            self._collector = None
-            return _response(503, {"error": f"metrics collector unavailable: {short_error(e)}"})
-        if not known:  # forgotten in between
-            return _response(
-                404, {"error": f"unknown request id {fb.request_id!r} (never served by this app, or forgotten)"}
-            )
-        if self._monitor is not None:
-            try:
-                self._monitor.label.remote(fb.request_id, label)  # for its performance windows
-            except Exception:  # noqa: BLE001 - fire and forget, as the rows are
-                self._monitor = None
-        doc: dict[str, Any] = {"request_id": fb.request_id, "recorded": True, "received": fb.fields}
-        if warning:
-            doc["warnings"] = [warning]
-        return _response(200, doc)
-
-    async def _label_schema(self, variant: str) -> LabelSchema:
-        """The label schema of ``variant``'s model, asked of one of its replicas once.  A
-        variant this router does not serve (any more), or cannot reach now: unknown (the
-        label is taken as it is; the monitor counts one it cannot score)."""
-        schema = self._label_schemas.get(variant)
-        if schema is not None:
-            return schema
-        handle = self.handles.get(variant)
-        if handle is None:
-            return LabelSchema()
-        try:
-            schema = LabelSchema.from_meta(await handle.label_schema.remote())
-        except Exception:  # noqa: BLE001 - never fail feedback on it; try again next time
-            return LabelSchema()
-        self._label_schemas[variant] = schema
-        return schema
 
 
 def build_app(args: dict[str, Any]) -> Any:

@@ -12,7 +12,12 @@ An app spec (``raypipe deploy app.yaml``)::
       # fail_rate: 0.3  (TESTING ONLY: the replica answers 500 for that fraction of
       #                  request ids, deterministically by hash)
     key: {header: X-User-Id}     # or {field: user_id} (top-level body field); none: random per request
-    force_header: X-Raypipe-Variant
+    auth:                        # none: /predict and /feedback are open (a single-user setup)
+      predict_tokens: ["${env:DIGITS_PREDICT_TOKEN}"]     # Authorization: Bearer <token>
+      feedback_tokens: ["${file:/run/secrets/digits_feedback}"]
+    force_variant: {token: "${env:DIGITS_FORCE_TOKEN}"}   # none: X-Raypipe-Variant is refused
+    secret: "${env:DIGITS_ID_SECRET}"   # signs request ids; none: one made at the first deploy, kept
+    feedback: {on_repeat: reject, window_s: 86400}        # a second outcome: 409; older ids: 410
     shadow: null                 # or {variant: "@candidate"}: a copy of every request, answer ignored
     route_prefix: /digits        # default /<app>
     port: 8000                   # Serve's HTTP port (one per cluster)
@@ -31,7 +36,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -39,6 +44,7 @@ from raypipe.config import ConfigSource, StrictModel, parse_yaml, validation_iss
 from raypipe.exceptions import ConfigError, ModelNotFoundError
 from raypipe.monitoring.spec import MonitorSpec
 from raypipe.resources import Resources
+from raypipe.serving.auth import is_reference
 from raypipe.serving.rollout.settings import RolloutSettings
 from raypipe.serving.routing import TOLERANCE, TOTAL, WeightsError
 from raypipe.serving.validation import MAX_BODY_BYTES
@@ -255,14 +261,110 @@ class RetrainSpec(StrictModel):
     max_resumes: Annotated[int, Field(ge=0, le=10)] = 2
 
 
+def _reference(value: str, field: str) -> str:
+    if not is_reference(value):
+        raise ValueError(
+            f"{field}: expected a secret reference, ${{env:NAME}} or ${{file:PATH}}, got a literal value; "
+            "a literal would be stored with the app's spec (write the value into a variable or a file)"
+        )
+    return value
+
+
+class AuthSpec(StrictModel):
+    """Bearer tokens of the app's routes (``Authorization: Bearer <token>``), each a secret
+    reference resolved where the app is deployed; the router keeps only their SHA-256.
+    ``/health`` and ``/metadata`` stay open."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"predict_tokens", "feedback_tokens"})
+
+    predict_tokens: list[str] = Field(
+        default_factory=list,
+        description="Tokens accepted by POST /predict (none: /predict is open), each `${env:NAME}` or `${file:PATH}`.",
+    )
+    feedback_tokens: list[str] = Field(
+        default_factory=list,
+        description="Tokens accepted by POST /feedback (none: the app takes no feedback). Only labels of "
+        "authenticated feedback feed performance drift.",
+    )
+
+    @field_validator("predict_tokens", "feedback_tokens")
+    @classmethod
+    def _refs(cls, v: list[str]) -> list[str]:
+        for i, text in enumerate(v):
+            _reference(text, f"[{i}]")
+        return v
+
+    @model_validator(mode="after")
+    def _some(self) -> AuthSpec:
+        if not self.predict_tokens and not self.feedback_tokens:
+            raise ValueError("give predict_tokens, feedback_tokens or both (or leave `auth` out: no auth)")
+        return self
+
+
+class ForceVariantSpec(StrictModel):
+    """Forcing a variant by header, for testing: off unless this section is given, and then
+    only with its own token.  Forced requests are counted apart (``forced_*``) and never in
+    A/B statistics, rollout guardrails or drift windows."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"token"})
+
+    header: Annotated[str, Field(pattern=_HEADER_RE)] = Field(
+        default="X-Raypipe-Variant", description="The header naming the variant (`v3`)."
+    )
+    token_header: Annotated[str, Field(pattern=_HEADER_RE)] = Field(
+        default="X-Raypipe-Force-Token", description="The header carrying `token` (401 without, 403 wrong)."
+    )
+    token: str = Field(description="The secret a forcing request must carry: `${env:NAME}` or `${file:PATH}`.")
+
+    @field_validator("token")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        return _reference(v, "token")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ForceVariantSpec:
+        if self.header.lower() == self.token_header.lower() or "authorization" in (
+            self.header.lower(),
+            self.token_header.lower(),
+        ):
+            raise ValueError("header and token_header must be two different headers, neither Authorization")
+        return self
+
+
+class FeedbackSpec(StrictModel):
+    """What ``/feedback`` accepts for a request id."""
+
+    on_repeat: Literal["reject", "replace"] = Field(
+        default="reject",
+        description="A second outcome for the same request id: `reject` (409) or `replace` (the first is "
+        "taken back from the sums). A second label is always refused (409).",
+    )
+    window_s: Annotated[float, Field(ge=1, le=30 * 86400)] = Field(
+        default=86400.0,
+        description="Feedback for a request id issued longer ago than this gets 410 (the collector also "
+        "forgets ids older than this).",
+    )
+
+
 class ServeSpec(StrictModel):
     """A served application: a registered model's versions behind one HTTP ingress."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"secret"})
 
     app: Annotated[str, Field(pattern=NAME_RE)]
     model: Annotated[str, Field(pattern=NAME_RE)]
     variants: Annotated[list[VariantSpec], Field(min_length=1)]
     key: KeySpec | None = None
-    force_header: Annotated[str, Field(pattern=_HEADER_RE)] = "X-Raypipe-Variant"
+    #: Bearer tokens of /predict and /feedback (none: both open; see :class:`AuthSpec`).
+    auth: AuthSpec | None = None
+    #: Forcing a variant by header (none: off; a request with the header gets 403).
+    force_variant: ForceVariantSpec | None = None
+    secret: str | None = Field(
+        default=None,
+        description="The secret that signs the app's request ids: `${env:NAME}` or `${file:PATH}` (none: a key "
+        "made at the first deploy and kept for later deploys of the app).",
+    )
+    feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     shadow: ShadowSpec | None = None
     #: Default ``/<app>``.
     route_prefix: str | None = None
@@ -286,6 +388,21 @@ class ServeSpec(StrictModel):
     monitor: MonitorConfig | None = None
     #: Retrain on drift, canary, promote or roll back (needs ``monitor``).
     retrain: RetrainSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "force_header" in data:
+            raise ValueError(
+                "force_header: forcing a variant is off by default now and needs its own secret: "
+                "force_variant: {header: X-Raypipe-Variant, token: ${env:NAME}}"
+            )
+        return data
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        return None if v is None else _reference(v, "secret")
 
     @field_validator("route_prefix")
     @classmethod
@@ -346,8 +463,11 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 __all__ = [
+    "AuthSpec",
     "AutoscalingSpec",
     "CandidateOptions",
+    "FeedbackSpec",
+    "ForceVariantSpec",
     "IngressSpec",
     "KeySpec",
     "ModelNotFoundError",

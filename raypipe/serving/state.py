@@ -22,6 +22,8 @@ class UserConfig(TypedDict):
     weights: dict[str, float]
     shadow: str | None
     aliases: dict[str, str]
+    #: The ``rev`` of the app's auth record (:func:`load_auth`): a new one makes the routers reload it.
+    auth: str
 
 
 class AppState(TypedDict):
@@ -57,6 +59,7 @@ def controller_name(app: str) -> str:
 
 
 _STATE_PREFIX = b"raypipe-serve/app/"
+_AUTH_PREFIX = b"raypipe-serve/auth/"
 _LOCK_KEY = b"raypipe-serve/lock"
 _LOCK_STALE_S = 60.0
 
@@ -105,7 +108,10 @@ class AppStatus:
     aliases: dict[str, str]
     shadow: str | None
     key: dict[str, str] | None
-    force_header: str
+    #: The force-variant header, or None when forcing is off.
+    force_header: str | None
+    #: What is authenticated: {auth, predict_tokens, feedback_tokens (counts), force_variant, id_key}.
+    auth: dict[str, Any] = field(default_factory=dict)
     #: The scheduler job booking the replicas' resources: {job_id, state, demand, nodes}, or None.
     reservation: dict[str, Any] | None = None
     ingress: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +140,17 @@ def load_state(app: str) -> AppState | None:
 
 def save_state(app: str, state: AppState | None) -> None:
     kv.put_json(_state_key(app), None if state is None else dict(state))
+
+
+def load_auth(app: str) -> dict[str, Any] | None:
+    """The app's auth record (:func:`raypipe.serving.auth.auth_record`: token hashes and the
+    request-id key), kept in Ray's KV apart from the app's record and from Serve's config."""
+    record: dict[str, Any] | None = kv.get_json(_AUTH_PREFIX + app.encode())
+    return record
+
+
+def save_auth(app: str, record: dict[str, Any] | None) -> None:
+    kv.put_json(_AUTH_PREFIX + app.encode(), record)
 
 
 def apps() -> list[str]:

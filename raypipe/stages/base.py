@@ -33,6 +33,9 @@ class StageParams(StrictModel):
     kind reads its params (:mod:`raypipe.secrets`)."""
 
     reference_fields: ClassVar[frozenset[str]] = frozenset({"*"})
+    #: The task resolves the references before the kind reads its params; a kind that resolves
+    #: its own where each value is used, keeping the references in what it stores, says False.
+    resolve_references: ClassVar[bool] = True
 
 
 def stage_log_path(storage: str, run_id: str, stage: str, attempt: int) -> Path:

@@ -40,10 +40,12 @@ from raypipe.store.registry import ModelRegistry
 
 
 class DeployParams(StageParams, ServeSpec):
-    """The :class:`ServeSpec` of the app to deploy.  No secret references: a serve spec is
-    also deployed as written (``raypipe deploy pipeline.yaml``), and nothing in it is secret."""
+    """The :class:`ServeSpec` of the app to deploy.  Secret references only where a serve spec
+    takes them (``auth`` tokens, ``force_variant.token``, ``secret``); they are resolved when
+    the app is deployed (in the stage's task), and the app keeps the references."""
 
-    reference_fields: ClassVar[frozenset[str]] = frozenset()
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"secret"})
+    resolve_references: ClassVar[bool] = False
 
 
 class DeployStage(StageKind):

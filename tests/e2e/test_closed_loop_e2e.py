@@ -39,10 +39,14 @@ from tests.conftest import REPO, free_port, wait_for
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 APP = "sensors"
+#: The labels of the traffic feed performance drift only with a feedback token (in a file the
+#: deploy stage's task reads).
+FEEDBACK_TOKEN = "e2e-feedback-4f1a7c9e2b6d8305"
 CYCLE_END = ("promoted", "rolled_back", "gate_failed", "retrain_failed", "no_new_model", "failed")
 
 
 def pipeline(root: Path, port: int) -> dict[str, Any]:
+    (root / "feedback_token").write_text(FEEDBACK_TOKEN)
     data, _ = parse_yaml((Path(REPO) / "configs" / "closed_loop.yaml").read_text(), "closed_loop.yaml")
     data["storage"] = str(root / "store")
     data["ray"] = {}
@@ -51,6 +55,7 @@ def pipeline(root: Path, port: int) -> dict[str, Any]:
     stages["train"]["params"]["epochs"] = 4
     deploy = stages["deploy"]["params"]
     deploy["port"] = port
+    deploy["auth"] = {"feedback_tokens": [f"${{file:{root}/feedback_token}}"]}
     deploy["monitor"].update(window_rows=150, min_window_rows=100, consecutive=2, reset_windows=2)
     deploy["retrain"].update(
         poll_s=0.5,
@@ -82,7 +87,7 @@ def loop_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     res = api.run(PipelineConfig.model_validate(doc))
     assert res.ok, res.errors
     meta = MetadataStore(str(root / "store" / "raypipe.db"))
-    traffic = Traffic(serve_app.url(APP), threads=3, label_share=0.3).start()
+    traffic = Traffic(serve_app.url(APP), threads=3, label_share=0.3, feedback_token=FEEDBACK_TOKEN).start()
     yield {"doc": doc, "meta": meta, "traffic": traffic, "root": root}
     traffic.stop()
     arming.shutdown(APP)  # also stops the app's loop and monitor

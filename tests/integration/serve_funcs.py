@@ -82,3 +82,23 @@ def sample_rows(n: int, seed: int = 0) -> list[dict[str, float]]:
     x, _ = digits()
     idx = np.random.default_rng(seed).integers(0, len(x), n)
     return [dict(zip(FEATURES, map(float, x[i]), strict=True)) for i in idx]
+
+
+def drift_reference(db: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A drift monitor's reference for the digits apps: the data's profile and v1's model metadata."""
+    import pandas as pd
+
+    from raypipe.stages.data.profiling import add_counts, finalize, histogram_counts, histogram_edges, partial_profile
+
+    x, y = digits()
+    df = pd.DataFrame(x, columns=FEATURES)
+    df["label"] = y
+    p = partial_profile(df, sample_size=2000, seed=0, max_categories=50)
+    edges = histogram_edges(p, 20)
+    profile = finalize(p, add_counts({}, histogram_counts(df, edges)), edges)
+    meta = MetadataStore(db)
+    try:
+        model_meta = ModelRegistry(meta).get("digits:1").model
+    finally:
+        meta.close()
+    return profile, model_meta

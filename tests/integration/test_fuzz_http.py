@@ -1,6 +1,7 @@
 """Bad-input suite, serving: hypothesis-generated HTTP requests against ONE real Serve app
 on 127.0.0.1 (two registered digits MLPs, v1 routed, v2 its shadow, sticky on the body
-field ``user``).
+field ``user``; a bearer token for /predict and /feedback, forcing a variant enabled with
+its own token).  The session sends the app's token; the auth tests send anything else.
 
 The request schema comes from the app itself: ``GET /metadata`` names the variants, the
 key field and the forced-variant header; the features and their types are the served
@@ -38,6 +39,8 @@ from tests.integration.serve_funcs import register_digits, sample_rows
 pytestmark = pytest.mark.slow
 
 APP = "fuzz"
+TOKEN = "fuzz-token-6c1f0b8e2d9a4f7e"
+FORCE_TOKEN = "fuzz-force-5b2e9d0c7a1f3e8b"
 SENT: Counter[tuple[str, int]] = Counter()
 
 
@@ -46,6 +49,8 @@ def app(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     """The app, its request schema (from /metadata and the served model) and a session."""
     root = tmp_path_factory.mktemp("fuzz_http")
     db = register_digits(root, versions=2)
+    (root / "token").write_text(TOKEN + "\n")
+    (root / "force").write_text(FORCE_TOKEN)
     opts = {"num_cpus": 0.1}
     spec = ServeSpec.model_validate(
         {
@@ -57,6 +62,8 @@ def app(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
             ],
             "shadow": {"variant": 2},
             "key": {"field": "user"},
+            "auth": {"predict_tokens": [f"${{file:{root}/token}}"], "feedback_tokens": [f"${{file:{root}/token}}"]},
+            "force_variant": {"token": f"${{file:{root}/force}}"},
             "port": free_port(),
             "reserve": False,
             "ingress": {"ray_actor_options": opts},
@@ -64,6 +71,7 @@ def app(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     )
     serving.deploy(spec, db=db)
     s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {TOKEN}"
     url = serving.url(APP)
     meta = s.get(f"{url}/metadata", timeout=30).json()
     store = MetadataStore(db)
@@ -217,7 +225,18 @@ def bad_feedback(draw: st.DrawFn) -> tuple[str, str]:
     body: dict[str, Any] = {"request_id": "r-1", "outcome": 1.0}
     what = draw(
         st.sampled_from(
-            ["no id", "neither", "bad id", "bad outcome", "bad label", "extra", "not an object", "token", "label token"]
+            [
+                "no id",
+                "neither",
+                "bad id",
+                "forged id",
+                "bad outcome",
+                "bad label",
+                "extra",
+                "not an object",
+                "token",
+                "label token",
+            ]
         )
     )
     if draw(st.booleans()):  # a label too (or instead of the outcome)
@@ -235,6 +254,9 @@ def bad_feedback(draw: st.DrawFn) -> tuple[str, str]:
                 lambda v: not (isinstance(v, str) and 0 < len(v) <= 128)
             )
         )
+    elif what == "forged id":  # the form of the app's ids, not signed by it
+        parts = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x17F), max_size=30)
+        body["request_id"] = "r1." + ".".join(draw(st.lists(parts, min_size=1, max_size=4)))[:120]
     elif what == "bad outcome":
         body["outcome"] = draw(junk.filter(lambda v: not isinstance(v, (int, float))))
     elif what == "bad label":
@@ -300,7 +322,8 @@ def check_client_error(r: Any, cls: str, statuses: tuple[int, ...] = (400, 422))
 def test_schema_from_metadata(app: dict[str, Any]) -> None:
     assert app["features"] == FEATURES and set(app["types"].values()) == {"float"}
     assert app["variants"] == ["v1", "v2"] and app["meta"]["shadow"] == "v2"
-    assert app["key_field"] == "user" and app["force_header"] == "x-raypipe-variant"
+    assert app["key_field"] == "user" and app["force_header"] == "X-Raypipe-Variant"
+    assert app["meta"]["auth"] == {"predict": True, "feedback": True}
 
 
 @settings(FUZZ, max_examples=examples(80))
@@ -316,8 +339,9 @@ def test_valid_predictions(app: dict[str, Any], data: st.DataObject, ctype: str)
         assert doc["prediction"] in range(10)
     else:
         assert len(doc["predictions"]) == len(body["instances"])
-    if "request_id" in body:
-        assert doc["request_id"] == body["request_id"][:128]
+    if "request_id" in body:  # the client's id is a correlation field; the request id is the app's
+        assert doc["client_id"] == body["request_id"] and doc["request_id"] != body["request_id"]
+    assert doc["request_id"].startswith("r1.")
     app["served_ids"].append(doc["request_id"])
 
 
@@ -377,7 +401,13 @@ def test_methods_and_paths(app: dict[str, Any], method: str, path: str) -> None:
 def test_forced_variant_header(app: dict[str, Any], value: str) -> None:
     value = value.strip()  # a header value has no surrounding whitespace
     body = json.dumps({"features": sample_rows(1)[0]}).encode()
-    r = send(app, "forced variant", "POST", "/predict", body, **{"X-Raypipe-Variant": value})
+    force = {"X-Raypipe-Variant": value, "X-Raypipe-Force-Token": FORCE_TOKEN}
+    if value:  # without its token, or with another: refused whatever it names
+        r = send(app, "forced variant", "POST", "/predict", body, **{"X-Raypipe-Variant": value})
+        check_client_error(r, "forced variant", (401,))
+        r = send(app, "forced variant", "POST", "/predict", body, **{**force, "X-Raypipe-Force-Token": TOKEN})
+        check_client_error(r, "forced variant", (403,))
+    r = send(app, "forced variant", "POST", "/predict", body, **force)
     if value in ("v1", "v2"):
         assert r.status_code == 200 and r.json()["variant"] == value, r.text
     elif not value:  # no header: routed as usual
@@ -395,8 +425,8 @@ def test_bad_feedback(app: dict[str, Any], case: tuple[str, str]) -> None:
         doc = json.loads(text) if text.strip() else None
     except ValueError:  # a token no JSON parser takes (an integer of > 4300 digits): a 400
         doc = None
-    if _valid_feedback(doc):  # a random body that is a well-formed feedback after all: an unknown id
-        assert r.status_code == 404, r.text
+    if _valid_feedback(doc):  # a well-formed feedback after all: its id is not one the app issued
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "request_id", r.text
     else:
         check_client_error(r, what)
 
@@ -409,10 +439,11 @@ def test_feedback_of_served_requests(app: dict[str, Any]) -> None:
     from raypipe.serving.metrics import get_collector
 
     row = sample_rows(1)[0]
-    ids = [f"feedback-{i}" for i in range(30)]
-    for rid in ids:
-        r = send(app, "predict", "POST", "/predict", json.dumps({"features": row, "request_id": rid}).encode())
+    ids = []
+    for i in range(30):
+        r = send(app, "predict", "POST", "/predict", json.dumps({"features": row, "request_id": f"c-{i}"}).encode())
         assert r.status_code == 200 and r.json()["variant"] == "v1", r.text
+        ids.append(r.json()["request_id"])
 
     none = {"outcomes": {"n": 0}, "labels": 0}
     before = ray.get(get_collector(APP).snapshot.remote()).get("v1", none)
@@ -445,10 +476,10 @@ def test_feedback_of_served_requests(app: dict[str, Any]) -> None:
     r = send(app, "feedback", "POST", "/feedback", json.dumps({"request_id": ids[27]}).encode())
     check_client_error(r, "feedback", (422,))
     assert "`label`" in r.json()["errors"][0]["reason"]
-    r = send(app, "feedback", "POST", "/feedback", b'{"request_id": "never-served", "outcome": 1}')
-    assert r.status_code == 404, r.text
-    r = send(app, "feedback", "POST", "/feedback", b'{"request_id": "never-served", "label": 1}')
-    assert r.status_code == 404, r.text
+    r = send(app, "feedback", "POST", "/feedback", b'{"request_id": "c-1", "outcome": 1}')  # the client's id
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "request_id", r.text
+    r = send(app, "feedback", "POST", "/feedback", json.dumps({"request_id": ids[0], "outcome": 1}).encode())
+    assert r.status_code == 409 and r.json()["repeated"] == ["outcome"], r.text  # one outcome per request
 
     after = ray.get(get_collector(APP).snapshot.remote())["v1"]
     assert after["outcomes"]["n"] - before["outcomes"]["n"] == 15  # 10 outcome-only + 5 with a label
@@ -509,3 +540,25 @@ def test_zz_report_counts(app: dict[str, Any], reliability: Any) -> None:
     assert all(status < 500 for _, status in SENT)
     # the app is still healthy after all of it
     assert app["session"].get(f"{app['url']}/health", timeout=30).json()["status"] == "ok"
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    route=st.sampled_from(["/predict", "/feedback", "/metadata"]),
+    value=st.one_of(
+        st.sampled_from(["", "Bearer", "Bearer ", "bearer x", f"Basic {TOKEN}", TOKEN, f"Bearer {TOKEN}x",
+                         f"Bearer  {FORCE_TOKEN}", f"Bearer {TOKEN[:-1]}"]),
+        st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40),
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=60).map("Bearer ".__add__),
+    ),
+)  # fmt: skip
+def test_authorization_headers(app: dict[str, Any], route: str, value: str) -> None:
+    """Any Authorization header but the app's token: 401 (none, or not `Bearer <token>`) or 403;
+    /health is open whatever it carries."""
+    value = value.strip()
+    body = None if route == "/metadata" else json.dumps({"features": sample_rows(1)[0]}).encode()
+    r = send(app, "authorization", "GET" if body is None else "POST", route, body, Authorization=value)
+    assert r.status_code in (401, 403), r.text
+    assert r.json()["error"] and (r.status_code == 403 or r.headers["WWW-Authenticate"].startswith("Bearer"))
+    r = app["session"].get(app["url"] + "/health", headers={"Authorization": value}, timeout=30)
+    assert r.status_code == 200

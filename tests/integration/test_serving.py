@@ -1,5 +1,8 @@
 """Serving over real HTTP on 127.0.0.1: one app deployed by a ``deploy`` stage (v1 90%,
-v2 10%, v3 0% failing 30% of request ids), sticky on ``X-User-Id``.
+v2 10%, v3 0% failing 30% of request ids), sticky on ``X-User-Id``, with bearer tokens for
+/predict and /feedback and forcing a variant enabled with its own token (all three secret
+references to files, resolved in the deploy stage's task); beside it on the same Serve, an
+app with no auth at all (the single-user default) and a short feedback window.
 
 Split fractions and stickiness are deterministic given the keys (hashing), so nothing
 here depends on timing; the load is only there to have requests in flight while a
@@ -25,18 +28,28 @@ from raypipe.cli import app as cli_app
 from raypipe.serving import app as serving
 from raypipe.serving.metrics import get_collector
 from raypipe.serving.routing import choose, unit_hash
+from raypipe.serving.spec import ServeSpec
 from tests.conftest import cli_json, free_port, wait_for
-from tests.integration.serve_funcs import register_digits, sample_rows
+from tests.integration.serve_funcs import drift_reference, register_digits, sample_rows
 
 APP = "ab"
+OPEN = "open"
 WEIGHTS = {"v1": 90.0, "v2": 10.0, "v3": 0.0}
 FAIL_RATE = 0.3
+PREDICT_TOKEN = "predict-3f9c2e71a8b44d0e"
+FEEDBACK_TOKEN = "feedback-8a1d7c5e0f2b4963"
+FORCE_TOKEN = "force-5e0b9d2c4a7f1e38"
+AUTH = {"Authorization": f"Bearer {PREDICT_TOKEN}"}
+FEEDBACK = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
 local = threading.local()
 
 
 def session() -> requests.Session:
+    """This thread's session; it sends the app's predict token (``post`` and the feedback
+    helpers override it)."""
     if not hasattr(local, "s"):
         local.s = requests.Session()
+        local.s.headers.update(AUTH)
     return local.s
 
 
@@ -46,6 +59,10 @@ def served(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     root = tmp_path_factory.mktemp("serving")
     db = register_digits(root, versions=3)
     port = free_port()
+    secrets = root / "secrets"
+    secrets.mkdir()
+    for name, token in (("predict", PREDICT_TOKEN), ("feedback", FEEDBACK_TOKEN), ("force", FORCE_TOKEN)):
+        (secrets / name).write_text(token + "\n")
     opts = {"num_cpus": 0.2}
     params = {
         "app": APP,
@@ -56,6 +73,11 @@ def served(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             {"version": "@candidate", "weight": 0, "ray_actor_options": opts, "fail_rate": FAIL_RATE},
         ],
         "key": {"header": "X-User-Id"},
+        "auth": {
+            "predict_tokens": [f"${{file:{secrets}/predict}}"],
+            "feedback_tokens": [f"${{file:{secrets}/feedback}}"],
+        },
+        "force_variant": {"token": f"${{file:{secrets}/force}}"},
         "port": port,
         "ingress": {"ray_actor_options": opts},
     }
@@ -75,6 +97,28 @@ def served(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     from ray import serve
 
     serve.shutdown()  # also drops Serve's cached client: the next module's Ray may reuse its job id
+
+
+@pytest.fixture(scope="module")
+def open_app(served: dict[str, Any]) -> dict[str, Any]:
+    """On the same Serve: an app with no auth (the single-user default), forcing off, and a
+    feedback window of 2 s; not booked with the scheduler."""
+    opts = {"num_cpus": 0.1}
+    spec = ServeSpec.model_validate(
+        {
+            "app": OPEN,
+            "model": "digits",
+            "variants": [{"version": 1, "weight": 100, "ray_actor_options": opts}],
+            "feedback": {"window_s": 2},
+            "port": served["port"],
+            "reserve": False,
+            "ingress": {"ray_actor_options": opts},
+        }
+    )
+    st = serving.deploy(spec, db=served["db"])
+    assert st.auth == {"auth": False, "predict_tokens": 0, "feedback_tokens": 0, "force_variant": False,
+                       "id_key": "generated"}  # fmt: skip
+    return {"url": st.url}
 
 
 def post(url: str, body: Any, key: str | None = None, **headers: str) -> requests.Response:
@@ -105,7 +149,7 @@ def predict_many(
 
             async def worker(w: int) -> None:
                 for i in range(w, len(keys), workers):
-                    headers = {"X-User-Id": keys[i], "Content-Type": "application/json"}
+                    headers = {"X-User-Id": keys[i], "Content-Type": "application/json", **AUTH}
                     try:
                         async with s.post(f"{url}/predict", data=bodies[i % len(bodies)], headers=headers) as r:
                             out[i] = (keys[i], r.status, await r.json(content_type=None))
@@ -147,6 +191,37 @@ def test_deployed_by_the_stage_with_a_reservation(served: dict[str, Any]) -> Non
     meta = session().get(f"{served['url']}/metadata").json()
     assert meta["weights"] == WEIGHTS and meta["aliases"] == st.aliases
     assert session().get(f"{served['url']}/health").json()["status"] == "ok"
+    assert st.auth == {"auth": True, "predict_tokens": 1, "feedback_tokens": 1, "force_variant": True,
+                       "id_key": "generated"}  # fmt: skip
+    # the app's record and Serve's config keep the references, never a token or the id key
+    import ray
+
+    from raypipe.serving.state import load_auth, load_state
+
+    kept = json.dumps(load_state(APP)) + json.dumps(serving._details(serving._serve_client())["applications"][APP])
+    key = load_auth(APP)["key"]  # type: ignore[index]
+    assert "${file:" in kept and not any(t in kept for t in (PREDICT_TOKEN, FEEDBACK_TOKEN, FORCE_TOKEN, key))
+    assert ray.get(get_collector(APP).ping.remote()) == APP
+
+
+def test_tokens_401_403_and_health_open(served: dict[str, Any]) -> None:
+    url = served["url"]
+    row = sample_rows(1)[0]
+    bare = requests.Session()
+    r = bare.post(f"{url}/predict", json={"features": row}, timeout=60)
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="raypipe"'
+    assert "Authorization: Bearer <token>" in r.json()["error"]
+    r = bare.post(f"{url}/predict", json={"features": row}, headers={"Authorization": PREDICT_TOKEN}, timeout=60)
+    assert r.status_code == 401 and "malformed" in r.json()["error"]
+    for wrong in (FEEDBACK, {"Authorization": f"Bearer {PREDICT_TOKEN}x"}):
+        r = bare.post(f"{url}/predict", json={"features": row}, headers=wrong, timeout=60)
+        assert r.status_code == 403 and r.json()["error"], r.text
+    rid = post(f"{url}/predict", {"features": row}, "u1").json()["request_id"]
+    r = bare.post(f"{url}/feedback", json={"request_id": rid, "outcome": 1}, headers=AUTH, timeout=60)
+    assert r.status_code == 403  # a predict token is not a feedback token
+    assert bare.post(f"{url}/feedback", json={"request_id": rid, "outcome": 1}, timeout=60).status_code == 401
+    assert bare.get(f"{url}/metadata", timeout=60).status_code == 401
+    assert bare.get(f"{url}/health", timeout=60).json() == {"status": "ok", "app": APP}
 
 
 def test_split_accuracy_stickiness_and_a_replica_killed_under_load(served: dict[str, Any], reliability: Any) -> None:
@@ -199,6 +274,7 @@ def test_split_accuracy_stickiness_and_a_replica_killed_under_load(served: dict[
     first = {k: body["variant"] for k, _, body in results}
     again = predict_many(url, keys[:400], rows)
     assert all(s == 200 and body["variant"] == first[k] for k, s, body in again)
+
     # Every answered request reached the metrics collector, per variant.
     def counted() -> dict[str, int]:
         snap = ray.get(get_collector(APP).snapshot.remote())
@@ -260,43 +336,65 @@ def test_live_split_under_traffic_drops_nothing(served: dict[str, Any]) -> None:
     assert during and all(s[3] == choose(s[1], new) for s in during)
 
 
-def test_forced_variant_and_injected_failures(served: dict[str, Any]) -> None:
+FORCE = {"X-Raypipe-Variant": "v3", "X-Raypipe-Force-Token": FORCE_TOKEN}
+
+
+def test_forced_variant_and_injected_failures(served: dict[str, Any], open_app: dict[str, Any]) -> None:
     url = served["url"]
     row = sample_rows(1)[0]
     statuses = {}
     for i in range(60):
-        rid = f"forced-{i}"
-        r = post(f"{url}/predict", {"features": row}, "u1", **{"X-Raypipe-Variant": "v3", "X-Request-Id": rid})
-        statuses[rid] = r.status_code
-        assert r.json()["variant"] == "v3"
+        r = post(f"{url}/predict", {"features": row}, "u1", **FORCE, **{"X-Request-Id": f"forced-{i}"})
+        doc = r.json()
+        assert doc["variant"] == "v3" and doc["forced"] is True and doc["client_id"] == f"forced-{i}"
+        statuses[doc["request_id"]] = r.status_code  # the server's id: what the variant's failures hash
     expected = {rid: 500 if unit_hash("fail", rid) < FAIL_RATE else 200 for rid in statuses}
     assert statuses == expected and 5 < list(expected.values()).count(500) < 35
-    r = post(f"{url}/predict", {"features": row}, "u1", **{"X-Raypipe-Variant": "v9"})
+    r = post(f"{url}/predict", {"features": row}, "u1", **{**FORCE, "X-Raypipe-Variant": "v9"})
     assert r.status_code == 400 and "unknown variant 'v9'" in r.json()["errors"][0]["reason"]
+    r = post(f"{url}/predict", {"features": row}, "u1", **{"X-Raypipe-Variant": "v3"})  # no force token
+    assert r.status_code == 401 and "X-Raypipe-Force-Token" in r.json()["error"]
+    r = post(f"{url}/predict", {"features": row}, "u1", **{**FORCE, "X-Raypipe-Force-Token": PREDICT_TOKEN})
+    assert r.status_code == 403 and r.json()["error"] == "the X-Raypipe-Force-Token token is wrong"
+    # forcing is off unless the app enables it: refused, whatever the token
+    r = post(f"{open_app['url']}/predict", {"features": row}, "u1", **FORCE)
+    assert r.status_code == 403 and "forcing a variant (X-Raypipe-Variant) is off" in r.json()["error"]
 
 
-def test_shadow_records_metrics_without_touching_answers(served: dict[str, Any]) -> None:
+def test_forced_and_shadow_requests_never_count_in_ab_numbers(served: dict[str, Any]) -> None:
     import ray
 
+    from raypipe.serving.abtest.stats import VariantStats
+
+    url = served["url"]
     collector = get_collector(APP)
     serving.set_shadow(APP, "v3")
     time.sleep(1.0)  # snapshots count whole seconds: keep earlier tests' v3 events out of the window
     try:
         since = time.time()
         keys = [f"shadow-{i}" for i in range(200)]
-        results = predict_many(served["url"], keys, sample_rows(20), workers=8)
+        results = predict_many(url, keys, sample_rows(20), workers=8)
     finally:
         serving.set_shadow(APP, None)
     assert all(s == 200 and body["variant"] == choose(k, WEIGHTS) for k, s, body in results)
+    forced = [post(f"{url}/predict", {"features": sample_rows(1)[0]}, "u2", **FORCE).json() for _ in range(20)]
+    ok = [d["request_id"] for d in forced if "error" not in d]
+    for rid in ok:  # outcomes of forced requests: counted apart too
+        assert post(f"{url}/feedback", {"request_id": rid, "outcome": 1}, **FEEDBACK).status_code == 200
 
     def shadowed() -> dict[str, Any]:
         return ray.get(collector.snapshot.remote(since)).get("v3", {})
 
     wait_for(lambda: shadowed().get("shadow_requests", 0) >= 200, timeout_s=30, what="shadow events")
+    wait_for(lambda: shadowed().get("forced_requests", 0) >= 20, timeout_s=30, what="forced events")
     v3 = shadowed()
-    assert v3["requests"] == 0 and v3["shadow_requests"] == 200
+    assert (v3["requests"], v3["errors"], v3["outcomes"]["n"]) == (0, 0, 0)  # what A/B numbers and guardrails read
+    assert sum(v3["latency_ms"]["counts"]) == 0
+    assert v3["shadow_requests"] == 200 and v3["forced_requests"] == 20 and v3["forced_outcomes"]["n"] == len(ok)
     assert 0.15 < v3["shadow_errors"] / 200 < 0.45  # its injected failures, invisible to clients
-    assert v3["latency_ms"]["p50"] is not None
+    assert v3["shadow_latency_ms"]["p50"] is not None
+    stats = VariantStats.from_snapshot("v3", v3)  # what `ab report` and a rollout's window see
+    assert (stats.requests, stats.outcomes, stats.forced_requests) == (0, 0, 20)
 
 
 def test_bad_requests_get_4xx_naming_the_field(served: dict[str, Any]) -> None:
@@ -319,16 +417,23 @@ def test_bad_requests_get_4xx_naming_the_field(served: dict[str, Any]) -> None:
     assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
     assert session().get(f"{url}/nope").status_code == 404
     assert session().get(f"{url}/predict").status_code == 405
-    # Feedback: 200 for a served request id, 404 unknown, 422 malformed.
-    rid = post(f"{url}/predict", {"features": row}, "u1").json()["request_id"]
-    assert post(f"{url}/feedback", {"request_id": rid, "outcome": 1}).status_code == 200
-    assert post(f"{url}/feedback", {"request_id": rid, "label": 3}).status_code == 200
-    assert post(f"{url}/feedback", {"request_id": "never-served", "outcome": 1}).status_code == 404
-    assert post(f"{url}/feedback", {"request_id": "never-served", "label": 3}).status_code == 404
-    r = post(f"{url}/feedback", {"request_id": rid})
+    # Feedback: 200 for a served request id, once (409 again), 422 for an id the app did not issue.
+    served_doc = post(f"{url}/predict", {"features": row, "request_id": "client-7"}, "u1").json()
+    rid = served_doc["request_id"]
+    assert served_doc["client_id"] == "client-7" and rid != "client-7"
+    assert post(f"{url}/feedback", {"request_id": rid, "outcome": 1}, **FEEDBACK).status_code == 200
+    assert post(f"{url}/feedback", {"request_id": rid, "label": 3}, **FEEDBACK).status_code == 200
+    for body in ({"request_id": rid, "outcome": 1}, {"request_id": rid, "label": 3}):  # replayed
+        r = post(f"{url}/feedback", body, **FEEDBACK)
+        assert r.status_code == 409 and r.json()["repeated"] == [next(k for k in body if k != "request_id")]
+    head, tag = rid.rsplit(".", 1)
+    for forged in ("client-7", "never-served", f"{head}.{tag[::-1]}", f"{head[:-1]}x.{tag}"):
+        r = post(f"{url}/feedback", {"request_id": forged, "outcome": 1}, **FEEDBACK)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "request_id", r.text
+    r = post(f"{url}/feedback", {"request_id": rid}, **FEEDBACK)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "outcome"
     assert "`label`" in r.json()["errors"][0]["reason"]
-    r = post(f"{url}/feedback", {"request_id": rid, "label": [3]})
+    r = post(f"{url}/feedback", {"request_id": rid, "label": [3]}, **FEEDBACK)
     assert r.status_code == 422 and r.json()["errors"] == [
         {
             "field": "label",
@@ -336,7 +441,27 @@ def test_bad_requests_get_4xx_naming_the_field(served: dict[str, Any]) -> None:
             "got array",
         }
     ]
-    assert post(f"{url}/feedback", b"{oops").status_code == 400
+    assert post(f"{url}/feedback", b"{oops", **FEEDBACK).status_code == 400
+
+
+def test_one_outcome_per_request_and_expired_ids(served: dict[str, Any], open_app: dict[str, Any]) -> None:
+    """A replayed outcome is refused and never counted (n stays 1); on the open app (no auth:
+    outcomes count, single-user default) an id past its 2-s feedback window gets 410."""
+    import ray
+
+    url = open_app["url"]
+    row = sample_rows(1)[0]
+    rid = post(f"{url}/predict", {"features": row}).json()["request_id"]
+    late = post(f"{url}/predict", {"features": row}).json()["request_id"]
+    issued = time.time()
+    assert post(f"{url}/feedback", {"request_id": rid, "outcome": 1}).status_code == 200
+    for _ in range(4):
+        assert post(f"{url}/feedback", {"request_id": rid, "outcome": 1}).status_code == 409
+    assert ray.get(get_collector(OPEN).snapshot.remote())["v1"]["outcomes"]["n"] == 1
+    time.sleep(max(0.0, issued + 2.5 - time.time()))  # past the app's feedback window
+    r = post(f"{url}/feedback", {"request_id": late, "outcome": 1})
+    assert r.status_code == 410 and "feedback window of 2 s" in r.json()["error"], r.text
+    assert ray.get(get_collector(OPEN).snapshot.remote())["v1"]["outcomes"]["n"] == 1
 
 
 def test_cli_split_errors_status_and_redeploy(served: dict[str, Any], tmp_path: Path) -> None:
@@ -349,17 +474,21 @@ def test_cli_split_errors_status_and_redeploy(served: dict[str, Any], tmp_path: 
     assert res.exit_code == 2 and "no serving app 'nope'" in res.output
     res = runner.invoke(cli_app, ["serve", "status", APP, "--json"])
     assert res.exit_code == 0 and cli_json(res.output)["weights"] == WEIGHTS
-    res = runner.invoke(cli_app, ["serve", "status"])
+    res = runner.invoke(cli_app, ["serve", "status", APP])
     assert res.exit_code == 0 and "reservation serve:ab:" in res.output
+    assert "auth: predict (1 token), feedback (1 token), force-variant (X-Raypipe-Variant)" in res.output
     # `raypipe deploy` of the same app as a spec file: nothing changes, the reservation is kept.
     job = serving.status(APP).reservation["job_id"]  # type: ignore[index]
     spec = tmp_path / "app.yaml"
     spec.write_text(json.dumps(served["params"]))
+    rid = post(f"{served['url']}/predict", {"features": sample_rows(1)[0]}, "u1").json()["request_id"]
     res = runner.invoke(cli_app, ["deploy", str(spec), "--db", served["db"]])
     assert res.exit_code == 0, res.output
     assert f"deployed {APP}" in res.output
     st = serving.status(APP)
     assert st.reservation["job_id"] == job and st.weights == WEIGHTS  # type: ignore[index]
+    # the redeploy kept the app's id key: an id issued before is still the app's
+    assert post(f"{served['url']}/feedback", {"request_id": rid, "outcome": 0}, **FEEDBACK).status_code == 200
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({**served["params"], "variants": [{"version": 9, "weight": 100}]}))
     res = runner.invoke(cli_app, ["deploy", str(bad), "--db", served["db"]])
@@ -402,25 +531,9 @@ def test_deploy_from_a_pipeline_file_resolves_in_its_store(served: dict[str, Any
 def test_served_rows_reach_the_drift_monitor(served: dict[str, Any]) -> None:
     """With a drift monitor running for the app, the router logs the rows it served (and
     their predictions) into it; nothing is configured on the app."""
-    import pandas as pd
-
     from raypipe.monitoring.monitor import monitor_status, start_monitor, stop_monitor
-    from raypipe.stages.data.profiling import add_counts, finalize, histogram_counts, histogram_edges, partial_profile
-    from raypipe.store.metadata import MetadataStore
-    from raypipe.store.registry import ModelRegistry
-    from tests.integration.serve_funcs import FEATURES, digits
 
-    x, y = digits()
-    df = pd.DataFrame(x, columns=FEATURES)
-    df["label"] = y
-    p = partial_profile(df, sample_size=2000, seed=0, max_categories=50)
-    edges = histogram_edges(p, 20)
-    profile = finalize(p, add_counts({}, histogram_counts(df, edges)), edges)
-    meta = MetadataStore(served["db"])
-    try:
-        model_meta = ModelRegistry(meta).get("digits:1").model
-    finally:
-        meta.close()
+    profile, model_meta = drift_reference(served["db"])
     start_monitor(APP, profile, model_meta, {"window_rows": 100})
     rows = sample_rows(20)
     try:
@@ -435,9 +548,43 @@ def test_served_rows_reach_the_drift_monitor(served: dict[str, Any]) -> None:
         stop_monitor(APP)
 
 
+def test_unauthenticated_labels_never_reach_the_monitor(served: dict[str, Any], open_app: dict[str, Any]) -> None:
+    """The open app (no feedback tokens): its rows reach its monitor, its labels do not (a
+    warning says so); its outcomes still count (no auth at all: the single-user default)."""
+    import ray
+
+    from raypipe.monitoring.monitor import monitor_status, start_monitor, stop_monitor
+
+    profile, model_meta = drift_reference(served["db"])
+    start_monitor(OPEN, profile, model_meta, {"window_rows": 100})
+    url = open_app["url"]
+    rows = sample_rows(20)
+    try:
+
+        def logged() -> list[dict[str, Any]]:
+            docs = [post(f"{url}/predict", {"features": r}).json() for r in rows]
+            n = int(monitor_status(OPEN)["variants"].get("v1", {}).get("rows_logged", 0))
+            return docs if n >= 20 else []
+
+        docs = wait_for(logged, timeout_s=60, every_s=0.5, what="served rows in the open app's monitor")
+        for d in docs:
+            r = post(f"{url}/feedback", {"request_id": d["request_id"], "label": d["prediction"], "outcome": 1})
+            assert r.status_code == 200 and "not used for performance drift" in r.json()["warnings"][-1], r.text
+        more = post(f"{url}/predict", {"features": rows[0]}).json()["request_id"]  # the router's events after them
+        wait_for(lambda: ray.get(get_collector(OPEN).lookup.remote(more)) is not None, timeout_s=30)
+        counters = monitor_status(OPEN)["counters"]
+        assert {k: v for k, v in counters.items() if k.startswith("labels_") and v} == {}
+        assert sum(v["performance"]["labels"] for v in monitor_status(OPEN)["variants"].values()) == 0
+        snap = ray.get(get_collector(OPEN).snapshot.remote())["v1"]
+        assert snap["labels"] >= 20 and snap["outcomes"]["n"] >= 20  # recorded, and the outcomes count
+    finally:
+        stop_monitor(OPEN)
+
+
 def _feedback_reaches_the_right_consumer(served: dict[str, Any], rows: list[dict[str, float]]) -> None:
     """``/feedback``'s ``outcome`` goes to the collector only (A/B, guardrails), its ``label``
-    to the drift monitor only (performance windows); a body with both does both."""
+    (authenticated: the app has feedback tokens) to the drift monitor only (performance
+    windows); a body with both does both."""
     import ray
 
     from raypipe.monitoring.monitor import monitor_status
@@ -463,18 +610,18 @@ def _feedback_reaches_the_right_consumer(served: dict[str, Any], rows: list[dict
     labels0, (outcomes0, collected0) = label_counters(), collector_totals()
 
     for d in docs[:8]:  # outcome only (an old client): A/B numbers, never a label
-        r = post(f"{url}/feedback", {"request_id": d["request_id"], "outcome": 1})
+        r = post(f"{url}/feedback", {"request_id": d["request_id"], "outcome": 1}, **FEEDBACK)
         assert r.status_code == 200 and r.json()["received"] == ["outcome"], r.text
     assert label_counters() == labels0
     assert collector_totals() == (outcomes0 + 8, collected0)
 
     for d in docs[8:16]:  # label only, as text ("3" names class 3): performance drift, no outcome
-        r = post(f"{url}/feedback", {"request_id": d["request_id"], "label": str(d["prediction"])})
+        r = post(f"{url}/feedback", {"request_id": d["request_id"], "label": str(d["prediction"])}, **FEEDBACK)
         assert r.status_code == 200 and r.json()["received"] == ["label"], r.text
     for d in docs[16:19]:  # both
-        r = post(f"{url}/feedback", {"request_id": d["request_id"], "outcome": 0, "label": d["prediction"]})
+        r = post(f"{url}/feedback", {"request_id": d["request_id"], "outcome": 0, "label": d["prediction"]}, **FEEDBACK)
         assert r.status_code == 200 and r.json()["received"] == ["outcome", "label"], r.text
-    r = post(f"{url}/feedback", {"request_id": docs[19]["request_id"], "label": 42})
+    r = post(f"{url}/feedback", {"request_id": docs[19]["request_id"], "label": 42}, **FEEDBACK)
     assert r.status_code == 200 and "not one of the model's classes" in r.json()["warnings"][0], r.text
 
     def matched() -> int:

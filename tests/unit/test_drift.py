@@ -464,6 +464,25 @@ def test_core_time_windows_sampling_and_memory(normal_profile: dict) -> None:
     assert st["memory"]["variants"] == 2 and st["spec"]["window_seconds"] == 60
 
 
+def test_rows_the_router_sampled_are_not_sampled_again(normal_profile: dict) -> None:
+    """The serving router samples once (a keyed hash of the ids it issues) and says so: the
+    monitor keeps every such row, so a 0.2 sample rate gives 0.2 of the traffic, not 0.04."""
+    from raypipe.serving.auth import RequestIds
+
+    core = MonitorCore("app", normal_profile, {"window_rows": 100_000, "sample_rate": 0.2}, clock=lambda: 1.0)
+    ids = RequestIds("app", b"k" * 32)
+    rng = np.random.default_rng(3)
+    traffic = [ids.issue() for _ in range(10_000)]
+    sent = [r for r in traffic if ids.sample(r, 0.2)]  # what the router sends
+    kept = core.log("v1", rows_of(rng.normal(size=(len(sent), 5))), [0] * len(sent), sent, sampled=True)
+    assert kept == len(sent) and 0.18 < kept / len(traffic) < 0.22
+    # a label of a request the router did not sample: counted as such, not as unknown
+    dropped = next(r for r in traffic if not ids.sample(r, 0.2))
+    assert core.label(dropped, 0, sampled=False) is False and core.counters["labels_not_sampled"] == 1
+    assert core.label(ids.issue(), 0, sampled=True) is False and core.counters["labels_unknown"] == 1
+    assert core.label(sent[0], 0, sampled=True) is True and core.counters["labels_matched"] == 1
+
+
 def test_status_shape(normal_profile: dict) -> None:
     core = MonitorCore("app", normal_profile, {"window_rows": 200}, clock=lambda: 1.0)
     rng = np.random.default_rng(1)

@@ -176,7 +176,8 @@ def test_a_reference_where_nothing_resolves_it_is_refused_at_load(tmp_path: Path
         read_config(path)
     assert str(e.value).startswith(
         f"{path}:2 {field}: ${{env:PGPW}}: a secret reference is resolved only in a pipeline's `metadata`, "
-        "its stages' `params` (not a deploy stage's) and `ray.runtime_env`"
+        "its stages' `params` (a deploy stage's: only its `auth` tokens, `force_variant.token` and `secret`) "
+        "and `ray.runtime_env`"
     )
 
 
@@ -333,7 +334,7 @@ def test_redact_covers_every_url_form(text: str, redacted: str) -> None:
     assert sql_redact is redact  # the store's callers import it from there
 
 
-def test_a_deploy_stage_holds_no_references() -> None:
+def test_a_deploy_stage_holds_references_only_where_it_takes_secrets() -> None:
     doc = {
         "name": "p",
         "stages": [
@@ -351,4 +352,4 @@ def test_a_deploy_stage_holds_no_references() -> None:
     }
     cfg = parse_config(doc, ConfigSource(path="p.yaml"))  # stage params may hold references...
     with pytest.raises(ConfigError, match=r"stages\[0\]\.params\.salt: \$\{env:PGPW\}: a secret reference is resolved"):
-        build_plan(cfg, ConfigSource(path="p.yaml"))  # ... but not a serve spec's: it is deployed as written
+        build_plan(cfg, ConfigSource(path="p.yaml"))  # ... a serve spec's only where it takes secrets (auth)

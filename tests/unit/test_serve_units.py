@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from raypipe._ray import serve_client
 from raypipe.exceptions import ConfigError
-from raypipe.serving.metrics import LATENCY_BUCKETS_MS, MetricsCollector, quantile
+from raypipe.serving.metrics import LATENCY_BUCKETS_MS, quantile
 from raypipe.serving.spec import ServeSpec, load_spec, replica_resources
 from raypipe.serving.validation import (
     Feedback,
@@ -181,75 +179,6 @@ def test_label_schema_of_model_meta() -> None:
     assert match_class("x", [0, 1]) == (False, "x")
 
 
-def event(rid: str, variant: str, ts: float, ok: bool = True, lat: float = 3.0, shadow: bool = False) -> dict:
-    return {
-        "request_id": rid,
-        "variant": variant,
-        "ok": ok,
-        "status": 200 if ok else 500,
-        "latency_ms": lat,
-        "ts": ts,
-        "shadow": shadow,
-        "key": None,
-    }
-
-
-def test_collector_counts_windows_and_outcomes() -> None:
-    c = MetricsCollector("app", export=False)
-    now = time.time()
-    c.record([event(f"old{i}", "v1", now - 100) for i in range(10)])
-    c.record([event(f"r{i}", "v1", now, ok=i % 10 != 0, lat=1.0 + i % 5) for i in range(100)])
-    c.record([event(f"s{i}", "v2", now, shadow=True, ok=i % 2 == 0) for i in range(20)])
-    snap = c.snapshot()
-    assert snap["v1"]["requests"] == 110 and snap["v1"]["errors"] == 10
-    assert snap["v2"]["requests"] == 0 and snap["v2"]["shadow_requests"] == 20 and snap["v2"]["shadow_errors"] == 10
-    recent = c.snapshot(since=now - 10)
-    assert recent["v1"]["requests"] == 100
-    assert sum(recent["v1"]["latency_ms"]["counts"]) == 100
-    assert 2.0 <= recent["v1"]["latency_ms"]["p50"] <= 4.0
-    assert recent["v1"]["latency_ms"]["buckets"][-1] == "inf"
-    assert c.feedback("r1", 1.0) and c.feedback("r2", 0.0) and c.feedback("r3", -2.5)
-    assert not c.feedback("nope", 1.0)
-    assert not c.feedback("s1", 1.0)  # shadow copies are not served requests
-    out = c.snapshot()["v1"]["outcomes"]
-    assert out == {"n": 3, "sum": -1.5, "sumsq": 1 + 0 + 6.25, "positives": 1}
-    assert c.feedback("r3", 1.0)  # again: replaces the earlier outcome
-    assert c.snapshot()["v1"]["outcomes"] == {"n": 3, "sum": 2.0, "sumsq": 2.0, "positives": 2}
-
-
-def test_collector_counts_labels_apart_from_outcomes() -> None:
-    c = MetricsCollector("app", export=False)
-    now = time.time()
-    c.record([event(f"r{i}", "v1" if i < 5 else "v2", now) for i in range(10)])
-    assert c.variant_of("r1") == "v1" and c.variant_of("r7") == "v2" and c.variant_of("nope") is None
-    assert c.snapshot()["v1"]["labels"] == 0
-    assert c.feedback("r1", None, label=True)  # a label only: no outcome
-    assert c.feedback("r1", None, label=True)  # again: one label per request
-    assert c.feedback("r2", 0.0, label=True)  # both
-    assert c.feedback("r3", 1.0)  # an outcome only (an old client): no label
-    assert c.feedback("r6", None, label=True)
-    assert not c.feedback("nope", None, label=True)
-    snap = c.snapshot()
-    assert snap["v1"]["labels"] == 2 and snap["v2"]["labels"] == 1
-    assert snap["v1"]["outcomes"] == {"n": 2, "sum": 1.0, "sumsq": 1.0, "positives": 1}
-    assert snap["v2"]["outcomes"]["n"] == 0
-    assert c.snapshot(since=now + 3600)["v1"]["labels"] == 0  # windowed like the rest
-
-
-def test_collector_memory_is_bounded() -> None:
-    c = MetricsCollector("app", max_ids=50, retain_s=60, export=False)
-    now = time.time()
-    c.record([event(f"r{i}", "v1", now) for i in range(200)])
-    assert c.known_ids() == 50
-    assert not c.feedback("r0", 1.0) and c.feedback("r199", 1.0)
-    c.record([event("ancient", "v1", now - 3600)])
-    c._pruned_at = 0.0
-    c._maybe_prune()
-    assert min(c._buckets["v1"]) >= int(now - 61)
-    assert c.snapshot()["v1"]["requests"] == 201  # folded into the all-time remainder
-    assert c.snapshot(since=now - 30)["v1"]["requests"] == 200
-
-
 def test_quantile_interpolates_in_buckets() -> None:
     bounds = (1.0, 2.0, 4.0, math.inf)
     assert quantile(bounds, [0, 10, 0, 0], 0.5) == pytest.approx(1.5)
@@ -289,6 +218,12 @@ def test_spec_defaults_and_resources() -> None:
         ),
         (spec(route_prefix="digits"), "expected a path like /digits"),
         (spec(colour=1), "Extra inputs are not permitted"),
+        (spec(force_header="X-V"), "force_variant: {header: X-Raypipe-Variant, token: ${env:NAME}}"),
+        (spec(auth={"predict_tokens": ["s3cret-token-in-yaml"]}), "expected a secret reference"),
+        (spec(auth={}), "give predict_tokens, feedback_tokens or both"),
+        (spec(force_variant={"token": "plain"}), "expected a secret reference"),
+        (spec(secret="k"), "expected a secret reference"),
+        (spec(feedback={"on_repeat": "sum"}), "'reject' or 'replace'"),
     ],
 )
 def test_spec_errors(data: dict, message: str) -> None:
@@ -337,154 +272,3 @@ def test_serve_client_of_another_cluster_is_forgotten(monkeypatch: pytest.Monkey
     assert serve_client.forget_stale_client("10.0.0.1:6380")
     assert context._global_client is None and serve_client._CLIENT_CLUSTER["gcs"] is None
     assert not serve_client.forget_stale_client("10.0.0.1:6380")  # nothing cached: nothing to drop
-
-
-# --------------------------------------------------------------------------- /feedback routing
-
-
-class _Remote:
-    """A Ray method stand-in: ``.remote(*args)`` records the call and returns an awaitable."""
-
-    def __init__(self, calls: list[tuple], name: str, fn: Any) -> None:
-        self.calls, self.name, self.fn = calls, name, fn
-
-    def remote(self, *args: Any) -> _Ref:
-        self.calls.append((self.name, *args))
-        return _Ref(self.fn(*args))
-
-
-class _Ref:
-    """An ObjectRef stand-in: awaitable, and fine to drop unawaited (fire and forget)."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Any:
-        return self.value
-        yield  # a generator: awaiting it returns the value at once
-
-
-class _Fake:
-    def __init__(self, calls: list[tuple], prefix: str, **methods: Any) -> None:
-        for name, fn in methods.items():
-            setattr(self, name, _Remote(calls, f"{prefix}.{name}", fn))
-
-
-class _Request:
-    def __init__(self, doc: Any) -> None:
-        self.data = json.dumps(doc).encode()
-        self.headers = {"content-length": str(len(self.data))}
-
-    async def stream(self) -> Any:
-        yield self.data
-
-
-@pytest.fixture
-def router(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, list[tuple], MetricsCollector]:
-    """A Router (no Ray) whose collector is a real MetricsCollector and whose monitor and
-    variant handles record their calls."""
-    from raypipe.serving import deployments
-
-    monkeypatch.setattr(deployments, "FLUSH_S", 0.0)  # no waiting for other replicas' events
-    calls: list[tuple] = []
-    collector = MetricsCollector("app", export=False)
-    collector.record([event("r1", "v1", time.time()), event("r2", "v1", time.time()), event("r3", "v2", time.time())])
-    variant = {"version": 1, "sha256": "x", "features": ["a"], "input_schema": {"a": "double"}, "replicas": 1}
-    handles = {
-        "v1": _Fake(calls, "v1", label_schema=lambda: {"task": "classification", "classes": [0, 1]}),
-        "v2": _Fake(calls, "v2", label_schema=lambda: {"task": "regression", "classes": None}),
-    }
-    r = deployments.Router(
-        {"app": "app", "model": "m", "collector": "c", "variants": {"v1": variant, "v2": {**variant, "version": 2}}},
-        **handles,
-    )
-    r._collector = _Fake(calls, "collector", feedback=collector.feedback, variant_of=collector.variant_of)
-    r._monitor = _Fake(calls, "monitor", label=lambda rid, y: True)
-    return r, calls, collector
-
-
-def _post(r: Any, doc: Any) -> tuple[int, dict]:
-    import asyncio
-
-    resp = asyncio.run(r._feedback(_Request(doc)))
-    return resp.status_code, json.loads(resp.body)
-
-
-def test_feedback_outcome_goes_to_the_collector_only(router: tuple[Any, list[tuple], MetricsCollector]) -> None:
-    r, calls, collector = router
-    assert _post(r, {"request_id": "r1", "outcome": 1}) == (
-        200,
-        {"request_id": "r1", "recorded": True, "received": ["outcome"]},
-    )
-    assert [c[0] for c in calls] == ["collector.feedback"]  # never the monitor, never as a label
-    assert collector.snapshot()["v1"]["outcomes"]["n"] == 1 and collector.snapshot()["v1"]["labels"] == 0
-
-
-def test_feedback_label_goes_to_the_monitor_only(router: tuple[Any, list[tuple], MetricsCollector]) -> None:
-    r, calls, collector = router
-    assert _post(r, {"request_id": "r1", "label": "1"}) == (
-        200,
-        {"request_id": "r1", "recorded": True, "received": ["label"]},
-    )
-    # the served variant, its model's classes (asked once), the label count, the monitor with the class
-    assert calls == [
-        ("collector.variant_of", "r1"),
-        ("v1.label_schema",),
-        ("collector.feedback", "r1", None, True),
-        ("monitor.label", "r1", 1),
-    ]
-    snap = collector.snapshot()["v1"]
-    assert snap["labels"] == 1 and snap["outcomes"]["n"] == 0  # a label is no outcome
-    calls.clear()
-    assert _post(r, {"request_id": "r2", "label": True, "outcome": 0.0})[0] == 200  # both: both
-    assert calls == [
-        ("collector.variant_of", "r2"),
-        ("collector.feedback", "r2", 0.0, True),
-        ("monitor.label", "r2", 1),
-    ]
-    snap = collector.snapshot()["v1"]
-    assert snap["labels"] == 2 and snap["outcomes"] == {"n": 1, "sum": 0.0, "sumsq": 0.0, "positives": 0}
-
-
-def test_feedback_label_is_checked_against_the_served_model(
-    router: tuple[Any, list[tuple], MetricsCollector],
-) -> None:
-    r, calls, collector = router
-    status, doc = _post(r, {"request_id": "r1", "label": 7})  # not a class of v1's model: kept, warned
-    assert status == 200 and doc["warnings"] == [
-        "label 7 is not one of the model's classes (0, 1); recorded, and counted as a wrong prediction "
-        "in performance drift"
-    ]
-    assert calls[-1] == ("monitor.label", "r1", 7)
-    calls.clear()
-    status, doc = _post(r, {"request_id": "r3", "label": "high", "outcome": 1})  # v2 is a regression
-    assert status == 422 and doc["errors"][0]["field"] == "label" and "regression" in doc["errors"][0]["reason"]
-    assert [c[0] for c in calls] == ["collector.variant_of", "v2.label_schema"]  # nothing recorded
-    assert collector.snapshot()["v2"]["outcomes"]["n"] == 0 and collector.snapshot()["v2"]["labels"] == 0
-    assert _post(r, {"request_id": "r3", "label": 12.5})[0] == 200
-    assert calls[-1] == ("monitor.label", "r3", 12.5)
-
-
-def test_feedback_unknown_ids_bad_bodies_and_no_monitor(router: tuple[Any, list[tuple], MetricsCollector]) -> None:
-    r, calls, collector = router
-    for doc in ({"request_id": "nope", "outcome": 1}, {"request_id": "nope", "label": 1}):
-        status, body = _post(r, doc)
-        assert status == 404 and "unknown request id 'nope'" in body["error"]
-    status, body = _post(r, {"request_id": "r1"})
-    assert status == 422 and body["errors"][0]["field"] == "outcome"
-    assert not any(c[0] == "monitor.label" for c in calls)
-    r._monitor = None  # no drift monitor: the label is still checked and counted
-    assert _post(r, {"request_id": "r1", "label": 0})[0] == 200
-    assert collector.snapshot()["v1"]["labels"] == 1
-
-
-def test_feedback_collector_unavailable_is_503(router: tuple[Any, list[tuple], MetricsCollector]) -> None:
-    r, calls, _ = router
-
-    def down(*args: Any) -> Any:
-        raise ConnectionError("actor died")
-
-    r._collector = _Fake(calls, "collector", feedback=down, variant_of=down)
-    for doc in ({"request_id": "r1", "outcome": 1}, {"request_id": "r1", "label": 1}):
-        status, body = _post(r, doc)
-        assert status == 503 and "metrics collector unavailable" in body["error"]

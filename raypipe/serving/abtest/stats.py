@@ -178,6 +178,8 @@ class VariantStats:
     requests: int
     errors: int
     shadow_requests: int
+    #: Requests forced to this variant by header: never in the statistics (counted apart).
+    forced_requests: int
     error_rate: float | None
     p50_ms: float | None
     p95_ms: float | None
@@ -211,6 +213,7 @@ class VariantStats:
             requests=requests,
             errors=errors,
             shadow_requests=int(snap.get("shadow_requests") or 0),
+            forced_requests=int(snap.get("forced_requests") or 0),
             error_rate=errors / requests if requests else None,
             p50_ms=_num(lat.get("p50")),
             p95_ms=_num(lat.get("p95")),
