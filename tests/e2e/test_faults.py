@@ -27,7 +27,7 @@ import pytest
 
 import raypipe
 from raypipe.store.metadata import MetadataStore
-from tests.conftest import assert_cluster_free
+from tests.conftest import assert_cluster_free, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
@@ -37,6 +37,14 @@ F = "tests.integration.funcs"
 def stage(name: str, fn: str, **kw: Any) -> raypipe.StageConfig:
     args = kw.pop("args", {})
     return raypipe.StageConfig(name=name, kind="python", params={"function": f"{F}:{fn}", "args": args}, **kw)
+
+
+def _dead(pid: int) -> bool:
+    """Whether process ``pid`` has exited (gone, or a zombie its parent has not reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def files_under(path: Path) -> list[str]:
@@ -81,14 +89,18 @@ def test_storage_fault_while_storing_an_output(tmp_path: Path, reliability: Any,
         finally:
             meta.close()
     finally:
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)  # retire the poisoned worker
+        poisoned = int(pid_file.read_text())
+        os.kill(poisoned, signal.SIGKILL)  # retire the poisoned worker
+        wait_for(lambda: _dead(poisoned), what=f"worker {poisoned} to die")
         for sub in ("tmp", "objects"):
             os.chmod(store / sub, 0o755)
     assert files_under(store / "tmp") == []  # nothing half-written in the root
     assert len(files_under(store / "objects")) == 1
     assert_cluster_free()
     # the root has room and access again: the same pipeline finishes, make's output from the cache
-    again = raypipe.run(cfg.model_copy(update={"stages": [cfg.stages[0], stage("out", "make", args={"n": 50})]}))
+    # (one retry: Ray may still lease the killed worker for an instant after it died)
+    rerun = stage("out", "make", args={"n": 50}, retries={"max": 1, "backoff_s": 0})
+    again = raypipe.run(cfg.model_copy(update={"stages": [cfg.stages[0], rerun]}))
     assert again.ok and again.stages == {"make": "cached", "out": "succeeded"}
     assert_cluster_free()
 

@@ -277,6 +277,9 @@ def test_an_existing_database_gets_the_registry_tables(tmp_path: Path) -> None:
     for table in ("alias_events", "model_aliases", "model_registrations", "model_links", "model_versions", "models"):
         con.execute(f"DROP TABLE {table}")
     con.execute("DROP TABLE audit")
+    con.execute("DROP TABLE platform_configs")
+    for index in ("runs_created", "runs_pipeline_created", "runs_status_created", "runs_actor_created"):
+        con.execute(f"DROP INDEX {index}")  # a later migration's, on runs.actor among others
     con.execute("ALTER TABLE runs DROP COLUMN actor")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.commit()
