@@ -253,6 +253,11 @@ class SchedulerConfig(StrictModel):
     teams: dict[str, TeamConfig] = Field(default_factory=dict)
     lease_s: Annotated[float, Field(gt=0)] = 30.0
     autoscaler: AutoscalerConfig | None = None
+    #: strict: a gang that fits one node runs on one node, a bigger one on whole nodes; prefer: strict
+    #: when it places the gang now, else spread; none: spread over any free capacity (see Scheduling).
+    consolidation: Literal["strict", "prefer", "none"] = "none"
+    #: Which node among those that fit: first_fit, best_fit, least_fragmenting or fgd (see Scheduling).
+    node_choice: Literal["first_fit", "best_fit", "least_fragmenting", "fgd"] = "best_fit"
 
     def settings(self) -> dict[str, Any]:
         """The controller's settings (see ``raypipe.scheduler.controller.SchedulerSettings``)."""
@@ -263,6 +268,8 @@ class SchedulerConfig(StrictModel):
             "teams": teams,
             "lease_s": self.lease_s,
             "autoscaler": self.autoscaler.shape() if self.autoscaler is not None else None,
+            "consolidation": self.consolidation,
+            "node_choice": self.node_choice,
         }
 
 

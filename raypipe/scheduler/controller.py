@@ -36,6 +36,7 @@ from raypipe.resources import Resources
 from raypipe.scheduler import vec
 from raypipe.scheduler.autoscale import MaxShape, count_workers, format_bundles, scale_up_bundles
 from raypipe.scheduler.backend import PG_PREFIX, Backend, NodeInfo
+from raypipe.scheduler.fragmentation import TaskMixTracker
 from raypipe.scheduler.jobs import (
     QUEUE_ORDER,
     Grant,
@@ -48,6 +49,7 @@ from raypipe.scheduler.jobs import (
 )
 from raypipe.scheduler.lifecycle import borrowing_allowed, requeued_request
 from raypipe.scheduler.placement import FreeLedger, admission_block
+from raypipe.scheduler.placement_settings import PlacementSettings, placement_from
 from raypipe.scheduler.policies.registry import get_policy
 from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.types import (
@@ -111,6 +113,14 @@ class SchedulerSettings:
     #: The cluster's maximum shape (see ``MaxShape.from_settings``); ``None``: no autoscaler,
     #: a request that does not fit the cluster as it is is rejected.
     autoscaler: dict[str, Any] | None = None
+    #: Placement for every policy (``placement_settings``); the defaults are the placement before them.
+    consolidation: str = "none"
+    node_choice: str = "best_fit"
+    task_mix: list[dict[str, Any]] | None = None  # fgd's mix (TaskMixEntry dicts); None: observed
+
+    def placement(self) -> PlacementSettings:
+        """The placement settings (``PolicyConfigError`` naming the bad field)."""
+        return placement_from(self.consolidation, self.node_choice, self.task_mix)
 
     def team_configs(self) -> dict[str, TeamConfig]:
         """The teams as the policies see them (quota from ``cpu``, ``gpu``, ``memory_mb``, ``custom``)."""
@@ -148,6 +158,8 @@ class ControllerCore:
         self._restore()
         self._policy = self._make_policy()
         self._shape = MaxShape.from_settings(self.settings.autoscaler)
+        self._placement = self.settings.placement()
+        self._mix = TaskMixTracker(self._placement)
 
     # ---------------------------------------------------------------- persistence
     def _restore(self) -> None:
@@ -204,6 +216,9 @@ class ControllerCore:
         policy = get_policy(settings.policy, **settings.policy_args)
         settings.team_configs()
         shape = MaxShape.from_settings(settings.autoscaler)
+        placement = settings.placement()
+        if placement != self._placement:
+            self._placement, self._mix = placement, TaskMixTracker(placement)
         self.settings, self._policy, self._shape = settings, policy, shape
         self.backend.save_settings(json.dumps(settings.__dict__).encode())
 
@@ -301,7 +316,9 @@ class ControllerCore:
         if not self._nodes:
             self.refresh_nodes()
         teams = self.settings.team_configs()
-        blocked = admission_block(req, self._cluster(), teams, allow_borrowing=borrowing_allowed(self._policy))
+        blocked = admission_block(
+            req, self._cluster(), teams, allow_borrowing=borrowing_allowed(self._policy), placement=self._placement
+        )
         reason = None if blocked is None else blocked.text
         if blocked is not None and blocked.kind is BlockKind.NEVER_FITS and self._shape is not None:
             # Too big for the cluster as it is, within quota: does it fit the largest cluster?
@@ -311,6 +328,8 @@ class ControllerCore:
                 job.reason = self._waiting_reason(req)
         if reason:
             job.state, job.reason, job.end_time = JobState.REJECTED, reason, now
+        else:
+            self._mix.observe(req)
         self.jobs[job_id] = job
         self._dirty.add(job_id)
         self._persist()
@@ -455,7 +474,8 @@ class ControllerCore:
             if j.state.holds_grant and j.placement
         )
         preempting = {j.job_id for j in self.jobs.values() if j.state is JobState.PREEMPTING}
-        snap = Snapshot(now, queued, running, self._cluster(), self.settings.team_configs())
+        teams = self.settings.team_configs()
+        snap = Snapshot(now, queued, running, self._cluster(), teams, self._placement, self._mix.mix)
         t0 = time.perf_counter()
         decision = self._policy.decide(snap)
         self.decision_s.append(time.perf_counter() - t0)
@@ -538,7 +558,7 @@ class ControllerCore:
                 continue
             req = job.request
             if totals is None:
-                totals = FreeLedger.from_cluster(self._cluster(), use_total=True)
+                totals = FreeLedger.from_cluster(self._cluster(), use_total=True, placement=self._placement)
             fits_now = totals.place(req) is not None
             if not fits_now:
                 key = req.shape_key
