@@ -69,7 +69,7 @@ TOKEN_FILE_ENV = "RAYPIPE_TOKEN_FILE"
 DEFAULT_TOKEN_FILE = "~/.config/raypipe/token"
 
 #: The fields of a pipeline's ``scheduler:`` section that a platform config owns.
-PLATFORM_OWNED = ("policy", "policy_args", "teams", "lease_s", "autoscaler")
+PLATFORM_OWNED = ("policy", "policy_args", "teams", "lease_s", "autoscaler", "consolidation", "node_choice")
 
 
 class IdentityError(RaypipeError):

@@ -35,6 +35,7 @@ from raypipe.scheduler.cluster_spec import ClusterSpec
 from raypipe.scheduler.jobs import JobState, JobView, request_to_dict
 from raypipe.scheduler.metrics import JobRecord, ReplayResult
 from raypipe.scheduler.placement import feasible_ever
+from raypipe.scheduler.placement_settings import DEFAULT_PLACEMENT, SpreadSlowdown
 from raypipe.scheduler.policies.registry import get_policy
 from raypipe.scheduler.simulator import SimOptions, job_request
 from raypipe.scheduler.traces import Trace
@@ -111,8 +112,8 @@ def _teams_settings(teams: Mapping[str, TeamConfig] | None) -> dict[str, dict[st
     return out
 
 
-def _start_cluster(cluster: ClusterSpec, trace: Trace) -> tuple[Any, dict[str, Any]]:
-    """A local multi-node Ray shaped like ``cluster``; returns it and one holder per node id."""
+def _start_cluster(cluster: ClusterSpec, trace: Trace) -> tuple[Any, dict[str, Any], dict[str, dict[str, str]]]:
+    """A local multi-node Ray shaped like ``cluster``; returns it, one holder per node id and each node's labels."""
     import ray
     from ray.cluster_utils import Cluster
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -130,15 +131,17 @@ def _start_cluster(cluster: ClusterSpec, trace: Trace) -> tuple[Any, dict[str, A
     ray.init(address=rc.address, include_dashboard=False, logging_level=logging.ERROR)
     holder_cls = ray.remote(_Holder)
     holders: dict[str, Any] = {}
+    labels_of: dict[str, dict[str, str]] = {}
     for n in ray.nodes():
         if n.get("Alive") and n["NodeID"] != ray.get_runtime_context().get_node_id():
+            labels_of[n["NodeID"]] = dict(n.get("Labels") or {})
             holders[n["NodeID"]] = holder_cls.options(
                 num_cpus=0,
                 max_concurrency=10_000,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
             ).remote()
     ray.get([h.ping.remote() for h in holders.values()])
-    return rc, holders
+    return rc, holders, labels_of
 
 
 def _stop_cluster(rc: Any) -> None:
@@ -167,21 +170,27 @@ def replay_live(
 
     ``time_scale`` is trace seconds per wall second.  Preempted jobs are
     requeued and resume their remaining work (plus ``options.restart_cost_s``)
-    at the next grant; a gang spread over several nodes runs
-    ``options.spread_slowdown`` times slower, as in the simulator.
+    at the next grant.  The controller places with the same settings as the
+    simulator (``options.placement``, else the cluster's), and a gang spread
+    over several nodes runs slower by the same spread slowdown.
     """
     import ray
 
     _check(cluster, time_scale)
     opts = options or SimOptions()
     known = opts.durations_known if opts.durations_known is not None else trace.meta.durations_known
-    rc, holders = _start_cluster(cluster, trace)
+    placement = opts.placement or cluster.placement or DEFAULT_PLACEMENT
+    slowdown = opts.spread_slowdown or cluster.spread_slowdown or SpreadSlowdown()
+    rc, holders, node_labels = _start_cluster(cluster, trace)
     try:
         settings = {
             "policy": policy_name,
             "policy_args": _scaled_policy_args(policy_name, policy_args, time_scale),
             "teams": _teams_settings(teams),
             "lease_s": 3600.0,
+            "consolidation": placement.consolidation,
+            "node_choice": placement.node_choice,
+            "task_mix": None if placement.task_mix is None else [e.model_dump() for e in placement.task_mix],
         }
         handle = get_controller(settings, tick_s=0.2)
         client = SchedulerClient(handle, owner=f"replay-{policy_name}")
@@ -206,7 +215,7 @@ def replay_live(
             lj.run_start = now
             lj.first_start = lj.first_start if lj.first_start is not None else now
             nodes = sorted(set(view.nodes))
-            lj.slow = opts.spread_slowdown if len(nodes) > 1 else 1.0
+            lj.slow = slowdown.factor_on(node_labels.get(n, {}) for n in nodes)
             cost = opts.restart_cost_s if lj.restarts else 0.0
             seconds = (lj.remaining_s * lj.slow + cost) / time_scale
             lj.refs = [holders[n].hold.remote(seconds) for n in nodes]
@@ -328,7 +337,7 @@ def replay_live(
         rejected=tuple(rejected),
         unfinished=tuple(unfinished),
         wall_s=wall_s,
-        extra={"time_scale": time_scale, "grant": "ledger"},
+        extra={"time_scale": time_scale, "grant": "ledger", "placement": placement.describe()},
     )
 
 
@@ -348,7 +357,7 @@ def replay_plain_ray(
     _check(cluster, time_scale)
     any_of = sorted({j.gpu_types for j in trace.jobs if len(j.gpu_types) > 1})
     view = ClusterView(cluster.nodes(any_of))
-    rc, _ = _start_cluster(cluster, trace)
+    rc, _, _ = _start_cluster(cluster, trace)
     jobs = trace.jobs
     try:
         t0 = time.time()

@@ -7,7 +7,9 @@ or both.  Each replay becomes the metrics of :mod:`raypipe.scheduler.metrics`;
 
 Layout of ``results.json``::
 
-    {"trace": {...}, "cluster": {...}, "options": {...},
+    {"trace": {...}, "cluster": {...},
+     "options": {..., "placement": {"consolidation", "node_choice", "task_mix", "source"},
+                 "spread_slowdown": 1.0 | {...}, "policy_args": {POLICY: {...}}},
      "policies": {NAME: {"mode": "sim"|"ray", "jobs": ..., "avg_jct_s": ..., ...,
                          "live": {...same keys...},            # --mode both
                          "sim_error": {"avg_jct": r, "makespan": r}}},  # --mode both
@@ -24,15 +26,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from raypipe._json import json_safe
 from raypipe.bench.live import replay_live, replay_plain_ray
+from raypipe.bench.options import parse_policy_args, parse_spread_slowdown, placement_summary, resolve_placement
 from raypipe.bench.plots import plot_all
 from raypipe.config import StrictModel
 from raypipe.exceptions import RaypipeError
 from raypipe.scheduler.cluster_spec import ClusterSpec
 from raypipe.scheduler.metrics import METRIC_KEYS, ReplayResult, relative_error, summarize
+from raypipe.scheduler.placement_settings import PlacementSettings, SpreadSlowdown
 from raypipe.scheduler.policies.registry import available_policies, get_policy_class
 from raypipe.scheduler.simulator import SimOptions, simulate
 from raypipe.scheduler.traces import FORMATS, Trace, load_trace, synthetic_philly
@@ -61,6 +65,10 @@ _FLAG = {
     "round_s": "--round-s",
     "restart_cost_s": "--restart-cost-s",
     "spread_slowdown": "--spread-slowdown",
+    "consolidation": "--consolidation",
+    "node_choice": "--node-choice",
+    "task_mix": "--task-mix",
+    "policy_args": "--policy-arg",
     "skip_bad_rows": "--skip-bad-rows",
     "load": "--load",
     "max_duration_s": "--max-duration-s",
@@ -91,13 +99,40 @@ class SchedulingBenchConfig(StrictModel):
     time_scale: float = Field(default=3600.0, gt=0, description="trace seconds per wall second (live replay)")
     round_s: float = Field(default=0.0, ge=0)
     restart_cost_s: float = Field(default=0.0, ge=0)
-    spread_slowdown: float = Field(default=1.0, ge=1)
+    spread_slowdown: SpreadSlowdown | None = Field(
+        default=None, description="a number, or per_extra_node/by_nodes/cross_rack (None: the cluster's, else 1)"
+    )
+    consolidation: Literal["strict", "prefer", "none"] | None = Field(
+        default=None, description="None: the cluster YAML's, else strict"
+    )
+    node_choice: Literal["first_fit", "best_fit", "least_fragmenting", "fgd"] | None = Field(
+        default=None, description="None: the cluster YAML's, else first_fit (whole-GPU traces) or best_fit"
+    )
+    task_mix: Literal["observed", "trace"] = Field(
+        default="observed", description="fgd's task mix: observed from arrivals so far, or the whole trace's"
+    )
+    policy_args: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="POLICY -> keyword arguments (or POLICY.NAME=VALUE strings)"
+    )
     skip_bad_rows: bool = False
     load: float | None = Field(default=None, gt=0, description="synthetic: target load; real traces: rescale arrivals")
     max_duration_s: float | None = Field(default=None, gt=0)
     durations_known: bool = False
     out: str | None = None
     plots: bool = True
+
+    @field_validator("spread_slowdown", mode="before")
+    @classmethod
+    def _slowdown_text(cls, v: Any) -> Any:
+        return parse_spread_slowdown(v) if isinstance(v, str) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _policy_arg_texts(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and isinstance(data.get("policy_args"), (list, tuple)):
+            policies = data.get("policies") or list(available_policies())
+            data = {**data, "policy_args": parse_policy_args(data["policy_args"], policies)}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> SchedulingBenchConfig:
@@ -121,6 +156,9 @@ class SchedulingBenchConfig(StrictModel):
             if p in seen:
                 raise ValueError(f"policy {p!r} is listed twice")
             seen.add(p)
+        for p in self.policy_args:
+            if p not in seen:
+                raise ValueError(f"policy_args for {p!r}, which is not compared (policies {', '.join(self.policies)})")
         return self
 
     @classmethod
@@ -144,11 +182,12 @@ class SchedulingBenchConfig(StrictModel):
                     issues.append(msg)
             raise BenchError("; ".join(issues)) from None
 
-    def sim_options(self, durations_known: bool) -> SimOptions:
+    def sim_options(self, durations_known: bool, placement: PlacementSettings | None = None) -> SimOptions:
         return SimOptions(
             round_s=self.round_s,
             restart_cost_s=self.restart_cost_s,
             spread_slowdown=self.spread_slowdown,
+            placement=placement,
             durations_known=durations_known,
         )
 
@@ -212,20 +251,31 @@ def build_trace(cfg: SchedulingBenchConfig, cluster: ClusterSpec) -> Trace:
 
 
 def _run_live(
-    trace: Trace, cluster: ClusterSpec, policy: str, cfg: SchedulingBenchConfig, on_progress: ProgressFn | None
+    trace: Trace,
+    cluster: ClusterSpec,
+    policy: str,
+    cfg: SchedulingBenchConfig,
+    on_progress: ProgressFn | None,
+    placement: PlacementSettings | None = None,
 ) -> ReplayResult:
     return replay_live(
         trace,
         cluster,
         policy,
         cfg.time_scale,
-        options=cfg.sim_options(trace.meta.durations_known),
+        policy_args=cfg.policy_args.get(policy),
+        options=cfg.sim_options(trace.meta.durations_known, placement),
         on_progress=(lambda done, total: on_progress(policy, done, total)) if on_progress else None,
     )
 
 
 def _run_sim(
-    trace: Trace, cluster: ClusterSpec, policy: str, cfg: SchedulingBenchConfig, on_progress: ProgressFn | None
+    trace: Trace,
+    cluster: ClusterSpec,
+    policy: str,
+    cfg: SchedulingBenchConfig,
+    on_progress: ProgressFn | None,
+    placement: PlacementSettings | None = None,
 ) -> ReplayResult:
     from dataclasses import replace
 
@@ -234,7 +284,8 @@ def _run_sim(
         trace,
         cluster,
         policy,
-        options=cfg.sim_options(trace.meta.durations_known),
+        options=cfg.sim_options(trace.meta.durations_known, placement),
+        policy_args=cfg.policy_args.get(policy),
         timer=time.perf_counter,
         on_progress=(lambda done, total: on_progress(policy, done, total)) if on_progress else None,
     )
@@ -257,14 +308,18 @@ def run_scheduling_benchmark(
     trace = build_trace(cfg, cluster)
     if on_start is not None:
         on_start(trace, cluster)
+    placement, source = resolve_placement(
+        cluster, trace, consolidation=cfg.consolidation, node_choice=cfg.node_choice, task_mix=cfg.task_mix
+    )
+    slowdown = cfg.spread_slowdown or cluster.spread_slowdown or SpreadSlowdown()
     sims: dict[str, ReplayResult] = {}
     lives: dict[str, ReplayResult] = {}
     policies: dict[str, Any] = {}
     for name in cfg.policies:
         if cfg.mode in ("sim", "both"):
-            sims[name] = _run_sim(trace, cluster, name, cfg, on_progress)
+            sims[name] = _run_sim(trace, cluster, name, cfg, on_progress, placement)
         if cfg.mode in ("ray", "both"):
-            lives[name] = _run_live(trace, cluster, name, cfg, on_progress)
+            lives[name] = _run_live(trace, cluster, name, cfg, on_progress, placement)
         if cfg.mode == "sim":
             policies[name] = summarize(sims[name])
         elif cfg.mode == "ray":
@@ -286,7 +341,9 @@ def run_scheduling_benchmark(
             "policies": list(cfg.policies),
             "round_s": cfg.round_s,
             "restart_cost_s": cfg.restart_cost_s,
-            "spread_slowdown": cfg.spread_slowdown,
+            "spread_slowdown": slowdown.summary(),
+            "placement": placement_summary(placement, source),
+            "policy_args": cfg.policy_args,
             "durations_known": trace.meta.durations_known,
             "time_scale": cfg.time_scale,
         },
@@ -342,6 +399,8 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, float], ...] = (
     ("makespan_s", "makespan (h)", 1 / 3600),
     ("utilization", "GPU util", 1.0),
     ("fragmentation_gpu_s", "frag (GPU-h)", 1 / 3600),
+    ("unallocated_share_waiting", "idle GPU share while waiting", 1.0),
+    ("jobs_waited_share", "jobs waited", 1.0),
     ("preemptions_per_job", "preempt/job", 1.0),
     ("ftf_worst", "FTF worst", 1.0),
     ("avg_jct_ratio_to_bound", "JCT / LB", 1.0),
@@ -386,12 +445,14 @@ def _vs(m: Mapping[str, Any], fifo: Mapping[str, Any]) -> float | None:
 def summary_markdown(doc: Mapping[str, Any]) -> str:
     """One markdown table: a row per policy (and per mode with ``--mode both``)."""
     tr, cl = doc["trace"], doc["cluster"]
+    pl = doc.get("options", {}).get("placement")
     load = tr.get("offered_load")
     head = (
         f"Trace `{tr['source']}` ({tr['format']}): {tr['jobs']:,} jobs"
         + (f", offered load {load:.2f}" if load is not None else "")
         + f"; cluster: {cl['nodes']} nodes, {cl['total_gpus']:g} GPUs"
         + (f" ({', '.join(cl['gpu_types'])})" if cl.get("gpu_types") else "")
+        + (f"; placement: {pl['consolidation']} + {pl['node_choice']}" if pl else "")
         + f". Lower bounds: avg JCT >= max(mean duration, SRPT on one {cl['total_gpus']:g}x machine)."
     )
     cols = ["policy", "mode", *[h for _, h, _ in SUMMARY_COLUMNS], "avg JCT / fifo"]

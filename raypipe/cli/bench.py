@@ -94,11 +94,49 @@ def bench_scheduling_cmd(
         typer.Option("--restart-cost-s", metavar="SECONDS", help="Seconds a preempted job loses when it restarts."),
     ] = 0.0,
     spread_slowdown: Annotated[
-        float,
+        str | None,
         typer.Option(
-            "--spread-slowdown", metavar="FACTOR", help="Slowdown of a gang spread over several nodes (>= 1)."
+            "--spread-slowdown",
+            metavar="FACTOR|KEY=VALUE,...",
+            help="Slowdown of a gang spanning several nodes: a factor (>= 1), or per_extra_node=F, "
+            "NODES=FACTOR rows (2=1.1,4=1.3), cross_rack=F, rack_label=L. Default: the cluster YAML's, else 1.",
         ),
-    ] = 1.0,
+    ] = None,
+    consolidation: Annotated[
+        str | None,
+        typer.Option(
+            "--consolidation",
+            metavar="strict|prefer|none",
+            help="Gangs: strict (one node when it fits one, else whole nodes), prefer (strict, else spread), "
+            "none (spread over free GPUs). Default: the cluster YAML's, else strict.",
+        ),
+    ] = None,
+    node_choice: Annotated[
+        str | None,
+        typer.Option(
+            "--node-choice",
+            metavar="first_fit|best_fit|least_fragmenting|fgd",
+            help="Which node among those that fit. Default: the cluster YAML's, else first_fit "
+            "(best_fit when the trace has fractional GPUs).",
+        ),
+    ] = None,
+    task_mix: Annotated[
+        str,
+        typer.Option(
+            "--task-mix",
+            metavar="observed|trace",
+            help="fgd's task mix: observed from arrivals so far, or the whole trace's (known in advance).",
+        ),
+    ] = "observed",
+    policy_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--policy-arg",
+            metavar="POLICY.NAME=VALUE",
+            help="A policy argument, typed by the policy (repeatable): las.thresholds=3250,7200, "
+            "priority.preempt=true, las.max_preemptions=none.",
+        ),
+    ] = None,
     max_duration_s: Annotated[
         float | None, typer.Option("--max-duration-s", metavar="SECONDS", help="Cap job durations.")
     ] = None,
@@ -137,6 +175,10 @@ def bench_scheduling_cmd(
         "round_s": round_s,
         "restart_cost_s": restart_cost_s,
         "spread_slowdown": spread_slowdown,
+        "consolidation": consolidation,
+        "node_choice": node_choice,
+        "task_mix": task_mix,
+        "policy_args": list(policy_arg or []),
         "max_duration_s": max_duration_s,
         "durations_known": durations_known,
         "skip_bad_rows": skip_bad_rows,
@@ -212,6 +254,9 @@ def print_bench_table(doc: dict[str, Any]) -> None:
             fmt_value(m.get("wall_s")),
         )
     out.print(table)
+    pl = doc.get("options", {}).get("placement")
+    if pl:
+        out.print(f"placement: consolidation {pl['consolidation']}, node choice {pl['node_choice']}")
     rejected = {n: m.get("rejected") for n, m in doc["policies"].items() if m.get("rejected")}
     if rejected:
         out.print(f"[yellow]jobs rejected (can never fit the cluster):[/] {max(rejected.values())}")

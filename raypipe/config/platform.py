@@ -92,6 +92,10 @@ class PlatformScheduler(StrictModel):
     #: The cluster's maximum shape, when an autoscaler can add nodes (a `cluster_config` file is
     #: read when the config is applied: the stored config holds its node types).
     autoscaler: AutoscalerConfig | None = None
+    #: Placement for every policy: strict, prefer or none (see Scheduling, Placement).
+    consolidation: Literal["strict", "prefer", "none"] = "none"
+    #: first_fit, best_fit, least_fragmenting or fgd (see Scheduling, Placement).
+    node_choice: Literal["first_fit", "best_fit", "least_fragmenting", "fgd"] = "best_fit"
 
 
 class PlatformConfig(StrictModel):
@@ -182,6 +186,8 @@ class PlatformConfig(StrictModel):
             "teams": {n: t.model_dump(exclude_none=True, exclude=ranges) for n, t in self.teams.items()},
             "lease_s": sched.lease_s,
             "autoscaler": sched.autoscaler.shape() if sched.autoscaler is not None else None,
+            "consolidation": sched.consolidation,
+            "node_choice": sched.node_choice,
             "version": version,
             "admins": self.admins(),
         }

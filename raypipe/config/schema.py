@@ -250,7 +250,8 @@ class SchedulerConfig(StrictModel):
 
     The controller is shared by every pipeline on a cluster.  Without a platform config in
     the metadata store (a single user), the settings of the last pipeline that sets
-    ``policy``, ``policy_args``, ``teams``, ``lease_s`` or ``autoscaler`` apply.  With one
+    ``policy``, ``policy_args``, ``teams``, ``lease_s``, ``autoscaler``, ``consolidation`` or
+    ``node_choice`` apply.  With one
     (``raypipe admin apply``), those belong to its admins: a pipeline setting any of them is
     refused, and may choose only ``enabled``, ``team`` and its stages' ``team`` and ``priority``.
     """
@@ -264,6 +265,11 @@ class SchedulerConfig(StrictModel):
     teams: dict[str, TeamConfig] = Field(default_factory=dict)
     lease_s: Annotated[float, Field(gt=0)] = 30.0
     autoscaler: AutoscalerConfig | None = None
+    #: strict: a gang that fits one node runs on one node, a bigger one on whole nodes; prefer: strict
+    #: when it places the gang now, else spread; none: spread over any free capacity (see Scheduling).
+    consolidation: Literal["strict", "prefer", "none"] = "none"
+    #: Which node among those that fit: first_fit, best_fit, least_fragmenting or fgd (see Scheduling).
+    node_choice: Literal["first_fit", "best_fit", "least_fragmenting", "fgd"] = "best_fit"
 
     def settings(self) -> dict[str, Any]:
         """The controller's settings (see ``raypipe.scheduler.controller.SchedulerSettings``)."""
@@ -274,6 +280,8 @@ class SchedulerConfig(StrictModel):
             "teams": teams,
             "lease_s": self.lease_s,
             "autoscaler": self.autoscaler.shape() if self.autoscaler is not None else None,
+            "consolidation": self.consolidation,
+            "node_choice": self.node_choice,
         }
 
 

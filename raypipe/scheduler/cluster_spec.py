@@ -11,6 +11,11 @@ selects one extra label per accepted set: :func:`any_of_label`.  Nodes carry
 that label when their type is in the set (:func:`node_labels`); the simulator
 adds them for the sets a trace uses.  The live replay must label its nodes the
 same way.
+
+A spec may also carry the cluster's placement settings (``placement:``, see
+:mod:`raypipe.scheduler.placement_settings`) and how a gang spread over nodes slows
+down (``spread_slowdown:``), with racks as node labels (``nodes_per_rack`` or
+``labels``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raypipe.resources import Resources
 from raypipe.scheduler.errors import ClusterSpecError
+from raypipe.scheduler.placement_settings import PlacementSettings, SpreadSlowdown, TaskMixEntry
 from raypipe.scheduler.types import NodeView
+
+#: The label ``nodes_per_rack`` gives each node (``SpreadSlowdown.rack_label``'s default).
+RACK_LABEL = "rack"
 
 GPU_TYPE_LABEL = "gpu_type"
 _ANY_OF_PREFIX = "gpu_type_any_"
@@ -77,6 +86,10 @@ class NodeGroup(BaseModel):
     memory_mb: float = Field(gt=0, description="memory per node, MB")
     gpu_type: str | None = Field(default=None, pattern=_NAME, description="GPU model, a node label")
     name: str | None = Field(default=None, pattern=_NAME, description="node id prefix (default g<index>)")
+    labels: dict[str, str] = Field(default_factory=dict, description="more node labels, e.g. {rack: r1}")
+    nodes_per_rack: int | None = Field(
+        default=None, ge=1, description="label the nodes `rack: <name>-r<k>`, this many nodes per rack"
+    )
 
 
 class ClusterSpec(BaseModel):
@@ -85,14 +98,22 @@ class ClusterSpec(BaseModel):
     YAML form::
 
         node_groups:
-          - {count: 4, gpus: 8, cpus: 96, memory_mb: 786432, gpu_type: V100}
+          - {count: 4, gpus: 8, cpus: 96, memory_mb: 786432, gpu_type: V100, nodes_per_rack: 2}
           - {count: 8, gpus: 2, cpus: 32, memory_mb: 131072, gpu_type: T4}
+        placement: {consolidation: strict, node_choice: best_fit}    # optional
+        spread_slowdown: {per_extra_node: 0.1, cross_rack: 1.2}      # optional
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     node_groups: list[NodeGroup] = Field(min_length=1)
     source: str = Field(default="", description="where the spec came from (informative)")
+    placement: PlacementSettings | None = Field(
+        default=None, description="consolidation and node choice (`raypipe bench scheduling` flags override them)"
+    )
+    spread_slowdown: SpreadSlowdown | None = Field(
+        default=None, description="how much slower a gang spanning several nodes (racks) runs; a number or a mapping"
+    )
 
     # ------------------------------------------------------------ constructors
 
@@ -213,7 +234,7 @@ class ClusterSpec(BaseModel):
         if fraction == 1:
             return self
         groups = [g.model_copy(update={"count": max(1, round(g.count * fraction))}) for g in self.node_groups]
-        return ClusterSpec(node_groups=groups, source=f"{self.source} x {fraction:g}")
+        return self.model_copy(update={"node_groups": groups, "source": f"{self.source} x {fraction:g}"})
 
     # ------------------------------------------------------------------ views
 
@@ -234,10 +255,13 @@ class ClusterSpec(BaseModel):
         out: list[NodeView] = []
         for gi, g in enumerate(self.node_groups):
             total = Resources.of(cpu=g.cpus, gpu=g.gpus, memory_mb=g.memory_mb)
-            labels = tuple(sorted(node_labels(g.gpu_type, sets).items()))
+            base = {**g.labels, **node_labels(g.gpu_type, sets)}
+            labels = tuple(sorted(base.items()))
             prefix = g.name or f"g{gi}"
             width = max(4, len(str(g.count - 1)))
             for i in range(g.count):
+                if g.nodes_per_rack:
+                    labels = tuple(sorted({**base, RACK_LABEL: f"{prefix}-r{i // g.nodes_per_rack}"}.items()))
                 out.append(NodeView(f"{prefix}-{i:0{width}d}", total, total, labels))
         ids = [n.node_id for n in out]
         if len(set(ids)) != len(ids):
@@ -252,7 +276,9 @@ class ClusterSpec(BaseModel):
             "total_gpus": self.total_gpus,
             "total_cpus": float(sum(g.count * g.cpus for g in self.node_groups)),
             "gpu_types": list(self.gpu_types()),
-            "node_groups": [g.model_dump(exclude_none=True) for g in self.node_groups],
+            "node_groups": [g.model_dump(exclude_none=True, exclude_defaults=True) for g in self.node_groups],
+            **({"placement": self.placement.model_dump(exclude_defaults=True)} if self.placement else {}),
+            **({"spread_slowdown": self.spread_slowdown.summary()} if self.spread_slowdown else {}),
         }
 
 
@@ -262,7 +288,18 @@ def _issue(err: Mapping[str, Any]) -> str:
         loc += f"[{part}]" if isinstance(part, int) else ("." if loc else "") + str(part)
     loc = loc or "(top level)"
     if err.get("type") == "extra_forbidden":
-        fields = NodeGroup.model_fields if "[" in loc else ClusterSpec.model_fields
+        parts = err.get("loc", ())
+        model: type[BaseModel] = ClusterSpec
+        if len(parts) > 1:
+            nested: dict[str, type[BaseModel]] = {
+                "node_groups": NodeGroup,
+                "placement": PlacementSettings,
+                "spread_slowdown": SpreadSlowdown,
+            }
+            model = nested.get(str(parts[0]), ClusterSpec)
+            if parts[0] == "placement" and "task_mix" in map(str, parts):
+                model = TaskMixEntry
+        fields = model.model_fields
         return f"{loc}: unknown key; expected one of: {', '.join(fields)}"
     if err.get("type") == "missing":
         return f"{loc}: missing required field"

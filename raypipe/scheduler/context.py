@@ -174,7 +174,9 @@ class DecisionContext:
     ) -> None:
         self.snapshot = snapshot
         self.now = snapshot.now
-        self.ledger = FreeLedger.from_cluster(snapshot.cluster)
+        self.ledger = FreeLedger.from_cluster(
+            snapshot.cluster, placement=snapshot.placement, task_mix=snapshot.task_mix
+        )
         self.max_preemptions = max_preemptions
         self.preempted: dict[str, RunningJob] = {}
         self._memos: list[WaitMemo] = []
@@ -282,9 +284,10 @@ class DecisionContext:
         never = self._never
         if key not in never:
             if self._total_ledger is None:
-                cluster = self.snapshot.cluster
+                snap = self.snapshot
+                cluster = snap.cluster
                 if cluster.ledger_template(True) is not None:  # a view made by ClusterView.replace_nodes
-                    self._total_ledger = FreeLedger.from_cluster(cluster, use_total=True)
+                    self._total_ledger = FreeLedger.from_cluster(cluster, use_total=True, placement=snap.placement)
                 else:  # index the view once per decision: derive from the free ledger's tables
                     self._total_ledger = self.ledger.totals()
             quota = self.snapshot.team(job.team).quota
@@ -400,14 +403,14 @@ class DecisionContext:
         room = self.preempt_room()
         if room <= 0:
             return None
-        if len(job.bundles) == 1 or job.strategy == "STRICT_PACK":
-            return self._preempt_one_node(job, victims, room)
         ledger = self.ledger
+        if ledger.one_node(job):
+            return self._preempt_one_node(job, victims, room)
         live = [v for v in victims if v.job_id not in self.preempted]
         released: list[RunningJob] | None = None
         placement: Placement | None = None
         bvecs = job.bundle_vecs
-        if all(b == bvecs[0] for b in bvecs):
+        if all(b == bvecs[0] for b in bvecs) and not ledger.whole_nodes(job):
             released = self._release_for_identical(job, live)
             if released is not None:
                 placement = ledger.place(job)

@@ -29,13 +29,14 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TypedDict
 
 from raypipe.resources import Resources
 from raypipe.scheduler import vec
 from raypipe.scheduler.autoscale import MaxShape, count_workers, format_bundles, scale_up_bundles
 from raypipe.scheduler.backend import PG_PREFIX, Backend, NodeInfo
+from raypipe.scheduler.fragmentation import TaskMixTracker
 from raypipe.scheduler.jobs import (
     QUEUE_ORDER,
     Grant,
@@ -50,6 +51,7 @@ from raypipe.scheduler.lifecycle import borrowing_allowed, requeued_request
 from raypipe.scheduler.placement import FreeLedger, admission_block
 from raypipe.scheduler.policies.registry import get_policy
 from raypipe.scheduler.policy import Policy
+from raypipe.scheduler.settings import SchedulerSettings
 from raypipe.scheduler.types import (
     BlockKind,
     ClusterView,
@@ -58,7 +60,6 @@ from raypipe.scheduler.types import (
     Placement,
     RunningJob,
     Snapshot,
-    TeamConfig,
 )
 
 __all__ = [
@@ -101,38 +102,6 @@ class ControllerStats(TypedDict):
     autoscaler: AutoscalerStats | None
 
 
-@dataclass
-class SchedulerSettings:
-    """The controller's settings: from a platform config (``version`` and ``admins`` set: see
-    :meth:`ControllerCore.configure`), else from a pipeline's ``scheduler:`` section."""
-
-    policy: str = "fifo"
-    policy_args: dict[str, Any] = field(default_factory=dict)
-    teams: dict[str, dict[str, Any]] = field(default_factory=dict)
-    lease_s: float = 60.0
-    keep_done_s: float = 300.0
-    #: The cluster's maximum shape (see ``MaxShape.from_settings``); ``None``: no autoscaler,
-    #: a request that does not fit the cluster as it is is rejected.
-    autoscaler: dict[str, Any] | None = None
-    #: The platform config version these settings come from (None: a pipeline's).
-    version: int | None = None
-    #: That platform's admins (None: it has no users, every caller is one; see ``access``).
-    admins: list[str] | None = None
-
-    def team_configs(self) -> dict[str, TeamConfig]:
-        """The teams as the policies see them (quota from ``cpu``, ``gpu``, ``memory_mb``, ``custom``)."""
-        out = {}
-        for name, t in self.teams.items():
-            quota = {k: v for k, v in t.items() if k in ("cpu", "gpu", "memory_mb")}
-            custom = t.get("custom") or {}
-            out[name] = TeamConfig(
-                quota=Resources.of(custom=custom, **quota) if (quota or custom) else None,
-                priority=int(t.get("priority", 0)),
-                weight=float(t.get("weight", 1.0)),
-            )
-        return out
-
-
 class ControllerCore:
     """Queue, grants and policy; all Ray access goes through ``backend``."""
 
@@ -155,6 +124,8 @@ class ControllerCore:
         self._restore()
         self._policy = self._make_policy()
         self._shape = MaxShape.from_settings(self.settings.autoscaler)
+        self._placement = self.settings.placement()
+        self._mix = TaskMixTracker(self._placement)
 
     # ---------------------------------------------------------------- persistence
     def _restore(self) -> None:
@@ -216,6 +187,9 @@ class ControllerCore:
         policy = get_policy(settings.policy, **settings.policy_args)
         settings.team_configs()
         shape = MaxShape.from_settings(settings.autoscaler)
+        placement = settings.placement()
+        if placement != self._placement:
+            self._placement, self._mix = placement, TaskMixTracker(placement)
         self.settings, self._policy, self._shape = settings, policy, shape
         self.backend.save_settings(json.dumps(settings.__dict__).encode())
         return True
@@ -314,7 +288,9 @@ class ControllerCore:
         if not self._nodes:
             self.refresh_nodes()
         teams = self.settings.team_configs()
-        blocked = admission_block(req, self._cluster(), teams, allow_borrowing=borrowing_allowed(self._policy))
+        blocked = admission_block(
+            req, self._cluster(), teams, allow_borrowing=borrowing_allowed(self._policy), placement=self._placement
+        )
         reason = None if blocked is None else blocked.text
         if blocked is not None and blocked.kind is BlockKind.NEVER_FITS and self._shape is not None:
             # Too big for the cluster as it is, within quota: does it fit the largest cluster?
@@ -324,6 +300,8 @@ class ControllerCore:
                 job.reason = self._waiting_reason(req)
         if reason:
             job.state, job.reason, job.end_time = JobState.REJECTED, reason, now
+        else:
+            self._mix.observe(req)
         self.jobs[job_id] = job
         self._dirty.add(job_id)
         self._persist()
@@ -469,7 +447,8 @@ class ControllerCore:
             if j.state.holds_grant and j.placement
         )
         preempting = {j.job_id for j in self.jobs.values() if j.state is JobState.PREEMPTING}
-        snap = Snapshot(now, queued, running, self._cluster(), self.settings.team_configs())
+        teams = self.settings.team_configs()
+        snap = Snapshot(now, queued, running, self._cluster(), teams, self._placement, self._mix.mix)
         t0 = time.perf_counter()
         decision = self._policy.decide(snap)
         self.decision_s.append(time.perf_counter() - t0)
@@ -552,7 +531,7 @@ class ControllerCore:
                 continue
             req = job.request
             if totals is None:
-                totals = FreeLedger.from_cluster(self._cluster(), use_total=True)
+                totals = FreeLedger.from_cluster(self._cluster(), use_total=True, placement=self._placement)
             fits_now = totals.place(req) is not None
             if not fits_now:
                 key = req.shape_key

@@ -15,6 +15,11 @@ trace duration, ``g_j`` GPUs, ``C_j`` end of job ``j``; finished jobs only):
 * utilization ``= sum_j g_j x (time holding its grant) / (G x makespan)``.
 * fragmentation: GPU-seconds idle while some waiting job's GPU request was
   free in aggregate (``min waiting g_j <= idle GPUs``), whatever the nodes.
+* unallocated GPU share while jobs wait: idle GPU-seconds over ``G`` x the time
+  some job waits (the cluster is "full" for the waiting jobs, yet this share of
+  its GPUs holds nothing: the measure of Weng et al., ATC'23, in a replay with
+  departures); jobs waited share: the finished jobs whose first start came
+  after their submit.
 * finish-time fairness (Themis): ``rho_j = JCT_j / T_fair_j`` with
   ``T_fair_j = d_j x max(1, g_j N_j / G)``, where ``N_j`` is the time-average
   number of jobs in the system (waiting or running, ``j`` included) during
@@ -284,6 +289,9 @@ class Timeline:
     waiting: tuple[int, ...]
     fragmentation_gpu_s: float
     busy_gpu_s: float
+    #: Time some job waited, and the GPU-seconds idle meanwhile.
+    waiting_s: float = 0.0
+    idle_while_waiting_gpu_s: float = 0.0
 
     def downsample(self, points: int = 1500) -> tuple[list[float], list[float], list[float]]:
         """Time-averaged (times, used GPUs, waiting jobs) on at most ``points`` buckets, for plots."""
@@ -340,6 +348,7 @@ def timeline(records: Sequence[JobRecord], total_gpus: float) -> Timeline:
     wait_s: list[int] = []
     frag = 0.0
     busy = 0.0
+    waiting_s = idle_waiting = 0.0
     prev_t: float | None = None
     k = 0
     while k < len(events):
@@ -348,6 +357,9 @@ def timeline(records: Sequence[JobRecord], total_gpus: float) -> Timeline:
             dt = t - prev_t
             busy += used * dt
             idle = total_gpus - used
+            if n_wait:
+                waiting_s += dt
+                idle_waiting += max(0.0, idle) * dt
             while waiting_gpus and not is_waiting.get(waiting_gpus[0][1], False):
                 heapq.heappop(waiting_gpus)
             if n_wait and idle > _EPS and waiting_gpus and waiting_gpus[0][0] <= idle + _EPS:
@@ -383,7 +395,7 @@ def timeline(records: Sequence[JobRecord], total_gpus: float) -> Timeline:
             used_s.append(used)
             wait_s.append(n_wait)
         prev_t = t
-    return Timeline(tuple(times), tuple(used_s), tuple(wait_s), frag, busy)
+    return Timeline(tuple(times), tuple(used_s), tuple(wait_s), frag, busy, waiting_s, idle_waiting)
 
 
 # ----------------------------------------------------------------------------- the report
@@ -403,6 +415,8 @@ METRIC_KEYS: tuple[str, ...] = (
     "makespan_s",
     "utilization",
     "fragmentation_gpu_s",
+    "unallocated_share_waiting",
+    "jobs_waited_share",
     "preemptions",
     "preemptions_per_job",
     "ftf_worst",
@@ -464,6 +478,8 @@ def summarize(result: ReplayResult) -> dict[str, Any]:
             makespan_s=makespan,
             utilization=_ratio(tl.busy_gpu_s, G * makespan),
             fragmentation_gpu_s=tl.fragmentation_gpu_s,
+            unallocated_share_waiting=_ratio(tl.idle_while_waiting_gpu_s, G * tl.waiting_s),
+            jobs_waited_share=sum(1 for r in done if (r.queue_s or 0.0) > _EPS) / n,
             preemptions=preempt,
             preemptions_per_job=preempt / n,
             ftf_worst=max(ftf),

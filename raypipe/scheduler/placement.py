@@ -13,14 +13,18 @@ Rules (all strategies are all-or-nothing; dead nodes and nodes missing a label
 of ``label_selector`` are never used):
 
 * ``STRICT_PACK``: every bundle on one node.
-* ``PACK``: first try one node for the whole gang; otherwise first-fit-decreasing
-  (largest bundle first), preferring nodes the gang already uses, then the best
-  fitting new node.  This is a greedy approximation of "fewest nodes".
+* ``PACK``: as the ledger's :class:`~raypipe.scheduler.placement_settings.PlacementSettings`
+  say (``consolidation``).  With ``none`` (the default): first try one node for the
+  whole gang; otherwise first-fit-decreasing (largest bundle first), preferring
+  nodes the gang already uses, then a new node.  This is a greedy approximation of
+  "fewest nodes".  ``strict`` keeps a gang that fits one node on one node and puts a
+  bigger one on whole nodes; ``prefer`` is ``strict`` when that places it, else ``none``.
 * ``SPREAD``: each bundle on a node the gang does not use yet when possible,
   otherwise on any node of the gang that still fits it.
 
-"Best fitting" node = smallest leftover of the bundle's dominant resource (GPU,
-else CPU, else memory) after placement, so big free blocks stay whole.  Bundles
+Which node among those that fit is ``node_choice`` (:mod:`raypipe.scheduler.placement_choice`):
+by default ``best_fit``, the smallest leftover of the bundle's dominant resource (GPU,
+else CPU, else memory) after placement, so big free blocks stay whole; bundles
 without GPUs first prefer nodes with the least free GPU (not to strand GPUs).
 Ties go to the smallest node id, so placement is deterministic.
 
@@ -38,29 +42,55 @@ from collections.abc import Iterable, Mapping
 
 from raypipe.resources import Resources
 from raypipe.scheduler import vec
+from raypipe.scheduler.fragmentation import TaskMix
+from raypipe.scheduler.placement_choice import _UNSET, GroupKey
+from raypipe.scheduler.placement_explain import ExplainMixin
+from raypipe.scheduler.placement_settings import DEFAULT_PLACEMENT, PlacementSettings
 from raypipe.scheduler.types import Blocked, BlockKind, ClusterView, JobRequest, Labels, NodeView, Placement, TeamConfig
 from raypipe.scheduler.vec import Vec
 
-_GroupKey = tuple[Vec, Labels]
 
-
-class FreeLedger:
+class FreeLedger(ExplainMixin):
     """Free capacity per alive node, mutable, for the span of ONE decision.
 
     Built from a :class:`ClusterView` (``free`` of each node, or its ``total``
-    with ``use_total=True``).  Policies ``place`` a request, then ``allocate`` it;
-    ``release`` gives capacity back (for preemption within the decision).
+    with ``use_total=True``), with the cluster's ``placement`` settings and,
+    for ``node_choice: fgd``, the workload's ``task_mix``.  Policies ``place``
+    a request, then ``allocate`` it; ``release`` gives capacity back (for
+    preemption within the decision).
     """
 
-    __slots__ = ("_free", "_total", "_labels", "_groups", "_failed", "_match_cache")
+    __slots__ = (
+        "_free",
+        "_total",
+        "_labels",
+        "_groups",
+        "_failed",
+        "_match_cache",
+        "_settings",
+        "_task_mix",
+        "_mix_cache",
+        "_one_node",
+    )
 
-    def __init__(self, nodes: Iterable[NodeView], *, use_total: bool = False) -> None:
+    def __init__(
+        self,
+        nodes: Iterable[NodeView],
+        *,
+        use_total: bool = False,
+        placement: PlacementSettings | None = None,
+        task_mix: TaskMix | None = None,
+    ) -> None:
         self._free: dict[str, Vec] = {}
         self._total: dict[str, Vec] = {}
         self._labels: dict[str, Labels] = {}
-        self._groups: dict[_GroupKey, list[str]] = {}
+        self._groups: dict[GroupKey, list[str]] = {}
         self._failed: set[str] = set()
         self._match_cache: dict[tuple[Labels, Labels], bool] = {}
+        self._settings = placement or DEFAULT_PLACEMENT
+        self._task_mix = task_mix
+        self._mix_cache: list[object] = [_UNSET]
+        self._one_node: dict[tuple[Vec, Labels], bool] = {}
         alive = [n for n in nodes if n.alive]
         alive.sort(key=_node_id)
         free, total, labels_of, groups = self._free, self._total, self._labels, self._groups
@@ -82,27 +112,46 @@ class FreeLedger:
             free[nid] = fv
             total[nid] = tot
             labels_of[nid] = labels
-            key = (fv, labels)
+            key = (fv, labels, tot)
             group = groups.get(key)
             if group is None:
                 groups[key] = [nid]
             else:
                 group.append(nid)  # nodes are visited in id order: groups stay sorted
 
+    def configure(self, placement: PlacementSettings | None, task_mix: TaskMix | None = None) -> FreeLedger:
+        """Use these placement settings and task mix from now on (returns the ledger)."""
+        placement = placement or DEFAULT_PLACEMENT
+        if placement != self._settings:
+            self._settings = placement
+            self._failed = set()
+            self._mix_cache = [_UNSET]
+        if task_mix is not self._task_mix:
+            self._task_mix = task_mix
+        return self
+
+    def _share_tables(self, other: FreeLedger) -> None:
+        """Give ``other`` this ledger's never-mutated tables and settings."""
+        other._total = self._total
+        other._labels = self._labels
+        other._match_cache = self._match_cache  # pure memo of an immutable relation
+        other._settings = self._settings
+        other._task_mix = self._task_mix
+        other._mix_cache = self._mix_cache
+        other._one_node = self._one_node
+
     def totals(self) -> FreeLedger:
-        """A new ledger of the same nodes with every node empty (``use_total=True``).
+        """A new ledger of the same nodes with every node empty (``use_total=True``), same settings.
 
         Built from this ledger's node tables (never mutated), so a decision
         indexes the cluster view once.
         """
         other = FreeLedger(())
-        other._total = self._total
-        other._labels = self._labels
-        other._match_cache = self._match_cache
+        self._share_tables(other)
         groups = other._groups
         labels_of = self._labels
         for nid, tot in self._total.items():  # id order (insertion order of __init__)
-            key = (tot, labels_of[nid])
+            key = (tot, labels_of[nid], tot)
             group = groups.get(key)
             if group is None:
                 groups[key] = [nid]
@@ -112,8 +161,15 @@ class FreeLedger:
         return other
 
     @classmethod
-    def from_cluster(cls, cluster: ClusterView, *, use_total: bool = False) -> FreeLedger:
-        """A ledger of ``cluster``'s alive nodes.
+    def from_cluster(
+        cls,
+        cluster: ClusterView,
+        *,
+        use_total: bool = False,
+        placement: PlacementSettings | None = None,
+        task_mix: TaskMix | None = None,
+    ) -> FreeLedger:
+        """A ledger of ``cluster``'s alive nodes, placing with ``placement`` (default: ``none`` + ``best_fit``).
 
         A view made by :meth:`ClusterView.replace_nodes` carries a template
         (see :func:`derive_ledgers`): the ledger is a copy of it, which costs
@@ -121,8 +177,8 @@ class FreeLedger:
         """
         template = _template(cluster, use_total)
         if template is not None:
-            return template.copy()
-        return cls(cluster.nodes, use_total=use_total)
+            return template.copy().configure(placement, task_mix)
+        return cls(cluster.nodes, use_total=use_total, placement=placement, task_mix=task_mix)
 
     # ------------------------------------------------------------------ queries
 
@@ -151,14 +207,19 @@ class FreeLedger:
         """Total capacity of an alive node."""
         return self._total[node_id]
 
+    def labels_of(self, node_id: str) -> Labels:
+        """Labels of an alive node."""
+        return self._labels[node_id]
+
     def slots(self, bundle: Vec, selector: Labels, cap: int) -> int:
         """How many copies of ``bundle`` fit on matching nodes (each node counted up to ``cap``).
 
         Stops counting once ``cap`` is reached.  For a gang of ``cap`` identical
-        bundles, the greedy placement succeeds exactly when this is ``cap``.
+        bundles that may spread (not :meth:`whole_nodes`), the greedy placement
+        succeeds exactly when this is ``cap``.
         """
         total = 0
-        for (fv, labels), ids in self._groups.items():
+        for (fv, labels, _), ids in self._groups.items():
             if not self._match(labels, selector):
                 continue
             n = 0
@@ -185,38 +246,6 @@ class FreeLedger:
             self._match_cache[key] = hit
         return hit
 
-    def _best(self, need: Vec, selector: Labels, skip: Mapping[str, Vec]) -> str | None:
-        """Best-fit untouched node for ``need`` (nodes in ``skip`` are ignored)."""
-        d = vec.dominant_index(need)
-        no_gpu = need[1] <= vec.EPS
-        best: tuple[float, float, str] | None = None
-        fits = vec.fits
-        for (fv, labels), ids in self._groups.items():
-            if not fits(need, fv) or not self._match(labels, selector):
-                continue
-            nid = ids[0]
-            if skip and nid in skip:
-                nid = next((i for i in ids if i not in skip), "")
-                if not nid:
-                    continue
-            key = (fv[1] if no_gpu else 0.0, fv[d] - need[d] if d < 3 else 0.0, nid)  # type: ignore[operator]
-            if best is None or key < best:
-                best = key
-        return None if best is None else best[2]
-
-    @staticmethod
-    def _best_touched(need: Vec, touched: Mapping[str, Vec]) -> str | None:
-        """Best-fit node among the nodes the gang already uses (with their reduced free)."""
-        d = vec.dominant_index(need)
-        no_gpu = need[1] <= vec.EPS
-        best: tuple[float, float, str] | None = None
-        for nid, fv in touched.items():
-            if vec.fits(need, fv):
-                key = (fv[1] if no_gpu else 0.0, fv[d] - need[d] if d < 3 else 0.0, nid)  # type: ignore[operator]
-                if best is None or key < best:
-                    best = key
-        return None if best is None else best[2]
-
     def place(self, request: JobRequest) -> Placement | None:
         """Where ``request`` would go now, or ``None``; does not allocate."""
         key = request.shape_key
@@ -229,14 +258,30 @@ class FreeLedger:
 
     def _place(self, request: JobRequest) -> Placement | None:
         sel = request.label_selector
+        n = len(request.bundle_vecs)
+        strategy = request.strategy
+        if n == 1 or strategy == "STRICT_PACK":
+            nid = self._best(request.demand_vec, sel, {})
+            return None if nid is None else Placement((nid,) * n)
+        if strategy == "PACK":
+            mode = self._settings.consolidation
+            if mode == "none" or self.fits_one_node_total(request):
+                nid = self._best(request.demand_vec, sel, {})
+                if nid is not None:
+                    return Placement((nid,) * n)
+                if mode == "strict":
+                    return None
+            else:
+                placement = self._place_whole_nodes(request)
+                if placement is not None or mode == "strict":
+                    return placement
+        return self._greedy(request)
+
+    def _greedy(self, request: JobRequest) -> Placement | None:
+        """Bundle by bundle, largest first: ``PACK`` prefers the gang's nodes, ``SPREAD`` new ones."""
+        sel = request.label_selector
         bvecs = request.bundle_vecs
         n = len(bvecs)
-        if n == 1 or request.strategy != "SPREAD":
-            nid = self._best(request.demand_vec, sel, {})
-            if nid is not None:
-                return Placement((nid,) * n)
-            if n == 1 or request.strategy == "STRICT_PACK":
-                return None
         order = sorted(range(n), key=lambda i: (-bvecs[i][1], -bvecs[i][0], -bvecs[i][2], i))
         touched: dict[str, Vec] = {}
         out: list[str] = [""] * n
@@ -258,12 +303,10 @@ class FreeLedger:
     def copy(self) -> FreeLedger:
         """An independent copy (e.g. to project capacity into the future)."""
         other = FreeLedger(())
+        self._share_tables(other)
         other._free = dict(self._free)
-        other._total = self._total  # never mutated
-        other._labels = self._labels  # never mutated
         other._groups = {k: list(v) for k, v in self._groups.items()}
         other._failed = set(self._failed)
-        other._match_cache = self._match_cache  # pure memo of an immutable relation
         return other
 
     def can_allocate(self, request: JobRequest, placement: Placement) -> bool:
@@ -276,12 +319,13 @@ class FreeLedger:
     def _set(self, nid: str, new: Vec) -> None:
         old = self._free[nid]
         labels = self._labels[nid]
-        okey = (old, labels)
+        tot = self._total[nid]
+        okey = (old, labels, tot)
         group = self._groups[okey]
         del group[bisect.bisect_left(group, nid)]  # groups are sorted: no linear search
         if not group:
             del self._groups[okey]
-        nkey = (new, labels)
+        nkey = (new, labels, tot)
         ngroup = self._groups.get(nkey)
         if ngroup is None:
             self._groups[nkey] = [nid]
@@ -341,60 +385,6 @@ class FreeLedger:
         self._failed.clear()
         return set(gains)
 
-    # ------------------------------------------------------------- explanations
-
-    def _largest(self, i: int, selector: Labels, custom_key: str = "") -> tuple[float, str]:
-        best_v, best_n = -1.0, ""
-        for (fv, labels), ids in self._groups.items():
-            if not self._match(labels, selector):
-                continue
-            v = vec.component(fv, i, custom_key)
-            if v > best_v or (v == best_v and ids[0] < best_n):
-                best_v, best_n = v, ids[0]
-        return best_v, best_n
-
-    def explain(self, request: JobRequest, *, capacity_word: str = "free block") -> str:
-        """Why ``request`` cannot be placed on this ledger (call only after ``place`` failed)."""
-        sel = request.label_selector
-        verb = "is" if capacity_word == "free block" else "has"
-        where = f" on nodes with {request.describe_selector()}" if sel else ""
-        if not any(self._match(labels, sel) for (_, labels) in self._groups):
-            return f"no alive node has labels {request.describe_selector()}" if sel else "no alive node"
-        strict = request.strategy == "STRICT_PACK" and len(request.bundles) > 1
-        needs = [request.demand_vec] if strict else sorted(request.bundle_vecs, key=lambda v: (-v[1], -v[0], -v[2]))
-        for need in needs:
-            if self._best(need, sel, {}) is not None:
-                continue
-            what = "all bundles" if strict else vec.to_resources(need)
-            suffix = " (STRICT_PACK)" if strict else ""
-            for i, dim_name, key in _dims(need):
-                value, nid = self._largest(i, sel, key)
-                if value + vec.EPS < vec.component(need, i, key):
-                    name = dim_name
-                    break
-            else:
-                i = vec.dominant_index(need)
-                key = need[3][0][0] if i == 3 and need[3] else ""
-                name = vec.component_name(i, need)
-                value, nid = self._largest(i, sel, key)
-            if strict:
-                return (
-                    f"needs {vec.to_resources(need)} on one node{suffix}{where}; "
-                    f"largest {capacity_word} {verb} {max(value, 0.0):g} {name} ({nid})"
-                )
-            return f"needs {what} on one node{where}; largest {capacity_word} {verb} {max(value, 0.0):g} {name} ({nid})"
-        d = vec.dominant_index(request.demand_vec)
-        name = vec.component_name(d, request.demand_vec)
-        total = 0.0
-        for (fv, labels), ids in self._groups.items():
-            if self._match(labels, sel):
-                total += vec.component(fv, d) * len(ids)
-        avail = "free" if capacity_word == "free block" else "in total"
-        return (
-            f"gang of {len(request.bundles)} bundles ({request.strategy}) needs {request.demand}{where}; "
-            f"{total:g} {name} {avail} on matching nodes, not in blocks that hold every bundle"
-        )
-
 
 _node_id = operator.attrgetter("node_id")
 
@@ -442,13 +432,6 @@ def _template(view: ClusterView, use_total: bool) -> FreeLedger | None:
     return template
 
 
-def _dims(need: Vec) -> list[tuple[int, str, str]]:
-    """The requested dimensions of ``need``: (index, display name, custom key)."""
-    out = [(i, vec.DIM_NAMES[i], "") for i in (vec.GPU, vec.CPU, vec.MEMORY) if vec.component(need, i) > vec.EPS]
-    out += [(3, k, k) for k, x in need[3] if x > vec.EPS]
-    return out
-
-
 def exceeds_quota(demand: Resources, quota: Resources | None) -> str | None:
     """The first quota-limited kind ``demand`` exceeds, as ``"16 GPU > 8 GPU"``; ``None`` when within."""
     if quota is None:
@@ -465,18 +448,18 @@ def exceeds_quota(demand: Resources, quota: Resources | None) -> str | None:
     return None
 
 
-def place(request: JobRequest, cluster: ClusterView) -> Placement | None:
+def place(request: JobRequest, cluster: ClusterView, placement: PlacementSettings | None = None) -> Placement | None:
     """A placement of the whole gang on ``cluster``'s free capacity, or ``None`` (never partial)."""
-    return FreeLedger.from_cluster(cluster).place(request)
+    return FreeLedger.from_cluster(cluster, placement=placement).place(request)
 
 
-def explain_wait(request: JobRequest, cluster: ClusterView) -> str:
+def explain_wait(request: JobRequest, cluster: ClusterView, placement: PlacementSettings | None = None) -> str:
     """Why ``request`` cannot start now on ``cluster``, e.g.
     ``needs 4 GPU on one node; largest free block is 2 GPU (node-3)``.
 
     Returns ``"fits now"`` when it does fit.
     """
-    ledger = FreeLedger.from_cluster(cluster)
+    ledger = FreeLedger.from_cluster(cluster, placement=placement)
     if ledger.place(request) is not None:
         return "fits now"
     return ledger.explain(request)
@@ -519,6 +502,7 @@ def admission_block(
     teams: Mapping[str, TeamConfig] | None = None,
     *,
     allow_borrowing: bool = False,
+    placement: PlacementSettings | None = None,
 ) -> Blocked | None:
     """Why ``request`` can NEVER run on ``cluster``, else ``None``.
 
@@ -529,12 +513,11 @@ def admission_block(
     carries, a STRICT_PACK gang bigger than any node, a gang bigger than the
     matching nodes together).  The check uses the same greedy placement as
     :func:`place`, so a gang that only an exact bin-packing could fit is
-    reported as never fitting.
+    reported as never fitting.  ``placement``: the cluster's placement settings.
     """
     quota = (teams or {}).get(request.team, TeamConfig()).quota
-    return never_block(
-        request, FreeLedger.from_cluster(cluster, use_total=True), quota, allow_borrowing=allow_borrowing
-    )
+    ledger = FreeLedger.from_cluster(cluster, use_total=True, placement=placement)
+    return never_block(request, ledger, quota, allow_borrowing=allow_borrowing)
 
 
 def feasible_ever(
@@ -543,7 +526,8 @@ def feasible_ever(
     teams: Mapping[str, TeamConfig] | None = None,
     *,
     allow_borrowing: bool = False,
+    placement: PlacementSettings | None = None,
 ) -> str | None:
     """A reason when ``request`` can NEVER run on ``cluster``, else ``None`` (the text of :func:`admission_block`)."""
-    blocked = admission_block(request, cluster, teams, allow_borrowing=allow_borrowing)
+    blocked = admission_block(request, cluster, teams, allow_borrowing=allow_borrowing, placement=placement)
     return None if blocked is None else blocked.text

@@ -10,8 +10,9 @@ How a trace job becomes a request (as the live replay must submit it):
 
 * bundles: a ``single_node`` job (an Alibaba pod, or a fractional-GPU job) is
   one bundle with all its GPUs, CPUs and memory; any other job is a gang of
-  one bundle per GPU (CPUs and memory split evenly), strategy ``PACK``, so it
-  may spread over nodes;
+  one bundle per GPU (CPUs and memory split evenly), strategy ``PACK``, placed
+  as the placement settings say (``SimOptions.placement``, else the cluster's
+  ``placement:``, else ``none`` + ``best_fit``);
 * ``label_selector`` from its GPU types (:func:`cluster_spec.gpu_type_selector`);
 * ``submit_time = enqueue_time = `` its arrival; ``priority`` and ``team``
   from the trace; ``duration_estimate_s`` = its duration only when durations
@@ -34,7 +35,11 @@ Semantics, mirroring :class:`~raypipe.scheduler.controller.ControllerCore`:
   (:func:`~raypipe.scheduler.lifecycle.requeued_request`: attained service,
   enqueue time, last run); its remaining work resumes at its next start after
   ``restart_cost_s`` seconds.
-* A gang spread over more than one node runs ``spread_slowdown`` times slower.
+* A gang spread over more than one node runs slower by its spread slowdown
+  (:class:`~raypipe.scheduler.placement_settings.SpreadSlowdown`: by the number of
+  nodes and racks it spans; ``SimOptions.spread_slowdown``, else the cluster's).
+* ``node_choice: fgd`` scores nodes with the task mix given in the settings, else
+  the mix of the requests admitted so far (:class:`~raypipe.scheduler.fragmentation.TaskMixTracker`).
 
 Speed: events at the same instant are batched into one decision; the cluster
 view, running tuple and queue are updated incrementally (only changed nodes get
@@ -57,9 +62,11 @@ from raypipe.resources import Resources
 from raypipe.scheduler import vec
 from raypipe.scheduler.cluster_spec import ClusterSpec, gpu_type_selector
 from raypipe.scheduler.errors import SimulationError
+from raypipe.scheduler.fragmentation import TaskMixTracker
 from raypipe.scheduler.lifecycle import borrowing_allowed, requeued_request
 from raypipe.scheduler.metrics import JobRecord, ReplayResult
 from raypipe.scheduler.placement import FreeLedger, never_reason
+from raypipe.scheduler.placement_settings import DEFAULT_PLACEMENT, PlacementSettings, SpreadSlowdown
 from raypipe.scheduler.policies.registry import get_policy
 from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.traces import Trace, TraceJob
@@ -92,7 +99,12 @@ class SimOptions(BaseModel):
 
     round_s: float = Field(default=0.0, ge=0, description="scheduling round length; 0 = event-driven")
     restart_cost_s: float = Field(default=0.0, ge=0, description="seconds lost at each restart after a preemption")
-    spread_slowdown: float = Field(default=1.0, ge=1, description="slowdown of a gang spread over several nodes")
+    spread_slowdown: SpreadSlowdown | None = Field(
+        default=None, description="slowdown of a gang spread over several nodes (None: the cluster's, else 1)"
+    )
+    placement: PlacementSettings | None = Field(
+        default=None, description="consolidation and node choice (None: the cluster's, else none + best_fit)"
+    )
     durations_known: bool | None = Field(default=None, description="pass durations to the policy (None: the trace's)")
 
 
@@ -222,7 +234,9 @@ class _Run:
         self.n = n
         self.known = sim.trace.meta.durations_known if opts.durations_known is None else opts.durations_known
         self.restart_cost = opts.restart_cost_s
-        self.slowdown = opts.spread_slowdown
+        self.slowdown = opts.spread_slowdown or sim.cluster.spread_slowdown or SpreadSlowdown()
+        self.placement = opts.placement or sim.cluster.placement or DEFAULT_PLACEMENT
+        self.mix = TaskMixTracker(self.placement) if self.placement.node_choice == "fgd" else None
         self.index: dict[str, int] = {j.job_id: i for i, j in enumerate(self.jobs)}
         # per-job state
         self.request: list[JobRequest | None] = [None] * n
@@ -252,7 +266,7 @@ class _Run:
         self._view_cache: dict[tuple[str, Vec], NodeView] = {}
         self._cluster = ClusterView(nodes)
         self.total_gpus = sim.cluster.total_gpus
-        self._total_ledger = FreeLedger(nodes, use_total=True)
+        self._total_ledger = FreeLedger(nodes, use_total=True, placement=self.placement)
         self._never: dict[tuple[str, str], str | None] = {}
         self.allow_borrowing = borrowing_allowed(sim.policy)
         # outputs
@@ -329,6 +343,8 @@ class _Run:
             return
         self.admitted += 1
         self.request[i] = req
+        if self.mix is not None:
+            self.mix.observe(req)
         q = self.queue
         if not q or (q[-1].submit_time, self.index[q[-1].job_id]) <= (req.submit_time, i):
             q.append(req)
@@ -345,7 +361,8 @@ class _Run:
             raise SimulationError(f"policy {self.sim.policy_name} started {jid!r}, which is not queued")
         self._allocate(req, placement)
         cost = self.restart_cost if self.preemptions[i] else 0.0
-        speed = 1.0 / self.slowdown if len(set(placement.bundle_nodes)) > 1 else 1.0
+        nodes = set(placement.bundle_nodes)
+        speed = 1.0 / self.slowdown.factor_on(self.node_view[n].labels for n in nodes) if len(nodes) > 1 else 1.0
         rj = RunningJob(req, placement, now, borrowed=borrowed)
         self.running[jid] = (rj, now, cost, speed)
         self.running_jobs[jid] = rj
@@ -382,7 +399,15 @@ class _Run:
     # ---------------------------------------------------------------- decisions
 
     def _decide(self, now: float) -> Decision:
-        snap = Snapshot(now, tuple(self.queue), tuple(self.running_jobs.values()), self._cluster_view(), self.sim.teams)
+        snap = Snapshot(
+            now,
+            tuple(self.queue),
+            tuple(self.running_jobs.values()),
+            self._cluster_view(),
+            self.sim.teams,
+            placement=self.placement,
+            task_mix=None if self.mix is None else self.mix.mix,
+        )
         timer = self.sim.timer
         if timer is not None:
             t0 = timer()
@@ -499,7 +524,8 @@ class _Run:
                 "policy_repr": repr(self.sim.policy),
                 "round_s": opts.round_s,
                 "restart_cost_s": opts.restart_cost_s,
-                "spread_slowdown": opts.spread_slowdown,
+                "spread_slowdown": self.slowdown.summary(),
+                "placement": self.placement.describe(),
                 "durations_known": self.known,
             },
         )

@@ -16,12 +16,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 from raypipe.resources import Resources
 from raypipe.scheduler import vec
 from raypipe.scheduler.errors import InvalidRequestError
+from raypipe.scheduler.placement_settings import DEFAULT_PLACEMENT, PlacementSettings
 from raypipe.scheduler.vec import Vec
+
+if TYPE_CHECKING:
+    from raypipe.scheduler.fragmentation import TaskMix
 
 if sys.version_info >= (3, 11):
     from enum import StrEnum
@@ -359,13 +363,21 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Everything a policy may look at: time, queue (in submit order), running jobs, cluster, teams."""
+    """Everything a policy may look at: time, queue (in submit order), running jobs, cluster, teams.
+
+    ``placement`` is how the cluster places gangs (consolidation, node choice; the
+    same for every policy: :class:`~raypipe.scheduler.context.DecisionContext`
+    builds its ledger with it) and ``task_mix`` the workload's task mix that
+    ``node_choice: fgd`` needs (``None``: none known yet, fgd acts as best_fit).
+    """
 
     now: float
     queue: tuple[JobRequest, ...]
     running: tuple[RunningJob, ...]
     cluster: ClusterView
     teams: Mapping[str, TeamConfig] = field(default_factory=lambda: MappingProxyType({}))
+    placement: PlacementSettings = DEFAULT_PLACEMENT
+    task_mix: TaskMix | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.queue, tuple):

@@ -7,7 +7,8 @@ import pytest
 from raypipe.bench.live import LiveReplayError, replay_live, replay_plain_ray
 from raypipe.scheduler.cluster_spec import ClusterSpec
 from raypipe.scheduler.metrics import summarize
-from raypipe.scheduler.simulator import simulate
+from raypipe.scheduler.placement_settings import PlacementSettings
+from raypipe.scheduler.simulator import SimOptions, simulate
 from raypipe.scheduler.traces import synthetic_philly
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -21,10 +22,18 @@ def small() -> tuple:
     return cluster, trace, span / 6.0  # the replay lasts about 6 s of wall time
 
 
-@pytest.mark.parametrize("policy", ["fifo", "las"])
-def test_live_replay_finishes_every_job_and_never_beats_the_bounds(small: tuple, policy: str) -> None:
+#: The live controller takes the simulator's placement settings and spread slowdown.
+STRICT = SimOptions(placement=PlacementSettings(consolidation="strict", node_choice="first_fit"), spread_slowdown=1.5)
+
+
+@pytest.mark.parametrize(
+    ("policy", "options"), [("fifo", None), ("las", None), ("fifo", STRICT)], ids=["fifo", "las", "fifo-strict"]
+)
+def test_live_replay_finishes_every_job_and_never_beats_the_bounds(
+    small: tuple, policy: str, options: SimOptions | None
+) -> None:
     cluster, trace, scale = small
-    live = replay_live(trace, cluster, policy, scale)
+    live = replay_live(trace, cluster, policy, scale, options=options)
     assert live.mode == "ray" and not live.rejected and not live.unfinished
     assert {r.job_id for r in live.records} == {j.job_id for j in trace.jobs}
     for r in live.records:
@@ -35,10 +44,12 @@ def test_live_replay_finishes_every_job_and_never_beats_the_bounds(small: tuple,
         # which never started (raypipe/bench/live.py counts it and records no run)
         assert 1 <= len(r.runs) <= r.preemptions + 1
     assert live.decisions > 0 and live.decision_latencies_s
-    got, sim = summarize(live), summarize(simulate(trace, cluster, policy))
+    got, sim = summarize(live), summarize(simulate(trace, cluster, policy, options=options))
     assert got["avg_jct_s"] >= got["jct_lower_bound_s"] * 0.95
     assert got["makespan_s"] >= got["makespan_lower_bound_s"] * 0.95
     assert sim["finished"] == got["finished"] == len(trace.jobs)
+    if options is not None:
+        assert live.extra["placement"] == options.placement.describe()  # type: ignore[union-attr]
 
 
 def test_plain_ray_baseline_runs_the_same_jobs(small: tuple) -> None:

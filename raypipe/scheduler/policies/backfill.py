@@ -113,7 +113,7 @@ class BackfillPolicy(Policy):
         for req, pl, end in ctx.started_now():  # started earlier in this decision
             append((inf if end is None else max(now, end), req.job_id, req, pl))
         events.sort()  # by (time, job id); ids are unique, so requests are never compared
-        one_node = len(head.bundles) == 1 or head.strategy == "STRICT_PACK"
+        one_node = future.one_node(head)
         idx = 0
         n_events = len(events)
         placement: Placement | None = None

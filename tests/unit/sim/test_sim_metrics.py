@@ -64,6 +64,18 @@ def test_fragmentation_counts_idle_gpus_while_a_waiting_job_fits_in_aggregate() 
     assert timeline([rec("a", 0, 10, 2, (0, 10)), rec("b", 0, 10, 4, (10, 20))], 4).fragmentation_gpu_s == 0
 
 
+def test_unallocated_share_while_jobs_wait_and_jobs_waited_share() -> None:
+    recs = [rec("a", 0, 10, 2, (0, 10)), rec("b", 0, 10, 4, (10, 20)), rec("c", 0, 5, 1, (20, 25))]
+    tl = timeline(recs, 4)
+    # b and c wait during [0, 10) with 2 GPUs idle; c waits during [10, 20) with none idle
+    assert (tl.waiting_s, tl.idle_while_waiting_gpu_s) == (20, 20)
+    m = summarize(ReplayResult("fifo", "sim", tuple(recs), 4))
+    assert m["unallocated_share_waiting"] == pytest.approx(20 / (4 * 20))
+    assert m["jobs_waited_share"] == pytest.approx(2 / 3)
+    alone = summarize(ReplayResult("fifo", "sim", (rec("a", 0, 10, 2, (0, 10)),), 4))
+    assert alone["unallocated_share_waiting"] is None and alone["jobs_waited_share"] == 0
+
+
 def test_timeline_preempted_jobs_wait_between_runs() -> None:
     recs = [rec("long", 0, 900, 4, (0, 100), (150, 1080), pre=1), rec("short", 100, 50, 4, (100, 150))]
     tl = timeline(recs, 4)
