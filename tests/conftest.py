@@ -29,6 +29,15 @@ def reliability(request: pytest.FixtureRequest) -> Recorder:
     return Recorder(request.node.nodeid)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A long fuzz hunt (``RAYPIPE_FUZZ_EXAMPLES``, see tests/fuzzing.py) runs its fuzz tests
+    without the per-test timeout: 10,000 examples take longer than CI's 300 s."""
+    if os.environ.get("RAYPIPE_FUZZ_EXAMPLES", "").strip():
+        for item in items:
+            if item.module is not None and item.module.__name__.rsplit(".", 1)[-1].startswith("test_fuzz_"):
+                item.add_marker(pytest.mark.timeout(0))
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.failed:
         REPORT.failed.add(report.nodeid)

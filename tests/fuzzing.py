@@ -2,7 +2,8 @@
 
 CI keeps each fuzz test's own count.  A longer hunt, run by hand and reported in the issue
 note: ``RAYPIPE_FUZZ_EXAMPLES=10000`` gives every fuzz test (configs and HTTP requests) that
-many examples; ``RAYPIPE_FUZZ_SCALE=10`` multiplies each test's own count instead.
+many examples (without the per-test timeout); ``RAYPIPE_FUZZ_SCALE=10`` multiplies each
+test's own count instead.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ValidationError
 
 Loc = tuple[Union[str, int], ...]
 
+#: A dotted Python name (a module or package: ``pkg.module``), as a field pattern.
+DOTTED_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
 
 def format_loc(loc: Loc) -> str:
     """``("stages", 2, "resources", "gpu")`` -> ``stages[2].resources.gpu``."""
@@ -68,7 +71,10 @@ def _expected(err: Mapping[str, Any], roots: Sequence[type[BaseModel]]) -> str:
     if t == "string_type":
         return f"{got}expected a string"
     if t == "string_pattern_mismatch":
-        return f"{got}expected a name of letters, digits, '_' or '-' (pattern {ctx.get('pattern')})"
+        pattern = str(ctx.get("pattern"))
+        if pattern == DOTTED_NAME_RE:
+            return f"{got}expected a dotted Python name such as pkg.module (pattern {pattern})"
+        return f"{got}expected a name of letters, digits, '_' or '-' (pattern {pattern})"
     if t in ("list_type", "tuple_type"):
         return f"{got}expected a list"
     if t in ("dict_type", "model_type", "model_attributes_type"):

@@ -248,6 +248,17 @@ DATA_BROKEN = [
         8,
         "stages[1].params: takes 1 input (a dataset); got 0",
     ),
+    # found by the long config fuzz: an empty package name was a ValueError from importlib
+    (
+        "  - name: r\n    kind: data.read\n    params: {package: '', path: d.csv}\n",
+        5,
+        "stages[0].params.package: got ''; expected a dotted Python name such as pkg.module",
+    ),
+    (
+        "  - name: r\n    kind: data.read\n    params: {package: os.path.nope, path: d.csv}\n",
+        5,
+        "stages[0].params.package: package 'os.path.nope' is not installed",
+    ),
 ]
 
 

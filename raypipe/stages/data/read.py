@@ -18,10 +18,11 @@ import importlib.resources
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from raypipe.config.errors import DOTTED_NAME_RE
 from raypipe.exceptions import DataError, InputNotFound
 from raypipe.failures import is_system_failure
 from raypipe.stages.base import StageContext, StageParams
@@ -54,7 +55,8 @@ _COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")
 
 class ReadParams(StageParams):
     path: str | list[str]
-    package: str | None = None
+    #: An installed Python package whose bundled files ``path`` names (a dotted module name).
+    package: Annotated[str, Field(pattern=DOTTED_NAME_RE)] | None = None
     format: Format = "auto"
     csv: CsvOptions = Field(default_factory=CsvOptions)
     #: Keep only these columns.
@@ -99,7 +101,7 @@ class ReadStage(DataStage):
             return paths
         try:
             base = importlib.resources.files(self.params.package)
-        except (ModuleNotFoundError, TypeError) as e:
+        except (ImportError, TypeError, ValueError) as e:
             raise DataError(f"package {self.params.package!r} is not installed: {e}") from None
         return [str(base / p) for p in paths]
 
@@ -161,7 +163,7 @@ class ReadStage(DataStage):
         if self.params.package is not None:
             try:
                 importlib.resources.files(self.params.package)
-            except (ModuleNotFoundError, TypeError) as e:
+            except (ImportError, TypeError, ValueError) as e:
                 issues.append((("package",), f"package {self.params.package!r} is not installed: {e}"))
                 return issues
         local = [r for r in self._roots() if "://" not in r]
