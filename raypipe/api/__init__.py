@@ -1,6 +1,7 @@
 """Public entry points: load, validate, run and resume pipelines; read the record of runs and
 the model registry; deploy and operate served apps (A/B reports, rollouts, monitors, loops)."""
 
+from raypipe.api.logs import StageLog, stage_logs
 from raypipe.api.pipelines import ConfigLike, EventHook, load, metadata_url, open_metadata, resume, run, validate
 from raypipe.api.records import (
     ModelDetail,
@@ -41,6 +42,7 @@ __all__ = [
     "ModelDetail",
     "RunDetail",
     "RunFailures",
+    "StageLog",
     "ab_report",
     "bench_scheduling",
     "check_job_paths",
@@ -72,5 +74,6 @@ __all__ = [
     "show_model",
     "show_run",
     "split",
+    "stage_logs",
     "validate",
 ]
