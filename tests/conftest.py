@@ -20,6 +20,10 @@ import pytest
 
 from tests.reliability import REPORT, Recorder
 
+# Clusters the tests start report task events every 100 ms, as the local Ray raypipe starts
+# does (raypipe.runner.ray_session): a stage collecting its Ray workers' output waits for them.
+os.environ.setdefault("RAY_task_events_report_interval_ms", "100")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

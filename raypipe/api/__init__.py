@@ -11,6 +11,7 @@ from raypipe.api.admin import (
     queue_action,
     whoami,
 )
+from raypipe.api.logs import StageLog, stage_logs
 from raypipe.api.pipelines import ConfigLike, EventHook, load, metadata_url, open_metadata, resume, run, validate
 from raypipe.api.records import (
     ModelDetail,
@@ -51,6 +52,7 @@ __all__ = [
     "ModelDetail",
     "RunDetail",
     "RunFailures",
+    "StageLog",
     "ab_report",
     "admin_apply",
     "admin_history",
@@ -88,6 +90,7 @@ __all__ = [
     "show_model",
     "show_run",
     "split",
+    "stage_logs",
     "validate",
     "whoami",
 ]

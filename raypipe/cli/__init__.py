@@ -19,7 +19,22 @@ import typer
 from raypipe.runner.ray_session import use_token_auth
 
 #: The modules of this package that hold a command group, in the order ``--help`` lists them.
-GROUPS = ("runs", "models", "queue", "bench", "ab", "rollout", "loop", "monitor", "serve", "db", "admin", "audit", "ui")
+GROUPS = (
+    "runs",
+    "logs",
+    "models",
+    "queue",
+    "bench",
+    "ab",
+    "rollout",
+    "loop",
+    "monitor",
+    "serve",
+    "db",
+    "admin",
+    "audit",
+    "ui",
+)
 
 app = typer.Typer(
     help=__doc__.split("\n\n")[0] if __doc__ else None,

@@ -49,6 +49,16 @@ LocalOpt = Annotated[
         "(which a run joins by default, as Ray's own commands do).",
     ),
 ]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        metavar="",
+        help="Also show Ray's output live: what the stages and their Ray workers print, Ray Data's plans, Ray "
+        "Train's reports, Ray's warnings (otherwise in the stage logs: raypipe logs RUN).",
+    ),
+]
 PipelineArg = Annotated[str, typer.Argument(metavar="FILE", help="Pipeline YAML file.")]
 RunIdArg = Annotated[str, typer.Argument(metavar="RUN_ID", help="Run id (or a unique prefix).")]
 AppArg = Annotated[str, typer.Argument(metavar="APP", help="Name of the served app.")]

@@ -9,6 +9,7 @@ stderr carries errors, warnings and, in ``--json`` mode, progress.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -213,16 +214,25 @@ ICONS = {
 }
 
 
-class Reporter:
-    """Shows a progress bar over the stages and one line per stage event (on stderr with ``--json``)."""
+#: A stage still running after this many seconds gets a line saying so (without ``-v``).
+RUNNING_NOTICE_S = 10.0
 
-    def __init__(self, address: str | None = None, out: Console | None = None) -> None:
+
+class Reporter:
+    """Shows a progress bar over the stages and a line per stage when it ends (on stderr with
+    ``--json``): succeeded, cache hit, failed, retrying, skipped, requeued, and why a stage waits
+    for resources.  A stage still running after :data:`RUNNING_NOTICE_S` says so once.  With
+    ``verbose`` every event has its line (queued, started...)."""
+
+    def __init__(self, address: str | None = None, out: Console | None = None, verbose: bool = False) -> None:
         self.address = address
         self.out = out or console
+        self.verbose = verbose
         self.progress = progress_bar(self.out)
         self.task: Any = None
         self.plan: Plan | None = None
         self.run_id: str | None = None
+        self._running: dict[str, threading.Timer | None] = {}  # stage -> its still-running notice
 
     def on_start(self, run_id: str, plan: Plan) -> None:
         self.plan = plan
@@ -230,11 +240,40 @@ class Reporter:
 
         where = ray_target(plan.config.ray, self.address)[1]
         self.out.print(
-            f"run [bold]{run_id}[/] · pipeline {plan.config.name} · {len(plan.order)} stages · {escape(where)}"
+            f"run [bold]{run_id}[/] · pipeline {plan.config.name} · {len(plan.order)} stages · {escape(where)}",
+            soft_wrap=True,
         )
         self.task = self.progress.add_task(plan.config.name, total=len(plan.order))
 
+    def _print(self, text: str) -> None:
+        self.progress.console.print(text, soft_wrap=True)
+
+    def _still_running(self, stage: str, attempt: int) -> None:
+        label = f" attempt {attempt}" if attempt > 1 else ""
+        self._print(f"  {ICONS['started']} {escape(stage)}{label} running (started {RUNNING_NOTICE_S:g}s ago)")
+
+    def _track(self, e: StageEvent) -> None:
+        """Which stages run now: the progress bar names them; a long one gets its line."""
+        timer = self._running.pop(e.stage, None)
+        if timer is not None:
+            timer.cancel()
+        if e.status == "started":
+            notice = None
+            if not self.verbose:
+                notice = threading.Timer(RUNNING_NOTICE_S, self._still_running, (e.stage, e.attempt))
+                notice.daemon = True
+                notice.start()
+            self._running[e.stage] = notice
+        if self.task is not None and self.plan is not None:
+            names = ", ".join(self._running)
+            self.progress.update(
+                self.task, description=f"{self.plan.config.name}: {names}" if names else self.plan.config.name
+            )
+
     def on_event(self, e: StageEvent) -> None:
+        self._track(e)
+        if not self.verbose and (e.status == "started" or (e.status == "queued" and not e.message)):
+            return  # the progress bar shows it; a stage that must wait says why (queued with a reason)
         dur = f" ({e.duration_s:.1f}s)" if e.duration_s is not None else ""
         attempt = f" attempt {e.attempt}" if e.attempt > 1 else ""
         shown = ("failed", "retrying", "skipped", "waiting", "requeued", "queued", "preempting", "stale")
@@ -245,16 +284,37 @@ class Reporter:
             note = e.message if e.status == "succeeded" else e.message.partition("; ")[2]
             msg = f": {escape(note)}" if note else ""
         label = e.status if e.status != "cached" else "cache hit"
-        self.progress.console.print(
-            f"  {ICONS.get(e.status, '·')} {e.stage} {label}{attempt}{dur}{msg}", soft_wrap=True
-        )
+        self._print(f"  {ICONS.get(e.status, '·')} {e.stage} {label}{attempt}{dur}{msg}")
         if e.status in ("succeeded", "cached", "reused", "failed", "skipped") and self.task is not None:
             self.progress.advance(self.task)
 
     @contextmanager
     def running(self) -> Iterator[None]:
-        with self.progress:
-            yield
+        try:
+            with self.progress:
+                yield
+        finally:
+            for timer in self._running.values():
+                if timer is not None:
+                    timer.cancel()
+            self._running.clear()
+
+
+def print_outputs(
+    outputs: Mapping[str, Mapping[str, Any]], out: Console | None = None, inline_chars: int = 160
+) -> None:
+    """The last stages' small outputs: a short JSON value on one line (``stage.name: {...}``),
+    text or longer JSON under a rule with its name."""
+    out = out or console
+    for stage, outs in outputs.items():
+        for name, value in outs.items():
+            if not isinstance(value, str):
+                compact = json.dumps(value)
+                if len(compact) <= inline_chars:
+                    out.print(f"[dim]{escape(stage)}.{escape(name)}:[/] {escape(compact)}", soft_wrap=True)
+                    continue
+            out.rule(f"{stage}.{name}", style="dim")
+            out.print(value if isinstance(value, str) else json.dumps(value, indent=2), markup=False)
 
 
 # --------------------------------------------------------------------------- serving

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from raypipe.cli.options import (
     PipelineArg,
     PipelineDbOpt,
     RunIdArg,
+    VerboseOpt,
     local_or,
 )
 from raypipe.cli.render import (
@@ -28,6 +28,7 @@ from raypipe.cli.render import (
     emit_json,
     err_console,
     print_failures,
+    print_outputs,
     status,
     steps_text,
     ts,
@@ -38,6 +39,7 @@ from raypipe.failures import next_step, strip_ansi
 from raypipe.runner.driver import stop_on_sigterm
 from raypipe.runner.events import RunResult
 from raypipe.runner.plan import Plan
+from raypipe.runner.ray_session import console_verbose, set_verbose
 from raypipe.runner.states import RunStatus
 
 app = typer.Typer()
@@ -86,10 +88,7 @@ def finish(result: RunResult, plan: Plan | None, rerun: str | None = None, as_js
         return
     if result.ok:
         if plan is not None:
-            for stage, outs in api.final_outputs(plan, result).items():
-                for name, value in outs.items():
-                    console.rule(f"{stage}.{name}", style="dim")
-                    console.print(value if isinstance(value, str) else json.dumps(value, indent=2), markup=False)
+            print_outputs(api.final_outputs(plan, result))
         console.print(f"[green]run {result.run_id} succeeded[/] in {result.wall_s:.1f}s")
         return
     console.print(f"[red]run {result.run_id} {result.status}[/] in {result.wall_s:.1f}s")
@@ -100,7 +99,7 @@ def finish(result: RunResult, plan: Plan | None, rerun: str | None = None, as_js
 
 def reporter(address: str | None, as_json: bool) -> Reporter:
     """Progress on stdout, or on stderr when stdout carries the JSON document."""
-    return Reporter(address, err_console if as_json else console)
+    return Reporter(address, err_console if as_json else console, verbose=console_verbose())
 
 
 @app.command("run")
@@ -123,9 +122,11 @@ def run_cmd(
     db: PipelineDbOpt = None,
     local: LocalOpt = False,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run a pipeline: every stage, its artifacts and lineage are recorded."""
     cwd_importable()
+    set_verbose(verbose)
     address = local_or(address, local)
     rep = reporter(address, as_json)
 
@@ -152,9 +153,11 @@ def resume_cmd(
     address: AddressOpt = None,
     local: LocalOpt = False,
     as_json: JsonOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Continue a failed, crashed or killed run without redoing finished stages."""
     cwd_importable()
+    set_verbose(verbose)
     address = local_or(address, local)
     rep = reporter(address, as_json)
     before = guard(lambda: api.run_failures(run_id, db))

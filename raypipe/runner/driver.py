@@ -22,6 +22,7 @@ from raypipe.principal import Principal, acting_as
 from raypipe.runner.executor import AfterSuccess, Executor, RunResult, StageEvent, request_stop
 from raypipe.runner.plan import Plan, build_plan
 from raypipe.runner.ray_session import check_storage_shared, ensure_ray
+from raypipe.runner.run_metrics import RunMetrics
 from raypipe.scheduler.client import SchedulerClient, configure_controller, get_controller, platform_version
 from raypipe.secrets import redact, resolve_secrets
 from raypipe.store.artifacts import ArtifactStore, is_local, resolve_root
@@ -187,17 +188,18 @@ def start_run(
             if on_start:
                 on_start(run_id, plan)
             the_run = run_id
+            metrics = RunMetrics(plan)  # Prometheus, through the cluster's raypipe-metrics actor
             ex = Executor(
                 plan,
                 run_id,
                 meta,
                 artifacts,
                 use_cache=use_cache,
-                on_event=on_event,
+                on_event=metrics.tee(on_event),
                 connect=lambda: _connect_or_fail(meta, the_run, cfg, address, platform, who),
                 after_success=after_success,
             )
-            return _with_failures(ex.execute(), meta)
+            return _with_failures(metrics.run(ex.execute), meta)
     finally:
         meta.close()
 
@@ -238,17 +240,18 @@ def resume_run(
             }
             if on_start:
                 on_start(rec.run_id, plan)
+            metrics = RunMetrics(plan)
             ex = Executor(
                 plan,
                 rec.run_id,
                 meta,
                 artifacts,
                 reuse=done,
-                on_event=on_event,
+                on_event=metrics.tee(on_event),
                 connect=lambda: _connect_or_fail(meta, rec.run_id, cfg, address, platform, who),
                 after_success=after_success,
             )
-            return _with_failures(ex.execute(), meta)
+            return _with_failures(metrics.run(ex.execute), meta)
     finally:
         meta.close()
 

@@ -56,6 +56,89 @@ def ray_target(cfg: RayConfig, address: str | None = None) -> tuple[str, str]:
     return "local", f"a new local Ray{cpus}"
 
 
+_EMBEDDED: list[bool] = []
+
+
+def embedded_ray() -> bool:
+    """Whether this process started the Ray it is connected to (a local Ray that ends with it)."""
+    return bool(_EMBEDDED and _EMBEDDED[0])
+
+
+def console_verbose() -> bool:
+    """Whether a run shows Ray's own output live: what its workers print (the stages' prints,
+    Ray Data's plans, Ray Train's reports) and Ray's warnings (``raypipe run -v``,
+    ``$RAYPIPE_VERBOSE=1``).  Otherwise they go to the stage logs and Ray's log files only."""
+    return os.environ.get("RAYPIPE_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def set_verbose(on: bool = True) -> None:
+    """``on``: show Ray's output live in this process's runs (and the drivers it starts);
+    otherwise ``$RAYPIPE_VERBOSE`` decides."""
+    if on:
+        os.environ["RAYPIPE_VERBOSE"] = "1"
+
+
+class DriverLog(logging.Handler):
+    """Ray's warnings in a quiet driver: kept in memory until Ray's session is known, then in
+    ``<session>/logs/raypipe-driver-<pid>.log`` beside Ray's own log files."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.buffer: list[str] = []
+        self.file: Any = None
+        self.path: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            if self.file is None and self.path is not None:
+                self.file = open(self.path, "a", encoding="utf-8")  # open while the process lives
+            if self.file is None:
+                self.buffer = [*self.buffer[-999:], line]
+            else:
+                self.file.write(line)
+                self.file.flush()
+        except Exception:  # noqa: BLE001 - logging never fails the run
+            self.handleError(record)
+
+    def open_in_session(self) -> None:
+        """Ray is connected: the file is known (made when there is something to write)."""
+        import ray
+
+        node = ray._private.worker._global_node  # the driver's view of its node: the session's folders
+        if node is None or self.path is not None:
+            return
+        self.path = os.path.join(node.get_logs_dir_path(), f"raypipe-driver-{os.getpid()}.log")
+        if self.buffer:
+            try:
+                self.file = open(self.path, "a", encoding="utf-8")  # open while the process lives
+                self.file.write("".join(self.buffer))
+                self.file.flush()
+            except OSError:
+                return
+            self.buffer = []
+
+
+_DRIVER_LOG = DriverLog()
+
+
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+def quiet_ray_logging() -> None:
+    """Ray's own loggers in this driver: errors still on the console, warnings only in Ray's
+    log folder (:class:`DriverLog`)."""
+    ray_logger = logging.getLogger("ray")
+    for h in ray_logger.handlers:
+        if h is not _DRIVER_LOG and not any(isinstance(f, _ErrorsOnly) for f in h.filters):
+            h.addFilter(_ErrorsOnly())
+    if _DRIVER_LOG not in ray_logger.handlers:
+        ray_logger.addHandler(_DRIVER_LOG)
+
+
 def use_token_auth() -> None:
     """Before joining a running cluster: Ray 2.60's ``ray start`` (and ``ray up``) turn token
     authentication on and keep the token in ``~/.ray/auth_token``, but a client sends it
@@ -79,16 +162,22 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> None:
         use_token_auth()  # before Ray is imported: it reads the mode once
     import ray
 
+    verbose = console_verbose()
+    if not verbose:
+        quiet_ray_logging()
     kwargs: dict[str, Any] = {
         "logging_level": logging.WARNING,
         "configure_logging": True,
-        "log_to_driver": True,
+        "log_to_driver": verbose,  # the workers' output: in the stage logs, live with -v
         "address": addr,
     }
     if cfg.runtime_env:
         kwargs["runtime_env"] = resolve_secrets(cfg.runtime_env, "ray.runtime_env")  # references: resolved here
     if addr == "local":
         kwargs["include_dashboard"] = False
+        # Ray reports task events (what the stage logs' Ray workers are found from) every second
+        # by default; a local Ray reports them faster, so a stage's log is complete sooner.
+        os.environ.setdefault("RAY_task_events_report_interval_ms", "100")
         if cfg.num_cpus is not None:
             kwargs["num_cpus"] = cfg.num_cpus
         if cfg.num_gpus is not None:
@@ -100,6 +189,9 @@ def ensure_ray(cfg: RayConfig, address: str | None = None) -> None:
         ray.init(**kwargs)
     except ConnectionError as e:
         raise RaypipeError(f"cannot connect to Ray at {addr!r}: {e}") from None
+    if not verbose:
+        _DRIVER_LOG.open_in_session()
+    _EMBEDDED[:] = [addr == "local"]
     if callable(ours) and getattr(ours, "raypipe_stop", False):
         # ray.init replaces the SIGTERM handler with one that exits at once; a run that
         # asked to stop cleanly on SIGTERM (the CLI's) keeps its own.

@@ -7,11 +7,13 @@ from typing import Any
 from raypipe.exceptions import StageError, StorageError
 from raypipe.resources import Resources
 from raypipe.runner.stage_log import capture
+from raypipe.runner.worker_output import WorkerOutput
 from raypipe.secrets import resolve_secrets
 from raypipe.stages.base import StageContext, StageKind
 from raypipe.stages.registry import get_stage_kind
 from raypipe.store import claims
 from raypipe.store.artifacts import ArtifactRef, ArtifactStore
+from raypipe.store.logs import publish
 
 
 def stage_kind(payload: dict[str, Any]) -> StageKind:
@@ -49,13 +51,25 @@ def execute_stage(payload: dict[str, Any]) -> dict[str, Any]:
         grant_nodes=payload.get("grant_nodes"),
     )
     header = f"stage {ctx.stage} attempt {ctx.attempt} of run {ctx.run_id} ({payload['kind']})"
+    runtime = ray.get_runtime_context()
+    task_id = runtime.get_task_id() if ray.is_initialized() else None
+    # the Ray tasks and actors this task starts print elsewhere: their output joins the log
+    workers = WorkerOutput(task_id, runtime.get_job_id()) if task_id else None
+
+    def keep_log() -> None:  # on an object-store root the log is uploaded when the attempt ends
+        publish(ctx.storage, ctx.run_id, ctx.stage, ctx.attempt, ctx.log_path)
+
     try:
         # the stage's log file; who claims what it writes (raypipe.store.claims)
-        with capture(ctx.log_path, header), claims.owner(ctx.run_id, ctx.stage, ctx.attempt), kind.session(ctx):
+        with (
+            capture(ctx.log_path, header, workers=workers, on_close=keep_log),
+            claims.owner(ctx.run_id, ctx.stage, ctx.attempt),
+            kind.session(ctx),
+        ):
             refs = _run(kind, ctx, store, payload, declared)
     finally:
         ctx.cleanup()
-    return {"outputs": refs, "node_id": ray.get_runtime_context().get_node_id()}
+    return {"outputs": refs, "node_id": runtime.get_node_id()}
 
 
 def _run(

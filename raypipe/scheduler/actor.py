@@ -18,6 +18,7 @@ from typing import Any
 from raypipe.scheduler.access import act
 from raypipe.scheduler.controller import ControllerCore, ControllerStats, SchedulerSettings
 from raypipe.scheduler.errors import SchedulingError
+from raypipe.scheduler.exporter import SchedulerExporter
 from raypipe.scheduler.jobs import JobState, JobView
 from raypipe.scheduler.ray_backend import RayBackend
 
@@ -49,6 +50,8 @@ class ControllerActor:
         else:
             be = RayBackend()
         self.core = ControllerCore(be, SchedulerSettings(**settings) if settings else None)
+        self.metrics = SchedulerExporter()  # Prometheus, through Ray's metrics
+        self.metrics.prime(self.core.jobs)
         self.tick_s = tick_s
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -72,6 +75,10 @@ class ControllerActor:
                 pass
 
     def _notify(self) -> None:
+        try:
+            self.metrics.observe(self.core.jobs, self.core.settings.teams)
+        except Exception as e:  # noqa: BLE001 - metrics never stop the scheduler
+            _log.warning("raypipe scheduler: metrics: %s: %s", type(e).__name__, e)
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -165,6 +172,10 @@ class ControllerActor:
     async def decision_latencies(self) -> dict[str, Any]:
         """Wall seconds of the last (up to 2,000) ``Policy.decide`` calls, and the count of all."""
         return {"latencies_s": list(self.core.decision_s), "decisions": self.core.decisions}
+
+    async def metrics_snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """The metrics this controller exported, as its registry keeps them."""
+        return self.metrics.registry.snapshot()
 
     async def queue(self) -> list[dict[str, Any]]:
         self._ensure_loop()

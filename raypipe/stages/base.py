@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from raypipe.config import StrictModel
 from raypipe.resources import Resources
 from raypipe.scheduler.client import job_state
-from raypipe.store.artifacts import is_local
+from raypipe.store.logs import local_log_path
 
 
 class StageParams(StrictModel):
@@ -39,11 +39,11 @@ class StageParams(StrictModel):
 
 
 def stage_log_path(storage: str, run_id: str, stage: str, attempt: int) -> Path:
-    """Where a stage attempt's console output and log records are kept (the runner writes
-    them, ``raypipe ui`` reads them): ``<storage>/logs/<run>/<stage>.<attempt>.log`` on a
-    local storage root, else in the worker's temporary folder."""
-    root = Path(storage) if is_local(storage) else Path(tempfile.gettempdir()) / "raypipe"
-    return root / "logs" / run_id / f"{stage}.{attempt}.log"
+    """Where a stage attempt writes its console output, log records and the output of the Ray
+    workers it started while it runs: ``<storage>/logs/<run>/<stage>/<attempt>.log`` on a local
+    storage root, else in the worker's temporary folder, uploaded to the same place under the
+    root when the attempt ends (:mod:`raypipe.store.logs`)."""
+    return local_log_path(storage, run_id, stage, attempt)
 
 
 @dataclass

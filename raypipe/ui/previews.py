@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,9 @@ import pyarrow.parquet as pq
 
 from raypipe.exceptions import RaypipeError, StorageError
 from raypipe.failures import strip_ansi
-from raypipe.stages.base import stage_log_path
 from raypipe.store.datasets import filesystem_of, read_manifest
+from raypipe.store.logs import log_location
+from raypipe.store.logs import read_log as read_log_chunk
 from raypipe.store.objects import ArtifactRef, ObjectStore, is_local, root_of
 
 #: Largest JSON, text or image artifact previewed.
@@ -36,7 +35,6 @@ MAX_COLUMNS = 80
 #: Most of a log shown: its end.
 LOG_TAIL_BYTES = 256 * 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_SAFE_PART = re.compile(r"^[^/\\\x00]+$")
 
 
 def _cell(v: Any) -> Any:
@@ -214,33 +212,29 @@ def png_bytes(ref: ArtifactRef) -> bytes:
 
 
 def read_log(storage: str, run_id: str, stage: str, attempt: int, tail_bytes: int = LOG_TAIL_BYTES) -> dict[str, Any]:
-    """The end of a stage attempt's log file: ``{"path", "exists", "size", "text", "truncated",
-    "note"}`` (colour codes removed)."""
+    """The end of a stage attempt's log (``logs/RUN/STAGE/ATTEMPT.log`` under the storage root,
+    local or an object store): ``{"path", "exists", "size", "text", "truncated", "note"}``
+    (colour codes removed)."""
     out: dict[str, Any] = {"attempt": attempt, "exists": False, "size": 0, "text": "", "truncated": False, "note": ""}
-    if not (_SAFE_PART.match(run_id) and _SAFE_PART.match(stage)) or ".." in (run_id, stage):
-        out["note"] = "no log: the run id or stage name cannot name a file"
+    if attempt < 1:
+        out["note"] = "no log: the stage did not run in this run"
         return out
-    if not is_local(storage):
-        out["note"] = f"the storage {storage} is not a local path: logs stay on the worker that ran the stage"
-        return out
-    path = stage_log_path(storage, run_id, stage, attempt)
-    out["path"] = str(path)
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            if size > tail_bytes:
-                f.seek(size - tail_bytes)
-            data = f.read(tail_bytes)
+        out["path"] = log_location(storage, run_id, stage, attempt)
+        chunk = read_log_chunk(storage, run_id, stage, attempt, offset=-tail_bytes)
     except FileNotFoundError:
-        out["note"] = "no log file: the stage did not run in this attempt, or ran before raypipe kept logs"
+        out["note"] = "no log file: the stage did not run in this attempt" + (
+            "" if is_local(storage) else ", or it is still running (its log is uploaded when it ends)"
+        )
         return out
-    except OSError as e:
+    except RaypipeError as e:
         out["note"] = f"cannot read the log: {e}"
         return out
-    text = data.decode("utf-8", errors="replace")
-    if size > tail_bytes:
+    text = chunk.data.decode("utf-8", errors="replace")
+    truncated = chunk.offset > 0
+    if truncated:
         text = text.partition("\n")[2]  # from the first whole line
-    out.update(exists=True, size=size, text=strip_ansi(text), truncated=size > tail_bytes)
-    if size > tail_bytes:
-        out["note"] = f"the last {tail_bytes // 1024} KiB of {size:,} bytes"
+    out.update(path=chunk.location, exists=True, size=chunk.size, text=strip_ansi(text), truncated=truncated)
+    if truncated:
+        out["note"] = f"the last {tail_bytes // 1024} KiB of {chunk.size:,} bytes"
     return out

@@ -68,6 +68,19 @@ def make_test_sized(project: Path) -> None:
     edit("closed_loop.yaml", closed_loop)
 
 
+#: What Ray prints when its output reaches the console: worker prefixes, Ray's log format,
+#: Ray Train's reports and cleaner, Ray Data's plans and progress bars.
+RAY_LINES = re.compile(
+    r"\(pid=|\([A-Za-z_:]+ pid=\d+|Ray Train|TrainingReport|PlacementGroupCleaner|WARNING|\S+\.py:\d+ -- "
+    r"|Execution plan|InputDataBuffer|tqdm|core_worker|\(raylet\)"
+)
+
+
+def ray_chatter(console: str) -> list[str]:
+    """The lines of ``console`` that Ray printed."""
+    return [line for line in console.splitlines() if RAY_LINES.search(line)]
+
+
 class Traffic:
     """Requests to the digits app from a thread, so the canary's steps see traffic."""
 
@@ -104,6 +117,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     for var in ("RAY_ADDRESS", "RAYPIPE_DB", "RAYPIPE_HOME"):
         env.pop(var, None)
     outputs: dict[str, str] = {}
+    consoles: dict[str, str] = {}  # what each line printed, stdout and stderr
     traffic: Traffic | None = None
 
     def run(line: str) -> str:
@@ -113,6 +127,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         res = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=400)
         print(f"{time.monotonic() - started:6.1f}s  {line}", file=sys.stderr)
         assert res.returncode == 0, f"README line failed: {line}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+        consoles[line] = res.stdout + res.stderr
         return res.stdout
 
     def json_of(*args: str) -> Any:
@@ -148,6 +163,10 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
             traffic.stop.set()
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 
+    # A quiet console: raypipe's progress and results, Ray's own lines only in the stage logs.
+    console = consoles["raypipe run configs/quickstart.yaml"]
+    assert len(console.splitlines()) <= 40, console
+    assert not ray_chatter(console), ray_chatter(console)
     outputs = {k: " ".join(v.split()) for k, v in outputs.items()}  # rich wraps long lines
     first = outputs["raypipe run configs/quickstart.yaml"]
     assert "joins the Ray cluster at" in first  # not a second Ray beside the one `ray start` made

@@ -408,7 +408,7 @@ def test_read_and_transform_errors_name_the_file_line_column_and_expectation(tmp
     relaxed = run(tmp_path, read(csv), use_cache=False)
     assert relaxed.ok, relaxed.errors
     assert relaxed.outputs["read"]["data"].schema["columns"] == {"id": "string", "amount": "double", "day": "string"}
-    logs = list((tmp_path / "store" / "logs" / pinned.run_id).glob("read.*.log"))
+    logs = list((tmp_path / "store" / "logs" / pinned.run_id / "read").glob("*.log"))
     assert logs and "Ray Data said" in logs[0].read_text()
 
     df = frame(50)

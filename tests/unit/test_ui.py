@@ -127,7 +127,7 @@ def test_the_stage_page_shows_attempts_the_log_and_previews(client: TestClient, 
     assert "epoch 1 loss=0.5" in html and "===== " in html  # the log the capture wrote
     assert "<polyline" in html and "val_loss" in html  # the history's curves
     log = get_json(client, f"/api/runs/{FIRST}/stages/train/log")
-    assert log["exists"] and log["attempt"] == 1 and log["path"].endswith("logs/" + FIRST + "/train.1.log")
+    assert log["exists"] and log["attempt"] == 1 and log["path"].endswith("logs/" + FIRST + "/train/1.log")
     assert "epoch 2 loss=0.25 " + EVIL in log["text"] and log["text"].rstrip().endswith("done")
     missing = get_json(client, f"/api/runs/{FIRST}/stages/train/log?attempt=9")
     assert not missing["exists"] and "no log file" in missing["note"]
