@@ -1,4 +1,4 @@
-"""Stage functions that start Ray work which prints (tests/integration/test_stage_logs.py)."""
+"""Stage functions that start Ray work which prints (tests/integration/test_stage_logs_cluster.py)."""
 
 from __future__ import annotations
 
