@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import statistics
 import sys
 import time
@@ -32,7 +34,9 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def decision_latency(pending: list[int], nodes: int, samples: int) -> dict[str, dict[str, dict[str, float]]]:
+def decision_latency(
+    pending: list[int], nodes: int, samples: int, gc_freeze: bool = True
+) -> dict[str, dict[str, dict[str, float]]]:
     from rich.progress import Progress
 
     from raypipe.resources import Resources
@@ -45,6 +49,9 @@ def decision_latency(pending: list[int], nodes: int, samples: int) -> dict[str, 
         task = progress.add_task("decision latency", total=len(pending) * len(policies))
         for n in pending:
             cluster, running, queue = build_view(nodes, n)
+            if gc_freeze:  # the view is long-lived state: keep full collections from walking it
+                gc.collect()
+                gc.freeze()
             for name in policies:
                 policy = get_policy(name)
                 times = []
@@ -55,6 +62,7 @@ def decision_latency(pending: list[int], nodes: int, samples: int) -> dict[str, 
                     times.append((time.perf_counter() - t0) * 1e3)
                 out.setdefault(name, {})[str(n)] = {"p50_ms": statistics.median(times), "p99_ms": pct(times, 0.99)}
                 progress.advance(task)
+            gc.unfreeze()
     return out
 
 
@@ -151,16 +159,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admissions", type=int, default=1000, help="jobs in the admissions-per-second test")
     p.add_argument("--latency-samples", type=int, default=30, help="sequential jobs in the latency test")
     p.add_argument("--skip-live", action="store_true", help="only the pure decision latency (no Ray)")
+    p.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the view to the cyclic GC (by default it is frozen: gen-2 pauses hit p99, not the policy)",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="results.json of an earlier run (e.g. before a change): its decision latency becomes the baseline",
+    )
     args = p.parse_args(argv)
 
     pending = [int(x) for x in args.pending.split(",")]
-    lat = decision_latency(pending, args.nodes, args.samples)
+    lat = decision_latency(pending, args.nodes, args.samples, gc_freeze=not args.no_gc_freeze)
     rows = [[f"{pol} @ {n} pending", v["p50_ms"], v["p99_ms"]] for pol, per in lat.items() for n, v in per.items()]
     print_table(f"policy decision latency on a {args.nodes}-node view (ms)", ["policy", "p50", "p99"], rows)
 
     results: dict[str, Any] = {"decision_latency_ms": lat}
     baseline: dict[str, Any] = {}
     ratios: dict[str, Any] = {}
+    if args.baseline is not None:
+        before = json.loads(args.baseline.read_text())["results"]["decision_latency_ms"]
+        baseline["decision_latency_ms"] = before
+        ratios["decision_latency_ms"] = {
+            pol: {
+                n: {k: ratio(v[k], before[pol][n][k]) for k in ("p50_ms", "p99_ms")}
+                for n, v in per.items()
+                if n in before.get(pol, {})
+            }
+            for pol, per in lat.items()
+            if pol in before
+        }
+        rows = [
+            [f"{pol} @ {n}", before[pol][n]["p50_ms"], v["p50_ms"], before[pol][n]["p99_ms"], v["p99_ms"]]
+            for pol, per in lat.items()
+            for n, v in per.items()
+            if n in before.get(pol, {})
+        ]
+        print_table(
+            "decision latency against the baseline (ms)",
+            ["policy @ pending", "p50 before", "p50 now", "p99 before", "p99 now"],
+            rows,
+            caption=str(args.baseline),
+        )
     worst_p99 = max(v[str(max(pending))]["p99_ms"] for v in lat.values())
     goals = {"decision_p99_ms_at_max_pending": goal(worst_p99, 5.0, "ms")}
 

@@ -15,11 +15,11 @@ it whenever the reason could change.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
 from raypipe.scheduler import vec
 from raypipe.scheduler.errors import PolicyConfigError
+from raypipe.scheduler.memo import WaitMemo, _NoMemo
 from raypipe.scheduler.placement import FreeLedger, never_block, quota_never_block
 from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, Placement, RunningJob, Snapshot
 from raypipe.scheduler.vec import Vec
@@ -49,74 +49,6 @@ def check_max_preemptions(policy: str, value: int | None) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise PolicyConfigError(f"{policy}: max_preemptions must be an int >= 0 or None, got {value!r}")
     return value
-
-
-class WaitMemo:
-    """What a class of waiting jobs got, per team, valid until capacity or that team changes.
-
-    :meth:`remember` stores why a job did not start under its team and shape
-    (``JobRequest.shape_key``); :meth:`recall` returns it for any later job of
-    the same team and shape.  Within a decision free capacity only shrinks
-    between preemptions and a team's usage only changes when it starts or
-    loses a job, so the outcome holds until the context invalidates it:
-    starting a job forgets its team, a preemption forgets everything.  A
-    policy whose reasons depend on more than team and shape (a queue index, a
-    reservation) keeps one memo per value of that.
-
-    In a policy's loop, :meth:`DecisionContext.recall` looks a job up and
-    records the reason found for it in one step.
-    """
-
-    __slots__ = ("_teams",)
-
-    def __init__(self) -> None:
-        self._teams: dict[str, dict[str, Blocked]] = {}
-
-    def recall(self, job: JobRequest) -> Blocked | None:
-        """What an earlier job of ``job``'s team and shape got, or ``None``."""
-        seen = self._teams.get(job.team)
-        return None if seen is None else seen.get(job.shape_key)
-
-    def remember(self, job: JobRequest, blocked: Blocked) -> None:
-        """Record why ``job`` did not start, for later jobs of its team and shape."""
-        seen = self._teams.get(job.team)
-        if seen is None:
-            self._teams[job.team] = {job.shape_key: blocked}
-        else:
-            seen[job.shape_key] = blocked
-
-    def forget_team(self, team: str) -> None:
-        """Drop what was recorded for ``team`` (its usage changed)."""
-        self._teams.pop(team, None)
-
-    def clear(self) -> None:
-        """Drop everything (capacity grew)."""
-        self._teams.clear()
-
-
-class _Forgetful(dict[str, dict[str, Blocked]]):
-    """Teams of a memo that never hits: ``get`` finds nothing."""
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return default
-
-
-class _NoMemo(WaitMemo):
-    """A memo that never hits (tests compare decisions with and without memos)."""
-
-    __slots__ = ()
-
-    def __init__(self) -> None:
-        self._teams = _Forgetful()
-
-
-def _slots(b: Vec, free: Vec, cap: int) -> int:
-    """How many copies of ``b`` fit in ``free`` (at most ``cap``), by repeated subtraction like placement."""
-    n = 0
-    while n < cap and vec.fits(b, free):
-        free = vec.sub(free, b)
-        n += 1
-    return n
 
 
 class DecisionContext:
@@ -159,6 +91,7 @@ class DecisionContext:
         "_running",
         "_quotas",
         "_victim_index",
+        "_victim_base",
         "_memos",
     )
 
@@ -191,6 +124,7 @@ class DecisionContext:
         self._running: list[StartedJob] = []
         self._quotas: dict[str, Vec] | None = None
         self._victim_index: tuple[list[RunningJob], dict[str, list[tuple[int, RunningJob, Vec]]]] | None = None
+        self._victim_base: Sequence[RunningJob] = ()
 
     # ------------------------------------------------------------------ quotas
 
@@ -350,6 +284,36 @@ class DecisionContext:
             self._reasons[job.job_id] = hit.text
         return hit
 
+    def unanswered(
+        self, jobs: Iterable[JobRequest], memo: WaitMemo | Sequence[WaitMemo], which: Iterable[int] = ()
+    ) -> Iterator[JobRequest]:
+        """The jobs, in order, that their memo knows nothing for when reached; the others get its reason.
+
+        The loop of :meth:`recall` over many jobs, in one tight loop (no call per skipped job).
+        ``memo`` may be several memos, ``which`` then giving each job's (an index, job by job).
+        """
+        reasons = self._reasons
+        if isinstance(memo, WaitMemo):
+            seen_of = memo._teams.get
+            for job in jobs:
+                seen = seen_of(job.team)
+                if seen is not None:
+                    hit = seen.get(job.shape_key)
+                    if hit is not None:
+                        reasons[job.job_id] = hit.text
+                        continue
+                yield job
+            return
+        gets = [m._teams.get for m in memo]
+        for job, w in zip(jobs, which, strict=True):
+            seen = gets[w](job.team)
+            if seen is not None:
+                hit = seen.get(job.shape_key)
+                if hit is not None:
+                    reasons[job.job_id] = hit.text
+                    continue
+            yield job
+
     def memo(self) -> WaitMemo:
         """A new :class:`WaitMemo` this context invalidates on starts and preemptions."""
         m = WaitMemo() if self.use_memos else _NoMemo()
@@ -406,19 +370,19 @@ class DecisionContext:
         ledger = self.ledger
         if ledger.one_node(job):
             return self._preempt_one_node(job, victims, room)
-        live = [v for v in victims if v.job_id not in self.preempted]
+        preempted = self.preempted
         released: list[RunningJob] | None = None
         placement: Placement | None = None
         bvecs = job.bundle_vecs
         if all(b == bvecs[0] for b in bvecs) and not ledger.whole_nodes(job):
-            released = self._release_for_identical(job, live)
+            released = self._release_for_identical(job, victims)
             if released is not None:
                 placement = ledger.place(job)
                 if placement is None:  # not expected (slot counting mirrors the greedy placement)
                     ledger.allocate_many((v.request, v.placement) for v in released)
                     released = None
         if released is None:
-            released = []
+            live, released = [v for v in victims if v.request.job_id not in preempted], []
             step = 1
             while len(released) < len(live):  # release in doubling chunks: O(log n) placement attempts
                 chunk = live[len(released) : len(released) + step]
@@ -461,7 +425,11 @@ class DecisionContext:
             self._mark_preempted(v)  # the ledger already released it
         return placement
 
-    def _release_for_identical(self, job: JobRequest, live: list[RunningJob]) -> list[RunningJob] | None:
+    def victim_order(self, victims: Sequence[RunningJob]) -> None:
+        """Declare the policy's full victim order: later calls pass prefixes of it (an index is built once)."""
+        self._victim_base = victims
+
+    def _release_for_identical(self, job: JobRequest, victims: Sequence[RunningJob]) -> list[RunningJob] | None:
         """Release the victims a gang of identical bundles needs, found without trial placements.
 
         Counts, node by node, how many copies of the bundle fit ("slots"); the
@@ -481,27 +449,29 @@ class DecisionContext:
         base: dict[str, int] = {}
         cur: dict[str, Vec] = {}
         gained: dict[str, int] = {}
-        prefix = 0
-        for v in live:
-            prefix += 1
+        preempted, live = self.preempted, []  # live: victims walked and not preempted (the walk stops early)
+        for v in victims:
+            if v.request.job_id in preempted:
+                continue
+            live.append(v)
             for part, nid in zip(v.request.bundle_vecs, v.placement.bundle_nodes, strict=True):
                 f = cur.get(nid)
                 if f is None:
                     if not ledger.has_node(nid) or not ledger.matches(nid, sel):
                         continue
                     f = ledger.free_vec(nid)
-                    base[nid] = gained[nid] = _slots(b, f, m)
+                    base[nid] = gained[nid] = vec.copies(b, f, m)
                 before = gained[nid]
                 f = cur[nid] = vec.clamp(vec.add(f, part), ledger.total_vec(nid))
                 if before < m:
-                    after = gained[nid] = _slots(b, f, m)
+                    after = gained[nid] = vec.copies(b, f, m)
                     have += after - before
             if have >= m:
                 break
         else:
             return None
         helpful = {nid for nid, g in gained.items() if g > base[nid]}
-        out = [v for v in live[:prefix] if not helpful.isdisjoint(v.placement.bundle_nodes)]
+        out = [v for v in live if not helpful.isdisjoint(v.placement.bundle_nodes)]
         self.ledger.release_many((v.request, v.placement) for v in out)
         return out
 
@@ -520,6 +490,9 @@ class DecisionContext:
         chosen: list[RunningJob] = []
         preempted = self.preempted
         for nid, lst in per_node.items():
+            first = lst[0][0]  # the loop below would stop at once: skip the node's checks
+            if first >= limit or (best is not None and first > best[0]):
+                continue
             if not ledger.has_node(nid) or not ledger.matches(nid, job.label_selector):
                 continue
             free = ledger.free_vec(nid)
@@ -558,6 +531,9 @@ class DecisionContext:
             base, index = cached
             if len(base) >= len(victims) and all(base[i] is victims[i] for i in (0, len(victims) - 1)):
                 return index
+        full = self._victim_base
+        if len(full) > len(victims) and full[0] is victims[0] and full[len(victims) - 1] is victims[-1]:
+            victims = full  # a prefix of the policy's full victim order: index it all, once
         index = {}
         for rank, v in enumerate(victims):
             portions: dict[str, Vec] = {}

@@ -377,10 +377,21 @@ class FreeLedger(ExplainMixin):
             for v, nid in zip(request.bundle_vecs, placement.bundle_nodes, strict=True):
                 if nid in free:
                     g = gains.get(nid)
-                    gains[nid] = v if g is None else vec.add(g, v)
+                    if g is None:
+                        gains[nid] = v
+                    elif g[3] or v[3]:
+                        gains[nid] = vec.add(g, v)
+                    else:  # vec.add without custom kinds, inlined (the same sums)
+                        gains[nid] = (g[0] + v[0], g[1] + v[1], g[2] + v[2], ())
+        total = self._total
         for nid, give in gains.items():
-            new = vec.clamp(vec.add(free[nid], give), self._total[nid])
-            if new != free[nid]:
+            f = free[nid]
+            if f[3] or give[3] or total[nid][3]:
+                new = vec.clamp(vec.add(f, give), total[nid])
+            else:  # vec.clamp(vec.add(...)) without custom kinds, inlined
+                t = total[nid]
+                new = (min(f[0] + give[0], t[0]), min(f[1] + give[1], t[1]), min(f[2] + give[2], t[2]), ())
+            if new != f:
                 self._set(nid, new)
         self._failed.clear()
         return set(gains)

@@ -33,6 +33,7 @@ __all__ = [
     "add",
     "clamp",
     "clip",
+    "copies",
     "component",
     "component_name",
     "dominant_index",
@@ -163,3 +164,12 @@ def component_name(i: int, need: Vec) -> str:
     if i < CUSTOM:
         return DIM_NAMES[i]
     return need[3][0][0] if need[3] else "units"
+
+
+def copies(b: Vec, free: Vec, cap: int) -> int:
+    """How many copies of ``b`` fit in ``free`` (at most ``cap``), by repeated subtraction like placement."""
+    n = 0
+    while n < cap and fits(b, free):
+        free = sub(free, b)
+        n += 1
+    return n

@@ -52,13 +52,15 @@ class BackfillPolicy(Policy):
         finite = math.isfinite(shadow_time)
         # why a job of a team and shape did not start, one memo per value of `ends_before`
         memos = (ctx.memo(), ctx.memo())
-        recall = ctx.recall
-        for job in queue[head_idx + 1 :]:
+        rest = queue[head_idx + 1 :]
+        if finite:  # which memo: 1 when the job ends before the shadow time (rule a)
+            which = [1 if (d := j.duration_estimate_s) is not None and now + d <= shadow_time else 0 for j in rest]
+        else:
+            which = [0] * len(rest)
+        for job in ctx.unanswered(rest, memos, which):  # jobs their memo answers get its reason
             dur = job.duration_estimate_s
             ends_before = finite and dur is not None and now + dur <= shadow_time
             memo = memos[ends_before]
-            if recall(memo, job) is not None:
-                continue
             blocked = ctx.quota_block(job)
             if blocked is not None:
                 ctx.wait(job, blocked.text)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import bisect
+import functools
+import itertools
+import operator
 from collections.abc import Sequence
 
 from raypipe.scheduler.context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
 from raypipe.scheduler.errors import PolicyConfigError
 from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, RunningJob, Snapshot
+
+_ATTAINED = operator.attrgetter("attained_service")
 
 
 class LasPolicy(Policy):
@@ -77,6 +82,17 @@ class LasPolicy(Policy):
                 return 0
         return q
 
+    def _buckets(self, queue: Sequence[JobRequest], now: float) -> dict[int, Sequence[JobRequest]]:
+        """Waiting jobs by queue index, each in submit order."""
+        if self.starve_factor is None:  # the queue depends on attained service only: C-level passes
+            qs = list(map(functools.partial(bisect.bisect_right, self.thresholds), map(_ATTAINED, queue)))
+        else:
+            qs = [self._waiting_queue(job, now) for job in queue]
+        levels = set(qs)
+        if len(levels) == 1:
+            return {levels.pop(): queue}
+        return {q: list(itertools.compress(queue, [x == q for x in qs])) for q in sorted(levels)}
+
     def _victims(self, running: Sequence[RunningJob], now: float) -> tuple[list[RunningJob], list[int]]:
         """Preemptible running jobs, lowest queue first, then most recently started; and -queue of each."""
         queue_of = self.queue_of
@@ -94,24 +110,14 @@ class LasPolicy(Policy):
         """Serve queues in order; preempt lower queues for a job that does not fit."""
         ctx = DecisionContext(snapshot, max_preemptions=self.max_preemptions)
         now = snapshot.now
-        buckets: dict[int, list[JobRequest]] = {}
-        for job in snapshot.queue:
-            q = self._waiting_queue(job, now)
-            lst = buckets.get(q)
-            if lst is None:
-                buckets[q] = [job]
-            else:
-                lst.append(job)
+        buckets = self._buckets(snapshot.queue, now)
         victims: list[RunningJob] | None = None
         victims_all: list[RunningJob] = []
         neg_q: list[int] = []
         preempt_failed: set[tuple[str, int]] = set()
-        recall = ctx.recall
         for q in sorted(buckets):
             memo = ctx.memo()  # why a job of this queue, of a team and shape, did not start
-            for job in buckets[q]:  # submit order within a queue (the snapshot's queue order)
-                if recall(memo, job) is not None:
-                    continue
+            for job in ctx.unanswered(buckets[q], memo):  # submit order within a queue (the snapshot's order)
                 blocked = ctx.quota_block(job)
                 if blocked is not None:
                     ctx.wait(job, blocked.text)
@@ -122,6 +128,7 @@ class LasPolicy(Policy):
                     if victims is None:
                         victims, neg_q = self._victims(snapshot.running, now)
                         victims_all = victims
+                        ctx.victim_order(victims_all)
                     cut = bisect.bisect_left(neg_q, -q)  # victims in queues strictly below q
                     if cut and ctx.preempt_room() and ctx.never_block(job) is None:
                         placement = ctx.try_preempt_for(job, victims_all[:cut])

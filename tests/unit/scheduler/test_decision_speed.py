@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from unittest.mock import patch
+
 import pytest
 import test_properties as props
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sched_helpers import gpu, job, node, running, snapshot
 
+from raypipe.resources import Resources
 from raypipe.scheduler import PolicyConfigError, Snapshot, TeamConfig, get_policy
+from raypipe.scheduler.cluster_spec import ClusterSpec
 from raypipe.scheduler.context import DEFAULT_MAX_PREEMPTIONS, DecisionContext
 from raypipe.scheduler.placement import FreeLedger
+from raypipe.scheduler.placement_settings import PlacementSettings
 from raypipe.scheduler.policies import FairSharePolicy, LasPolicy, PriorityPolicy
-from raypipe.scheduler.types import ClusterView, Placement
+from raypipe.scheduler.simulator import simulate
+from raypipe.scheduler.traces import synthetic_philly
+from raypipe.scheduler.types import ClusterView, Decision, JobRequest, NodeView, Placement
 
 CAPPED: list[tuple[str, dict]] = [
     ("las", {"thresholds": (10.0, 100.0), "max_preemptions": 1}),
@@ -157,3 +166,138 @@ def test_totals_ledger_equals_a_ledger_of_totals() -> None:
     assert _state(derived) == _state(direct)
     derived.allocate(job("x", 8), derived.place(job("x", 8)))  # type: ignore[arg-type]
     assert _state(FreeLedger.from_cluster(view).totals()) == _state(direct)
+
+
+# ------------------------------------------- indexed LAS against the from-scratch path
+
+
+class _ScratchLas(LasPolicy):
+    """LAS the from-scratch way: each waiting job's queue computed one by one (starvation
+    guard and all), and no victim order declared (the context indexes each prefix anew)."""
+
+    def _buckets(self, queue, now):  # type: ignore[no-untyped-def]
+        out: dict[int, list] = {}
+        for j in queue:
+            out.setdefault(self._waiting_queue(j, now), []).append(j)
+        return out
+
+    def decide(self, snapshot: Snapshot) -> Decision:
+        with patch.object(DecisionContext, "victim_order", lambda self, victims: None):
+            return super().decide(snapshot)
+
+
+PLACEMENTS = [
+    PlacementSettings(),
+    PlacementSettings(consolidation="strict", node_choice="first_fit"),
+    PlacementSettings(consolidation="prefer", node_choice="least_fragmenting"),
+]
+LAS_CONFIGS: list[dict] = [
+    {},
+    {"thresholds": (10.0, 100.0)},
+    {"thresholds": (10.0, 100.0), "starve_factor": 2.0},
+    {"thresholds": (5.0, 50.0, 500.0), "max_preemptions": 1},
+    {"thresholds": ()},
+]
+
+
+def _advance(snap: Snapshot, d: Decision, dt: float) -> Snapshot:
+    """Apply ``d``, move time on by ``dt`` and finish the running jobs whose estimate has passed."""
+    nxt = props._after(snap, d)
+    now = snap.now + dt
+    cluster, running = nxt.cluster, []
+    for r in nxt.running:
+        end = r.end_estimate
+        if end is not None and end <= now:
+            cluster = cluster.with_release(r.placement, r.request.bundles)
+        else:
+            running.append(r)
+    return replace(nxt, now=now, running=tuple(running), cluster=cluster, placement=snap.placement)
+
+
+@pytest.mark.parametrize("kwargs", LAS_CONFIGS, ids=[str(i) for i in range(len(LAS_CONFIGS))])
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    snap=props.snapshot_st(),
+    placement=st.sampled_from(PLACEMENTS),
+    steps=st.lists(st.sampled_from([0.0, 7.0, 60.0, 400.0]), min_size=1, max_size=4),
+)
+def test_indexed_las_decides_as_from_scratch(kwargs: dict, snap: Snapshot, placement, steps: list[float]) -> None:
+    # A sequence of decisions (starts, preemptions, finishes as time moves on), each compared.
+    fast, slow = LasPolicy(**kwargs), _ScratchLas(**kwargs)
+    snap = replace(snap, placement=placement)
+    for dt in steps:
+        d = fast.decide(snap)
+        assert d == slow.decide(snap)
+        snap = _advance(snap, d, dt)
+
+
+def test_indexed_las_replays_a_trace_as_from_scratch() -> None:
+    trace = synthetic_philly(jobs=300, total_gpus=32, load=1.2, seed=3)
+    cluster = ClusterSpec.from_flags(32, 8)
+    fast = simulate(trace, cluster, LasPolicy(thresholds=(600.0, 3600.0)))
+    slow = simulate(trace, cluster, _ScratchLas(thresholds=(600.0, 3600.0)))
+    assert fast.decisions == slow.decisions
+    assert fast.records == slow.records
+    assert any(len(r.runs) > 1 for r in fast.records), "the trace should make LAS preempt"
+
+
+def test_release_many_with_custom_kinds_equals_one_by_one() -> None:
+    tot = Resources.of(cpu=8, gpu=4, custom={"tpu": 2})
+    view = ClusterView(
+        (NodeView("n1", tot, Resources.of(cpu=0, gpu=0, custom={})), NodeView("n2", tot, Resources.of()))
+    )
+    a = JobRequest("a", (Resources.of(cpu=4, gpu=2, custom={"tpu": 1}),) * 2)
+    b = JobRequest("b", (Resources.of(cpu=4, gpu=2),) * 2)
+    jobs = [(a, Placement(("n1", "n1"))), (b, Placement(("n2", "n2")))]
+    one, many = FreeLedger.from_cluster(view), FreeLedger.from_cluster(view)
+    for req, pl in jobs:
+        one.release(req, pl)
+    many.release_many(jobs)
+    assert _state(one) == _state(many)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"), props.POLICY_CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(props.POLICY_CONFIGS)]
+)
+@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    snap=props.snapshot_st(),
+    placement=st.sampled_from(PLACEMENTS),
+    steps=st.lists(st.sampled_from([0.0, 7.0, 60.0, 400.0]), min_size=1, max_size=3),
+)
+def test_skipping_answered_jobs_never_changes_a_sequence_of_decisions(
+    name: str, kwargs: dict, snap: Snapshot, placement, steps: list[float]
+) -> None:
+    # Every policy, every placement setting: with memos (answered jobs skipped in one loop) and
+    # without (each job examined from scratch), decision after decision.
+    policy = get_policy(name, **kwargs)
+    snap = replace(snap, placement=placement)
+    for dt in steps:
+        fast = policy.decide(snap)
+        DecisionContext.use_memos = False
+        try:
+            slow = policy.decide(snap)
+        finally:
+            DecisionContext.use_memos = True
+        assert fast == slow
+        snap = _advance(snap, fast, dt)
+
+
+@pytest.mark.parametrize("use_memos", [True, False])
+def test_backfill_keeps_separate_memos_for_jobs_that_end_before_the_reservation(use_memos: bool) -> None:
+    # h needs both nodes (n1 frees at t=100). x1 (no estimate) may not take n2; x2, the same
+    # team and shape, ends by t=60 and may: x1's "reserved" must not be recalled for it.
+    run = [running(job("r", 8), "n1", start=0, end=100)]
+    queue = [
+        job("h", 8, 8, t=1),
+        job("x1", 8, t=2),
+        job("x2", 8, t=3, duration_estimate_s=50.0),
+    ]
+    snap = snapshot([node("n1", 8, 0), node("n2", 8)], queue=queue, run=run, now=10)
+    DecisionContext.use_memos = use_memos
+    try:
+        d = get_policy("backfill").decide(snap)
+    finally:
+        DecisionContext.use_memos = True
+    assert d.started_ids == ("x2",)
+    assert "reserved for h" in d.reasons["x1"]
