@@ -107,9 +107,18 @@ class DriverLog(logging.Handler):
         import ray
 
         node = ray._private.worker._global_node  # the driver's view of its node: the session's folders
-        if node is None or self.path is not None:
+        if node is None:
             return
-        self.path = os.path.join(node.get_logs_dir_path(), f"raypipe-driver-{os.getpid()}.log")
+        path = os.path.join(node.get_logs_dir_path(), f"raypipe-driver-{os.getpid()}.log")
+        if path == self.path:
+            return
+        if self.file is not None:  # a later session of this process (Ray shut down, started again)
+            try:
+                self.file.close()
+            except OSError:
+                pass
+            self.file = None
+        self.path = path
         if self.buffer:
             try:
                 self.file = open(self.path, "a", encoding="utf-8")  # open while the process lives
