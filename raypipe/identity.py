@@ -30,6 +30,7 @@ import secrets
 import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,11 @@ __all__ = [
     "check_apply",
     "check_pipeline",
     "delegated",
+    "established",
     "load_platform",
     "mint_token",
     "pipeline_issues",
+    "principal_for_token",
     "principal_of",
     "read_token",
     "require_admin",
@@ -179,13 +182,19 @@ def resolve(platform: StoredPlatform | None, environ: Mapping[str, str] | None =
             "the platform config (`raypipe admin token` mints one)"
         )
     token, where = found
+    return principal_for_token(platform, token, f"the token in {where}")
+
+
+def principal_for_token(platform: StoredPlatform, token: str, what: str = "the token") -> Principal:
+    """The user of ``platform`` whose ``token_sha256`` is the token's (compared in constant time,
+    against every user); an IdentityError naming ``what`` when none is."""
     digest = token_sha256(token)
     match = None
     for name, user in platform.config.users.items():  # every user, so the time does not depend on which
         if hmac.compare_digest(digest, user.token_sha256):
             match = name
     if match is None:
-        raise IdentityError(f"the token in {where} is no user's in platform config version {platform.version}")
+        raise IdentityError(f"{what} is no user's in platform config version {platform.version}")
     return _user(platform, match, "token")
 
 
@@ -199,8 +208,28 @@ def delegated(platform: StoredPlatform | None, name: str) -> Principal:
     return _user(platform, name, "delegated")
 
 
+#: A principal a server established for the request it serves (``raypipe ui``: from the
+#: request's token), which :func:`principal_of` returns instead of reading this process's token.
+_ESTABLISHED: ContextVar[Principal | None] = ContextVar("raypipe_established_principal", default=None)
+
+
+@contextmanager
+def established(who: Principal) -> Iterator[Principal]:
+    """Within the block, the caller is ``who`` (already authenticated by a server on its request's
+    token): the API's calls act as it and check its rights, not the server process's own token."""
+    reset = _ESTABLISHED.set(who)
+    try:
+        yield who
+    finally:
+        _ESTABLISHED.reset(reset)
+
+
 def principal_of(meta: MetadataStore, environ: Mapping[str, str] | None = None) -> Principal:
-    """The caller's principal under the platform config in force in ``meta``."""
+    """The caller's principal under the platform config in force in ``meta`` (the one a server
+    :func:`established` for this call, if any)."""
+    who = _ESTABLISHED.get()
+    if who is not None:
+        return who
     return resolve(PlatformStore(meta).latest(), environ)
 
 
@@ -208,7 +237,7 @@ def principal_of(meta: MetadataStore, environ: Mapping[str, str] | None = None) 
 def acting_for(meta: MetadataStore | None) -> Iterator[Principal]:
     """Resolve the caller's principal (``meta`` None: no store, the single user) and act as it
     within the block: what the block records names it."""
-    who = principal_of(meta) if meta is not None else single_user()
+    who = principal_of(meta) if meta is not None else (_ESTABLISHED.get() or single_user())
     with acting_as(who):
         yield who
 

@@ -533,6 +533,10 @@ class MonitorCore:
                         "dataset_drifted": r.dataset_drifted,
                         "prediction_drifted": r.prediction_drifted,
                         "drifted": r.drifted,
+                        "features": {
+                            f: {"statistic": fr.statistic, "threshold": fr.threshold, "drifted": fr.drifted}
+                            for f, fr in r.features.items()
+                        },
                     }
                     for r in list(v.results)[-recent:]
                 ],

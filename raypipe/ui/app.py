@@ -8,8 +8,13 @@ page                                   JSON twin
 ``/runs/RUN/stages/STAGE?attempt=N``   ``/api/runs/RUN/stages/STAGE``, ``.../log?attempt=N``
 ``/models``                            ``/api/models``
 ``/models/NAME?version=N``             ``/api/models/NAME``
-``/scheduler``, ``/apps``, ``/bench``  ``/api/scheduler``, ``/api/apps``, ``/api/bench``
+``/apps``, ``/apps/APP``               ``/api/apps``, ``/api/apps/APP``
+``/scheduler``, ``/bench``             ``/api/scheduler``, ``/api/bench``
 =====================================  =====================================================
+
+Actions (POST, a form or JSON, see :mod:`raypipe.ui.actions` and :mod:`raypipe.ui.auth`):
+``/models/NAME/alias``, ``/apps/APP/split``, ``/apps/APP/rollout/abort``,
+``/apps/APP/loop/stop`` (each also under ``/api/``); ``/login``, ``/logout``.
 
 Server-rendered HTML (Jinja2, autoescaped), one stylesheet and one small script served from
 the package (nothing from a CDN), figures as inline SVG.  Every response forbids framing and
@@ -42,7 +47,10 @@ from raypipe.exceptions import ModelNotFoundError, RaypipeError, RunNotFoundErro
 from raypipe.runner.states import RunStatus
 from raypipe.store.metadata import MetadataStore, open_existing
 from raypipe.store.objects import ArtifactRef
+from raypipe.ui import apps as app_pages
 from raypipe.ui import pages, previews, queries
+from raypipe.ui.actions import Actions
+from raypipe.ui.auth import Guard
 from raypipe.ui.markdown import render as render_markdown
 from raypipe.ui.queries import BadRequest, RunFilter
 
@@ -118,6 +126,10 @@ class UiSettings:
     address: str | None = None
     bench: str | None = None
     page_size: int = 50
+    #: Who may act (move an alias, change a split...): admins, users or none (see raypipe.ui.auth).
+    actions: str = "admins"
+    #: How long a page waits for the cluster before it says it is unreachable.
+    cluster_timeout_s: float = 2.0
 
 
 def _env() -> Environment:
@@ -179,7 +191,8 @@ class UiApp:
         self.pool = StorePool(meta)
         self.location = meta.location
         self.env = _env()
-        self._cluster_lock = threading.Lock()
+        self.guard = Guard(settings.actions)
+        self.cluster = app_pages.Cluster(settings.address, settings.cluster_timeout_s)
 
     # ------------------------------------------------------------------ helpers
     def html(self, template: str, status_code: int = 200, **context: Any) -> Response:
@@ -299,7 +312,14 @@ class UiApp:
             history = previews.json_value(ref) if ref is not None else None
             figures["curves"] = pages.curves(history)
         cols = pages.metric_columns(doc["versions"])
-        return self.html("model.html", doc=doc, figures=figures, metric_cols=cols, title=f"Model {doc['name']}")
+        return self.html(
+            "model.html",
+            doc=doc,
+            figures=figures,
+            metric_cols=cols,
+            title=f"Model {doc['name']}",
+            csrf=self.guard.csrf(request),
+        )
 
     def api_model(self, request: Request) -> Response:
         doc = self.model_doc(request)
@@ -317,11 +337,10 @@ class UiApp:
                 "connected": False,
                 "note": "No cluster given: connect with --address ADDR to see the scheduler's queue.",
             }
-        with self._cluster_lock:
-            try:
-                data = api.scheduler_queue(self.settings.address)
-            except RaypipeError as e:
-                return {"connected": False, "note": str(e)}
+        address = self.settings.address
+        data, note = self.cluster.read(lambda: api.scheduler_queue(address))
+        if data is None:
+            return {"connected": False, "note": note}
         return {"connected": True, **data}
 
     def scheduler(self, request: Request) -> Response:
@@ -331,18 +350,28 @@ class UiApp:
         return self.json(self.scheduler_doc())
 
     def apps_doc(self) -> dict[str, Any]:
-        note = (
-            "No cluster given: connect with --address ADDR to see served apps."
-            if not self.settings.address
-            else "served apps are not shown here yet: raypipe serve status APP, raypipe ab report APP"
-        )
-        return {"connected": False, "apps": [], "note": note}
+        with self.pool.store() as meta:
+            return app_pages.apps_doc(self.cluster, meta)
 
     def apps(self, request: Request) -> Response:
         return self.html("apps.html", doc=self.apps_doc(), title="Apps")
 
     def api_apps(self, request: Request) -> Response:
         return self.json(self.apps_doc())
+
+    def app_doc(self, request: Request) -> dict[str, Any]:
+        with self.pool.store() as meta:
+            doc = app_pages.app_doc(request.path_params["app"], self.cluster, meta, self.pool.url)
+        doc["drift"] = app_pages.drift_series(doc["monitor"])
+        return doc
+
+    def app(self, request: Request) -> Response:
+        doc = self.app_doc(request)
+        charts = app_pages.drift_charts(doc["drift"])
+        return self.html("app.html", doc=doc, charts=charts, title=f"App {doc['app']}", csrf=self.guard.csrf(request))
+
+    def api_app(self, request: Request) -> Response:
+        return self.json(self.app_doc(request))
 
     def bench_doc(self) -> dict[str, Any]:
         if not self.settings.bench:
@@ -411,6 +440,7 @@ def create_app(settings: UiSettings | None = None, meta: MetadataStore | None = 
     settings = settings or UiSettings()
     meta = meta or open_existing(settings.db, hint="run a pipeline first or pass --db")
     ui = UiApp(settings, meta)
+    acts = Actions(ui)
 
     def handler(fn: Callable[[Request], Response]) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
@@ -431,6 +461,18 @@ def create_app(settings: UiSettings | None = None, meta: MetadataStore | None = 
         Route("/models/{name}", handler(ui.model)),
         Route("/scheduler", handler(ui.scheduler)),
         Route("/apps", handler(ui.apps)),
+        Route("/apps/{app}", handler(ui.app)),
+        Route("/login", acts.login_form, methods=["GET"]),
+        Route("/login", acts.login, methods=["POST"]),
+        Route("/logout", acts.logout, methods=["POST"]),
+        Route("/models/{name}/alias", acts.move_alias, methods=["POST"]),
+        Route("/apps/{app}/split", acts.split, methods=["POST"]),
+        Route("/apps/{app}/rollout/abort", acts.abort_rollout, methods=["POST"]),
+        Route("/apps/{app}/loop/stop", acts.stop_loop, methods=["POST"]),
+        Route("/api/models/{name}/alias", acts.move_alias, methods=["POST"]),
+        Route("/api/apps/{app}/split", acts.split, methods=["POST"]),
+        Route("/api/apps/{app}/rollout/abort", acts.abort_rollout, methods=["POST"]),
+        Route("/api/apps/{app}/loop/stop", acts.stop_loop, methods=["POST"]),
         Route("/bench", handler(ui.bench)),
         Route("/bench/files/{path:path}", handler(ui.bench_png)),
         Route("/artifacts/{sha256}.png", handler(ui.artifact_png)),
@@ -442,6 +484,7 @@ def create_app(settings: UiSettings | None = None, meta: MetadataStore | None = 
         Route("/api/models/{name}", handler(ui.api_model)),
         Route("/api/scheduler", handler(ui.api_scheduler)),
         Route("/api/apps", handler(ui.api_apps)),
+        Route("/api/apps/{app}", handler(ui.api_app)),
         Route("/api/bench", handler(ui.api_bench)),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
@@ -449,6 +492,7 @@ def create_app(settings: UiSettings | None = None, meta: MetadataStore | None = 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        ui.cluster.close()
         ui.pool.close()
 
     app = Starlette(

@@ -1,7 +1,8 @@
 """``raypipe ui`` in a real browser (Debian's chromium, driven by Playwright for Python) on the
 store of a real pipeline run (local Ray): find the run, open its DAG, click the train stage,
 read its log (what the stage printed in its Ray worker), see a report and a PNG, open the
-model, its training curves and its lineage, follow the lineage to the dataset's head.
+model, its training curves and its lineage, follow the lineage to the dataset's head; the
+apps page; log in and move an alias as an admin, be refused as a user who is not one.
 
 Screenshots of each page go to the test's folder and to /work/ui-shots/ when that folder
 can be made (for people to look at).  Without chromium the test is skipped, except in CI
@@ -38,6 +39,29 @@ ARGS = [
 ]
 SHOTS = Path(os.environ.get("RAYPIPE_UI_SHOTS", "/work/ui-shots"))
 F = "tests.e2e.ui_funcs"
+
+
+ALICE, BOB = "alice-browser-token-0123456789", "bob-browser-token-0123456789"
+
+
+def with_users(db: str) -> None:
+    """A platform config in ``db``: alice an admin, bob not."""
+    from raypipe import identity
+    from raypipe.config.platform import PlatformConfig
+    from raypipe.principal import Principal, acting_as
+    from raypipe.store.metadata import MetadataStore
+    from raypipe.store.platform import PlatformStore
+
+    users = {"alice": (ALICE, True), "bob": (BOB, False)}
+    cfg = PlatformConfig.model_validate(
+        {"users": {n: {"token_sha256": identity.token_sha256(t), "admin": a} for n, (t, a) in users.items()}}
+    )
+    meta = MetadataStore(db)
+    try:
+        with acting_as(Principal("root", admin=True)):
+            PlatformStore(meta).apply(cfg, expected=None)
+    finally:
+        meta.close()
 
 
 def need_browser() -> Any:
@@ -181,8 +205,47 @@ def test_find_a_run_read_its_train_log_and_follow_the_model_to_its_data(
         assert "policy " in page.locator("p.meta").inner_text()  # the controller the run used answered
         assert page.locator("#jobs").is_visible()
         shot("07-scheduler")
+
+        page.get_by_role("navigation").get_by_role("link", name="Apps").click()
+        page.wait_for_url("**/apps")
+        assert "No app deployed" in page.locator("main").inner_text()
+        shot("08-apps")
+
+        # actions behind identities: alice (an admin) moves an alias, bob (no admin) is refused
+        with_users(str(tmp_path / "store" / "raypipe.db"))
+
+        def login(token: str) -> None:
+            page.goto(base + "/login")
+            page.locator("#login input[name=token]").fill(token)
+            page.locator("#login button").click()
+            page.wait_for_url("**/runs")
+
+        def move_alias(alias: str) -> None:
+            page.goto(base + "/models/ui-demo")
+            form = page.locator("#alias-form")
+            form.locator("input[name=alias]").fill(alias)
+            form.locator("input[name=version]").fill("1")
+            form.locator("input[name=reason]").fill("from the browser")
+            form.locator("button").click()
+
+        move_alias("production")
+        assert "401" in page.locator("h1").inner_text() and "log in at /login" in page.locator("p.error").inner_text()
+        login(ALICE)
+        move_alias("production")
+        page.wait_for_url("**/models/ui-demo")
+        assert "production → v1" in page.locator("p.meta").inner_text()
+        assert "from the browser" in page.locator("main").inner_text()  # the alias history's reason
+        shot("09-alias-moved-by-admin")
+        page.goto(base + "/login")
+        page.get_by_role("button", name="log out").click()
+        login(BOB)
+        move_alias("staging")
+        assert "403" in page.locator("h1").inner_text()
+        assert "bob is not an admin" in page.locator("p.error").inner_text()
+        shot("10-alias-refused")
         browser.close()
-    assert problems == []
+    refused = "Failed to load resource: the server responded with a status of {}"
+    assert problems == [refused.format("401 (Unauthorized)"), refused.format("403 (Forbidden)")]  # the refusals
     try:
         SHOTS.mkdir(parents=True, exist_ok=True)
         for f in shots.iterdir():

@@ -501,6 +501,10 @@ def test_status_shape(normal_profile: dict) -> None:
     assert st["reference"]["features"]["f0"]["threshold_kind"] == "p <"
     assert v["last_window"]["rows"] == 150
     assert [w["window_id"] for w in core.windows("v1", since_id=2)] == [3, 4]
+    # each recent window's per-feature statistic and threshold (the UI's drift chart over time)
+    brief = [w["features"]["f0"] for w in v["windows_brief"]]
+    assert [w["drifted"] for w in brief] == [True, True, True, False]
+    assert brief[-1]["statistic"] == f0["statistic"] and brief[-1]["threshold"] == f0["threshold"]
 
 
 def test_dates_drift_by_ks_on_days_and_unseen_categories_are_evidence() -> None:
