@@ -119,7 +119,10 @@ def host_id() -> str:
     return f"{os.uname().nodename}|{read('/proc/sys/kernel/random/boot_id')}|{pidns}"
 
 
-def pid_alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this id runs on this machine (a claimer, a run's driver)."""
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -29,6 +29,7 @@ from raypipe.principal import acting
 from raypipe.secrets import resolve_secrets
 from raypipe.store import migrations
 from raypipe.store.artifacts import ArtifactRef, is_local
+from raypipe.store.claims import pid_alive
 from raypipe.store.migrations import Upgrade
 from raypipe.store.sql import Database, Row, driver_error, is_postgres, redact, retrying
 
@@ -58,19 +59,6 @@ def write_audit(
         "INSERT INTO audit(at, actor, action, target, detail_json) VALUES (?, ?, ?, ?, ?)",
         (time.time(), actor or current_actor(), action, target, doc),
     )
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this id runs on this machine (a run's driver, say)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)

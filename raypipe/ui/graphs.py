@@ -31,15 +31,23 @@ class Node:
     title: str = ""
 
 
-def layers(ids: Sequence[str], edges: Sequence[tuple[str, str]]) -> dict[str, int]:
-    """Each node's layer: the longest path to it from a node without upstream.  Nodes on a
-    cycle (a store written by hand) go one layer after everything else."""
+def _adjacency(
+    ids: Sequence[str], edges: Sequence[tuple[str, str]]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Each node's upstream and downstream nodes (edges to unknown nodes and loops dropped)."""
     ups: dict[str, list[str]] = {i: [] for i in ids}
     downs: dict[str, list[str]] = {i: [] for i in ids}
     for a, b in edges:
         if a in ups and b in ups and a != b:
             ups[b].append(a)
             downs[a].append(b)
+    return ups, downs
+
+
+def layers(ids: Sequence[str], edges: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """Each node's layer: the longest path to it from a node without upstream.  Nodes on a
+    cycle (a store written by hand) go one layer after everything else."""
+    ups, downs = _adjacency(ids, edges)
     pending = {i: len(set(ups[i])) for i in ids}
     layer: dict[str, int] = {}
     ready = [i for i in ids if pending[i] == 0]
@@ -63,12 +71,7 @@ def order_layers(ids: Sequence[str], edges: Sequence[tuple[str, str]], layer: Ma
     rows: list[list[str]] = [[] for _ in range(max(layer.values(), default=-1) + 1)]
     for i in ids:
         rows[layer[i]].append(i)
-    ups: dict[str, list[str]] = {i: [] for i in ids}
-    downs: dict[str, list[str]] = {i: [] for i in ids}
-    for a, b in edges:
-        if a in ups and b in ups and a != b:
-            ups[b].append(a)
-            downs[a].append(b)
+    ups, downs = _adjacency(ids, edges)
 
     def sweep(order: range, neighbours: dict[str, list[str]], ref_step: int) -> None:
         for k in order:
