@@ -237,7 +237,8 @@ def test_find_a_run_read_its_train_log_and_follow_the_model_to_its_data(
         assert "from the browser" in page.locator("main").inner_text()  # the alias history's reason
         shot("09-alias-moved-by-admin")
         page.goto(base + "/login")
-        page.get_by_role("button", name="log out").click()
+        with page.expect_navigation(url="**/login"):  # the logout's redirect, before the next page
+            page.get_by_role("button", name="log out").click()
         login(BOB)
         move_alias("staging")
         assert "403" in page.locator("h1").inner_text()

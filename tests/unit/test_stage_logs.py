@@ -455,6 +455,8 @@ def test_the_quiet_driver_keeps_rays_warnings_off_the_console(
     assert ray_session.console_verbose()
     ray_logger = logging.getLogger("ray")
     before = {h: list(h.filters) for h in ray_logger.handlers}
+    level = ray_logger.level
+    ray_logger.setLevel(logging.WARNING)  # as a quiet driver's ray.init sets it (the suite's Ray set ERROR)
     # a driver log of this test's own: the process's may already write to an earlier test's Ray session
     monkeypatch.setattr(ray_session, "_DRIVER_LOG", ray_session.DriverLog())
     ray_session.quiet_ray_logging()
@@ -472,5 +474,6 @@ def test_the_quiet_driver_keeps_rays_warnings_off_the_console(
         assert all(h.filter(record(logging.ERROR)) for h in consoles)  # errors still on the console
     finally:
         ray_logger.removeHandler(ray_session._DRIVER_LOG)
+        ray_logger.setLevel(level)
         for h, filters in before.items():
             h.filters = filters
