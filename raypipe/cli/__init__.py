@@ -28,6 +28,7 @@ GROUPS = (
     "ab",
     "rollout",
     "loop",
+    "schedule",
     "monitor",
     "serve",
     "db",

@@ -6,47 +6,16 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from raypipe.config.errors import Loc, error_issues, format_loc
+from raypipe.config.strict import StrictModel
+from raypipe.config.triggers import TriggersConfig
 from raypipe.resources import Resources
-from raypipe.secrets import first_reference, has_literal_secret, reference_errors
+from raypipe.secrets import has_literal_secret
 
 _NAME_RE = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 NonNegative = Annotated[float, Field(ge=0)]
-
-
-#: Where a secret reference is resolved (see :mod:`raypipe.secrets`), for the error elsewhere.
-REFERENCE_FIELDS = (
-    "a pipeline's `metadata`, its stages' `params` (a deploy stage's: only its `auth` tokens, "
-    "`force_variant.token` and `secret`) and `ray.runtime_env`"
-)
-
-
-class StrictModel(BaseModel):
-    """A pydantic model that refuses unknown keys and validates its defaults too.
-
-    A secret reference (``${env:NAME}``, ``${file:PATH}``) is kept as written and resolved
-    where the value is used, so only the fields in ``reference_fields`` (``"*"``: all) may
-    hold one; in any other field it would never be resolved, and is an error."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-    reference_fields: ClassVar[frozenset[str]] = frozenset()
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _secret_references(cls, value: Any, info: ValidationInfo) -> Any:
-        if info.field_name in cls.reference_fields or "*" in cls.reference_fields:
-            errors = reference_errors(value)
-            if errors:
-                raise ValueError(errors[0])
-        else:
-            found = first_reference(value)
-            if found is not None:
-                raise ValueError(
-                    f"{found}: a secret reference is resolved only in {REFERENCE_FIELDS}; write this value as it is"
-                )
-        return value
 
 
 class ResourcesConfig(StrictModel):
@@ -313,6 +282,9 @@ class PipelineConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     stages: Annotated[list[StageConfig], Field(min_length=1)]
+    #: When the pipeline runs by itself: a schedule, new data, a model's alias (``raypipe schedule
+    #: apply FILE``; a run ignores it). See docs/schedules.md.
+    triggers: TriggersConfig | None = None
 
     @model_validator(mode="after")
     def _default_team(self) -> PipelineConfig:

@@ -30,7 +30,7 @@ from raypipe.failures import GATE
 from raypipe.failures import parse as parse_failure
 from raypipe.loop.core import LOOP_SERIES, LoopCore, Ports
 from raypipe.loop.cut import register_stage, retraining_pipeline
-from raypipe.loop.launch import resume_args, retraining_yaml, run_args, runner_command, runner_env
+from raypipe.loop.launch import resume_args, retraining_yaml, run_args, start_driver
 from raypipe.loop.reference import attach_monitor
 from raypipe.monitoring.monitor import get_monitor
 from raypipe.principal import Principal, set_process_principal
@@ -145,18 +145,15 @@ class LoopController:
     def _launch(self, key: str, args: list[str]) -> None:
         import ray
 
-        self.loopdir.mkdir(parents=True, exist_ok=True)
         address = ray.get_runtime_context().gcs_address
-        log = open(self.loopdir / f"{key}.log", "ab")
-        self.procs[key] = subprocess.Popen(
-            runner_command(sys.executable, args, address),
+        self.procs[key] = start_driver(
+            sys.executable,
+            args,
+            address=address,
+            db=self.meta.url,
             cwd=self.workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=runner_env(os.environ, address=address, db=self.meta.url),
-            start_new_session=True,
+            log_path=self.loopdir / f"{key}.log",
         )
-        log.close()
 
     def _start_run(self, cycle_id: str, drift: Mapping[str, Any]) -> str:
         doc = retraining_pipeline(self.pipeline, self.retrain, self.app, self.spec.model)

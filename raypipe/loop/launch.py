@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -66,6 +68,25 @@ def runner_env(environ: Mapping[str, str], *, address: str, db: str) -> dict[str
     """A retraining driver's environment: the controller's, plus the cluster's address and the
     metadata store (references in it resolve in this same environment)."""
     return {**environ, "RAY_ADDRESS": address, DB_ENV: db}
+
+
+def start_driver(
+    python: str, args: Sequence[str], *, address: str, db: str, cwd: str, log_path: Path
+) -> subprocess.Popen[bytes]:
+    """Start a run's driver (``python -m raypipe.runner ARGS``) joined to the cluster at ``address``,
+    the metadata store ``db`` in its environment, in its own session (SIGTERM stops it alone),
+    its output appended to ``log_path``: the closed loop's retraining runs and the schedules'
+    runs start here."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            runner_command(python, args, address),
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=runner_env(os.environ, address=address, db=db),
+            start_new_session=True,
+        )
 
 
 def retraining_yaml(doc: Mapping[str, Any], *, app: str, cycle_id: str, drift: Mapping[str, Any]) -> str:

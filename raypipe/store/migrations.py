@@ -218,6 +218,21 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX IF NOT EXISTS runs_actor_created ON runs(actor, created_at)",
         ),
     ),
+    Migration(
+        5,
+        "tables schedules (a pipeline's triggers, its owner, its state) and schedule_fires (why each fired, its run)",
+        (
+            "CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, pipeline TEXT NOT NULL, owner TEXT, "
+            "created_by TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, paused INTEGER NOT NULL DEFAULT 0, "
+            "pipeline_path TEXT, workdir TEXT NOT NULL, pipeline_yaml TEXT NOT NULL, triggers_json TEXT NOT NULL, "
+            "state_json TEXT NOT NULL, tick INTEGER NOT NULL DEFAULT 0)",
+            "CREATE TABLE IF NOT EXISTS schedule_fires (id INTEGER PRIMARY KEY AUTOINCREMENT, schedule TEXT NOT NULL, "
+            "fire_key TEXT NOT NULL, due REAL NOT NULL, fired_at REAL NOT NULL, kind TEXT NOT NULL, "
+            "reason TEXT NOT NULL, status TEXT NOT NULL, note TEXT NOT NULL DEFAULT '', run_id TEXT, files_json TEXT)",
+            "CREATE UNIQUE INDEX IF NOT EXISTS schedule_fires_key ON schedule_fires(schedule, fire_key)",
+            "CREATE INDEX IF NOT EXISTS schedule_fires_status ON schedule_fires(schedule, status, id)",
+        ),
+    ),
 ]
 
 #: Set to ``0`` (or ``false``, ``no``, ``off``) to refuse an older store until ``raypipe db upgrade``.

@@ -99,6 +99,8 @@ def test_every_command_is_there() -> None:
         *("queue release", "queue requeue", "queue cancel"),
         *("bench scheduling", "ab report", "rollout start", "rollout status", "rollout abort"),
         *("loop status", "loop stop", "loop demo", "monitor status"),
+        *("schedule apply", "schedule list", "schedule pause", "schedule resume", "schedule delete"),
+        *("schedule history", "schedule status"),
         *("serve deploy", "serve split", "serve status", "serve shutdown", "deploy", "split"),
         *("db status", "db upgrade", "ui"),
         *("admin token", "admin apply", "admin show", "admin history", "whoami", "audit"),
