@@ -11,8 +11,10 @@ from raypipe.api.admin import (
     queue_action,
     whoami,
 )
+from raypipe.api.history import Diff, DiffRow, diff_models, diff_runs
 from raypipe.api.logs import StageLog, stage_logs
 from raypipe.api.pipelines import ConfigLike, EventHook, load, metadata_url, open_metadata, resume, run, validate
+from raypipe.api.plans import PipelinePlan, RerunCheck, plan_pipeline, rerun, rerun_check
 from raypipe.api.records import (
     ModelDetail,
     RunDetail,
@@ -48,8 +50,12 @@ from raypipe.runner.driver import check_job_paths, in_ray_job
 
 __all__ = [
     "ConfigLike",
+    "Diff",
+    "DiffRow",
     "EventHook",
     "ModelDetail",
+    "PipelinePlan",
+    "RerunCheck",
     "RunDetail",
     "RunFailures",
     "StageLog",
@@ -63,6 +69,8 @@ __all__ = [
     "db_status",
     "db_upgrade",
     "deploy",
+    "diff_models",
+    "diff_runs",
     "final_outputs",
     "in_ray_job",
     "list_models",
@@ -74,8 +82,11 @@ __all__ = [
     "mint_token",
     "monitor_status",
     "open_metadata",
+    "plan_pipeline",
     "queue_action",
     "read_artifact",
+    "rerun",
+    "rerun_check",
     "resume",
     "rollout_abort",
     "rollout_spec",

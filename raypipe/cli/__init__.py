@@ -21,6 +21,7 @@ from raypipe.runner.ray_session import use_token_auth
 #: The modules of this package that hold a command group, in the order ``--help`` lists them.
 GROUPS = (
     "runs",
+    "history",
     "logs",
     "models",
     "queue",

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from raypipe import api
 from raypipe.cli.guard import guard
+from raypipe.cli.history import print_diff
 from raypipe.cli.options import DbOpt, JsonOpt
 from raypipe.cli.render import console, emit_json, lineage_tree, link_text, metrics_text, ts
 
@@ -119,3 +120,22 @@ def model_alias_cmd(
     else:
         was = f" (was v{event.old_version})" if event.old_version is not None else ""
         console.print(f"{escape(name)}@{escape(alias)} -> v{event.new_version}{was}")
+
+
+@model_app.command("diff")
+def model_diff_cmd(
+    ref_a: Annotated[str, typer.Argument(metavar="NAME:VA", help="A model version: NAME:VERSION, NAME@ALIAS or NAME.")],
+    ref_b: Annotated[str, typer.Argument(metavar="NAME:VB", help="Another version (the same model or another).")],
+    db: DbOpt = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", metavar="", help="Also show the equal rows of packages and env.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Two model versions side by side: params, code, dataset versions, environment and metrics; differing
+    rows marked."""
+    d = guard(lambda: api.diff_models(ref_a, ref_b, db))
+    if as_json:
+        emit_json(d.to_dict(), default=str)
+        return
+    print_diff(d, show_all)

@@ -18,6 +18,7 @@ import platform
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib import metadata
+from typing import Any
 
 from raypipe.runner.plan import PlannedStage
 
@@ -39,21 +40,33 @@ def environment(packages: tuple[str, ...]) -> dict[str, str | None]:
     return env
 
 
-def cache_key(stage: PlannedStage, input_hashes: Mapping[str, str], after: Mapping[str, str]) -> str:
-    """``input_hashes``: argument -> artifact sha256; ``after``: ``depends_on`` stage -> its cache key."""
-    doc = {
+def key_document(stage: PlannedStage, input_hashes: Mapping[str, str], after: Mapping[str, str]) -> dict[str, Any]:
+    """What a stage's cache key hashes (:func:`hash_document`), kept with its stage runs so
+    ``raypipe plan`` can say which part changed: ``kind``, ``params``, ``outputs``, ``code``
+    (fingerprint), ``inputs`` (argument -> artifact sha256), ``after`` (``depends_on`` stage ->
+    its cache key), ``sources`` (files read from outside the store) and ``env`` (versions)."""
+    return {
         "v": CACHE_VERSION,
         "kind": stage.spec.kind,
         "params": stage.kind.params.model_dump(mode="json"),
-        "outputs": stage.outputs,
+        "outputs": None if stage.outputs is None else list(stage.outputs),
         "code": stage.kind.code_fingerprint(),
         "inputs": dict(sorted(input_hashes.items())),
         "after": dict(sorted(after.items())),
         "sources": stage.kind.source_fingerprint(),
         "env": environment(type(stage.kind).packages),
     }
+
+
+def hash_document(doc: Mapping[str, Any]) -> str:
+    """The cache key of a :func:`key_document`."""
     blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cache_key(stage: PlannedStage, input_hashes: Mapping[str, str], after: Mapping[str, str]) -> str:
+    """``input_hashes``: argument -> artifact sha256; ``after``: ``depends_on`` stage -> its cache key."""
+    return hash_document(key_document(stage, input_hashes, after))
 
 
 def checkpoint_dir(run_id: str, stage: str, key: str) -> str:

@@ -19,6 +19,7 @@ from raypipe.config import ConfigSource, PipelineConfig, parse_config
 from raypipe.exceptions import RaypipeError
 from raypipe.failures import stage_failures
 from raypipe.principal import Principal, acting_as
+from raypipe.runner import provenance
 from raypipe.runner.executor import AfterSuccess, Executor, RunResult, StageEvent, request_stop
 from raypipe.runner.plan import Plan, build_plan
 from raypipe.runner.ray_session import check_storage_shared, ensure_ray
@@ -185,6 +186,7 @@ def start_run(
             raise RaypipeError(f"run {run_id} already exists in {meta.location}; give a new run id")
         with acting_as(who):
             meta.create_run(run_id, cfg.name, stored_config_json(cfg, root), config_path, root, actor=who.name)
+            meta.record_environment(run_id, provenance.capture(config_path))
             if on_start:
                 on_start(run_id, plan)
             the_run = run_id

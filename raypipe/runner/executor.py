@@ -17,7 +17,7 @@ from typing import Any
 from raypipe import failures
 from raypipe.exceptions import RunStopped, StagePreempted
 from raypipe.runner.backend import ExecutorBackend, GrantScheduler, Handle, StageTask, TaskFailed
-from raypipe.runner.cache import cache_key, checkpoint_dir
+from raypipe.runner.cache import checkpoint_dir, hash_document, key_document
 from raypipe.runner.events import RunResult, StageEvent, request_stop, short_error, take_stop_request
 from raypipe.runner.plan import Plan, PlannedStage
 from raypipe.runner.states import BLOCKING_STATES, DONE_STATES, RunStatus, StageEventKind, StageStatus
@@ -103,6 +103,7 @@ class Executor:
         self.state: dict[str, StageStatus] = {name: StageStatus.WAITING for name in plan.order}
         self.outputs: dict[str, dict[str, ArtifactRef]] = {}
         self.keys: dict[str, str] = {}
+        self.docs: dict[str, dict[str, Any]] = {}  # stage -> the document its key hashes (kept with its runs)
         self.attempts: dict[str, int] = {}
         self.retry_at: dict[str, float] = {}
         self.errors: dict[str, str] = {}
@@ -152,7 +153,10 @@ class Executor:
         if moved:  # the project moved: its records follow
             self.meta.relocate(moved)
         source = hit.cached_from or hit.id
-        sid = self.meta.record_cached(self.run_id, ps.spec.name, key, source, self._recorded_inputs(ps, inputs), outs)
+        recorded_in = self._recorded_inputs(ps, inputs)
+        sid = self.meta.record_cached(
+            self.run_id, ps.spec.name, key, source, recorded_in, outs, key_doc=self.docs.get(ps.spec.name)
+        )
         self.outputs[ps.spec.name] = outs
         self.state[ps.spec.name] = StageStatus.CACHED
         note = self._after_success(ps.spec.name, sid, inputs, outs, cached=True)
@@ -194,10 +198,10 @@ class Executor:
         self.attempts[name] = attempt
         res = ps.spec.resources.to_resources()
         if self.scheduler is None or res.is_zero():
-            sid = self.meta.start_stage(self.run_id, name, attempt, key, status=StageStatus.RUNNING)
+            sid = self.meta.start_stage(self.run_id, name, attempt, key, StageStatus.RUNNING, self.docs.get(name))
             self._launch(_Attempt(name, sid, attempt, self.backend.now(), None, inputs, key), None)
             return
-        sid = self.meta.start_stage(self.run_id, name, attempt, key, status=StageStatus.QUEUED)
+        sid = self.meta.start_stage(self.run_id, name, attempt, key, StageStatus.QUEUED, self.docs.get(name))
         job_id = self.scheduler.new_job_id(f"{self.run_id}:{name}:{attempt}")
         att = _Attempt(name, sid, attempt, self.backend.now(), None, inputs, key, job_id)
         spec = ps.spec
@@ -319,7 +323,7 @@ class Executor:
         if self.scheduler is None or att.job_id is None:
             raise RuntimeError(f"stage {att.stage!r}: only admitted attempts can be requeued")
         att.stage_run_id = self.meta.start_stage(
-            self.run_id, att.stage, att.attempt, att.key, status=StageStatus.QUEUED
+            self.run_id, att.stage, att.attempt, att.key, StageStatus.QUEUED, self.docs.get(att.stage)
         )
         att.deadline = att.stop_by = None
         view = self.scheduler.requeue(att.job_id)
@@ -398,12 +402,13 @@ class Executor:
                 self._fail_unstarted(name, inputs)
                 changed = True
                 continue
-            key = cache_key(
+            doc = key_document(
                 ps,
                 {arg: ref.sha256 for arg, ref in inputs.items()},
                 {u: self.keys[u] for u in ps.spec.depends_on},
             )
-            self.keys[name] = key
+            self.docs[name] = doc
+            self.keys[name] = key = hash_document(doc)
             if not self._try_cache(ps, key, inputs):
                 self._request(ps, key, inputs)
             changed = True

@@ -27,7 +27,7 @@ from typing import Any
 from raypipe.exceptions import RaypipeError, RunNotFoundError, StorageError
 from raypipe.principal import acting
 from raypipe.secrets import resolve_secrets
-from raypipe.store import migrations
+from raypipe.store import migrations, provenance
 from raypipe.store.artifacts import ArtifactRef, is_local
 from raypipe.store.claims import pid_alive
 from raypipe.store.migrations import Upgrade
@@ -388,13 +388,25 @@ class MetadataStore:
 
     # ------------------------------------------------------------------ stage runs
     @retrying
-    def start_stage(self, run_id: str, stage: str, attempt: int, cache_key: str | None, status: str = "running") -> int:
-        """A new stage attempt, ``running`` or ``queued`` (waiting for the scheduler's grant)."""
+    def start_stage(
+        self,
+        run_id: str,
+        stage: str,
+        attempt: int,
+        cache_key: str | None,
+        status: str = "running",
+        key_doc: Mapping[str, Any] | None = None,
+    ) -> int:
+        """A new stage attempt, ``running`` or ``queued`` (waiting for the scheduler's grant);
+        ``key_doc``: the document ``cache_key`` hashes, kept with it (table ``stage_keys``)."""
         with self._tx() as c:
-            return c.insert_id(
+            sid = c.insert_id(
                 "INSERT INTO stage_runs(run_id, stage, attempt, status, cache_key, started_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (run_id, stage, attempt, status, cache_key, time.time()),
             )
+            if key_doc is not None and cache_key is not None:
+                provenance.insert_key_doc(c, sid, run_id, stage, cache_key, key_doc)
+            return sid
 
     @retrying
     def mark_running(self, stage_run_id: int) -> None:
@@ -457,6 +469,7 @@ class MetadataStore:
         cached_from: int,
         inputs: Mapping[str, ArtifactRef],
         outputs: Mapping[str, ArtifactRef],
+        key_doc: Mapping[str, Any] | None = None,
     ) -> int:
         with self._tx() as c:
             now = time.time()
@@ -466,6 +479,8 @@ class MetadataStore:
                 (run_id, stage, cache_key, cached_from, now, now),
             )
             self._insert_io(c, sid, inputs, outputs)
+            if key_doc is not None and cache_key is not None:
+                provenance.insert_key_doc(c, sid, run_id, stage, cache_key, key_doc)
             return sid
 
     @retrying
@@ -541,3 +556,31 @@ class MetadataStore:
             (sha256,),
         ).fetchall()
         return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------------ provenance
+    def key_doc(self, stage_run_id: int) -> dict[str, Any] | None:
+        """The cache-key document kept with a stage run (:mod:`raypipe.store.provenance`)."""
+        return provenance.key_doc(self._conn, stage_run_id)
+
+    def latest_key_doc(
+        self, pipeline: str, stage: str, before_run: str | None = None
+    ) -> tuple[int, dict[str, Any]] | None:
+        """``(stage run id, document)`` of the latest finished run of ``stage`` in ``pipeline``."""
+        return provenance.latest_key_doc(self._conn, pipeline, stage, before_run)
+
+    def run_of(self, stage_run_id: int) -> str | None:
+        return provenance.run_of(self._conn, stage_run_id)
+
+    def stage_history(self, pipeline: str, stage: str) -> tuple[bool, bool]:
+        """Whether ``pipeline`` ever ran, and whether ``stage`` ran in it."""
+        return provenance.stage_history(self._conn, pipeline, stage)
+
+    @retrying
+    def record_environment(self, run_id: str, env: Mapping[str, Any]) -> None:
+        """Keep a run's git commit, dirty flag, Python and packages (once)."""
+        with self._tx() as c:
+            provenance.insert_environment(c, run_id, env)
+
+    def environment_of(self, run_id: str) -> dict[str, Any] | None:
+        """What :meth:`record_environment` kept for ``run_id``, or None."""
+        return provenance.environment_of(self._conn, run_id)

@@ -233,6 +233,20 @@ MIGRATIONS: list[Migration] = [
             "CREATE INDEX IF NOT EXISTS schedule_fires_status ON schedule_fires(schedule, status, id)",
         ),
     ),
+    Migration(
+        6,
+        "table stage_keys (each stage run's cache-key document, for `raypipe plan` and `raypipe diff`); "
+        "table run_environments (a run's git commit, dirty flag and packages, for `raypipe rerun`)",
+        (
+            "CREATE TABLE IF NOT EXISTS stage_keys (stage_run_id INTEGER PRIMARY KEY REFERENCES stage_runs(id), "
+            "pipeline TEXT NOT NULL, stage TEXT NOT NULL, cache_key TEXT NOT NULL, doc_json TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS stage_keys_latest ON stage_keys(pipeline, stage, stage_run_id)",
+            "CREATE INDEX IF NOT EXISTS stage_runs_stage ON stage_runs(stage, status, id)",
+            "CREATE TABLE IF NOT EXISTS run_environments (run_id TEXT PRIMARY KEY REFERENCES runs(run_id), "
+            "recorded_at REAL NOT NULL, git_commit TEXT, git_dirty INTEGER, git_root TEXT, python TEXT, "
+            "packages_json TEXT NOT NULL DEFAULT '{}')",
+        ),
+    ),
 ]
 
 #: Set to ``0`` (or ``false``, ``no``, ``off``) to refuse an older store until ``raypipe db upgrade``.

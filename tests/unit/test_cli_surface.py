@@ -96,6 +96,7 @@ def test_serve_deploy_and_its_alias() -> None:
 def test_every_command_is_there() -> None:
     assert {" ".join(p) for p, _ in LEAVES} == {
         *("run", "resume", "validate", "runs", "show", "logs", "models", "model show", "model alias"),
+        *("plan", "diff", "rerun", "model diff"),
         *("queue release", "queue requeue", "queue cancel"),
         *("bench scheduling", "ab report", "rollout start", "rollout status", "rollout abort"),
         *("loop status", "loop stop", "loop demo", "monitor status"),
