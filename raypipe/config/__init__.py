@@ -18,9 +18,11 @@ from pydantic import ValidationError
 
 from raypipe.config.errors import Loc, format_loc
 from raypipe.config.schema import (
+    NOTIFY_EVENTS,
     AutoscalerConfig,
     NodeTypeConfig,
     NonNegative,
+    NotifySink,
     PipelineConfig,
     RayConfig,
     ResourcesConfig,
@@ -41,7 +43,9 @@ __all__ = [
     "ConfigSource",
     "Loc",
     "NodeTypeConfig",
+    "NOTIFY_EVENTS",
     "NonNegative",
+    "NotifySink",
     "PipelineConfig",
     "RayConfig",
     "ResourcesConfig",

@@ -19,6 +19,9 @@ teams:
   research: {gpu: 8, cpu: 64, min_priority: 0, max_priority: 10, weight: 2}
   default:  {gpu: 0, cpu: 8}            # everyone's team; without this entry: no quota
 scheduler: {policy: fair_share, lease_s: 60}
+notify:                                  # pipelines without their own `notify:` use this
+  - webhook: {url: "${env:SLACK_WEBHOOK_URL}", format: slack}
+    events: [run_failed, gate_failed, rollout_rolled_back, stage_waiting]
 ```
 """
 
@@ -29,7 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from raypipe.config.schema import _NAME_RE, AutoscalerConfig, NodeTypeConfig, StrictModel, TeamConfig
+from raypipe.config.schema import _NAME_RE, AutoscalerConfig, NodeTypeConfig, NotifySink, StrictModel, TeamConfig
 
 __all__ = [
     "DEFAULT_TEAM",
@@ -115,6 +118,9 @@ class PlatformConfig(StrictModel):
     teams: dict[Name, PlatformTeam] = Field(default_factory=dict)
     #: The cluster's scheduler: policy, its arguments, lease, autoscaler.
     scheduler: PlatformScheduler = Field(default_factory=PlatformScheduler)
+    #: The admins' default receivers (webhooks, mail) and their events, for every pipeline and
+    #: served app that names no `notify` of its own (see Notifications).
+    notify: list[NotifySink] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> PlatformConfig:

@@ -28,15 +28,16 @@ from raypipe._ray import kv
 from raypipe.exceptions import ModelNotFoundError, RaypipeError, RunNotFoundError
 from raypipe.failures import GATE
 from raypipe.failures import parse as parse_failure
-from raypipe.loop.core import LOOP_SERIES, LoopCore, Ports
+from raypipe.loop.core import LOOP_SERIES, LoopCore, Ports, cycle_notification
 from raypipe.loop.cut import register_stage, retraining_pipeline
 from raypipe.loop.launch import resume_args, retraining_yaml, run_args, start_driver
 from raypipe.loop.reference import attach_monitor
 from raypipe.monitoring.monitor import get_monitor
+from raypipe.notify import Notifier
 from raypipe.principal import Principal, set_process_principal
 from raypipe.secrets import actor_url
 from raypipe.serving import app as serve_app
-from raypipe.serving.rollout.ops import rollout_start, rollout_status
+from raypipe.serving.rollout.ops import platform_notify, rollout_start, rollout_status
 from raypipe.serving.rollout.settings import RolloutSpec
 from raypipe.serving.spec import RetrainSpec, ServeSpec
 from raypipe.store.artifacts import ArtifactStore, root_of
@@ -93,6 +94,10 @@ class LoopController:
         self.meta = MetadataStore(actor_url(config["db"], os.environ))
         self.registry = ModelRegistry(self.meta)
         self.store = LoopStore(self.meta)
+        #: Who hears of its cycles and rollouts: the pipeline's ``notify``, else the platform config's.
+        own = self.pipeline.get("notify")
+        self.notify: list[dict[str, Any]] = list(own) if own is not None else platform_notify(self.meta)
+        self.notifier = Notifier(self.notify, source=f"loop {app}: ") if self.notify else None
         self.lock = threading.RLock()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.last_error: str | None = None
@@ -139,8 +144,15 @@ class LoopController:
             promoted=self._promoted,
             rolled_back=self._rolled_back,
             link=lambda version, kind, value: self.registry.link(self.spec.model, version, kind, value),
-            record=lambda series, event, detail: self.store.record(self.app, series, event, detail),
+            record=self._record,
         )
+
+    def _record(self, series: str, event: str, detail: Mapping[str, Any]) -> Any:
+        out = self.store.record(self.app, series, event, detail)
+        note = cycle_notification(self.app, series, event, detail, LOOP_FINAL)
+        if note is not None and self.notifier is not None:
+            self.notifier.notify(note)
+        return out
 
     def _launch(self, key: str, args: list[str]) -> None:
         import ray
@@ -225,7 +237,7 @@ class LoopController:
 
     def _start_rollout(self, label: str) -> str:
         spec = RolloutSpec(app=self.app, candidate=label, **self.retrain.rollout.model_dump())
-        return str(rollout_start(spec, self.meta)["rollout_id"])
+        return str(rollout_start(spec, self.meta, notify=self.notify)["rollout_id"])
 
     def _rollout_state(self, rollout_id: str) -> dict[str, Any]:
         st = rollout_status(self.app, self.meta)

@@ -21,6 +21,7 @@ from raypipe.loop.status import find_loop, stop_loop
 from raypipe.secrets import actor_env
 from raypipe.serving import app as serving
 from raypipe.serving.app import AppStatus
+from raypipe.serving.rollout.ops import platform_notify
 from raypipe.serving.spec import ServeSpec
 from raypipe.stages.base import CommitContext, StageKind
 from raypipe.stages.deploy import DeployStage
@@ -76,7 +77,9 @@ def after_deploy(
 
     notes = []
     if spec.monitor is not None:
-        notes.append(f"drift monitor against {attach_monitor(spec, ModelRegistry(meta))}")
+        own = (pipeline or {}).get("notify")
+        notify = [dict(n) for n in own] if own is not None else platform_notify(meta)
+        notes.append(f"drift monitor against {attach_monitor(spec, ModelRegistry(meta), notify=notify)}")
     if spec.retrain is not None:
         if spec.retrain.pipeline is not None:
             path = Path(spec.retrain.pipeline)

@@ -26,6 +26,7 @@ from enum import StrEnum
 from typing import Any
 
 from raypipe.exceptions import RaypipeError
+from raypipe.notify import Notification
 
 #: The series of events that belong to no cycle (armed, stopped, drift not acted on).
 LOOP_SERIES = "loop"
@@ -332,3 +333,16 @@ class LoopCore:
             "outcomes": dict(self.outcomes),
             "monitor_events_seen": self.since,
         }
+
+
+def cycle_notification(
+    app: str, series: str, event: str, detail: Mapping[str, Any], final: Sequence[str]
+) -> Notification | None:
+    """``loop_cycle_ended`` when ``event`` (one of ``final``, the store's ``LOOP_FINAL``) ends
+    cycle ``series``, else None."""
+    if event not in final or series == LOOP_SERIES:
+        return None
+    text = f"raypipe: loop cycle {series} of app {app} ended: {event}"
+    if detail.get("reason"):
+        text += f": {detail['reason']}"
+    return Notification("loop_cycle_ended", text, {"app": app, "cycle": series, "outcome": event, **detail})

@@ -30,11 +30,19 @@ def reference_variant(spec: ServeSpec, registry: Any) -> int:
     return max(resolved, key=lambda r: r.spec.weight).version
 
 
-def attach_monitor(spec: ServeSpec, registry: Any, *, version: int | None = None, retrained: bool = False) -> str:
+def attach_monitor(
+    spec: ServeSpec,
+    registry: Any,
+    *,
+    version: int | None = None,
+    retrained: bool = False,
+    notify: list[dict[str, Any]] | None = None,
+) -> str:
     """Start the app's drift monitor (or switch it to a new reference): the model of
     ``version`` (default: :func:`reference_variant`) and its training profile
     (``monitor.profile``, else the version's ``reference_profile`` link).  Returns the
-    reference id ``MODEL:VERSION/<profile sha256[:12]>``."""
+    reference id ``MODEL:VERSION/<profile sha256[:12]>``.  ``notify``: who hears of its drift
+    events (a new monitor's; ``notify:`` entries)."""
     import ray
 
     assert spec.monitor is not None
@@ -65,5 +73,6 @@ def attach_monitor(spec: ServeSpec, registry: Any, *, version: int | None = None
         spec.monitor.monitor_spec(),
         reference_metrics=metrics,
         reference_id=ref_id,
+        notify=notify,
     )
     return ref_id

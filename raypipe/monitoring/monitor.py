@@ -29,6 +29,7 @@ from raypipe.monitoring.monitor_core import PREDICTION_TAG, MetricsSink, Monitor
 from raypipe.monitoring.reference import trimmed_profile
 from raypipe.monitoring.results import PerformanceResult, WindowResult
 from raypipe.monitoring.spec import MonitorSpec
+from raypipe.notify import Notification, Notifier
 
 __all__ = [
     "DriftMonitor",
@@ -121,6 +122,30 @@ class RayMetrics:
         )
 
 
+class NotifyingSink:
+    """The monitor's metrics sink that also sends each debounced drift event to the app's
+    ``notify`` receivers (``drift_event``; in the background, never slowing the monitor)."""
+
+    def __init__(self, app: str, inner: MetricsSink, notifier: Notifier) -> None:
+        self.app, self.inner, self.notifier = app, inner, notifier
+
+    def rows(self, variant: str, n: int) -> None:
+        self.inner.rows(variant, n)
+
+    def window(self, result: WindowResult) -> None:
+        self.inner.window(result)
+
+    def performance(self, result: PerformanceResult) -> None:
+        self.inner.performance(result)
+
+    def event(self, event: Mapping[str, Any]) -> None:
+        self.inner.event(event)
+        detail = {"app": self.app, **json_safe(dict(event))}
+        features = ", ".join(str(f) for f in event.get("drifted_features") or []) or str(event.get("kind"))
+        text = f"raypipe: drift on app {self.app}, variant {event.get('variant')} ({event.get('kind')}): {features}"
+        self.notifier.notify(Notification("drift_event", text, detail))
+
+
 # --------------------------------------------------------------------------- the actor
 
 
@@ -139,6 +164,8 @@ class DriftMonitor:
             sink: MetricsSink = RayMetrics(app)
         except Exception:  # noqa: BLE001 - metrics are optional
             sink = NoMetrics()
+        if config.get("notify"):
+            sink = NotifyingSink(app, sink, Notifier(config["notify"], source=f"app {app}: "))
         self.app = app
         self.config = config
         self.core = MonitorCore(
@@ -269,13 +296,15 @@ def start_monitor(
     reference_metrics: Mapping[str, Any] | None = None,
     replace: bool = False,
     reference_id: str | None = None,
+    notify: Sequence[Mapping[str, Any]] | None = None,
 ) -> Any:
     """Get or create the app's monitor actor (detached, restartable, no CPU).  The spec,
     profile and model are checked here first, so mistakes raise on the caller.  An
     existing monitor is returned as it is, unless ``replace`` (a new spec): then it is
     killed and started again (its windows and events are lost).  ``reference_id`` names
     the model and profile (e.g. ``digits:3/<profile sha256>``): an existing monitor with
-    another one switches to this reference in place (events kept)."""
+    another one switches to this reference in place (events kept).  ``notify``: the receivers
+    of its drift events (``notify:`` entries, secrets as references; kept in its KV config)."""
     import ray
 
     try:
@@ -317,6 +346,7 @@ def start_monitor(
             "reference_metrics": dict(reference_metrics) if reference_metrics is not None else None,
             "reference_id": reference_id,
             "variants": {},
+            "notify": [dict(n) for n in notify or ()],
         },
     )
     return get_or_create(monitor_name(app), DriftMonitor, (app,))

@@ -21,6 +21,7 @@ from raypipe.failures import stage_failures
 from raypipe.principal import Principal, acting_as
 from raypipe.runner import provenance
 from raypipe.runner.executor import AfterSuccess, Executor, RunResult, StageEvent, request_stop
+from raypipe.runner.notify_hook import RunNotifier
 from raypipe.runner.plan import Plan, build_plan
 from raypipe.runner.ray_session import check_storage_shared, ensure_ray
 from raypipe.runner.run_metrics import RunMetrics
@@ -104,6 +105,22 @@ def _principal(meta: MetadataStore, on_behalf_of: str | None) -> tuple[StoredPla
     return platform, identity.resolve(platform)
 
 
+def _notifier(cfg: PipelineConfig, platform: StoredPlatform | None, run_id: str) -> RunNotifier:
+    """The run's notifications: the pipeline's ``notify``, else the platform config's."""
+    return RunNotifier.of(cfg.notify, platform.config.notify if platform is not None else None, cfg.name, run_id)
+
+
+def _run_notified(notes: RunNotifier, metrics: RunMetrics, ex: Executor, meta: MetadataStore) -> RunResult:
+    """Execute the run; its end is notified (in the background: the run waits at most the
+    notifier's flush bound for the receivers)."""
+    try:
+        result = _with_failures(metrics.run(ex.execute), meta)
+        notes.ended(result)
+        return result
+    finally:
+        notes.close()
+
+
 def scheduler_client(
     cfg: PipelineConfig, platform: StoredPlatform | None, who: Principal, run_id: str
 ) -> SchedulerClient:
@@ -170,7 +187,9 @@ def start_run(
     principal (``on_behalf_of``: that user's, for a closed loop's retraining run), checked
     against the store's platform config before anything is recorded."""
     if run_id is not None and not _RUN_ID.match(run_id):
-        raise RaypipeError(f"run id {run_id!r}: use letters, digits, '_', '.' and '-' (at most 200; not starting with '.')")
+        raise RaypipeError(
+            f"run id {run_id!r}: use letters, digits, '_', '.' and '-' (at most 200; not starting with '.')"
+        )
     cfg = plan.config
     check_job_paths(cfg, db)
     root = resolve_root(cfg.storage)
@@ -191,17 +210,18 @@ def start_run(
                 on_start(run_id, plan)
             the_run = run_id
             metrics = RunMetrics(plan)  # Prometheus, through the cluster's raypipe-metrics actor
+            notes = _notifier(cfg, platform, run_id)
             ex = Executor(
                 plan,
                 run_id,
                 meta,
                 artifacts,
                 use_cache=use_cache,
-                on_event=metrics.tee(on_event),
+                on_event=notes.tee(metrics.tee(on_event)),
                 connect=lambda: _connect_or_fail(meta, the_run, cfg, address, platform, who),
                 after_success=after_success,
             )
-            return _with_failures(metrics.run(ex.execute), meta)
+            return _run_notified(notes, metrics, ex, meta)
     finally:
         meta.close()
 
@@ -243,17 +263,18 @@ def resume_run(
             if on_start:
                 on_start(rec.run_id, plan)
             metrics = RunMetrics(plan)
+            notes = _notifier(cfg, platform, rec.run_id)
             ex = Executor(
                 plan,
                 rec.run_id,
                 meta,
                 artifacts,
                 reuse=done,
-                on_event=metrics.tee(on_event),
+                on_event=notes.tee(metrics.tee(on_event)),
                 connect=lambda: _connect_or_fail(meta, rec.run_id, cfg, address, platform, who),
                 after_success=after_success,
             )
-            return _with_failures(metrics.run(ex.execute), meta)
+            return _run_notified(notes, metrics, ex, meta)
     finally:
         meta.close()
 

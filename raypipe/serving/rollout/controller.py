@@ -16,6 +16,7 @@ from typing import Any
 
 from raypipe._ray.actors import NAMESPACE, find_actor, get_or_create
 from raypipe.exceptions import RaypipeError
+from raypipe.notify import Notification, Notifier
 from raypipe.principal import Principal, set_process_principal
 from raypipe.secrets import actor_env, actor_url, redact
 from raypipe.serving import app as serve_app
@@ -92,11 +93,15 @@ class RolloutController:
                 return version
             return ev.old_version
 
+        notifier = Notifier(plan.notify, source=f"rollout {plan.rollout_id}: ") if plan.notify else None
+
         def record(event: str, detail: dict[str, Any]) -> Any:
             out = self.store.record(plan.app, plan.rollout_id, event, detail)
             if event in _AUDITED:  # the controller's own decisions; start and abort: by whoever asked
                 keep = {k: detail[k] for k in _AUDIT_KEYS if k in detail}
                 self.meta.record_audit(_AUDITED[event], plan.app, {"rollout_id": plan.rollout_id, **keep})
+                if notifier is not None:
+                    notifier.notify(rollout_notification(plan, event, keep))
             return out
 
         set_process_principal(Principal(plan.started_by, source="delegated") if plan.started_by else None)
@@ -182,6 +187,17 @@ class RolloutController:
                 self.run.ports.record("error", {"error": message[:2000], "step_index": self.run.step_index})
             except Exception:  # noqa: BLE001 - the store itself failed; the status still shows it
                 pass
+
+
+def rollout_notification(plan: RolloutPlan, event: str, detail: Mapping[str, Any]) -> Notification:
+    """``rollout_promoted`` or ``rollout_rolled_back``, from the controller's own decision."""
+    what = "promoted" if event == "promoted" else "rolled back"
+    text = f"raypipe: rollout {plan.rollout_id} of app {plan.app}: {plan.candidate} {what}"
+    if detail.get("reason"):
+        text += f": {detail['reason']}"
+    info = {"app": plan.app, "rollout_id": plan.rollout_id, "model": plan.model, "baseline": plan.baseline}
+    info |= {"candidate": plan.candidate, **detail}
+    return Notification("rollout_promoted" if event == "promoted" else "rollout_rolled_back", text, info)
 
 
 def find_controller(app: str) -> Any | None:

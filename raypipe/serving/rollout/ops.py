@@ -4,7 +4,9 @@ given the metadata store (the rollout itself runs in the controller actor of
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from raypipe.exceptions import RaypipeError
@@ -17,12 +19,18 @@ from raypipe.serving.rollout.settings import RolloutPlan, RolloutSpec, new_rollo
 from raypipe.serving.state import controller_name
 from raypipe.serving.variants import app_view, production_variant, ray_get, resolve_variant, set_weights
 from raypipe.store.metadata import MetadataStore, current_actor
+from raypipe.store.platform import PlatformStore
 from raypipe.store.rollouts import TERMINAL, RolloutStore
 
+_log = logging.getLogger(__name__)
 
-def rollout_start(spec: RolloutSpec, meta: MetadataStore) -> dict[str, Any]:
+
+def rollout_start(
+    spec: RolloutSpec, meta: MetadataStore, notify: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
     """Resolve ``spec`` against the app and the registry, start the app's controller actor and
-    its first step; returns the controller's status."""
+    its first step; returns the controller's status.  ``notify``: who hears of its promotion or
+    rollback (default: the platform config's ``notify``)."""
     import ray
 
     view = app_view(spec.app)
@@ -69,12 +77,24 @@ def rollout_start(spec: RolloutSpec, meta: MetadataStore) -> dict[str, Any]:
         guardrails=spec.guardrails,
         spec=spec.model_dump(mode="json"),
         started_by=current_actor(),
+        notify=[dict(n) for n in notify] if notify is not None else platform_notify(meta),
     )
     handle = start_controller(spec.app, meta.url)
     st: dict[str, Any] = ray_get(handle.start.remote(plan.model_dump(mode="json")), timeout=120)
     detail = {"rollout_id": plan.rollout_id, "baseline": baseline, "candidate": candidate, "steps": plan.steps}
     meta.record_audit("rollout.start", spec.app, detail)
     return st
+
+
+def platform_notify(meta: MetadataStore) -> list[dict[str, Any]]:
+    """The platform config's ``notify`` entries (the admins' default), as JSON; none when the
+    store cannot say (notifications never stop what they report on)."""
+    try:
+        stored = PlatformStore(meta).latest()
+    except Exception as e:  # noqa: BLE001 - e.g. a store of an older schema
+        _log.warning("raypipe: the platform config's notify not read: %s", e)
+        return []
+    return [s.model_dump(mode="json") for s in stored.config.notify] if stored is not None else []
 
 
 def _wait_gone(app: str, timeout_s: float = 30.0) -> None:

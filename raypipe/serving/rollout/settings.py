@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -157,6 +157,8 @@ def load_rollout_file(path: str | os.PathLike[str], overrides: Mapping[str, Any]
 class RolloutPlan(StrictModel):
     """A spec resolved against the app and the registry: what the controller runs."""
 
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"notify"})
+
     rollout_id: str
     app: str
     model: str | None
@@ -168,6 +170,8 @@ class RolloutPlan(StrictModel):
     spec: dict[str, Any] = Field(default_factory=dict)
     #: Who started it: the controller acts for them (alias moves, the audit log).
     started_by: str | None = None
+    #: Who hears of its promotion or rollback (`notify:` entries, secrets as references).
+    notify: list[dict[str, Any]] = Field(default_factory=list)
 
     @property
     def candidate_version(self) -> int | None:
