@@ -17,12 +17,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from raypipe.config.errors import Loc, format_loc
+from raypipe.config.notify import NOTIFY_EVENTS, NotifySink
 from raypipe.config.schema import (
-    NOTIFY_EVENTS,
     AutoscalerConfig,
     NodeTypeConfig,
     NonNegative,
-    NotifySink,
     PipelineConfig,
     RayConfig,
     ResourcesConfig,

@@ -32,7 +32,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from raypipe.config.schema import _NAME_RE, AutoscalerConfig, NodeTypeConfig, NotifySink, StrictModel, TeamConfig
+from raypipe.config.notify import NotifySink
+from raypipe.config.schema import _NAME_RE, AutoscalerConfig, NodeTypeConfig, StrictModel, TeamConfig
 
 __all__ = [
     "DEFAULT_TEAM",

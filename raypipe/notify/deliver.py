@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from email.message import EmailMessage
 from typing import Any
 
-from raypipe.config.schema import NotifySink, SmtpConfig, WebhookConfig
+from raypipe.config.notify import NotifySink, SmtpConfig, WebhookConfig
 from raypipe.notify.events import Notification
 from raypipe.secrets import resolve_secrets
 

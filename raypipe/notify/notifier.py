@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from raypipe.config.schema import NotifySink
+from raypipe.config.notify import NotifySink
 from raypipe.notify.deliver import DeliveryFailed, send
 from raypipe.notify.events import Notification
 
