@@ -112,47 +112,92 @@ def _teams_settings(teams: Mapping[str, TeamConfig] | None) -> dict[str, dict[st
     return out
 
 
-def _start_cluster(cluster: ClusterSpec, trace: Trace) -> tuple[Any, dict[str, Any], dict[str, dict[str, str]]]:
-    """A local multi-node Ray shaped like ``cluster``; returns it, one holder per node id and each node's labels."""
-    import ray
-    from ray.cluster_utils import Cluster
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+class LiveCluster:
+    """A local multi-node Ray shaped like ``cluster`` (one holder actor per node), for one or
+    several replays: ``with LiveCluster(cluster, trace) as lc: replay_live(..., on=lc)``.
+    Starting nine raylets costs seconds; replays of several policies (and the plain-Ray
+    baseline) on one cluster pay it once.  Each replay gets a fresh controller."""
 
-    any_of = sorted({j.gpu_types for j in trace.jobs if len(j.gpu_types) > 1})
-    rc = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
-    for node in cluster.nodes(any_of):
-        labels = dict(node.labels)
-        rc.add_node(
-            num_cpus=max(1, int(node.total.cpu)),
-            num_gpus=node.total.gpu,
-            memory=int(max(node.total.memory_mb, 1024) * 1024 * 1024),
-            labels=labels,
-        )
-    ray.init(address=rc.address, include_dashboard=False, logging_level=logging.ERROR)
-    holder_cls = ray.remote(_Holder)
-    holders: dict[str, Any] = {}
-    labels_of: dict[str, dict[str, str]] = {}
-    for n in ray.nodes():
-        if n.get("Alive") and n["NodeID"] != ray.get_runtime_context().get_node_id():
-            labels_of[n["NodeID"]] = dict(n.get("Labels") or {})
-            holders[n["NodeID"]] = holder_cls.options(
-                num_cpus=0,
-                max_concurrency=10_000,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
-            ).remote()
-    ray.get([h.ping.remote() for h in holders.values()])
-    return rc, holders, labels_of
+    def __init__(self, cluster: ClusterSpec, trace: Trace) -> None:
+        import ray
+        from ray.cluster_utils import Cluster
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self.spec = cluster
+        self.any_of = sorted({j.gpu_types for j in trace.jobs if len(j.gpu_types) > 1})
+        self.rc = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+        try:
+            for node in cluster.nodes(self.any_of):
+                self.rc.add_node(
+                    num_cpus=max(1, int(node.total.cpu)),
+                    num_gpus=node.total.gpu,
+                    memory=int(max(node.total.memory_mb, 1024) * 1024 * 1024),
+                    labels=dict(node.labels),
+                )
+            ray.init(address=self.rc.address, include_dashboard=False, logging_level=logging.ERROR)
+            holder_cls = ray.remote(_Holder)
+            self.holders: dict[str, Any] = {}
+            self.labels_of: dict[str, dict[str, str]] = {}
+            for n in ray.nodes():
+                if n.get("Alive") and n["NodeID"] != ray.get_runtime_context().get_node_id():
+                    self.labels_of[n["NodeID"]] = dict(n.get("Labels") or {})
+                    self.holders[n["NodeID"]] = holder_cls.options(
+                        num_cpus=0,
+                        max_concurrency=10_000,
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+                    ).remote()
+            ray.get([h.ping.remote() for h in self.holders.values()])
+        except BaseException:
+            self.close()
+            raise
+
+    def fits(self, cluster: ClusterSpec, trace: Trace) -> None:
+        """Refuse a replay of another cluster shape (or GPU-type mix) on this one."""
+        any_of = sorted({j.gpu_types for j in trace.jobs if len(j.gpu_types) > 1})
+        if cluster != self.spec or any_of != self.any_of:
+            raise LiveReplayError("this live cluster was started for another cluster or trace: start a new one")
+
+    def stop_controller(self) -> None:
+        """The replay's controller gone: the next replay starts its own, with its own settings."""
+        import ray
+
+        try:
+            ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+    def close(self) -> None:
+        import ray
+
+        self.stop_controller()
+        ray.shutdown()
+        self.rc.shutdown()
+
+    def __enter__(self) -> LiveCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _stop_cluster(rc: Any) -> None:
-    import ray
+class _Using:
+    """The cluster a replay runs on: the caller's (kept) or its own (closed at the end)."""
 
-    try:
-        ray.kill(ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE), no_restart=True)
-    except Exception:  # noqa: BLE001 - already gone
-        pass
-    ray.shutdown()
-    rc.shutdown()
+    def __init__(self, on: LiveCluster | None, cluster: ClusterSpec, trace: Trace) -> None:
+        if on is not None:
+            on.fits(cluster, trace)
+        self.own = on is None
+        self.lc = on if on is not None else LiveCluster(cluster, trace)
+
+    def __enter__(self) -> LiveCluster:
+        self.lc.stop_controller()  # a controller left by an earlier replay
+        return self.lc
+
+    def __exit__(self, *exc: object) -> None:
+        if self.own:
+            self.lc.close()
+        else:
+            self.lc.stop_controller()
 
 
 def replay_live(
@@ -165,8 +210,10 @@ def replay_live(
     teams: Mapping[str, TeamConfig] | None = None,
     options: SimOptions | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on: LiveCluster | None = None,
 ) -> ReplayResult:
-    """Replay ``trace`` through the live controller running ``policy_name`` (see the module doc).
+    """Replay ``trace`` through the live controller running ``policy_name`` (see the module doc),
+    on ``on`` (a :class:`LiveCluster` for this cluster and trace) or on a cluster of its own.
 
     ``time_scale`` is trace seconds per wall second.  Preempted jobs are
     requeued and resume their remaining work (plus ``options.restart_cost_s``)
@@ -181,8 +228,8 @@ def replay_live(
     known = opts.durations_known if opts.durations_known is not None else trace.meta.durations_known
     placement = opts.placement or cluster.placement or DEFAULT_PLACEMENT
     slowdown = opts.spread_slowdown or cluster.spread_slowdown or SpreadSlowdown()
-    rc, holders, node_labels = _start_cluster(cluster, trace)
-    try:
+    with _Using(on, cluster, trace) as lc:
+        holders, node_labels = lc.holders, lc.labels_of
         settings = {
             "policy": policy_name,
             "policy_args": _scaled_policy_args(policy_name, policy_args, time_scale),
@@ -302,8 +349,6 @@ def replay_live(
                 watch = None
         stats = ray.get(handle.decision_latencies.remote())
         wall_s = time.time() - t0
-    finally:
-        _stop_cluster(rc)
 
     records = []
     unfinished = []
@@ -347,6 +392,7 @@ def replay_plain_ray(
     time_scale: float,
     *,
     on_progress: Callable[[int, int], None] | None = None,
+    on: LiveCluster | None = None,
 ) -> ReplayResult:
     """The baseline without raypipe: each job is a plain Ray placement group created at its
     arrival (same bundles and GPU-type labels), held for its run time once ready, then removed.
@@ -357,9 +403,8 @@ def replay_plain_ray(
     _check(cluster, time_scale)
     any_of = sorted({j.gpu_types for j in trace.jobs if len(j.gpu_types) > 1})
     view = ClusterView(cluster.nodes(any_of))
-    rc, _, _ = _start_cluster(cluster, trace)
     jobs = trace.jobs
-    try:
+    with _Using(on, cluster, trace):
         t0 = time.time()
         next_i = 0
         waiting: dict[Any, tuple[int, Any]] = {}  # ready ref -> (job index, pg)
@@ -409,8 +454,6 @@ def replay_plain_ray(
             else:
                 time.sleep(timeout)
         wall_s = time.time() - t0
-    finally:
-        _stop_cluster(rc)
 
     def tt(w: float) -> float:
         return (w - t0) * time_scale

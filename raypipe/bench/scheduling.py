@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from raypipe._json import json_safe
-from raypipe.bench.live import replay_live, replay_plain_ray
+from raypipe.bench.live import LiveCluster, replay_live, replay_plain_ray
 from raypipe.bench.options import parse_policy_args, parse_spread_slowdown, placement_summary, resolve_placement
 from raypipe.bench.plots import plot_all
 from raypipe.config import StrictModel
@@ -257,6 +257,7 @@ def _run_live(
     cfg: SchedulingBenchConfig,
     on_progress: ProgressFn | None,
     placement: PlacementSettings | None = None,
+    on: LiveCluster | None = None,
 ) -> ReplayResult:
     return replay_live(
         trace,
@@ -266,6 +267,7 @@ def _run_live(
         policy_args=cfg.policy_args.get(policy),
         options=cfg.sim_options(trace.meta.durations_known, placement),
         on_progress=(lambda done, total: on_progress(policy, done, total)) if on_progress else None,
+        on=on,
     )
 
 
@@ -312,6 +314,25 @@ def run_scheduling_benchmark(
         cluster, trace, consolidation=cfg.consolidation, node_choice=cfg.node_choice, task_mix=cfg.task_mix
     )
     slowdown = cfg.spread_slowdown or cluster.spread_slowdown or SpreadSlowdown()
+    # the live replays (each policy's and plain Ray's) share one local cluster: started once
+    live_on = LiveCluster(cluster, trace) if cfg.mode in ("ray", "both") else None
+    try:
+        return _replay_all(cfg, trace, cluster, placement, source, slowdown, live_on, on_progress)
+    finally:
+        if live_on is not None:
+            live_on.close()
+
+
+def _replay_all(
+    cfg: SchedulingBenchConfig,
+    trace: Trace,
+    cluster: ClusterSpec,
+    placement: PlacementSettings,
+    source: Mapping[str, str],
+    slowdown: SpreadSlowdown,
+    live_on: LiveCluster | None,
+    on_progress: ProgressFn | None,
+) -> dict[str, Any]:
     sims: dict[str, ReplayResult] = {}
     lives: dict[str, ReplayResult] = {}
     policies: dict[str, Any] = {}
@@ -319,7 +340,7 @@ def run_scheduling_benchmark(
         if cfg.mode in ("sim", "both"):
             sims[name] = _run_sim(trace, cluster, name, cfg, on_progress, placement)
         if cfg.mode in ("ray", "both"):
-            lives[name] = _run_live(trace, cluster, name, cfg, on_progress, placement)
+            lives[name] = _run_live(trace, cluster, name, cfg, on_progress, placement, live_on)
         if cfg.mode == "sim":
             policies[name] = summarize(sims[name])
         elif cfg.mode == "ray":
@@ -357,6 +378,7 @@ def run_scheduling_benchmark(
                 cluster,
                 cfg.time_scale,
                 on_progress=(lambda done, total: on_progress("plain_ray", done, total)) if on_progress else None,
+                on=live_on,
             )
         )
         doc["baseline"] = {"plain_ray": plain}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from raypipe.bench.live import LiveReplayError, replay_live, replay_plain_ray
+from raypipe.bench.live import LiveCluster, LiveReplayError, replay_live, replay_plain_ray
 from raypipe.scheduler.cluster_spec import ClusterSpec
 from raypipe.scheduler.metrics import summarize
 from raypipe.scheduler.placement_settings import PlacementSettings
@@ -22,6 +24,17 @@ def small() -> tuple:
     return cluster, trace, span / 6.0  # the replay lasts about 6 s of wall time
 
 
+@pytest.fixture(scope="module")
+def live_cluster(small: tuple) -> Iterator[LiveCluster]:
+    """One local 8-node Ray for every replay of the module (each replay gets its own controller)."""
+    import ray
+
+    ray.shutdown()  # a Ray of another module
+    cluster, trace, _ = small
+    with LiveCluster(cluster, trace) as lc:
+        yield lc
+
+
 #: The live controller takes the simulator's placement settings and spread slowdown.
 STRICT = SimOptions(placement=PlacementSettings(consolidation="strict", node_choice="first_fit"), spread_slowdown=1.5)
 
@@ -30,10 +43,10 @@ STRICT = SimOptions(placement=PlacementSettings(consolidation="strict", node_cho
     ("policy", "options"), [("fifo", None), ("las", None), ("fifo", STRICT)], ids=["fifo", "las", "fifo-strict"]
 )
 def test_live_replay_finishes_every_job_and_never_beats_the_bounds(
-    small: tuple, policy: str, options: SimOptions | None
+    small: tuple, live_cluster: LiveCluster, policy: str, options: SimOptions | None
 ) -> None:
     cluster, trace, scale = small
-    live = replay_live(trace, cluster, policy, scale, options=options)
+    live = replay_live(trace, cluster, policy, scale, options=options, on=live_cluster)
     assert live.mode == "ray" and not live.rejected and not live.unfinished
     assert {r.job_id for r in live.records} == {j.job_id for j in trace.jobs}
     for r in live.records:
@@ -52,9 +65,9 @@ def test_live_replay_finishes_every_job_and_never_beats_the_bounds(
         assert live.extra["placement"] == options.placement.describe()  # type: ignore[union-attr]
 
 
-def test_plain_ray_baseline_runs_the_same_jobs(small: tuple) -> None:
+def test_plain_ray_baseline_runs_the_same_jobs(small: tuple, live_cluster: LiveCluster) -> None:
     cluster, trace, scale = small
-    plain = replay_plain_ray(trace, cluster, scale)
+    plain = replay_plain_ray(trace, cluster, scale, on=live_cluster)
     assert {r.job_id for r in plain.records} == {j.job_id for j in trace.jobs}
     assert all(r.end_s is not None and r.end_s > r.first_start_s for r in plain.records)
 
@@ -65,3 +78,9 @@ def test_too_many_nodes_is_a_clear_error() -> None:
         replay_live(trace, ClusterSpec.from_flags(64, 4), "fifo", 3600.0)
     with pytest.raises(LiveReplayError, match="time-scale"):
         replay_live(trace, ClusterSpec.from_flags(8, 4), "fifo", 0.0)
+
+
+def test_a_live_cluster_refuses_a_replay_of_another_shape(small: tuple, live_cluster: LiveCluster) -> None:
+    _, trace, scale = small
+    with pytest.raises(LiveReplayError, match="another cluster"):
+        replay_live(trace, ClusterSpec.from_flags(4, 4), "fifo", scale, on=live_cluster)
