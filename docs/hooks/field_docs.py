@@ -195,7 +195,7 @@ FIELD_DOCS: dict[str, str] = {
     "Guardrails.business": "A fed-back outcome metric against the baseline's (optional).",
     "BusinessGuard.metric": "`conversion` (outcomes 0/1) or `mean_outcome`.",
     # ------------------------------------------------------------------ drift monitoring
-    "MonitorSpec.min_window_rows": "Rows a time window needs to close (`window_seconds`).",
+    "MonitorSpec.min_window_rows": "Rows a time window needs to close (`window_seconds`); at least `min_feature_rows`.",
     "MonitorSpec.overrides": "Feature -> its own method, threshold or bins (`method: none`: not monitored).",
     "MonitorSpec.numeric_method": "Test of numeric, date and timestamp features.",
     "MonitorSpec.categorical_method": "Test of categorical features.",

@@ -534,7 +534,7 @@ class MonitorCore:
                         "prediction_drifted": r.prediction_drifted,
                         "drifted": r.drifted,
                         "features": {
-                            f: {"statistic": fr.statistic, "threshold": fr.threshold, "drifted": fr.drifted}
+                            f: {k: getattr(fr, k) for k in ("statistic", "p_value", "threshold", "drifted", "note")}
                             for f, fr in r.features.items()
                         },
                     }

@@ -99,7 +99,7 @@ class MonitorSpec(StrictModel):
     psi_bins: Annotated[int, Field(ge=2, le=100)] = 10
     #: A window's dataset drifted when at least this share of its tested features drifted.
     drift_share: Annotated[float, Field(gt=0, le=1)] = 0.5
-    #: A feature needs this many non-null values in a window to be tested.
+    #: A feature needs this many non-null values in a window to be tested (at most ``min_window_rows``).
     min_feature_rows: Annotated[int, Field(ge=5)] = 30
     prediction: PredictionSpec = Field(default_factory=PredictionSpec)
     performance: PerformanceSpec = Field(default_factory=PerformanceSpec)
@@ -133,6 +133,12 @@ class MonitorSpec(StrictModel):
             raise ValueError("give window_rows, window_seconds or both")
         if self.window_rows is not None and self.min_window_rows > self.window_rows:
             raise ValueError(f"min_window_rows ({self.min_window_rows}) > window_rows ({self.window_rows})")
+        if self.min_window_rows < self.min_feature_rows:
+            raise ValueError(
+                f"min_window_rows ({self.min_window_rows}) < min_feature_rows ({self.min_feature_rows}): a window "
+                f"closed with fewer than {self.min_feature_rows} rows has too few values to test any feature "
+                "(no statistic, no drift); raise min_window_rows (and window_rows) or lower min_feature_rows (>= 5)"
+            )
         if self.reservoir_size < self.min_window_rows:
             raise ValueError(f"reservoir_size ({self.reservoir_size}) < min_window_rows ({self.min_window_rows})")
         return self

@@ -7,7 +7,8 @@ page                                   JSON twin
 ``/runs/RUN``                          ``/api/runs/RUN``
 ``/runs/RUN/stages/STAGE?attempt=N``   ``/api/runs/RUN/stages/STAGE``, ``.../log?attempt=N``
 ``/models``                            ``/api/models``
-``/models/NAME?version=N``             ``/api/models/NAME``
+``/models/NAME?version=N&sort&order``  ``/api/models/NAME``, ``.../trials?version=N``
+``/models/NAME/compare?a=N&b=M``       ``/api/models/NAME/compare``
 ``/apps``, ``/apps/APP``               ``/api/apps``, ``/api/apps/APP``
 ``/scheduler``, ``/bench``             ``/api/scheduler``, ``/api/bench``
 =====================================  =====================================================
@@ -47,7 +48,9 @@ from raypipe.exceptions import ModelNotFoundError, RaypipeError, RunNotFoundErro
 from raypipe.runner.states import RunStatus
 from raypipe.store.metadata import MetadataStore, open_existing
 from raypipe.store.objects import ArtifactRef
+from raypipe.store.registry import ModelRegistry
 from raypipe.ui import apps as app_pages
+from raypipe.ui import models as model_pages
 from raypipe.ui import pages, previews, queries
 from raypipe.ui.actions import Actions
 from raypipe.ui.auth import Guard
@@ -75,6 +78,7 @@ NAV = {
     "stage": "/runs",
     "models": "/models",
     "model": "/models",
+    "compare": "/models",
     "scheduler": "/scheduler",
     "apps": "/apps",
     "bench": "/bench",
@@ -165,6 +169,21 @@ def _int(request: Request, name: str, default: int, lo: int = 0, hi: int = 10**9
     if not lo <= value <= hi:
         raise BadRequest(f"query parameter {name}={value}: expected {lo} to {hi}")
     return value
+
+
+def _version(request: Request, name: str) -> int:
+    """A required version number in the query (``?a=1&b=3``)."""
+    value = _int(request, name, 0, 0)
+    if value < 1:
+        raise BadRequest(f"query parameter {name}: give a version number (e.g. ?a=1&b=3)")
+    return value
+
+
+def _order(request: Request) -> str:
+    order = request.query_params.get("order") or "asc"
+    if order not in ("asc", "desc"):
+        raise BadRequest(f"query parameter order={order!r}: expected asc or desc")
+    return order
 
 
 def _run_filter(request: Request) -> RunFilter:
@@ -295,7 +314,9 @@ class UiApp:
             doc = queries.model_detail(meta, name, limit, _int(request, "offset", 0))
             chosen = _int(request, "version", queries.latest_version(meta, name), 0)
             if chosen:
-                doc["selected"] = queries.version_detail(meta, name, chosen)
+                doc["selected"] = sel = queries.version_detail(meta, name, chosen)
+                sort = request.query_params.get("sort") or None
+                sel["trials"] = model_pages.trials_doc(meta, sel["version"], sort, _order(request))
         return doc
 
     def model(self, request: Request) -> Response:
@@ -311,6 +332,7 @@ class UiApp:
             ref = sel.get("history_ref")
             history = previews.json_value(ref) if ref is not None else None
             figures["curves"] = pages.curves(history)
+            figures["trials"] = model_pages.trials_figure(sel["trials"]) if sel.get("trials") else None
         cols = pages.metric_columns(doc["versions"])
         return self.html(
             "model.html",
@@ -329,6 +351,35 @@ class UiApp:
             ref = sel.pop("history_ref")
             sel["history"] = previews.json_value(ref) if ref is not None else None
         return self.json(doc)
+
+    def compare_doc(self, request: Request) -> dict[str, Any]:
+        name, a, b = request.path_params["name"], _version(request, "a"), _version(request, "b")
+        with self.pool.store() as meta:
+            return model_pages.compare_doc(meta, name, a, b)
+
+    def compare(self, request: Request) -> Response:
+        doc = self.compare_doc(request)
+        return self.html(
+            "compare.html", doc=doc, title=f"{doc['name']}: v{doc['a']['version']} vs v{doc['b']['version']}"
+        )
+
+    def api_compare(self, request: Request) -> Response:
+        return self.json(self.compare_doc(request))
+
+    def api_trials(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        with self.pool.store() as meta:
+            latest = queries.latest_version(meta, name)
+            if not latest:
+                queries.model_detail(meta, name, 1, 0)  # a 404 naming the model
+            version = _int(request, "version", latest, 1)
+            mv = ModelRegistry(meta).get(f"{name}:{version}").to_dict()  # a 404 naming what is missing
+            doc = model_pages.trials_doc(meta, mv, request.query_params.get("sort") or None, _order(request))
+        if doc is None:
+            raise HTTPException(
+                404, f"version {version} of model {name!r} was not trained by a sweep (no trials output)"
+            )
+        return self.json({"name": name, "version": version, **doc})
 
     # ------------------------------------------------------------------ cluster, bench
     def scheduler_doc(self) -> dict[str, Any]:
@@ -363,6 +414,7 @@ class UiApp:
         with self.pool.store() as meta:
             doc = app_pages.app_doc(request.path_params["app"], self.cluster, meta, self.pool.url)
         doc["drift"] = app_pages.drift_series(doc["monitor"])
+        doc["drift_notes"] = app_pages.drift_notes(doc["drift"])
         return doc
 
     def app(self, request: Request) -> Response:
@@ -459,6 +511,7 @@ def create_app(settings: UiSettings | None = None, meta: MetadataStore | None = 
         Route("/runs/{run_id}/stages/{stage:path}", handler(ui.stage)),
         Route("/models", handler(ui.models)),
         Route("/models/{name}", handler(ui.model)),
+        Route("/models/{name}/compare", handler(ui.compare)),
         Route("/scheduler", handler(ui.scheduler)),
         Route("/apps", handler(ui.apps)),
         Route("/apps/{app}", handler(ui.app)),
@@ -482,6 +535,8 @@ def create_app(settings: UiSettings | None = None, meta: MetadataStore | None = 
         Route("/api/runs/{run_id}/stages/{stage:path}", handler(ui.api_stage)),
         Route("/api/models", handler(ui.api_models)),
         Route("/api/models/{name}", handler(ui.api_model)),
+        Route("/api/models/{name}/compare", handler(ui.api_compare)),
+        Route("/api/models/{name}/trials", handler(ui.api_trials)),
         Route("/api/scheduler", handler(ui.api_scheduler)),
         Route("/api/apps", handler(ui.api_apps)),
         Route("/api/apps/{app}", handler(ui.api_app)),

@@ -15,6 +15,7 @@ from markupsafe import Markup
 
 from raypipe import api
 from raypipe.exceptions import RaypipeError
+from raypipe.monitoring.drift_tests.registry import get_drift_test
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.migrations import _has_table
 from raypipe.store.rollouts import LoopStore, RolloutStore
@@ -120,29 +121,67 @@ def app_doc(app: str, cluster: Cluster, meta: MetadataStore, db: str | None) -> 
     return doc
 
 
-def drift_series(monitor: Mapping[str, Any] | None) -> dict[str, dict[str, dict[str, list[Any]]]]:
-    """Per variant, per feature: the window ids and each window's statistic, threshold and
-    whether it drifted, oldest first (from the monitor's recent windows)."""
-    out: dict[str, dict[str, dict[str, list[Any]]]] = {}
+#: The series of a feature's drift: per window its id, statistic, p-value, threshold, verdict and note.
+SERIES_KEYS = ("statistic", "p_value", "threshold", "drifted", "note")
+
+
+def _decides_by_p(method: str | None) -> bool:
+    """Whether drift test ``method`` compares its p-value with the threshold (KS, chi-square)
+    rather than its statistic (PSI); an unknown test: by its statistic."""
+    if not method:
+        return False
+    try:
+        return get_drift_test(method).decision == "p_value"
+    except Exception:  # noqa: BLE001 - a test registered on the cluster only: draw its statistic
+        return False
+
+
+def drift_series(monitor: Mapping[str, Any] | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per variant, per feature: its test (``method``, and ``decides_by``: ``p_value`` or
+    ``statistic``, what the threshold is compared with) and per window, oldest first, the
+    window id, statistic, p-value, threshold, whether it drifted and the note of a window
+    without a statistic (``insufficient data: 20 values (needs 30)``), from the monitor's
+    recent windows."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for variant, v in ((monitor or {}).get("variants") or {}).items():
-        feats: dict[str, dict[str, list[Any]]] = {}
+        methods = {f: (r or {}).get("method") for f, r in (v.get("features") or {}).items()}
+        feats: dict[str, dict[str, Any]] = {}
         for w in v.get("windows_brief") or []:
             for f, r in (w.get("features") or {}).items():
-                s = feats.setdefault(f, {"window": [], "statistic": [], "threshold": [], "drifted": []})
+                s = feats.get(f)
+                if s is None:
+                    by = "p_value" if _decides_by_p(methods.get(f)) else "statistic"
+                    s = feats[f] = {"method": methods.get(f), "decides_by": by, "window": []}
+                    s.update({k: [] for k in SERIES_KEYS})
                 s["window"].append(w.get("window_id"))
-                s["statistic"].append(r.get("statistic"))
-                s["threshold"].append(r.get("threshold"))
-                s["drifted"].append(r.get("drifted"))
+                for k in SERIES_KEYS:
+                    s[k].append(r.get(k))
         out[variant] = feats
     return out
 
 
-def drift_charts(series: Mapping[str, Mapping[str, Mapping[str, list[Any]]]], per_variant: int = 12) -> list[Markup]:
-    """One chart per variant and feature with a statistic (a constant feature, a window too
-    small, have none), statistic and threshold over the windows: per variant the
-    ``per_variant`` features that drifted most often, then by name; the JSON has them all."""
+def drift_notes(series: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    """Why windows have no statistic: each distinct note of the latest windows, with how many
+    features it holds for (``insufficient data: 20 values (needs 30)`` for 64 features)."""
+    counts: dict[str, int] = {}
+    for feats in series.values():
+        for s in feats.values():
+            note = next(
+                (n for st, n in zip(reversed(s["statistic"]), reversed(s["note"]), strict=False) if st is None), None
+            )
+            if note:
+                counts[note] = counts.get(note, 0) + 1
+    return [f"{n} ({c} feature{'s' if c > 1 else ''})" for n, c in sorted(counts.items(), key=lambda kv: -kv[1])]
 
-    def rank(kv: tuple[str, Mapping[str, list[Any]]]) -> tuple[int, bool, str]:
+
+def drift_charts(series: Mapping[str, Mapping[str, Mapping[str, Any]]], per_variant: int = 12) -> list[Markup]:
+    """One chart per variant and feature with a statistic (a constant feature, a window too
+    small, have none): what the threshold is compared with (the p-value of a p-value test,
+    drifted below it; the statistic of a threshold test, drifted above it) and the threshold
+    over the windows: per variant the ``per_variant`` features that drifted most often, then
+    by name; the JSON has them all."""
+
+    def rank(kv: tuple[str, Mapping[str, Any]]) -> tuple[int, bool, str]:
         f, s = kv
         return (-sum(1 for d in s["drifted"] if d), all(v is None for v in s["statistic"]), f)
 
@@ -151,15 +190,21 @@ def drift_charts(series: Mapping[str, Mapping[str, Mapping[str, list[Any]]]], pe
         ranked = sorted((kv for kv in feats.items() if not rank(kv)[1]), key=rank)  # nothing to draw without one
         for f, s in ranked[:per_variant]:
             xs = [float(i) for i in range(1, len(s["window"]) + 1)]
-            charts.append(
-                line_chart(
-                    f"{variant} · {f}",
-                    xs,
-                    {"statistic": s["statistic"], "threshold": s["threshold"]},
-                    x_label="window",
-                )
-            )
+            by_p = s.get("decides_by") == "p_value"
+            value = ("p-value", s["p_value"]) if by_p else ("statistic", s["statistic"])
+            title = f"{variant} · {f}" + (f" ({s['method']})" if s.get("method") else "")
+            charts.append(line_chart(title, xs, {value[0]: value[1], "threshold": s["threshold"]}, x_label="window"))
     return charts
 
 
-__all__ = ["NO_CLUSTER", "Cluster", "app_doc", "apps_doc", "drift_charts", "drift_series", "store_apps", "store_doc"]
+__all__ = [
+    "NO_CLUSTER",
+    "Cluster",
+    "app_doc",
+    "apps_doc",
+    "drift_charts",
+    "drift_notes",
+    "drift_series",
+    "store_apps",
+    "store_doc",
+]

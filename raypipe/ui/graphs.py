@@ -306,3 +306,124 @@ def history_charts(
 def x_label_of(history: Sequence[Mapping[str, object]]) -> str:
     rows = [r for r in history if isinstance(r, Mapping)]
     return next((k for k in X_KEYS if rows and all(isinstance(r.get(k), (int, float)) for r in rows)), "report")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """An axis of a parallel-coordinates view: numbers (a log scale when ``log``) or ordered
+    categories (``ticks``, one tick each, bottom to top)."""
+
+    name: str
+    ticks: tuple[str, ...] = ()
+    lo: float = 0.0
+    hi: float = 1.0
+    log: bool = False
+
+    @property
+    def categorical(self) -> bool:
+        return bool(self.ticks)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def axis_of(name: str, values: Sequence[object]) -> Axis:
+    """The axis a column's values want: numbers (log when all positive and spanning 100x or
+    more, as learning rates do), else categories ordered as numbers when they all are, else
+    as text; missing values (None, NaN) take no place on it."""
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if present and all(_is_num(v) for v in present):
+        nums = [float(v) for v in present]  # type: ignore[arg-type]
+        lo, hi = min(nums), max(nums)
+        return Axis(name, lo=lo, hi=hi, log=lo > 0 and hi / lo >= 100)
+    keys = list(dict.fromkeys(present))
+    keys.sort(key=lambda v: (0, float(v), "") if _is_num(v) else (1, 0.0, str(v)))  # type: ignore[arg-type]
+    return Axis(name, ticks=tuple(str(k) for k in keys) or ("-",))
+
+
+def _axis_pos(axis: Axis, v: object) -> float | None:
+    """Where ``v`` sits on ``axis``: 0 (bottom) to 1 (top); None when missing or unknown."""
+    if axis.categorical:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return None
+        key = str(v)
+        if key not in axis.ticks:
+            return None
+        return 0.5 if len(axis.ticks) == 1 else axis.ticks.index(key) / (len(axis.ticks) - 1)
+    if not _is_num(v):
+        return None
+    x, lo, hi = float(v), axis.lo, axis.hi  # type: ignore[arg-type]
+    if axis.log:
+        x, lo, hi = math.log10(x), math.log10(lo), math.log10(hi)
+    return 0.5 if hi - lo < 1e-12 else (x - lo) / (hi - lo)
+
+
+def parallel_coordinates(
+    axes: Sequence[Axis],
+    lines: Sequence[tuple[str, Sequence[object]]],
+    *,
+    best: str | None = None,
+    label: str = "trials",
+    height: int = 300,
+    axis_gap: int = 150,
+) -> Markup:
+    """One polyline per line (``(id, values)``, a value per axis) across one vertical axis per
+    column; a missing value breaks the line.  Numeric axes are labelled with their range (and
+    ``log``), categorical ones with every category (at most 12 written).  The line ``best``
+    is drawn last, thicker (``best``).  Each line's ``<title>`` names it and its values."""
+    left, right, top, bottom = 84, 84, 34, 26
+    width = left + right + axis_gap * max(len(axes) - 1, 1)
+    ph = height - top - bottom
+
+    def ax_x(k: int) -> float:
+        return left + (k * axis_gap if len(axes) > 1 else axis_gap / 2)
+
+    def py(pos: float) -> float:
+        return top + (1 - pos) * ph
+
+    out = [
+        f'<svg class="chart parcoords" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">'
+    ]
+    ordered = [ln for ln in lines if ln[0] != best] + [ln for ln in lines if ln[0] == best]
+    for trial, values in ordered:
+        runs: list[list[str]] = [[]]
+        for k, (axis, v) in enumerate(zip(axes, values, strict=False)):
+            pos = _axis_pos(axis, v)
+            if pos is None:
+                runs.append([])
+                continue
+            runs[-1].append(f"{ax_x(k):.1f},{py(pos):.1f}")
+        css = "trial best" if trial == best else "trial"
+        text = ", ".join(f"{a.name}={v}" for a, v in zip(axes, values, strict=False))
+        title = f"<title>{escape(_clip(f'{trial}: {text}', 400))}</title>"
+        out.append(f'<g class="{css}">{title}')
+        for pts in runs:
+            if len(pts) > 1:
+                out.append(f'<polyline points="{" ".join(pts)}"/>')
+            elif pts:
+                cx, cy = pts[0].split(",")
+                out.append(f'<circle cx="{cx}" cy="{cy}" r="2.5"/>')
+        out.append("</g>")
+    for k, axis in enumerate(axes):
+        x = ax_x(k)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + ph}" class="axis"/>')
+        out.append(
+            f'<text x="{x:.1f}" y="{top - 14}" class="chart-title" text-anchor="middle">{escape(_clip(axis.name, 22))}</text>'
+        )
+        if axis.categorical:
+            step = max(1, math.ceil(len(axis.ticks) / 12))
+            for i, tick in enumerate(axis.ticks):
+                if i % step and i != len(axis.ticks) - 1:
+                    continue
+                y = py(_axis_pos(axis, tick) or 0.0)
+                out.append(f'<line x1="{x - 3:.1f}" x2="{x + 3:.1f}" y1="{y:.1f}" y2="{y:.1f}" class="axis"/>')
+                out.append(f'<text x="{x + 5:.1f}" y="{y + 4:.1f}" class="tick">{escape(_clip(tick, 14))}</text>')
+        else:
+            scale = " (log)" if axis.log else ""
+            out.append(f'<text x="{x + 5:.1f}" y="{top + 4}" class="tick">{_num(axis.hi)}</text>')
+            out.append(f'<text x="{x + 5:.1f}" y="{top + ph + 4}" class="tick">{_num(axis.lo)}</text>')
+            out.append(f'<text x="{x:.1f}" y="{height - 6}" class="tick" text-anchor="middle">{scale.strip()}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))

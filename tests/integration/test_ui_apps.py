@@ -96,7 +96,7 @@ def env(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     )
     url = serve_app.deploy(spec, db=db).url
     profile, model_meta = drift_reference(db)
-    start_monitor(APP, profile, model_meta, {"window_rows": 20, "min_window_rows": 10})
+    start_monitor(APP, profile, model_meta, {"window_rows": 20, "min_window_rows": 20, "min_feature_rows": 20})
     for row in sample_rows(60):
         req = urllib.request.Request(
             url + "/predict", data=json.dumps({"features": row}).encode(), headers={"Content-Type": "application/json"}
@@ -132,6 +132,7 @@ def test_the_apps_pages_show_the_live_split_and_the_ab_report_and_split_acts(env
     html = client.get(f"/apps/{APP}").text
     assert 'id="split"' in html and 'id="ab"' in html and 'id="split-form"' in html
     drawable = sum(1 for f in drift.values() if any(v is not None for v in f["statistic"]))
+    assert drawable > 0  # windows of 20 rows tested (min_feature_rows 20): statistics to draw
     assert html.count('<svg class="chart"') == min(12, drawable)
     assert ('id="drift-none"' in html) == (drawable == 0)
     screenshots(settings, ["/apps", f"/apps/{APP}"])

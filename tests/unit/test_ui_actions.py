@@ -11,19 +11,24 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
+from pydantic import ValidationError
 from starlette.testclient import TestClient
 
 from raypipe import identity
 from raypipe.config.platform import PlatformConfig
 from raypipe.exceptions import RaypipeError
+from raypipe.monitoring.monitor_core import MonitorCore
 from raypipe.principal import Principal, acting_as
 from raypipe.store.metadata import MetadataStore
 from raypipe.store.platform import PlatformStore
 from raypipe.store.registry import ModelRegistry
 from raypipe.store.rollouts import LoopStore, RolloutStore
 from raypipe.ui import UiSettings, create_app
-from raypipe.ui.apps import Cluster, drift_charts, drift_series
+from raypipe.ui.apps import Cluster, drift_charts, drift_notes, drift_series
+from tests.unit.test_drift import FEATURES, make_profile, rows_of
 from tests.unit.ui_store import DemoStore, build
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789"
@@ -227,13 +232,20 @@ def test_drift_series_per_variant_and_feature_and_their_charts() -> None:
         }
         return {"window_id": i, "closed_at": 100.0 + i, "features": feats}
 
-    monitor = {"variants": {"v1": {"windows_brief": [window(1, 0.1), window(2, 0.3)]}, "v2": {}}}
+    monitor = {
+        "variants": {"v1": {"windows_brief": [window(1, 0.1), window(2, 0.3)], "features": {"x": {"method": "psi"}}}}
+    }
+    monitor["variants"]["v2"] = {}
     series = drift_series(monitor)
     assert series["v1"]["x"] == {
+        "method": "psi",
+        "decides_by": "statistic",
         "window": [1, 2],
         "statistic": [0.1, 0.3],
+        "p_value": [None, None],
         "threshold": [0.2, 0.2],
         "drifted": [False, True],
+        "note": [None, None],
     }
     assert series["v1"]["y"]["statistic"] == [None, None] and series["v2"] == {}
     charts = drift_charts(series)
@@ -242,6 +254,48 @@ def test_drift_series_per_variant_and_feature_and_their_charts() -> None:
     assert ["v1 · x" in str(charts[0]), "v1 · z" in str(charts[1])] == [True] * 2
     assert "threshold" in str(charts[0]) and len(drift_charts(series, per_variant=1)) == 1
     assert drift_series(None) == {}
+
+
+def normal_profile(rows: int = 4000) -> dict[str, Any]:
+    rng = np.random.default_rng(3)
+    return make_profile(pd.DataFrame(rng.normal(size=(rows, 5)), columns=FEATURES))
+
+
+def test_a_monitor_with_windows_too_small_to_test_is_refused() -> None:
+    """Windows of 20 rows were never tested (a feature needs ``min_feature_rows``, 30): the
+    drift chart stayed empty.  Such a spec is refused, naming both settings."""
+    with pytest.raises(ValidationError, match=r"min_window_rows \(10\) < min_feature_rows \(30\)"):
+        MonitorCore("app", normal_profile(), {"window_rows": 20, "min_window_rows": 10})
+
+
+def test_drift_series_of_a_real_monitor_has_points_per_window() -> None:
+    """Windows of 20 rows closed by a real monitor core (real KS tests against a real profile):
+    every feature has a statistic, a p-value and a threshold per window, and its chart draws
+    the p-value against the threshold; a shifted window drifts."""
+    spec = {"window_rows": 20, "min_window_rows": 20, "min_feature_rows": 20, "consecutive": 1}
+    core = MonitorCore("app", normal_profile(), spec, clock=lambda: 1000.0)
+    rng = np.random.default_rng(7)
+    core.log("v1", rows_of(rng.normal(size=(40, 5))))
+    shifted = rng.normal(size=(20, 5))
+    shifted[:, 0] += 4.0
+    core.log("v1", rows_of(shifted))
+    series = drift_series(core.status())["v1"]
+    assert sorted(series) == FEATURES
+    for f, s in series.items():
+        assert s["window"] == [1, 2, 3] and s["method"] == "ks" and s["decides_by"] == "p_value", f
+        assert all(isinstance(v, float) for v in s["statistic"] + s["p_value"] + s["threshold"]), f
+        assert s["note"] == [None, None, None]
+    assert series["f0"]["drifted"][2] is True and series["f0"]["p_value"][2] < series["f0"]["threshold"][2]
+    charts = drift_charts({"v1": series})
+    assert len(charts) == 5 and "v1 · f0 (ks)" in str(charts[0])  # the drifted feature first
+    assert all(str(c).count('<polyline class="line') == 2 and "p-value" in str(c) for c in charts)
+    assert drift_notes({"v1": series}) == []
+    # a window of fewer rows than the spec's min_feature_rows, flushed: no statistic, and the note why
+    core.log("v1", rows_of(rng.normal(size=(5, 5))))
+    core.flush(force=True)
+    series = drift_series(core.status())["v1"]
+    assert series["f1"]["statistic"][-1] is None and len(series["f1"]["window"]) == 4
+    assert drift_notes({"v1": series}) == ["insufficient data: 5 values (needs 20) (5 features)"]
 
 
 def test_the_cli_refuses_an_unknown_actions_setting(demo: DemoStore) -> None:
