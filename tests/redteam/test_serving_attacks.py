@@ -186,8 +186,14 @@ def test_forced_variant_promotion_attempt_does_not_promote(env: dict[str, Any]) 
     api.rollout_abort("canary", reason="red team done", db=env["db"])
 
 
-def test_forcing_is_refused_where_it_is_not_enabled(env: dict[str, Any]) -> None:
-    url = deploy(env, "plain", candidate_weight=0)
+@pytest.fixture(scope="module")
+def plain(env: dict[str, Any]) -> str:
+    """An app without forcing: v1 at 100%, v2 deployed at 0% (one deploy for the tests below)."""
+    return deploy(env, "plain", candidate_weight=0)
+
+
+def test_forcing_is_refused_where_it_is_not_enabled(env: dict[str, Any], plain: str) -> None:
+    url = plain
     for token in ({}, {"X-Raypipe-Force-Token": FORCE_TOKEN}):
         r = requests.post(
             f"{url}/predict",
@@ -199,8 +205,8 @@ def test_forcing_is_refused_where_it_is_not_enabled(env: dict[str, Any]) -> None
     assert "v2" not in snapshot("plain")  # nothing reached the variant
 
 
-def test_feedback_replay_counts_once(env: dict[str, Any]) -> None:
-    url = deploy(env, "replay")
+def test_feedback_replay_counts_once(env: dict[str, Any], plain: str) -> None:
+    url = plain
     s = requests.Session()
     row = env["rows"][0]
     rid = s.post(f"{url}/predict", json={"features": row}, timeout=60).json()["request_id"]
@@ -214,8 +220,8 @@ def test_feedback_replay_counts_once(env: dict[str, Any]) -> None:
     for _ in range(5):
         r = s.post(f"{url}/feedback", json={"request_id": "victim", "outcome": 1}, timeout=60)
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "request_id"
-    wait_for(lambda: snapshot("replay")["v1"]["requests"] >= 6, timeout_s=30, what="the requests counted")
-    assert snapshot("replay")["v1"]["outcomes"]["n"] == 1
+    wait_for(lambda: snapshot("plain")["v1"]["requests"] >= 6, timeout_s=30, what="the requests counted")
+    assert snapshot("plain")["v1"]["outcomes"]["n"] == 1
 
 
 def _monitored(env: dict[str, Any], name: str, **fields: Any) -> str:
