@@ -19,7 +19,7 @@ NonNegative = Annotated[float, Field(ge=0)]
 #: Where a secret reference is resolved (see :mod:`raypipe.secrets`), for the error elsewhere.
 REFERENCE_FIELDS = (
     "a pipeline's `metadata`, its stages' `params` (a deploy stage's: only its `auth` tokens, "
-    "`force_variant.token` and `secret`) and `ray.runtime_env`"
+    "`force_variant.token` and `secret`), `tracking` and `ray.runtime_env`"
 )
 
 
@@ -297,12 +297,74 @@ class RayConfig(StrictModel):
     runtime_env: dict[str, Any] | None = None
 
 
+# --- tracking: experiment tracking of train and tune stages (raypipe.stages.tracking logs) ---
+# Each value may hold a secret reference, resolved in the stage's task like every stage param.
+# Not part of a stage's cache key: turning tracking on does not train again.
+
+#: The stage kinds that take ``tracking:`` (a pipeline's ``tracking:`` goes to these).
+TRACKED_KINDS = frozenset({"train", "tune"})
+
+
+class MlflowTracking(StrictModel):
+    """An MLflow run per training (``train``; each attempt its own) or per trial (``tune``),
+    with the params, every report's metrics with its step, the raypipe run id, stage and
+    attempt as tags, and the final model's URI (``raypipe.model_uri``)."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"*"})
+
+    #: Where MLflow records: ``http(s)://`` a tracking server, ``databricks``, ``sqlite:///...``,
+    #: or ``file:///path`` (a file store; raypipe allows MLflow's file backend for it).
+    #: Default: MLflow's (``$MLFLOW_TRACKING_URI``).  On a multi-node cluster, a server or
+    #: a path every node shares.
+    tracking_uri: Annotated[str, Field(min_length=1)] | None = None
+    #: The experiment's name (created when missing).
+    experiment: Annotated[str, Field(min_length=1)]
+
+
+class WandbTracking(StrictModel):
+    """A W&B run per training (``train``) or per trial (``tune``), with the params as its
+    config, every report's metrics, and the raypipe run id and stage as tags and group."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"*"})
+
+    project: Annotated[str, Field(min_length=1)]
+    #: ``offline``: written under ``dir`` for ``wandb sync`` later (no account, no network);
+    #: ``online``: needs ``WANDB_API_KEY`` (or ``wandb login``) where the stage runs.
+    mode: Literal["online", "offline"] = "online"
+    entity: str | None = None
+    #: Where W&B writes its files (default: W&B's, ``./wandb`` of the stage's process).
+    dir: str | None = None
+
+
+class TrackingConfig(StrictModel):
+    """``{mlflow: {...}}``, ``{wandb: {...}}`` or both.  Needs the extra of each:
+    ``pip install 'raypipe[mlflow]'`` / ``'raypipe[wandb]'``."""
+
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"*"})
+
+    mlflow: MlflowTracking | None = None
+    wandb: WandbTracking | None = None
+
+    @model_validator(mode="after")
+    def _one_at_least(self) -> TrackingConfig:
+        if self.mlflow is None and self.wandb is None:
+            raise ValueError("give `mlflow: {...}`, `wandb: {...}` or both (or leave `tracking` out)")
+        return self
+
+
+def with_pipeline_tracking(kind: str, params: dict[str, Any], tracking: TrackingConfig | None) -> dict[str, Any]:
+    """A stage's params with the pipeline's ``tracking`` when it is a tracked kind that sets none."""
+    if tracking is None or kind not in TRACKED_KINDS or "tracking" in params:
+        return params
+    return {**params, "tracking": tracking.model_dump(mode="json", exclude_none=True)}
+
+
 class PipelineConfig(StrictModel):
     """A whole pipeline, as written in YAML or built in Python.  ``metadata`` may hold secret
     references (``postgresql://ml:${env:PG_PASSWORD}@host/db``): resolved when the store
     connects; a password written as it is is redacted in every stored copy of the config."""
 
-    reference_fields: ClassVar[frozenset[str]] = frozenset({"metadata"})
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"metadata", "tracking"})
 
     name: Annotated[str, Field(pattern=_NAME_RE, max_length=128)]
     description: str = ""
@@ -313,6 +375,15 @@ class PipelineConfig(StrictModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     stages: Annotated[list[StageConfig], Field(min_length=1)]
+    #: Experiment tracking of every ``train`` and ``tune`` stage that sets no ``params.tracking``.
+    tracking: TrackingConfig | None = None
+
+    @model_validator(mode="after")
+    def _default_tracking(self) -> PipelineConfig:
+        """``tracking`` goes to the params of every train and tune stage without their own."""
+        for st in self.stages:
+            st.params = with_pipeline_tracking(st.kind, st.params, self.tracking)
+        return self
 
     @model_validator(mode="after")
     def _default_team(self) -> PipelineConfig:
