@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from raypipe.config.errors import Loc, error_issues, format_loc
 from raypipe.config.notify import NotifySink
 from raypipe.config.strict import StrictModel
+from raypipe.config.tracking import TrackingConfig, with_pipeline_tracking
 from raypipe.config.triggers import TriggersConfig
 from raypipe.resources import Resources
 from raypipe.secrets import has_literal_secret
@@ -272,7 +273,7 @@ class PipelineConfig(StrictModel):
     references (``postgresql://ml:${env:PG_PASSWORD}@host/db``): resolved when the store
     connects; a password written as it is is redacted in every stored copy of the config."""
 
-    reference_fields: ClassVar[frozenset[str]] = frozenset({"metadata"})
+    reference_fields: ClassVar[frozenset[str]] = frozenset({"metadata", "tracking"})
 
     name: Annotated[str, Field(pattern=_NAME_RE, max_length=128)]
     description: str = ""
@@ -289,6 +290,15 @@ class PipelineConfig(StrictModel):
     #: Where to tell people what happened: webhooks and mail, and which events each gets
     #: (see Notifications). None: the platform config's `notify`, if any.
     notify: list[NotifySink] | None = None
+    #: Experiment tracking of every ``train`` and ``tune`` stage that sets no ``params.tracking``.
+    tracking: TrackingConfig | None = None
+
+    @model_validator(mode="after")
+    def _default_tracking(self) -> PipelineConfig:
+        """``tracking`` goes to the params of every train and tune stage without their own."""
+        for st in self.stages:
+            st.params = with_pipeline_tracking(st.kind, st.params, self.tracking)
+        return self
 
     @model_validator(mode="after")
     def _default_team(self) -> PipelineConfig:

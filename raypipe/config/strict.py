@@ -12,7 +12,7 @@ from raypipe.secrets import first_reference, reference_errors
 #: Where a secret reference is resolved (see :mod:`raypipe.secrets`), for the error elsewhere.
 REFERENCE_FIELDS = (
     "a pipeline's `metadata`, its stages' `params` (a deploy stage's: only its `auth` tokens, "
-    "`force_variant.token` and `secret`) and `ray.runtime_env`"
+    "`force_variant.token` and `secret`), `tracking` and `ray.runtime_env`"
 )
 
 

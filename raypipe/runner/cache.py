@@ -2,8 +2,9 @@
 
 key = sha256(stage kind, validated params, declared outputs, code fingerprint,
 input artifact hashes, the keys of ``depends_on`` stages, versions of Python, raypipe and the kind's packages).
-Resources, retries, timeouts, names of other stages and the run id are left out:
-they change how a stage runs, not what it produces.
+Resources, retries, timeouts, names of other stages, the run id and params a kind leaves
+out (``not_in_cache_key``: ``tracking``) are left out: they change how a stage runs, not
+what it produces.
 
 A stage's checkpoints live under the storage root at :func:`checkpoint_dir`: scoped to the
 run, so two runs with the same key (one pipeline run twice at once) never share a
@@ -48,7 +49,7 @@ def key_document(stage: PlannedStage, input_hashes: Mapping[str, str], after: Ma
     return {
         "v": CACHE_VERSION,
         "kind": stage.spec.kind,
-        "params": stage.kind.params.model_dump(mode="json"),
+        "params": stage.kind.params.cache_params(),
         "outputs": None if stage.outputs is None else list(stage.outputs),
         "code": stage.kind.code_fingerprint(),
         "inputs": dict(sorted(input_hashes.items())),

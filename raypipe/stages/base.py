@@ -36,6 +36,12 @@ class StageParams(StrictModel):
     #: The task resolves the references before the kind reads its params; a kind that resolves
     #: its own where each value is used, keeping the references in what it stores, says False.
     resolve_references: ClassVar[bool] = True
+    #: Params that do not change what the stage makes (``tracking``): left out of its cache key.
+    not_in_cache_key: ClassVar[frozenset[str]] = frozenset()
+
+    def cache_params(self) -> dict[str, Any]:
+        """The params as they enter the stage's cache key."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.not_in_cache_key}
 
 
 def stage_log_path(storage: str, run_id: str, stage: str, attempt: int) -> Path:

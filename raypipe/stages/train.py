@@ -37,16 +37,18 @@ import os
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from raypipe._json import json_scalars
+from raypipe.config.tracking import TrackingConfig
 from raypipe.exceptions import StageError
 from raypipe.models import BUILTIN_MODULES, builtin
 from raypipe.models.builtin_spec import BuiltinTraining, ModelSpec
 from raypipe.scheduler.backend import NODE_ID_LABEL
-from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint, progress
+from raypipe.stages import tracking
+from raypipe.stages.base import CommitContext, StageContext, StageKind, StageParams, module_fingerprint, progress
 from raypipe.stages.data.common import as_dataset, data_session, is_table, select_model_columns
 from raypipe.stages.data.profile import describe_training_data
 from raypipe.stages.python import FUNC_RE, function_fingerprint, import_check, import_function
@@ -68,6 +70,10 @@ class TrainParams(BuiltinTraining, StageParams):
     #: Restarts of the worker group (from the last checkpoint) after a worker or node dies.
     max_failures: Annotated[int, Field(ge=-1)] = 0
     keep_checkpoints: Annotated[int, Field(ge=1)] = 2
+    #: Experiment tracking (MLflow, W&B) of the training; default: the pipeline's ``tracking``.
+    tracking: TrackingConfig | None = None
+
+    not_in_cache_key: ClassVar[frozenset[str]] = frozenset({"tracking"})
 
     @model_validator(mode="after")
     def _one_loop(self) -> TrainParams:
@@ -141,7 +147,13 @@ class TrainStage(StageKind):
                 )
         if self.params.predict is not None and (problem := import_check(self.params.predict)):
             issues.append((("predict",), problem))
-        return issues
+        return issues + tracking.missing_packages(self.params.tracking)
+
+    def after_success(self, commit: CommitContext) -> str | None:
+        tracking.tag_model(
+            self.params.tracking, commit.run_id, commit.stage, commit.outputs.get("model"), commit.cached
+        )
+        return None
 
     def fingerprint(self) -> str:
         code = module_fingerprint(__name__)
@@ -189,23 +201,30 @@ class TrainStage(StageKind):
             label_selector=selectors,
         )
         storage = ctx.checkpoint_dir or str(ctx.workdir / "ray-train")
-        run_config = RunConfig(  # type: ignore[call-arg]  # Train v2's config at runtime; mypy sees ray.air's
-            name="train",
-            storage_path=storage,
-            failure_config=FailureConfig(max_failures=self.params.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=self.params.keep_checkpoints),
-            callbacks=[_history_callback(f"{storage}/history.jsonl")],
-            logging_config=LoggingConfig(log_level="WARNING"),  # progress: one line per report (below)
+        tracked = tracking.TrainTracking(
+            self.params.tracking, ctx, self.params.model_dump(mode="json", exclude={"tracking"}, exclude_none=True)
         )
-        trainer = TorchTrainer(
-            loop, train_loop_config=config, scaling_config=scaling, run_config=run_config, datasets=datasets
-        )
-        with ray_train_poll_interval():
-            result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-        if result.checkpoint is None:
-            raise StageError(f"{self.params.function} reported no checkpoint (call ray.train.report(..., checkpoint=))")
+        with tracked.session():
+            run_config = RunConfig(  # type: ignore[call-arg]  # Train v2's config at runtime; mypy sees ray.air's
+                name="train",
+                storage_path=storage,
+                failure_config=FailureConfig(max_failures=self.params.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=self.params.keep_checkpoints),
+                callbacks=[_history_callback(f"{storage}/history.jsonl"), *tracked.callbacks()],
+                logging_config=LoggingConfig(log_level="WARNING"),  # progress: one line per report (below)
+            )
+            trainer = TorchTrainer(
+                loop, train_loop_config=config, scaling_config=scaling, run_config=run_config, datasets=datasets
+            )
+            with ray_train_poll_interval():
+                result = trainer.fit()
+            if result.error is not None:
+                raise result.error
+            if result.checkpoint is None:
+                raise StageError(
+                    f"{self.params.function} reported no checkpoint (call ray.train.report(..., checkpoint=))"
+                )
+            tracked.finish(_read_history(f"{storage}/history.jsonl"))
         metrics = json_scalars(result.metrics or {})
         folder = ctx.workdir / "model"
         with result.checkpoint.as_directory() as d:

@@ -94,15 +94,17 @@ import importlib.util
 import inspect
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from raypipe.config.tracking import TrackingConfig
 from raypipe.exceptions import StageError
 from raypipe.models import BUILTIN_MODULES, builtin
 from raypipe.models.builtin import merge_trial_config
 from raypipe.models.builtin_spec import BuiltinTraining, ModelSpec
-from raypipe.stages.base import StageContext, StageKind, StageParams, module_fingerprint
+from raypipe.stages import tracking
+from raypipe.stages.base import CommitContext, StageContext, StageKind, StageParams, module_fingerprint
 from raypipe.stages.data.common import as_dataset, data_session, is_table, select_model_columns
 from raypipe.stages.python import FUNC_RE, function_fingerprint, import_check, import_function
 
@@ -202,6 +204,10 @@ class TuneParams(BuiltinTraining, StageParams):
     #: Checkpoints kept per trial, by ``metric`` (the latest is kept too); default all.
     #: Setting it makes Tune save the sweep's state on every trial checkpoint (slower).
     keep_checkpoints: Annotated[int | None, Field(ge=1)] = None
+    #: Experiment tracking (MLflow, W&B): a run per trial; default: the pipeline's ``tracking``.
+    tracking: TrackingConfig | None = None
+
+    not_in_cache_key: ClassVar[frozenset[str]] = frozenset({"tracking"})
 
     @model_validator(mode="after")
     def _one_trainable(self) -> TuneParams:
@@ -289,7 +295,13 @@ class TuneStage(StageKind):
                 issues.append((("space", name), "search: optuna samples every parameter; use choice: [...] here"))
         if p.search == "optuna" and optuna_missing():
             issues.append((("search",), "search: optuna needs the 'optuna' package (pip install optuna)"))
-        return issues
+        return issues + tracking.missing_packages(p.tracking)
+
+    def after_success(self, commit: CommitContext) -> str | None:
+        tracking.tag_model(
+            self.params.tracking, commit.run_id, commit.stage, commit.outputs.get("model"), commit.cached
+        )
+        return None
 
     def fingerprint(self) -> str:
         code = module_fingerprint(__name__) + module_fingerprint(f"{__name__}_support")
@@ -301,6 +313,13 @@ class TuneStage(StageKind):
         return data_session(ctx)  # reading dataset inputs stays inside the grant
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        p = self.params
+        with tracking.tune_session(p.tracking):
+            out = self._sweep(ctx, inputs)
+            tracking.mark_best_trial(p.tracking, ctx, tracking.best_trial(out.get("trials"), p.metric, p.mode))
+        return out
+
+    def _sweep(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
         from raypipe.stages import tune_support as ts
 
         p = self.params
@@ -308,6 +327,7 @@ class TuneStage(StageKind):
             raise StageError("search: optuna needs the 'optuna' package (pip install optuna)")
         tables = {name: value for name, value in inputs.items() if is_table(value)}
         sweep = ts.Sweep(ctx, p, function=p.function, code=self.code_fingerprint())
+        sweep.callbacks = tracking.tune_callbacks(p.tracking, ctx)
         if p.function is not None:
             config = {**p.config, **{name: value for name, value in inputs.items() if name not in tables}}
             _check_accepts(import_function(p.function), p.function, sorted(tables))

@@ -358,6 +358,7 @@ class Sweep:
         self.storage = storage
         self.name = f"sweep-{grant_shape(ctx)}"
         self.path = f"{storage}/{self.name}"
+        self.callbacks: list[Any] = []  # more Tune callbacks (experiment tracking)
 
     def write_inputs(self, tables: Mapping[str, Any]) -> dict[str, str]:
         return write_tables(f"{self.path}-inputs", tables) if tables else {}
@@ -432,7 +433,10 @@ class Sweep:
                             checkpoint_score_attribute=p.metric,
                             checkpoint_score_order=p.mode,
                         ),
-                        callbacks=[SweepProgress(self.ctx.stage, p.metric, asha.max_t if asha else None)],
+                        callbacks=[
+                            SweepProgress(self.ctx.stage, p.metric, asha.max_t if asha else None),
+                            *self.callbacks,
+                        ],
                     ),
                 )
             grid = tuner.fit()

@@ -176,8 +176,8 @@ def test_a_reference_where_nothing_resolves_it_is_refused_at_load(tmp_path: Path
         read_config(path)
     assert str(e.value).startswith(
         f"{path}:2 {field}: ${{env:PGPW}}: a secret reference is resolved only in a pipeline's `metadata`, "
-        "its stages' `params` (a deploy stage's: only its `auth` tokens, `force_variant.token` and `secret`) "
-        "and `ray.runtime_env`"
+        "its stages' `params` (a deploy stage's: only its `auth` tokens, `force_variant.token` and `secret`), "
+        "`tracking` and `ray.runtime_env`"
     )
 
 
