@@ -132,8 +132,8 @@ class Forecast:
             self.keys[name] = None
             ups = ", ".join(repr(u) for u in unknown)
             why = (
-                f"upstream {ups} {'runs' if len(unknown) == 1 else 'run'} first: the key is known only then; "
-                "if its outputs come out as before, the run reuses the cached result"
+                f"upstream {ups} {'runs' if len(unknown) == 1 else 'run'} first "
+                "(its outputs as before: this stage reuses the cached result)"
             )
             own, compared = self._own_changes(ps)
             return StagePlan(name, kind, RUN, [*own, why], key=None, key_known=False, compared_with=compared)
