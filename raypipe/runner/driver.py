@@ -20,6 +20,7 @@ from raypipe.exceptions import RaypipeError
 from raypipe.failures import stage_failures
 from raypipe.principal import Principal, acting_as
 from raypipe.runner import provenance
+from raypipe.runner.events import tee
 from raypipe.runner.executor import AfterSuccess, Executor, RunResult, StageEvent, request_stop
 from raypipe.runner.notify_hook import RunNotifier
 from raypipe.runner.plan import Plan, build_plan
@@ -217,7 +218,7 @@ def start_run(
                 meta,
                 artifacts,
                 use_cache=use_cache,
-                on_event=notes.tee(metrics.tee(on_event)),
+                on_event=tee(notes.on_event, metrics.on_event, on_event),
                 connect=lambda: _connect_or_fail(meta, the_run, cfg, address, platform, who),
                 after_success=after_success,
             )
@@ -270,7 +271,7 @@ def resume_run(
                 meta,
                 artifacts,
                 reuse=done,
-                on_event=notes.tee(metrics.tee(on_event)),
+                on_event=tee(notes.on_event, metrics.on_event, on_event),
                 connect=lambda: _connect_or_fail(meta, rec.run_id, cfg, address, platform, who),
                 after_success=after_success,
             )

@@ -3,6 +3,7 @@ the stop requests a caller (a signal handler) leaves for the run loop."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raypipe import failures
@@ -57,3 +58,14 @@ def take_stop_request() -> str | None:
 def short_error(exc: BaseException) -> str:
     """The user's exception as one line: ``ValueError: bad value``."""
     return failures.short(exc)
+
+
+def tee(*hooks: Callable[[StageEvent], None] | None) -> Callable[[StageEvent], None]:
+    """One event hook calling each of ``hooks`` (``None``s skipped) in order."""
+    calls = [h for h in hooks if h is not None]
+
+    def each(e: StageEvent) -> None:
+        for h in calls:
+            h(e)
+
+    return each

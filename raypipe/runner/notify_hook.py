@@ -74,16 +74,6 @@ class RunNotifier:
             key = f"{e.stage}:{e.attempt}:{since}"
             self.notifier.notify(Notification("stage_waiting", text, detail, waited_s=waited, key=key))
 
-    def tee(self, on_event: Callable[[StageEvent], None] | None) -> Callable[[StageEvent], None]:
-        """An event hook that watches ``e`` and then calls ``on_event``."""
-
-        def both(e: StageEvent) -> None:
-            self.on_event(e)
-            if on_event is not None:
-                on_event(e)
-
-        return both
-
     def ended(self, result: RunResult) -> None:
         """The run's end: a ``gate_failed`` per missed gate, then ``run_failed`` or ``run_succeeded``."""
         if self.notifier is None:

@@ -104,16 +104,6 @@ class RunMetrics:
             self.ops.append(("observe", "raypipe_stage_duration_seconds", float(e.duration_s), tags))
         self.flush(wait=False)
 
-    def tee(self, on_event: Callable[[StageEvent], None] | None) -> Callable[[StageEvent], None]:
-        """An event hook that records ``e`` and then calls ``on_event``."""
-
-        def both(e: StageEvent) -> None:
-            self.on_event(e)
-            if on_event is not None:
-                on_event(e)
-
-        return both
-
     def run(self, execute: Callable[[], RunResult]) -> RunResult:
         """``execute()``, its outcome recorded (a stop or an interruption too)."""
         try:

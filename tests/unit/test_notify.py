@@ -307,7 +307,7 @@ def test_run_notifier_waiting_gate_and_end() -> None:
     sinks = [hook("https://h/a", waiting_minutes=2), hook("https://h/b", events=["run_succeeded"])]
     now = [0.0]
     notes = RunNotifier(Notifier(sinks, sender=got), "p", "r1", clock=lambda: now[0])
-    on = notes.tee(None)
+    on = notes.on_event
     on(StageEvent("train", StageEventKind.QUEUED, attempt=1))
     for t in (60.0, 130.0, 200.0):  # the executor's "still waiting" notices
         now[0] = t
@@ -338,7 +338,7 @@ def test_run_notifier_waiting_gate_and_end() -> None:
 def test_no_notify_no_thread() -> None:
     notes = RunNotifier.of(None, None, "p", "r")
     assert notes.notifier is None
-    notes.tee(None)(StageEvent("a", StageEventKind.QUEUED))
+    notes.on_event(StageEvent("a", StageEventKind.QUEUED))
     notes.ended(RunResult("r", RunStatus.FAILED))
     notes.close()
 

@@ -14,7 +14,7 @@ import pytest
 
 from raypipe._ray.metrics import MetricSpec, Registry
 from raypipe.resources import Resources
-from raypipe.runner.events import RunResult, StageEvent
+from raypipe.runner.events import RunResult, StageEvent, tee
 from raypipe.runner.run_metrics import RUN_METRICS, RunMetrics
 from raypipe.runner.states import StageEventKind
 from raypipe.scheduler.exporter import SCHEDULER_METRICS, SchedulerExporter
@@ -106,7 +106,7 @@ def test_the_runner_records_stage_outcomes_and_the_run_and_sends_nothing_without
 
     m = RunMetrics(Plan())  # type: ignore[arg-type]
     seen: list[str] = []
-    hook = m.tee(lambda e: seen.append(e.stage))
+    hook = tee(m.on_event, lambda e: seen.append(e.stage))
     hook(StageEvent("read", StageEventKind.STARTED))
     hook(StageEvent("read", StageEventKind.SUCCEEDED, 1, 2.5))
     hook(StageEvent("train", StageEventKind.RETRYING, 1))
