@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextvars
+import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -174,26 +175,42 @@ def drift_notes(series: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[s
     return [f"{n} ({c} feature{'s' if c > 1 else ''})" for n, c in sorted(counts.items(), key=lambda kv: -kv[1])]
 
 
+def _natural(name: str) -> list[str | int]:
+    """``px2`` before ``px10``: the digit runs of a name compared as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def drift_charts(series: Mapping[str, Mapping[str, Mapping[str, Any]]], per_variant: int = 12) -> list[Markup]:
     """One chart per variant and feature with a statistic (a constant feature, a window too
     small, have none): what the threshold is compared with (the p-value of a p-value test,
     drifted below it; the statistic of a threshold test, drifted above it) and the threshold
     over the windows: per variant the ``per_variant`` features that drifted most often, then
-    by name; the JSON has them all."""
+    by name (``px2`` before ``px10``); a chart rings the windows that drifted and says how many;
+    the JSON has them all."""
 
-    def rank(kv: tuple[str, Mapping[str, Any]]) -> tuple[int, bool, str]:
+    def rank(kv: tuple[str, Mapping[str, Any]]) -> tuple[int, bool, list[str | int]]:
         f, s = kv
-        return (-sum(1 for d in s["drifted"] if d), all(v is None for v in s["statistic"]), f)
+        return (-sum(1 for d in s["drifted"] if d), all(v is None for v in s["statistic"]), _natural(f))
 
     charts = []
-    for variant, feats in series.items():
+    for variant, feats in sorted(series.items(), key=lambda kv: _natural(kv[0])):
         ranked = sorted((kv for kv in feats.items() if not rank(kv)[1]), key=rank)  # nothing to draw without one
         for f, s in ranked[:per_variant]:
             xs = [float(i) for i in range(1, len(s["window"]) + 1)]
             by_p = s.get("decides_by") == "p_value"
             value = ("p-value", s["p_value"]) if by_p else ("statistic", s["statistic"])
             title = f"{variant} · {f}" + (f" ({s['method']})" if s.get("method") else "")
-            charts.append(line_chart(title, xs, {value[0]: value[1], "threshold": s["threshold"]}, x_label="window"))
+            drifted = sum(1 for d in s["drifted"] if d)
+            x_label = f"window · drifted (ringed) in {drifted} of {len(xs)}" if drifted else "window"
+            charts.append(
+                line_chart(
+                    title,
+                    xs,
+                    {value[0]: value[1], "threshold": s["threshold"]},
+                    x_label=x_label,
+                    flagged=[bool(d) for d in s["drifted"]],
+                )
+            )
     return charts
 
 

@@ -193,14 +193,28 @@ def dag_svg(
     return Markup("".join(out))
 
 
+#: At most this many round steps between a chart's y ends (the tightest round range wins).
+MAX_STEPS = 10
+
+
 def _ticks(lo: float, hi: float) -> tuple[float, float]:
+    """The y range of a chart holding ``lo``..``hi``: round ends whose middle is round too
+    (a multiple of a 1, 2, 2.5 or 5 step times a power of ten), so the three labels read
+    ``0``, ``0.5``, ``1`` rather than ``-0.04918``, ``0.5004``, ``1.05``."""
     if not math.isfinite(lo) or not math.isfinite(hi):
         return 0.0, 1.0
     if hi - lo < 1e-12:
         pad = abs(hi) * 0.05 or 0.5
-        return lo - pad, hi + pad
-    pad = (hi - lo) * 0.05
-    return lo - pad, hi + pad
+        lo, hi = lo - pad, hi + pad
+    raw = (hi - lo) / MAX_STEPS
+    power = 10.0 ** math.floor(math.log10(raw))
+    best: tuple[float, float] | None = None
+    for step in (m * power * p for p in (1.0, 10.0, 100.0) for m in (1.0, 2.0, 2.5, 5.0)):
+        first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+        last += (last - first) % 2  # an even number of steps: the middle label is round too
+        if last - first <= MAX_STEPS and (best is None or (last - first) * step < best[1] - best[0]):
+            best = (first * step, last * step)
+    return best or (lo, hi)
 
 
 def _num(v: float) -> str:
@@ -215,9 +229,11 @@ def line_chart(
     x_label: str = "epoch",
     width: int = 360,
     height: int = 190,
+    flagged: Sequence[bool] | None = None,
 ) -> Markup:
     """One small chart: a polyline per series over ``xs`` (None or NaN values leave a gap),
-    the y range and the first and last x written on the axes, a legend above."""
+    the y range and the first and last x written on the axes, a legend above; a ring around
+    the first series' points whose ``flagged`` is true (a window that drifted)."""
     left, right, top, bottom = 54, 10, 30, 28
     pw, ph = width - left - right, height - top - bottom
     finite = [float(v) for vs in series.values() for v in vs if v is not None and math.isfinite(float(v))]
@@ -264,6 +280,12 @@ def line_chart(
                 out.extend(
                     f'<circle class="dot {css}" cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="2.5"/>' for p in pts
                 )
+        if k == 0 and flagged:
+            out.extend(
+                f'<circle class="flag" cx="{px(float(x)):.1f}" cy="{py(float(v)):.1f}" r="5"/>'
+                for x, v, f in zip(xs, values, flagged, strict=False)
+                if f and v is not None and math.isfinite(float(v))
+            )
         out.append(f'<rect x="{legend_x}" y="6" width="10" height="10" class="key {css}"/>')
         out.append(f'<text x="{legend_x + 14}" y="15" class="tick">{escape(_clip(name, 24))}</text>')
         legend_x += 24 + min(len(name), 24) * 7

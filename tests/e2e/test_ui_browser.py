@@ -2,7 +2,9 @@
 store of a real pipeline run (local Ray): find the run, open its DAG, click the train stage,
 read its log (what the stage printed in its Ray worker), see a report and a PNG, open the
 model, its training curves and its lineage, follow the lineage to the dataset's head; the
-apps page; log in and move an alias as an admin, be refused as a user who is not one.
+apps page; a sweep's trials (sorted, in parallel coordinates) and two versions compared (the
+sweep's version added through the store: no second run); log in and move an alias as an
+admin, be refused as a user who is not one.
 
 Screenshots of each page go to the test's folder and to /work/ui-shots/ when that folder
 can be made (for people to look at).  Without chromium the test is skipped, except in CI
@@ -10,10 +12,8 @@ can be made (for people to look at).  Without chromium the test is skipped, exce
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
-import time
+import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,62 +22,12 @@ import pandas as pd
 import pytest
 
 import raypipe
-from raypipe.ui import UiSettings, create_app
-from tests.conftest import free_port
+from raypipe.ui import UiSettings
+from tests.e2e.browser import ALICE, ARGS, BOB, CHROMIUM, keep_shots, login, logout, need_browser, ui_server, with_users
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SHOTS = Path(os.environ.get("RAYPIPE_UI_SHOTS", "/work/ui-shots"))
 F = "tests.e2e.ui_funcs"
-
-
-ALICE, BOB = "alice-browser-token-0123456789", "bob-browser-token-0123456789"
-
-
-def with_users(db: str) -> None:
-    """A platform config in ``db``: alice an admin, bob not."""
-    from raypipe import identity
-    from raypipe.config.platform import PlatformConfig
-    from raypipe.principal import Principal, acting_as
-    from raypipe.store.metadata import MetadataStore
-    from raypipe.store.platform import PlatformStore
-
-    users = {"alice": (ALICE, True), "bob": (BOB, False)}
-    cfg = PlatformConfig.model_validate(
-        {"users": {n: {"token_sha256": identity.token_sha256(t), "admin": a} for n, (t, a) in users.items()}}
-    )
-    meta = MetadataStore(db)
-    try:
-        with acting_as(Principal("root", admin=True)):
-            PlatformStore(meta).apply(cfg, expected=None)
-    finally:
-        meta.close()
-
-
-def need_browser() -> Any:
-    """Playwright's sync API, or a skip (locally) or failure (CI) saying what is missing."""
-    missing = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing = "the playwright package is not installed (pip install playwright)"
-    if missing is None and not os.path.exists(CHROMIUM):
-        missing = f"{CHROMIUM} is missing (apt-get install chromium)"
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
-    return sync_playwright
 
 
 def pipeline(tmp_path: Path) -> raypipe.PipelineConfig:
@@ -112,31 +62,67 @@ def pipeline(tmp_path: Path) -> raypipe.PipelineConfig:
     )
 
 
+def add_sweep(db: str, run_id: str) -> str:
+    """Without a second Ray run: a run whose ``tune`` stage (on the real run's ``read.data``)
+    kept four trials and a model, registered as ``ui-demo`` v2 through the store's API; its id."""
+    from raypipe.store.artifacts import ArtifactStore
+    from raypipe.store.metadata import MetadataStore
+    from raypipe.store.registry import ModelRegistry
+
+    sweep = f"{run_id}-sweep"
+    meta = MetadataStore(db)
+    try:
+        [read] = [s for s in meta.stage_runs(run_id) if s.stage == "read"]
+        data = meta.io_of(read.id)["data"]
+        art = ArtifactStore(str(Path(db).parent))
+        trials = art.put_value(
+            pd.DataFrame(
+                {
+                    "trial_id": ["t0", "t1", "t2", "t3"],
+                    "config/lr": [0.0001, 0.003, 0.01, 0.1],
+                    "config/optimizer": ["sgd", "adam", "adam", "sgd"],
+                    "status": ["TERMINATED", "TERMINATED", "TERMINATED", "ERROR"],
+                    "iterations": [5, 5, 5, 1],
+                    "val_accuracy_last": [0.71, 0.90, 0.84, float("nan")],
+                    "val_accuracy_best": [0.72, 0.93, 0.86, float("nan")],
+                    "stopped_early": [False, False, True, False],
+                    "error": [None, None, None, "diverged"],
+                }
+            )
+        )
+        model = art.put_value({"weights": [0.5, 0.25]})  # the sweep's best model, as the stage stored it
+        model = dataclasses.replace(model, format="model", schema={"params": {"lr": 0.003}})
+        stages = [
+            {
+                "name": "sweep",
+                "kind": "tune",
+                "inputs": {"data": "read.data"},
+                "params": {"metric": "val_accuracy", "mode": "max"},
+            }
+        ]
+        config = json.dumps({"name": "ui-e2e", "storage": str(Path(db).parent), "stages": stages})
+        meta.create_run(sweep, "ui-e2e", config, "pipeline.yaml", str(Path(db).parent), actor="carol")
+        sid = meta.start_stage(sweep, "sweep", 1, "key-sweep")
+        meta.succeed_stage(sid, {"data": data}, {"model": model, "trials": trials})
+        ModelRegistry(meta).register(
+            "ui-demo", model, sweep, "sweep", sid, metrics={"accuracy": 0.95, "val_accuracy": 0.93}
+        )
+        meta.finish_run(sweep, "succeeded")
+    finally:
+        meta.close()
+    return sweep
+
+
 @pytest.fixture()
 def served(tmp_path: Path, ray_local: str) -> Iterator[tuple[str, str]]:
     """The UI on a free 127.0.0.1 port over the store of one real run, its /scheduler on the
     run's cluster: (base URL, run id)."""
-    import uvicorn
-
     need_browser()  # before the run: no browser, nothing to run it for
     result = raypipe.run(pipeline(tmp_path))
     assert result.ok, result.errors
     db = str(tmp_path / "store" / "raypipe.db")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(UiSettings(db=db, address=ray_local)), host="127.0.0.1", port=port, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "the UI server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", result.run_id
-    server.should_exit = True
-    thread.join(timeout=10)
+    with ui_server(UiSettings(db=db, address=ray_local)) as base:
+        yield base, result.run_id
 
 
 def test_find_a_run_read_its_train_log_and_follow_the_model_to_its_data(
@@ -211,14 +197,27 @@ def test_find_a_run_read_its_train_log_and_follow_the_model_to_its_data(
         assert "No app deployed" in page.locator("main").inner_text()
         shot("08-apps")
 
+        # a sweep's trials and two versions compared (v2 from a tune stage, added through the store)
+        add_sweep(str(tmp_path / "store" / "raypipe.db"), run_id)
+        page.goto(base + "/models/ui-demo")
+        trials = page.locator("#trials-table tbody tr")
+        assert trials.count() == 4 and trials.first.inner_text().startswith("t1")  # the best first
+        assert "best trial t1" in page.locator("#version p.meta", has_text="trials of stage").inner_text()
+        assert page.locator("#parcoords svg.parcoords polyline").count() == 4  # one line per trial
+        shot("09-model-sweep")
+        page.locator("#trials-table thead a", has_text="lr").click()
+        page.wait_for_url(lambda url: "sort=config%2Flr&order=asc" in url)
+        assert trials.first.inner_text().startswith("t0")  # the smallest learning rate first
+        page.locator("#compare-form button").click()
+        page.wait_for_url("**/models/ui-demo/compare?a=1&b=2")
+        metrics = page.locator("#compare-metrics tbody tr", has_text="accuracy").first.inner_text()
+        assert metrics.split() == ["accuracy", "0.93", "0.95", "+0.02"]  # v1's evaluate, the sweep's
+        inputs = page.locator("#compare-inputs").inner_text()
+        assert "read.data" in inputs and "both" in inputs  # both trained on the run's data
+        shot("10-model-compare")
+
         # actions behind identities: alice (an admin) moves an alias, bob (no admin) is refused
         with_users(str(tmp_path / "store" / "raypipe.db"))
-
-        def login(token: str) -> None:
-            page.goto(base + "/login")
-            page.locator("#login input[name=token]").fill(token)
-            page.locator("#login button").click()
-            page.wait_for_url("**/runs")
 
         def move_alias(alias: str) -> None:
             page.goto(base + "/models/ui-demo")
@@ -230,26 +229,19 @@ def test_find_a_run_read_its_train_log_and_follow_the_model_to_its_data(
 
         move_alias("production")
         assert "401" in page.locator("h1").inner_text() and "log in at /login" in page.locator("p.error").inner_text()
-        login(ALICE)
+        login(page, base, ALICE)
         move_alias("production")
         page.wait_for_url("**/models/ui-demo")
-        assert "production → v1" in page.locator("p.meta").inner_text()
+        assert "production → v1" in page.locator("p.meta").first.inner_text()
         assert "from the browser" in page.locator("main").inner_text()  # the alias history's reason
-        shot("09-alias-moved-by-admin")
-        page.goto(base + "/login")
-        with page.expect_navigation(url="**/login"):  # the logout's redirect, before the next page
-            page.get_by_role("button", name="log out").click()
-        login(BOB)
+        shot("11-alias-moved-by-admin")
+        logout(page, base)
+        login(page, base, BOB)
         move_alias("staging")
         assert "403" in page.locator("h1").inner_text()
         assert "bob is not an admin" in page.locator("p.error").inner_text()
-        shot("10-alias-refused")
+        shot("12-alias-refused")
         browser.close()
     refused = "Failed to load resource: the server responded with a status of {}"
     assert problems == [refused.format("401 (Unauthorized)"), refused.format("403 (Forbidden)")]  # the refusals
-    try:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        for f in shots.iterdir():
-            shutil.copy(f, SHOTS / f.name)
-    except OSError:
-        pass  # a machine without /work: the screenshots stay in the test's folder
+    keep_shots(shots)

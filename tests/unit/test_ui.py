@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import socket
 import sys
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 from raypipe.cli import app as cli
 from raypipe.runner.stage_log import capture
 from raypipe.ui import UiSettings, create_app
-from raypipe.ui.graphs import Node, dag_svg, history_charts, layers
+from raypipe.ui.graphs import Node, _ticks, dag_svg, history_charts, layers
 from raypipe.ui.markdown import render
 from raypipe.ui.pages import parse_time
 from tests.unit.ui_store import EVIL, DemoStore, build, png
@@ -311,6 +312,24 @@ def test_history_charts_group_splits_and_skip_gaps() -> None:
         ("acc", [1.0, 2.0], ["acc"]),
     ]
     assert charts[0][2]["loss"] == [1.0, None]
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "ends"),
+    [
+        (0.0008, 1.0, (0.0, 1.0)),  # p-values: 0, 0.5, 1 (not -0.04918, 0.5004, 1.05)
+        (0.0467, 2.3, (0.0, 2.5)),
+        (-3.0, 7.0, (-3.0, 7.0)),
+        (100.0, 12345.0, (0.0, 15000.0)),
+        (5.0, 5.0, (4.75, 5.25)),  # one value: around it
+        (float("nan"), 1.0, (0.0, 1.0)),
+    ],
+)
+def test_chart_y_ends_are_round_and_hold_the_values(lo: float, hi: float, ends: tuple[float, float]) -> None:
+    y0, y1 = _ticks(lo, hi)
+    assert (y0, y1) == pytest.approx(ends)
+    if math.isfinite(lo):
+        assert y0 <= lo and hi <= y1
 
 
 def test_times_relative_absolute_and_epoch() -> None:

@@ -253,7 +253,16 @@ def test_drift_series_per_variant_and_feature_and_their_charts() -> None:
     # the drifted feature first, then the other with a statistic; the constant one has no chart
     assert ["v1 · x" in str(charts[0]), "v1 · z" in str(charts[1])] == [True] * 2
     assert "threshold" in str(charts[0]) and len(drift_charts(series, per_variant=1)) == 1
+    # the window that drifted is ringed and counted; the other chart has no ring
+    assert str(charts[0]).count('class="flag"') == 1 and "drifted (ringed) in 1 of 2" in str(charts[0])
+    assert 'class="flag"' not in str(charts[1]) and "drifted" not in str(charts[1])
     assert drift_series(None) == {}
+    # variants and features in natural order (px2 before px10), whatever order the monitor gave
+    stat = {"statistic": 0.1, "threshold": 0.2, "drifted": False}
+    brief = [{"window_id": 1, "features": {"px10": stat, "px2": stat}}]
+    two = drift_series({"variants": {"v10": {"windows_brief": brief}, "v2": {"windows_brief": brief}}})
+    titles = [re.search(r'aria-label="([^"]*)"', str(c)).group(1) for c in drift_charts(two)]  # type: ignore[union-attr]
+    assert titles == ["v2 · px2", "v2 · px10", "v10 · px2", "v10 · px10"]
 
 
 def normal_profile(rows: int = 4000) -> dict[str, Any]:
