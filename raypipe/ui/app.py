@@ -53,7 +53,7 @@ from raypipe.ui import apps as app_pages
 from raypipe.ui import models as model_pages
 from raypipe.ui import pages, previews, queries
 from raypipe.ui.actions import Actions
-from raypipe.ui.auth import Guard
+from raypipe.ui.auth import SIGNED_IN, Guard, has_login_cookie
 from raypipe.ui.markdown import render as render_markdown
 from raypipe.ui.queries import BadRequest, RunFilter
 
@@ -217,7 +217,7 @@ class UiApp:
     def html(self, template: str, status_code: int = 200, **context: Any) -> Response:
         nav = NAV.get(template.split(".")[0], "")
         page = self.env.get_template(template)
-        body = page.render(settings=self.settings, store=self.location, nav=nav, **context)
+        body = page.render(settings=self.settings, store=self.location, nav=nav, signed_in=SIGNED_IN.get(), **context)
         return Response(body, status_code=status_code, media_type="text/html; charset=utf-8")
 
     @staticmethod
@@ -474,6 +474,8 @@ def _headers(app: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[Non
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+
+        SIGNED_IN.set(has_login_cookie(scope.get("headers") or ()))
 
         async def send_with(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":

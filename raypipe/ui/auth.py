@@ -18,9 +18,11 @@ action passes before it calls the API (the same function the CLI calls).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,22 @@ from raypipe.store.metadata import MetadataStore
 from raypipe.store.platform import PlatformStore
 
 COOKIE = "raypipe_token"
+#: Whether this request carries a login cookie (set per request by the app's middleware): the
+#: header's link says "signed in" (to the page that logs out) instead of "log in".
+SIGNED_IN: contextvars.ContextVar[bool] = contextvars.ContextVar("raypipe_ui_signed_in", default=False)
+
+
+def has_login_cookie(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """``True`` when an ASGI request's headers carry a (non-empty) login cookie."""
+    for name, value in headers:
+        if name == b"cookie" and any(
+            part.strip().startswith(f"{COOKIE}=") and part.strip() != f"{COOKIE}="
+            for part in value.decode("latin-1").split(";")
+        ):
+            return True
+    return False
+
+
 JSON_HEADER = "x-raypipe-request"
 ACTIONS = ("admins", "users", "none")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -158,4 +176,4 @@ def safe_next(value: str | None, default: str = "/runs") -> str:
     return default
 
 
-__all__ = ["ACTIONS", "COOKIE", "JSON_HEADER", "Caller", "Guard", "Refused", "request_token", "safe_next"]
+__all__ = ["ACTIONS", "COOKIE", "SIGNED_IN", "JSON_HEADER", "Caller", "Guard", "Refused", "request_token", "safe_next"]

@@ -148,6 +148,7 @@ def test_forms_need_their_sessions_csrf_token_and_json_its_header(users: DemoSto
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
     assert "Logged in as <b>alice</b>" in client.get("/login").text
+    assert "signed in · log out" in client.get("/runs").text  # the header knows
     # a form without the CSRF token, or with another session's, is refused
     form = {"alias": "staging", "version": "1", "reason": "from the page"}
     r = client.post("/models/demo-model/alias", data=form)
@@ -165,6 +166,7 @@ def test_forms_need_their_sessions_csrf_token_and_json_its_header(users: DemoSto
     assert r.status_code == 303
     client.cookies.clear()
     assert move(client, None, alias="other").status_code == 401
+    assert ">log in<" in client.get("/runs").text
 
 
 def test_without_users_only_this_machine_acts_as_the_os_user(demo: DemoStore) -> None:
@@ -332,3 +334,12 @@ def test_a_principal_established_by_the_server_is_the_one_the_api_acts_as(
         assert [r["actor"] for r in meta.audit_log("t", 10)] == ["bob"]
     finally:
         meta.close()
+
+
+def test_the_header_says_signed_in_only_with_a_login_cookie() -> None:
+    from raypipe.ui.auth import COOKIE, has_login_cookie
+
+    assert has_login_cookie([(b"cookie", f"a=1; {COOKIE}=tok".encode())])
+    assert not has_login_cookie([(b"cookie", f"a=1; {COOKIE}=".encode())])  # cleared by log out
+    assert not has_login_cookie([(b"cookie", b"other=1"), (b"host", b"x")])
+    assert not has_login_cookie([])
