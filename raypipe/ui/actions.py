@@ -128,18 +128,18 @@ class Actions:
         try:
             who, result = await run_in_threadpool(act)
         except Refused as e:
-            return self.refused(request, e, is_json)
+            return self.refused(request, e, is_json, back)
         except identity.IdentityError as e:
-            return self.refused(request, Refused(403, str(e)), is_json)
+            return self.refused(request, Refused(403, str(e)), is_json, back)
         except ModelNotFoundError as e:
-            return self.refused(request, Refused(404, str(e)), is_json)
+            return self.refused(request, Refused(404, str(e)), is_json, back)
         except RaypipeError as e:
-            return self.refused(request, Refused(400, str(e)), is_json)
+            return self.refused(request, Refused(400, str(e)), is_json, back)
         if is_json:
             return self.ui.json({"ok": True, "actor": who.name, "result": json_safe(result)})
         return RedirectResponse(back, status_code=303)
 
-    def refused(self, request: Request, e: Refused, is_json: bool) -> Response:
+    def refused(self, request: Request, e: Refused, is_json: bool, back: str | None = None) -> Response:
         if is_json or request.url.path.startswith("/api/"):
             return self.ui.json({"error": str(e), "status": e.status}, status_code=e.status)
         return self.ui.html(
@@ -149,6 +149,7 @@ class Actions:
             message=str(e),
             title=f"Error {e.status}",
             login=e.status == 401,
+            back=safe_next(back, "") or None,
         )
 
     # ------------------------------------------------------------------ logging in and out

@@ -101,7 +101,7 @@ def store_doc(app: str, meta: MetadataStore) -> dict[str, Any]:
         "rollout_id": latest,
         "rollout_events": [e.to_dict() for e in rollouts.events(app, latest)] if rollouts and latest else [],
         "loop_events": [e.to_dict() for e in loops.all_events(app)][-200:] if loops is not None else [],
-        "audit": meta.audit_log(app, 50),
+        "audit": meta.audit_log(app, 50)[::-1],  # the newest first
     }
 
 

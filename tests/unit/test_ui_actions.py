@@ -153,6 +153,7 @@ def test_forms_need_their_sessions_csrf_token_and_json_its_header(users: DemoSto
     form = {"alias": "staging", "version": "1", "reason": "from the page"}
     r = client.post("/models/demo-model/alias", data=form)
     assert r.status_code == 403 and "CSRF" in r.text
+    assert '<a href="/models/demo-model">Back to the page</a>' in r.text  # where the form was
     page = client.get("/models/demo-model")
     assert 'id="alias-form"' in page.text
     r = client.post("/models/demo-model/alias", data={**form, "csrf": csrf_of(login.text)})
