@@ -22,6 +22,7 @@ from raypipe.runner.events import RunResult, StageEvent, request_stop, short_err
 from raypipe.runner.plan import Plan, PlannedStage
 from raypipe.runner.states import BLOCKING_STATES, DONE_STATES, RunStatus, StageEventKind, StageStatus
 from raypipe.stages.base import CommitContext, StageKind
+from raypipe.store import logs as stage_logs
 from raypipe.store.artifacts import ArtifactRef, ArtifactStore, source_refs
 from raypipe.store.metadata import MetadataStore, StageRunRecord
 
@@ -474,8 +475,8 @@ class Executor:
             elif att.deadline is not None and now >= att.deadline:
                 self.backend.cancel(handle)
                 del self.running[handle]
-                timeout = self.plan.stages[att.stage].spec.timeout_s
-                msg = f"timed out after {timeout:g}s"
+                msg = f"timed out after {self.plan.stages[att.stage].spec.timeout_s:g}s"
+                stage_logs.note_killed(self.artifacts.root, self.run_id, att.stage, att.attempt, msg)
                 self._fail(att, StageStatus.TIMEOUT, msg, msg)
 
     def _finished(self, handle: Handle, att: _Attempt) -> None:
@@ -527,6 +528,7 @@ class Executor:
             except Exception:  # noqa: BLE001 - best effort while stopping
                 pass
             self.meta.fail_stage(att.stage_run_id, StageStatus.INTERRUPTED, reason)
+            stage_logs.note_killed(self.artifacts.root, self.run_id, att.stage, att.attempt, reason)
         for att in self.pending.values():
             self.meta.fail_stage(att.stage_run_id, StageStatus.INTERRUPTED, reason)
         if self.scheduler is not None:

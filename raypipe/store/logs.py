@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,26 @@ def publish(storage: str, run_id: str, stage: str, attempt: int, local: Path) ->
         raise StorageError(f"cannot upload the log {local} to {storage}: {e}") from None
     local.unlink(missing_ok=True)
     return log_location(storage, run_id, stage, attempt)
+
+
+def note_killed(storage: str, run_id: str, stage: str, attempt: int, why: str) -> bool:
+    """End the attempt's log with the runner's word on why it killed the attempt's task (the
+    task could not write its own end).  Never raises: False when it could not be kept."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    text = f"===== {stamp} killed by the runner: {why} (its last output may be only in Ray's worker logs)\n"
+    try:
+        if is_local(storage):
+            path = local_log_path(storage, run_id, stage, attempt)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text)
+            return True
+        with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False, encoding="utf-8") as tmp:
+            tmp.write(text)
+        publish(storage, run_id, stage, attempt, Path(tmp.name))  # appended to what the store holds
+        return True
+    except Exception:  # noqa: BLE001 - the run's outcome never depends on its log
+        return False
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,10 @@ def test_timeout_cancels_the_stage(tmp_path: Path) -> None:
     assert res.status == "failed" and res.errors["s"] == "timed out after 1.5s"
     assert statuses(tmp_path, res.run_id) == {"s": ["timeout"]}
     assert res.wall_s < 30
+    log = (tmp_path / "store" / "logs" / res.run_id / "s" / "1.log").read_text()
+    assert log.splitlines()[-1].endswith(
+        "killed by the runner: timed out after 1.5s (its last output may be only in Ray's worker logs)"
+    )
 
 
 def test_undeclared_output_is_a_stage_error(tmp_path: Path) -> None:

@@ -70,6 +70,21 @@ def test_an_object_store_root_gets_the_log_uploaded_when_the_attempt_ends(tmp_pa
     assert text.index("accuracy 0.97") < text.index("resumed from the checkpoint") and text.count(" done\n") == 2
 
 
+@pytest.mark.parametrize("uri", [False, True], ids=["local", "object-store"])
+def test_a_killed_attempts_log_ends_with_the_runners_word(tmp_path: Path, uri: bool) -> None:
+    root = f"file://{tmp_path}/bucket" if uri else str(tmp_path / "root")
+    local = stage_log_path(root, "r1", "train", 2)
+    with capture(local, "stage train attempt 2", on_close=lambda: logs.publish(root, "r1", "train", 2, local)):
+        print("epoch 1")
+    assert logs.note_killed(root, "r1", "train", 2, "timed out after 60s")
+    text = logs.read_log(root, "r1", "train", 2).data.decode()
+    assert text.index("epoch 1") < text.index("killed by the runner: timed out after 60s")
+    # a task killed before it wrote anything: the log is the runner's line alone
+    assert logs.note_killed(root, "r1", "train", 3, "stopped: SIGTERM")
+    assert "killed by the runner: stopped: SIGTERM" in logs.read_log(root, "r1", "train", 3).data.decode()
+    assert not logs.note_killed("/proc/no-such-root", "r1", "train", 1, "x")  # never raises
+
+
 # --------------------------------------------------------------------------- Ray's workers
 
 
