@@ -10,6 +10,9 @@
    them.
 3. Submit-to-running latency: one job at a time, from submit to a task running
    inside the grant, against plain Ray (create PG, ``pg.ready()``, task in it).
+4. Simulator throughput (``--sim-jobs N``, no Ray): a synthetic Philly-style
+   trace of N jobs replayed on ``--sim-gpus`` GPUs (8 per node) per policy, in
+   jobs replayed per second of wall time.
 """
 
 from __future__ import annotations
@@ -63,6 +66,23 @@ def decision_latency(
                 out.setdefault(name, {})[str(n)] = {"p50_ms": statistics.median(times), "p99_ms": pct(times, 0.99)}
                 progress.advance(task)
             gc.unfreeze()
+    return out
+
+
+def sim_throughput(jobs: int, gpus: int, policies: list[str]) -> dict[str, dict[str, float]]:
+    """Jobs/s of the simulator replaying a synthetic ``jobs``-job trace on ``gpus`` GPUs, per policy."""
+    from raypipe.scheduler.cluster_spec import ClusterSpec
+    from raypipe.scheduler.simulator import simulate
+    from raypipe.scheduler.traces import synthetic_philly
+
+    trace = synthetic_philly(jobs=jobs, total_gpus=gpus, load=0.9, seed=0)
+    cluster = ClusterSpec.from_flags(gpus, 8)
+    out: dict[str, dict[str, float]] = {}
+    for name in policies:
+        t0 = time.perf_counter()
+        res = simulate(trace, cluster, name)
+        wall = time.perf_counter() - t0
+        out[name] = {"jobs": float(jobs), "wall_s": wall, "jobs_per_s": jobs / wall, "decisions": float(res.decisions)}
     return out
 
 
@@ -159,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--admissions", type=int, default=1000, help="jobs in the admissions-per-second test")
     p.add_argument("--latency-samples", type=int, default=30, help="sequential jobs in the latency test")
     p.add_argument("--skip-live", action="store_true", help="only the pure decision latency (no Ray)")
+    p.add_argument("--sim-jobs", type=int, default=0, help="simulator throughput on a synthetic trace of N jobs (0: skip)")
+    p.add_argument("--sim-gpus", type=int, default=1000, help="GPUs of the simulated cluster (default 1000)")
+    p.add_argument("--sim-policies", default="fifo,las", help="policies the simulator part replays (default fifo,las)")
+    p.add_argument("--skip-latency", action="store_true", help="skip the decision latency part")
     p.add_argument(
         "--no-gc-freeze",
         action="store_true",
@@ -173,14 +197,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     pending = [int(x) for x in args.pending.split(",")]
-    lat = decision_latency(pending, args.nodes, args.samples, gc_freeze=not args.no_gc_freeze)
+    lat = {} if args.skip_latency else decision_latency(pending, args.nodes, args.samples, gc_freeze=not args.no_gc_freeze)
     rows = [[f"{pol} @ {n} pending", v["p50_ms"], v["p99_ms"]] for pol, per in lat.items() for n, v in per.items()]
     print_table(f"policy decision latency on a {args.nodes}-node view (ms)", ["policy", "p50", "p99"], rows)
 
     results: dict[str, Any] = {"decision_latency_ms": lat}
     baseline: dict[str, Any] = {}
     ratios: dict[str, Any] = {}
-    if args.baseline is not None:
+    if args.sim_jobs:
+        sim = sim_throughput(args.sim_jobs, args.sim_gpus, args.sim_policies.split(","))
+        results["sim_jobs_per_s"] = sim
+        print_table(
+            f"simulator: {args.sim_jobs} jobs on {args.sim_gpus} GPUs",
+            ["policy", "jobs/s", "wall s", "decisions"],
+            [[pol, v["jobs_per_s"], v["wall_s"], v["decisions"]] for pol, v in sim.items()],
+        )
+        sim_goals = {"fifo": 20_000.0, "las": 5_000.0}
+    if args.baseline is not None and lat:
         before = json.loads(args.baseline.read_text())["results"]["decision_latency_ms"]
         baseline["decision_latency_ms"] = before
         ratios["decision_latency_ms"] = {
@@ -204,8 +237,14 @@ def main(argv: list[str] | None = None) -> int:
             rows,
             caption=str(args.baseline),
         )
-    worst_p99 = max(v[str(max(pending))]["p99_ms"] for v in lat.values())
-    goals = {"decision_p99_ms_at_max_pending": goal(worst_p99, 5.0, "ms")}
+    goals = {}
+    if lat:
+        worst_p99 = max(v[str(max(pending))]["p99_ms"] for v in lat.values())
+        goals["decision_p99_ms_at_max_pending"] = goal(worst_p99, 5.0, "ms")
+    if args.sim_jobs:
+        for pol, limit in sim_goals.items():
+            if pol in sim:
+                goals[f"sim_jobs_per_s_{pol}"] = goal(sim[pol]["jobs_per_s"], limit, "1/s", lower_is_better=False)
 
     if not args.skip_live:
         import ray
@@ -257,19 +296,20 @@ def main(argv: list[str] | None = None) -> int:
         ratios=ratios,
         goals=goals,
     )
-    bar_chart(
-        args.out / "decision_latency.png",
-        [
-            {
-                "title": f"decision p99 on {args.nodes} nodes",
-                "ylabel": "ms",
-                "groups": [str(n) for n in pending],
-                "series": {pol: [lat[pol][str(n)]["p99_ms"] for n in pending] for pol in lat},
-                "hline": (5.0, "goal 5 ms"),
-            }
-        ],
-        title="raypipe scheduler: policy decision latency by queue length",
-    )
+    if lat:
+        bar_chart(
+            args.out / "decision_latency.png",
+            [
+                {
+                    "title": f"decision p99 on {args.nodes} nodes",
+                    "ylabel": "ms",
+                    "groups": [str(n) for n in pending],
+                    "series": {pol: [lat[pol][str(n)]["p99_ms"] for n in pending] for pol in lat},
+                    "hline": (5.0, "goal 5 ms"),
+                }
+            ],
+            title="raypipe scheduler: policy decision latency by queue length",
+        )
     print(f"results: {path}")
     return 0
 

@@ -15,10 +15,12 @@ it whenever the reason could change.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from raypipe.scheduler import vec
 from raypipe.scheduler.errors import PolicyConfigError
+from raypipe.scheduler.index import DecisionIndex, VictimOrder, victims_by_node
 from raypipe.scheduler.memo import WaitMemo, _NoMemo
 from raypipe.scheduler.placement import FreeLedger, never_block, quota_never_block
 from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, Placement, RunningJob, Snapshot
@@ -93,6 +95,8 @@ class DecisionContext:
         "_victim_index",
         "_victim_base",
         "_memos",
+        "_index",
+        "_keep",
     )
 
     #: Tests switch memos off to check they never change a decision.
@@ -104,8 +108,11 @@ class DecisionContext:
         *,
         borrowed_counts_to_quota: bool = True,
         max_preemptions: int | None = None,
+        index: DecisionIndex | None = None,
     ) -> None:
         self.snapshot = snapshot
+        self._index = index
+        self._keep: VictimOrder | None = None
         self.now = snapshot.now
         self.ledger = FreeLedger.from_cluster(
             snapshot.cluster, placement=snapshot.placement, task_mix=snapshot.task_mix
@@ -123,7 +130,7 @@ class DecisionContext:
         self._borrowed_counts = borrowed_counts_to_quota
         self._running: list[StartedJob] = []
         self._quotas: dict[str, Vec] | None = None
-        self._victim_index: tuple[list[RunningJob], dict[str, list[tuple[int, RunningJob, Vec]]]] | None = None
+        self._victim_index: tuple[list[RunningJob], dict[str, list[tuple[Any, RunningJob, Vec]]]] | None = None
         self._victim_base: Sequence[RunningJob] = ()
 
     # ------------------------------------------------------------------ quotas
@@ -217,15 +224,21 @@ class DecisionContext:
         key = (job.shape_key, job.team if not allow_borrowing else "")
         never = self._never
         if key not in never:
+            snap = self.snapshot
+            quota = snap.team(job.team).quota
             if self._total_ledger is None:
-                snap = self.snapshot
-                cluster = snap.cluster
-                if cluster.ledger_template(True) is not None:  # a view made by ClusterView.replace_nodes
-                    self._total_ledger = FreeLedger.from_cluster(cluster, use_total=True, placement=snap.placement)
-                else:  # index the view once per decision: derive from the free ledger's tables
-                    self._total_ledger = self.ledger.totals()
-            quota = self.snapshot.team(job.team).quota
-            never[key] = never_block(job, self._total_ledger, quota, allow_borrowing=allow_borrowing)
+                self._total_ledger = FreeLedger.from_cluster(snap.cluster, use_total=True, placement=snap.placement)
+            if self._index is not None:  # verdicts kept across decisions while node totals stay the same
+                table = self._index.never_table(snap.cluster.ledger_template(True), snap.placement)
+                lkey = (key, quota)
+                if lkey in table:
+                    never[key] = table[lkey]
+                else:
+                    never[key] = table[lkey] = never_block(
+                        job, self._total_ledger, quota, allow_borrowing=allow_borrowing
+                    )
+            else:
+                never[key] = never_block(job, self._total_ledger, quota, allow_borrowing=allow_borrowing)
         return never[key]
 
     def never_reason(self, job: JobRequest, *, allow_borrowing: bool = False) -> str | None:
@@ -429,6 +442,11 @@ class DecisionContext:
         """Declare the policy's full victim order: later calls pass prefixes of it (an index is built once)."""
         self._victim_base = victims
 
+    def keep_victim_index(self, kept: VictimOrder) -> None:
+        """Use ``kept``'s per-node victim index (a :class:`~raypipe.scheduler.index.VictimOrder`
+        kept across decisions) for prefixes of its order."""
+        self._keep = kept
+
     def _release_for_identical(self, job: JobRequest, victims: Sequence[RunningJob]) -> list[RunningJob] | None:
         """Release the victims a gang of identical bundles needs, found without trial placements.
 
@@ -481,24 +499,25 @@ class DecisionContext:
         The key is (rank of the last victim needed, number of victims, node id),
         so the caller's victim order (lowest priority first) is honoured.  A
         node that would need more than ``room`` victims is not considered.
+        (A rank is a victim's position, or its sort key in a kept order: both
+        order victims the same way.)
         """
         ledger = self.ledger
-        per_node = self._victims_by_node(victims)
-        limit = len(victims)
+        per_node, last = self._victims_by_node(victims)
         need = job.demand_vec
-        best: tuple[int, int, str] | None = None
+        best: tuple[Any, int, str] | None = None
         chosen: list[RunningJob] = []
         preempted = self.preempted
         for nid, lst in per_node.items():
             first = lst[0][0]  # the loop below would stop at once: skip the node's checks
-            if first >= limit or (best is not None and first > best[0]):
+            if first > last or (best is not None and first > best[0]):
                 continue
             if not ledger.has_node(nid) or not ledger.matches(nid, job.label_selector):
                 continue
             free = ledger.free_vec(nid)
             picked: list[RunningJob] = []
             for rank, v, part in lst:
-                if rank >= limit or (best is not None and rank > best[0]):
+                if rank > last or (best is not None and rank > best[0]):
                     break
                 if v.job_id in preempted:
                     continue
@@ -517,32 +536,36 @@ class DecisionContext:
             self.preempt(v)
         return ledger.place(job)
 
-    def _victims_by_node(self, victims: Sequence[RunningJob]) -> dict[str, list[tuple[int, RunningJob, Vec]]]:
-        """Per node: (rank, victim, its bundles on that node), in rank order.
+    def _victims_by_node(
+        self, victims: Sequence[RunningJob]
+    ) -> tuple[Mapping[str, list[tuple[Any, RunningJob, Vec]]], Any]:
+        """Per node: (rank, victim, its bundles on that node), in rank order; and the rank of ``victims[-1]``.
 
         Cached for the base list a policy slices victims from: callers pass
         prefixes of one sorted list, so an index over the longest list seen
-        serves every shorter prefix of it.
+        serves every shorter prefix of it.  With a kept order
+        (:meth:`keep_victim_index`) whose prefix ``victims`` is, its index
+        (kept across decisions, ranks being sort keys) serves.
         """
         if not victims:
-            return {}
+            return {}, -1
+        n = len(victims)
+        keep = self._keep
+        if keep is not None:
+            kv = keep.victims
+            if len(kv) >= n and kv[0] is victims[0] and kv[n - 1] is victims[-1]:
+                return keep.by_node, keep.keys[n - 1]
         cached = self._victim_index
         if cached is not None:
             base, index = cached
-            if len(base) >= len(victims) and all(base[i] is victims[i] for i in (0, len(victims) - 1)):
-                return index
+            if len(base) >= n and all(base[i] is victims[i] for i in (0, n - 1)):
+                return index, n - 1
         full = self._victim_base
-        if len(full) > len(victims) and full[0] is victims[0] and full[len(victims) - 1] is victims[-1]:
+        if len(full) > n and full[0] is victims[0] and full[n - 1] is victims[-1]:
             victims = full  # a prefix of the policy's full victim order: index it all, once
-        index = {}
-        for rank, v in enumerate(victims):
-            portions: dict[str, Vec] = {}
-            for b, nid in zip(v.request.bundle_vecs, v.placement.bundle_nodes, strict=True):
-                portions[nid] = vec.add(portions[nid], b) if nid in portions else b
-            for nid, part in portions.items():
-                index.setdefault(nid, []).append((rank, v, part))
+        index = victims_by_node(victims)
         self._victim_index = (list(victims), index)
-        return index
+        return index, n - 1
 
     # ------------------------------------------------------------------ views
 

@@ -65,6 +65,7 @@ class FreeLedger(ExplainMixin):
         "_total",
         "_labels",
         "_groups",
+        "_shared",
         "_failed",
         "_match_cache",
         "_settings",
@@ -85,6 +86,8 @@ class FreeLedger(ExplainMixin):
         self._total: dict[str, Vec] = {}
         self._labels: dict[str, Labels] = {}
         self._groups: dict[GroupKey, list[str]] = {}
+        # Group lists this ledger may share with copies (copied before a change; see ``copy``).
+        self._shared: set[GroupKey] | None = None
         self._failed: set[str] = set()
         self._match_cache: dict[tuple[Labels, Labels], bool] = {}
         self._settings = placement or DEFAULT_PLACEMENT
@@ -176,9 +179,10 @@ class FreeLedger(ExplainMixin):
         O(groups) instead of O(nodes).
         """
         template = _template(cluster, use_total)
-        if template is not None:
-            return template.copy().configure(placement, task_mix)
-        return cls(cluster.nodes, use_total=use_total, placement=placement, task_mix=task_mix)
+        if template is None:  # index the view once: later decisions on the same view copy it
+            template = cls(cluster.nodes, use_total=use_total)
+            cluster.keep_ledger_template(use_total, template)
+        return template.copy().configure(placement, task_mix)
 
     # ------------------------------------------------------------------ queries
 
@@ -305,7 +309,10 @@ class FreeLedger(ExplainMixin):
         other = FreeLedger(())
         self._share_tables(other)
         other._free = dict(self._free)
-        other._groups = {k: list(v) for k, v in self._groups.items()}
+        # Copy-on-write group lists: both ledgers share them and copy one before changing it.
+        other._groups = dict(self._groups)
+        other._shared = set(self._groups)
+        self._shared = set(self._groups)
         other._failed = set(self._failed)
         return other
 
@@ -321,14 +328,27 @@ class FreeLedger(ExplainMixin):
         labels = self._labels[nid]
         tot = self._total[nid]
         okey = (old, labels, tot)
-        group = self._groups[okey]
-        del group[bisect.bisect_left(group, nid)]  # groups are sorted: no linear search
-        if not group:
-            del self._groups[okey]
+        groups, shared = self._groups, self._shared
+        group = groups[okey]
+        if shared and okey in shared:
+            shared.discard(okey)
+            if len(group) == 1:
+                del groups[okey]
+            else:
+                group = groups[okey] = list(group)
+                del group[bisect.bisect_left(group, nid)]
+        else:
+            del group[bisect.bisect_left(group, nid)]  # groups are sorted: no linear search
+            if not group:
+                del groups[okey]
         nkey = (new, labels, tot)
-        ngroup = self._groups.get(nkey)
+        ngroup = groups.get(nkey)
         if ngroup is None:
-            self._groups[nkey] = [nid]
+            groups[nkey] = [nid]
+        elif shared and nkey in shared:
+            shared.discard(nkey)
+            ngroup = groups[nkey] = list(ngroup)
+            bisect.insort(ngroup, nid)
         else:
             bisect.insort(ngroup, nid)
         self._free[nid] = new

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 from typing import ClassVar
 
+from raypipe.scheduler.index import DecisionIndex
 from raypipe.scheduler.types import Decision, Snapshot
 
 
@@ -15,7 +16,11 @@ class Policy(abc.ABC):
 
     * It must be pure and deterministic: the same snapshot gives the same
       decision.  It never imports ``ray``, never reads a clock (``snapshot.now``
-      is the time), never sleeps, and keeps no state between calls.
+      is the time), never sleeps, and keeps no state between calls that could
+      change a decision: the only state it keeps is its
+      :class:`~raypipe.scheduler.index.DecisionIndex` (:meth:`index`), whose
+      entries check their inputs on every use (a fresh policy object decides
+      the same).
     * ``snapshot.queue`` is in submit order; ``free`` of each node in
       ``snapshot.cluster`` is authoritative (running jobs already subtracted).
     * The decision never over-commits a node (counting capacity released by its
@@ -39,6 +44,13 @@ class Policy(abc.ABC):
     name: ClassVar[str] = ""
     #: Starts jobs above their team's quota on idle capacity (marked borrowed).
     borrows_idle_quota: ClassVar[bool] = False
+
+    def index(self) -> DecisionIndex:
+        """The indexes this policy object keeps across decisions (created on first use)."""
+        idx: DecisionIndex | None = self.__dict__.get("_decision_index")
+        if idx is None:
+            idx = self.__dict__["_decision_index"] = DecisionIndex()
+        return idx
 
     @abc.abstractmethod
     def decide(self, snapshot: Snapshot) -> Decision:

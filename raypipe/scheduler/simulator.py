@@ -269,6 +269,7 @@ class _Run:
         self._total_ledger = FreeLedger(nodes, use_total=True, placement=self.placement)
         self._never: dict[tuple[str, str], str | None] = {}
         self.allow_borrowing = borrowing_allowed(sim.policy)
+        self._teams = MappingProxyType(dict(sim.teams))
         # outputs
         self.rejected: list[tuple[str, str]] = []
         self.latencies: list[float] = []
@@ -399,12 +400,12 @@ class _Run:
     # ---------------------------------------------------------------- decisions
 
     def _decide(self, now: float) -> Decision:
-        snap = Snapshot(
+        snap = Snapshot.unchecked(  # ids are unique and queued xor running by construction
             now,
             tuple(self.queue),
             tuple(self.running_jobs.values()),
             self._cluster_view(),
-            self.sim.teams,
+            self._teams,
             placement=self.placement,
             task_mix=None if self.mix is None else self.mix.mix,
         )

@@ -11,6 +11,7 @@ for code to branch on) and a text (for people).
 
 from __future__ import annotations
 
+import operator
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ Strategy = Literal["PACK", "SPREAD", "STRICT_PACK"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 Labels = tuple[tuple[str, str], ...]
+_JOB_ID = operator.attrgetter("job_id")
+_REQUEST_ID = operator.attrgetter("request.job_id")
 
 
 def freeze_labels(labels: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> Labels:
@@ -386,15 +389,41 @@ class Snapshot:
             object.__setattr__(self, "running", tuple(self.running))
         if not isinstance(self.teams, MappingProxyType):
             object.__setattr__(self, "teams", MappingProxyType(dict(self.teams)))
-        ids = {j.job_id for j in self.queue}
+        ids = set(map(_JOB_ID, self.queue))  # C-level passes: this runs on every decision
         if len(ids) != len(self.queue):
             raise InvalidRequestError("duplicate job ids in the queue")
-        run_ids = {r.request.job_id for r in self.running}
+        run_ids = set(map(_REQUEST_ID, self.running))
         if not ids.isdisjoint(run_ids):
             both = next(r.request.job_id for r in self.running if r.request.job_id in ids)
             raise InvalidRequestError(f"job {both!r} is both queued and running")
         if len(run_ids) != len(self.running):
             raise InvalidRequestError("duplicate job ids among running jobs")
+
+    @classmethod
+    def unchecked(
+        cls,
+        now: float,
+        queue: tuple[JobRequest, ...],
+        running: tuple[RunningJob, ...],
+        cluster: ClusterView,
+        teams: MappingProxyType[str, TeamConfig],
+        placement: PlacementSettings = DEFAULT_PLACEMENT,
+        task_mix: TaskMix | None = None,
+    ) -> Snapshot:
+        """A snapshot without the O(queue + running) checks of the constructor, for a caller
+        whose state guarantees them (the simulator: job ids unique, queued xor running)."""
+        snap = object.__new__(cls)
+        for name, value in (
+            ("now", now),
+            ("queue", queue),
+            ("running", running),
+            ("cluster", cluster),
+            ("teams", teams),
+            ("placement", placement),
+            ("task_mix", task_mix),
+        ):
+            object.__setattr__(snap, name, value)
+        return snap
 
     def team(self, name: str) -> TeamConfig:
         """The team's config, or the default (no quota, weight 1) when not configured."""

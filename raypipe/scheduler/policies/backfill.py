@@ -36,7 +36,7 @@ class BackfillPolicy(Policy):
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """FIFO starts, then backfill behind the head's reservation."""
-        ctx = DecisionContext(snapshot)
+        ctx = DecisionContext(snapshot, index=self.index())
         queue = snapshot.queue
         now = snapshot.now
         head_idx = ctx.start_in_order(queue)

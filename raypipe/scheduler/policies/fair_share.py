@@ -47,7 +47,10 @@ class FairSharePolicy(Policy):
     def decide(self, snapshot: Snapshot) -> Decision:
         """Two DRF passes: owned capacity, then borrowing."""
         ctx = DecisionContext(
-            snapshot, borrowed_counts_to_quota=not self.borrows_idle_quota, max_preemptions=self.max_preemptions
+            snapshot,
+            borrowed_counts_to_quota=not self.borrows_idle_quota,
+            max_preemptions=self.max_preemptions,
+            index=self.index(),
         )
         by_team: dict[str, list[JobRequest]] = {}
         for job in snapshot.queue:

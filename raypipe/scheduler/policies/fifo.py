@@ -19,7 +19,7 @@ class FifoPolicy(Policy):
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """Start the longest prefix of the queue that fits."""
-        ctx = DecisionContext(snapshot)
+        ctx = DecisionContext(snapshot, index=self.index())
         queue = snapshot.queue
         idx = ctx.start_in_order(queue)
         if idx < len(queue):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import bisect
 import functools
 import itertools
+import math
 import operator
 from collections.abc import Sequence
 
 from raypipe.scheduler.context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
 from raypipe.scheduler.errors import PolicyConfigError
+from raypipe.scheduler.index import DecisionIndex, VictimOrder
 from raypipe.scheduler.policy import Policy
 from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, RunningJob, Snapshot
 
@@ -93,22 +95,46 @@ class LasPolicy(Policy):
             return {levels.pop(): queue}
         return {q: list(itertools.compress(queue, [x == q for x in qs])) for q in sorted(levels)}
 
-    def _victims(self, running: Sequence[RunningJob], now: float) -> tuple[list[RunningJob], list[int]]:
-        """Preemptible running jobs, lowest queue first, then most recently started; and -queue of each."""
+    def _victims(
+        self, running: Sequence[RunningJob], now: float, index: DecisionIndex
+    ) -> tuple[VictimOrder, list[int]]:
+        """Preemptible running jobs, lowest queue first, then most recently started; and -queue of each.
+
+        Kept in ``index`` across decisions (see :class:`~raypipe.scheduler.index.DecisionIndex`).
+        """
         queue_of = self.queue_of
-        keyed = []
-        for r in running:
+
+        def key(r: RunningJob) -> tuple[int, float, str, RunningJob] | None:
             req = r.request
-            if req.preemptible:
-                start = r.start_time
-                attained = req.attained_service + req.demand_vec[1] * (now - start if now > start else 0.0)
-                keyed.append((-queue_of(attained), -start, r.job_id, r))
-        keyed.sort()  # job ids are unique: the RunningJob itself is never compared
-        return [k[3] for k in keyed], [k[0] for k in keyed]
+            if not req.preemptible:
+                return None
+            start = r.start_time
+            attained = req.attained_service + req.demand_vec[1] * (now - start if now > start else 0.0)
+            return (-queue_of(attained), -start, r.job_id, r)
+
+        ts = self.thresholds
+        n = len(ts)
+
+        def changes_at(r: RunningJob) -> float:  # when its attained service may reach the next threshold
+            req = r.request
+            g = req.demand_vec[1]
+            if g <= 0:
+                return math.inf
+            start = r.start_time
+            a = req.attained_service + g * (now - start if now > start else 0.0)
+            q = bisect.bisect_right(ts, a)
+            if q >= n:
+                return math.inf
+            t = max(now, start) + (ts[q] - a) / g
+            return t - 1e-6 * max(1.0, abs(t))  # early, never late: float error cannot skip a crossing
+
+        order = index.victim_order("las", running, now, ts, key, changes_at)
+        return order, [k[0] for k in order.keys]
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """Serve queues in order; preempt lower queues for a job that does not fit."""
-        ctx = DecisionContext(snapshot, max_preemptions=self.max_preemptions)
+        index = self.index()
+        ctx = DecisionContext(snapshot, max_preemptions=self.max_preemptions, index=index)
         now = snapshot.now
         buckets = self._buckets(snapshot.queue, now)
         victims: list[RunningJob] | None = None
@@ -126,9 +152,10 @@ class LasPolicy(Policy):
                 placement = ctx.ledger.place(job)
                 if placement is None and self.preempt and (job.shape_key, q) not in preempt_failed:
                     if victims is None:
-                        victims, neg_q = self._victims(snapshot.running, now)
-                        victims_all = victims
+                        order, neg_q = self._victims(snapshot.running, now, index)
+                        victims = victims_all = order.victims
                         ctx.victim_order(victims_all)
+                        ctx.keep_victim_index(order)
                     cut = bisect.bisect_left(neg_q, -q)  # victims in queues strictly below q
                     if cut and ctx.preempt_room() and ctx.never_block(job) is None:
                         placement = ctx.try_preempt_for(job, victims_all[:cut])

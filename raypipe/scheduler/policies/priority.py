@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 
 from raypipe.scheduler.context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
 from raypipe.scheduler.errors import PolicyConfigError
@@ -56,7 +57,8 @@ class PriorityPolicy(Policy):
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """Start jobs by effective priority until the first blocked one."""
-        ctx = DecisionContext(snapshot, max_preemptions=self.max_preemptions)
+        index = self.index()
+        ctx = DecisionContext(snapshot, max_preemptions=self.max_preemptions, index=index)
         queue = snapshot.queue
         team_prio = {name: cfg.priority for name, cfg in snapshot.teams.items() if cfg.priority}
         aging = self.aging_s
@@ -77,12 +79,23 @@ class PriorityPolicy(Policy):
                 continue
             placement = ctx.ledger.place(job)
             if placement is None and self.preempt:
-                if victims is None:
-                    victims = sorted(
-                        (r for r in snapshot.running if r.request.preemptible),
-                        key=lambda r: (self._base(r.request, team_prio), -r.start_time, r.job_id),
+                if victims is None:  # lowest base priority first, then most recently started
+                    order = index.victim_order(
+                        "priority",
+                        snapshot.running,
+                        snapshot.now,
+                        tuple(sorted(team_prio.items())),
+                        lambda r: (
+                            (self._base(r.request, team_prio), -r.start_time, r.job_id, r)
+                            if r.request.preemptible
+                            else None
+                        ),
+                        lambda _: math.inf,  # a base priority never changes
                     )
-                    bases = [self._base(r.request, team_prio) for r in victims]
+                    victims = order.victims
+                    bases = [k[0] for k in order.keys]
+                    ctx.victim_order(victims)
+                    ctx.keep_victim_index(order)
                 cut = bisect.bisect_left(bases, self._base(job, team_prio))
                 if cut and ctx.preempt_room() and ctx.never_block(job) is None:
                     placement = ctx.try_preempt_for(job, victims[:cut])

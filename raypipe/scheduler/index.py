@@ -1,0 +1,223 @@
+"""``DecisionIndex``: what a policy keeps across decisions, so a decision does not redo it.
+
+A policy object lives as long as the controller or the simulator that owns
+it; it keeps one :class:`DecisionIndex` (``Policy.index()``) and passes it to
+every :class:`~raypipe.scheduler.context.DecisionContext` it builds.  Each
+entry is a pure function of inputs it checks on every use, so a decision made
+with the index equals the one made from scratch (a fresh policy object):
+
+* **never-schedulable verdicts** per (job shape, team, quota), kept while
+  the cluster's node totals (the ``use_total`` ledger template the view
+  carries, shared by every view ``ClusterView.replace_nodes`` derives) and the
+  placement settings stay the same object;
+* **victim orders** (LAS: by queue of attained service, then start; priority:
+  by base priority, then start) with their per-node index, kept while the
+  running jobs are the same objects.  The running set is diffed by identity
+  (``id`` of each ``RunningJob``; the index holds the objects, so an id is
+  never reused while it is compared): started, finished and preempted jobs
+  are inserted into or removed from the sorted order instead of sorting all
+  running jobs again.  A controller that builds new ``RunningJob`` objects for
+  unchanged jobs only loses the speed-up, never correctness.  A key that changes with
+  time (LAS: the queue of a job's attained service) comes with the time it
+  may change, conservatively early; the job is re-keyed when a decision
+  reaches it.
+
+``DecisionIndex.enabled = False`` (tests) makes every lookup miss.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+from raypipe.scheduler import vec
+from raypipe.scheduler.types import Blocked, RunningJob
+from raypipe.scheduler.vec import Vec
+
+__all__ = ["DecisionIndex", "VictimOrder", "victims_by_node"]
+
+#: A victim's sort key: a tuple whose last element is the RunningJob (earlier elements are unique).
+SortKey = tuple[Any, ...]
+
+
+class VictimOrder:
+    """Preemptible running jobs in a policy's victim order, kept sorted across decisions.
+
+    ``key(r)`` gives the sort key of one running job at the current time (its
+    last element the job itself, an earlier one unique); ``None`` leaves the
+    job out (not a victim).  ``changes_at(r)`` is the first time (conservatively
+    early) at which that key may change (``inf``: never); such jobs are
+    re-keyed when a decision reaches that time.  ``by_node`` maps each node to
+    ``(key, victim, its bundles there)`` in key order, kept in step.
+    """
+
+    __slots__ = ("keys", "victims", "by_node", "_ids", "_due", "_seq", "valid_from", "tag")
+
+    def __init__(self) -> None:
+        self.keys: list[SortKey] = []
+        self.victims: list[RunningJob] = []
+        self.by_node: dict[str, list[tuple[SortKey, RunningJob, Vec]]] = {}
+        self._ids: dict[int, tuple[RunningJob, SortKey | None]] = {}
+        self._due: list[tuple[float, int, int]] = []
+        self._seq = 0
+        self.valid_from = 0.0
+        self.tag: Hashable = None
+
+    def _build(self, running: Sequence[RunningJob], key: KeyFn, changes_at: TimeFn) -> None:
+        ids, by_node, due = self._ids, self.by_node, self._due
+        keys = []
+        for r in running:
+            k = key(r)
+            ids[id(r)] = (r, k)
+            if k is None:
+                continue
+            keys.append(k)
+            t = changes_at(r)
+            if t != math.inf:
+                self._seq += 1
+                due.append((t, self._seq, id(r)))
+        keys.sort()
+        heapq.heapify(due)
+        self.keys = keys
+        for k in keys:
+            r = k[-1]
+            for nid, part in _portions(r).items():
+                lst = by_node.get(nid)
+                if lst is None:
+                    by_node[nid] = [(k, r, part)]
+                else:
+                    lst.append((k, r, part))
+
+    def _add(self, r: RunningJob, key: KeyFn, changes_at: TimeFn) -> None:
+        k = key(r)
+        self._ids[id(r)] = (r, k)
+        if k is None:
+            return
+        bisect.insort(self.keys, k)
+        for nid, part in _portions(r).items():
+            lst = self.by_node.get(nid)
+            if lst is None:
+                self.by_node[nid] = [(k, r, part)]
+            else:
+                bisect.insort(lst, (k, r, part), key=_first)
+        t = changes_at(r)
+        if t != math.inf:
+            self._seq += 1
+            heapq.heappush(self._due, (t, self._seq, id(r)))
+
+    def _remove(self, i: int) -> None:
+        r, k = self._ids.pop(i)
+        if k is None:
+            return
+        prefix = k[:-1]  # unique: finds the entry without comparing jobs
+        del self.keys[bisect.bisect_left(self.keys, prefix)]
+        for nid in _portions(r):
+            lst = self.by_node[nid]
+            del lst[bisect.bisect_left(lst, prefix, key=_first)]
+            if not lst:
+                del self.by_node[nid]
+
+    def sync(self, running: Sequence[RunningJob], now: float, key: KeyFn, changes_at: TimeFn) -> None:
+        """Bring the order to ``running`` at ``now``: identity diff, then re-key jobs whose key is due."""
+        ids = self._ids
+        changed = False
+        if not ids:  # first build: one sort instead of inserting job by job
+            self._build(running, key, changes_at)
+            changed = True
+        elif len(running) != len(ids) or ids.keys() != set(map(id, running)):
+            now_ids = dict(zip(map(id, running), running, strict=True))
+            for i in [i for i in ids if i not in now_ids]:
+                self._remove(i)
+            for i, r in now_ids.items():
+                if i not in ids:
+                    self._add(r, key, changes_at)
+            changed = True
+        due = self._due
+        popped = []
+        while due and due[0][0] <= now:
+            popped.append(heapq.heappop(due)[2])
+        for i in popped:  # re-keyed once per call: a key due again at once waits for the next call
+            entry = ids.get(i)
+            if entry is None:
+                continue  # gone (its id may be reused by a job added since: re-keying it is harmless)
+            self._remove(i)
+            self._add(entry[0], key, changes_at)
+            changed = True
+        if changed:
+            self.victims = [k[-1] for k in self.keys]
+
+
+KeyFn = Callable[[RunningJob], "SortKey | None"]
+TimeFn = Callable[[RunningJob], float]
+
+
+def _first(entry: tuple[Any, ...]) -> Any:
+    return entry[0]
+
+
+def victims_by_node(victims: Sequence[RunningJob]) -> dict[str, list[tuple[Any, RunningJob, Vec]]]:
+    """Per node: (rank, victim, its bundles on that node), ranks being positions in ``victims``."""
+    index: dict[str, list[tuple[Any, RunningJob, Vec]]] = {}
+    for rank, v in enumerate(victims):
+        for nid, part in _portions(v).items():
+            index.setdefault(nid, []).append((rank, v, part))
+    return index
+
+
+def _portions(r: RunningJob) -> dict[str, Vec]:
+    """``r``'s bundles summed per node."""
+    out: dict[str, Vec] = {}
+    for b, nid in zip(r.request.bundle_vecs, r.placement.bundle_nodes, strict=True):
+        out[nid] = vec.add(out[nid], b) if nid in out else b
+    return out
+
+
+class DecisionIndex:
+    """The long-lived indexes of one policy object (see the module docstring)."""
+
+    #: Tests switch the index off to compare indexed and from-scratch decisions.
+    enabled = True
+
+    __slots__ = ("_never_owner", "_never", "_orders")
+
+    def __init__(self) -> None:
+        self._never_owner: tuple[Any, Any] | None = None
+        self._never: dict[Hashable, Blocked | None] = {}
+        self._orders: dict[str, VictimOrder] = {}
+
+    def never_table(self, totals: Any, settings: Any) -> dict[Hashable, Blocked | None]:
+        """The never-schedulable verdicts valid for this totals template and these placement settings."""
+        if not self.enabled:
+            return {}
+        owner = self._never_owner
+        if owner is None or owner[0] is not totals or owner[1] != settings:
+            self._never_owner = (totals, settings)  # holds the template: its identity stays unique
+            self._never = {}
+        return self._never
+
+    def victim_order(
+        self,
+        name: str,
+        running: Sequence[RunningJob],
+        now: float,
+        tag: Hashable,
+        key: KeyFn,
+        changes_at: TimeFn,
+    ) -> VictimOrder:
+        """The victim order ``name`` of ``running`` at ``now`` (see :class:`VictimOrder`).
+
+        ``tag``: what else the keys depend on (policy arguments, team priorities); a
+        different tag, or a time earlier than the last one, rebuilds it.
+        """
+        order = self._orders.get(name) if self.enabled else None
+        if order is None or order.tag != tag or now < order.valid_from:
+            order = VictimOrder()
+            order.tag = tag
+            if self.enabled:
+                self._orders[name] = order
+        order.valid_from = now
+        order.sync(running, now, key, changes_at)
+        return order
