@@ -1,31 +1,33 @@
-"""raypipe's split ingress against a plain single Serve deployment of the same model.
+"""raypipe's split ingress, colocated and routed, against a plain single Serve deployment of the same model.
 
 On one local Ray (``--num-cpus``, default 2) the benchmark registers two versions of a
 digits MLP (two hidden layers of 128, the quickstart's input format: 64 named pixels),
-deploys them with raypipe (``raypipe.serving.app.deploy``: router + ``v1``/``v2`` at 90/10,
-sticky on an ``X-User-Id`` header, scheduler reservation, per-variant metrics) and, beside
-it on the same Serve instance, a plain deployment (``benchmarks._serve_plain:PlainModel``:
-one replica that parses the body and predicts with the same model code, no validation,
+deploys them with raypipe (``raypipe.serving.app.deploy``: ``v1``/``v2`` at 90/10, sticky on
+an ``X-User-Id`` header, scheduler reservation, per-variant metrics) in the modes of
+``--mode`` (``both``: two apps, ``bench-colocated`` with the variants in the router's
+replica, ``bench-routed`` with a router and a deployment per variant) and, beside them on
+the same Serve instance, a plain deployment (``benchmarks._serve_plain:PlainModel``: one
+replica that parses the body and predicts with the same model code, no validation,
 routing or metrics).  An HTTP load generator (aiohttp, closed loop, keep-alive, in this
-process) sends the same bodies (``{"features": {...}}`` of real digits rows) to both:
+process) sends the same bodies (``{"features": {...}}`` of real digits rows) to all:
 
 - **latency**: 1 connection to each for ``--latency-s`` seconds, one request to each in
   turn (so both see the same machine load) -> p50 / p99;
 - **throughput**: ``--concurrency`` connections for ``--duration`` seconds -> requests/s
   (and p50 / p99 under load).
 
-The throughput runs alternate (plain, raypipe, plain, raypipe...); ``--repeat`` rounds
-after a warm-up; medians are reported.  Goals: added p50 latency (raypipe - plain, 1 connection) <= 2 ms;
-throughput raypipe / plain >= 0.7.
+The throughput runs alternate (plain, colocated, routed, plain...); ``--repeat`` rounds
+after a warm-up; medians are reported.  Goals, colocated: added p50 latency (raypipe - plain,
+1 connection) <= 0.5 ms, throughput raypipe / plain >= 0.95; routed: <= 2 ms, >= 0.7.
 
-**The cost of auth** (unless ``--skip-auth``): a second raypipe app, the same two versions
-and split, with a bearer token for ``/predict`` (and ``/feedback``) joins the 1-connection
+**The cost of auth** (unless ``--skip-auth``): one more raypipe app, the same two versions,
+split and mode (the first of ``--mode``), with a bearer token for ``/predict`` (and ``/feedback``) joins the 1-connection
 latency rounds (the three targets take turns): p50/p99 with auth on vs off, the added ms and
 the ratio.  Request ids are signed in both apps (always on), so their cost is measured
 in-process too: microseconds per token check, id issued, id verified, sampling decision.
 Goal: added p50 of auth <= 0.2 ms.
 
-    .venv/bin/python -m benchmarks.serving --out bench-out/serving [--duration 10] [--repeat 2] [--quick]
+    .venv/bin/python -m benchmarks.serving --out bench-out/serving [--mode both] [--duration 10] [--repeat 2] [--quick]
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ if __package__ in (None, ""):  # run as a script
 
 from benchmarks._common import bar_chart, base_parser, goal, median, print_table, ratio, write_results
 
-GOAL_ADDED_P50_MS = 2.0
-GOAL_THROUGHPUT_RATIO = 0.7
+#: Per mode: added p50 at 1 connection (ms) and throughput ratio to plain Serve.
+GOALS = {"colocated": (0.5, 0.95), "routed": (2.0, 0.7)}
 GOAL_AUTH_ADDED_P50_MS = 0.2
 #: The benchmark's predict token (in the environment of this process, where the deploy resolves it).
 TOKEN_ENV = "RAYPIPE_BENCH_TOKEN"
@@ -197,8 +199,66 @@ def _auth_cpu_us(repeat: int = 20_000) -> dict[str, float]:
     return out
 
 
+def _deploy_apps(args: Any, db: str, port: int, modes: list[str]) -> tuple[dict[str, str], dict[str, float], str]:
+    """The raypipe apps of ``modes`` (``bench-<mode>``) and, unless --skip-auth, ``bench-auth``
+    in the first mode: {target: predict URL}, {mode: deploy seconds}, the auth app's URL or ""."""
+    from raypipe.serving import app as serving
+    from raypipe.serving.spec import ServeSpec
+
+    # logical CPUs sized so that both apps, the auth app and plain fit on 2 CPUs
+    opts = {"num_cpus": 0.25}
+    targets: dict[str, str] = {}
+    deploy_s: dict[str, float] = {}
+    for mode in modes:
+        spec = ServeSpec.model_validate(
+            {
+                "app": f"bench-{mode}",
+                "model": "digits",
+                "port": port,
+                "key": {"header": "X-User-Id"},
+                "variants": [
+                    {"version": "@production", "weight": 90, "ray_actor_options": opts},
+                    {"version": "@candidate", "weight": 10, "ray_actor_options": opts},
+                ],
+                "ingress": {"ray_actor_options": opts},
+                "serving": {"mode": mode},
+            }
+        )
+        t0 = time.perf_counter()
+        st = serving.deploy(spec, db=db)
+        deploy_s[mode] = time.perf_counter() - t0
+        targets[mode] = f"{st.url}/predict"
+        _progress(f"raypipe app ({mode}) deployed in {deploy_s[mode]:.1f}s at {st.url}")
+    auth_url = ""
+    if not args.skip_auth:
+        # the same app with a predict token (and a feedback token); logical CPUs kept small
+        # to fit beside the others, not booked with the scheduler
+        os.environ[TOKEN_ENV] = TOKEN
+        small = {"num_cpus": 0.05}
+        auth_spec = ServeSpec.model_validate(
+            {
+                "app": "bench-auth",
+                "model": "digits",
+                "port": port,
+                "key": {"header": "X-User-Id"},
+                "variants": [
+                    {"version": "@production", "weight": 90, "ray_actor_options": small},
+                    {"version": "@candidate", "weight": 10, "ray_actor_options": small},
+                ],
+                "ingress": {"ray_actor_options": small},
+                "reserve": False,
+                "serving": {"mode": modes[0]},
+                "auth": {"predict_tokens": [f"${{env:{TOKEN_ENV}}}"], "feedback_tokens": [f"${{env:{TOKEN_ENV}}}"]},
+            }
+        )
+        auth_url = serving.deploy(auth_spec, db=db).url
+        _progress(f"raypipe app with auth ({modes[0]}) deployed at {auth_url}")
+    return targets, deploy_s, auth_url
+
+
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--mode", choices=["colocated", "routed", "both"], default="both", help="raypipe's serving modes")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of each throughput measurement")
     p.add_argument("--latency-s", type=float, default=5.0, help="seconds of each 1-connection latency measurement")
     p.add_argument("--concurrency", type=int, default=16, help="connections of the throughput measurement")
@@ -213,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.latency_s, args.repeat = 3.0, 4.0, 1
+    modes = ["colocated", "routed"] if args.mode == "both" else [args.mode]
 
     import ray
     from ray import serve
@@ -220,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks._serve_plain import FEATURES, PlainModel, digits, mlp_package
     from raypipe.serving import app as serving
     from raypipe.serving.metrics import get_collector
-    from raypipe.serving.spec import ServeSpec
     from raypipe.store.artifacts import ArtifactStore
     from raypipe.store.metadata import MetadataStore
     from raypipe.store.registry import ModelRegistry
@@ -243,55 +303,19 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR")
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         port = _free_port()
-        spec = ServeSpec.model_validate(
-            {
-                "app": "bench",
-                "model": "digits",
-                "port": port,
-                "key": {"header": "X-User-Id"},
-                "variants": [
-                    {"version": "@production", "weight": 90},
-                    {"version": "@candidate", "weight": 10},
-                ],
-            }
-        )
-        t0 = time.perf_counter()
-        st = serving.deploy(spec, db=str(tmp / "raypipe.db"))
-        deploy_s = time.perf_counter() - t0
-        _progress(f"raypipe app deployed in {deploy_s:.1f}s at {st.url}")
-        targets_auth: dict[str, str] = {}
-        if not args.skip_auth:
-            # the same app with a predict token (and a feedback token); logical CPUs kept small
-            # to fit beside the others, not booked with the scheduler
-            os.environ[TOKEN_ENV] = TOKEN
-            small = {"num_cpus": 0.05}
-            auth_spec = ServeSpec.model_validate(
-                {
-                    **spec.model_dump(include={"model", "port", "key"}),
-                    "app": "bench-auth",
-                    "variants": [
-                        {"version": "@production", "weight": 90, "ray_actor_options": small},
-                        {"version": "@candidate", "weight": 10, "ray_actor_options": small},
-                    ],
-                    "ingress": {"ray_actor_options": small},
-                    "reserve": False,
-                    "auth": {"predict_tokens": [f"${{env:{TOKEN_ENV}}}"], "feedback_tokens": [f"${{env:{TOKEN_ENV}}}"]},
-                }
-            )
-            auth_url = serving.deploy(auth_spec, db=str(tmp / "raypipe.db")).url
-            targets_auth = {"raypipe_auth": f"{auth_url}/predict"}
-            _progress(f"raypipe app with auth deployed at {auth_url}")
+        apps, deploy_s, auth_url = _deploy_apps(args, str(tmp / "raypipe.db"), port, modes)
+        targets_auth = {"raypipe_auth": f"{auth_url}/predict"} if auth_url else {}
         ref = refs[0]
         plain_cfg = {"label": "v1", "uri": ref.uri, "sha256": ref.sha256, "size": ref.size, "fail_rate": 0.0}
         serve.run(
             serve.deployment(PlainModel)
-            .options(name="plain", ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64)
+            .options(name="plain", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
             .bind(plain_cfg),
             name="plain",
             route_prefix="/plain",
             logging_config={"enable_access_log": False, "log_level": "WARNING"},
         )
-        targets = {"plain": f"http://127.0.0.1:{port}/plain", "raypipe": f"{st.url}/predict"}
+        targets = {"plain": f"http://127.0.0.1:{port}/plain", **apps}
         x, _ = digits()
         bodies = [
             json.dumps({"features": dict(zip(FEATURES, map(float, row), strict=True))}).encode() for row in x[:500]
@@ -304,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         _progress("warm-up")
         for name, u in targets.items():
-            asyncio.run(_load(u, bodies, 4, 2.0, 0.5, name == "raypipe"))
+            asyncio.run(_load(u, bodies, 4, 2.0, 0.5, name != "plain"))
         if targets_auth:
             asyncio.run(_paired(targets_auth, bodies, 2.0, auth_headers))
         for rnd in range(args.repeat):
@@ -314,18 +338,18 @@ def main(argv: list[str] | None = None) -> int:
             for name in latency_targets:
                 samples[name]["latency"].append(paired[name])
             time.sleep(0.3)  # the router sends its events every 0.1 s
-            snap = ray.get(get_collector("bench").snapshot.remote(t_phase + 1))
-            # The router's own view: validation, routing and the call of the variant.
-            samples["raypipe"]["latency"][-1]["router_p50_ms"] = snap.get("v1", {}).get("latency_ms", {}).get("p50")
+            for mode in modes:
+                snap = ray.get(get_collector(f"bench-{mode}").snapshot.remote(t_phase + 1))
+                # The router's own view: validation, routing and the call of the variant.
+                p50 = snap.get("v1", {}).get("latency_ms", {}).get("p50")
+                samples[mode]["latency"][-1]["router_p50_ms"] = p50
             for name, u in targets.items():
                 _progress(
                     f"round {rnd + 1}/{args.repeat}: {name}, {args.concurrency} connections for {args.duration:g}s"
                 )
                 samples[name]["throughput"].append(
-                    asyncio.run(_load(u, bodies, args.concurrency, args.duration, 1.0, name == "raypipe"))
+                    asyncio.run(_load(u, bodies, args.concurrency, args.duration, 1.0, name != "plain"))
                 )
-        snap = ray.get(get_collector("bench").snapshot.remote())
-        split = {v: s["requests"] for v, s in snap.items()}
 
         def figures(name: str) -> dict[str, Any]:
             lat, thr = samples[name]["latency"], samples[name]["throughput"]
@@ -338,37 +362,49 @@ def main(argv: list[str] | None = None) -> int:
                 "failed": sum(s["failed"] for s in lat + thr),
             }
 
-        res, base = figures("raypipe"), figures("plain")
-        res["deploy_s"] = deploy_s
-        res["router_p50_ms"] = median(
-            [s["router_p50_ms"] for s in samples["raypipe"]["latency"] if s.get("router_p50_ms")]
-        )
-        res["split_requests"] = split
-        added = res["p50_ms"] - base["p50_ms"]
-        thr_ratio = ratio(res["rps"], base["rps"])
-        res["added_p50_ms"] = added
-        ratios = {k: ratio(res[k], base[k]) for k in ("p50_ms", "p99_ms", "rps", "loaded_p50_ms", "loaded_p99_ms")}
-        goals = {
-            "added_p50_ms": goal(added, GOAL_ADDED_P50_MS, "ms"),
-            "throughput_ratio": goal(thr_ratio or 0.0, GOAL_THROUGHPUT_RATIO, "x", lower_is_better=False),
-        }
+        base = figures("plain")
+        per_mode: dict[str, dict[str, Any]] = {}
+        goals: dict[str, Any] = {}
+        for mode in modes:
+            res = figures(mode)
+            snap = ray.get(get_collector(f"bench-{mode}").snapshot.remote())
+            res["deploy_s"] = deploy_s[mode]
+            res["router_p50_ms"] = median(
+                [s["router_p50_ms"] for s in samples[mode]["latency"] if s.get("router_p50_ms")]
+            )
+            res["split_requests"] = {v: s["requests"] for v, s in snap.items()}
+            res["added_p50_ms"] = res["p50_ms"] - base["p50_ms"]
+            res["throughput_ratio"] = ratio(res["rps"], base["rps"])
+            res["ratios"] = {
+                k: ratio(res[k], base[k]) for k in ("p50_ms", "p99_ms", "rps", "loaded_p50_ms", "loaded_p99_ms")
+            }
+            added_goal, thr_goal = GOALS[mode]
+            goals[f"{mode}_added_p50_ms"] = goal(res["added_p50_ms"], added_goal, "ms")
+            goals[f"{mode}_throughput_ratio"] = goal(
+                res["throughput_ratio"] or 0.0, thr_goal, "x", lower_is_better=False
+            )
+            per_mode[mode] = res
+        first = modes[0]
+        res = {k: v for k, v in per_mode[first].items() if k != "ratios"}
+        res["mode"] = first
+        ratios = dict(per_mode[first]["ratios"])
         res.update({f"auth_cpu_{k}": v for k, v in _auth_cpu_us().items()})
         if targets_auth:
             lat = samples["raypipe_auth"]["latency"]
             res["auth_p50_ms"] = median([s["p50_ms"] for s in lat])
             res["auth_p99_ms"] = median([s["p99_ms"] for s in lat])
             res["auth_failed"] = sum(s["failed"] for s in lat)
-            # per round, auth on minus off (the same round's alternating requests), then the median
+            # per round, auth on minus off (the same round's alternating requests, the same mode), then the median
             res["auth_added_p50_ms"] = median(
-                [a["p50_ms"] - b["p50_ms"] for a, b in zip(lat, samples["raypipe"]["latency"], strict=True)]
+                [a["p50_ms"] - b["p50_ms"] for a, b in zip(lat, samples[first]["latency"], strict=True)]
             )
             res["auth_added_p99_ms"] = median(
-                [a["p99_ms"] - b["p99_ms"] for a, b in zip(lat, samples["raypipe"]["latency"], strict=True)]
+                [a["p99_ms"] - b["p99_ms"] for a, b in zip(lat, samples[first]["latency"], strict=True)]
             )
             ratios["auth_p50_ms"] = ratio(res["auth_p50_ms"], res["p50_ms"])
             ratios["auth_p99_ms"] = ratio(res["auth_p99_ms"], res["p99_ms"])
             goals["auth_added_p50_ms"] = goal(res["auth_added_p50_ms"], GOAL_AUTH_ADDED_P50_MS, "ms")
-        params = {k: getattr(args, k) for k in ("duration", "latency_s", "concurrency", "repeat", "num_cpus")}
+        params = {k: getattr(args, k) for k in ("mode", "duration", "latency_s", "concurrency", "repeat", "num_cpus")}
         params["quick"] = bool(args.quick)
         params["auth"] = bool(targets_auth)
         params["load_avg_1m_before"] = load_before
@@ -378,13 +414,28 @@ def main(argv: list[str] | None = None) -> int:
             "serving",
             params=params,
             results=res,
+            modes=per_mode,
             baseline=base,
             ratios=ratios,
             goals=goals,
             samples=samples,
         )
+        rows = [["plain", base["p50_ms"], base["p99_ms"], base["rps"], base["loaded_p50_ms"], base["loaded_p99_ms"],
+                 "", "", base["failed"]]]  # fmt: skip
+        captions = []
+        for mode, r in per_mode.items():
+            rows.append(
+                [mode, r["p50_ms"], r["p99_ms"], r["rps"], r["loaded_p50_ms"], r["loaded_p99_ms"], r["added_p50_ms"],
+                 r["throughput_ratio"] or 0.0, r["failed"]]
+            )  # fmt: skip
+            a, t = goals[f"{mode}_added_p50_ms"], goals[f"{mode}_throughput_ratio"]
+            captions.append(
+                f"{mode}: added p50 {r['added_p50_ms']:.2f} ms (goal <= {a['limit']:g}: {'met' if a['met'] else 'MISSED'}), "
+                f"throughput {r['throughput_ratio'] or 0:.2f}x plain (goal >= {t['limit']:g}: "
+                f"{'met' if t['met'] else 'MISSED'}), split {r['split_requests']}"
+            )
         print_table(
-            "serving: raypipe split ingress vs plain Serve deployment",
+            "serving: raypipe's ingress (colocated, routed) vs a plain Serve deployment",
             [
                 "",
                 "p50 ms (1 conn)",
@@ -392,34 +443,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"req/s ({args.concurrency} conn)",
                 "p50 ms loaded",
                 "p99 ms loaded",
+                "added p50 ms",
+                "x plain req/s",
                 "failed",
             ],
-            [
-                [
-                    "plain",
-                    base["p50_ms"],
-                    base["p99_ms"],
-                    base["rps"],
-                    base["loaded_p50_ms"],
-                    base["loaded_p99_ms"],
-                    base["failed"],
-                ],
-                [
-                    "raypipe",
-                    res["p50_ms"],
-                    res["p99_ms"],
-                    res["rps"],
-                    res["loaded_p50_ms"],
-                    res["loaded_p99_ms"],
-                    res["failed"],
-                ],
-            ],
-            caption=(
-                f"added p50 {added:.2f} ms (goal <= {GOAL_ADDED_P50_MS:g}: {'met' if goals['added_p50_ms']['met'] else 'MISSED'}); "
-                f"throughput {thr_ratio or 0:.2f}x plain (goal >= {GOAL_THROUGHPUT_RATIO:g}: "
-                f"{'met' if goals['throughput_ratio']['met'] else 'MISSED'}); split {split}"
-            ),
+            rows,
+            caption="; ".join(captions),
         )
+        names = ["plain", *modes]
         bar_chart(
             args.out / "serving.png",
             [
@@ -427,21 +458,24 @@ def main(argv: list[str] | None = None) -> int:
                     "title": "latency, 1 connection",
                     "ylabel": "ms",
                     "groups": ["p50", "p99"],
-                    "series": {"plain": [base["p50_ms"], base["p99_ms"]], "raypipe": [res["p50_ms"], res["p99_ms"]]},
+                    "series": {n: [figures(n)["p50_ms"], figures(n)["p99_ms"]] for n in names},
                 },
                 {
                     "title": f"throughput, {args.concurrency} connections",
                     "ylabel": "requests/s",
                     "groups": ["req/s"],
-                    "series": {"plain": [base["rps"]], "raypipe": [res["rps"]]},
-                    "hline": (base["rps"] * GOAL_THROUGHPUT_RATIO, f"goal {GOAL_THROUGHPUT_RATIO:g}x plain"),
+                    "series": {n: [figures(n)["rps"]] for n in names},
+                    "hline": (
+                        base["rps"] * GOALS["colocated"][1],
+                        f"goal {GOALS['colocated'][1]:g}x plain (colocated)",
+                    ),
                 },
             ],
-            title="raypipe serving (router + variants) vs a plain Serve deployment",
+            title="raypipe serving (colocated, routed) vs a plain Serve deployment",
         )
         if targets_auth:
             print(
-                f"auth on vs off (1 connection): p50 {res['auth_p50_ms']:.2f} vs {res['p50_ms']:.2f} ms, "
+                f"auth on vs off ({first}, 1 connection): p50 {res['auth_p50_ms']:.2f} vs {res['p50_ms']:.2f} ms, "
                 f"added p50 {res['auth_added_p50_ms']:+.2f} ms (goal <= {GOAL_AUTH_ADDED_P50_MS:g}: "
                 f"{'met' if goals['auth_added_p50_ms']['met'] else 'MISSED'}), added p99 "
                 f"{res['auth_added_p99_ms']:+.2f} ms; in-process: token check {res['auth_cpu_token_check_us']:.1f} us, "
@@ -450,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             serving.shutdown("bench-auth")
         _progress(f"results: {path}")
-        serving.shutdown("bench")
+        for mode in modes:
+            serving.shutdown(f"bench-{mode}")
         serve.delete("plain")
         return 0
     finally:

@@ -338,7 +338,11 @@ def print_app(st: Any, verb: str = "app") -> None:
     key = ", ".join(f"{k} {v}" for k, v in (st.key or {}).items() if v) or "none (random per request)"
     console.print(
         f"{verb} [bold]{escape(st.app)}[/] · {status(st.status.lower())} · {escape(st.url)} · model {escape(st.model)}"
-        f" · sticky key: {escape(key)}" + (f" · shadow: {st.shadow}" if st.shadow else "") + _auth_text(st),
+        f" · sticky key: {escape(key)}"
+        + (f" · shadow: {st.shadow}" if st.shadow else "")
+        + _auth_text(st)
+        + f" · mode: {escape(str(getattr(st, 'mode', 'routed')))}"
+        + (f" ({escape(st.mode_reason)})" if getattr(st, "mode_reason", "") else ""),
         soft_wrap=True,
         emoji=False,
     )
@@ -362,13 +366,13 @@ def print_app(st: Any, verb: str = "app") -> None:
     ing = st.ingress or {}
     if ing:
         table.add_row(
-            "router",
+            "router" + (" (holds the variants)" if getattr(st, "mode", "") == "colocated" else ""),
             "-",
             "",
             "",
             f"{ing.get('running_replicas')}/{ing.get('target_replicas')}",
             status(str(ing.get("status", "")).lower()),
-            "",
+            escape(", ".join(f"{k}={val}" for k, val in (ing.get("ray_actor_options") or {}).items())),
         )
     console.print(table, emoji=False)
     r = st.reservation

@@ -11,8 +11,9 @@ Contract (shared with the A/B report and the canary controller)::
     url(app: str) -> str                       # http://127.0.0.1:PORT/<route_prefix>
     apps() -> list[str]
 
-- An app is one Serve application: an HTTP ingress deployment ``router`` and one
-  deployment per model version named ``v<N>`` (:mod:`raypipe.serving.deployments`).
+- An app is one Serve application: an HTTP ingress deployment ``router`` and, routed, one
+  deployment per model version named ``v<N>`` (:mod:`raypipe.serving.deployments`);
+  colocated, the router's replicas hold the versions (:mod:`raypipe.serving.colocation`).
   Variants are pinned to versions when deployed (``@alias`` references are resolved
   then; moving the alias later changes nothing until the next deploy).
 - The app is deployed through Serve's declarative config (the same path as ``serve
@@ -46,7 +47,7 @@ from raypipe._ray.actors import kill_actor
 from raypipe.exceptions import RaypipeError
 from raypipe.models.preprocess import describe_inputs
 from raypipe.monitoring.monitor import stop_monitor
-from raypipe.serving import reservation
+from raypipe.serving import colocation, reservation
 from raypipe.serving.auth import auth_record, describe
 from raypipe.serving.metrics import get_collector
 from raypipe.serving.resolve import ResolvedVariant, check_distinct, from_version, resolve, shadow_label
@@ -279,10 +280,8 @@ def deploy_resolved(
         "aliases": dict(aliases or {}),
         "auth": str(auth["rev"]),
     }
-    bundles = [replica_resources(spec.ingress.ray_actor_options)] * spec.ingress.replicas
-    for r in resolved:
-        bundles += [replica_resources(r.spec.ray_actor_options)] * r.spec.max_replicas
-    bundles = [b for b in bundles if not b.is_zero()]
+    plan = colocation.layout(spec, resolved)  # colocated or routed; the replicas to book
+    bundles = plan.bundles
 
     client = _serve_client(spec)
     prev = load_state(spec.app)
@@ -326,9 +325,11 @@ def deploy_resolved(
                 for r in resolved
             },
         },
+        "mode": plan.mode,
+        "mode_reason": plan.reason,
         "ingress": {
-            "replicas": spec.ingress.replicas,
-            "ray_actor_options": actor_options(spec.ingress.ray_actor_options),
+            "replicas": plan.ingress_replicas,
+            "ray_actor_options": actor_options(plan.ingress_options),
             "max_ongoing_requests": spec.ingress.max_ongoing_requests,
         },
         "variants": {
@@ -472,8 +473,10 @@ def status(app: str) -> AppStatus:
     deps = d.get("deployments") or {}
     uc = state["user_config"]
     variants = {}
+    router = deps.get("router") or {}
+    mode = colocation.mode_of(state["args"])
     for v in state["variants"]:
-        dep = deps.get(v["label"]) or {}
+        dep = (router if mode == colocation.COLOCATED else deps.get(v["label"])) or {}  # colocated: in the router
         vs = v["spec"]
         variants[v["label"]] = VariantStatus(
             label=v["label"],
@@ -491,7 +494,6 @@ def status(app: str) -> AppStatus:
             fail_rate=float(vs.get("fail_rate") or 0.0),
             shadow=uc.get("shadow") == v["label"],
         )
-    router = deps.get("router") or {}
     job = None
     held = state.get("reservation")
     if held:
@@ -515,10 +517,16 @@ def status(app: str) -> AppStatus:
         force_header=(spec.get("force_variant") or {}).get("header"),
         auth=describe(load_auth(app)),
         reservation=job,
+        mode=mode,
+        mode_reason=str(state["args"].get("mode_reason") or ""),
         ingress={
             "target_replicas": int(router.get("target_num_replicas") or 0),
             "running_replicas": sum(1 for r in router.get("replicas") or [] if _enum(r.get("state")) == "RUNNING"),
             "status": _enum(router.get("status")) if router else "MISSING",
+            "replicas": int(state["args"]["ingress"]["replicas"]),
+            "ray_actor_options": {
+                k: v for k, v in state["args"]["ingress"]["ray_actor_options"].items() if k != "label_selector"
+            },
         },
     )
 

@@ -1,5 +1,7 @@
-"""The Serve application of one served model: an HTTP ingress (``router``) and one
-deployment per model version (``v<N>``), built by :func:`build_app` from plain args.
+"""The Serve application of one served model: an HTTP ingress (``router``) and, routed, one
+deployment per model version (``v<N>``), built by :func:`build_app` from plain args;
+colocated, the router's replicas load the versions themselves and call them in-process
+(:mod:`raypipe.serving.colocation`: the same routing, metrics and feedback code).
 
 Serve deploys it from a config (``import_path: raypipe.serving.deployments:build_app``,
 ``args``: the resolved variants), so a later config that changes only the router's
@@ -48,8 +50,9 @@ from raypipe._ray.actors import NAMESPACE
 from raypipe.monitoring.monitor import get_monitor, read_config
 from raypipe.serving.auth import AuthError, RouterAuth
 from raypipe.serving.batching import INFLIGHT_PER_REPLICA, Batcher
+from raypipe.serving.colocation import COLOCATED, mode_of
 from raypipe.serving.feedback_route import FLUSH_S, FeedbackRoutes, json_response
-from raypipe.serving.model_variant import VARIANT_ENV, ModelVariant, short_error
+from raypipe.serving.model_variant import VARIANT_ENV, LocalVariant, ModelVariant, short_error
 from raypipe.serving.routing import choose, random_key
 from raypipe.serving.state import load_auth
 from raypipe.serving.validation import (
@@ -89,7 +92,7 @@ class Router(FeedbackRoutes):
     """The HTTP ingress: authenticate, validate, pick a variant (sticky, weighted), call it,
     record metrics; ``/feedback`` is :class:`~raypipe.serving.feedback_route.FeedbackRoutes`."""
 
-    def __init__(self, config: Mapping[str, Any], **variants: Any) -> None:
+    def __init__(self, config: Mapping[str, Any], colocated: Mapping[str, Any] | None = None, **variants: Any) -> None:
         self.app = config["app"]
         self.model = config["model"]
         self.salt = config.get("salt", "")
@@ -115,9 +118,12 @@ class Router(FeedbackRoutes):
             )
             for k, v in self.info.items()
         }
-        self.handles = dict(variants)
+        # Colocated: the variants' models loaded here, called in-process (no second hop);
+        # routed: the variants' Serve deployments.  The same calls either way.
+        self.colocated = colocated is not None
+        self.handles = {k: LocalVariant(c) for k, c in (colocated or {}).items()} if colocated else dict(variants)
         self.batchers = {
-            k: Batcher(h, INFLIGHT_PER_REPLICA * int(self.info[k].get("replicas") or 1))
+            k: Batcher(h, INFLIGHT_PER_REPLICA * (1 if self.colocated else int(self.info[k].get("replicas") or 1)))
             for k, h in self.handles.items()
         }
         self.collector_name = config["collector"]
@@ -413,9 +419,12 @@ class Router(FeedbackRoutes):
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """The Serve application from :func:`raypipe.serving.app` 's args (plain JSON)."""
+    """The Serve application from :func:`raypipe.serving.app` 's args (plain JSON): the router
+    and, routed, one deployment per variant; colocated, the router alone, given the variants'
+    model configs to load in-process (:mod:`raypipe.serving.colocation`)."""
+    colocated = mode_of(args) == COLOCATED
     variants = {}
-    for label, v in args["variants"].items():
+    for label, v in ({} if colocated else args["variants"]).items():
         opts: dict[str, Any] = {
             "name": label,
             "ray_actor_options": {**v["ray_actor_options"], "runtime_env": {"env_vars": VARIANT_ENV}},
@@ -442,4 +451,6 @@ def build_app(args: dict[str, Any]) -> Any:
         graceful_shutdown_timeout_s=30.0,
         graceful_shutdown_wait_loop_s=0.5,
     )  # its user_config (weights, shadow, aliases) comes from the app config's deployments override
+    if colocated:
+        return router.bind(args["router"], colocated={k: v["model"] for k, v in args["variants"].items()})
     return router.bind(args["router"], **variants)

@@ -123,3 +123,32 @@ class ModelVariant:
                 out[i] = {"ok": True, "p": preds[at : at + n], "unseen": sum(unseen[at : at + n])}
                 at += n
         return out
+
+
+class _LocalMethod:
+    """``handle.method.remote(*args)`` of a Serve handle, for an object in this process: an
+    awaitable of the method's result (a coroutine, run on the caller's event loop)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any) -> Any:
+        result = self.fn(*args)
+        if asyncio.iscoroutine(result):
+            return result
+
+        async def done() -> Any:
+            return result
+
+        return done()
+
+
+class LocalVariant:
+    """A variant loaded in the router's own replica (colocated mode): the calls the router
+    makes of a variant's Serve handle (``predict_many``, ``label_schema``), answered by a
+    :class:`ModelVariant` built from the same config the variant's deployment gets."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.model = ModelVariant(config)
+        self.predict_many = _LocalMethod(self.model.predict_many)
+        self.label_schema = _LocalMethod(self.model.label_schema)

@@ -22,6 +22,7 @@ An app spec (``raypipe deploy app.yaml``)::
     route_prefix: /digits        # default /<app>
     port: 8000                   # Serve's HTTP port (one per cluster)
     reserve: true                # book the replicas' resources with raypipe's scheduler
+    serving: {mode: auto}        # auto | colocated (variants in the router's replicas) | routed
     monitor: {window_rows: 500}  # a drift monitor (raypipe.monitoring.spec.MonitorSpec's fields), against
                                  # the profile registered with the production variant's version
     retrain: {...}               # the closed loop (needs monitor): see RetrainSpec
@@ -194,6 +195,30 @@ class IngressSpec(StrictModel):
     @classmethod
     def _options(cls, v: dict[str, Any]) -> dict[str, Any]:
         return _actor_options(v, DEFAULT_INGRESS_CPUS)
+
+
+#: ``serving.mode: auto`` colocates the variants when their model packages sum to less than this
+#: (bytes).  Every router replica holds every variant: 256 MiB of small models (the digits MLPs
+#: are 40 KiB, a tabular MLP a few MiB) loads in seconds and fits beside the router's own
+#: ~200 MiB; bigger ones are better served by their own replicas (routed).
+COLOCATE_MAX_BYTES = 256 << 20
+
+
+class ServingModeSpec(StrictModel):
+    """How requests reach the variants' models."""
+
+    mode: Literal["auto", "colocated", "routed"] = Field(
+        default="auto",
+        description="`colocated`: every router (ingress) replica loads the app's variants in-process and calls "
+        "them directly (no second hop); `routed`: one Serve deployment per variant behind the router (for large "
+        "models or models needing GPUs); `auto`: colocated when the variants' model packages sum to less than "
+        "`colocate_max_bytes` and no variant asks for GPUs, custom resources or autoscaling, else routed.",
+    )
+    colocate_max_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=COLOCATE_MAX_BYTES,
+        description="`auto`'s threshold: the sum of the variants' model package sizes (bytes) below which they "
+        "are colocated (default 256 MiB).",
+    )
 
 
 class MonitorConfig(MonitorSpec):
@@ -379,6 +404,8 @@ class ServeSpec(StrictModel):
         "Content-Length, or as soon as a chunked body passes it) get 413 before anything is parsed.",
     )
     ingress: IngressSpec = Field(default_factory=IngressSpec)
+    #: Colocated (variants in the router's replicas) or routed (a deployment per variant).
+    serving: ServingModeSpec = Field(default_factory=ServingModeSpec)
     #: Book every replica's resources (autoscaling: max_replicas) with raypipe's scheduler.
     reserve: bool = True
     reserve_timeout_s: Annotated[float, Field(gt=0)] = 120.0
@@ -474,6 +501,7 @@ __all__ = [
     "MonitorConfig",
     "RetrainSpec",
     "ServeSpec",
+    "ServingModeSpec",
     "ShadowSpec",
     "VariantSpec",
     "WeightsError",

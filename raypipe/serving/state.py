@@ -114,6 +114,11 @@ class AppStatus:
     auth: dict[str, Any] = field(default_factory=dict)
     #: The scheduler job booking the replicas' resources: {job_id, state, demand, nodes}, or None.
     reservation: dict[str, Any] | None = None
+    #: ``colocated`` (the variants run in the router's replicas) or ``routed`` (a deployment
+    #: per variant), and why (``serving.mode`` or ``auto``'s reason).
+    mode: str = "routed"
+    mode_reason: str = ""
+    #: The router: replicas running / targeted, its Serve status, replicas and options as deployed.
     ingress: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

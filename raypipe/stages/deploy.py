@@ -117,7 +117,8 @@ class DeployStage(StageKind):
             return None
         doc = commit.artifacts.get_value(ref)
         split = ", ".join(f"{k} {w:g}%" for k, w in (doc.get("weights") or {}).items())
-        return f"serving {doc.get('app')} at {doc.get('url')} ({split})"
+        mode = f", {doc['mode']}" if doc.get("mode") else ""
+        return f"serving {doc.get('app')} at {doc.get('url')} ({split}{mode})"
 
     def serve_spec(self) -> ServeSpec:
         """The app's spec as :mod:`raypipe.serving` takes it (the stage's params without its own fields)."""

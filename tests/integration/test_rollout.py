@@ -47,8 +47,9 @@ def env(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     serve.shutdown()
 
 
-def deploy(env: dict[str, Any], name: str, candidate: int, fail_rate: float = 0.0) -> str:
-    """App ``name``: v1 at 100%, ``v<candidate>`` at 0% (``fail_rate`` of its requests answer 500)."""
+def deploy(env: dict[str, Any], name: str, candidate: int, fail_rate: float = 0.0, mode: str = "auto") -> str:
+    """App ``name``: v1 at 100%, ``v<candidate>`` at 0% (``fail_rate`` of its requests answer 500);
+    ``mode``: its ``serving.mode`` (the default, auto, colocates these small models)."""
     opts = {"num_cpus": 0.1}
     spec = ServeSpec.model_validate(
         {
@@ -62,9 +63,12 @@ def deploy(env: dict[str, Any], name: str, candidate: int, fail_rate: float = 0.
             "port": env["port"],
             "ingress": {"ray_actor_options": {"num_cpus": 0.1}},
             "reserve": False,
+            "serving": {"mode": mode},
         }
     )
-    return serve_app.deploy(spec, db=env["db"]).url
+    st = serve_app.deploy(spec, db=env["db"])
+    assert st.mode == ("colocated" if mode == "auto" else mode)
+    return st.url
 
 
 class Traffic:
@@ -129,11 +133,13 @@ def production(db: str) -> int:
         meta.close()
 
 
-def test_failing_candidate_is_rolled_back(env: dict[str, Any]) -> None:
-    url = deploy(env, "canary-bad", candidate=2, fail_rate=0.3)
+@pytest.mark.parametrize("mode", ["colocated", "routed"])
+def test_failing_candidate_is_rolled_back(env: dict[str, Any], mode: str) -> None:
+    app = f"canary-bad-{mode}"
+    url = deploy(env, app, candidate=2, fail_rate=0.3, mode=mode)
     spec = build_spec(
         {
-            "app": "canary-bad",
+            "app": app,
             "candidate": "v2",
             "steps": [20, 50, 100],
             "interval_s": 1.5,  # the early stop rolls back within the first step anyway
@@ -144,11 +150,11 @@ def test_failing_candidate_is_rolled_back(env: dict[str, Any]) -> None:
     with Traffic(url, env["rows"]) as traffic:
         st = api.rollout_start(spec, db=env["db"])
         assert (st["baseline"], st["candidate"], st["weights"]) == ("v1", "v2", {"v1": 80.0, "v2": 20.0})
-        wait_for(lambda: rollout_state("canary-bad") == "rolled_back", timeout_s=180, what="the rollback")
+        wait_for(lambda: rollout_state(app) == "rolled_back", timeout_s=180, what="the rollback")
     assert traffic.failed > 0
-    weights = serve_app.status("canary-bad").weights
+    weights = serve_app.status(app).weights
     assert weights == {"v1": 100.0, "v2": 0.0}
-    evs = events(env["db"], "canary-bad")
+    evs = events(env["db"], app)
     assert [e.event for e in evs][:2] == ["started", "step"] and evs[-1].event == "rolled_back"
     d = evs[-1].detail
     assert d["guardrail"] == "error_rate" and d["weights"] == {"v1": 100.0, "v2": 0.0}
@@ -156,8 +162,9 @@ def test_failing_candidate_is_rolled_back(env: dict[str, Any]) -> None:
     assert obs["candidate"] > obs["baseline"] + 0.02 and obs["candidate_errors"] > 0 and obs["baseline_errors"] == 0
     assert d["allowed"].startswith("candidate - baseline <= 2.00%")
     assert production(env["db"]) == before  # the production alias did not move
-    status = api.rollout_status("canary-bad", db=env["db"])
+    status = api.rollout_status(app, db=env["db"])
     assert status["state"] == "rolled_back" and status["live"]["end_reason"].startswith("error_rate")
+    serve_app.shutdown(app)  # its replicas' CPUs for the next tests
 
 
 def test_good_candidate_is_promoted_by_a_detached_controller(env: dict[str, Any]) -> None:

@@ -4,6 +4,13 @@ v2 10%, v3 0% failing 30% of request ids), sticky on ``X-User-Id``, with bearer 
 references to files, resolved in the deploy stage's task); beside it on the same Serve, an
 app with no auth at all (the single-user default) and a short feedback window.
 
+The stage's app runs in the default mode (``serving.mode: auto``: these small models are
+colocated in the router's replicas); its twin ``ab-routed`` (the same variants, tokens and
+split, ``serving.mode: routed``: a deployment per variant) takes the representative subset
+parametrized over both modes (``target``: predict and the sticky split, forced variants,
+shadow, feedback, drift logging, a variant added and removed under traffic), and the tests
+of a variant replica killed under load (a routed-only thing).
+
 Split fractions and stickiness are deterministic given the keys (hashing), so nothing
 here depends on timing; the load is only there to have requests in flight while a
 replica dies or the weights change."""
@@ -33,6 +40,7 @@ from tests.conftest import cli_json, free_port, wait_for
 from tests.integration.serve_funcs import drift_reference, register_digits, sample_rows
 
 APP = "ab"
+ROUTED = "ab-routed"
 OPEN = "open"
 WEIGHTS = {"v1": 90.0, "v2": 10.0, "v3": 0.0}
 FAIL_RATE = 0.3
@@ -91,12 +99,37 @@ def served(ray_local: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     result = raypipe.run(cfg, on_event=events.append)
     assert result.ok, result.errors
     note = [e.message for e in events if e.stage == "deploy" and e.status == "succeeded"]
-    yield {"db": db, "root": root, "url": serving.url(APP), "port": port, "params": params, "note": note}
+    # the routed twin: the same variants, tokens and split, a deployment per variant (0.1 CPU each)
+    small = {"num_cpus": 0.1}
+    twin = {
+        **params,
+        "app": ROUTED,
+        "variants": [{**v, "ray_actor_options": small} for v in params["variants"]],
+        "ingress": {"ray_actor_options": small},
+        "serving": {"mode": "routed"},
+    }
+    routed = serving.deploy(ServeSpec.model_validate(twin), db=db)
+    yield {
+        "db": db,
+        "root": root,
+        "url": serving.url(APP),
+        "port": port,
+        "params": params,
+        "note": note,
+        "apps": {"colocated": (APP, serving.url(APP)), "routed": (ROUTED, routed.url)},
+    }
     for name in serving.apps():
         serving.shutdown(name)
     from ray import serve
 
     serve.shutdown()  # also drops Serve's cached client: the next module's Ray may reuse its job id
+
+
+@pytest.fixture(params=["colocated", "routed"])
+def target(request: pytest.FixtureRequest, served: dict[str, Any]) -> dict[str, str]:
+    """The app of a mode: the stage's (colocated) or its routed twin; {mode, app, url}."""
+    app, url = served["apps"][request.param]
+    return {"mode": request.param, "app": app, "url": url}
 
 
 @pytest.fixture(scope="module")
@@ -164,16 +197,16 @@ def predict_many(
     return out
 
 
-def replicas(deployment: str) -> list[dict[str, Any]]:
+def replicas(deployment: str, app: str = ROUTED) -> list[dict[str, Any]]:
     details = serving._details(serving._serve_client())
-    dep = details["applications"][APP]["deployments"][deployment]
+    dep = details["applications"][app]["deployments"][deployment]
     return [r for r in dep["replicas"] if serving._enum(r["state"]) == "RUNNING"]
 
 
-def kill_replica(deployment: str) -> str:
+def kill_replica(deployment: str, app: str = ROUTED) -> str:
     import ray
 
-    victim = replicas(deployment)[0]
+    victim = replicas(deployment, app)[0]
     ray.kill(ray.get_actor(victim["actor_name"], namespace="serve"), no_restart=True)
     return str(victim["replica_id"])
 
@@ -184,9 +217,21 @@ def test_deployed_by_the_stage_with_a_reservation(served: dict[str, Any]) -> Non
     assert {k: v.version for k, v in st.variants.items()} == {"v1": 1, "v2": 2, "v3": 3}
     assert st.aliases == {"production": "v1", "candidate": "v3"}
     assert st.url == f"http://127.0.0.1:{served['port']}/{APP}"
-    # One scheduler job books every replica: router + 2 x v1 + v2 + v3, 0.2 CPU each.
+    # The default mode colocates these small models: no deployment per variant; the router has
+    # v1's 2 replicas, each 0.2 CPU (the router's) + 0.2 (the largest variant's); the scheduler
+    # books exactly those two replicas.
+    assert st.mode == "colocated" and st.mode_reason.startswith("auto: the variants' models sum to")
+    assert st.ingress["replicas"] == 2 and st.ingress["ray_actor_options"] == {"num_cpus": 0.4}
+    details = serving._details(serving._serve_client())["applications"]
+    assert set(details[APP]["deployments"]) == {"router"}
     assert st.reservation is not None and st.reservation["state"] == "running"
-    assert st.reservation["demand"] == "1 CPU"
+    assert st.reservation["demand"] == "0.8 CPU"
+    assert all(v.running_replicas == 2 for v in st.variants.values())
+    # The routed twin: router + 2 x v1 + v2 + v3, 0.1 CPU each, a deployment per variant.
+    twin = serving.status(ROUTED)
+    assert twin.mode == "routed" and twin.mode_reason == "serving.mode: routed"
+    assert set(details[ROUTED]["deployments"]) == {"router", "v1", "v2", "v3"}
+    assert twin.reservation is not None and twin.reservation["demand"] == "0.5 CPU"
     assert served["note"] and f"serving {APP} at {st.url}" in served["note"][0]
     meta = session().get(f"{served['url']}/metadata").json()
     assert meta["weights"] == WEIGHTS and meta["aliases"] == st.aliases
@@ -224,15 +269,19 @@ def test_tokens_401_403_and_health_open(served: dict[str, Any]) -> None:
     assert bare.get(f"{url}/health", timeout=60).json() == {"status": "ok", "app": APP}
 
 
-def test_split_accuracy_stickiness_and_a_replica_killed_under_load(served: dict[str, Any], reliability: Any) -> None:
+def test_split_accuracy_stickiness_and_a_replica_killed_under_load(target: dict[str, str], reliability: Any) -> None:
+    """Both modes: the split's shares, stickiness by the contract's hash, every request counted,
+    the same variants after a router replica restarts.  Routed: a v1 replica dies under load and
+    no request fails (the router calls the variant again); colocated has no variant replica (a
+    router replica dying under load loses its own requests in both modes: not done here)."""
     import ray
 
-    url = served["url"]
+    app, url, routed = target["app"], target["url"], target["mode"] == "routed"
     # 2,000 keys: the v2 share's standard error is 0.67 points, so the 2-point bound is 3 sigma
     # (the split is a hash of the key: these keys get exactly 10.0%).
     keys = [f"user-{i}" for i in range(2000)]
     rows = sample_rows(200)
-    before = replicas("v1")
+    before = replicas("v1") if routed else []
     cpus_free = ray.available_resources().get("CPU", 0.0)
     answered = threading.Semaphore(0)
     killed: list[str] = []
@@ -245,48 +294,65 @@ def test_split_accuracy_stickiness_and_a_replica_killed_under_load(served: dict[
         killed.append(kill_replica("v1"))
 
     killer = threading.Thread(target=kill_after_a_quarter, daemon=True)
-    killer.start()
+    if routed:
+        killer.start()
     results = predict_many(url, keys, rows, answered=answered)
-    killer.join(timeout=60)
-    assert killed, "a v1 replica was killed while requests were in flight"
+    if routed:
+        killer.join(timeout=60)
+        assert killed, "a v1 replica was killed while requests were in flight"
     failed = [r for r in results if r[1] != 200]
     reliability.records("requests answered", len(keys), len(results) - len(failed))
-    print(f"\n2,000 requests, a v1 replica killed under load: {len(failed)} failed")
+    print(f"\n2,000 requests ({target['mode']}), a v1 replica killed under load: {len(failed)} failed")
     assert not failed, failed[:3]
     counts = Counter(r[2]["variant"] for r in results)
     assert abs(counts["v2"] / len(keys) - 0.10) <= 0.02, counts
     assert counts["v3"] == 0
     assert all(r[2]["variant"] == choose(r[0], WEIGHTS) for r in results)  # the contract's hash, exactly
-    # Serve replaces the killed replica; the same keys get the same variants.
-    wait_for(
-        lambda: (
-            len(replicas("v1")) == 2 and {r["replica_id"] for r in replicas("v1")} != {r["replica_id"] for r in before}
-        ),
-        timeout_s=120,
-        what="Serve to replace the killed v1 replica",
-    )
-    # the dead replica's resources are given back (its replacement takes the same again)
-    wait_for(
-        lambda: abs(ray.available_resources().get("CPU", 0.0) - cpus_free) < 1e-6,
-        timeout_s=60,
-        what="the CPUs free before the kill to be free again",
-    )
+    if routed:  # Serve replaces the killed replica; the same keys get the same variants.
+        wait_for(
+            lambda: (
+                len(replicas("v1")) == 2
+                and {r["replica_id"] for r in replicas("v1")} != {r["replica_id"] for r in before}
+            ),
+            timeout_s=120,
+            what="Serve to replace the killed v1 replica",
+        )
+        # the dead replica's resources are given back (its replacement takes the same again)
+        wait_for(
+            lambda: abs(ray.available_resources().get("CPU", 0.0) - cpus_free) < 1e-6,
+            timeout_s=60,
+            what="the CPUs free before the kill to be free again",
+        )
     first = {k: body["variant"] for k, _, body in results}
     again = predict_many(url, keys[:400], rows)
     assert all(s == 200 and body["variant"] == first[k] for k, s, body in again)
 
     # Every answered request reached the metrics collector, per variant.
     def counted() -> dict[str, int]:
-        snap = ray.get(get_collector(APP).snapshot.remote())
+        snap = ray.get(get_collector(app).snapshot.remote())
         return {v: s["requests"] for v, s in snap.items() if s["requests"]}
 
     total = len(results) + len(again)
     wait_for(lambda: sum(counted().values()) >= total, timeout_s=30, what="the collector to count every request")
     assert counted()["v2"] >= counts["v2"]
-    # The same keys keep their variants after the router itself restarts (a killed router
-    # loses the events it had not sent yet: at most 0.1 s of them).
-    kill_replica("router")
-    wait_for(lambda: serving.status(APP).ingress["running_replicas"] == 1, timeout_s=120, what="a new router")
+    # The same keys keep their variants after a router replica restarts (a killed router
+    # loses the events it had not sent yet: at most 0.1 s of them; colocated, the new
+    # replica loads the variants' models again).
+    n_routers = serving.status(app).ingress["target_replicas"]
+    cpus_free = ray.available_resources().get("CPU", 0.0)
+    dead = kill_replica("router", app)
+    # Serve lists the dead replica as running until it notices: wait for the replacement itself,
+    # then for the dead one's CPUs (the next test measures what is free)
+    wait_for(
+        lambda: dead not in (ids := {r["replica_id"] for r in replicas("router", app)}) and len(ids) == n_routers,
+        timeout_s=120,
+        what="a new router",
+    )
+    wait_for(
+        lambda: abs(ray.available_resources().get("CPU", 0.0) - cpus_free) < 1e-6,
+        timeout_s=60,
+        what="the dead router's CPUs to be given back",
+    )
     wait_for(lambda: post(f"{url}/predict", {"features": rows[0]}, "probe").status_code == 200, timeout_s=60)
     after = predict_many(url, keys[:200], rows)
     assert all(s == 200 and body["variant"] == first[k] for k, s, body in after)
@@ -313,6 +379,7 @@ def test_live_split_under_traffic_drops_nothing(served: dict[str, Any]) -> None:
     threads = [threading.Thread(target=traffic, args=(t,)) for t in range(4)]
     for t in threads:
         t.start()
+    routers = {r["replica_id"] for r in replicas("router", APP)}
     try:
         wait_for(lambda: len(seen) > 50, what="traffic")
         st = serving.set_weights(APP, ["v1=50", "v2=50"])
@@ -329,6 +396,8 @@ def test_live_split_under_traffic_drops_nothing(served: dict[str, Any]) -> None:
     failed = [s for s in seen if s[2] != 200]
     print(f"\n{len(seen)} requests while the split changed twice: {len(failed)} failed")
     assert not failed
+    # weights only: the router replicas (holding the colocated models) were reconfigured, not replaced
+    assert {r["replica_id"] for r in replicas("router", APP)} == routers
     new = {"v1": 50.0, "v2": 50.0, "v3": 0.0}
     during = [s for s in seen if changed < s[0] < reverting]
     # Every request sent after set_weights returned follows the new split (the router
@@ -339,8 +408,8 @@ def test_live_split_under_traffic_drops_nothing(served: dict[str, Any]) -> None:
 FORCE = {"X-Raypipe-Variant": "v3", "X-Raypipe-Force-Token": FORCE_TOKEN}
 
 
-def test_forced_variant_and_injected_failures(served: dict[str, Any], open_app: dict[str, Any]) -> None:
-    url = served["url"]
+def test_forced_variant_and_injected_failures(target: dict[str, str], open_app: dict[str, Any]) -> None:
+    url = target["url"]
     row = sample_rows(1)[0]
     statuses = {}
     for i in range(60):
@@ -361,21 +430,21 @@ def test_forced_variant_and_injected_failures(served: dict[str, Any], open_app: 
     assert r.status_code == 403 and "forcing a variant (X-Raypipe-Variant) is off" in r.json()["error"]
 
 
-def test_forced_and_shadow_requests_never_count_in_ab_numbers(served: dict[str, Any]) -> None:
+def test_forced_and_shadow_requests_never_count_in_ab_numbers(target: dict[str, str]) -> None:
     import ray
 
     from raypipe.serving.abtest.stats import VariantStats
 
-    url = served["url"]
-    collector = get_collector(APP)
-    serving.set_shadow(APP, "v3")
+    url, app = target["url"], target["app"]
+    collector = get_collector(app)
+    serving.set_shadow(app, "v3")
     time.sleep(1.0)  # snapshots count whole seconds: keep earlier tests' v3 events out of the window
     try:
         since = time.time()
         keys = [f"shadow-{i}" for i in range(200)]
         results = predict_many(url, keys, sample_rows(20), workers=8)
     finally:
-        serving.set_shadow(APP, None)
+        serving.set_shadow(app, None)
     assert all(s == 200 and body["variant"] == choose(k, WEIGHTS) for k, s, body in results)
     forced = [post(f"{url}/predict", {"features": sample_rows(1)[0]}, "u2", **FORCE).json() for _ in range(20)]
     ok = [d["request_id"] for d in forced if "error" not in d]
@@ -474,8 +543,10 @@ def test_cli_split_errors_status_and_redeploy(served: dict[str, Any], tmp_path: 
     assert res.exit_code == 2 and "no serving app 'nope'" in res.output
     res = runner.invoke(cli_app, ["serve", "status", APP, "--json"])
     assert res.exit_code == 0 and cli_json(res.output)["weights"] == WEIGHTS
+    assert cli_json(res.output)["mode"] == "colocated"
     res = runner.invoke(cli_app, ["serve", "status", APP])
     assert res.exit_code == 0 and "reservation serve:ab:" in res.output
+    assert "mode: colocated (auto: the variants' models sum to" in res.output
     assert "auth: predict (1 token), feedback (1 token), force-variant (X-Raypipe-Variant)" in res.output
     # `raypipe deploy` of the same app as a spec file: nothing changes, the reservation is kept.
     job = serving.status(APP).reservation["job_id"]  # type: ignore[index]
@@ -528,24 +599,25 @@ def test_deploy_from_a_pipeline_file_resolves_in_its_store(served: dict[str, Any
     assert f"no model 'nomodel' in {served['root']}/raypipe.db; registered: digits" in res.output
 
 
-def test_served_rows_reach_the_drift_monitor(served: dict[str, Any]) -> None:
+def test_served_rows_reach_the_drift_monitor(served: dict[str, Any], target: dict[str, str]) -> None:
     """With a drift monitor running for the app, the router logs the rows it served (and
     their predictions) into it; nothing is configured on the app."""
     from raypipe.monitoring.monitor import monitor_status, start_monitor, stop_monitor
 
+    app = target["app"]
     profile, model_meta = drift_reference(served["db"])
-    start_monitor(APP, profile, model_meta, {"window_rows": 100})
+    start_monitor(app, profile, model_meta, {"window_rows": 100})
     rows = sample_rows(20)
     try:
 
         def logged() -> int:
-            predict_many(served["url"], [f"drift-{i}" for i in range(20)], rows, workers=4)
-            return int(monitor_status(APP)["variants"].get("v1", {}).get("rows_logged", 0))
+            predict_many(target["url"], [f"drift-{i}" for i in range(20)], rows, workers=4)
+            return int(monitor_status(app)["variants"].get("v1", {}).get("rows_logged", 0))
 
         assert wait_for(logged, timeout_s=60, every_s=0.5, what="served rows in the drift monitor")
-        _feedback_reaches_the_right_consumer(served, rows)
+        _feedback_reaches_the_right_consumer(target, rows)
     finally:
-        stop_monitor(APP)
+        stop_monitor(app)
 
 
 def test_unauthenticated_labels_never_reach_the_monitor(served: dict[str, Any], open_app: dict[str, Any]) -> None:
@@ -581,7 +653,7 @@ def test_unauthenticated_labels_never_reach_the_monitor(served: dict[str, Any], 
         stop_monitor(OPEN)
 
 
-def _feedback_reaches_the_right_consumer(served: dict[str, Any], rows: list[dict[str, float]]) -> None:
+def _feedback_reaches_the_right_consumer(target: dict[str, str], rows: list[dict[str, float]]) -> None:
     """``/feedback``'s ``outcome`` goes to the collector only (A/B, guardrails), its ``label``
     (authenticated: the app has feedback tokens) to the drift monitor only (performance
     windows); a body with both does both."""
@@ -590,23 +662,34 @@ def _feedback_reaches_the_right_consumer(served: dict[str, Any], rows: list[dict
     from raypipe.monitoring.monitor import monitor_status
 
     def logged_total() -> int:
-        return sum(int(v.get("rows_logged", 0)) for v in monitor_status(APP)["variants"].values())
+        return sum(int(v.get("rows_logged", 0)) for v in monitor_status(target["app"])["variants"].values())
 
     def label_counters() -> dict[str, int]:
-        c = monitor_status(APP)["counters"]
+        c = monitor_status(target["app"])["counters"]
         return {k: int(v) for k, v in c.items() if k.startswith("labels_")}
 
     def collector_totals() -> tuple[int, int]:
-        snap = ray.get(get_collector(APP).snapshot.remote())
+        snap = ray.get(get_collector(target["app"]).snapshot.remote())
         return sum(v["outcomes"]["n"] for v in snap.values()), sum(v["labels"] for v in snap.values())
 
-    url = served["url"]
-    start = logged_total()
-    out = predict_many(url, [f"fb-{i}" for i in range(20)], rows, workers=4)
-    assert all(status == 200 for _, status, _ in out), out
-    docs = [doc for _, _, doc in out]
+    url = target["url"]
+    tries = iter(range(1000))
+
+    def all_logged() -> list[dict[str, Any]]:
+        """20 requests whose rows all reached the monitor (a router replica finds a monitor
+        started after it within MONITOR_CHECK_S: with two replicas, a batch may go half to
+        one that has not yet; the next batch is tried then)."""
+        start = logged_total()
+        out = predict_many(url, [f"fb-{next(tries)}-{i}" for i in range(20)], rows, workers=4)
+        assert all(status == 200 for _, status, _ in out), out
+        try:
+            wait_for(lambda: logged_total() - start >= 20, timeout_s=3, every_s=0.2, what="the rows logged")
+        except TimeoutError:
+            return []
+        return [doc for _, _, doc in out]
+
     # the monitor holds their predictions (pending labels) before any label is sent
-    assert wait_for(lambda: logged_total() - start >= 20, timeout_s=30, every_s=0.2, what="the rows logged")
+    docs = wait_for(all_logged, timeout_s=60, every_s=0.5, what="a batch of rows all logged")
     labels0, (outcomes0, collected0) = label_counters(), collector_totals()
 
     for d in docs[:8]:  # outcome only (an old client): A/B numbers, never a label
@@ -632,5 +715,63 @@ def _feedback_reaches_the_right_consumer(served: dict[str, Any], rows: list[dict
     assert matched() == 12 and now["labels_outside_classes"] - labels0["labels_outside_classes"] == 1
     assert now["labels_unscorable"] == labels0["labels_unscorable"]
     assert collector_totals() == (outcomes0 + 11, collected0 + 12)
-    perf = monitor_status(APP)["variants"]
+    perf = monitor_status(target["app"])["variants"]
     assert sum(v["performance"]["labels"] for v in perf.values()) == 12
+
+
+def test_a_variant_removed_and_added_under_traffic_drops_nothing(
+    served: dict[str, Any], target: dict[str, str]
+) -> None:
+    """A new variant set (the closed loop's change_variants: v3 retired, then added back as a new
+    candidate) re-deploys the router (colocated: with the new set of models in-process; routed:
+    with the new handles) while 4 clients keep posting: Serve rolls the router's replicas and
+    no request fails."""
+    from raypipe.store.metadata import MetadataStore
+    from raypipe.store.registry import ModelRegistry
+
+    app, url = target["app"], target["url"]
+    opts = served["params"]["variants"][2]["ray_actor_options"] if target["mode"] == "colocated" else {"num_cpus": 0.1}
+    rows = sample_rows(50)
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def traffic(t: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                seen.append(
+                    post(f"{url}/predict", {"features": rows[i % len(rows)]}, f"change-{t}-{i % 400}").status_code
+                )
+            except requests.RequestException:
+                seen.append(-1)
+            i += 1
+
+    routers = {r["replica_id"] for r in replicas("router", app)}
+    meta = MetadataStore(served["db"])
+    threads = [threading.Thread(target=traffic, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        reg = ModelRegistry(meta)
+        wait_for(lambda: len(seen) > 50, what="traffic")
+        st = serving.change_variants(app, reg, remove=["v3"])
+        assert set(st.variants) == {"v1", "v2"} and st.mode == target["mode"]
+        n = len(seen)
+        wait_for(lambda: len(seen) > n + 50, what="traffic after the removal")
+        st = serving.change_variants(
+            app, reg, add=[(reg.get("digits:3"), {"ray_actor_options": opts, "fail_rate": FAIL_RATE})]
+        )
+        assert set(st.variants) == {"v1", "v2", "v3"} and st.weights == WEIGHTS and st.mode == target["mode"]
+        n = len(seen)
+        wait_for(lambda: len(seen) > n + 50, what="traffic after the addition")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        meta.close()
+    failed = [s for s in seen if s != 200]
+    print(f"\n{len(seen)} requests ({target['mode']}) while v3 was removed and added: {len(failed)} failed")
+    assert not failed
+    assert {r["replica_id"] for r in replicas("router", app)}.isdisjoint(routers)  # the routers were rolled
+    r = post(f"{url}/predict", {"features": rows[0]}, "u1", **FORCE)
+    assert r.json()["variant"] == "v3" and r.status_code in (200, 500)
