@@ -160,7 +160,9 @@ def test_broken_retraining_is_rolled_back_and_production_untouched(loop_env: dic
     names = [e["event"] for e in events if e["source"] == "loop"]
     assert names == ["drift", "retrain_started", "retrain_finished", "canary_started", "rolled_back"], events
     drift = events[0]["detail"]
-    assert set(drift["drifted_features"]) >= {"f0", "f1", "f2"} and drift["trigger"] is True
+    # the shifted readings drift (a 0.5-sd shift in a 150-row window: each is detected with
+    # high but not certain power, so two of the three at least)
+    assert len(set(drift["drifted_features"]) & {"f0", "f1", "f2"}) >= 2 and drift["trigger"] is True
     rolled = [e for e in events if e["source"] == "rollout" and e["event"] == "rolled_back"]
     assert rolled and "error_rate" in rolled[0]["detail"]["reason"]
     # production untouched: alias, weights, the served variants, the monitor's reference

@@ -719,6 +719,8 @@ def _feedback_reaches_the_right_consumer(target: dict[str, str], rows: list[dict
     assert sum(v["performance"]["labels"] for v in perf.values()) == 12
 
 
+# colocated only: the routed app's variant set changes in the rollout tests (rollback retires v2)
+@pytest.mark.parametrize("target", ["colocated"], indirect=True)
 def test_a_variant_removed_and_added_under_traffic_drops_nothing(
     served: dict[str, Any], target: dict[str, str]
 ) -> None:
