@@ -205,14 +205,11 @@ def _deploy_apps(args: Any, db: str, port: int, modes: list[str]) -> tuple[dict[
     from raypipe.serving import app as serving
     from raypipe.serving.spec import ServeSpec
 
-    # logical CPUs sized so that both apps, the auth app and plain fit on 2 CPUs
-    opts = {"num_cpus": 0.25}
-    targets: dict[str, str] = {}
-    deploy_s: dict[str, float] = {}
-    for mode in modes:
-        spec = ServeSpec.model_validate(
+    def app_spec(app: str, opts: dict[str, float], mode: str, **extra: Any) -> ServeSpec:
+        """The digits app (90% production, 10% candidate, sticky by user) in ``mode``."""
+        return ServeSpec.model_validate(
             {
-                "app": f"bench-{mode}",
+                "app": app,
                 "model": "digits",
                 "port": port,
                 "key": {"header": "X-User-Id"},
@@ -222,8 +219,16 @@ def _deploy_apps(args: Any, db: str, port: int, modes: list[str]) -> tuple[dict[
                 ],
                 "ingress": {"ray_actor_options": opts},
                 "serving": {"mode": mode},
+                **extra,
             }
         )
+
+    # logical CPUs sized so that both apps, the auth app and plain fit on 2 CPUs
+    opts = {"num_cpus": 0.25}
+    targets: dict[str, str] = {}
+    deploy_s: dict[str, float] = {}
+    for mode in modes:
+        spec = app_spec(f"bench-{mode}", opts, mode)
         t0 = time.perf_counter()
         st = serving.deploy(spec, db=db)
         deploy_s[mode] = time.perf_counter() - t0
@@ -234,22 +239,12 @@ def _deploy_apps(args: Any, db: str, port: int, modes: list[str]) -> tuple[dict[
         # the same app with a predict token (and a feedback token); logical CPUs kept small
         # to fit beside the others, not booked with the scheduler
         os.environ[TOKEN_ENV] = TOKEN
-        small = {"num_cpus": 0.05}
-        auth_spec = ServeSpec.model_validate(
-            {
-                "app": "bench-auth",
-                "model": "digits",
-                "port": port,
-                "key": {"header": "X-User-Id"},
-                "variants": [
-                    {"version": "@production", "weight": 90, "ray_actor_options": small},
-                    {"version": "@candidate", "weight": 10, "ray_actor_options": small},
-                ],
-                "ingress": {"ray_actor_options": small},
-                "reserve": False,
-                "serving": {"mode": modes[0]},
-                "auth": {"predict_tokens": [f"${{env:{TOKEN_ENV}}}"], "feedback_tokens": [f"${{env:{TOKEN_ENV}}}"]},
-            }
+        auth_spec = app_spec(
+            "bench-auth",
+            {"num_cpus": 0.05},
+            modes[0],
+            reserve=False,
+            auth={"predict_tokens": [f"${{env:{TOKEN_ENV}}}"], "feedback_tokens": [f"${{env:{TOKEN_ENV}}}"]},
         )
         auth_url = serving.deploy(auth_spec, db=db).url
         _progress(f"raypipe app with auth ({modes[0]}) deployed at {auth_url}")

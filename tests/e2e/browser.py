@@ -48,15 +48,36 @@ def need_browser() -> Any:
     return sync_playwright
 
 
-def with_users(db: str) -> None:
-    """The platform config in ``db`` (the next version): alice an admin, bob not."""
+class WatchedPage:
+    """Chromium and one page on the UI at ``base``: console errors and warnings, failed
+    requests and any request outside ``base`` are kept in ``problems``; ``shot(name)`` saves a
+    full-page screenshot in ``shots``."""
+
+    def __init__(self, playwright: Any, base: str, shots: Path) -> None:
+        shots.mkdir(parents=True, exist_ok=True)
+        self.shots = shots
+        self.problems: list[str] = []
+        self.browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        self.page = self.browser.new_page(viewport={"width": 1300, "height": 900})
+        problems = self.problems
+        self.page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        self.page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+        self.page.on("request", lambda r: None if r.url.startswith(base) else problems.append(f"outside: {r.url}"))
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(self.shots / f"{name}.png"), full_page=True)
+
+
+def with_users(db: str, users: dict[str, tuple[str, bool]] | None = None) -> None:
+    """The platform config in ``db`` (the next version): ``users`` (name -> token, admin),
+    by default alice an admin and bob not."""
     from raypipe import identity
     from raypipe.config.platform import PlatformConfig
     from raypipe.principal import Principal, acting_as
     from raypipe.store.metadata import MetadataStore
     from raypipe.store.platform import PlatformStore
 
-    users = {"alice": (ALICE, True), "bob": (BOB, False)}
+    users = users or {"alice": (ALICE, True), "bob": (BOB, False)}
     cfg = PlatformConfig.model_validate(
         {"users": {n: {"token_sha256": identity.token_sha256(t), "admin": a} for n, (t, a) in users.items()}}
     )

@@ -23,7 +23,7 @@ import pytest
 
 import raypipe
 from raypipe.ui import UiSettings
-from tests.e2e.browser import ALICE, ARGS, BOB, CHROMIUM, keep_shots, login, logout, need_browser, ui_server, with_users
+from tests.e2e.browser import ALICE, BOB, WatchedPage, keep_shots, login, logout, need_browser, ui_server, with_users
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -131,17 +131,9 @@ def test_find_a_run_read_its_train_log_and_follow_the_model_to_its_data(
     sync_playwright = need_browser()
     base, run_id = served
     shots = tmp_path / "screenshots"
-    shots.mkdir()
-    problems: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-        page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
-        page.on("request", lambda r: None if r.url.startswith(base) else problems.append(f"outside: {r.url}"))
-
-        def shot(name: str) -> None:
-            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        watched = WatchedPage(p, base, shots)
+        browser, page, problems, shot = watched.browser, watched.page, watched.problems, watched.shot
 
         page.goto(base + "/")
         assert page.url == base + "/runs"

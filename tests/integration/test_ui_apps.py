@@ -19,16 +19,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from raypipe import identity
-from raypipe.config.platform import PlatformConfig
 from raypipe.monitoring.monitor import start_monitor, stop_monitor
-from raypipe.principal import Principal, acting_as
 from raypipe.serving import app as serve_app
 from raypipe.serving.spec import ServeSpec
 from raypipe.store.metadata import MetadataStore
-from raypipe.store.platform import PlatformStore
 from raypipe.ui import UiSettings, create_app
 from tests.conftest import free_port, wait_for
-from tests.e2e.browser import ALICE, ARGS, BOB, CHROMIUM, keep_shots, login, logout, need_browser, ui_server, with_users
+from tests.e2e.browser import ALICE, BOB, WatchedPage, keep_shots, login, logout, need_browser, ui_server, with_users
 from tests.integration.serve_funcs import drift_reference, register_digits, sample_rows
 
 pytestmark = pytest.mark.slow
@@ -116,20 +113,9 @@ def test_the_apps_pages_show_the_live_split_and_the_ab_report_and_split_acts(env
     try:
         [row] = meta.audit_log(APP, 10, action="serve.split")
         assert row["actor"] == identity.os_user() and row["detail"]["weights"] == {"v1": 50.0, "v2": 50.0}
-        cfg = PlatformConfig.model_validate(
-            {
-                "users": {
-                    "bob": {"token_sha256": identity.token_sha256(BOB)},
-                    "root": {"token_sha256": "0" * 64, "admin": True},
-                }
-            }
-        )
-        platform = PlatformStore(meta)
-        latest = platform.latest()
-        with acting_as(Principal("root", admin=True)):
-            platform.apply(cfg, expected=None if latest is None else latest.version)
     finally:
         meta.close()
+    with_users(env["db"], {"bob": (BOB, False), "root": ("root-token-nobody-logs-in-with-0123", True)})
     # with users: bob is no admin, refused; the weights stay
     r = client.post(
         f"/api/apps/{APP}/split",
@@ -150,18 +136,10 @@ def test_in_a_browser_the_ab_table_and_drift_charts_grow_and_the_actions_act_or_
 ) -> None:
     sync_playwright = need_browser()
     shots = tmp_path / "screenshots"
-    shots.mkdir()
-    problems: list[str] = []
     settings = UiSettings(db=env["db"], address=env["address"], cluster_timeout_s=30.0)
     with ui_server(settings) as base, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1300, "height": 900})
-        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-        page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
-        page.on("request", lambda r: None if r.url.startswith(base) else problems.append(f"outside: {r.url}"))
-
-        def shot(name: str) -> None:
-            page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        watched = WatchedPage(p, base, shots)
+        browser, page, problems, shot = watched.browser, watched.page, watched.problems, watched.shot
 
         def split() -> dict[str, tuple[str, int]]:
             """Per variant of the split table: its weight and its requests (0 for none yet)."""
