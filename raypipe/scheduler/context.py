@@ -23,6 +23,7 @@ from raypipe.scheduler.errors import PolicyConfigError
 from raypipe.scheduler.index import DecisionIndex, VictimOrder, victims_by_node
 from raypipe.scheduler.memo import WaitMemo, _NoMemo
 from raypipe.scheduler.placement import FreeLedger, never_block, quota_never_block
+from raypipe.scheduler.preemption import PreemptionMixin
 from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, Placement, RunningJob, Snapshot
 from raypipe.scheduler.vec import Vec
 
@@ -53,7 +54,7 @@ def check_max_preemptions(policy: str, value: int | None) -> int | None:
     return value
 
 
-class DecisionContext:
+class DecisionContext(PreemptionMixin):
     """Free capacity, team usage and the decision being built.
 
     Attributes policies read (never assign):
@@ -176,12 +177,7 @@ class DecisionContext:
         (it never starts within it), ``AT_QUOTA`` when the team's usage leaves
         too little now.
         """
-        quotas = self._quotas
-        if quotas is None:
-            quotas = self._quotas = {
-                name: vec.of(cfg.quota) for name, cfg in self.snapshot.teams.items() if cfg.quota is not None
-            }
-        q = quotas.get(job.team)
+        q = self._quota_of(job.team)
         if q is None:
             return None
         used = self.usage(job.team)
@@ -194,6 +190,14 @@ class DecisionContext:
         ):
             return None
         return self._quota_block(job, q, used)
+
+    def _quota_of(self, team: str) -> Vec | None:
+        quotas = self._quotas
+        if quotas is None:
+            quotas = self._quotas = {
+                name: vec.of(cfg.quota) for name, cfg in self.snapshot.teams.items() if cfg.quota is not None
+            }
+        return quotas.get(team)
 
     def _quota_block(self, job: JobRequest, q: Vec, used: Vec) -> Blocked | None:
         never = quota_never_block(job, self.snapshot.team(job.team).quota)
@@ -327,9 +331,14 @@ class DecisionContext:
                     continue
             yield job
 
-    def memo(self) -> WaitMemo:
-        """A new :class:`WaitMemo` this context invalidates on starts and preemptions."""
-        m = WaitMemo() if self.use_memos else _NoMemo()
+    def memo(self, *, team_usage: bool = True) -> WaitMemo:
+        """A new :class:`WaitMemo` this context invalidates on starts and preemptions.
+
+        ``team_usage=False``: the policy's reasons depend on a team's usage only through
+        its quota (no share in the text), so a start forgets a team without a quota only in
+        memos that say they depend on usage (capacity only shrinks between preemptions).
+        """
+        m = WaitMemo(team_usage=team_usage) if self.use_memos else _NoMemo()
         self._memos.append(m)
         return m
 
@@ -353,8 +362,11 @@ class DecisionContext:
             self._borrowed.append(job.job_id)
         if self._counts(borrowed):
             self._add_usage(job.team, job.demand_vec, 1.0)
-        for m in self._memos:
-            m.forget_team(job.team)
+        if self._memos:  # a team's usage changed: forget reasons that depend on it
+            limited = self._quota_of(job.team) is not None
+            for m in self._memos:
+                if limited or m.team_usage:
+                    m.forget_team(job.team)
 
     def preempt(self, victim: RunningJob) -> None:
         """Stop ``victim``; its resources are free for starts in this decision."""
@@ -368,76 +380,6 @@ class DecisionContext:
         if self._counts(victim.borrowed):
             self._add_usage(victim.request.team, victim.request.demand_vec, -1.0)
 
-    def try_preempt_for(self, job: JobRequest, victims: Sequence[RunningJob]) -> Placement | None:
-        """Preempt a minimal prefix-pruned subset of ``victims`` (in order) so ``job`` fits.
-
-        Releases victims in order until ``job`` can be placed; then gives back
-        every victim that turns out not to be needed.  When even all victims do
-        not make room, or the job would need more victims than
-        :meth:`preempt_room` allows, nothing is preempted and ``None`` is
-        returned.  The victims taken are added to :attr:`preempted`.
-        """
-        room = self.preempt_room()
-        if room <= 0:
-            return None
-        ledger = self.ledger
-        if ledger.one_node(job):
-            return self._preempt_one_node(job, victims, room)
-        preempted = self.preempted
-        released: list[RunningJob] | None = None
-        placement: Placement | None = None
-        bvecs = job.bundle_vecs
-        if all(b == bvecs[0] for b in bvecs) and not ledger.whole_nodes(job):
-            released = self._release_for_identical(job, victims)
-            if released is not None:
-                placement = ledger.place(job)
-                if placement is None:  # not expected (slot counting mirrors the greedy placement)
-                    ledger.allocate_many((v.request, v.placement) for v in released)
-                    released = None
-        if released is None:
-            live, released = [v for v in victims if v.request.job_id not in preempted], []
-            step = 1
-            while len(released) < len(live):  # release in doubling chunks: O(log n) placement attempts
-                chunk = live[len(released) : len(released) + step]
-                ledger.release_many((v.request, v.placement) for v in chunk)
-                released.extend(chunk)
-                placement = ledger.place(job)
-                if placement is not None:
-                    break
-                step *= 2
-            if placement is None:
-                for v in reversed(released):
-                    ledger.allocate(v.request, v.placement)
-                return None
-        # Victims on nodes the placement does not use are not needed: give them back.
-        assert placement is not None
-        used = placement.nodes
-        needed: list[RunningJob] = []
-        for v in released:
-            if used.isdisjoint(v.placement.bundle_nodes) and ledger.can_allocate(v.request, v.placement):
-                ledger.allocate(v.request, v.placement)
-            else:
-                needed.append(v)
-        # Then try to keep each remaining victim, lowest-ranked (last released) first.
-        kept: set[str] = set()
-        for v in reversed(needed):
-            if ledger.can_allocate(v.request, v.placement):
-                ledger.allocate(v.request, v.placement)
-                again = ledger.place(job)
-                if again is not None:
-                    placement = again
-                    kept.add(v.job_id)
-                    continue
-                ledger.release(v.request, v.placement)
-        lost = [v for v in needed if v.job_id not in kept]
-        if len(lost) > room:  # over this decision's preemption budget: undo
-            for v in lost:
-                ledger.allocate(v.request, v.placement)
-            return None
-        for v in lost:
-            self._mark_preempted(v)  # the ledger already released it
-        return placement
-
     def victim_order(self, victims: Sequence[RunningJob]) -> None:
         """Declare the policy's full victim order: later calls pass prefixes of it (an index is built once)."""
         self._victim_base = victims
@@ -446,95 +388,6 @@ class DecisionContext:
         """Use ``kept``'s per-node victim index (a :class:`~raypipe.scheduler.index.VictimOrder`
         kept across decisions) for prefixes of its order."""
         self._keep = kept
-
-    def _release_for_identical(self, job: JobRequest, victims: Sequence[RunningJob]) -> list[RunningJob] | None:
-        """Release the victims a gang of identical bundles needs, found without trial placements.
-
-        Counts, node by node, how many copies of the bundle fit ("slots"); the
-        greedy placement of identical bundles succeeds exactly when the slots
-        of matching nodes add up to the gang size.  Walks ``live`` in order
-        until they do, then releases only the victims of that prefix on nodes
-        that gained a slot (the others cannot help).  ``None``: even all
-        victims are not enough.
-        """
-        ledger = self.ledger
-        b = job.bundle_vecs[0]
-        m = len(job.bundle_vecs)
-        sel = job.label_selector
-        have = ledger.slots(b, sel, m)
-        if have >= m:
-            return []
-        base: dict[str, int] = {}
-        cur: dict[str, Vec] = {}
-        gained: dict[str, int] = {}
-        preempted, live = self.preempted, []  # live: victims walked and not preempted (the walk stops early)
-        for v in victims:
-            if v.request.job_id in preempted:
-                continue
-            live.append(v)
-            for part, nid in zip(v.request.bundle_vecs, v.placement.bundle_nodes, strict=True):
-                f = cur.get(nid)
-                if f is None:
-                    if not ledger.has_node(nid) or not ledger.matches(nid, sel):
-                        continue
-                    f = ledger.free_vec(nid)
-                    base[nid] = gained[nid] = vec.copies(b, f, m)
-                before = gained[nid]
-                f = cur[nid] = vec.clamp(vec.add(f, part), ledger.total_vec(nid))
-                if before < m:
-                    after = gained[nid] = vec.copies(b, f, m)
-                    have += after - before
-            if have >= m:
-                break
-        else:
-            return None
-        helpful = {nid for nid, g in gained.items() if g > base[nid]}
-        out = [v for v in live if not helpful.isdisjoint(v.placement.bundle_nodes)]
-        self.ledger.release_many((v.request, v.placement) for v in out)
-        return out
-
-    def _preempt_one_node(self, job: JobRequest, victims: Sequence[RunningJob], room: int) -> Placement | None:
-        """One-node gangs: pick the node whose needed victims come earliest in ``victims``.
-
-        The key is (rank of the last victim needed, number of victims, node id),
-        so the caller's victim order (lowest priority first) is honoured.  A
-        node that would need more than ``room`` victims is not considered.
-        (A rank is a victim's position, or its sort key in a kept order: both
-        order victims the same way.)
-        """
-        ledger = self.ledger
-        per_node, last = self._victims_by_node(victims)
-        need = job.demand_vec
-        best: tuple[Any, int, str] | None = None
-        chosen: list[RunningJob] = []
-        preempted = self.preempted
-        for nid, lst in per_node.items():
-            first = lst[0][0]  # the loop below would stop at once: skip the node's checks
-            if first > last or (best is not None and first > best[0]):
-                continue
-            if not ledger.has_node(nid) or not ledger.matches(nid, job.label_selector):
-                continue
-            free = ledger.free_vec(nid)
-            picked: list[RunningJob] = []
-            for rank, v, part in lst:
-                if rank > last or (best is not None and rank > best[0]):
-                    break
-                if v.job_id in preempted:
-                    continue
-                if len(picked) >= room:
-                    break
-                picked.append(v)
-                free = vec.add(free, part)
-                if vec.fits(need, free):
-                    key = (rank, len(picked), nid)
-                    if best is None or key < best:
-                        best, chosen = key, picked
-                    break
-        if best is None:
-            return None
-        for v in chosen:
-            self.preempt(v)
-        return ledger.place(job)
 
     def _victims_by_node(
         self, victims: Sequence[RunningJob]

@@ -114,6 +114,8 @@ class ControllerCore:
         self.settings = settings or SchedulerSettings()
         self.decisions = 0
         self.decision_s: list[float] = []
+        # job id -> (request, stopping, placement, start, borrowed, its RunningJob): see _running_jobs
+        self._running_kept: dict[str, tuple[Any, ...]] = {}
         self._nodes: list[NodeInfo] = []
         self._external: dict[str, Resources] = {}
         self._dirty: set[str] = set()
@@ -423,6 +425,25 @@ class ControllerCore:
             self._persist()
         return changed
 
+    def _running_jobs(self, now: float) -> tuple[RunningJob, ...]:
+        """The jobs holding a grant; an unchanged job keeps its ``RunningJob`` object from the last
+        decision (the policy's indexes diff running jobs by identity: new objects only cost speed)."""
+        kept, out = self._running_kept, []
+        self._running_kept = keep = {}
+        for j in self.jobs.values():
+            if not (j.state.holds_grant and j.placement):
+                continue
+            stopping, start = j.state is not JobState.RUNNING, j.start_time or now
+            hit = kept.get(j.job_id)
+            if hit is None or hit[0] is not j.request or hit[1:5] != (stopping, j.placement, start, j.borrowed):
+                # A job already stopping still holds its grant, but is not a victim twice.
+                req = replace(j.request, preemptible=False) if stopping else j.request
+                r = RunningJob(req, Placement(j.placement), start, borrowed=j.borrowed)
+                hit = (j.request, stopping, j.placement, start, j.borrowed, r)
+            keep[j.job_id] = hit
+            out.append(hit[5])
+        return tuple(out)
+
     def schedule(self) -> int:
         """Run the policy once and apply its decision; returns how many jobs changed state."""
         queued = tuple(
@@ -435,17 +456,7 @@ class ControllerCore:
             self._persist()
             return 0
         now = self.clock()
-        # A job already stopping still holds its grant, but is not a victim twice.
-        running = tuple(
-            RunningJob(
-                j.request if j.state is JobState.RUNNING else replace(j.request, preemptible=False),
-                Placement(j.placement),
-                j.start_time or now,
-                borrowed=j.borrowed,
-            )
-            for j in self.jobs.values()
-            if j.state.holds_grant and j.placement
-        )
+        running = self._running_jobs(now)
         preempting = {j.job_id for j in self.jobs.values() if j.state is JobState.PREEMPTING}
         teams = self.settings.team_configs()
         snap = Snapshot(now, queued, running, self._cluster(), teams, self._placement, self._mix.mix)

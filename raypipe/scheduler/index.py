@@ -20,7 +20,10 @@ with the index equals the one made from scratch (a fresh policy object):
   unchanged jobs only loses the speed-up, never correctness.  A key that changes with
   time (LAS: the queue of a job's attained service) comes with the time it
   may change, conservatively early; the job is re-keyed when a decision
-  reaches it.
+  reaches it;
+* **backfill's order of end estimates** (:meth:`DecisionIndex.running_order`,
+  without the per-node index): the reservation walks running jobs in end
+  order from it instead of collecting and sorting them each decision.
 
 ``DecisionIndex.enabled = False`` (tests) makes every lookup miss.
 """
@@ -54,9 +57,13 @@ class VictimOrder:
     ``(key, victim, its bundles there)`` in key order, kept in step.
     """
 
-    __slots__ = ("keys", "victims", "by_node", "_ids", "_due", "_seq", "valid_from", "tag")
+    __slots__ = ("keys", "victims", "by_node", "_ids", "_due", "_seq", "valid_from", "tag", "per_node", "derived")
 
-    def __init__(self) -> None:
+    def __init__(self, *, per_node: bool = True) -> None:
+        #: Keep ``by_node`` (victim searches need it; an order of end times does not).
+        self.per_node = per_node
+        #: Values a policy derives from the order (e.g. sums over a prefix), dropped whenever it changes.
+        self.derived: dict[Hashable, Any] = {}
         self.keys: list[SortKey] = []
         self.victims: list[RunningJob] = []
         self.by_node: dict[str, list[tuple[SortKey, RunningJob, Vec]]] = {}
@@ -82,6 +89,8 @@ class VictimOrder:
         keys.sort()
         heapq.heapify(due)
         self.keys = keys
+        if not self.per_node:
+            return
         for k in keys:
             r = k[-1]
             for nid, part in _portions(r).items():
@@ -97,7 +106,7 @@ class VictimOrder:
         if k is None:
             return
         bisect.insort(self.keys, k)
-        for nid, part in _portions(r).items():
+        for nid, part in _portions(r).items() if self.per_node else ():
             lst = self.by_node.get(nid)
             if lst is None:
                 self.by_node[nid] = [(k, r, part)]
@@ -114,7 +123,7 @@ class VictimOrder:
             return
         prefix = k[:-1]  # unique: finds the entry without comparing jobs
         del self.keys[bisect.bisect_left(self.keys, prefix)]
-        for nid in _portions(r):
+        for nid in _portions(r) if self.per_node else ():
             lst = self.by_node[nid]
             del lst[bisect.bisect_left(lst, prefix, key=_first)]
             if not lst:
@@ -148,6 +157,7 @@ class VictimOrder:
             changed = True
         if changed:
             self.victims = [k[-1] for k in self.keys]
+            self.derived = {}
 
 
 KeyFn = Callable[[RunningJob], "SortKey | None"]
@@ -212,9 +222,24 @@ class DecisionIndex:
         ``tag``: what else the keys depend on (policy arguments, team priorities); a
         different tag, or a time earlier than the last one, rebuilds it.
         """
+        return self.running_order(name, running, now, tag, key, changes_at)
+
+    def running_order(
+        self,
+        name: str,
+        running: Sequence[RunningJob],
+        now: float,
+        tag: Hashable,
+        key: KeyFn,
+        changes_at: TimeFn,
+        *,
+        per_node: bool = True,
+    ) -> VictimOrder:
+        """Running jobs sorted by ``key``, kept as :meth:`victim_order` keeps a victim order
+        (``per_node=False``: without the per-node index, e.g. backfill's order of end times)."""
         order = self._orders.get(name) if self.enabled else None
-        if order is None or order.tag != tag or now < order.valid_from:
-            order = VictimOrder()
+        if order is None or order.tag != tag or now < order.valid_from or order.per_node != per_node:
+            order = VictimOrder(per_node=per_node)
             order.tag = tag
             if self.enabled:
                 self._orders[name] = order

@@ -21,7 +21,8 @@ class WaitMemo:
     the same team and shape.  Within a decision free capacity only shrinks
     between preemptions and a team's usage only changes when it starts or
     loses a job, so the outcome holds until the context invalidates it:
-    starting a job forgets its team, a preemption forgets everything.  A
+    starting a job forgets its team (only when the team has a quota, for a memo
+    made with ``team_usage=False``), a preemption forgets everything.  A
     policy whose reasons depend on more than team and shape (a queue index, a
     reservation) keeps one memo per value of that.
 
@@ -29,10 +30,13 @@ class WaitMemo:
     records the reason found for it in one step.
     """
 
-    __slots__ = ("_teams",)
+    __slots__ = ("_teams", "team_usage")
 
-    def __init__(self) -> None:
+    def __init__(self, *, team_usage: bool = True) -> None:
         self._teams: dict[str, dict[str, Blocked]] = {}
+        #: Reasons depend on a team's usage beyond its quota: a start of any team forgets it
+        #: (``False``: only a start of a team with a quota does; see ``DecisionContext.memo``).
+        self.team_usage = team_usage
 
     def recall(self, job: JobRequest) -> Blocked | None:
         """What an earlier job of ``job``'s team and shape got, or ``None``."""
@@ -70,3 +74,4 @@ class _NoMemo(WaitMemo):
 
     def __init__(self) -> None:
         self._teams = _Forgetful()
+        self.team_usage = True

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping
 from raypipe.resources import Resources
 from raypipe.scheduler import vec
 from raypipe.scheduler.fragmentation import TaskMix
-from raypipe.scheduler.placement_choice import _UNSET, GroupKey
+from raypipe.scheduler.placement_choice import _UNSET, GroupKey, _gpu_of, _unlist
 from raypipe.scheduler.placement_explain import ExplainMixin
 from raypipe.scheduler.placement_settings import DEFAULT_PLACEMENT, PlacementSettings
 from raypipe.scheduler.types import Blocked, BlockKind, ClusterView, JobRequest, Labels, NodeView, Placement, TeamConfig
@@ -72,6 +72,7 @@ class FreeLedger(ExplainMixin):
         "_task_mix",
         "_mix_cache",
         "_one_node",
+        "_order",
     )
 
     def __init__(
@@ -94,6 +95,8 @@ class FreeLedger(ExplainMixin):
         self._task_mix = task_mix
         self._mix_cache: list[object] = [_UNSET]
         self._one_node: dict[tuple[Vec, Labels], bool] = {}
+        # Group keys sorted by free GPU, built on first use and kept in step (see ``_by_gpu``).
+        self._order: list[list[GroupKey] | None] = [None]  # boxed: the mixin fills it in place
         alive = [n for n in nodes if n.alive]
         alive.sort(key=_node_id)
         free, total, labels_of, groups = self._free, self._total, self._labels, self._groups
@@ -173,11 +176,8 @@ class FreeLedger(ExplainMixin):
         task_mix: TaskMix | None = None,
     ) -> FreeLedger:
         """A ledger of ``cluster``'s alive nodes, placing with ``placement`` (default: ``none`` + ``best_fit``).
-
-        A view made by :meth:`ClusterView.replace_nodes` carries a template
-        (see :func:`derive_ledgers`): the ledger is a copy of it, which costs
-        O(groups) instead of O(nodes).
-        """
+        A copy of the view's template (a view made by :meth:`ClusterView.replace_nodes` derives
+        it from its source's, see :func:`derive_ledgers`): no node is indexed again."""
         template = _template(cluster, use_total)
         if template is None:  # index the view once: later decisions on the same view copy it
             template = cls(cluster.nodes, use_total=use_total)
@@ -314,6 +314,7 @@ class FreeLedger(ExplainMixin):
         other._shared = set(self._groups)
         self._shared = set(self._groups)
         other._failed = set(self._failed)
+        other._order = [None if self._order[0] is None else list(self._order[0])]
         return other
 
     def can_allocate(self, request: JobRequest, placement: Placement) -> bool:
@@ -330,10 +331,13 @@ class FreeLedger(ExplainMixin):
         okey = (old, labels, tot)
         groups, shared = self._groups, self._shared
         group = groups[okey]
+        order = self._order[0]
         if shared and okey in shared:
             shared.discard(okey)
             if len(group) == 1:
                 del groups[okey]
+                if order is not None:
+                    _unlist(order, okey)
             else:
                 group = groups[okey] = list(group)
                 del group[bisect.bisect_left(group, nid)]
@@ -341,10 +345,14 @@ class FreeLedger(ExplainMixin):
             del group[bisect.bisect_left(group, nid)]  # groups are sorted: no linear search
             if not group:
                 del groups[okey]
+                if order is not None:
+                    _unlist(order, okey)
         nkey = (new, labels, tot)
         ngroup = groups.get(nkey)
         if ngroup is None:
             groups[nkey] = [nid]
+            if order is not None:
+                bisect.insort(order, nkey, key=_gpu_of)
         elif shared and nkey in shared:
             shared.discard(nkey)
             ngroup = groups[nkey] = list(ngroup)
@@ -366,6 +374,14 @@ class FreeLedger(ExplainMixin):
 
         Raises ``ValueError`` when a node is unknown or lacks capacity (a bug in the caller).
         """
+        nodes, bvecs = placement.bundle_nodes, request.bundle_vecs
+        if len(nodes) == 1 and len(bvecs) == 1:  # one bundle (the common case): no per-node sums
+            nid, need = nodes[0], bvecs[0]
+            f = self._free.get(nid)
+            if f is None or not vec.fits(need, f):
+                raise ValueError(f"cannot allocate {vec.to_resources(need)} of {request.job_id!r} on {nid!r}")
+            self._set(nid, vec.sub(f, need))
+            return
         per = self._per_node(request, placement)
         for nid, need in per.items():
             if nid not in self._free or not vec.fits(need, self._free[nid]):
@@ -386,49 +402,66 @@ class FreeLedger(ExplainMixin):
         self._failed.clear()
 
     def release_many(self, jobs: Iterable[tuple[JobRequest, Placement]]) -> set[str]:
-        """``release`` of many jobs at once; returns the nodes that got capacity back.
+        """``release`` of many jobs at once; returns the nodes that got capacity back.  Sums what each
+        node gets back first, so every node moves between groups once (as releasing one by one)."""
+        return self.release_sums(bundle_sums(jobs))
 
-        Sums what each node gets back first, so every node moves between
-        groups once (the result equals releasing the jobs one by one).
-        """
-        gains: dict[str, Vec] = {}
-        free = self._free
-        for request, placement in jobs:
-            for v, nid in zip(request.bundle_vecs, placement.bundle_nodes, strict=True):
-                if nid in free:
-                    g = gains.get(nid)
-                    if g is None:
-                        gains[nid] = v
-                    elif g[3] or v[3]:
-                        gains[nid] = vec.add(g, v)
-                    else:  # vec.add without custom kinds, inlined (the same sums)
-                        gains[nid] = (g[0] + v[0], g[1] + v[1], g[2] + v[2], ())
-        total = self._total
+    def release_sums(self, gains: Mapping[str, Vec]) -> set[str]:
+        """Give back what :func:`bundle_sums` of some jobs gives each node (unknown nodes
+        ignored, clamped at node totals); returns the nodes of this ledger that got it."""
+        free, total = self._free, self._total
+        changes: list[tuple[str, Vec]] = []
+        touched: set[str] = set()
         for nid, give in gains.items():
-            f = free[nid]
+            f = free.get(nid)
+            if f is None:
+                continue
+            touched.add(nid)
             if f[3] or give[3] or total[nid][3]:
                 new = vec.clamp(vec.add(f, give), total[nid])
             else:  # vec.clamp(vec.add(...)) without custom kinds, inlined
                 t = total[nid]
                 new = (min(f[0] + give[0], t[0]), min(f[1] + give[1], t[1]), min(f[2] + give[2], t[2]), ())
             if new != f:
+                changes.append((nid, new))
+        if len(changes) * 4 > len(free):  # most nodes change: regroup once instead of moving each
+            free.update(changes)
+            self._regroup()
+        else:
+            for nid, new in changes:
                 self._set(nid, new)
         self._failed.clear()
-        return set(gains)
-
+        return touched
 
 _node_id = operator.attrgetter("node_id")
 
 
-def derive_ledgers(parent: ClusterView, changed: Mapping[str, NodeView]) -> dict[bool, FreeLedger]:
+def bundle_sums(jobs: Iterable[tuple[JobRequest, Placement]]) -> dict[str, Vec]:
+    """What the jobs hold on each node (their bundles summed per node, in the jobs' order)."""
+    gains: dict[str, Vec] = {}
+    for request, placement in jobs:
+        for v, nid in zip(request.bundle_vecs, placement.bundle_nodes, strict=True):
+            g = gains.get(nid)
+            if g is None:
+                gains[nid] = v
+            elif g[3] or v[3]:
+                gains[nid] = vec.add(g, v)
+            else:  # vec.add without custom kinds, inlined (the same sums)
+                gains[nid] = (g[0] + v[0], g[1] + v[1], g[2] + v[2], ())
+    return gains
+
+
+def derive_ledgers(
+    parent: ClusterView, changed: Mapping[str, NodeView], *, take: bool = False
+) -> dict[bool, FreeLedger]:
     """Ledger templates (by ``use_total``) of ``parent`` with the ``changed`` nodes replaced.
 
     For views made by :meth:`ClusterView.replace_nodes`.  The free template is a copy of
     the parent's (indexed from scratch the first time) with only the changed
     nodes moved between groups; the total template is shared, as only ``free``
     changed.  Templates are never mutated after this; ledgers are copies.
-    When a change touches a node's total, labels or liveness, nothing is
-    derived (ledgers of the new view are then built from its nodes).
+    When a change touches a node's total, labels or liveness, nothing is derived (ledgers of
+    the new view are then built from its nodes).  ``take``: see ``replace_nodes(handoff=True)``.
     """
     for nid, node in changed.items():
         old = parent.node(nid)
@@ -442,7 +475,10 @@ def derive_ledgers(parent: ClusterView, changed: Mapping[str, NodeView]) -> dict
     if total is None:
         total = FreeLedger(parent.nodes, use_total=True)
         parent.keep_ledger_template(True, total)
-    free = free.copy()
+    if take:  # the parent is placed on no more: its template moves here (earlier copies share lists copy-on-write)
+        parent.take_ledger_template(False)
+    else:
+        free = free.copy()
     for nid, node in changed.items():
         if node.alive:
             f = node.free
@@ -458,7 +494,7 @@ def _template(view: ClusterView, use_total: bool) -> FreeLedger | None:
     if template is None:
         source = view.replaced_from()
         if source is not None:
-            view.keep_derived_templates(derive_ledgers(*source))
+            view.keep_derived_templates(derive_ledgers(*source, take=view.hands_off()))
             template = view.ledger_template(use_total)
     return template
 

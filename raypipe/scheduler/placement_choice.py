@@ -9,6 +9,7 @@ smallest node id that the gang does not use yet.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping, Sequence
 
 from raypipe.scheduler import vec
@@ -21,6 +22,18 @@ from raypipe.scheduler.vec import Vec
 GroupKey = tuple[Vec, Labels, Vec]
 _UNSET = object()
 _FRAG_CHOICES = ("least_fragmenting", "fgd")
+
+
+def _gpu_of(key: GroupKey) -> float:
+    return key[0][1]
+
+
+def _unlist(order: list[GroupKey], key: GroupKey) -> None:
+    """Remove ``key`` from ``order`` (sorted by free GPU)."""
+    i = bisect.bisect_left(order, key[0][1], key=_gpu_of)
+    while order[i] != key:
+        i += 1
+    del order[i]
 
 
 def _pick(ids: list[str], skip: Mapping[str, object] | set[str]) -> str:
@@ -66,6 +79,33 @@ class NodeChoiceMixin:
     _task_mix: TaskMix | None
     _mix_cache: list[object]
     _one_node: dict[tuple[Vec, Labels], bool]
+
+    _shared: set[GroupKey] | None
+    _order: list[list[GroupKey] | None]
+
+    def _regroup(self) -> None:
+        """Group the nodes by (free, labels, total) from scratch (the same groups ``_set`` keeps)."""
+        groups: dict[GroupKey, list[str]] = {}
+        labels_of, total = self._labels, self._total
+        for nid, fv in self._free.items():  # id order (kept since __init__): groups stay sorted
+            key = (fv, labels_of[nid], total[nid])
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [nid]
+            else:
+                group.append(nid)
+        self._groups.clear()  # each ledger has its own dict (copies share lists only)
+        self._groups.update(groups)
+        if self._shared:
+            self._shared.clear()  # every list is this ledger's own
+        self._order[0] = None
+
+    def _by_gpu(self) -> list[GroupKey]:
+        """The group keys sorted by free GPU (ties in no particular order), kept in step by ``_set``."""
+        order = self._order[0]
+        if order is None:
+            order = self._order[0] = sorted(self._groups, key=_gpu_of)
+        return order
 
     def _match(self, labels: Labels, selector: Labels) -> bool:  # pragma: no cover - FreeLedger's
         raise NotImplementedError
@@ -162,9 +202,25 @@ class NodeChoiceMixin:
         no_gpu = need[1] <= vec.EPS
         best: tuple[float, float, str] | None = None
         fits = vec.fits
-        for (fv, labels, _), ids in self._groups.items():
-            if not fits(need, fv) or not self._match(labels, selector):
+        eps = vec.EPS
+        # vec.fits inlined (GPU first: the most selective); custom kinds take the full check
+        n0, n1, n2, custom = need[0], need[1], need[2], bool(need[3])
+        match = self._match
+        groups = self._groups
+        order = self._by_gpu()
+        # Groups by free GPU, ascending: the key's first part (free GPU without a GPU need, else
+        # the GPU left, monotone in free GPU) only grows, so the scan stops once it exceeds the best.
+        start = bisect.bisect_left(order, n1 - 2 * eps, key=_gpu_of) if n1 > eps else 0
+        for pos in range(start, len(order)):
+            gkey = order[pos]
+            fv = gkey[0]
+            if best is not None and (fv[1] > best[0] if no_gpu else fv[1] - n1 > best[1]):
+                break
+            if n1 > fv[1] + eps or n0 > fv[0] + eps or n2 > fv[2] + eps or (custom and not fits(need, fv)):
                 continue
+            if selector and not match(gkey[1], selector):
+                continue
+            ids = groups[gkey]
             nid = ids[0]
             if skip and nid in skip:
                 nid = next((i for i in ids if i not in skip), "")

@@ -262,6 +262,7 @@ class _Run:
         self.node_view: dict[str, NodeView] = {nd.node_id: nd for nd in nodes}
         self.node_alloc: dict[str, dict[str, Vec]] = {nd.node_id: {} for nd in nodes}
         self.dirty: set[str] = set()
+        self._free_of: dict[str, Vec] = {}  # free capacity by node, while its allocations stay the same
         # NodeView objects by (node, free vector): nodes keep returning to the same few states.
         self._view_cache: dict[tuple[str, Vec], NodeView] = {}
         self._cluster = ClusterView(nodes)
@@ -296,15 +297,17 @@ class _Run:
                 self.node_view[nid] = view
                 changed.append(view)
             self.dirty.clear()
-            self._cluster = self._cluster.replace_nodes(changed)
+            self._cluster = self._cluster.replace_nodes(changed, handoff=True)  # the old view is done with
         return self._cluster
 
     def _free(self, nid: str) -> Vec:
-        total = self.node_total[nid]
-        used = vec.ZERO
-        for v in self.node_alloc[nid].values():
-            used = vec.add(used, v)
-        return vec.sub(total, used)
+        free = self._free_of.get(nid)
+        if free is None:  # total minus the node's allocations, in allocation order (cached until they change)
+            used = vec.ZERO
+            for v in self.node_alloc[nid].values():
+                used = vec.add(used, v)
+            free = self._free_of[nid] = vec.sub(self.node_total[nid], used)
+        return free
 
     def _allocate(self, req: JobRequest, placement: Placement) -> None:
         per: dict[str, Vec] = {}
@@ -320,11 +323,13 @@ class _Run:
                 )
         for nid, need in per.items():
             self.node_alloc[nid][req.job_id] = need
+            self._free_of.pop(nid, None)
             self.dirty.add(nid)
 
     def _release(self, req: JobRequest, placement: Placement) -> None:
         for nid in set(placement.bundle_nodes):
             self.node_alloc[nid].pop(req.job_id, None)
+            self._free_of.pop(nid, None)
             self.dirty.add(nid)
 
     # ------------------------------------------------------------------ events

@@ -126,6 +126,8 @@ class ClusterView:
     _ledgers: dict[bool, Any] = field(init=False, repr=False, compare=False)
     # (view, replaced nodes) of ``replace_nodes`` until the templates are derived (see ``replaced_from``).
     _source: tuple[ClusterView, Mapping[str, NodeView]] | None = field(init=False, repr=False, compare=False)
+    # ``replace_nodes(..., handoff=True)``: the templates are taken over from the source view, not copied.
+    _handoff: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.nodes, tuple):
@@ -136,8 +138,9 @@ class ClusterView:
         object.__setattr__(self, "_by_id", MappingProxyType(by_id))
         object.__setattr__(self, "_ledgers", {})
         object.__setattr__(self, "_source", None)
+        object.__setattr__(self, "_handoff", False)
 
-    def replace_nodes(self, changed: Iterable[NodeView]) -> ClusterView:
+    def replace_nodes(self, changed: Iterable[NodeView], *, handoff: bool = False) -> ClusterView:
         """A view with ``changed`` nodes (known ids) replacing this view's, other nodes shared.
 
         For callers that update a view many times (the simulator): the placement
@@ -145,6 +148,10 @@ class ClusterView:
         touching only the changed nodes (see :meth:`replaced_from`), so a
         decision on it does not pay O(nodes) to index the cluster.  Equal to
         ``ClusterView(<nodes with replacements>)`` in every observable way.
+        ``handoff=True`` (a caller that places on this view no more, e.g. the
+        simulator moving on): the new view takes this view's free-capacity
+        template over instead of copying it (this view indexes itself again
+        if it is ever used).
         """
         repl = {n.node_id: n for n in changed}
         unknown = [nid for nid in repl if nid not in self._by_id]
@@ -157,12 +164,21 @@ class ClusterView:
         object.__setattr__(new, "_by_id", MappingProxyType(by_id))
         object.__setattr__(new, "_ledgers", {})
         object.__setattr__(new, "_source", (self, MappingProxyType(repl)))
+        object.__setattr__(new, "_handoff", handoff)
         return new
 
     def replaced_from(self) -> tuple[ClusterView, Mapping[str, NodeView]] | None:
         """For a view made by :meth:`replace_nodes` whose ledger templates are not derived yet:
         the view it was made from and the nodes replaced; else ``None``."""
         return self._source
+
+    def hands_off(self) -> bool:
+        """True when this view was made by ``replace_nodes(..., handoff=True)``."""
+        return self._handoff
+
+    def take_ledger_template(self, use_total: bool) -> Any | None:
+        """Remove and return the template kept for ``use_total`` (``None`` when there is none)."""
+        return self._ledgers.pop(use_total, None)
 
     def ledger_template(self, use_total: bool) -> Any | None:
         """The placement ledger kept on this view for ``use_total``; ``None`` when there is none.
@@ -226,6 +242,29 @@ class ClusterView:
         return ClusterView(tuple(changed.get(n.node_id, n) for n in self.nodes))
 
 
+#: (bundles, their vectors, their sum as a vector and as Resources, shape keys by (strategy, selector)).
+_Shape = tuple[tuple[Resources, ...], tuple[Vec, ...], Vec, Resources, dict[tuple[str, Labels], str]]
+#: What ``JobRequest`` derives from its bundles, by the ``id`` of the bundles tuple: requests made
+#: from one tuple (the simulator's per-shape bundles, ``dataclasses.replace`` of a request) derive
+#: it once.  Each entry holds its tuple, so an id is never reused while it is cached.
+_SHAPES: dict[int, _Shape] = {}
+
+
+def _shape_of(bundles: tuple[Resources, ...]) -> _Shape | None:
+    """The derived vectors of ``bundles`` (``None`` when a bundle is not non-negative ``Resources``)."""
+    hit = _SHAPES.get(id(bundles))
+    if hit is not None and hit[0] is bundles:
+        return hit
+    if any(not isinstance(b, Resources) or not b.nonnegative() for b in bundles):
+        return None
+    bvecs = tuple(vec.of(b) for b in bundles)
+    dvec = vec.total(bvecs)
+    if len(_SHAPES) >= 4096:
+        _SHAPES.clear()
+    shape = _SHAPES[id(bundles)] = (bundles, bvecs, dvec, vec.to_resources(dvec), {})
+    return shape
+
+
 @dataclass(frozen=True, slots=True)
 class JobRequest:
     """A job waiting for resources: a gang of bundles placed all-or-nothing.
@@ -265,7 +304,8 @@ class JobRequest:
             object.__setattr__(self, "bundles", tuple(self.bundles))
         if not self.bundles:
             raise InvalidRequestError(f"job {self.job_id!r}: a request needs at least one bundle")
-        if any(not isinstance(b, Resources) or not b.nonnegative() for b in self.bundles):
+        shape = _shape_of(self.bundles)
+        if shape is None:
             raise InvalidRequestError(f"job {self.job_id!r}: bundles must be non-negative Resources")
         if self.strategy not in STRATEGIES:
             raise InvalidRequestError(
@@ -279,12 +319,15 @@ class JobRequest:
             raise InvalidRequestError(f"job {self.job_id!r}: attained_service must be >= 0")
         if not isinstance(self.label_selector, tuple) or any(not isinstance(p, tuple) for p in self.label_selector):
             object.__setattr__(self, "label_selector", freeze_labels(self.label_selector))
-        bvecs = tuple(vec.of(b) for b in self.bundles)
-        dvec = vec.total(bvecs)
+        _, bvecs, dvec, demand, keys = shape
         object.__setattr__(self, "bundle_vecs", bvecs)
         object.__setattr__(self, "demand_vec", dvec)
-        object.__setattr__(self, "_demand", vec.to_resources(dvec))
-        object.__setattr__(self, "shape_key", repr((bvecs, self.strategy, self.label_selector)))
+        object.__setattr__(self, "_demand", demand)
+        how = (self.strategy, self.label_selector)
+        key = keys.get(how)
+        if key is None:
+            key = keys[how] = repr((bvecs, self.strategy, self.label_selector))
+        object.__setattr__(self, "shape_key", key)
 
     @property
     def demand(self) -> Resources:

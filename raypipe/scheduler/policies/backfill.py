@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
 import math
+from typing import Any
 
 from raypipe.scheduler.context import DecisionContext
-from raypipe.scheduler.placement import FreeLedger
+from raypipe.scheduler.index import DecisionIndex
+from raypipe.scheduler.placement import FreeLedger, bundle_sums
 from raypipe.scheduler.policy import Policy
-from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, Placement, Snapshot
+from raypipe.scheduler.types import Blocked, BlockKind, Decision, JobRequest, Placement, RunningJob, Snapshot
 
 
 class BackfillPolicy(Policy):
@@ -36,7 +39,8 @@ class BackfillPolicy(Policy):
 
     def decide(self, snapshot: Snapshot) -> Decision:
         """FIFO starts, then backfill behind the head's reservation."""
-        ctx = DecisionContext(snapshot, index=self.index())
+        index = self.index()
+        ctx = DecisionContext(snapshot, index=index)
         queue = snapshot.queue
         now = snapshot.now
         head_idx = ctx.start_in_order(queue)
@@ -44,14 +48,14 @@ class BackfillPolicy(Policy):
             return ctx.build()
         head = queue[head_idx]
 
-        shadow_time, shadow = self._reservation(ctx, head)
+        shadow_time, shadow = self._reservation(ctx, head, index)
         when = f"t={shadow_time:g}" if math.isfinite(shadow_time) else "an unknown time"
         ctx.wait(head, f"{ctx.explain(head)}; next in line, reserved from {when} (backfill)")
         reserved = Blocked(BlockKind.NO_CAPACITY, f"reserved for {head.job_id} until {when} (backfill)")
         b_failed: set[str] = set()
         finite = math.isfinite(shadow_time)
         # why a job of a team and shape did not start, one memo per value of `ends_before`
-        memos = (ctx.memo(), ctx.memo())
+        memos = (ctx.memo(team_usage=False), ctx.memo(team_usage=False))  # no team shares in the reasons
         rest = queue[head_idx + 1 :]
         if finite:  # which memo: 1 when the job ends before the shadow time (rule a)
             which = [1 if (d := j.duration_estimate_s) is not None and now + d <= shadow_time else 0 for j in rest]
@@ -89,9 +93,16 @@ class BackfillPolicy(Policy):
         return ctx.build()
 
     @staticmethod
-    def _reservation(ctx: DecisionContext, head: JobRequest) -> tuple[float, FreeLedger | None]:
+    def _reservation(
+        ctx: DecisionContext, head: JobRequest, index: DecisionIndex | None = None
+    ) -> tuple[float, FreeLedger | None]:
         """(shadow time, capacity left at that time after the head's reservation).
 
+        Running jobs are released in order of their end estimate (kept sorted
+        across decisions in ``index``; overdue jobs end now, unknown ends at
+        infinity), together with the jobs started earlier in this decision,
+        all jobs ending at the same time at once, until the head can be placed
+        (``index=None``: the order is sorted from scratch).
         The ledger is ``None`` when the head cannot be placed even once every
         running job has finished (then nothing may use capacity past now
         except via rule (a), which needs a finite shadow time).
@@ -99,41 +110,60 @@ class BackfillPolicy(Policy):
         future = ctx.ledger.copy()
         now = ctx.now
         inf = math.inf
-        events: list[tuple[float, str, JobRequest, Placement]] = []
-        append = events.append
+        order = (index or DecisionIndex()).running_order(
+            "backfill-ends", ctx.snapshot.running, now, None, _end_key, _never_changes, per_node=False
+        )
+        keys = order.keys
         preempted = ctx.preempted
-        for r in ctx.snapshot.running:
-            if preempted and r.job_id in preempted:
-                continue
-            end = r.expected_end
-            if end is None:
-                req = r.request
-                dur = req.duration_estimate_s
-                append((inf if dur is None else max(now, r.start_time + dur), r.job_id, req, r.placement))
-            else:
-                append((max(now, end), r.job_id, r.request, r.placement))
-        for req, pl, end in ctx.started_now():  # started earlier in this decision
-            append((inf if end is None else max(now, end), req.job_id, req, pl))
-        events.sort()  # by (time, job id); ids are unique, so requests are never compared
+        started = sorted(  # (time, job id, request, placement); ids are unique, requests never compared
+            (inf if end is None else max(now, end), req.job_id, req, pl) for req, pl, end in ctx.started_now()
+        )
         one_node = future.one_node(head)
-        idx = 0
-        n_events = len(events)
+        pos, n = 0, len(keys)
+        spos, ns = 0, len(started)
         placement: Placement | None = None
-        shadow_time = math.inf
-        while idx < n_events:
-            t = events[idx][0]
-            stop = idx
-            while stop < n_events and events[stop][0] == t:
-                stop += 1
-            touched = future.release_many((e[2], e[3]) for e in events[idx:stop])
-            idx = stop
-            if one_node and not any(future.fits_on(head, n) for n in touched):
+        shadow_time = inf
+        while pos < n or spos < ns:
+            t = min(max(now, keys[pos][0]) if pos < n else inf, started[spos][0] if spos < ns else inf)
+            stop = bisect.bisect_right(keys, t, lo=pos, key=_first)  # every job ending by t (overdue: now)
+            batch = [(k[-1].request, k[-1].placement) for k in keys[pos:stop]] if pos or preempted else None
+            if batch is None:  # a prefix of the kept order: its sums per node are kept with it
+                gains = order.derived.get(("sums", stop))
+                if gains is None:
+                    gains = order.derived["sums", stop] = bundle_sums((k[-1].request, k[-1].placement) for k in keys[:stop])
+                batch = []
+            else:
+                gains = {}
+                if preempted:
+                    batch = [(req, pl) for req, pl in batch if req.job_id not in preempted]
+            pos = stop
+            while spos < ns and started[spos][0] == t:
+                batch.append((started[spos][2], started[spos][3]))
+                spos += 1
+            touched = future.release_sums(gains) if gains else set()
+            if batch:
+                touched |= future.release_many(batch)
+            if one_node and not any(future.fits_on(head, nid) for nid in touched):
                 continue  # only released nodes can newly hold a one-node gang
             placement = future.place(head)
             if placement is not None:
                 shadow_time = t
                 break
         if placement is None:
-            return math.inf, None
+            return inf, None
         future.allocate(head, placement)
         return shadow_time, future
+
+
+def _end_key(r: RunningJob) -> tuple[float, str, RunningJob]:
+    """A running job's place in the end order: (end estimate, ``inf`` when unknown; job id; the job)."""
+    end = r.end_estimate
+    return (math.inf if end is None else end, r.job_id, r)
+
+
+def _never_changes(_: RunningJob) -> float:
+    return math.inf
+
+
+def _first(entry: tuple[Any, ...]) -> Any:
+    return entry[0]

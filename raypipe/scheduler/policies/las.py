@@ -142,7 +142,7 @@ class LasPolicy(Policy):
         neg_q: list[int] = []
         preempt_failed: set[tuple[str, int]] = set()
         for q in sorted(buckets):
-            memo = ctx.memo()  # why a job of this queue, of a team and shape, did not start
+            memo = ctx.memo(team_usage=False)  # why a job of this queue, of a team and shape, did not start
             for job in ctx.unanswered(buckets[q], memo):  # submit order within a queue (the snapshot's order)
                 blocked = ctx.quota_block(job)
                 if blocked is not None:

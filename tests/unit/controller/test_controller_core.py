@@ -10,6 +10,7 @@ import pytest
 from raypipe.resources import Resources
 from raypipe.scheduler.backend import NodeInfo
 from raypipe.scheduler.controller import ControllerCore, SchedulerSettings
+from raypipe.scheduler.jobs import JobState
 
 
 class FakeBackend:
@@ -246,3 +247,22 @@ def test_a_job_already_stopping_is_not_chosen_again() -> None:
     core.schedule()
     assert core.jobs["low"].version == version, "no second preemption of a job that is stopping"
     assert core.jobs["high2"].state == "queued"
+
+
+def test_unchanged_running_jobs_keep_their_objects_across_decisions() -> None:
+    # The policy's indexes diff running jobs by identity: an unchanged job keeps its RunningJob,
+    # a job that starts stopping gets a new one that is no longer a victim.
+    core, _, clock = make("priority", preempt=True)
+    core.submit(req("a", gpu=4, priority=0), "o@1")
+    core.submit(req("b", gpu=4, priority=0), "o@1")
+    core.schedule()
+    first = {r.job_id: r for r in core._running_jobs(clock())}
+    clock.t += 5
+    again = {r.job_id: r for r in core._running_jobs(clock())}
+    assert set(first) == {"a", "b"} and all(again[j] is first[j] for j in first)
+    core.jobs["a"].state = JobState.PREEMPTING
+    after = {r.job_id: r for r in core._running_jobs(clock())}
+    assert after["b"] is first["b"]
+    assert after["a"] is not first["a"] and not after["a"].request.preemptible
+    core.release("b")
+    assert [r.job_id for r in core._running_jobs(clock())] == ["a"]

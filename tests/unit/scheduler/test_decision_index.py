@@ -4,8 +4,8 @@ One long-lived policy object (its index updated decision after decision) against
 a fresh object with the index off (everything from scratch), on random snapshots
 and random event sequences: time passing (LAS queue crossings), applied
 decisions (starts, preemptions), jobs finishing (views derived with
-``replace_nodes`` or built anew), preemptibility flips (new ``RunningJob``
-objects for the same job) and quota changes.
+``replace_nodes`` or built anew), preemptibility flips and new end estimates
+(new ``RunningJob`` objects for the same job) and quota changes.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ event_st = st.one_of(
     st.tuples(st.just("tick"), st.sampled_from([0.0, 1.0, 7.0, 60.0, 400.0])),
     st.tuples(st.just("finish"), st.integers(0, 50)),
     st.tuples(st.just("finish-derived"), st.integers(0, 50)),
+    st.tuples(st.just("finish-handoff"), st.integers(0, 50)),
     st.tuples(st.just("flip"), st.integers(0, 50)),
+    st.tuples(st.just("end"), st.integers(0, 50)),
     st.tuples(st.just("quota"), st.sampled_from([None, 2.0, 8.0, 64.0])),
 )
 
@@ -47,14 +49,15 @@ def _scratch(name: str, kwargs: dict, snap: Snapshot) -> Decision:
         DecisionIndex.enabled = True
 
 
-def _finish(snap: Snapshot, k: int, derived: bool) -> Snapshot:
+def _finish(snap: Snapshot, k: int, derived: bool, handoff: bool = False) -> Snapshot:
     if not snap.running:
         return snap
     r = snap.running[k % len(snap.running)]
     released = snap.cluster.with_release(r.placement, r.request.bundles)
     cluster = released
-    if derived:  # as the simulator does: only the changed nodes replaced, ledger templates derived
-        cluster = snap.cluster.replace_nodes([released.node(nid) for nid in set(r.placement.bundle_nodes)])
+    if derived:  # as the simulator does: only the changed nodes replaced, ledger templates derived (or taken over)
+        changed = [released.node(nid) for nid in set(r.placement.bundle_nodes)]
+        cluster = snap.cluster.replace_nodes(changed, handoff=handoff)
     running = tuple(x for x in snap.running if x is not r)
     return replace(snap, running=running, cluster=cluster)
 
@@ -68,6 +71,16 @@ def _flip(snap: Snapshot, k: int) -> Snapshot:
         replace(r.request, preemptible=not r.request.preemptible), r.placement, r.start_time, borrowed=r.borrowed
     )
     return replace(snap, running=snap.running[:i] + (flipped,) + snap.running[i + 1 :])
+
+
+def _new_end(snap: Snapshot, k: int) -> Snapshot:
+    """A running job's end estimate changes (a new ``RunningJob`` object for the same job): backfill re-keys it."""
+    if not snap.running:
+        return snap
+    i = k % len(snap.running)
+    r = snap.running[i]
+    moved = RunningJob(r.request, r.placement, r.start_time, expected_end=snap.now + 1.0 + k % 7 * 30.0, borrowed=r.borrowed)
+    return replace(snap, running=snap.running[:i] + (moved,) + snap.running[i + 1 :])
 
 
 def _quota(snap: Snapshot, gpus: float | None) -> Snapshot:
@@ -89,10 +102,12 @@ def test_indexed_decisions_equal_from_scratch(
         assert d == _scratch(name, kwargs, snap), f"after event {kind} {arg}"
         if kind == "tick":
             snap = _advance(snap, d, float(arg))  # type: ignore[arg-type]
-        elif kind in ("finish", "finish-derived"):
-            snap = _finish(snap, int(arg), kind == "finish-derived")  # type: ignore[call-overload]
+        elif kind in ("finish", "finish-derived", "finish-handoff"):
+            snap = _finish(snap, int(arg), kind != "finish", kind == "finish-handoff")  # type: ignore[call-overload]
         elif kind == "flip":
             snap = _flip(snap, int(arg))  # type: ignore[call-overload]
+        elif kind == "end":
+            snap = _new_end(snap, int(arg))  # type: ignore[call-overload]
         else:
             snap = _quota(snap, arg)  # type: ignore[arg-type]
     assert policy.decide(snap) == _scratch(name, kwargs, snap)
