@@ -11,8 +11,10 @@ replica that parses the body and predicts with the same model code, no validatio
 routing or metrics).  An HTTP load generator (aiohttp, closed loop, keep-alive, in this
 process) sends the same bodies (``{"features": {...}}`` of real digits rows) to all:
 
-- **latency**: 1 connection to each for ``--latency-s`` seconds, one request to each in
-  turn (so both see the same machine load) -> p50 / p99;
+- **latency**: in pairs, each mode beside plain (and the auth app beside its mode), 1
+  connection to each for ``--latency-s`` seconds, one request to each in turn (so both see
+  the same machine load; a third target's tail work would land on them) -> p50 / p99, and
+  the added p50 as the per-round difference within the pair (median over rounds);
 - **throughput**: ``--concurrency`` connections for ``--duration`` seconds -> requests/s
   (and p50 / p99 under load).
 
@@ -21,8 +23,8 @@ after a warm-up; medians are reported.  Goals, colocated: added p50 latency (ray
 1 connection) <= 0.5 ms, throughput raypipe / plain >= 0.95; routed: <= 2 ms, >= 0.7.
 
 **The cost of auth** (unless ``--skip-auth``): one more raypipe app, the same two versions,
-split and mode (the first of ``--mode``), with a bearer token for ``/predict`` (and ``/feedback``) joins the 1-connection
-latency rounds (the three targets take turns): p50/p99 with auth on vs off, the added ms and
+split and mode (the first of ``--mode``), with a bearer token for ``/predict`` (and ``/feedback``), is paired
+with that mode's app in the 1-connection latency rounds: p50/p99 with auth on vs off, the added ms and
 the ratio.  Request ids are signed in both apps (always on), so their cost is measured
 in-process too: microseconds per token check, id issued, id verified, sampling decision.
 Goal: added p50 of auth <= 0.2 ms.
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from benchmarks._serve_plain import FEATURES, PlainModel, digits, mlp_package
+    from raypipe.runner.ray_session import quiet_ray_logging
     from raypipe.serving import app as serving
     from raypipe.serving.metrics import get_collector
     from raypipe.store.artifacts import ArtifactStore
@@ -295,7 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         meta.close()
 
         _progress(f"starting Ray ({args.num_cpus} CPUs) and Serve")
-        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR")
+        # quiet like the CLI: Ray's warnings in its log folder, the replicas' output not forwarded here
+        quiet_ray_logging()
+        ray.init(
+            address="local",
+            num_cpus=args.num_cpus,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         port = _free_port()
         apps, deploy_s, auth_url = _deploy_apps(args, str(tmp / "raypipe.db"), port, modes)
@@ -326,18 +337,35 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_load(u, bodies, 4, 2.0, 0.5, name != "plain"))
         if targets_auth:
             asyncio.run(_paired(targets_auth, bodies, 2.0, auth_headers))
+        # Latency in pairs: each mode beside plain, the auth app beside its mode (two targets
+        # taking turns; with more, a target's request lands on the previous one's tail work).
+        pairs = [("plain", mode) for mode in modes] + ([(modes[0], "raypipe_auth")] if targets_auth else [])
         for rnd in range(args.repeat):
-            _progress(f"round {rnd + 1}/{args.repeat}: latency, 1 connection each, alternating, {args.latency_s:g}s")
-            t_phase = time.time()
-            paired = asyncio.run(_paired(latency_targets, bodies, args.latency_s, auth_headers))
-            for name in latency_targets:
-                samples[name]["latency"].append(paired[name])
-            time.sleep(0.3)  # the router sends its events every 0.1 s
-            for mode in modes:
-                snap = ray.get(get_collector(f"bench-{mode}").snapshot.remote(t_phase + 1))
-                # The router's own view: validation, routing and the call of the variant.
-                p50 = snap.get("v1", {}).get("latency_ms", {}).get("p50")
-                samples[mode]["latency"][-1]["router_p50_ms"] = p50
+            for a, b in pairs:
+                _progress(
+                    f"round {rnd + 1}/{args.repeat}: latency, {a} and {b}, 1 connection each, "
+                    f"alternating, {args.latency_s:g}s"
+                )
+                t_phase = time.time()
+                pair = {a: latency_targets[a], b: latency_targets[b]}
+                paired = asyncio.run(_paired(pair, bodies, args.latency_s, auth_headers))
+                if a == "plain":
+                    samples["plain"]["latency"].append(paired["plain"])
+                    time.sleep(0.3)  # the router sends its events every 0.1 s
+                    snap = ray.get(get_collector(f"bench-{b}").snapshot.remote(t_phase + 1))
+                    samples[b]["latency"].append(
+                        {
+                            **paired[b],
+                            "plain_p50_ms": paired["plain"]["p50_ms"],
+                            "plain_p99_ms": paired["plain"]["p99_ms"],
+                            # the router's own view: validation, routing and the call of the variant
+                            "router_p50_ms": snap.get("v1", {}).get("latency_ms", {}).get("p50"),
+                        }
+                    )
+                else:  # the auth app and its mode without auth
+                    samples[b]["latency"].append(
+                        {**paired[b], "off_p50_ms": paired[a]["p50_ms"], "off_p99_ms": paired[a]["p99_ms"]}
+                    )
             for name, u in targets.items():
                 _progress(
                     f"round {rnd + 1}/{args.repeat}: {name}, {args.concurrency} connections for {args.duration:g}s"
@@ -368,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                 [s["router_p50_ms"] for s in samples[mode]["latency"] if s.get("router_p50_ms")]
             )
             res["split_requests"] = {v: s["requests"] for v, s in snap.items()}
-            res["added_p50_ms"] = res["p50_ms"] - base["p50_ms"]
+            # per round, the mode minus plain beside it (the same moments), then the median
+            res["added_p50_ms"] = median([x["p50_ms"] - x["plain_p50_ms"] for x in samples[mode]["latency"]])
             res["throughput_ratio"] = ratio(res["rps"], base["rps"])
             res["ratios"] = {
                 k: ratio(res[k], base[k]) for k in ("p50_ms", "p99_ms", "rps", "loaded_p50_ms", "loaded_p99_ms")
@@ -390,12 +419,9 @@ def main(argv: list[str] | None = None) -> int:
             res["auth_p99_ms"] = median([s["p99_ms"] for s in lat])
             res["auth_failed"] = sum(s["failed"] for s in lat)
             # per round, auth on minus off (the same round's alternating requests, the same mode), then the median
-            res["auth_added_p50_ms"] = median(
-                [a["p50_ms"] - b["p50_ms"] for a, b in zip(lat, samples[first]["latency"], strict=True)]
-            )
-            res["auth_added_p99_ms"] = median(
-                [a["p99_ms"] - b["p99_ms"] for a, b in zip(lat, samples[first]["latency"], strict=True)]
-            )
+            res["auth_added_p50_ms"] = median([x["p50_ms"] - x["off_p50_ms"] for x in lat])
+            res["auth_added_p99_ms"] = median([x["p99_ms"] - x["off_p99_ms"] for x in lat])
+            res["auth_off_p50_ms"] = median([x["off_p50_ms"] for x in lat])
             ratios["auth_p50_ms"] = ratio(res["auth_p50_ms"], res["p50_ms"])
             ratios["auth_p99_ms"] = ratio(res["auth_p99_ms"], res["p99_ms"])
             goals["auth_added_p50_ms"] = goal(res["auth_added_p50_ms"], GOAL_AUTH_ADDED_P50_MS, "ms")
@@ -470,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if targets_auth:
             print(
-                f"auth on vs off ({first}, 1 connection): p50 {res['auth_p50_ms']:.2f} vs {res['p50_ms']:.2f} ms, "
+                f"auth on vs off ({first}, 1 connection): p50 {res['auth_p50_ms']:.2f} vs {res['auth_off_p50_ms']:.2f} ms, "
                 f"added p50 {res['auth_added_p50_ms']:+.2f} ms (goal <= {GOAL_AUTH_ADDED_P50_MS:g}: "
                 f"{'met' if goals['auth_added_p50_ms']['met'] else 'MISSED'}), added p99 "
                 f"{res['auth_added_p99_ms']:+.2f} ms; in-process: token check {res['auth_cpu_token_check_us']:.1f} us, "

@@ -16,7 +16,8 @@ class Batcher:
     """Requests for one variant, sent as few handle calls as possible without waiting:
     a request goes out at once while fewer than ``max_inflight`` calls are in flight;
     otherwise it joins the next call, sent as soon as one returns.  One connection sees
-    no added delay; under load, one call carries many requests (one forward pass)."""
+    no added delay (a request alone in the router is called in its own task: no batch task,
+    no future); under load, one call carries many requests (one forward pass)."""
 
     def __init__(self, handle: Any, max_inflight: int, max_batch: int = 64) -> None:
         self.handle = handle
@@ -26,7 +27,19 @@ class Batcher:
         self.inflight = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, request_id: str, rows: list[list[Any]]) -> dict[str, Any]:
+    async def submit(self, request_id: str, rows: list[list[Any]], alone: bool = False) -> dict[str, Any]:
+        """The variant's answer to one request.  ``alone``: the caller knows no other request
+        is on its way to this variant (the router has no other request in hand): with no call
+        in flight and none queued, the call is made here, in the caller's task (no task, no
+        future, no extra turn of the event loop; what a batch of one would do, sooner)."""
+        if alone and not self.inflight and not self.queue:
+            self.inflight += 1
+            try:
+                return (await self._call([request_id], [rows]))[0]
+            finally:
+                self.inflight -= 1
+                while self.queue and self.inflight < self.max_inflight:
+                    self._dispatch()
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.queue.append((request_id, rows, fut))
         if self.inflight < self.max_inflight:
@@ -42,20 +55,25 @@ class Batcher:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, batch: list[tuple[str, list[list[Any]], asyncio.Future[dict[str, Any]]]]) -> None:
+    async def _call(self, ids: list[str], rows: list[list[list[Any]]]) -> list[dict[str, Any]]:
+        """One call of the variant, made again (up to ``ACTOR_RETRIES`` times) when its replica
+        died under it."""
         from ray.exceptions import RayActorError
 
+        attempt = 0
+        while True:
+            try:
+                results: list[dict[str, Any]] = await self.handle.predict_many.remote(ids, rows)
+                return results
+            except RayActorError:  # the replica died under the call: Serve picks a live one
+                if attempt == ACTOR_RETRIES:
+                    raise
+                attempt += 1
+                await asyncio.sleep(0.05 * attempt)
+
+    async def _run(self, batch: list[tuple[str, list[list[Any]], asyncio.Future[dict[str, Any]]]]) -> None:
         try:
-            ids = [b[0] for b in batch]
-            rows = [b[1] for b in batch]
-            for attempt in range(ACTOR_RETRIES + 1):
-                try:
-                    results = await self.handle.predict_many.remote(ids, rows)
-                    break
-                except RayActorError:  # the replica died under the call: Serve picks a live one
-                    if attempt == ACTOR_RETRIES:
-                        raise
-                    await asyncio.sleep(0.05 * (attempt + 1))
+            results = await self._call([b[0] for b in batch], [b[1] for b in batch])
             for (_, _, fut), res in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(res)

@@ -134,6 +134,8 @@ class Router(FeedbackRoutes):
         self._collector: Any = None
         self._flusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: /predict requests in hand (reading, validating, waiting for a variant).
+        self._active = 0
         self.dropped_events = 0
         # The app's drift monitor (raypipe.monitoring.monitor), if one is running: routed rows
         # sampled by request id go to it with the events; authenticated /feedback labels.
@@ -229,10 +231,12 @@ class Router(FeedbackRoutes):
             self.dropped_events += len(batch)
 
     # ------------------------------------------------------------------ calls
-    async def _call(self, variant: str, request_id: str, rows: list[list[Any]]) -> tuple[list[Any], int]:
+    async def _call(
+        self, variant: str, request_id: str, rows: list[list[Any]], alone: bool = False
+    ) -> tuple[list[Any], int]:
         """The variant's predictions of ``rows`` and how many of their values were categories
-        it never saw."""
-        res = await self.batchers[variant].submit(request_id, rows)
+        it never saw (``alone``: no other request in the router, :meth:`Batcher.submit`)."""
+        res = await self.batchers[variant].submit(request_id, rows, alone)
         if not res.get("ok"):
             raise VariantError(res.get("error") or "failed")
         return res["p"], int(res.get("unseen") or 0)
@@ -343,6 +347,13 @@ class Router(FeedbackRoutes):
         return str(forced)
 
     async def _predict(self, request: Any) -> Any:
+        self._active += 1
+        try:
+            return await self._predict_one(request)
+        finally:
+            self._active -= 1
+
+    async def _predict_one(self, request: Any) -> Any:
         t0 = time.perf_counter()
         headers = request.headers
         try:
@@ -374,7 +385,9 @@ class Router(FeedbackRoutes):
             self._spawn(self._shadow_call(self.shadow, rid, client_id, rows, key))
         status, doc, unseen = 200, None, 0
         try:
-            preds, unseen = await self._call(variant, rid, rows)
+            # Alone in the router (one connection, a quiet app): the variant is called at once in
+            # this task; with others in hand, through the batcher (one call, one forward pass for many).
+            preds, unseen = await self._call(variant, rid, rows, self._active == 1)
             if self._monitor is not None and forced is None:  # forced requests never reach drift windows
                 self._log_drift(variant, rid, rows, preds)
             doc = {

@@ -16,6 +16,12 @@ timestamps (``"2024-03-01T12:00:00+01:00"``; naive times are UTC); numbers must 
 finite (JSON's NaN/Infinity are refused).  A category the model never saw is accepted
 (it is encoded as the "other" level and counted in the variant's metrics).
 
+Rows are checked by a fast path first (:func:`_fast_row`: every feature present, nothing
+else, no null, each value of its column's kind; numbers-only models in one pass of C-level
+checks); a row it does not take goes through the detailed check (:func:`_row`), which alone
+decides and names the problems, so the answers and the error texts are the detailed
+check's (``tests/unit/test_serving_fast_paths.py`` holds the two to it).
+
 A body larger than the app's ``max_body_bytes`` (default 1 MiB) is refused with 413 before
 it is parsed (:func:`read_body`): by its ``Content-Length``, or, for a chunked body, as
 soon as what was read passes the limit (the rest is never read).
@@ -53,6 +59,7 @@ import json
 import math
 from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from raypipe.models.classes import match_class
@@ -163,6 +170,11 @@ class InputSchema:
     @property
     def numeric(self) -> bool:
         return all(k in ("int", "float") for k in self.kinds)
+
+    @cached_property
+    def numeric_float(self) -> bool:
+        """Every feature a float column (the fast path checks such rows in one pass)."""
+        return all(k == "float" for k in self.kinds)
 
 
 def _too_large(limit: int, size: str) -> RequestError:
@@ -292,6 +304,73 @@ def _row(obj: Any, schema: InputSchema, where: str, errors: _Problems) -> list[A
     return out
 
 
+#: Integers the fast path takes as they are (the detailed check's range for int columns).
+_INT_MIN, _INT_END = -(2**63), 2**64
+_NUMBERS = frozenset((float, int))
+
+
+def _fast_value(v: Any, kind: str, arrow_type: str) -> tuple[Any, bool]:
+    """``(value, True)`` as :func:`_value` gives a valid ``v``; ``(None, False)``: let the
+    detailed check decide (and name the problem, if there is one)."""
+    t = type(v)
+    if kind == "float":
+        if t is float:
+            return v, v - v == 0.0  # False for inf and nan
+        if t is int:
+            try:
+                return float(v), True
+            except OverflowError:
+                return None, False
+        return None, False
+    if kind == "int":
+        if t is int:
+            return v, _INT_MIN <= v < _INT_END
+        if t is float and v.is_integer() and _INT_MIN <= v < _INT_END:
+            return int(v), True
+        return None, False
+    if kind == "bool":
+        return v, t is bool
+    if kind == "string":
+        return v, t is str
+    if v is None:
+        return None, False
+    value, why = _value(v, kind, arrow_type)
+    return value, why is None
+
+
+def _fast_row(obj: Any, schema: InputSchema) -> list[Any] | None:
+    """The row :func:`_row` makes of ``obj`` when ``obj`` is valid: every feature present, no
+    other key, no null, every value of its column's kind (numbers-only schemas: one pass of
+    C-level checks).  None when anything is off: the caller runs :func:`_row`, which names
+    the problems exactly as always (or accepts what this path leaves to it, e.g. nulls of
+    optional features)."""
+    features = schema.features
+    if type(obj) is not dict or len(obj) != len(features):
+        return None
+    try:
+        vals = [obj[f] for f in features]
+    except KeyError:
+        return None
+    if schema.numeric_float:
+        types = set(map(type, vals))
+        if not types <= _NUMBERS:
+            return None
+        try:
+            if int in types:
+                vals = [float(v) for v in vals]
+            total = sum(vals)  # inf or nan if any value is (or the sum overflows: the detailed path decides)
+        except OverflowError:
+            return None
+        return vals if total - total == 0.0 else None
+    out: list[Any] = []
+    for v, kind, arrow_type in zip(vals, schema.kinds, schema.types, strict=True):
+        value, ok = _fast_value(v, kind, arrow_type)
+        if not ok:
+            return None
+        out.append(value)
+    return out
+
+
 def rows_of(payload: Any, schema: InputSchema, key_field: str | None = None) -> tuple[list[list[Any]], bool]:
     """``(rows in the model's feature order, single)`` of a /predict body; 422 on any problem."""
     if not isinstance(payload, dict):
@@ -318,7 +397,8 @@ def rows_of(payload: Any, schema: InputSchema, key_field: str | None = None) -> 
     if has_f and has_i:
         errors.append({"field": "instances", "reason": "give either `features` (one row) or `instances`, not both"})
     elif has_f:
-        rows = [_row(payload["features"], schema, "features", errors)]
+        row = _fast_row(payload["features"], schema)
+        rows = [row if row is not None else _row(payload["features"], schema, "features", errors)]
     elif has_i:
         single = False
         items = payload["instances"]
@@ -330,7 +410,8 @@ def rows_of(payload: Any, schema: InputSchema, key_field: str | None = None) -> 
             errors.append({"field": "instances", "reason": f"{len(items)} rows; at most {MAX_INSTANCES} per request"})
         else:
             for i, item in enumerate(items):  # every row: the 422 says how many problems there are
-                rows.append(_row(item, schema, f"instances[{i}]", errors))
+                row = _fast_row(item, schema)
+                rows.append(row if row is not None else _row(item, schema, f"instances[{i}]", errors))
     else:
         errors.append({"field": "features", "reason": "missing field (or `instances`: an array of rows)"})
     errors.check()
