@@ -44,6 +44,10 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SHARED_RAY_RESTARTS:
+        terminalreporter.section("shared Ray restarted")
+        for line in SHARED_RAY_RESTARTS:
+            terminalreporter.write_line(line)
     if REPORT.faults or REPORT.generated:
         terminalreporter.section("reliability")
         for line in REPORT.lines():
@@ -81,15 +85,86 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[str]:
-    """A local Ray with 2 CPUs shared by the tests of a module; yields its address."""
+#: The address of the local Ray that ``ray_local`` started and that is still up (``None``: none).
+_SHARED_RAY: dict[str, str | None] = {"address": None}
+#: Why the shared Ray was restarted after a module (shown in the session's summary).
+SHARED_RAY_RESTARTS: list[str] = []
+
+
+def _shared_ray_up() -> bool:
     import ray
 
-    ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    return (
+        ray.is_initialized()
+        and _SHARED_RAY["address"] is not None
+        and ray.get_runtime_context().gcs_address == _SHARED_RAY["address"]
+    )
+
+
+def _clean_shared_ray(module: str, timeout_s: float = 30.0) -> bool:
+    """What a module left in the shared Ray, gone: Serve and its apps, raypipe's named actors
+    (scheduler controller, monitors, loops, rollouts, schedules), its placement groups and its
+    keys in the GCS.  True when every resource is free again within ``timeout_s``."""
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    from raypipe._ray import kv
+    from raypipe._ray.actors import NAMESPACE
+    from raypipe.scheduler.ray_backend import pg_from_id
+
+    named = ray.util.list_named_actors(all_namespaces=True)
+    if any(a["namespace"] == "serve" for a in named):
+        from ray import serve
+
+        serve.shutdown()
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a["namespace"] == NAMESPACE:
+            try:
+                ray.kill(ray.get_actor(a["name"], namespace=NAMESPACE), no_restart=True)
+            except ValueError:
+                pass
+    for pg_id, t in placement_group_table().items():
+        if t.get("state") != "REMOVED":
+            ray.util.remove_placement_group(pg_from_id(pg_id))
+    kv.delete_prefix(b"")
+    total = ray.cluster_resources()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        free = ray.available_resources()
+        held = {k: v - free.get(k, 0.0) for k, v in total.items() if free.get(k, 0.0) < v - 1e-6}
+        held = {k: v for k, v in held.items() if not k.startswith("node:") and "memory" not in k}
+        if not held:
+            return True
+        time.sleep(0.2)
+    SHARED_RAY_RESTARTS.append(f"{module}: {held} still held after it")
+    return False
+
+
+@pytest.fixture(scope="module")
+def ray_local(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A local Ray with 2 CPUs for the tests of a module; yields its address.
+
+    Modules share one Ray while they leave it clean: after each module, Serve, raypipe's
+    named actors, placement groups and GCS keys are removed, and if any resource is still
+    held after that the Ray is shut down, so the next module starts a fresh one (as does a
+    module that starts a Ray of its own shape)."""
+    import ray
+
+    if not _shared_ray_up():
+        ray.shutdown()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        _SHARED_RAY["address"] = ray.get_runtime_context().gcs_address
     yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    if not (_shared_ray_up() and _clean_shared_ray(module=request.module.__name__)):
+        ray.shutdown()
+        _SHARED_RAY["address"] = None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _SHARED_RAY["address"] is not None:
+        import ray
+
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

