@@ -208,22 +208,6 @@ class DecisionIndex:
             self._never = {}
         return self._never
 
-    def victim_order(
-        self,
-        name: str,
-        running: Sequence[RunningJob],
-        now: float,
-        tag: Hashable,
-        key: KeyFn,
-        changes_at: TimeFn,
-    ) -> VictimOrder:
-        """The victim order ``name`` of ``running`` at ``now`` (see :class:`VictimOrder`).
-
-        ``tag``: what else the keys depend on (policy arguments, team priorities); a
-        different tag, or a time earlier than the last one, rebuilds it.
-        """
-        return self.running_order(name, running, now, tag, key, changes_at)
-
     def running_order(
         self,
         name: str,
@@ -235,8 +219,13 @@ class DecisionIndex:
         *,
         per_node: bool = True,
     ) -> VictimOrder:
-        """Running jobs sorted by ``key``, kept as :meth:`victim_order` keeps a victim order
-        (``per_node=False``: without the per-node index, e.g. backfill's order of end times)."""
+        """The order ``name`` of ``running`` at ``now`` (see :class:`VictimOrder`): a victim
+        order (las, priority), or with ``per_node=False`` an order without the per-node
+        index (backfill's order of end times).
+
+        ``tag``: what else the keys depend on (policy arguments, team priorities); a
+        different tag, or a time earlier than the last one, rebuilds it.
+        """
         order = self._orders.get(name) if self.enabled else None
         if order is None or order.tag != tag or now < order.valid_from or order.per_node != per_node:
             order = VictimOrder(per_node=per_node)

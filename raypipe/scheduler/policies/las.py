@@ -128,7 +128,7 @@ class LasPolicy(Policy):
             t = max(now, start) + (ts[q] - a) / g
             return t - 1e-6 * max(1.0, abs(t))  # early, never late: float error cannot skip a crossing
 
-        order = index.victim_order("las", running, now, ts, key, changes_at)
+        order = index.running_order("las", running, now, ts, key, changes_at)
         return order, [k[0] for k in order.keys]
 
     def decide(self, snapshot: Snapshot) -> Decision:

@@ -80,7 +80,7 @@ class PriorityPolicy(Policy):
             placement = ctx.ledger.place(job)
             if placement is None and self.preempt:
                 if victims is None:  # lowest base priority first, then most recently started
-                    order = index.victim_order(
+                    order = index.running_order(
                         "priority",
                         snapshot.running,
                         snapshot.now,
