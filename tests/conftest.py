@@ -29,7 +29,24 @@ def reliability(request: pytest.FixtureRequest) -> Recorder:
     return Recorder(request.node.nodeid)
 
 
+#: Modules with a test that uses ``ray_local``: the others never see the shared Ray (a
+#: module that starts its own cluster, or runs ``ray start`` and ``ray stop``, would stop it).
+_RAY_LOCAL_MODULES: set[str] = set()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    module = getattr(item, "module", None)
+    if _SHARED_RAY["address"] is not None and (module is None or module.__name__ not in _RAY_LOCAL_MODULES):
+        import ray
+
+        ray.shutdown()
+        _SHARED_RAY["address"] = None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()) and getattr(item, "module", None) is not None:
+            _RAY_LOCAL_MODULES.add(item.module.__name__)
     """A long fuzz hunt (``RAYPIPE_FUZZ_EXAMPLES``, see tests/fuzzing.py) runs its fuzz tests
     without the per-test timeout: 10,000 examples take longer than CI's 300 s."""
     if os.environ.get("RAYPIPE_FUZZ_EXAMPLES", "").strip():
@@ -101,7 +118,7 @@ def _shared_ray_up() -> bool:
     )
 
 
-def _clean_shared_ray(module: str, timeout_s: float = 30.0) -> bool:
+def _clean_shared_ray(module: str, timeout_s: float = 10.0) -> bool:
     """What a module left in the shared Ray, gone: Serve and its apps, raypipe's named actors
     (scheduler controller, monitors, loops, rollouts, schedules), its placement groups and its
     keys in the GCS.  True when every resource is free again within ``timeout_s``."""
