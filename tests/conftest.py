@@ -44,11 +44,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Notes the modules that use ``ray_local``.  A long fuzz hunt (``RAYPIPE_FUZZ_EXAMPLES``,
+    see tests/fuzzing.py) runs its fuzz tests without the per-test timeout: 10,000 examples
+    take longer than CI's 300 s."""
     for item in items:
         if "ray_local" in getattr(item, "fixturenames", ()) and getattr(item, "module", None) is not None:
             _RAY_LOCAL_MODULES.add(item.module.__name__)
-    """A long fuzz hunt (``RAYPIPE_FUZZ_EXAMPLES``, see tests/fuzzing.py) runs its fuzz tests
-    without the per-test timeout: 10,000 examples take longer than CI's 300 s."""
     if os.environ.get("RAYPIPE_FUZZ_EXAMPLES", "").strip():
         for item in items:
             if item.module is not None and item.module.__name__.rsplit(".", 1)[-1].startswith("test_fuzz_"):
