@@ -8,10 +8,20 @@ same snapshot.
 
 from __future__ import annotations
 
+import bisect
+import gc
+import operator
 import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from raypipe.resources import Resources
-from raypipe.scheduler import ClusterView, JobRequest, NodeView, Placement, RunningJob
+from raypipe.scheduler import ClusterView, JobRequest, NodeView, Placement, Policy, RunningJob, Snapshot, TeamConfig
+from raypipe.scheduler.lifecycle import requeued_request
+from raypipe.scheduler.types import per_node
+
+_SUBMIT = operator.attrgetter("submit_time")
 
 TEAMS = ("research", "prod", "infra", "default")
 SHAPES = ((1, 1), (1, 2), (1, 4), (1, 8), (2, 8), (4, 8), (2, 4))  # (bundles, GPUs per bundle)
@@ -58,3 +68,96 @@ def build_view(n_nodes: int, n_pending: int, seed: int = 0) -> tuple[ClusterView
             )
         )
     return ClusterView(nodes), tuple(running), tuple(queue)
+
+
+def _new_job(rng: random.Random, job_id: str, now: float) -> JobRequest:
+    nb, g = rng.choice(SHAPES)
+    return JobRequest(
+        job_id,
+        (Resources.of(cpu=4 * g, gpu=g, memory_mb=32_000 * g),) * nb,
+        submit_time=now,
+        team=rng.choice(TEAMS),
+        priority=rng.randint(0, 3),
+        duration_estimate_s=rng.choice((None, 300.0, 3600.0)),
+        label_selector={"gpu_type": "H100"} if rng.random() < 0.1 else {},
+        strategy=rng.choice(("PACK", "PACK", "SPREAD", "STRICT_PACK")) if nb > 1 else "PACK",
+    )
+
+
+def steady_latencies(
+    n_nodes: int, n_pending: int, policy: Policy, teams: Mapping[str, TeamConfig],
+    decisions: int, churn: int = 1, seed: int = 0, clock: Callable[[], float] = time.perf_counter,
+    gc_freeze: bool = True,
+) -> tuple[list[float], int, int]:
+    """Decision latencies (ms) of ``policy`` in a controller's decision loop; the jobs it started and preempted.
+
+    From ``build_view``, each decision is applied (starts take capacity and leave the
+    queue, preempted jobs go back to it), then ``churn`` running jobs finish and
+    ``churn`` new jobs arrive, one second later, and the next decision is timed.  The
+    view is updated as the simulator's is (only changed nodes replaced,
+    ``ClusterView.replace_nodes``) and unchanged jobs keep their objects, so the
+    indexes a policy keeps across decisions see what they would live.  The first
+    decisions fill the cluster's free capacity (hundreds of starts each); after that
+    each decision starts about what the churn freed.  ``gc_freeze``: the starting view is
+    frozen out of the cyclic GC (as in ``decision_latency``) and the GC runs between
+    decisions (untimed, every 20) instead of inside them: a gen-2 pause lands on whichever
+    decision it hits and measures the process's heap, not the policy.
+    """
+    rng = random.Random(seed + 1)
+    cluster, running0, queue0 = build_view(n_nodes, n_pending, seed)
+    nodes = {n.node_id: n for n in cluster.nodes}
+    running = {r.request.job_id: r for r in running0}
+    queue = list(queue0)
+    now, k = 10_000.0, 0
+    times: list[float] = []
+    started_total = preempted_total = 0
+    if gc_freeze:
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+
+    def give(nid: str, amount: Resources, sign: int) -> None:
+        n = nodes[nid]
+        nodes[nid] = replace(n, free=n.free + amount if sign > 0 else n.free - amount)
+        changed.add(nid)
+
+    try:
+        for i in range(decisions):
+            if gc_freeze and i % 20 == 19:
+                gc.collect()
+            changed: set[str] = set()
+            snap = Snapshot(now, tuple(queue), tuple(running.values()), cluster, teams)
+            t0 = clock()
+            decision = policy.decide(snap)
+            times.append((clock() - t0) * 1e3)
+            started_total += len(decision.starts)
+            preempted_total += len(decision.preemptions)
+            for jid in decision.preemptions:
+                r = running.pop(jid)
+                for nid, part in per_node(r.request.bundles, r.placement).items():
+                    give(nid, part, +1)
+                req = requeued_request(r.request, now, r.start_time)
+                bisect.insort(queue, req, key=_SUBMIT)
+            if decision.starts:
+                by_id = {q.job_id: q for q in queue}
+                for jid, placement in decision.starts:
+                    req = by_id[jid]
+                    for nid, part in per_node(req.bundles, placement).items():
+                        give(nid, part, -1)
+                    running[jid] = RunningJob(req, placement, now)
+                started = set(decision.started_ids)
+                queue = [q for q in queue if q.job_id not in started]
+            now += 1.0
+            for jid in rng.sample(sorted(running), min(churn, len(running))):
+                r = running.pop(jid)
+                for nid, part in per_node(r.request.bundles, r.placement).items():
+                    give(nid, part, +1)
+            for _ in range(churn):
+                queue.append(_new_job(rng, f"n{k}", now))
+                k += 1
+            cluster = cluster.replace_nodes([nodes[nid] for nid in changed], handoff=True)
+    finally:
+        if gc_freeze:
+            gc.enable()
+            gc.unfreeze()
+    return times, started_total, preempted_total

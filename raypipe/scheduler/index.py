@@ -89,6 +89,7 @@ class VictimOrder:
         keys.sort()
         heapq.heapify(due)
         self.keys = keys
+        self.victims = [k[-1] for k in keys]
         if not self.per_node:
             return
         for k in keys:
@@ -105,7 +106,9 @@ class VictimOrder:
         self._ids[id(r)] = (r, k)
         if k is None:
             return
-        bisect.insort(self.keys, k)
+        at = bisect.bisect_right(self.keys, k)
+        self.keys.insert(at, k)
+        self.victims.insert(at, r)  # kept in step with ``keys`` (not rebuilt per change)
         for nid, part in _portions(r).items() if self.per_node else ():
             lst = self.by_node.get(nid)
             if lst is None:
@@ -122,7 +125,8 @@ class VictimOrder:
         if k is None:
             return
         prefix = k[:-1]  # unique: finds the entry without comparing jobs
-        del self.keys[bisect.bisect_left(self.keys, prefix)]
+        at = bisect.bisect_left(self.keys, prefix)
+        del self.keys[at], self.victims[at]
         for nid in _portions(r) if self.per_node else ():
             lst = self.by_node[nid]
             del lst[bisect.bisect_left(lst, prefix, key=_first)]
@@ -156,7 +160,6 @@ class VictimOrder:
             self._add(entry[0], key, changes_at)
             changed = True
         if changed:
-            self.victims = [k[-1] for k in self.keys]
             self.derived = {}
 
 

@@ -70,6 +70,8 @@ class PreemptionMixin:
         counted = False  # identical bundles that may spread: the greedy placement succeeds iff the slots suffice
         if all(b == bvecs[0] for b in bvecs) and not ledger.whole_nodes(job):
             released = self._release_for_identical(job, victims)
+            if released is None and self.count_slots:
+                return None  # even every victim leaves too few slots: the greedy placement fails too
             if released is not None:
                 placement = ledger.place(job)
                 if placement is None:  # not expected (slot counting mirrors the greedy placement)

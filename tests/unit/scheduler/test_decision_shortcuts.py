@@ -245,3 +245,24 @@ def test_a_victim_released_on_the_way_is_kept_when_the_gang_fits_without_it(coun
         PreemptionMixin.count_slots = True
     assert d.preemptions == ("v2",)
     assert dict(d.starts)["w"].bundle_nodes == ("n1", "n1")
+
+
+@pytest.mark.parametrize("count_slots", [True, False])
+def test_a_gang_that_every_victim_together_cannot_make_room_for_preempts_nothing(count_slots: bool) -> None:
+    # Each 8-GPU node holds a 6-GPU job that is not preemptible and a 2-GPU victim: w needs
+    # 3 x 4 GPU, and even with both victims gone no node has 4 free GPUs. Slot counting says so
+    # without trying placements; both ways nothing is preempted and w waits.
+    run = [
+        running(job("n1", 6, priority=9, preemptible=False), "a", start=0),
+        running(job("v1", 2), "a", start=10),
+        running(job("n2", 6, priority=9, preemptible=False), "b", start=0),
+        running(job("v2", 2), "b", start=20),
+    ]
+    snap = snapshot([node("a", 8), node("b", 8)], queue=[job("w", 4, 3, t=1, priority=5)], run=run, now=30)
+    PreemptionMixin.count_slots = count_slots
+    try:
+        d = get_policy("priority", preempt=True).decide(snap)
+    finally:
+        PreemptionMixin.count_slots = True
+    assert d.preemptions == () and d.starts == ()
+    assert "w" in d.reasons
