@@ -264,10 +264,14 @@ class DecisionContext(PreemptionMixin):
 
     def wait_many(self, jobs: Iterable[JobRequest], reason: str) -> None:
         """Record the same reason for many jobs."""
-        if self._reasons:
-            self._reasons.update(dict.fromkeys(map(_JOB_ID, jobs), reason))
-        else:
-            self._reasons = dict.fromkeys(map(_JOB_ID, jobs), reason)
+        new = dict.fromkeys(map(_JOB_ID, jobs), reason)
+        old = self._reasons
+        if len(old) >= len(new):
+            old.update(new)
+        else:  # the reasons so far are fewer: add them to the new dict (where it has none) than it to them
+            for jid, why in old.items():
+                new.setdefault(jid, why)
+            self._reasons = new
 
     def start_in_order(self, queue: Sequence[JobRequest]) -> int:
         """Start jobs in queue order until one blocks the line; return its index (``len(queue)``

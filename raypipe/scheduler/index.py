@@ -21,6 +21,12 @@ with the index equals the one made from scratch (a fresh policy object):
   time (LAS: the queue of a job's attained service) comes with the time it
   may change, conservatively early; the job is re-keyed when a decision
   reaches it;
+* **queue orders** (:meth:`DecisionIndex.queue_order`; priority: by effective
+  priority, which does not depend on the time, then submit time and job id): the
+  queue sorted by a key of each job alone, kept while the key's tag is the same; a
+  new queue is diffed against the last one by identity (:func:`identity_diff`: aligned
+  runs compared in C, a few jobs removed or inserted found without a set of every
+  job), so only jobs that joined are keyed and inserted;
 * **backfill's order of end estimates** (:meth:`DecisionIndex.running_order`,
   without the per-node index): the reservation walks running jobs in end
   order from it instead of collecting and sorting them each decision.
@@ -32,15 +38,17 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
+import operator
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from raypipe.scheduler import vec
-from raypipe.scheduler.types import Blocked, RunningJob
+from raypipe.scheduler.types import Blocked, JobRequest, RunningJob
 from raypipe.scheduler.vec import Vec
 
-__all__ = ["DecisionIndex", "VictimOrder", "victims_by_node"]
+__all__ = ["DecisionIndex", "QueueOrder", "VictimOrder", "victims_by_node"]
 
 #: A victim's sort key: a tuple whose last element is the RunningJob (earlier elements are unique).
 SortKey = tuple[Any, ...]
@@ -188,18 +196,132 @@ def _portions(r: RunningJob) -> dict[str, Vec]:
     return out
 
 
+class QueueOrder:
+    """Queued jobs sorted by a key of the job alone, kept across decisions.
+
+    ``key(job)`` must be a tuple unique per job (e.g. ending with the job id) that
+    depends on nothing but the job and the order's ``tag``.  :meth:`sync` diffs the
+    queue by identity: jobs that left it are deleted and new ones inserted by
+    bisection, so a decision does not compute and sort every queued job's key again.
+    ``jobs`` lists the queued jobs in key order (``keys`` beside it).
+    """
+
+    __slots__ = ("keys", "jobs", "_ids", "_queue", "tag")
+
+    def __init__(self) -> None:
+        self.keys: list[SortKey] = []
+        self.jobs: list[JobRequest] = []
+        self._ids: dict[int, tuple[JobRequest, SortKey]] = {}
+        self._queue: Sequence[JobRequest] | None = None
+        self.tag: Hashable = None
+
+    def sync(self, queue: Sequence[JobRequest], key: Callable[[JobRequest], SortKey]) -> None:
+        """Bring the order to ``queue`` (see the class docstring)."""
+        if queue is self._queue:
+            return
+        ids = self._ids
+        if not ids:
+            entries = sorted(zip(map(key, queue), queue, strict=True), key=_first)  # keys are unique
+            self.keys = [k for k, _ in entries]
+            self.jobs = [j for _, j in entries]
+            self._ids = {id(j): (j, k) for k, j in entries}
+        else:
+            diff = identity_diff(self._queue or (), queue)
+            if diff is None:  # many changes: diff by sets of identities
+                now = set(map(id, queue))
+                removed = [ids[i][0] for i in ids.keys() - now]
+                added = [j for j in queue if id(j) not in ids]
+            else:
+                removed, added = diff
+            for job in removed:  # first: a job both removed and added (moved) ends up added
+                _, k = ids.pop(id(job))
+                at = bisect.bisect_left(self.keys, k)
+                del self.keys[at], self.jobs[at]
+            for job in added:
+                k = key(job)
+                ids[id(job)] = (job, k)
+                at = bisect.bisect_right(self.keys, k)
+                self.keys.insert(at, k)
+                self.jobs.insert(at, job)
+        self._queue = queue  # held: the identities compared stay unique
+
+
+#: How far :func:`identity_diff` looks ahead for a job, and how many changes it reports at most.
+_LOOKAHEAD = 16
+_MAX_CHANGES = 256
+
+
+def identity_diff(old: Sequence[Any], new: Sequence[Any]) -> tuple[list[Any], list[Any]] | None:
+    """``(removed, added)``: the objects of ``old`` not in ``new`` and those of ``new`` not in
+    ``old``, by identity, when ``new`` is ``old`` with a few objects removed and a few
+    inserted (anywhere), the others in the same order; ``None`` when it finds more than a
+    few hundred changes (then diff by sets).  Aligned runs are compared in C (``is not``
+    over both sequences from the current positions); at a mismatch, ``old``'s object is
+    looked for a few places ahead in ``new``: found, the objects before it were inserted;
+    not found, it was removed.  An object that moved shows up in both lists.  Assumes no
+    object occurs twice in either sequence.
+    """
+    removed: list[Any] = []
+    added: list[Any] = []
+    i = j = 0
+    n_old, n_new = len(old), len(new)
+    while i < n_old and j < n_new:
+        a, b = iter(old), iter(new)
+        if i:
+            a.__setstate__(i)  # type: ignore[attr-defined]  # sequence iterators take a position
+        if j:
+            b.__setstate__(j)  # type: ignore[attr-defined]
+        k = next(itertools.compress(itertools.count(), map(operator.is_not, a, b)), None)
+        if k is None:  # one sequence ran out with everything aligned
+            step = min(n_old - i, n_new - j)
+            i, j = i + step, j + step
+            break
+        i, j = i + k, j + k
+        x = old[i]
+        for d in range(1, min(_LOOKAHEAD, n_new - j)):
+            if new[j + d] is x:
+                added.extend(new[j : j + d])
+                j += d
+                break
+        else:
+            removed.append(x)
+            i += 1
+        if len(removed) + len(added) > _MAX_CHANGES:
+            return None
+    removed.extend(old[i:])
+    added.extend(new[j:])
+    if len(removed) + len(added) > _MAX_CHANGES:
+        return None
+    return removed, added
+
+
 class DecisionIndex:
     """The long-lived indexes of one policy object (see the module docstring)."""
 
     #: Tests switch the index off to compare indexed and from-scratch decisions.
     enabled = True
 
-    __slots__ = ("_never_owner", "_never", "_orders")
+    __slots__ = ("_never_owner", "_never", "_orders", "_queue_orders")
 
     def __init__(self) -> None:
         self._never_owner: tuple[Any, Any] | None = None
         self._never: dict[Hashable, Blocked | None] = {}
         self._orders: dict[str, VictimOrder] = {}
+        self._queue_orders: dict[str, QueueOrder] = {}
+
+    def queue_order(
+        self, name: str, queue: Sequence[JobRequest], tag: Hashable, key: Callable[[JobRequest], SortKey]
+    ) -> QueueOrder:
+        """The queue sorted by ``key`` (see :class:`QueueOrder`); a different ``tag`` (what
+        else the keys depend on) sorts it again."""
+        order = self._queue_orders.get(name) if self.enabled else None
+        if order is None or order.tag != tag:
+            order = QueueOrder()
+            order.tag = tag
+            if self.enabled:
+                self._queue_orders[name] = order
+        order.sync(queue, key)
+        return order
 
     def never_table(self, totals: Any, settings: Any) -> dict[Hashable, Blocked | None]:
         """The never-schedulable verdicts valid for this totals template and these placement settings."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 
 from raypipe.scheduler.context import DEFAULT_MAX_PREEMPTIONS, DecisionContext, check_max_preemptions
@@ -62,17 +61,17 @@ class PriorityPolicy(Policy):
         queue = snapshot.queue
         team_prio = {name: cfg.priority for name, cfg in snapshot.teams.items() if cfg.priority}
         aging = self.aging_s
-        # effective priority desc == (submit_time - base * aging_s) asc: independent of `now`.
-        if team_prio:
-            heap = [(j.submit_time - (j.priority + team_prio.get(j.team, 0)) * aging, i) for i, j in enumerate(queue)]
-        else:
-            heap = [(j.submit_time - j.priority * aging, i) for i, j in enumerate(queue)]
-        heapq.heapify(heap)
+
+        def key(j: JobRequest) -> tuple[float, float, str]:
+            # effective priority desc == (submit_time - base * aging_s) asc: independent of `now`;
+            # ties: the older job, then the job id
+            return (j.submit_time - (j.priority + team_prio.get(j.team, 0)) * aging, j.submit_time, j.job_id)
+
+        # kept sorted across decisions: only jobs that joined the queue since are keyed
+        ranked = index.queue_order("priority", queue, (aging, tuple(sorted(team_prio.items()))), key).jobs
         victims: list[RunningJob] | None = None
         bases: list[int] = []
-        while heap:
-            _, i = heapq.heappop(heap)
-            job = queue[i]
+        for pos, job in enumerate(ranked):
             blocked = ctx.quota_block(job)
             if blocked is not None:
                 ctx.wait(job, blocked.text)
@@ -108,7 +107,7 @@ class PriorityPolicy(Policy):
                 continue
             eff = self._base(job, team_prio) + (snapshot.now - job.submit_time) / aging
             ctx.wait(job, f"{ctx.explain(job)} (highest waiting priority {eff:.2f}, priority)")
-            ctx.wait_many((queue[k] for _, k in heap), f"behind higher-priority job {job.job_id} (priority)")
+            ctx.wait_many(ranked[pos + 1 :], f"behind higher-priority job {job.job_id} (priority)")
             break
         return ctx.build()
 
