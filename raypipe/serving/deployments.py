@@ -431,6 +431,12 @@ class Router(FeedbackRoutes):
         return _response(status, doc)
 
 
+#: How often Serve's controller checks each replica (seconds; Serve's default is 10).  A replica
+#: whose process died is only noticed, and replaced, at its next check: 2 s keeps that gap short
+#: for one small call per replica every 2 s.
+HEALTH_CHECK_PERIOD_S = 2.0
+
+
 def build_app(args: dict[str, Any]) -> Any:
     """The Serve application from :func:`raypipe.serving.app` 's args (plain JSON): the router
     and, routed, one deployment per variant; colocated, the router alone, given the variants'
@@ -445,6 +451,7 @@ def build_app(args: dict[str, Any]) -> Any:
             # A replaced or removed replica drains its in-flight requests before it stops.
             "graceful_shutdown_timeout_s": 20.0,
             "graceful_shutdown_wait_loop_s": 0.5,
+            "health_check_period_s": HEALTH_CHECK_PERIOD_S,
         }
         if v.get("autoscaling"):
             opts["autoscaling_config"] = v["autoscaling"]
@@ -463,6 +470,7 @@ def build_app(args: dict[str, Any]) -> Any:
         # (5 s cut requests off mid-flight under load).
         graceful_shutdown_timeout_s=30.0,
         graceful_shutdown_wait_loop_s=0.5,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
     )  # its user_config (weights, shadow, aliases) comes from the app config's deployments override
     if colocated:
         return router.bind(args["router"], colocated={k: v["model"] for k, v in args["variants"].items()})

@@ -162,7 +162,7 @@ class TrainStage(StageKind):
         return code + module_fingerprint(*BUILTIN_MODULES)
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
         with data_session(ctx):  # reading inputs and their statistics: bounded by the grant, quiet
@@ -214,7 +214,12 @@ class TrainStage(StageKind):
                 logging_config=LoggingConfig(log_level="WARNING"),  # progress: one line per report (below)
             )
             trainer = TorchTrainer(
-                loop, train_loop_config=config, scaling_config=scaling, run_config=run_config, datasets=datasets
+                loop,
+                train_loop_config=config,
+                scaling_config=scaling,
+                run_config=run_config,
+                datasets=datasets,
+                dataset_config=DataConfig(datasets_to_split=shards_to_split(ctx.gang_size)),
             )
             with ray_train_poll_interval():
                 result = trainer.fit()
@@ -253,6 +258,14 @@ class TrainStage(StageKind):
             )
         history = _read_history(f"{storage}/history.jsonl")
         return {"model": package, "metrics": metrics, "history": history}
+
+
+def shards_to_split(workers: int) -> Literal["all"] | list[str]:
+    """Ray Train's ``DataConfig.datasets_to_split`` for ``workers`` workers: with two or more,
+    every dataset input is split into a shard per worker; one worker reads each whole, unsplit:
+    a split into one shard would start a split coordinator actor per dataset input, each on
+    the critical path of the first epoch (seconds on a small machine)."""
+    return "all" if workers > 1 else []
 
 
 #: Datasets up to this size are read once into Ray's object store before training, so

@@ -272,3 +272,25 @@ def test_serve_client_of_another_cluster_is_forgotten(monkeypatch: pytest.Monkey
     assert serve_client.forget_stale_client("10.0.0.1:6380")
     assert context._global_client is None and serve_client._CLIENT_CLUSTER["gcs"] is None
     assert not serve_client.forget_stale_client("10.0.0.1:6380")  # nothing cached: nothing to drop
+
+
+def test_every_deployment_of_an_app_is_health_checked_every_2_s() -> None:
+    """A replica whose process died is replaced at its next health check: every deployment of a
+    routed app (the router and each variant) is checked every 2 s, not Serve's 10."""
+    from raypipe.serving.deployments import HEALTH_CHECK_PERIOD_S, build_app
+
+    opts = {"num_cpus": 0.1}
+    variant = {"ray_actor_options": opts, "max_ongoing_requests": 8, "replicas": 1, "model": {}}
+    args = {
+        "mode": "routed",
+        "router": {},
+        "ingress": {"replicas": 1, "ray_actor_options": opts, "max_ongoing_requests": 8},
+        "variants": {"v1": variant, "v2": variant},
+    }
+    app = build_app(args)
+    router = app._bound_deployment
+    variants = [a._bound_deployment for a in router.init_kwargs.values()]
+    assert HEALTH_CHECK_PERIOD_S == 2.0
+    assert [d.name for d in variants] == ["v1", "v2"]
+    for d in [router, *variants]:
+        assert d._deployment_config.health_check_period_s == HEALTH_CHECK_PERIOD_S, d.name

@@ -25,3 +25,15 @@ def test_a_users_own_interval_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     with ray_train_poll_interval():
         assert os.environ[KEY] == "3"
     assert os.environ[KEY] == "3"
+
+
+def test_one_worker_reads_its_datasets_unsplit_and_a_gang_splits_every_one() -> None:
+    """One worker's only shard is the whole dataset: nothing is split (no split coordinator actor
+    per dataset input); with two workers or more every dataset input is split, a shard per worker."""
+    from ray.train import DataConfig
+
+    from raypipe.stages.train import shards_to_split
+
+    assert shards_to_split(1) == []
+    assert shards_to_split(2) == shards_to_split(8) == "all"
+    assert DataConfig(datasets_to_split=shards_to_split(1))._datasets_to_split == []
