@@ -24,6 +24,12 @@ from raypipe.scheduler.types import per_node
 _SUBMIT = operator.attrgetter("submit_time")
 
 TEAMS = ("research", "prod", "infra", "default")
+
+
+def team_configs() -> dict[str, TeamConfig]:
+    """The teams' configs the latency benchmarks decide with: a GPU quota for one team, a weight
+    and a priority for another (so quota checks, fair shares and team priorities all run)."""
+    return {"research": TeamConfig(quota=Resources.of(gpu=3000)), "prod": TeamConfig(weight=2.0, priority=1)}
 SHAPES = ((1, 1), (1, 2), (1, 4), (1, 8), (2, 8), (4, 8), (2, 4))  # (bundles, GPUs per bundle)
 
 

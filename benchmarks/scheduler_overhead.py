@@ -34,7 +34,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import bar_chart, base_parser, goal, print_table, ratio, write_results
-from benchmarks._sched_workload import build_view, steady_latencies
+from benchmarks._sched_workload import build_view, steady_latencies, team_configs
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -47,10 +47,9 @@ def decision_latency(
 ) -> dict[str, dict[str, dict[str, float]]]:
     from rich.progress import Progress
 
-    from raypipe.resources import Resources
-    from raypipe.scheduler import Snapshot, TeamConfig, available_policies, get_policy
+    from raypipe.scheduler import Snapshot, available_policies, get_policy
 
-    teams = {"research": TeamConfig(quota=Resources.of(gpu=3000)), "prod": TeamConfig(weight=2.0, priority=1)}
+    teams = team_configs()
     out: dict[str, dict[str, dict[str, float]]] = {}
     policies = list(available_policies())
     with Progress(transient=True) as progress:
@@ -84,10 +83,9 @@ def steady_latency(
     preemptions per timed decision."""
     from rich.progress import Progress
 
-    from raypipe.resources import Resources
-    from raypipe.scheduler import TeamConfig, available_policies, get_policy
+    from raypipe.scheduler import available_policies, get_policy
 
-    teams = {"research": TeamConfig(quota=Resources.of(gpu=3000)), "prod": TeamConfig(weight=2.0, priority=1)}
+    teams = team_configs()
     out: dict[str, dict[str, dict[str, float]]] = {}
     policies = list(available_policies())
     with Progress(transient=True) as progress:
