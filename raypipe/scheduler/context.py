@@ -263,12 +263,13 @@ class DecisionContext(PreemptionMixin):
         self._reasons[job.job_id] = reason
 
     def wait_many(self, jobs: Iterable[JobRequest], reason: str) -> None:
-        """Record the same reason for many jobs."""
+        """Record the same reason for many jobs.  It may replace the dict of reasons: not to be
+        called while :meth:`unanswered` walks (which writes into the dict it started with)."""
         new = dict.fromkeys(map(_JOB_ID, jobs), reason)
         old = self._reasons
         if len(old) >= len(new):
             old.update(new)
-        else:  # the reasons so far are fewer: add them to the new dict (where it has none) than it to them
+        else:  # fewer reasons so far: copy them into the new dict (the new reason wins for a job in both)
             for jid, why in old.items():
                 new.setdefault(jid, why)
             self._reasons = new
