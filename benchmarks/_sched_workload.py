@@ -94,8 +94,8 @@ def steady_latencies(
     n_nodes: int, n_pending: int, policy: Policy, teams: Mapping[str, TeamConfig],
     decisions: int, churn: int = 1, seed: int = 0, clock: Callable[[], float] = time.perf_counter,
     gc_freeze: bool = True,
-) -> tuple[list[float], int, int]:
-    """Decision latencies (ms) of ``policy`` in a controller's decision loop; the jobs it started and preempted.
+) -> tuple[list[float], list[tuple[int, int]]]:
+    """Decision latencies (ms) of ``policy`` in a controller's decision loop, and (starts, preemptions) of each decision.
 
     From ``build_view``, each decision is applied (starts take capacity and leave the
     queue, preempted jobs go back to it), then ``churn`` running jobs finish and
@@ -116,7 +116,7 @@ def steady_latencies(
     queue = list(queue0)
     now, k = 10_000.0, 0
     times: list[float] = []
-    started_total = preempted_total = 0
+    acts: list[tuple[int, int]] = []
     if gc_freeze:
         gc.collect()
         gc.freeze()
@@ -136,8 +136,7 @@ def steady_latencies(
             t0 = clock()
             decision = policy.decide(snap)
             times.append((clock() - t0) * 1e3)
-            started_total += len(decision.starts)
-            preempted_total += len(decision.preemptions)
+            acts.append((len(decision.starts), len(decision.preemptions)))
             for jid in decision.preemptions:
                 r = running.pop(jid)
                 for nid, part in per_node(r.request.bundles, r.placement).items():
@@ -166,4 +165,4 @@ def steady_latencies(
         if gc_freeze:
             gc.enable()
             gc.unfreeze()
-    return times, started_total, preempted_total
+    return times, acts

@@ -92,17 +92,9 @@ def steady_latency(
         task = progress.add_task("steady decision loop", total=len(pending) * len(policies))
         for n in pending:
             for name in policies:
-                policy = get_policy(name)
-                counted: list[tuple[int, int]] = []
-                decide = policy.decide
-
-                def counting(snap: Any, decide: Any = decide, counted: list[tuple[int, int]] = counted) -> Any:
-                    d = decide(snap)
-                    counted.append((len(d.starts), len(d.preemptions)))
-                    return d
-
-                policy.decide = counting  # type: ignore[method-assign]
-                times, _, _ = steady_latencies(nodes, n, policy, teams, warmup + decisions, gc_freeze=gc_freeze)
+                times, counted = steady_latencies(
+                    nodes, n, get_policy(name), teams, warmup + decisions, gc_freeze=gc_freeze
+                )
                 timed, acts = times[warmup:], counted[warmup:]
                 out.setdefault(name, {})[str(n)] = {
                     "p50_ms": statistics.median(timed),

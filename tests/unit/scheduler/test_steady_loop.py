@@ -22,8 +22,9 @@ def test_every_decision_is_applied_and_the_next_snapshot_is_consistent(name: str
         return decide(snap)
 
     policy.decide = recording  # type: ignore[method-assign]
-    times, started, preempted = steady_latencies(20, 60, policy, TEAMS, 40, gc_freeze=False)
-    assert len(times) == len(seen) == 40 and all(t >= 0 for t in times)
+    times, acts = steady_latencies(20, 60, policy, TEAMS, 40, gc_freeze=False)
+    assert len(times) == len(seen) == len(acts) == 40 and all(t >= 0 for t in times)
+    started, preempted = sum(a for a, _ in acts), sum(b for _, b in acts)
     assert started > 0
     for before, after in zip(seen, seen[1:], strict=False):
         # Snapshot() already refused duplicate ids and jobs both queued and running; free
