@@ -20,7 +20,7 @@ from typing import Any
 
 from raypipe.scheduler import vec
 from raypipe.scheduler.errors import PolicyConfigError
-from raypipe.scheduler.index import DecisionIndex, VictimOrder, victims_by_node
+from raypipe.scheduler.index import DecisionIndex, VictimOrder, quota_vectors, victims_by_node
 from raypipe.scheduler.memo import WaitMemo, _NoMemo
 from raypipe.scheduler.placement import FreeLedger, never_block, quota_never_block
 from raypipe.scheduler.preemption import PreemptionMixin
@@ -142,9 +142,22 @@ class DecisionContext(PreemptionMixin):
     def usage(self, team: str) -> Vec:
         """What ``team`` holds against its quota now (running minus preempted plus started)."""
         if self._usage is None:
+            limited = self._quota_table()
+            if self._index is not None and limited:
+                counts = self._borrowed_counts
+
+                def team_of(r: RunningJob) -> str | None:
+                    t = r.request.team
+                    return t if t in limited and (counts or not r.borrowed) else None
+
+                kept = self._index.team_sums(
+                    "quota-usage", self.snapshot.running, (tuple(sorted(limited)), counts), team_of
+                )
+                if kept is not None:
+                    self._usage = kept
+                    return kept.get(team, vec.ZERO)
             acc: dict[str, list[float]] = {}
             custom: dict[str, dict[str, float]] = {}
-            limited = {name for name, cfg in self.snapshot.teams.items() if cfg.quota is not None}
             for r in self.snapshot.running:
                 if r.request.team not in limited or not self._counts(r.borrowed):
                     continue
@@ -194,10 +207,16 @@ class DecisionContext(PreemptionMixin):
     def _quota_of(self, team: str) -> Vec | None:
         quotas = self._quotas
         if quotas is None:
-            quotas = self._quotas = {
-                name: vec.of(cfg.quota) for name, cfg in self.snapshot.teams.items() if cfg.quota is not None
-            }
+            quotas = self._quota_table()
         return quotas.get(team)
+
+    def _quota_table(self) -> dict[str, Vec]:
+        """Team -> quota vector, for the teams with a quota (kept in the index across decisions)."""
+        if self._quotas is None:
+            teams = self.snapshot.teams
+            kept = self._index.quotas(teams) if self._index is not None else None
+            self._quotas = kept if kept is not None else quota_vectors(teams)
+        return self._quotas
 
     def _quota_block(self, job: JobRequest, q: Vec, used: Vec) -> Blocked | None:
         never = quota_never_block(job, self.snapshot.team(job.team).quota)

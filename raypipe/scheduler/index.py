@@ -27,6 +27,11 @@ with the index equals the one made from scratch (a fresh policy object):
   new queue is diffed against the last one by identity (:func:`identity_diff`: aligned
   runs compared in C, a few jobs removed or inserted found without a set of every
   job), so only jobs that joined are keyed and inserted;
+* **quota vectors** of the teams with a quota, kept while the snapshot's ``teams`` is the
+  same mapping object;
+* **team sums** (:class:`TeamSums`): what running jobs demand per team (a quota's usage,
+  fair_share's dominant shares), the running jobs diffed by identity, the sums added to
+  and subtracted from while that is exact;
 * **backfill's order of end estimates** (:meth:`DecisionIndex.running_order`,
   without the per-node index): the reservation walks running jobs in end
   order from it instead of collecting and sorting them each decision.
@@ -41,14 +46,14 @@ import heapq
 import itertools
 import math
 import operator
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from raypipe.scheduler import vec
 from raypipe.scheduler.types import Blocked, JobRequest, RunningJob
 from raypipe.scheduler.vec import Vec
 
-__all__ = ["DecisionIndex", "QueueOrder", "VictimOrder", "victims_by_node"]
+__all__ = ["DecisionIndex", "QueueOrder", "TeamSums", "VictimOrder", "victims_by_node"]
 
 #: A victim's sort key: a tuple whose last element is the RunningJob (earlier elements are unique).
 SortKey = tuple[Any, ...]
@@ -246,6 +251,94 @@ class QueueOrder:
         self._queue = queue  # held: the identities compared stay unique
 
 
+def quota_vectors(teams: Mapping[str, Any]) -> dict[str, Vec]:
+    """Team -> its quota as a vector, for the teams (name -> ``TeamConfig``) that have one."""
+    return {name: vec.of(cfg.quota) for name, cfg in teams.items() if cfg.quota is not None}
+
+
+#: :class:`TeamSums` adds and subtracts demands incrementally only while that is exact:
+#: every component a multiple of ``1 / _DYADIC`` and every sum below ``_EXACT_MAX`` (then
+#: each partial sum is a float exactly, and any order of additions gives the same sums).
+_DYADIC = 65536.0
+_EXACT_MAX = 2.0**36
+#: After an inexact sum, :class:`TeamSums` leaves the sums to the caller for this many decisions.
+_RETRY_INEXACT = 64
+
+
+def _dyadic(v: Vec) -> bool:
+    """True when ``v`` has no custom kinds and each component is a multiple of ``1 / _DYADIC``."""
+    return (
+        not v[3] and (v[0] * _DYADIC).is_integer() and (v[1] * _DYADIC).is_integer() and (v[2] * _DYADIC).is_integer()
+    )
+
+
+class TeamSums:
+    """What the running jobs demand, summed per team, kept across decisions.
+
+    ``team_of(r)`` names the team a running job counts for (``None``: it counts for
+    none).  The running jobs are diffed by identity (:func:`identity_diff`): jobs that
+    left are subtracted, new ones added, instead of summing every running job again.
+    Incremental sums equal sums from scratch only when the additions are exact (see
+    ``_DYADIC``): while any counted demand has a custom kind or a component that is not
+    a small dyadic number, :meth:`sync` answers ``None`` and the caller sums from scratch.
+    """
+
+    __slots__ = ("_sums", "_running", "_exact", "_retry", "tag")
+
+    def __init__(self) -> None:
+        self._sums: dict[str, list[float]] = {}
+        self._running: Sequence[RunningJob] | None = None
+        self._exact = True
+        self._retry = 0
+        self.tag: Hashable = None
+
+    def sync(self, running: Sequence[RunningJob], team_of: Callable[[RunningJob], str | None]) -> dict[str, Vec] | None:
+        """Team -> summed demand of ``running``'s jobs that count for it; ``None`` when not exact."""
+        if running is not self._running:
+            if not self._exact:  # summed from scratch by the caller; try again now and then
+                self._retry -= 1
+                if self._retry > 0:
+                    self._running = None
+                    return None
+            diff = None if self._running is None or not self._exact else identity_diff(self._running, running)
+            if diff is None:
+                self._rebuild(running, team_of)
+            else:
+                removed, added = diff
+                self._apply(removed, team_of, -1.0)
+                self._apply(added, team_of, 1.0)
+            self._running = running  # held: the identities compared stay unique
+        if not self._exact:
+            self._running, self._retry = None, _RETRY_INEXACT
+            return None
+        return {t: (a[0], a[1], a[2], ()) for t, a in self._sums.items()}
+
+    def _rebuild(self, running: Sequence[RunningJob], team_of: Callable[[RunningJob], str | None]) -> None:
+        self._sums = {}
+        self._exact = True
+        self._apply(running, team_of, 1.0)
+
+    def _apply(self, jobs: Sequence[RunningJob], team_of: Callable[[RunningJob], str | None], sign: float) -> None:
+        sums = self._sums
+        for r in jobs:
+            t = team_of(r)
+            if t is None:
+                continue
+            d = r.request.demand_vec
+            if not _dyadic(d):
+                self._exact = False
+                return
+            a = sums.get(t)
+            if a is None:
+                a = sums[t] = [0.0, 0.0, 0.0]
+            a[0] += sign * d[0]
+            a[1] += sign * d[1]
+            a[2] += sign * d[2]
+            if max(abs(a[0]), abs(a[1]), abs(a[2])) >= _EXACT_MAX:
+                self._exact = False
+                return
+
+
 #: How far :func:`identity_diff` looks ahead for a job, and how many changes it reports at most.
 _LOOKAHEAD = 16
 _MAX_CHANGES = 256
@@ -301,13 +394,39 @@ class DecisionIndex:
     #: Tests switch the index off to compare indexed and from-scratch decisions.
     enabled = True
 
-    __slots__ = ("_never_owner", "_never", "_orders", "_queue_orders")
+    __slots__ = ("_never_owner", "_never", "_orders", "_queue_orders", "_quotas", "_sums")
 
     def __init__(self) -> None:
         self._never_owner: tuple[Any, Any] | None = None
         self._never: dict[Hashable, Blocked | None] = {}
         self._orders: dict[str, VictimOrder] = {}
         self._queue_orders: dict[str, QueueOrder] = {}
+        self._quotas: tuple[Mapping[str, Any], dict[str, Vec]] | None = None
+        self._sums: dict[str, TeamSums] = {}
+
+    def team_sums(
+        self, name: str, running: Sequence[RunningJob], tag: Hashable, team_of: Callable[[RunningJob], str | None]
+    ) -> dict[str, Vec] | None:
+        """The sums ``name`` of ``running`` per team (see :class:`TeamSums`); ``tag``: what else
+        ``team_of`` depends on (a different one sums again).  ``None``: sum from scratch."""
+        if not self.enabled:
+            return None
+        sums = self._sums.get(name)
+        if sums is None or sums.tag != tag:
+            sums = self._sums[name] = TeamSums()
+            sums.tag = tag
+        return sums.sync(running, team_of)
+
+    def quotas(self, teams: Mapping[str, Any]) -> dict[str, Vec] | None:
+        """The quota vectors of ``teams`` (team -> ``TeamConfig``; only teams with a quota),
+        kept while the snapshot's ``teams`` is the same mapping object (a simulator passes one
+        for a whole replay); ``None`` when the index is off."""
+        if not self.enabled:
+            return None
+        kept = self._quotas
+        if kept is None or kept[0] is not teams:
+            kept = self._quotas = (teams, quota_vectors(teams))  # holds ``teams``: its identity stays unique
+        return kept[1]
 
     def queue_order(
         self, name: str, queue: Sequence[JobRequest], tag: Hashable, key: Callable[[JobRequest], SortKey]
@@ -328,7 +447,7 @@ class DecisionIndex:
         if not self.enabled:
             return {}
         owner = self._never_owner
-        if owner is None or owner[0] is not totals or owner[1] != settings:
+        if owner is None or owner[0] is not totals or (owner[1] is not settings and owner[1] != settings):
             self._never_owner = (totals, settings)  # holds the template: its identity stays unique
             self._never = {}
         return self._never

@@ -128,7 +128,7 @@ class FreeLedger(ExplainMixin):
     def configure(self, placement: PlacementSettings | None, task_mix: TaskMix | None = None) -> FreeLedger:
         """Use these placement settings and task mix from now on (returns the ledger)."""
         placement = placement or DEFAULT_PLACEMENT
-        if placement != self._settings:
+        if placement is not self._settings and placement != self._settings:  # identity first: == is pydantic's
             self._settings = placement
             self._failed = set()
             self._mix_cache = [_UNSET]

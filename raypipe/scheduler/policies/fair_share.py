@@ -95,8 +95,11 @@ class FairSharePolicy(Policy):
                     s = max(s, x / tc[k])
         return s / weight
 
-    @staticmethod
-    def _team_usage(snapshot: Snapshot) -> dict[str, Vec]:
+    def _team_usage(self, snapshot: Snapshot) -> dict[str, Vec]:
+        """What each team runs (borrowed jobs included), kept across decisions in the index."""
+        kept = self.index().team_sums("fair_share-used", snapshot.running, None, _team)
+        if kept is not None:
+            return kept
         used: dict[str, Vec] = {}
         for r in snapshot.running:
             t = r.request.team
@@ -217,3 +220,7 @@ class FairSharePolicy(Policy):
             pos[team] = i
             if started and i < len(jobs):
                 heapq.heappush(heap, (self._share(used[team], total, weights[team]), team))
+
+
+def _team(r: RunningJob) -> str:
+    return r.request.team
