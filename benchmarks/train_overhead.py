@@ -262,7 +262,7 @@ class Plain:
             run_config=RunConfig(storage_path=self.storage(path)),
             datasets=datasets,
         )
-        with ray_train_poll_interval():  # the train stage's setting: compare raypipe, not Ray Train configs
+        with ray_train_poll_interval(workers):  # the train stage's setting: compare raypipe, not Ray Train configs
             result = trainer.fit()
         ended = time.perf_counter()
         if result.error is not None:

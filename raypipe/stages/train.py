@@ -221,7 +221,7 @@ class TrainStage(StageKind):
                 datasets=datasets,
                 dataset_config=DataConfig(datasets_to_split=shards_to_split(ctx.gang_size)),
             )
-            with ray_train_poll_interval():
+            with ray_train_poll_interval(ctx.gang_size):
                 result = trainer.fit()
             if result.error is not None:
                 raise result.error
@@ -290,23 +290,35 @@ def _fs_path(uri: str) -> tuple[Any, str]:
 
 
 #: How often Ray Train's controller polls its workers (seconds), unless the user set
-#: ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``.  The start of training and the end of a run
-#: each wait for a poll, so Ray's default of 2 s adds seconds to every short fit.  A
-#: poll is one small actor call per worker; a poll
-#: that does not answer in time is only waited for again (a worker is declared dead
-#: after ``RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S``, 10 minutes).
-POLL_INTERVAL_S = "0.5"
+#: ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``: :func:`poll_interval_s`.  The start of training and
+#: the end of a run each wait for a poll, and so does every ``ray.train.report`` after the
+#: first: a worker holds one unconsumed report (Ray Train's result queue has size 1) and the
+#: next report blocks until the controller's poll takes it.  Ray's default of 2 s therefore adds
+#: up to 2 s per epoch that reports; a short poll removes that wait.  A poll is one small actor
+#: call per worker, so the interval grows with the gang (:data:`POLLS_PER_S_MAX` calls a
+#: second at most) up to Ray's default.  A poll that does not answer in time is only waited
+#: for again (a worker is declared dead after ``RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S``,
+#: 10 minutes).
+POLL_INTERVAL_MIN_S = 0.1
+POLL_INTERVAL_MAX_S = 2.0
+POLLS_PER_S_MAX = 40.0
 _POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
+def poll_interval_s(workers: int) -> float:
+    """The worker-poll interval for a gang of ``workers``: 0.1 s up to 4 workers, then growing
+    so the controller makes at most :data:`POLLS_PER_S_MAX` polls a second, at most 2 s."""
+    return min(POLL_INTERVAL_MAX_S, max(POLL_INTERVAL_MIN_S, workers / POLLS_PER_S_MAX))
+
+
 @contextmanager
-def ray_train_poll_interval() -> Iterator[None]:
+def ray_train_poll_interval(workers: int = 1) -> Iterator[None]:
     """While inside, Ray Train's controllers started by this process poll every
-    :data:`POLL_INTERVAL_S` (Ray Train hands the variable to its controller)."""
+    :func:`poll_interval_s` of ``workers`` (Ray Train hands the variable to its controller)."""
     if _POLL_ENV in os.environ:
         yield
         return
-    os.environ[_POLL_ENV] = POLL_INTERVAL_S
+    os.environ[_POLL_ENV] = f"{poll_interval_s(workers):g}"
     try:
         yield
     finally:

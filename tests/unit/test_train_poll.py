@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from raypipe.stages.train import POLL_INTERVAL_S, ray_train_poll_interval
+from raypipe.stages.train import POLL_INTERVAL_MAX_S, poll_interval_s, ray_train_poll_interval
 
 KEY = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
@@ -15,9 +15,19 @@ def test_the_default_reaches_what_ray_train_hands_its_controller(monkeypatch: py
     from ray.train.v2._internal.constants import get_env_vars_to_propagate
 
     monkeypatch.delenv(KEY, raising=False)
-    with ray_train_poll_interval():
-        assert get_env_vars_to_propagate().get(KEY) == POLL_INTERVAL_S
+    with ray_train_poll_interval(2):
+        assert float(get_env_vars_to_propagate()[KEY]) == poll_interval_s(2) == 0.1
     assert KEY not in os.environ
+
+
+def test_the_interval_grows_with_the_gang_up_to_ray_trains_default() -> None:
+    """Every report after a worker's first waits for a poll (Ray Train keeps one report per
+    worker), so small gangs poll often; a poll is an actor call per worker, so big ones less."""
+    sizes = [1, 2, 4, 8, 16, 64, 80, 512]
+    intervals = [poll_interval_s(n) for n in sizes]
+    assert intervals[:3] == [0.1, 0.1, 0.1]
+    assert intervals == sorted(intervals) and intervals[-1] == intervals[-2] == POLL_INTERVAL_MAX_S == 2.0
+    assert all(n / poll_interval_s(n) <= 40.0 + 1e-9 for n in sizes if n <= 80)  # polls a second, at most
 
 
 def test_a_users_own_interval_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
