@@ -325,6 +325,41 @@ class DecisionContext(PreemptionMixin):
             self._reasons[job.job_id] = hit.text
         return hit
 
+    def answer_run(
+        self,
+        memo: WaitMemo,
+        team: str,
+        jobs: Sequence[JobRequest],
+        start: int,
+        collect: BlockKind,
+        into: list[tuple[JobRequest, str]],
+        flag: BlockKind,
+    ) -> tuple[int, bool]:
+        """:meth:`recall` over ``jobs[start:]``, all of ``team``, up to the first job ``memo``
+        knows nothing for: (its index, ``len(jobs)`` when none; whether an answered job's
+        kind was ``flag``).  Answered jobs get their reason; those whose answer's kind is
+        ``collect`` are also appended to ``into`` as ``(job, reason)``.  One tight loop with
+        the team's answers looked up once (a policy walking a team's jobs in order calls it
+        instead of :meth:`recall` job by job).
+        """
+        seen = memo._teams.get(team)
+        if not seen:
+            return start, False
+        get, reasons, flagged = seen.get, self._reasons, False
+        n = len(jobs)
+        for i in range(start, n):
+            job = jobs[i]
+            hit = get(job.shape_key)
+            if hit is None:
+                return i, flagged
+            kind, text = hit
+            reasons[job.job_id] = text
+            if kind is collect:
+                into.append((job, text))
+            elif kind is flag:
+                flagged = True
+        return n, flagged
+
     def unanswered(
         self, jobs: Iterable[JobRequest], memo: WaitMemo | Sequence[WaitMemo], which: Iterable[int] = ()
     ) -> Iterator[JobRequest]:

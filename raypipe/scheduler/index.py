@@ -292,15 +292,24 @@ class TeamSums:
         self._retry = 0
         self.tag: Hashable = None
 
-    def sync(self, running: Sequence[RunningJob], team_of: Callable[[RunningJob], str | None]) -> dict[str, Vec] | None:
-        """Team -> summed demand of ``running``'s jobs that count for it; ``None`` when not exact."""
+    def sync(
+        self,
+        running: Sequence[RunningJob],
+        team_of: Callable[[RunningJob], str | None],
+        differ: Callable[[Sequence[Any], Sequence[Any]], tuple[list[Any], list[Any]] | None] | None = None,
+    ) -> dict[str, Vec] | None:
+        """Team -> summed demand of ``running``'s jobs that count for it; ``None`` when not exact.
+        ``differ``: :func:`identity_diff`, or one that remembers its last answer (several sums
+        kept over the same running jobs diff them once)."""
         if running is not self._running:
             if not self._exact:  # summed from scratch by the caller; try again now and then
                 self._retry -= 1
                 if self._retry > 0:
                     self._running = None
                     return None
-            diff = None if self._running is None or not self._exact else identity_diff(self._running, running)
+            diff = (
+                None if self._running is None or not self._exact else (differ or identity_diff)(self._running, running)
+            )
             if diff is None:
                 self._rebuild(running, team_of)
             else:
@@ -394,7 +403,7 @@ class DecisionIndex:
     #: Tests switch the index off to compare indexed and from-scratch decisions.
     enabled = True
 
-    __slots__ = ("_never_owner", "_never", "_orders", "_queue_orders", "_quotas", "_sums")
+    __slots__ = ("_never_owner", "_never", "_orders", "_queue_orders", "_quotas", "_sums", "_diff")
 
     def __init__(self) -> None:
         self._never_owner: tuple[Any, Any] | None = None
@@ -403,6 +412,7 @@ class DecisionIndex:
         self._queue_orders: dict[str, QueueOrder] = {}
         self._quotas: tuple[Mapping[str, Any], dict[str, Vec]] | None = None
         self._sums: dict[str, TeamSums] = {}
+        self._diff: tuple[Sequence[Any], Sequence[Any], tuple[list[Any], list[Any]] | None] | None = None
 
     def team_sums(
         self, name: str, running: Sequence[RunningJob], tag: Hashable, team_of: Callable[[RunningJob], str | None]
@@ -415,7 +425,16 @@ class DecisionIndex:
         if sums is None or sums.tag != tag:
             sums = self._sums[name] = TeamSums()
             sums.tag = tag
-        return sums.sync(running, team_of)
+        return sums.sync(running, team_of, self._identity_diff)
+
+    def _identity_diff(self, old: Sequence[Any], new: Sequence[Any]) -> tuple[list[Any], list[Any]] | None:
+        """:func:`identity_diff`, remembering its last answer (held: the identities stay unique)."""
+        last = self._diff
+        if last is not None and last[0] is old and last[1] is new:
+            return last[2]
+        diff = identity_diff(old, new)
+        self._diff = (old, new, diff)
+        return diff
 
     def quotas(self, teams: Mapping[str, Any]) -> dict[str, Vec] | None:
         """The quota vectors of ``teams`` (team -> ``TeamConfig``; only teams with a quota),

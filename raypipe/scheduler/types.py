@@ -128,6 +128,8 @@ class ClusterView:
     _source: tuple[ClusterView, Mapping[str, NodeView]] | None = field(init=False, repr=False, compare=False)
     # ``replace_nodes(..., handoff=True)``: the templates are taken over from the source view, not copied.
     _handoff: bool = field(init=False, repr=False, compare=False)
+    # ``total()`` once computed (a view made by ``replace_nodes`` keeps its source's when no total changed).
+    _total: Resources | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.nodes, tuple):
@@ -139,6 +141,7 @@ class ClusterView:
         object.__setattr__(self, "_ledgers", {})
         object.__setattr__(self, "_source", None)
         object.__setattr__(self, "_handoff", False)
+        object.__setattr__(self, "_total", None)
 
     def replace_nodes(self, changed: Iterable[NodeView], *, handoff: bool = False) -> ClusterView:
         """A view with ``changed`` nodes (known ids) replacing this view's, other nodes shared.
@@ -165,6 +168,13 @@ class ClusterView:
         object.__setattr__(new, "_ledgers", {})
         object.__setattr__(new, "_source", (self, MappingProxyType(repl)))
         object.__setattr__(new, "_handoff", handoff)
+        total = self._total
+        for nid, node in repl.items() if total is not None else ():
+            old = self._by_id[nid]
+            if node.alive != old.alive or (node.total is not old.total and node.total != old.total):
+                total = None
+                break
+        object.__setattr__(new, "_total", total)
         return new
 
     def replaced_from(self) -> tuple[ClusterView, Mapping[str, NodeView]] | None:
@@ -211,7 +221,11 @@ class ClusterView:
 
     def total(self) -> Resources:
         """Total capacity of alive nodes."""
-        return vec.to_resources(vec.total(vec.of(n.total) for n in self.nodes if n.alive))
+        total = self._total
+        if total is None:
+            total = vec.to_resources(vec.total(vec.of(n.total) for n in self.nodes if n.alive))
+            object.__setattr__(self, "_total", total)
+        return total
 
     def free(self) -> Resources:
         """Free capacity of alive nodes."""

@@ -124,29 +124,28 @@ class FairSharePolicy(Policy):
         preempt_failed: set[str] = set()
         memo = ctx.memo()  # why a job of a team and shape did not start
         at_quota, no_capacity = BlockKind.AT_QUOTA, BlockKind.NO_CAPACITY  # locals: enum lookups are slow
-        recall = ctx.recall
+        answer_run = ctx.answer_run
         while heap:
             _, team = heapq.heappop(heap)
             jobs = by_team[team]
             i = pos[team]
             started = False
+            waiting_over = over_quota.setdefault(team, [])
             while i < len(jobs):
+                # jobs the memo answers: their reason; over quota ones are kept for borrowing
+                # (their reason gets replaced when it is decided), one short of capacity flags
+                i, short = answer_run(memo, team, jobs, i, at_quota, waiting_over, no_capacity)
+                owner_waiting = owner_waiting or short
+                if i == len(jobs):
+                    break
                 job = jobs[i]
                 i += 1
-                hit = recall(memo, job)
-                if hit is not None:
-                    kind = hit.kind
-                    if kind is at_quota:  # its reason gets replaced when borrowing is decided
-                        over_quota.setdefault(team, []).append((job, hit.text))
-                    else:
-                        owner_waiting = owner_waiting or kind is no_capacity
-                    continue
                 blocked = ctx.quota_block(job)
                 if blocked is not None:
                     if blocked.never:
                         ctx.wait(job, blocked.text)
                     else:
-                        over_quota.setdefault(team, []).append((job, blocked.text))
+                        waiting_over.append((job, blocked.text))
                     memo.remember(job, blocked)
                     continue
                 placement = ctx.ledger.place(job)
@@ -182,6 +181,8 @@ class FairSharePolicy(Policy):
             pos[team] = i
             if started and i < len(jobs):
                 heapq.heappush(heap, (self._share(used[team], total, weights[team]), team))
+        for team in [t for t, waiting in over_quota.items() if not waiting]:
+            del over_quota[team]
         return owner_waiting
 
     def _borrow(

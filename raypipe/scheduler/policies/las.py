@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import itertools
 import math
 import operator
 from collections.abc import Sequence
@@ -93,7 +92,12 @@ class LasPolicy(Policy):
         levels = set(qs)
         if len(levels) == 1:
             return {levels.pop(): queue}
-        return {q: list(itertools.compress(queue, [x == q for x in qs])) for q in sorted(levels)}
+        lists: dict[int, list[JobRequest]] = {q: [] for q in sorted(levels)}
+        for job, q in zip(queue, qs, strict=True):  # one pass (a pass per queue costs more)
+            lists[q].append(job)
+        buckets: dict[int, Sequence[JobRequest]] = {}
+        buckets.update(lists)
+        return buckets
 
     def _victims(
         self, running: Sequence[RunningJob], now: float, index: DecisionIndex

@@ -181,6 +181,22 @@ def test_a_memo_is_forgotten_when_its_team_starts_a_job() -> None:
     assert memo.recall(snap.queue[1]) is None
 
 
+def test_answer_run_answers_a_teams_jobs_up_to_the_first_the_memo_does_not_know() -> None:
+    queue = [job("a1", 4, team="x"), job("a2", 2, team="x"), job("a3", 4, team="x"), job("a4", 8, team="x")]
+    ctx = DecisionContext(snapshot([node("n1", 8)], queue=queue))
+    memo = ctx.memo()
+    assert ctx.answer_run(memo, "x", queue, 0, BlockKind.AT_QUOTA, [], BlockKind.NO_CAPACITY) == (0, False)
+    memo.remember(queue[0], Blocked(BlockKind.AT_QUOTA, "at quota"))  # shape 4
+    memo.remember(queue[1], Blocked(BlockKind.NO_CAPACITY, "full"))  # shape 2
+    kept: list[tuple[JobRequest, str]] = []
+    assert ctx.answer_run(memo, "x", queue, 1, BlockKind.AT_QUOTA, kept, BlockKind.NO_CAPACITY) == (3, True)
+    assert kept == [(queue[2], "at quota")]  # a1 was before the start
+    assert ctx.answer_run(memo, "x", queue, 2, BlockKind.AT_QUOTA, [], BlockKind.NO_CAPACITY) == (3, False)
+    assert ctx.build().reasons == {"a2": "full", "a3": "at quota"}
+    assert ctx.answer_run(memo, "x", queue[:3], 1, BlockKind.AT_QUOTA, [], BlockKind.NO_CAPACITY) == (3, True)
+    assert ctx.answer_run(memo, "y", queue, 0, BlockKind.AT_QUOTA, [], BlockKind.NO_CAPACITY) == (0, False)
+
+
 def _place(ctx: DecisionContext, j: JobRequest) -> Placement:
     p = ctx.ledger.place(j)
     assert p is not None

@@ -99,3 +99,22 @@ def test_from_ray_drops_placement_group_and_node_resources() -> None:
         }
     )
     assert r == Resources.of(cpu=2, gpu=1, memory_mb=2048, custom={"my_group_resource": 3.0})
+
+
+def test_a_replaced_view_keeps_its_total_only_while_no_node_total_or_liveness_changed() -> None:
+    """``total()`` is computed once per view and handed on by ``replace_nodes`` while only free
+    capacity changed; a node that died or changed size makes the new view sum it again."""
+    view = ClusterView((node("n1", 8), node("n2", 4)))
+    assert view.total() == gpu(12)
+    freed = view.replace_nodes([node("n1", 8, free=3)])
+    assert freed.total() is view.total()  # handed on, not summed again
+    dead = freed.replace_nodes([node("n2", 4, alive=False)])
+    bigger = freed.replace_nodes([node("n2", 6)])
+    for derived, nodes in (
+        (dead, (node("n1", 8, free=3), node("n2", 4, alive=False))),
+        (bigger, (node("n1", 8, free=3), node("n2", 6))),
+    ):
+        assert derived.total() == ClusterView(nodes).total()
+    assert dead.total() == gpu(8) and bigger.total() == gpu(14)
+    fresh = ClusterView((node("n1", 8),)).replace_nodes([node("n1", 8, free=1)])
+    assert fresh.total() == gpu(8)  # the source never summed: the new view sums itself
