@@ -36,6 +36,7 @@ from raypipe.resources import Resources
 from raypipe.scheduler import vec
 from raypipe.scheduler.autoscale import MaxShape, count_workers, format_bundles, scale_up_bundles
 from raypipe.scheduler.backend import PG_PREFIX, Backend, NodeInfo
+from raypipe.scheduler.blockers import Blockers
 from raypipe.scheduler.fragmentation import TaskMixTracker
 from raypipe.scheduler.jobs import (
     QUEUE_ORDER,
@@ -43,7 +44,6 @@ from raypipe.scheduler.jobs import (
     Job,
     JobState,
     JobView,
-    job_label,
     request_from_dict,
     request_to_dict,
 )
@@ -117,6 +117,7 @@ class ControllerCore:
         # job id -> (request, stopping, placement, start, borrowed, its RunningJob): see _running_jobs
         self._running_kept: dict[str, tuple[Any, ...]] = {}
         self._nodes: list[NodeInfo] = []
+        self._totals_kept: tuple[list[NodeInfo], ClusterView] | None = None  # see _totals
         self._external: dict[str, Resources] = {}
         self._dirty: set[str] = set()
         self._batch_depth = 0
@@ -229,49 +230,27 @@ class ControllerCore:
             nodes.append(NodeView(n.node_id, n.total, free, tuple(sorted(n.labels.items())), n.alive))
         return ClusterView(tuple(nodes))
 
-    # ---------------------------------------------------------------- why jobs wait
-    def node_label(self, node_id: str) -> str:
-        """A node for people: its IP (and name when it differs), ``head`` for the head node."""
-        n = next((n for n in self._nodes if n.node_id == node_id), None)
-        if n is None:
-            return f"node {node_id[:12]}"
-        label = n.address or n.name or node_id[:12]
-        if n.name and n.name != label:
-            label += f" {n.name}"
-        return f"node {label}" + (" (head)" if n.head else "")
+    def _totals(self) -> ClusterView:
+        """The nodes with nothing held, for checks against node totals (admission: can a job
+        ever fit; the autoscaler: does it fit the cluster when empty).  Kept until the nodes are
+        read again, so a submission does not sum every grant to build a view it reads totals of."""
+        kept = self._totals_kept
+        if kept is None or kept[0] is not self._nodes:
+            nodes = tuple(
+                NodeView(n.node_id, n.total, n.total, tuple(sorted(n.labels.items())), n.alive) for n in self._nodes
+            )
+            kept = self._totals_kept = (self._nodes, ClusterView(nodes))
+        return kept[1]
 
-    def holders(self, node_id: str) -> list[tuple[str, Resources]]:
-        """Who holds capacity on ``node_id``: each job's name (a pipeline's stage, a serving
-        app) with what it holds there, and ``work raypipe did not admit`` (what Ray sees taken
-        beyond raypipe's grants), largest first."""
-        held: dict[str, Resources] = {}
-        for job in self.jobs.values():
-            if job.state.holds_grant and job.placement:
-                mine = [b for b, nid in zip(job.request.bundles, job.placement, strict=True) if nid == node_id]
-                if mine:
-                    name = job_label(job)
-                    held[name] = held.get(name, Resources()) + sum(mine, Resources())
-        ext = self._external.get(node_id)
-        if ext is not None and not ext.is_zero():
-            held["work raypipe did not admit"] = ext
-        return sorted(held.items(), key=lambda kv: (-kv[1].gpu, -kv[1].cpu, kv[0]))
+    # ---------------------------------------------------------------- why jobs wait
+    def blockers(self) -> Blockers:
+        """Who holds each node's capacity now, to name in reasons (:class:`Blockers`)."""
+        return Blockers(self._nodes, self.jobs.values(), self._external)
 
     def name_blockers(self, why: str) -> str:
         """A policy's reason with nodes by IP or name instead of ids, and what holds the
         capacity of the node it names (of every node when it names none)."""
-        named = [n.node_id for n in self._nodes if n.node_id in why]
-        for nid in named:
-            why = why.replace(f"({nid})", f"({self.node_label(nid)})").replace(nid, self.node_label(nid))
-        nodes = named or [n.node_id for n in self._nodes if n.alive]
-        parts = []
-        for nid in nodes:
-            for name, res in self.holders(nid):
-                where = f" on {self.node_label(nid)}" if len(nodes) > 1 else ""
-                parts.append(f"{name} {res}{where}")
-        if parts:
-            shown = parts[:6] + ([f"{len(parts) - 6} more"] if len(parts) > 6 else [])
-            why += "; held by " + ", ".join(shown)
-        return why
+        return self.blockers().name(why)
 
     # ---------------------------------------------------------------- API
     def submit(self, request: Mapping[str, Any], owner: str) -> JobView:
@@ -291,7 +270,7 @@ class ControllerCore:
             self.refresh_nodes()
         teams = self.settings.team_configs()
         blocked = admission_block(
-            req, self._cluster(), teams, allow_borrowing=borrowing_allowed(self._policy), placement=self._placement
+            req, self._totals(), teams, allow_borrowing=borrowing_allowed(self._policy), placement=self._placement
         )
         reason = None if blocked is None else blocked.text
         if blocked is not None and blocked.kind is BlockKind.NEVER_FITS and self._shape is not None:
@@ -480,12 +459,14 @@ class ControllerCore:
             job.placement, job.start_time, job.borrowed = placement.bundle_nodes, now, jid in borrowed
             self._bump(job, JobState.RUNNING)
             n += 1
-        for jid, why in decision.reasons.items():
-            waiting = self.jobs.get(jid)
-            if waiting is not None and waiting.state is JobState.QUEUED:
-                why = self.name_blockers(why)
-                if waiting.reason != why:
-                    waiting.reason = why
+        if decision.reasons:
+            blockers = self.blockers()  # one index of the holders per step; a distinct reason named once
+            for jid, why in decision.reasons.items():
+                waiting = self.jobs.get(jid)
+                if waiting is not None and waiting.state is JobState.QUEUED:
+                    why = blockers.name(why)
+                    if waiting.reason != why:
+                        waiting.reason = why
         self.autoscale()
         self._persist()
         return n
@@ -542,7 +523,7 @@ class ControllerCore:
                 continue
             req = job.request
             if totals is None:
-                totals = FreeLedger.from_cluster(self._cluster(), use_total=True, placement=self._placement)
+                totals = FreeLedger.from_cluster(self._totals(), use_total=True, placement=self._placement)
             fits_now = totals.place(req) is not None
             if not fits_now:
                 key = req.shape_key
