@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from raypipe.resources import Resources
 from raypipe.scheduler import ClusterView, JobRequest, NodeView, Placement, Policy, RunningJob, Snapshot, TeamConfig
@@ -166,3 +167,84 @@ def steady_latencies(
             gc.enable()
             gc.unfreeze()
     return times, acts
+
+
+class MemoryBackend:
+    """A ``Backend`` in memory (no Ray): fixed nodes, placement groups by name, state kept in dicts.
+    For timing ``ControllerCore`` itself."""
+
+    def __init__(self, nodes: list[Any]) -> None:
+        self._nodes = nodes
+        self.pgs: dict[str, tuple[str, tuple[Resources, ...], tuple[str, ...]]] = {}
+        self.saved: dict[str, bytes] = {}
+        self.settings: bytes | None = None
+
+    def nodes(self) -> list[Any]:
+        return list(self._nodes)
+
+    def create_pg(self, name: str, bundles: Any, node_ids: Any) -> str:
+        pid = f"pg{len(self.pgs):06d}"
+        self.pgs[pid] = (name, tuple(bundles), tuple(node_ids))
+        return pid
+
+    def remove_pg(self, name: str) -> None:
+        self.pgs.pop(name, None)
+
+    def live_pgs(self) -> set[str]:
+        return set(self.pgs)
+
+    def dead_drivers(self) -> set[str]:
+        return set()
+
+    def load_state(self) -> tuple[bytes | None, dict[str, bytes]]:
+        return self.settings, dict(self.saved)
+
+    def save_settings(self, blob: bytes) -> None:
+        self.settings = blob
+
+    def save_jobs(self, jobs: Mapping[str, bytes | None]) -> None:
+        for k, v in jobs.items():
+            if v is None:
+                self.saved.pop(k, None)
+            else:
+                self.saved[k] = v
+
+    def request_resources(self, bundles: Any, label_selectors: Any) -> None:
+        return None
+
+
+def controller_steps(n_nodes: int, n_pending: int, policy: str, steps: int = 5) -> dict[str, float]:
+    """``ControllerCore`` on an in-memory backend: ``n_nodes`` 8-GPU nodes two-thirds held by
+    4-GPU jobs, then ``n_pending`` submissions (timed one by one) and ``steps`` scheduling steps
+    (each after one running job ends and the clock moves 1 s).  Returns the mean submission and
+    the median step in ms, with the median policy decision inside a step (``core.decision_s``)."""
+    import statistics
+
+    from raypipe.scheduler.backend import NodeInfo
+    from raypipe.scheduler.controller import ControllerCore, SchedulerSettings
+
+    clock = [1000.0]
+    core = ControllerCore(
+        MemoryBackend([NodeInfo(f"node-{i:04d}", Resources.of(cpu=64, gpu=8)) for i in range(n_nodes)]),
+        SchedulerSettings(policy=policy),
+        lambda: clock[0],
+    )
+    core.refresh_nodes()
+    rng = random.Random(0)
+    for i in range(n_nodes * 4 // 3):
+        core.submit({"job_id": f"r{i}", "bundles": [{"gpu": 4, "cpu": 8}]}, "bench@1")
+    core.schedule()
+    t0 = time.perf_counter()
+    for i in range(n_pending):
+        g = rng.choice((1, 2, 4, 8))
+        core.submit({"job_id": f"q{i}", "bundles": [{"gpu": g, "cpu": g}] * rng.choice((1, 1, 2)), "team": rng.choice(TEAMS)}, "bench@1")
+    submit_ms = (time.perf_counter() - t0) / max(1, n_pending) * 1e3
+    times = []
+    for k in range(steps):
+        clock[0] += 1.0
+        core.release(f"r{k}")
+        t0 = time.perf_counter()
+        core.schedule()
+        times.append((time.perf_counter() - t0) * 1e3)
+    decisions = [s * 1e3 for s in core.decision_s[-steps:]]
+    return {"submit_ms": submit_ms, "step_ms": statistics.median(times), "decision_ms": statistics.median(decisions)}

@@ -34,7 +34,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import bar_chart, base_parser, goal, print_table, ratio, write_results
-from benchmarks._sched_workload import build_view, steady_latencies, team_configs
+from benchmarks._sched_workload import build_view, controller_steps, steady_latencies, team_configs
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -239,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim-policies", default="fifo,las", help="policies the simulator part replays (default fifo,las)")
     p.add_argument("--skip-latency", action="store_true", help="skip the decision latency part")
     p.add_argument(
+        "--controller", default="1000,10000",
+        help="NODES,PENDING of the controller-step part (ControllerCore on an in-memory backend; '' skips it)",
+    )  # fmt: skip
+    p.add_argument(
         "--no-gc-freeze",
         action="store_true",
         help="leave the view to the cyclic GC (by default it is frozen: gen-2 pauses hit p99, not the policy)",
@@ -283,6 +287,22 @@ def main(argv: list[str] | None = None) -> int:
             [[pol, v["jobs_per_s"], v["wall_s"], v["decisions"]] for pol, v in sim.items()],
         )
         sim_goals = {"fifo": 20_000.0, "las": 5_000.0}
+    if args.controller:
+        c_nodes, c_pending = (int(x) for x in args.controller.split(","))
+        from raypipe.scheduler import available_policies
+
+        ctl = {pol: controller_steps(c_nodes, c_pending, pol) for pol in available_policies()}
+        results["controller_step_ms"] = ctl
+        baseline["controller_decision_ms"] = {pol: v["decision_ms"] for pol, v in ctl.items()}
+        ratios["controller_step_over_decision"] = {pol: ratio(v["step_ms"], v["decision_ms"]) for pol, v in ctl.items()}
+        print_table(
+            f"controller: ControllerCore with {c_pending} pending on {c_nodes} nodes (ms)",
+            ["policy", "submit (each)", "step", "its decision", "step / decision"],
+            [
+                [pol, v["submit_ms"], v["step_ms"], v["decision_ms"], ratios["controller_step_over_decision"][pol]]
+                for pol, v in ctl.items()
+            ],
+        )
     if args.baseline is not None and lat:
         before = json.loads(args.baseline.read_text())["results"]["decision_latency_ms"]
         baseline["decision_latency_ms"] = before

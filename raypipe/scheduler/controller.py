@@ -222,13 +222,42 @@ class ControllerCore:
         return used
 
     def _cluster(self) -> ClusterView:
-        used = self._held()
-        nodes = []
-        for n in self._nodes:
-            free = n.total - used.get(n.node_id, Resources()) - self._external.get(n.node_id, Resources())
-            free = _clip(free)
-            nodes.append(NodeView(n.node_id, n.total, free, tuple(sorted(n.labels.items())), n.alive))
-        return ClusterView(tuple(nodes))
+        used = self._held_vecs()
+        if used is None:  # a grant with custom kinds: in Resources arithmetic
+            held = self._held()
+            frees = [
+                _clip(n.total - held.get(n.node_id, Resources()) - self._external.get(n.node_id, Resources()))
+                for n in self._nodes
+            ]
+        else:  # the same float operations on vectors, without a Resources object per step of the sums
+            frees = []
+            for n in self._nodes:
+                t, u = vec.of(n.total), used.get(n.node_id, vec.ZERO)
+                e = self._external.get(n.node_id)
+                free = vec.sub(t, u) if e is None else vec.sub(vec.sub(t, u), vec.of(e))
+                frees.append(vec.to_resources(vec.clip(free)))
+        labels = [tuple(sorted(n.labels.items())) for n in self._nodes]
+        return ClusterView(
+            tuple(
+                NodeView(n.node_id, n.total, f, lb, n.alive)
+                for n, f, lb in zip(self._nodes, frees, labels, strict=True)
+            )
+        )
+
+    def _held_vecs(self) -> dict[str, vec.Vec] | None:
+        """:meth:`_held` as vectors; ``None`` when a node total, a grant or work raypipe did not
+        admit has a custom kind (then :meth:`_held` sums ``Resources``)."""
+        if any(n.total.custom for n in self._nodes) or any(e.custom for e in self._external.values()):
+            return None
+        used: dict[str, vec.Vec] = {}
+        for job in self.jobs.values():
+            if job.state.holds_grant and job.placement:
+                for b, nid in zip(job.request.bundle_vecs, job.placement, strict=True):
+                    if b[3]:
+                        return None
+                    u = used.get(nid)
+                    used[nid] = b if u is None else (u[0] + b[0], u[1] + b[1], u[2] + b[2], ())
+        return used
 
     def _totals(self) -> ClusterView:
         """The nodes with nothing held, for checks against node totals (admission: can a job

@@ -97,3 +97,43 @@ def test_a_reason_names_its_node_and_its_holders_once_per_step() -> None:
     everywhere = blockers.name("behind head-of-line job x (fifo)")
     assert everywhere.endswith("2 more") and " on node 10.0.0.1" in everywhere  # 8 holders on two nodes
     assert blockers.name("behind head-of-line job x (fifo)") is everywhere  # named once, then reused
+
+
+def test_the_free_capacity_view_equals_resources_arithmetic_with_and_without_custom_kinds() -> None:
+    """``_cluster`` sums grants as vectors unless something has a custom kind; either way every
+    node's free capacity equals total minus grants minus work raypipe did not admit, clipped."""
+    rng = random.Random(3)
+    for trial in range(20):
+        custom = trial % 2 == 1
+        nodes = [
+            NodeInfo(
+                f"node-{i}",
+                Resources.of(cpu=8, gpu=4, custom={"tpu": 2.0} if custom else None),
+                available=rng.choice([None, Resources.of(cpu=rng.choice([0.5, 3, 8]), gpu=rng.choice([0, 1, 4]))]),
+            )
+            for i in range(rng.randint(1, 6))
+        ]
+        core = ControllerCore(FakeBackend(nodes), SchedulerSettings(policy="fifo"), Clock())
+        core.refresh_nodes()
+        for k in range(rng.randint(1, 20)):
+            bundle = {"gpu": rng.choice([1, 2]), "cpu": rng.choice([0.5, 1, 1.5])}
+            if custom and rng.random() < 0.5:
+                bundle["custom"] = {"tpu": 1.0}
+            core.submit({"job_id": f"j{k}", "bundles": [bundle] * rng.choice([1, 2])}, "o@1")
+        core.schedule()
+        core.refresh_nodes()
+        held: dict[str, Resources] = {}
+        for job in core.jobs.values():
+            if job.state.holds_grant and job.placement:
+                for b, nid in zip(job.request.bundles, job.placement, strict=True):
+                    held[nid] = held.get(nid, Resources()) + b
+        view = core._cluster()
+        for n in core._nodes:
+            free = n.total - held.get(n.node_id, Resources()) - core._external.get(n.node_id, Resources())
+            expected = Resources.of(
+                max(0.0, free.cpu),
+                max(0.0, free.gpu),
+                max(0.0, free.memory_mb),
+                {k: x for k, x in free.custom if x > 1e-9},
+            )
+            assert view.node(n.node_id).free == expected, (trial, n.node_id)
