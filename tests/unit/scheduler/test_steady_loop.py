@@ -40,3 +40,14 @@ def test_every_decision_is_applied_and_the_next_snapshot_is_consistent(name: str
             assert node.free.gpu == pytest.approx(node.total.gpu - held)
     if name == "las":
         assert preempted > 0  # the synthetic start holds queue-1 jobs that new queue-0 jobs preempt
+
+
+def test_the_controller_step_benchmark_runs_the_controller_on_its_in_memory_backend() -> None:
+    """``controller_steps`` (scheduler_overhead part 5): submissions admitted, steps decided by
+    the policy (its decision timed inside each step), on a small cluster."""
+    from benchmarks._sched_workload import controller_steps
+
+    for policy in ("fifo", "fair_share"):
+        out = controller_steps(6, 40, policy, steps=2)
+        assert set(out) == {"submit_ms", "step_ms", "decision_ms"}
+        assert 0 < out["decision_ms"] <= out["step_ms"] and out["submit_ms"] > 0
