@@ -222,27 +222,18 @@ class ControllerCore:
         return used
 
     def _cluster(self) -> ClusterView:
-        used = self._held_vecs()
-        if used is None:  # a grant with custom kinds: in Resources arithmetic
-            held = self._held()
-            frees = [
-                _clip(n.total - held.get(n.node_id, Resources()) - self._external.get(n.node_id, Resources()))
-                for n in self._nodes
-            ]
-        else:  # the same float operations on vectors, without a Resources object per step of the sums
-            frees = []
-            for n in self._nodes:
-                t, u = vec.of(n.total), used.get(n.node_id, vec.ZERO)
+        used = self._held_vecs()  # the same float operations as Resources arithmetic, on vectors
+        held = self._held() if used is None else {}  # a grant with custom kinds: in Resources arithmetic
+        nodes = []
+        for n in self._nodes:
+            if used is None:
+                free = _clip(n.total - held.get(n.node_id, Resources()) - self._external.get(n.node_id, Resources()))
+            else:
+                left = vec.sub(vec.of(n.total), used.get(n.node_id, vec.ZERO))
                 e = self._external.get(n.node_id)
-                free = vec.sub(t, u) if e is None else vec.sub(vec.sub(t, u), vec.of(e))
-                frees.append(vec.to_resources(vec.clip(free)))
-        labels = [tuple(sorted(n.labels.items())) for n in self._nodes]
-        return ClusterView(
-            tuple(
-                NodeView(n.node_id, n.total, f, lb, n.alive)
-                for n, f, lb in zip(self._nodes, frees, labels, strict=True)
-            )
-        )
+                free = vec.to_resources(vec.clip(left if e is None else vec.sub(left, vec.of(e))))
+            nodes.append(NodeView(n.node_id, n.total, free, tuple(sorted(n.labels.items())), n.alive))
+        return ClusterView(tuple(nodes))
 
     def _held_vecs(self) -> dict[str, vec.Vec] | None:
         """:meth:`_held` as vectors; ``None`` when a node total, a grant or work raypipe did not

@@ -256,98 +256,6 @@ def quota_vectors(teams: Mapping[str, Any]) -> dict[str, Vec]:
     return {name: vec.of(cfg.quota) for name, cfg in teams.items() if cfg.quota is not None}
 
 
-#: :class:`TeamSums` adds and subtracts demands incrementally only while that is exact:
-#: every component a multiple of ``1 / _DYADIC`` and every sum below ``_EXACT_MAX`` (then
-#: each partial sum is a float exactly, and any order of additions gives the same sums).
-_DYADIC = 65536.0
-_EXACT_MAX = 2.0**36
-#: After an inexact sum, :class:`TeamSums` leaves the sums to the caller for this many decisions.
-_RETRY_INEXACT = 64
-
-
-def _dyadic(v: Vec) -> bool:
-    """True when ``v`` has no custom kinds and each component is a multiple of ``1 / _DYADIC``."""
-    return (
-        not v[3] and (v[0] * _DYADIC).is_integer() and (v[1] * _DYADIC).is_integer() and (v[2] * _DYADIC).is_integer()
-    )
-
-
-class TeamSums:
-    """What the running jobs demand, summed per team, kept across decisions.
-
-    ``team_of(r)`` names the team a running job counts for (``None``: it counts for
-    none).  The running jobs are diffed by identity (:func:`identity_diff`): jobs that
-    left are subtracted, new ones added, instead of summing every running job again.
-    Incremental sums equal sums from scratch only when the additions are exact (see
-    ``_DYADIC``): while any counted demand has a custom kind or a component that is not
-    a small dyadic number, :meth:`sync` answers ``None`` and the caller sums from scratch.
-    """
-
-    __slots__ = ("_sums", "_running", "_exact", "_retry", "tag")
-
-    def __init__(self) -> None:
-        self._sums: dict[str, list[float]] = {}
-        self._running: Sequence[RunningJob] | None = None
-        self._exact = True
-        self._retry = 0
-        self.tag: Hashable = None
-
-    def sync(
-        self,
-        running: Sequence[RunningJob],
-        team_of: Callable[[RunningJob], str | None],
-        differ: Callable[[Sequence[Any], Sequence[Any]], tuple[list[Any], list[Any]] | None] | None = None,
-    ) -> dict[str, Vec] | None:
-        """Team -> summed demand of ``running``'s jobs that count for it; ``None`` when not exact.
-        ``differ``: :func:`identity_diff`, or one that remembers its last answer (several sums
-        kept over the same running jobs diff them once)."""
-        if running is not self._running:
-            if not self._exact:  # summed from scratch by the caller; try again now and then
-                self._retry -= 1
-                if self._retry > 0:
-                    self._running = None
-                    return None
-            diff = (
-                None if self._running is None or not self._exact else (differ or identity_diff)(self._running, running)
-            )
-            if diff is None:
-                self._rebuild(running, team_of)
-            else:
-                removed, added = diff
-                self._apply(removed, team_of, -1.0)
-                self._apply(added, team_of, 1.0)
-            self._running = running  # held: the identities compared stay unique
-        if not self._exact:
-            self._running, self._retry = None, _RETRY_INEXACT
-            return None
-        return {t: (a[0], a[1], a[2], ()) for t, a in self._sums.items()}
-
-    def _rebuild(self, running: Sequence[RunningJob], team_of: Callable[[RunningJob], str | None]) -> None:
-        self._sums = {}
-        self._exact = True
-        self._apply(running, team_of, 1.0)
-
-    def _apply(self, jobs: Sequence[RunningJob], team_of: Callable[[RunningJob], str | None], sign: float) -> None:
-        sums = self._sums
-        for r in jobs:
-            t = team_of(r)
-            if t is None:
-                continue
-            d = r.request.demand_vec
-            if not _dyadic(d):
-                self._exact = False
-                return
-            a = sums.get(t)
-            if a is None:
-                a = sums[t] = [0.0, 0.0, 0.0]
-            a[0] += sign * d[0]
-            a[1] += sign * d[1]
-            a[2] += sign * d[2]
-            if max(abs(a[0]), abs(a[1]), abs(a[2])) >= _EXACT_MAX:
-                self._exact = False
-                return
-
-
 #: How far :func:`identity_diff` looks ahead for a job, and how many changes it reports at most.
 _LOOKAHEAD = 16
 _MAX_CHANGES = 256
@@ -395,6 +303,88 @@ def identity_diff(old: Sequence[Any], new: Sequence[Any]) -> tuple[list[Any], li
     if len(removed) + len(added) > _MAX_CHANGES:
         return None
     return removed, added
+
+
+#: :class:`TeamSums` adds and subtracts demands incrementally only while that is exact:
+#: every component a multiple of ``1 / _DYADIC`` and every sum below ``_EXACT_MAX`` (then
+#: each partial sum is a float exactly, and any order of additions gives the same sums).
+_DYADIC = 65536.0
+_EXACT_MAX = 2.0**36
+#: After an inexact sum, :class:`TeamSums` leaves the sums to the caller for this many decisions.
+_RETRY_INEXACT = 64
+
+
+def _dyadic(v: Vec) -> bool:
+    """True when ``v`` has no custom kinds and each component is a multiple of ``1 / _DYADIC``."""
+    return (
+        not v[3] and (v[0] * _DYADIC).is_integer() and (v[1] * _DYADIC).is_integer() and (v[2] * _DYADIC).is_integer()
+    )
+
+
+class TeamSums:
+    """What the running jobs demand, summed per team, kept across decisions.
+
+    ``team_of(r)`` names the team a running job counts for (``None``: it counts for
+    none).  The running jobs are diffed by identity (:func:`identity_diff`): jobs that
+    left are subtracted, new ones added, instead of summing every running job again.
+    Incremental sums equal sums from scratch only when the additions are exact (see
+    ``_DYADIC``): while any counted demand has a custom kind or a component that is not
+    a small dyadic number, :meth:`sync` answers ``None`` and the caller sums from scratch.
+    """
+
+    __slots__ = ("_sums", "_running", "_retry", "tag")
+
+    def __init__(self) -> None:
+        self._sums: dict[str, list[float]] = {}
+        self._running: Sequence[RunningJob] | None = None  # ``None``: sum from scratch next
+        self._retry = 0  # decisions left before trying again after an inexact sum
+        self.tag: Hashable = None
+
+    def sync(
+        self,
+        running: Sequence[RunningJob],
+        team_of: Callable[[RunningJob], str | None],
+        differ: Callable[[Sequence[Any], Sequence[Any]], tuple[list[Any], list[Any]] | None] = identity_diff,
+    ) -> dict[str, Vec] | None:
+        """Team -> summed demand of ``running``'s jobs that count for it; ``None`` when not exact.
+        ``differ``: :func:`identity_diff`, or one that remembers its last answer (several sums
+        kept over the same running jobs diff them once)."""
+        if running is not self._running:
+            if self._retry > 0:  # the last sum was inexact: the caller sums, until the retry
+                self._retry -= 1
+                return None
+            diff = None if self._running is None else differ(self._running, running)
+            if diff is None:
+                self._sums = {}
+                exact = self._apply(running, team_of, 1.0)
+            else:
+                removed, added = diff
+                exact = self._apply(removed, team_of, -1.0) and self._apply(added, team_of, 1.0)
+            if not exact:
+                self._running, self._retry = None, _RETRY_INEXACT
+                return None
+            self._running = running  # held: the identities compared stay unique
+        return {t: (a[0], a[1], a[2], ()) for t, a in self._sums.items()}
+
+    def _apply(self, jobs: Sequence[RunningJob], team_of: Callable[[RunningJob], str | None], sign: float) -> bool:
+        """Add (``sign`` 1) or subtract (-1) the jobs' demands; ``False`` (stopping) once not exact."""
+        sums = self._sums
+        for r in jobs:
+            t = team_of(r)
+            if t is None:
+                continue
+            d = r.request.demand_vec
+            if not _dyadic(d):
+                return False
+            a = sums.get(t)
+            if a is None:
+                a = sums[t] = [0.0, 0.0, 0.0]
+            a[0] += sign * d[0]
+            a[1] += sign * d[1]
+            a[2] += sign * d[2]
+            if max(abs(a[0]), abs(a[1]), abs(a[2])) >= _EXACT_MAX:
+                return False
+        return True
 
 
 class DecisionIndex:
